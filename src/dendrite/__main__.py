@@ -1,0 +1,5 @@
+"""``python -m dendrite`` runs the command line."""
+
+from dendrite.cli import app
+
+app()

@@ -1,0 +1,84 @@
+"""Engines for the two supported backends, configured for many concurrent writers.
+
+SQLite: WAL so readers never block the writer, a 30 s busy timeout, foreign
+keys on, and write transactions opened with ``BEGIN IMMEDIATE`` so that two
+processes never both start as readers and then deadlock upgrading to writers
+(the usual cause of "database is locked"). PostgreSQL: psycopg 3 with a
+pre-pinged connection pool and a connect timeout, so a dead server is noticed
+in seconds rather than hanging a flush.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from dendrite.store import serialize
+
+WRITE = {"dendrite_write": True}
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    common: dict[str, Any] = {
+        "json_serializer": serialize.dumps,
+        "json_deserializer": json.loads,
+    }
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise ValueError(
+                "an in-memory SQLite database cannot be shared between the store's writer "
+                "thread and its readers; give a file path (sqlite:///path/history.db)"
+            )
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # ``?timeout=N`` in the URL sets how long a writer waits for a lock
+        # before its batch goes to the journal; 30 s unless given.
+        connect_args = {} if "timeout" in parsed.query else {"timeout": 30}
+        engine = create_engine(parsed, connect_args=connect_args, **common)
+        _configure_sqlite(engine)
+        return engine
+    if backend == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(
+            parsed,
+            pool_size=5,
+            max_overflow=5,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            connect_args={"connect_timeout": 5},
+            **common,
+        )
+    raise ValueError(
+        f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: "
+        "Dendrite stores history in SQLite (sqlite:///path) or PostgreSQL "
+        "(postgresql+psycopg://user@host/db)"
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below decide how transactions start.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("dendrite_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"

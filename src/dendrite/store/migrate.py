@@ -1,0 +1,181 @@
+"""Schema migrations (Alembic) behind ``dendrite db …`` and the store's first use.
+
+A new, empty database is brought to the current schema on first use, so the
+embedded default needs no set-up step. A database at an older revision is
+upgraded automatically only where that is safe to do unasked (a SQLite file,
+which belongs to one user); a PostgreSQL database is refused with a message
+naming ``dendrite db upgrade``, because a shared server is upgraded
+deliberately. Concurrent first uses are serialised by a file lock (SQLite) or
+an advisory lock (PostgreSQL), so four processes starting on a new file at
+once migrate it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, inspect, text
+
+from dendrite.store.engine import WRITE
+from dendrite.store.errors import SchemaError
+from dendrite.store.schema import VERSION_TABLE, VIEW_NAMES, metadata
+
+_ADVISORY_KEY = 0x64656E64  # "dend"
+
+
+def _config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", "dendrite.store:migrations")
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if not database or database == ":memory:":
+            yield
+            return
+        lock_path = Path(database).with_name(Path(database).name + ".migrate.lock")
+        with lock_path.open("a") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _ADVISORY_KEY})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _ADVISORY_KEY})
+            conn.commit()
+
+
+def _run(engine: Engine, action: Any, *args: Any) -> None:
+    with _migration_lock(engine), engine.connect().execution_options(**WRITE) as conn:
+        action(_config(conn), *args)
+        conn.commit()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    _run(engine, command.upgrade, revision)
+
+
+def downgrade(engine: Engine, revision: str = "-1") -> None:
+    _run(engine, command.downgrade, revision)
+
+
+def reset(engine: Engine) -> None:
+    """Drop everything Dendrite created and build the current schema again (data is lost)."""
+    downgrade(engine, "base")
+    upgrade(engine, "head")
+
+
+def validate(engine: Engine) -> list[str]:
+    """Every difference between the live schema and the code's, in words; empty when none."""
+    problems: list[str] = []
+    head = head_revision()
+    current = current_revision(engine)
+    if current != head:
+        problems.append(f"schema revision is {current or 'none'}, the code expects {head}")
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
+        )
+        diffs = compare_metadata(context, metadata)
+        missing = {d[1].name for d in diffs if isinstance(d, tuple) and d[0] == "add_table"}
+        for diff in diffs:
+            if isinstance(diff, tuple) and diff[0] == "add_index" and diff[1].table.name in missing:
+                continue  # implied by the missing table
+            problems.append(_describe_diff(diff))
+        views = set(inspect(conn).get_view_names())
+    problems.extend(f"missing view {name}" for name in VIEW_NAMES if name not in views)
+    return problems
+
+
+def _describe_diff(diff: Any) -> str:
+    if isinstance(diff, list):  # column-level modifications come grouped
+        return "; ".join(_describe_diff(d) for d in diff)
+    kind = diff[0]
+    if kind == "add_table":
+        return f"missing table {diff[1].name}"
+    if kind == "remove_table":
+        return f"unexpected table {diff[1].name}"
+    if kind == "add_column":
+        return f"missing column {diff[2]}.{diff[3].name}"
+    if kind == "remove_column":
+        return f"unexpected column {diff[2]}.{diff[3].name}"
+    if kind == "add_index":
+        return f"missing index {diff[1].name} on {diff[1].table.name}"
+    if kind == "remove_index":
+        return f"unexpected index {diff[1].name} on {diff[1].table.name}"
+    if kind == "modify_type":
+        return f"column {diff[2]}.{diff[3]} has type {diff[5]}, expected {diff[6]}"
+    if kind == "modify_nullable":
+        expected = "NULL" if diff[6] else "NOT NULL"
+        return f"column {diff[2]}.{diff[3]} should be {expected}"
+    return f"{kind}: {diff[1:]}"
+
+
+def ensure_schema(engine: Engine, auto_upgrade: bool | None = None) -> None:
+    """Bring a new database to the current schema; upgrade or refuse an older one."""
+    head = head_revision()
+    if current_revision(engine) == head:
+        return
+    if auto_upgrade is None:
+        auto_upgrade = engine.dialect.name == "sqlite"
+    with _migration_lock(engine):
+        current = current_revision(engine)
+        if current == head:
+            return
+        where = engine.url.render_as_string(hide_password=True)
+        if current is None:
+            with engine.connect() as conn:
+                if "executions" in inspect(conn).get_table_names():
+                    raise SchemaError(
+                        f"{where} has Dendrite tables but no schema version; "
+                        "run `dendrite db validate` to compare it with this version"
+                    )
+        else:
+            known = {
+                rev.revision for rev in ScriptDirectory.from_config(_config()).walk_revisions()
+            }
+            if current not in known:
+                raise SchemaError(
+                    f"{where} is at schema revision {current}, which this version of "
+                    f"Dendrite does not know (its newest is {head}); upgrade Dendrite"
+                )
+            if not auto_upgrade:
+                raise SchemaError(
+                    f"{where} is at schema revision {current}, this version of Dendrite "
+                    f"needs {head}: run `dendrite db upgrade`"
+                )
+        with engine.connect().execution_options(**WRITE) as conn:
+            command.upgrade(_config(conn), "head")
+            conn.commit()

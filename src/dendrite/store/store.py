@@ -1,0 +1,544 @@
+"""``ExecutionStore``: the execution-history store's public face.
+
+Writes (``store_*``) validate the record on the caller's thread, queue it and
+return its id; a background writer makes them durable (see ``writer``).
+Reads first wait for the writes this process queued before them, so a caller
+always reads its own writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import uuid
+import weakref
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Connection, delete, select, update
+
+from dendrite.config import data_dir, database_url
+from dendrite.store import analytics, migrate, rollups
+from dendrite.store import schema as s
+from dendrite.store.analytics import (
+    ExecutionDetail,
+    PoolPerformance,
+    RoutingOutcome,
+    SolutionPattern,
+    SuccessRate,
+    TierPerformance,
+    ToolStatistics,
+)
+from dendrite.store.engine import WRITE, make_engine
+from dendrite.store.errors import (
+    InvalidRecordError,
+    StoreUnavailableError,
+    UnknownExecutionError,
+)
+from dendrite.store.journal import Journal
+from dendrite.store.writer import KIND_OF, BatchWriter, is_connection_error
+from dendrite.telemetry.records import (
+    AnyRecord,
+    ExecutionRecord,
+    FeedbackRecord,
+    RoutingCandidate,
+    RoutingDecision,
+    SolutionRecord,
+    ToolCreationEvent,
+    ToolExecutionRecord,
+)
+
+log = logging.getLogger("dendrite.store")
+
+R = TypeVar("R", bound=BaseModel)
+
+
+class PruneReport(BaseModel):
+    cutoff: datetime
+    executions: int
+    tool_executions: int
+    feedback: int
+    routing_decisions: int
+
+
+class StoreStatus(BaseModel):
+    backend: str
+    url: str
+    reachable: bool
+    schema_revision: str | None
+    pending_writes: int
+    journal_records: int
+    rejected_records: int
+    written_records: int
+    last_flush_at: datetime | None
+    last_error: str | None
+
+
+def _state_dir(url: str) -> Path:
+    """Where a store keeps its journal and rejected records: beside a SQLite file, else per URL."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        db = Path(parsed.database).expanduser().resolve()
+        return db.with_name(db.name + ".dendrite")
+    digest = hashlib.sha256(parsed.render_as_string(hide_password=True).encode()).hexdigest()
+    return data_dir() / "stores" / digest[:16]
+
+
+class ExecutionStore:
+    """The record of every goal and tool call, and the analytics over it.
+
+    ``url`` defaults to ``DENDRITE_DATABASE_URL``, then to a SQLite file in the
+    data directory (see ``dendrite.config``). Use as a context manager, or call
+    ``close()``: closing drains every pending write.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        auto_upgrade: bool | None = None,
+        batch_size: int = 1000,
+        flush_interval: float = 0.05,
+        max_queue: int = 100_000,
+        block_timeout: float = 1.0,
+        max_result_bytes: int = 64 * 1024,
+        state_dir: Path | str | None = None,
+    ) -> None:
+        self.url = database_url(url)
+        self.engine = make_engine(self.url)
+        self.backend = self.engine.dialect.name
+        self._auto_upgrade = auto_upgrade
+        self.state_dir = Path(state_dir) if state_dir else _state_dir(self.url)
+        self.journal = Journal(self.state_dir / "journal")
+        self.rejected_path = self.state_dir / "rejected.jsonl"
+        reachable = True
+        try:
+            migrate.ensure_schema(self.engine, auto_upgrade)
+        except Exception as error:
+            if not is_connection_error(error):
+                self.engine.dispose()
+                raise
+            log.error("store %s unreachable at start; journaling until it returns", self._where)
+            reachable = False
+        self._writer = BatchWriter(
+            self.engine,
+            self.journal,
+            self.rejected_path,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            max_queue=max_queue,
+            block_timeout=block_timeout,
+            max_result_bytes=max_result_bytes,
+            on_reconnect=self._on_reconnect,
+            healthy=reachable,
+        )
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _shutdown, self._writer, self.engine)
+
+    @property
+    def _where(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def _on_reconnect(self) -> None:
+        migrate.ensure_schema(self.engine, self._auto_upgrade)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        """Wait until every record queued before this call is written, journaled or rejected."""
+        return self._writer.flush(timeout)
+
+    def close(self) -> None:
+        """Drain pending writes (to the database, or the journal if it is down) and release it."""
+        if not self._closed:
+            self._closed = True
+            self._finalizer()
+
+    def __enter__(self) -> ExecutionStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- writes --------------------------------------------------------------
+
+    def record(self, record: AnyRecord) -> str:
+        """Queue an already-built record of any kind; returns its id."""
+        if type(record) not in KIND_OF:
+            raise InvalidRecordError(f"not a Dendrite record: {type(record).__name__}")
+        self._writer.submit(record)
+        return record.id
+
+    def store_execution(
+        self,
+        goal_id: str | None = None,
+        goal_text: str = "",
+        intent: str | None = None,
+        success: bool = True,
+        duration_ms: float = 0.0,
+        metadata: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> str:
+        """Record one goal or task run; returns its execution id.
+
+        ``goal_id=None`` assigns the next readable id (``goal_1``, ``goal_2``, …)
+        when the record is written. Other fields are those of ``ExecutionRecord``.
+        """
+        record = _validated(
+            "execution",
+            ExecutionRecord,
+            goal_id=goal_id,
+            goal_text=goal_text,
+            intent=intent,
+            success=success,
+            duration_ms=duration_ms,
+            metadata=metadata if metadata is not None else {},
+            **fields,
+        )
+        self._writer.submit(record)
+        return record.id
+
+    def store_tool_execution(
+        self,
+        execution_id: str,
+        tool_name: str,
+        parameters: dict[str, Any] | None,
+        result: Any,
+        success: bool,
+        duration_ms: float,
+        error: str | None = None,
+        **fields: Any,
+    ) -> str:
+        """Record one attempt of one tool call; returns its id. On the orchestrator's hot path."""
+        record = _validated(
+            "tool execution",
+            ToolExecutionRecord,
+            execution_id=execution_id,
+            tool_name=tool_name,
+            parameters=parameters if parameters is not None else {},
+            result=result,
+            success=success,
+            duration_ms=duration_ms,
+            error=error,
+            **fields,
+        )
+        self._writer.submit(record)
+        return record.id
+
+    def store_routing_decision(
+        self,
+        execution_id: str,
+        chosen: str,
+        candidates: Sequence[RoutingCandidate | dict[str, Any]] | dict[str, float] = (),
+        confidence: float | None = None,
+        reason: str | None = None,
+        router: str = "model_tier",
+        **fields: Any,
+    ) -> str:
+        """Record a router's choice for a task; ``candidates`` may be ``{option: score}``."""
+        if isinstance(candidates, dict):
+            candidates = [{"option": k, "score": v} for k, v in candidates.items()]
+        record = _validated(
+            "routing decision",
+            RoutingDecision,
+            execution_id=execution_id,
+            chosen=chosen,
+            candidates=list(candidates),
+            confidence=confidence,
+            reason=reason,
+            router=router,
+            **fields,
+        )
+        self._writer.submit(record)
+        return record.id
+
+    def store_feedback(
+        self,
+        execution_id: str,
+        rating: int | None = None,
+        feedback_text: str | None = None,
+        *,
+        accepted: bool | None = None,
+        source: Literal["human", "llm", "code"] = "human",
+    ) -> str:
+        """Record a judgement of an execution; raises if the execution is unknown.
+
+        Not on a hot path: it waits for pending writes so that it can check
+        the execution exists. While the database is unreachable the check is
+        deferred to the write, and an unknown execution then lands in
+        ``rejected.jsonl`` instead of raising.
+        """
+        record = _validated(
+            "feedback",
+            FeedbackRecord,
+            execution_id=execution_id,
+            rating=rating,
+            feedback_text=feedback_text,
+            accepted=accepted,
+            source=source,
+        )
+        self.flush()
+        if self._writer.healthy:
+            try:
+                with self.engine.connect() as conn:
+                    exists = conn.scalar(
+                        select(s.executions.c.id).where(s.executions.c.id == execution_id)
+                    )
+            except Exception as error:
+                if not is_connection_error(error):
+                    raise
+                exists = True
+            if not exists:
+                raise UnknownExecutionError(execution_id)
+        self._writer.submit(record)
+        return record.id
+
+    def store_tool_creation(
+        self,
+        tool_name: str,
+        generated_code: str,
+        validation_passed: bool,
+        validation_errors: Sequence[str] = (),
+        goal_text: str | None = None,
+        execution_id: str | None = None,
+    ) -> str:
+        """Record a tool generated at run time and whether it passed validation."""
+        record = _validated(
+            "tool creation",
+            ToolCreationEvent,
+            tool_name=tool_name,
+            generated_code=generated_code,
+            validation_passed=validation_passed,
+            validation_errors=list(validation_errors),
+            goal_text=goal_text,
+            execution_id=execution_id,
+        )
+        self._writer.submit(record)
+        return record.id
+
+    def store_solution(
+        self,
+        pattern: str,
+        description: str = "",
+        *,
+        execution_id: str | None = None,
+        query_type: str | None = None,
+        task_type: str | None = None,
+        plan: dict[str, Any] | None = None,
+        quality_score: float | None = None,
+    ) -> str:
+        """Record a reusable solution pattern taken from a successful execution."""
+        record = _validated(
+            "solution",
+            SolutionRecord,
+            pattern=pattern,
+            description=description,
+            execution_id=execution_id,
+            query_type=query_type,
+            task_type=task_type,
+            plan=plan or {},
+            quality_score=quality_score,
+        )
+        self._writer.submit(record)
+        return record.id
+
+    # -- reads ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        self.flush()
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except Exception as error:
+            if is_connection_error(error):
+                raise StoreUnavailableError(
+                    f"cannot read from {self._where}: {str(error).splitlines()[0]}"
+                ) from error
+            raise
+
+    def get_execution(self, execution_id: str) -> ExecutionDetail | None:
+        """An execution with its steps, feedback and routing decisions, or ``None``."""
+        try:
+            uuid.UUID(execution_id)
+        except (ValueError, TypeError, AttributeError):
+            raise InvalidRecordError(f"execution id must be a UUID, got {execution_id!r}") from None
+        with self._read() as conn:
+            return analytics.get_execution(conn, execution_id)
+
+    def get_recent_executions(self, limit: int = 20, **filters: Any) -> list[ExecutionRecord]:
+        """Newest first. Filters: intent, success, project, session_id, model_tier, pool,
+        since, before (``before`` is the cursor for the next page)."""
+        _at_least_one("limit", limit)
+        with self._read() as conn:
+            return analytics.get_recent_executions(conn, limit, **filters)
+
+    def get_success_rate(
+        self, intent: str | None = None, since: datetime | None = None
+    ) -> SuccessRate:
+        with self._read() as conn:
+            return analytics.get_success_rate(conn, intent, since)
+
+    def get_tool_statistics(self, tool_name: str) -> ToolStatistics | None:
+        with self._read() as conn:
+            return analytics.get_tool_statistics(conn, tool_name)
+
+    def get_top_tools(self, limit: int = 10, min_executions: int = 1) -> list[ToolStatistics]:
+        """Best success rate first (ties: more executions first)."""
+        _at_least_one("limit", limit)
+        with self._read() as conn:
+            return analytics.get_top_tools(conn, limit, min_executions)
+
+    def get_tool_performance(self) -> list[ToolStatistics]:
+        with self._read() as conn:
+            return analytics.get_tool_performance(conn)
+
+    def get_tier_performance(self, days: int = 7) -> list[TierPerformance]:
+        """Per model tier per UTC day, for the last ``days`` days including today."""
+        _at_least_one("days", days)
+        with self._read() as conn:
+            return analytics.get_tier_performance(conn, days)
+
+    def get_pool_performance(self) -> list[PoolPerformance]:
+        with self._read() as conn:
+            return analytics.get_pool_performance(conn)
+
+    def get_solution_patterns(self, query_type: str | None = None) -> list[SolutionPattern]:
+        with self._read() as conn:
+            return analytics.get_solution_patterns(conn, query_type)
+
+    def get_solutions(self, query_type: str | None = None, limit: int = 50) -> list[SolutionRecord]:
+        with self._read() as conn:
+            return analytics.get_solutions(conn, query_type, limit)
+
+    def get_tool_creations(
+        self, tool_name: str | None = None, limit: int = 50
+    ) -> list[ToolCreationEvent]:
+        with self._read() as conn:
+            return analytics.get_tool_creations(conn, tool_name, limit)
+
+    def get_routing_outcomes(
+        self, router: str | None = None, limit: int = 1000
+    ) -> list[RoutingOutcome]:
+        """Routing decisions joined to what happened, for offline evaluation of a policy."""
+        with self._read() as conn:
+            return analytics.get_routing_outcomes(conn, router, limit)
+
+    # -- maintenance ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        self.flush()
+        try:
+            with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                yield conn
+        except Exception as error:
+            if is_connection_error(error):
+                raise StoreUnavailableError(
+                    f"cannot write to {self._where}: {str(error).splitlines()[0]}"
+                ) from error
+            raise
+
+    def update_statistics(self) -> None:
+        """Rebuild every rollup from scratch (archive plus live rows).
+
+        The result equals what the incremental path maintains; this is the
+        check of that, and the repair if a rollup was ever damaged by hand.
+        """
+        with self._write() as conn:
+            rollups.rebuild(conn)
+
+    def prune(self, older_than: timedelta | datetime) -> PruneReport:
+        """Delete raw rows older than the cutoff; the rollups learning reads stay unchanged."""
+        now = datetime.now(UTC)
+        cutoff = now - older_than if isinstance(older_than, timedelta) else older_than
+        if cutoff.tzinfo is None:
+            cutoff = cutoff.replace(tzinfo=UTC)
+        ex, te, fb, rd = s.executions, s.tool_executions, s.execution_feedback, s.routing_decisions
+        with self._write() as conn:
+            rollups.archive_before(conn, cutoff)
+            old = select(ex.c.id).where(ex.c.started_at < cutoff)
+            feedback = conn.execute(delete(fb).where(fb.c.execution_id.in_(old))).rowcount
+            executions = conn.execute(delete(ex).where(ex.c.started_at < cutoff)).rowcount
+            tools = conn.execute(delete(te).where(te.c.started_at < cutoff)).rowcount
+            routing = conn.execute(delete(rd).where(rd.c.created_at < cutoff)).rowcount
+            previous = conn.scalar(
+                select(s.store_meta.c.text_value).where(s.store_meta.c.key == "pruned_before")
+            )
+            if previous is None or datetime.fromisoformat(previous) < cutoff:
+                value = cutoff.isoformat()
+                updated = conn.execute(
+                    update(s.store_meta)
+                    .where(s.store_meta.c.key == "pruned_before")
+                    .values(text_value=value)
+                ).rowcount
+                if not updated:
+                    conn.execute(
+                        s.store_meta.insert().values(key="pruned_before", text_value=value)
+                    )
+        return PruneReport(
+            cutoff=cutoff,
+            executions=executions,
+            tool_executions=tools,
+            feedback=feedback,
+            routing_decisions=routing,
+        )
+
+    def status(self) -> StoreStatus:
+        """Health of the store for ``/system/status``: reachability, backlog, journal."""
+        revision = None
+        reachable = self._writer.healthy
+        if reachable:
+            try:
+                revision = migrate.current_revision(self.engine)
+            except Exception as error:
+                if not is_connection_error(error):
+                    raise
+                reachable = False
+        rejected = 0
+        if self.rejected_path.exists():
+            with self.rejected_path.open("rb") as handle:
+                rejected = sum(1 for line in handle if line.strip())
+        stats = self._writer.stats
+        return StoreStatus(
+            backend=self.backend,
+            url=self._where,
+            reachable=reachable,
+            schema_revision=revision,
+            pending_writes=self._writer.pending(),
+            journal_records=self.journal.record_count(),
+            rejected_records=rejected,
+            written_records=stats.written,
+            last_flush_at=stats.last_flush_at,
+            last_error=stats.last_error,
+        )
+
+
+def _at_least_one(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _validated(kind: str, model: type[R], **values: Any) -> R:
+    """Build a record, turning pydantic's error into one that names the record kind."""
+    try:
+        return model(**values)
+    except ValidationError as error:
+        raise InvalidRecordError.from_validation(kind, error) from None
+
+
+def _shutdown(writer: BatchWriter, engine: Any) -> None:
+    writer.close()
+    engine.dispose()

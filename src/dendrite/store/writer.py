@@ -1,0 +1,490 @@
+"""The background writer: the only code that writes history rows.
+
+Callers hand validated records to :meth:`BatchWriter.submit`, which appends
+to an in-memory deque and returns (a few microseconds). One thread drains the
+deque in batches, by size or by interval, and writes each batch in a single
+transaction together with the rollups it changes.
+
+What can go wrong, and what happens:
+
+- The database is unreachable, locked past its busy timeout, or drops the
+  connection: the batch is appended to the journal (fsync'd), the writer
+  backs off and probes the database; once it answers, the journal is replayed
+  (idempotently, by client id) before new batches.
+- A batch is refused for its data (a feedback for an execution that does not
+  exist, a duplicate id within the batch, a value the column refuses): the
+  batch is bisected until the offending records are isolated; the others are
+  written and each refused record goes to ``rejected.jsonl`` with the reason.
+- The queue is full: the caller waits up to ``block_timeout`` for room, then
+  the record goes to the journal. Nothing is dropped and nothing raises into
+  the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Engine,
+    Integer,
+    Table,
+    bindparam,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+
+from dendrite.store import rollups, serialize
+from dendrite.store import schema as s
+from dendrite.store.engine import WRITE
+from dendrite.store.journal import Journal
+from dendrite.telemetry.records import (
+    AnyRecord,
+    ExecutionRecord,
+    FeedbackRecord,
+    RoutingDecision,
+    SolutionRecord,
+    ToolCreationEvent,
+    ToolExecutionRecord,
+)
+
+log = logging.getLogger("dendrite.store.writer")
+
+KINDS: dict[str, type[AnyRecord]] = {
+    "execution": ExecutionRecord,
+    "tool_execution": ToolExecutionRecord,
+    "routing_decision": RoutingDecision,
+    "feedback": FeedbackRecord,
+    "solution": SolutionRecord,
+    "tool_creation": ToolCreationEvent,
+}
+KIND_OF: dict[type, str] = {cls: kind for kind, cls in KINDS.items()}
+
+
+class _FlushMarker:
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+@dataclass
+class WriterStats:
+    written: int = 0
+    journaled: int = 0
+    replayed: int = 0
+    rejected: int = 0
+    batches: int = 0
+    last_flush_at: datetime | None = None
+    last_error: str | None = None
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Errors that say "the database is not there right now", as opposed to "bad data"."""
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(
+        error,
+        (
+            sa_exc.OperationalError,
+            sa_exc.InterfaceError,
+            sa_exc.DisconnectionError,
+            sa_exc.TimeoutError,
+            ConnectionError,
+        ),
+    )
+
+
+def _insert(conn: Connection, table: Table) -> Any:
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        engine: Engine,
+        journal: Journal,
+        rejected_path: Path,
+        *,
+        batch_size: int,
+        flush_interval: float,
+        max_queue: int,
+        block_timeout: float,
+        max_result_bytes: int,
+        on_reconnect: Callable[[], None] | None = None,
+        healthy: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.journal = journal
+        self.rejected_path = rejected_path
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_queue = max_queue
+        self.block_timeout = block_timeout
+        self.max_result_bytes = max_result_bytes
+        self.stats = WriterStats()
+        self.healthy = healthy
+        self._on_reconnect = on_reconnect
+        self._queue: deque[AnyRecord | _FlushMarker] = deque()
+        self._wake = threading.Event()
+        self._room = threading.Condition()
+        self._waiting_for_room = 0
+        self._stopping = False
+        self._backoff = 0.25
+        self._retry_at = 0.0
+        self._next_replay = 0.0
+        self._journal_pending = True  # segments left by an earlier run are replayed first
+        self._reject_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="dendrite-store-writer", daemon=True)
+        self._thread.start()
+
+    # -- the caller's side -------------------------------------------------
+
+    def submit(self, record: AnyRecord) -> None:
+        queue = self._queue
+        if len(queue) >= self.max_queue or self._stopping:
+            self._overflow(record)
+            return
+        queue.append(record)
+        if len(queue) >= self.batch_size and not self._wake.is_set():
+            self._wake.set()
+
+    def _overflow(self, record: AnyRecord) -> None:
+        if not self._stopping and threading.current_thread() is not self._thread:
+            deadline = time.monotonic() + self.block_timeout
+            with self._room:
+                self._waiting_for_room += 1
+                try:
+                    self._wake.set()
+                    while len(self._queue) >= self.max_queue and not self._stopping:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._room.wait(remaining)
+                finally:
+                    self._waiting_for_room -= 1
+            if len(self._queue) < self.max_queue and not self._stopping:
+                self._queue.append(record)
+                return
+        self._to_journal([record])
+        log.warning("store queue full or closed: record journaled for later replay")
+
+    def pending(self) -> int:
+        return sum(1 for item in list(self._queue) if not isinstance(item, _FlushMarker))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted before this call is written, journaled or rejected."""
+        if not self._thread.is_alive():
+            return not self._queue
+        marker = _FlushMarker()
+        self._queue.append(marker)
+        self._wake.set()
+        return marker.done.wait(timeout)
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+        with self._room:
+            self._room.notify_all()
+        leftover = [item for item in self._queue if not isinstance(item, _FlushMarker)]
+        if leftover:  # the writer could not finish in time: keep them on disk
+            self._to_journal(leftover)
+        self.journal.seal()
+
+    # -- the writer thread ---------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            try:
+                self._drain()
+                if self.healthy:
+                    self._maybe_replay()
+                elif self._journal_pending:
+                    self._recover()
+            except Exception:  # the writer must survive anything
+                log.exception("store writer: unexpected error")
+            if self._stopping and not self._queue:
+                self._last_chance()
+                return
+
+    def _last_chance(self) -> None:
+        """On close, one more try to empty the journal; what stays is replayed at the next start."""
+        try:
+            if self.healthy:
+                self._maybe_replay(final=True)
+            elif self._journal_pending:
+                self._retry_at = 0.0
+                self._recover()
+        except Exception:
+            log.exception("store writer: could not replay the journal on close")
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue:
+            batch: list[AnyRecord] = []
+            markers: list[_FlushMarker] = []
+            while queue and len(batch) < self.batch_size:
+                item = queue.popleft()
+                if isinstance(item, _FlushMarker):
+                    markers.append(item)
+                    break
+                batch.append(item)
+            if batch:
+                self._process(batch)
+            for marker in markers:
+                marker.done.set()
+            if self._waiting_for_room:
+                with self._room:
+                    self._room.notify_all()
+
+    def _process(self, batch: list[AnyRecord]) -> None:
+        if not self.healthy and not self._recover():
+            self._to_journal(batch)
+            return
+        try:
+            self._write_isolating(batch)
+        except Exception as error:
+            if not is_connection_error(error):
+                raise
+            self._mark_unhealthy(error)
+            self._to_journal(batch)
+
+    def _mark_unhealthy(self, error: BaseException) -> None:
+        if self.healthy:
+            log.error("store unreachable, journaling records until it returns: %s", error)
+        self.healthy = False
+        self.stats.last_error = f"{type(error).__name__}: {error}".splitlines()[0]
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, 5.0)
+
+    def _recover(self) -> bool:
+        if time.monotonic() < self._retry_at:
+            return False
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            if self._on_reconnect is not None:
+                self._on_reconnect()
+        except Exception as error:
+            if not is_connection_error(error):
+                raise
+            self._mark_unhealthy(error)
+            return False
+        log.warning("store reachable again: replaying the journal")
+        self.healthy = True
+        self._backoff = 0.25
+        self._maybe_replay(final=True)
+        return self.healthy
+
+    def _maybe_replay(self, final: bool = False) -> None:
+        """Replay journal segments when there may be some (ours, or a dead process's)."""
+        now = time.monotonic()
+        if not self.healthy or not (self._journal_pending or final or now >= self._next_replay):
+            return
+        self._next_replay = now + 30.0
+        self.journal.seal()
+        try:
+            for _path, entries in self.journal.claim():
+                records = [r for r in (self._revive(kind, data) for kind, data in entries) if r]
+                for start in range(0, len(records), self.batch_size):
+                    self._write_isolating(records[start : start + self.batch_size])
+                self.stats.replayed += len(records)
+            self._journal_pending = False
+        except Exception as error:
+            if not is_connection_error(error):
+                raise
+            self._mark_unhealthy(error)
+
+    def _revive(self, kind: str, data: dict[str, Any]) -> AnyRecord | None:
+        try:
+            return KINDS[kind].model_validate(data)
+        except (KeyError, ValidationError) as error:
+            self._reject(kind, data, f"unreadable journal entry: {error}")
+            return None
+
+    def _to_journal(self, records: Sequence[AnyRecord]) -> None:
+        self.journal.append([(KIND_OF[type(r)], r.model_dump()) for r in records])
+        self.stats.journaled += len(records)
+        self._journal_pending = True
+
+    def _write_isolating(self, batch: Sequence[AnyRecord]) -> None:
+        """Write a batch; if its data is refused, bisect to write all but the bad records."""
+        try:
+            with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                write_batch(conn, batch, self.max_result_bytes)
+        except Exception as error:
+            if is_connection_error(error) and not _is_data_error(error):
+                raise
+            if len(batch) == 1:
+                record = batch[0]
+                self._reject(KIND_OF[type(record)], record.model_dump(), _describe(error))
+                return
+            middle = len(batch) // 2
+            self._write_isolating(batch[:middle])
+            self._write_isolating(batch[middle:])
+            return
+        self.stats.written += len(batch)
+        self.stats.batches += 1
+        self.stats.last_flush_at = datetime.now(UTC)
+
+    def _reject(self, kind: str, data: dict[str, Any], reason: str) -> None:
+        log.error("store rejected a %s record (id %s): %s", kind, data.get("id"), reason)
+        entry = {"kind": kind, "reason": reason, "at": datetime.now(UTC), "record": data}
+        with self._reject_lock:
+            self.rejected_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.rejected_path.open("a", encoding="utf-8") as handle:
+                handle.write(serialize.dumps(entry) + "\n")
+        self.stats.rejected += 1
+
+
+def _is_data_error(error: BaseException) -> bool:
+    """SQLite reports some refusals of data (e.g. a value too big) as OperationalError."""
+    message = str(getattr(error, "orig", error)).lower()
+    return "too big" in message or "datatype mismatch" in message
+
+
+def _describe(error: BaseException) -> str:
+    original = getattr(error, "orig", None) or error
+    text_ = str(original).strip().splitlines()[0] if str(original).strip() else repr(original)
+    if "foreign key" in text_.lower():
+        return f"refers to an execution that does not exist ({text_})"
+    if "unique" in text_.lower() or "duplicate" in text_.lower():
+        return f"duplicate record ({text_})"
+    return f"{type(original).__name__}: {text_}"
+
+
+# -- one batch, one transaction ----------------------------------------------
+
+
+def write_batch(conn: Connection, batch: Iterable[AnyRecord], max_result_bytes: int) -> None:
+    """Insert a batch and update the rollups it changes, idempotently by record id."""
+    groups: dict[type, list[Any]] = {}
+    for record in batch:
+        groups.setdefault(type(record), []).append(record)
+    now = datetime.now(UTC)
+    new_execs = _insert_executions(conn, groups.get(ExecutionRecord, []), now)
+    new_tools = _insert_tool_executions(conn, groups.get(ToolExecutionRecord, []), max_result_bytes)
+    _insert_plain(conn, s.routing_decisions, groups.get(RoutingDecision, []))
+    new_feedback = _insert_feedback(conn, groups.get(FeedbackRecord, []))
+    _insert_plain(conn, s.solutions, groups.get(SolutionRecord, []))
+    _insert_plain(conn, s.tool_creation_events, groups.get(ToolCreationEvent, []))
+
+    sums = rollups.aggregate_executions(new_execs)
+    rollups.aggregate_feedback(new_feedback, into=sums)
+    rollups.add_execution_rollup(conn, sums)
+    tools = rollups.aggregate_tools(new_tools)
+    rollups.add_tool_aggregates(conn, tools)
+    if tools:
+        rollups.refresh_tool_derived(conn, sorted(tools))
+
+
+def _existing_ids(conn: Connection, table: Table, ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found.update(conn.scalars(select(table.c.id).where(table.c.id.in_(chunk))))
+    return found
+
+
+def _insert_executions(
+    conn: Connection, records: list[ExecutionRecord], now: datetime
+) -> list[ExecutionRecord]:
+    if not records:
+        return []
+    # Taking the counter's row lock first serialises execution writers on
+    # PostgreSQL, so the existence check below cannot race with a replay.
+    conn.execute(
+        select(s.store_meta.c.int_value).where(s.store_meta.c.key == "goal_seq").with_for_update()
+    )
+    existing = _existing_ids(conn, s.executions, [r.id for r in records])
+    new = [r for r in records if r.id not in existing]
+    need = sum(1 for r in new if r.goal_id is None)
+    if need:
+        last = conn.execute(
+            update(s.store_meta)
+            .where(s.store_meta.c.key == "goal_seq")
+            .values(int_value=s.store_meta.c.int_value + need)
+            .returning(s.store_meta.c.int_value)
+        ).scalar_one()
+        numbers = iter(range(last - need + 1, last + 1))
+    rows = []
+    for record in new:
+        row = record.model_dump()
+        if row["goal_id"] is None:
+            # Only the row gets the number: if this transaction rolls back, the
+            # record must still ask for one when it is retried or replayed.
+            row["goal_id"] = f"goal_{next(numbers)}"
+        row["recorded_at"] = now
+        rows.append(row)
+    if rows:
+        conn.execute(s.executions.insert(), rows)
+    return new
+
+
+def _insert_tool_executions(
+    conn: Connection, records: list[ToolExecutionRecord], max_result_bytes: int
+) -> list[ToolExecutionRecord]:
+    if not records:
+        return []
+    rows = []
+    for record in records:
+        row = record.model_dump()
+        row["result"], row["result_truncated"] = serialize.capped(row["result"], max_result_bytes)
+        rows.append(row)
+    table = s.tool_executions
+    stmt = _insert(conn, table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
+    inserted = set(conn.scalars(stmt, rows))
+    return [r for r in records if r.id in inserted]
+
+
+def _insert_plain(conn: Connection, table: Table, records: list[AnyRecord]) -> None:
+    if records:
+        stmt = _insert(conn, table).on_conflict_do_nothing(index_elements=["id"])
+        conn.execute(stmt, [r.model_dump() for r in records])
+
+
+def _insert_feedback(conn: Connection, records: list[FeedbackRecord]) -> list[tuple[Any, Any]]:
+    if not records:
+        return []
+    table = s.execution_feedback
+    stmt = _insert(conn, table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
+    inserted = set(conn.scalars(stmt, [r.model_dump() for r in records]))
+    new = [r for r in records if r.id in inserted]
+    if not new:
+        return []
+    ex = s.executions
+    targets = {
+        row.id: row
+        for row in conn.execute(
+            select(*rollups.EXEC_COLUMNS).where(ex.c.id.in_({r.execution_id for r in new}))
+        )
+    }
+    conn.execute(
+        update(ex)
+        .where(ex.c.id == bindparam("eid"))
+        .values(
+            user_rating=func.coalesce(bindparam("rating", type_=Integer), ex.c.user_rating),
+            user_accepted=func.coalesce(bindparam("accepted", type_=Boolean), ex.c.user_accepted),
+        ),
+        [{"eid": r.execution_id, "rating": r.rating, "accepted": r.accepted} for r in new],
+    )
+    return [(r, targets[r.execution_id]) for r in new]

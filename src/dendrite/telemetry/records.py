@@ -1,0 +1,286 @@
+"""The rows of the execution history, as validated pydantic models.
+
+These models are the contract between whatever runs work (the orchestrator,
+pools, the API) and the store: the store validates every record against them
+on the caller's side, so a wrong type fails where it was made, with the field
+named, rather than later inside a background flush.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from dendrite._ids import new_id
+from dendrite.telemetry.errors import ErrorType
+
+RecordId = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+    ),
+]
+"""A UUID in text form: ids are made by clients, so replays cannot duplicate rows."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ExecutionStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PARTIAL = "partial"
+    CANCELLED = "cancelled"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+    id: RecordId = Field(default_factory=new_id)
+
+
+def _fill_times(
+    started_at: datetime | None, finished_at: datetime | None, duration_ms: float
+) -> tuple[datetime, datetime]:
+    """Derive the missing end of the interval, so every row has both ends in UTC."""
+    if finished_at is None:
+        finished_at = started_at + timedelta(milliseconds=duration_ms) if started_at else utcnow()
+    if started_at is None:
+        started_at = finished_at - timedelta(milliseconds=duration_ms)
+    return _as_utc(started_at), _as_utc(finished_at)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _infer_error_type(success: bool, error: str | None, error_type: ErrorType | None):
+    if error_type is not None or success:
+        return error_type
+    return ErrorType.infer(error)
+
+
+class PredictionError(BaseModel):
+    """How far a prediction made before a run was from what happened.
+
+    ``success`` is the signed error of the predicted success probability
+    (outcome minus prediction, in [-1, 1]); ``duration`` and ``cost`` are
+    relative errors ((actual - predicted) / predicted). A field is ``None``
+    when either side is missing.
+    """
+
+    success: float | None = None
+    duration: float | None = None
+    cost: float | None = None
+
+
+def _relative(actual: float | None, predicted: float | None) -> float | None:
+    if actual is None or predicted is None or predicted == 0:
+        return None
+    return (actual - predicted) / predicted
+
+
+class ExecutionRecord(_Record):
+    """One goal or task run: the wide analytic record."""
+
+    goal_id: str | None = Field(default=None, max_length=64)
+    goal_text: str = ""
+    intent: str | None = None
+    query_type: str | None = None
+    task_type: str | None = None
+    project: str | None = None
+    session_id: str | None = None
+    parent_id: RecordId | None = None
+    depth: int = Field(default=0, ge=0)
+    success: bool
+    status: ExecutionStatus | None = None
+    error: str | None = None
+    error_type: ErrorType | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: float = Field(ge=0)
+    model_tier: str | None = None
+    pool: str | None = None
+    routing_confidence: float | None = Field(default=None, ge=0, le=1)
+    complexity_score: float | None = None
+    confidence_score: float | None = Field(default=None, ge=0, le=1)
+    estimated_tokens: int | None = Field(default=None, ge=0)
+    tokens_used: int | None = Field(default=None, ge=0)
+    estimated_duration_ms: float | None = Field(default=None, ge=0)
+    cost_estimate: float | None = Field(default=None, ge=0)
+    actual_cost: float | None = Field(default=None, ge=0)
+    quality_score: float | None = Field(default=None, ge=0, le=1)
+    user_accepted: bool | None = None
+    user_rating: int | None = Field(default=None, ge=1, le=5)
+    peak_memory_mb: float | None = Field(default=None, ge=0)
+    cpu_time_ms: float | None = Field(default=None, ge=0)
+    solution_summary: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        self.started_at, self.finished_at = _fill_times(
+            self.started_at, self.finished_at, self.duration_ms
+        )
+        if self.status is None:
+            self.status = ExecutionStatus.SUCCEEDED if self.success else ExecutionStatus.FAILED
+        self.error_type = _infer_error_type(self.success, self.error, self.error_type)
+        return self
+
+    def embedding_content(self) -> str:
+        """The text that stands for this run in similarity search over past goals."""
+        parts = [self.goal_text.strip()]
+        for label, value in (
+            ("intent", self.intent),
+            ("query type", self.query_type),
+            ("task type", self.task_type),
+            ("project", self.project),
+        ):
+            if value:
+                parts.append(f"{label}: {value}")
+        if self.solution_summary:
+            parts.append(f"solution: {self.solution_summary.strip()}")
+        return "\n".join(p for p in parts if p)
+
+    def prediction_error(self) -> PredictionError:
+        """Error of the routing-time predictions (confidence, duration, cost) vs the outcome."""
+        success = None
+        if self.routing_confidence is not None:
+            success = float(self.success) - self.routing_confidence
+        return PredictionError(
+            success=success,
+            duration=_relative(self.duration_ms, self.estimated_duration_ms),
+            cost=_relative(self.actual_cost, self.cost_estimate),
+        )
+
+
+class ToolExecutionRecord(_Record):
+    """One attempt of one tool call: retries and fallbacks are rows of their own."""
+
+    execution_id: RecordId
+    step_id: str | None = None
+    tool_name: str = Field(min_length=1, max_length=200)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+    success: bool
+    error: str | None = None
+    error_type: ErrorType | None = None
+    attempt: int = Field(default=1, ge=1)
+    fallback_of: str | None = None
+    duration_ms: float = Field(ge=0)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        self.started_at, self.finished_at = _fill_times(
+            self.started_at, self.finished_at, self.duration_ms
+        )
+        self.error_type = _infer_error_type(self.success, self.error, self.error_type)
+        return self
+
+    def embedding_content(self) -> str:
+        """The text that stands for this call when similar calls are looked up."""
+        names = ", ".join(sorted(self.parameters))
+        text = f"{self.tool_name}({names})"
+        return f"{text}\nerror: {self.error}" if self.error else text
+
+
+class RoutingCandidate(BaseModel):
+    option: str
+    score: float
+
+
+class RoutingDecision(_Record):
+    """Which option a router chose for a task, among which candidates, and why.
+
+    The outcome is not stored here: it is the execution with the same
+    ``execution_id``, joined at read time (``ExecutionStore.get_routing_outcomes``),
+    so a policy can be evaluated offline against what actually happened.
+    """
+
+    execution_id: RecordId
+    router: str = Field(default="model_tier", min_length=1)
+    chosen: str = Field(min_length=1)
+    candidates: list[RoutingCandidate] = Field(default_factory=list)
+    confidence: float | None = Field(default=None, ge=0, le=1)
+    reason: str | None = None
+    features: dict[str, Any] = Field(default_factory=dict)
+    predicted_success: float | None = Field(default=None, ge=0, le=1)
+    predicted_cost: float | None = Field(default=None, ge=0)
+    predicted_duration_ms: float | None = Field(default=None, ge=0)
+    created_at: datetime = Field(default_factory=utcnow)
+
+    def prediction_error(self, outcome: ExecutionRecord) -> PredictionError:
+        """Error of this decision's predictions against the execution it routed."""
+        success = None
+        if self.predicted_success is not None:
+            success = float(outcome.success) - self.predicted_success
+        return PredictionError(
+            success=success,
+            duration=_relative(outcome.duration_ms, self.predicted_duration_ms),
+            cost=_relative(outcome.actual_cost, self.predicted_cost),
+        )
+
+
+class FeedbackRecord(_Record):
+    """A judgement of one execution; several per execution are kept."""
+
+    execution_id: RecordId
+    rating: int | None = Field(default=None, ge=1, le=5)
+    accepted: bool | None = None
+    feedback_text: str | None = None
+    source: Literal["human", "llm", "code"] = "human"
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="after")
+    def _says_something(self) -> Self:
+        if self.rating is None and self.accepted is None and not self.feedback_text:
+            raise ValueError("feedback needs at least one of rating, accepted or feedback_text")
+        return self
+
+
+class SolutionRecord(_Record):
+    """A reusable pattern extracted from a successful execution."""
+
+    execution_id: RecordId | None = None
+    pattern: str = Field(min_length=1)
+    description: str = ""
+    query_type: str | None = None
+    task_type: str | None = None
+    plan: dict[str, Any] = Field(default_factory=dict)
+    quality_score: float | None = Field(default=None, ge=0, le=1)
+    created_at: datetime = Field(default_factory=utcnow)
+
+    def embedding_content(self) -> str:
+        """The text that stands for this solution when a new goal looks for one to reuse."""
+        parts = [self.description.strip(), f"pattern: {self.pattern}"]
+        if self.query_type:
+            parts.append(f"query type: {self.query_type}")
+        return "\n".join(p for p in parts if p)
+
+
+class ToolCreationEvent(_Record):
+    """A tool generated at run time, with the outcome of its validation."""
+
+    tool_name: str = Field(min_length=1, max_length=200)
+    goal_text: str | None = None
+    generated_code: str
+    validation_passed: bool
+    validation_errors: list[str] = Field(default_factory=list)
+    execution_id: RecordId | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+AnyRecord = (
+    ExecutionRecord
+    | ToolExecutionRecord
+    | RoutingDecision
+    | FeedbackRecord
+    | SolutionRecord
+    | ToolCreationEvent
+)

@@ -1,0 +1,270 @@
+"""Analytics numbers against values computed by hand, and rollups against a rebuild."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select, text
+
+from dendrite.store import ExecutionStore
+from dendrite.store import schema as s
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+TODAY = datetime.combine(NOW.date(), datetime.min.time(), UTC)
+
+
+def _exec(store: ExecutionStore, **kw) -> str:
+    kw.setdefault("goal_text", "g")
+    kw.setdefault("duration_ms", 100.0)
+    return store.store_execution(**kw)
+
+
+def test_tool_statistics_and_top_tools(store: ExecutionStore):
+    eid = _exec(store, success=True)
+    durations = {"search": [10, 20, 30, 40], "calc": [1, 2], "flaky": [100, 200, 300]}
+    outcomes = {
+        "search": [True, True, True, False],
+        "calc": [True, True],
+        "flaky": [False, True, False],
+    }
+    t0 = TODAY - timedelta(days=2)
+    for tool, values in durations.items():
+        for i, (ms, ok) in enumerate(zip(values, outcomes[tool], strict=True)):
+            store.store_tool_execution(
+                eid, tool, {}, None, ok, ms, started_at=t0 + timedelta(minutes=i)
+            )
+    search = store.get_tool_statistics("search")
+    assert search.total_executions == 4
+    assert search.successful_executions == 3 and search.failed_executions == 1
+    assert search.success_rate == 0.75
+    assert search.avg_duration_ms == 25.0
+    # p95 of [10, 20, 30, 40] is 40; the histogram reports its bucket's upper edge.
+    assert 40 <= search.p95_duration_ms <= 40 * 2 ** (1 / 32)
+    assert search.first_used == t0 and search.last_used == t0 + timedelta(minutes=3)
+    assert store.get_tool_statistics("nope") is None
+
+    assert [t.tool_name for t in store.get_top_tools()] == ["calc", "search", "flaky"]
+    assert [t.tool_name for t in store.get_top_tools(limit=1)] == ["calc"]
+    assert [t.tool_name for t in store.get_top_tools(min_executions=3)] == ["search", "flaky"]
+    flaky = store.get_top_tools(min_executions=3)[1]
+    assert flaky.success_rate == pytest.approx(1 / 3)
+    assert flaky.avg_duration_ms == 200.0
+    assert [t.tool_name for t in store.get_tool_performance()] == ["search", "flaky", "calc"]
+
+
+def test_success_rate_by_intent_and_since_including_a_partial_day(store: ExecutionStore):
+    plan = [
+        # (days ago, hour, intent, success)
+        (5, 10, "tool_use", True),
+        (5, 11, "tool_use", False),
+        (3, 1, "tool_use", True),
+        (3, 20, "generative", False),
+        (3, 22, "tool_use", False),
+        (1, 9, "tool_use", True),
+        (0, 0, "generative", True),
+    ]
+    for days, hour, intent, ok in plan:
+        _exec(
+            store, intent=intent, success=ok, started_at=TODAY - timedelta(days=days, hours=-hour)
+        )
+    rate = store.get_success_rate()
+    assert (rate.total, rate.successful) == (7, 4) and rate.success_rate == pytest.approx(4 / 7)
+    tool_use = store.get_success_rate("tool_use")
+    assert (tool_use.total, tool_use.successful) == (5, 3)
+    # since 3 days ago at 12:00 cuts into a day: 20:00 and 22:00 of it count, 01:00 does not.
+    since = TODAY - timedelta(days=3) + timedelta(hours=12)
+    assert store.get_success_rate(since=since).model_dump() == {
+        "total": 4,
+        "successful": 2,
+        "success_rate": 0.5,
+    }
+    recent_tool_use = store.get_success_rate("tool_use", since)
+    assert (recent_tool_use.total, recent_tool_use.successful) == (2, 1)
+    assert store.get_success_rate("nothing").success_rate is None
+
+
+def test_tier_and_pool_performance_with_costs_quality_and_ratings(store: ExecutionStore):
+    yesterday = TODAY - timedelta(days=1) + timedelta(hours=6)
+    a = _exec(
+        store,
+        success=True,
+        model_tier="small",
+        pool="p1",
+        duration_ms=100,
+        actual_cost=0.001,
+        quality_score=0.5,
+        started_at=yesterday,
+    )
+    _exec(
+        store,
+        success=False,
+        model_tier="small",
+        pool="p1",
+        duration_ms=300,
+        actual_cost=0.003,
+        started_at=yesterday,
+    )
+    b = _exec(
+        store,
+        success=True,
+        model_tier="large",
+        pool="p2",
+        duration_ms=50,
+        quality_score=0.9,
+        started_at=yesterday,
+    )
+    _exec(store, success=True, model_tier="small", pool="p2", duration_ms=10, started_at=TODAY)
+    _exec(store, success=True, duration_ms=10, started_at=TODAY - timedelta(days=30))
+    store.store_feedback(a, 5)
+    store.store_feedback(a, 2)
+    store.store_feedback(b, 4, accepted=True)
+
+    rows = {(r.day, r.model_tier): r for r in store.get_tier_performance(days=7)}
+    assert set(rows) == {
+        (yesterday.date(), "small"),
+        (yesterday.date(), "large"),
+        (TODAY.date(), "small"),
+    }
+    small = rows[(yesterday.date(), "small")]
+    assert (small.executions, small.successes, small.success_rate) == (2, 1, 0.5)
+    assert small.avg_duration_ms == 200.0
+    assert small.avg_cost == pytest.approx(0.002)
+    assert small.avg_quality == pytest.approx(0.5)
+    assert small.avg_rating == pytest.approx(3.5)
+    large = rows[(yesterday.date(), "large")]
+    assert large.avg_cost is None and large.avg_rating == 4.0
+    assert len(store.get_tier_performance(days=1)) == 1
+
+    pools = {p.pool: p for p in store.get_pool_performance()}
+    assert set(pools) == {"p1", "p2"}
+    assert (pools["p1"].executions, pools["p1"].success_rate) == (2, 0.5)
+    assert pools["p2"].avg_duration_ms == 30.0 and pools["p2"].avg_quality == pytest.approx(0.9)
+
+
+def test_recent_executions_filters_and_cursor(store: ExecutionStore):
+    ids = [
+        _exec(
+            store,
+            intent="tool_use" if i % 2 else "generative",
+            success=i % 3 != 0,
+            project="a" if i < 5 else "b",
+            started_at=TODAY - timedelta(hours=i),
+        )
+        for i in range(10)
+    ]
+    recent = store.get_recent_executions(3)
+    assert [r.id for r in recent] == ids[:3]
+    page2 = store.get_recent_executions(3, before=recent[-1].started_at)
+    assert [r.id for r in page2] == ids[3:6]
+    assert [r.id for r in store.get_recent_executions(10, intent="tool_use")] == ids[1::2]
+    failed = store.get_recent_executions(10, success=False)
+    assert [r.id for r in failed] == [ids[0], ids[3], ids[6], ids[9]]
+    assert len(store.get_recent_executions(10, project="b", since=TODAY - timedelta(hours=7))) == 3
+
+
+def test_views_agree_with_the_api(store: ExecutionStore):
+    _exec(store, success=True, model_tier="m", pool="p", actual_cost=0.5, started_at=TODAY)
+    _exec(store, success=False, model_tier="m", pool="p", started_at=TODAY)
+    eid = _exec(store, success=True)
+    store.store_tool_execution(eid, "t", {}, None, True, 8)
+    store.store_solution("a -> b", query_type="q", quality_score=0.5)
+    store.flush()
+    with store.engine.connect() as conn:
+        tier = conn.execute(text("SELECT * FROM tier_performance_daily")).mappings().one()
+        pool = conn.execute(text("SELECT * FROM pool_performance")).mappings().one()
+        tool = conn.execute(text("SELECT * FROM tool_performance")).mappings().one()
+        pattern = conn.execute(text("SELECT * FROM solution_patterns")).mappings().one()
+    api_tier = store.get_tier_performance(1)[0]
+    assert (tier["model_tier"], tier["executions"], tier["success_rate"]) == ("m", 2, 0.5)
+    assert tier["avg_cost"] == pytest.approx(api_tier.avg_cost)
+    assert pool["avg_duration_ms"] == pytest.approx(store.get_pool_performance()[0].avg_duration_ms)
+    assert tool["p95_duration_ms"] == pytest.approx(store.get_tool_statistics("t").p95_duration_ms)
+    assert (pattern["pattern"], pattern["occurrences"]) == ("a -> b", 1)
+
+
+def _snapshot(store: ExecutionStore) -> dict[str, list[tuple]]:
+    with store.engine.connect() as conn:
+        return {
+            table.name: sorted(tuple(r) for r in conn.execute(select(table)))
+            for table in (s.tool_statistics, s.tool_duration_histogram, s.execution_rollup)
+        }
+
+
+def _random_history(store: ExecutionStore, rng: random.Random, n: int) -> list[str]:
+    ids = []
+    for _ in range(n):
+        at = NOW - timedelta(hours=rng.uniform(0, 24 * 20))
+        eid = _exec(
+            store,
+            intent=rng.choice(["tool_use", "generative", None]),
+            project=rng.choice(["a", "b", None]),
+            task_type=rng.choice(["search", "summary"]),
+            model_tier=rng.choice(["small", "large", None]),
+            pool=rng.choice(["p1", "p2", None]),
+            success=rng.random() < 0.8,
+            duration_ms=rng.lognormvariate(4, 1),
+            actual_cost=rng.choice([None, rng.random() / 100]),
+            quality_score=rng.choice([None, rng.random()]),
+            confidence_score=rng.random(),
+            tokens_used=rng.randint(0, 5000),
+            started_at=at,
+        )
+        ids.append(eid)
+        for k in range(rng.randint(0, 4)):
+            store.store_tool_execution(
+                eid,
+                rng.choice(["t1", "t2", "t3", "t4"]),
+                {"k": k},
+                k,
+                rng.random() < 0.85,
+                rng.lognormvariate(3, 1.5),
+                started_at=at + timedelta(seconds=k),
+            )
+        if rng.random() < 0.3:
+            store.store_feedback(eid, rng.randint(1, 5), accepted=rng.choice([True, False, None]))
+    return ids
+
+
+def test_incremental_rollups_equal_a_rebuild_from_scratch(store_url: str, tmp_path):
+    rng = random.Random(7)
+    with ExecutionStore(store_url, state_dir=tmp_path / "s", batch_size=37) as store:
+        _random_history(store, rng, 300)
+        store.flush()
+        incremental = _snapshot(store)
+        tools_before = store.get_tool_performance()
+        store.update_statistics()
+        assert _snapshot(store) == incremental
+        assert store.get_tool_performance() == tools_before
+        assert sum(r.total_executions for r in tools_before) > 300
+
+
+def test_prune_deletes_raw_rows_and_keeps_the_aggregates(store_url: str, tmp_path):
+    rng = random.Random(11)
+    with ExecutionStore(store_url, state_dir=tmp_path / "s", batch_size=50) as store:
+        _random_history(store, rng, 200)
+        store.flush()
+        before = _snapshot(store)
+        rate_before = store.get_success_rate()
+        tiers_before = store.get_tier_performance(30)
+        with store.engine.connect() as conn:
+            old = conn.scalar(
+                select(func.count()).where(s.executions.c.started_at < NOW - timedelta(days=10))
+            )
+        report = store.prune(timedelta(days=10))
+        assert report.executions == old > 0
+        assert report.tool_executions > 0
+        assert len(store.get_recent_executions(1000)) == 200 - old
+        assert _snapshot(store) == before
+        assert store.get_success_rate() == rate_before
+        assert store.get_tier_performance(30) == tiers_before
+        # A rebuild after pruning (archive + live rows) still agrees exactly.
+        store.update_statistics()
+        assert _snapshot(store) == before
+        # New history keeps adding on top of the pruned past.
+        _random_history(store, rng, 20)
+        store.flush()
+        grown = _snapshot(store)
+        store.update_statistics()
+        assert _snapshot(store) == grown

@@ -1,0 +1,95 @@
+"""The ``dendrite`` command line: db commands and the demo, in process and as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from dendrite.cli import app
+from dendrite.store import ExecutionStore, migrate
+from dendrite.store.engine import make_engine
+
+runner = CliRunner()
+
+
+def test_db_commands_round_trip(store_url: str):
+    assert runner.invoke(app, ["db", "upgrade", "--url", store_url]).exit_code == 0
+    result = runner.invoke(app, ["db", "current", "--url", store_url])
+    assert result.exit_code == 0 and "database: 0002  code: 0002" in result.output
+    result = runner.invoke(app, ["db", "validate", "--url", store_url])
+    assert result.exit_code == 0 and "schema matches the code" in result.output
+    result = runner.invoke(app, ["db", "downgrade", "--url", store_url])
+    assert result.exit_code == 0 and "schema at 0001" in result.output
+    result = runner.invoke(app, ["db", "validate", "--url", store_url])
+    assert result.exit_code == 1
+    assert "schema revision is 0001, the code expects 0002" in result.output
+    assert "missing table execution_rollup" in result.output
+    result = runner.invoke(app, ["db", "upgrade", "--url", store_url])
+    assert result.exit_code == 0 and "schema at 0002" in result.output
+
+
+def test_db_reset_needs_confirmation_and_then_empties_the_store(store_url: str, tmp_path: Path):
+    with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
+        store.store_execution(goal_text="keep me", success=True, duration_ms=1)
+    result = runner.invoke(app, ["db", "reset", "--url", store_url])
+    assert result.exit_code == 2 and "--yes" in result.output
+    with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
+        assert store.get_success_rate().total == 1
+    result = runner.invoke(app, ["db", "reset", "--yes", "--url", store_url])
+    assert result.exit_code == 0
+    with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
+        assert store.get_success_rate().total == 0
+
+
+def test_user_mistakes_get_one_line_and_exit_2(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    result = runner.invoke(app, ["db", "upgrade", "--url", "mysql://nobody@localhost/x"])
+    assert result.exit_code == 2 and "unsupported database URL" in result.output
+    result = runner.invoke(app, ["db", "upgrade", "nonsense", "--url", url])
+    assert result.exit_code == 2 and "nonsense" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_an_unreachable_database_exits_1(tmp_path: Path):
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/none"
+    result = runner.invoke(app, ["db", "current", "--url", url])
+    assert result.exit_code == 1 and "cannot reach the database" in result.output
+
+
+def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DENDRITE_HOME": str(home), "COLUMNS": "200"}
+    env.pop("DENDRITE_DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "dendrite", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_validate_exit_code_as_a_subprocess(store_url: str, tmp_path: Path):
+    engine = make_engine(store_url)
+    migrate.upgrade(engine)
+    assert _cli("db", "validate", "--url", store_url, home=tmp_path).returncode == 0
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_tool_executions_tool_name_started_at"))
+    engine.dispose()
+    done = _cli("db", "validate", "--url", store_url, home=tmp_path)
+    assert done.returncode == 1
+    assert "missing index ix_tool_executions_tool_name_started_at" in done.stdout
+
+
+def test_demo_records_into_the_default_store_and_accumulates(tmp_path: Path):
+    first = _cli("demo", "--goals", "150", "--seed", "3", home=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "the store now holds 150 executions" in first.stdout
+    assert "Tool performance" in first.stdout and "Trace of goal_" in first.stdout
+    assert (tmp_path / "dendrite.db").exists()
+    second = _cli("demo", "--goals", "50", home=tmp_path)
+    assert "the store now holds 200 executions (150 from earlier runs)" in second.stdout

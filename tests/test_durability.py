@@ -1,0 +1,212 @@
+"""Nothing is lost: database outages, a full queue, replays, and several writer processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from dendrite._ids import new_id
+from dendrite.store import ExecutionStore
+from dendrite.store import schema as s
+from dendrite.store.journal import Journal
+from dendrite.telemetry import ToolExecutionRecord
+from tests.conftest import PG_ADMIN, pg_database
+
+TOTAL = 10_000
+
+
+def _wait_until_drained(store: ExecutionStore, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        store.flush()
+        status = store.status()
+        if status.reachable and status.journal_records == 0 and status.pending_writes == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"store did not drain: {store.status()}")
+
+
+def _counts(url: str) -> dict[str, int]:
+    with ExecutionStore(url) as store, store.engine.connect() as conn:
+        te, ex = s.tool_executions, s.executions
+        return {
+            "tool_rows": conn.scalar(select(func.count()).select_from(te)),
+            "tool_ids": conn.scalar(select(func.count(te.c.id.distinct()))),
+            "exec_rows": conn.scalar(select(func.count()).select_from(ex)),
+            "exec_ids": conn.scalar(select(func.count(ex.c.id.distinct()))),
+            "goal_ids": conn.scalar(select(func.count(ex.c.goal_id.distinct()))),
+            "tool_stat_total": conn.scalar(select(func.sum(s.tool_statistics.c.total_executions))),
+            "rollup_total": conn.scalar(select(func.sum(s.execution_rollup.c.executions))),
+        }
+
+
+def _write(store: ExecutionStore, start: int, stop: int, eid: str) -> str:
+    """Records start..stop-1: every 100th is an execution, the rest tool calls."""
+    for i in range(start, stop):
+        if i % 100 == 0:
+            eid = store.store_execution(goal_text=f"goal {i}", success=True, duration_ms=i % 50)
+        else:
+            store.store_tool_execution(eid, f"tool_{i % 7}", {"i": i}, i, i % 9 != 0, i % 13)
+    return eid
+
+
+def _expect_exactly_total(counts: dict[str, int]) -> None:
+    executions = TOTAL // 100
+    assert counts == {
+        "tool_rows": TOTAL - executions,
+        "tool_ids": TOTAL - executions,
+        "exec_rows": executions,
+        "exec_ids": executions,
+        "goal_ids": executions,
+        "tool_stat_total": TOTAL - executions,
+        "rollup_total": executions,
+    }
+
+
+def _pg_admin(sql: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(sql)
+
+
+def test_postgres_outage_mid_stream_loses_nothing_and_duplicates_nothing(tmp_path: Path):
+    with pg_database() as url:
+        name = make_url(url).database
+        store = ExecutionStore(url, state_dir=tmp_path / "s", batch_size=250, flush_interval=0.01)
+        eid = _write(store, 0, 3000, "")
+        # The database disappears mid-stream: its connections are killed and new ones refused.
+        _pg_admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        _pg_admin(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        )
+        eid = _write(store, 3000, 7000, eid)
+        store.flush()
+        down = store.status()
+        assert not down.reachable and down.journal_records > 0
+        eid = _write(store, 7000, TOTAL, eid)
+        _pg_admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        _wait_until_drained(store)
+        store.close()
+        _expect_exactly_total(_counts(url))
+
+
+def test_sqlite_locked_past_its_timeout_journals_and_replays(tmp_path: Path):
+    db = tmp_path / "h.db"
+    url = f"sqlite:///{db}?timeout=0.2"
+    store = ExecutionStore(url, state_dir=tmp_path / "s", batch_size=250, flush_interval=0.01)
+    eid = _write(store, 0, 3000, "")
+    store.flush()
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    eid = _write(store, 3000, 7000, eid)
+    store.flush()
+    assert store.status().journal_records > 0
+    eid = _write(store, 7000, TOTAL, eid)
+    blocker.execute("COMMIT")
+    blocker.close()
+    _wait_until_drained(store)
+    store.close()
+    _expect_exactly_total(_counts(url))
+
+
+def test_a_full_queue_spills_to_the_journal_without_raising(store_url: str, tmp_path: Path):
+    store = ExecutionStore(
+        store_url, state_dir=tmp_path / "s", max_queue=50, block_timeout=0.0, flush_interval=5
+    )
+    _write(store, 0, TOTAL, "")
+    assert store._writer.stats.journaled > 0  # the queue really overflowed
+    _wait_until_drained(store)
+    store.close()
+    _expect_exactly_total(_counts(store_url))
+
+
+def test_journal_replay_is_idempotent(store_url: str, tmp_path: Path):
+    state = tmp_path / "s"
+    eid = new_id()
+    records = [
+        ToolExecutionRecord(execution_id=eid, tool_name="t", success=i % 2 == 0, duration_ms=i)
+        for i in range(300)
+    ]
+    journal = Journal(state / "journal")
+    journal.append([("tool_execution", r.model_dump()) for r in records])
+    journal.seal()
+    (segment,) = journal.segments()
+    saved = tmp_path / "copy.jsonl"
+    shutil.copy(segment, saved)
+    with segment.open("a") as handle:
+        handle.write('{"kind": "tool_execution", "rec')  # a write cut short by a crash
+    for _ in range(2):  # the second replay simulates a crash before the segment was deleted
+        with ExecutionStore(store_url, state_dir=state) as store:
+            _wait_until_drained(store)
+            stats = store.get_tool_statistics("t")
+            assert (stats.total_executions, stats.successful_executions) == (300, 150)
+        shutil.copy(saved, segment)
+    with ExecutionStore(store_url, state_dir=state) as store:
+        _wait_until_drained(store)
+        assert store.get_execution(eid) is None  # steps recorded before their goal row
+        with store.engine.connect() as conn:
+            assert conn.scalar(select(func.count()).select_from(s.tool_executions)) == 300
+
+
+def test_postgres_down_at_start_journals_then_creates_schema_and_replays(tmp_path: Path):
+    with pg_database() as url:
+        name = make_url(url).database
+        _pg_admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        store = ExecutionStore(url, state_dir=tmp_path / "s", flush_interval=0.01)
+        assert not store.status().reachable
+        eid = _write(store, 0, 500, "")
+        store.flush()
+        assert store.status().journal_records == 500
+        _pg_admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        _wait_until_drained(store)
+        assert store.get_success_rate().total == 5
+        assert len(store.get_execution(eid).steps) == 99
+        store.close()
+
+
+def _writer_process(url: str, state: str, worker: int, goals: int, out: multiprocessing.Queue):
+    with ExecutionStore(url, state_dir=f"{state}-{worker}", batch_size=200) as store:
+        for g in range(goals):
+            eid = store.store_execution(
+                goal_text=f"w{worker} g{g}", success=g % 4 != 0, duration_ms=g
+            )
+            for k in range(3):
+                store.store_tool_execution(eid, f"t{k}", {"g": g}, g, True, k + 1)
+        store.flush()
+        stats = store._writer.stats
+        out.put((worker, stats.written, stats.journaled, stats.rejected, stats.last_error))
+
+
+def test_four_processes_write_one_sqlite_file_at_once(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"  # new file: all four also race to create it
+    goals = 1500
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_writer_process, args=(url, str(tmp_path / "st"), w, goals, out))
+        for w in range(4)
+    ]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    for _worker, written, journaled, rejected, last_error in results:
+        assert (written, journaled, rejected, last_error) == (goals * 4, 0, 0, None)
+    with ExecutionStore(url) as store:
+        assert store.get_success_rate().model_dump() == {
+            "total": 4 * goals,
+            "successful": 4 * goals * 3 // 4,
+            "success_rate": 0.75,
+        }
+        assert [t.total_executions for t in store.get_tool_performance()] == [4 * goals] * 3
+        with store.engine.connect() as conn:
+            goal_ids = conn.scalars(select(s.executions.c.goal_id)).all()
+    assert sorted(goal_ids) == sorted(f"goal_{i}" for i in range(1, 4 * goals + 1))

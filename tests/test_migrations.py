@@ -1,0 +1,79 @@
+"""Schema migrations on both backends: creation, round trips, drift, old and unknown revisions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from dendrite.store import ExecutionStore, SchemaError, migrate
+from dendrite.store.engine import make_engine
+
+
+def test_a_new_database_gets_the_current_schema_on_first_use(store: ExecutionStore):
+    assert migrate.current_revision(store.engine) == migrate.head_revision()
+    assert migrate.validate(store.engine) == []
+
+
+def test_upgrade_downgrade_upgrade_round_trips(store_url: str):
+    engine = make_engine(store_url)
+    migrate.upgrade(engine)
+    migrate.downgrade(engine, "0001")
+    assert migrate.current_revision(engine) == "0001"
+    migrate.downgrade(engine, "base")
+    assert migrate.current_revision(engine) is None
+    migrate.upgrade(engine)
+    assert migrate.validate(engine) == []
+    migrate.reset(engine)
+    assert migrate.validate(engine) == []
+    engine.dispose()
+
+
+def test_validate_names_every_difference(store_url: str):
+    engine = make_engine(store_url)
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_executions_model_tier_success_started_at"))
+        conn.execute(text("ALTER TABLE executions ADD COLUMN surprise INTEGER"))
+        conn.execute(text("DROP VIEW pool_performance"))
+    problems = migrate.validate(engine)
+    assert "missing index ix_executions_model_tier_success_started_at on executions" in problems
+    assert "unexpected column executions.surprise" in problems
+    assert "missing view pool_performance" in problems
+    assert len(problems) == 3
+    migrate.downgrade(engine, "0001")
+    problems = migrate.validate(engine)
+    assert problems[0] == "schema revision is 0001, the code expects 0002"
+    assert "missing table tool_statistics" in problems
+    engine.dispose()
+
+
+def test_an_older_schema_is_upgraded_or_refused_by_backend(store_url: str, tmp_path: Path):
+    engine = make_engine(store_url)
+    migrate.upgrade(engine, "0001")
+    if engine.dialect.name == "sqlite":
+        with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
+            assert migrate.current_revision(store.engine) == "0002"
+    else:
+        with pytest.raises(
+            SchemaError, match=r"revision 0001.*needs 0002: run `dendrite db upgrade`"
+        ):
+            ExecutionStore(store_url, state_dir=tmp_path / "s")
+        with ExecutionStore(store_url, state_dir=tmp_path / "s", auto_upgrade=True) as store:
+            assert migrate.current_revision(store.engine) == "0002"
+    engine.dispose()
+
+
+def test_an_unknown_revision_or_unversioned_tables_are_refused(store_url: str, tmp_path: Path):
+    engine = make_engine(store_url)
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE dendrite_schema_version SET version_num = '9999'"))
+    with pytest.raises(SchemaError, match="revision 9999, which this version of Dendrite does not"):
+        ExecutionStore(store_url, state_dir=tmp_path / "s")
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE dendrite_schema_version"))
+    with pytest.raises(SchemaError, match="Dendrite tables but no schema version"):
+        ExecutionStore(store_url, state_dir=tmp_path / "s")
+    engine.dispose()

@@ -1,0 +1,114 @@
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from dendrite._ids import new_id
+from dendrite.telemetry import (
+    ErrorType,
+    ExecutionRecord,
+    ExecutionStatus,
+    FeedbackRecord,
+    RoutingDecision,
+    SolutionRecord,
+    ToolExecutionRecord,
+)
+
+
+class RateLimitError(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (TimeoutError("slow"), ErrorType.TIMEOUT),
+        (asyncio.CancelledError(), ErrorType.CANCELLED),
+        (ConnectionRefusedError("nope"), ErrorType.CONNECTION),
+        (RateLimitError("slow down"), ErrorType.RATE_LIMIT),
+        (ValueError("bad"), ErrorType.VALIDATION),
+        (TypeError("f() missing 1 required positional argument"), ErrorType.VALIDATION),
+        (RuntimeError("HTTP 429 from upstream"), ErrorType.RATE_LIMIT),
+        (RuntimeError("boom"), ErrorType.TOOL_ERROR),
+        ("Request timed out after 30s", ErrorType.TIMEOUT),
+        ("connection refused by 10.0.0.1", ErrorType.CONNECTION),
+        ("Rate limit reached for requests", ErrorType.RATE_LIMIT),
+        ("missing required argument 'path'", ErrorType.VALIDATION),
+        ("task was cancelled", ErrorType.CANCELLED),
+        ("something odd happened", ErrorType.TOOL_ERROR),
+        ("", ErrorType.UNKNOWN),
+        (None, ErrorType.UNKNOWN),
+    ],
+)
+def test_error_type_is_inferred_from_exceptions_and_messages(error, expected):
+    assert ErrorType.infer(error) is expected
+
+
+def test_execution_record_fills_times_status_and_error_type():
+    end = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    rec = ExecutionRecord(
+        goal_text="g", success=False, duration_ms=1500, finished_at=end, error="timed out"
+    )
+    assert rec.started_at == end - timedelta(milliseconds=1500)
+    assert rec.status is ExecutionStatus.FAILED
+    assert rec.error_type is ErrorType.TIMEOUT
+    ok = ExecutionRecord(success=True, duration_ms=1, started_at=datetime(2026, 1, 1))
+    assert ok.started_at.tzinfo is UTC and ok.finished_at > ok.started_at
+    assert ok.status is ExecutionStatus.SUCCEEDED and ok.error_type is None
+
+
+def test_embedding_content_and_prediction_error():
+    rec = ExecutionRecord(
+        goal_text="compare A and B",
+        intent="tool_use",
+        query_type="comparison",
+        project="docs",
+        success=True,
+        duration_ms=300,
+        estimated_duration_ms=200,
+        routing_confidence=0.8,
+        cost_estimate=0.01,
+        actual_cost=0.015,
+        solution_summary="search -> compare",
+    )
+    text = rec.embedding_content()
+    assert text.startswith("compare A and B")
+    assert "query type: comparison" in text and "solution: search -> compare" in text
+    err = rec.prediction_error()
+    assert err.success == pytest.approx(0.2)
+    assert err.duration == pytest.approx(0.5)
+    assert err.cost == pytest.approx(0.5)
+    assert ExecutionRecord(success=False, duration_ms=1).prediction_error().success is None
+
+    decision = RoutingDecision(execution_id=rec.id, chosen="large", predicted_success=0.9)
+    assert decision.prediction_error(rec).success == pytest.approx(0.1)
+    step = ToolExecutionRecord(
+        execution_id=rec.id,
+        tool_name="search",
+        parameters={"q": 1, "k": 2},
+        success=True,
+        duration_ms=1,
+    )
+    assert step.embedding_content() == "search(k, q)"
+    assert "pattern: a -> b" in SolutionRecord(pattern="a -> b").embedding_content()
+
+
+def test_records_refuse_bad_values_naming_the_field():
+    with pytest.raises(ValidationError, match="rating"):
+        FeedbackRecord(execution_id=new_id(), rating=6)
+    with pytest.raises(ValidationError, match="at least one of rating"):
+        FeedbackRecord(execution_id=new_id())
+    with pytest.raises(ValidationError, match="execution_id"):
+        ToolExecutionRecord(execution_id="not-a-uuid", tool_name="t", success=True, duration_ms=1)
+    with pytest.raises(ValidationError, match="duration_ms"):
+        ExecutionRecord(success=True, duration_ms=-1)
+    with pytest.raises(ValidationError, match="surprise"):
+        ExecutionRecord(success=True, duration_ms=1, surprise=1)
+
+
+def test_ids_are_unique_time_ordered_uuid7():
+    ids = [new_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(i[14] == "7" for i in ids)

@@ -1,0 +1,306 @@
+"""Round trips of every record type, and the treatment of bad input, on both backends."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from dendrite._ids import new_id
+from dendrite.store import ExecutionStore, InvalidRecordError, UnknownExecutionError
+from dendrite.telemetry import ErrorType, ExecutionStatus
+
+
+def test_execution_round_trip_with_every_field(store: ExecutionStore):
+    parent = store.store_execution(goal_text="outer", success=True, duration_ms=10)
+    started = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    eid = store.store_execution(
+        None,
+        "compare the storage sections",
+        "tool_use",
+        False,
+        2500.5,
+        {"answer": None, "nested": {"k": [1, 2.5, "x"]}},
+        query_type="comparison",
+        task_type="analysis",
+        project="docs",
+        session_id="s-1",
+        parent_id=parent,
+        depth=1,
+        error="upstream timed out",
+        started_at=started,
+        model_tier="large",
+        pool="local-threads",
+        routing_confidence=0.7,
+        complexity_score=2.5,
+        confidence_score=0.4,
+        estimated_tokens=900,
+        tokens_used=1100,
+        estimated_duration_ms=2000,
+        cost_estimate=0.01,
+        actual_cost=0.0123,
+        quality_score=0.3,
+        peak_memory_mb=120.5,
+        cpu_time_ms=80.25,
+        solution_summary="search -> compare",
+    )
+    got = store.get_execution(eid)
+    assert got is not None
+    assert got.goal_id == "goal_2"
+    assert got.goal_text == "compare the storage sections"
+    assert got.intent == "tool_use" and got.success is False
+    assert got.status is ExecutionStatus.FAILED and got.error_type is ErrorType.TIMEOUT
+    assert got.started_at == started and got.duration_ms == 2500.5
+    assert got.parent_id == parent and got.depth == 1
+    assert got.metadata == {"answer": None, "nested": {"k": [1, 2.5, "x"]}}
+    assert (got.model_tier, got.pool, got.tokens_used, got.actual_cost) == (
+        "large",
+        "pool" and "local-threads",
+        1100,
+        0.0123,
+    )
+    assert got.prediction_error().duration == pytest.approx(0.25025)
+    assert store.get_execution(parent).goal_id == "goal_1"
+    assert store.get_execution(new_id()) is None
+
+
+def test_steps_feedback_and_routing_come_back_with_their_execution(store: ExecutionStore):
+    eid = store.store_execution(goal_text="g", success=True, duration_ms=30)
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    first = store.store_tool_execution(
+        eid,
+        "search",
+        {"q": "wal"},
+        {"hits": 3},
+        False,
+        10,
+        error="connection reset",
+        step_id="s1",
+        attempt=1,
+        started_at=t0,
+    )
+    store.store_tool_execution(
+        eid,
+        "search",
+        {"q": "wal"},
+        {"hits": 3},
+        True,
+        12,
+        step_id="s1",
+        attempt=2,
+        started_at=t0 + timedelta(milliseconds=10),
+    )
+    store.store_tool_execution(
+        eid,
+        "web_search",
+        {"q": "wal"},
+        ["a", "b"],
+        True,
+        8,
+        step_id="s1",
+        fallback_of="search",
+        started_at=t0 + timedelta(milliseconds=22),
+    )
+    store.store_routing_decision(
+        eid, "small", {"small": 0.9, "large": 0.7}, 0.9, "cheap enough", predicted_success=0.8
+    )
+    fid = store.store_feedback(eid, 4, "useful", accepted=True, source="llm")
+    store.store_feedback(eid, accepted=False)
+    got = store.get_execution(eid)
+    assert [(s.tool_name, s.attempt, s.success) for s in got.steps] == [
+        ("search", 1, False),
+        ("search", 2, True),
+        ("web_search", 1, True),
+    ]
+    assert got.steps[0].id == first and got.steps[0].error_type is ErrorType.CONNECTION
+    assert got.steps[0].parameters == {"q": "wal"} and got.steps[0].result == {"hits": 3}
+    assert got.steps[2].fallback_of == "search" and got.steps[2].result == ["a", "b"]
+    assert got.feedback[0].id == fid
+    assert got.feedback[0].source == "llm" and got.feedback[0].feedback_text == "useful"
+    # The execution row carries the latest judgement: the rating stays, acceptance flips.
+    assert got.user_rating == 4 and got.user_accepted is False
+    (decision,) = got.routing
+    assert decision.chosen == "small" and decision.reason == "cheap enough"
+    assert {c.option: c.score for c in decision.candidates} == {"small": 0.9, "large": 0.7}
+    (outcome,) = store.get_routing_outcomes()
+    assert outcome.decision.id == decision.id and outcome.outcome.id == eid
+    assert decision.prediction_error(outcome.outcome).success == pytest.approx(0.2)
+
+
+def test_solutions_and_tool_creations_round_trip(store: ExecutionStore):
+    eid = store.store_execution(goal_text="g", success=True, duration_ms=1)
+    for quality in (0.8, 0.6):
+        store.store_solution(
+            "search -> summarize",
+            "summaries",
+            execution_id=eid,
+            query_type="summary",
+            plan={"steps": ["search", "summarize"]},
+            quality_score=quality,
+        )
+    store.store_solution("calculator", query_type="calculation")
+    patterns = store.get_solution_patterns()
+    assert [(p.pattern, p.occurrences) for p in patterns] == [
+        ("search -> summarize", 2),
+        ("calculator", 1),
+    ]
+    assert patterns[0].avg_quality == pytest.approx(0.7)
+    assert store.get_solutions("summary")[0].plan == {"steps": ["search", "summarize"]}
+    store.store_tool_creation("parse_invoice", "def f(): ...", False, ["no return type"], "g")
+    (event,) = store.get_tool_creations("parse_invoice")
+    assert event.validation_passed is False and event.validation_errors == ["no return type"]
+
+
+@pytest.mark.parametrize("rating", [0, 6, -1])
+def test_rating_out_of_range_is_refused_naming_the_field(store: ExecutionStore, rating: int):
+    eid = store.store_execution(goal_text="g", success=True, duration_ms=1)
+    with pytest.raises(
+        InvalidRecordError, match=r"invalid feedback: rating: .* \(got " + str(rating)
+    ):
+        store.store_feedback(eid, rating)
+    assert store.get_execution(eid).feedback == []
+
+
+def test_feedback_for_unknown_execution_is_refused(store: ExecutionStore):
+    missing = new_id()
+    with pytest.raises(UnknownExecutionError, match=missing):
+        store.store_feedback(missing, 5)
+
+
+def test_bad_arguments_raise_before_anything_is_queued(store: ExecutionStore):
+    with pytest.raises(InvalidRecordError, match="duration_ms"):
+        store.store_tool_execution(new_id(), "t", {}, None, True, -5)
+    with pytest.raises(InvalidRecordError, match="execution_id"):
+        store.store_tool_execution("42", "t", {}, None, True, 5)
+    with pytest.raises(InvalidRecordError, match="success"):
+        store.store_execution(goal_text="g", success="maybe", duration_ms=1)
+    with pytest.raises(InvalidRecordError, match="execution id must be a UUID"):
+        store.get_execution("goal_1")
+    assert store.status().pending_writes == 0
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<Opaque thing>"
+
+
+def test_unserialisable_parameters_are_stored_by_the_documented_fallback(store: ExecutionStore):
+    eid = store.store_execution(goal_text="g", success=True, duration_ms=1)
+    sid = store.store_tool_execution(
+        eid,
+        "t",
+        {
+            "when": datetime(2026, 1, 1, tzinfo=UTC),
+            "path": Path("/tmp/x"),
+            "amount": Decimal("1.5"),
+            "point": Point(1, 2),
+            "tags": {"b", "a"},
+            "blob": b"\x00\x01",
+            "nan": float("nan"),
+            "obj": Opaque(),
+        },
+        Opaque(),
+        True,
+        3,
+    )
+    (step,) = store.get_execution(eid).steps
+    assert step.id == sid
+    assert step.parameters == {
+        "when": "2026-01-01T00:00:00+00:00",
+        "path": "/tmp/x",
+        "amount": 1.5,
+        "point": {"x": 1, "y": 2},
+        "tags": ["a", "b"],
+        "blob": {"$bytes": 2},
+        "nan": "nan",
+        "obj": {"$repr": "<Opaque thing>", "$type": f"{__name__}.Opaque"},
+    }
+    assert step.result == {"$repr": "<Opaque thing>", "$type": f"{__name__}.Opaque"}
+
+
+def test_oversized_result_is_replaced_by_a_marker(store_url: str, tmp_path: Path):
+    with ExecutionStore(store_url, state_dir=tmp_path / "s", max_result_bytes=1000) as store:
+        eid = store.store_execution(goal_text="g", success=True, duration_ms=1)
+        store.store_tool_execution(eid, "big", {}, {"text": "x" * 5000}, True, 1)
+        store.store_tool_execution(eid, "small", {}, {"text": "x" * 100}, True, 1)
+        big, small = store.get_execution(eid).steps
+    assert big.result["$truncated"] is True
+    assert big.result["original_bytes"] == len(
+        json.dumps({"text": "x" * 5000}, separators=(",", ":"))
+    )
+    assert big.result["preview"].startswith('{"text":"xxx')
+    assert small.result == {"text": "x" * 100}
+
+
+def test_a_refused_record_is_set_aside_and_the_rest_of_its_batch_is_written(
+    store_url: str, tmp_path: Path
+):
+    with ExecutionStore(store_url, state_dir=tmp_path / "s", flush_interval=10) as store:
+        ids = [
+            store.store_execution(
+                goal_id=f"g{i}", goal_text=f"goal {i}", success=True, duration_ms=1
+            )
+            for i in range(50)
+        ]
+        clash = store.store_execution(goal_id="g7", goal_text="clash", success=True, duration_ms=1)
+        ids += [
+            store.store_execution(goal_text=f"late {i}", success=True, duration_ms=1)
+            for i in range(50)
+        ]
+        store.flush()
+        assert all(store.get_execution(i) is not None for i in ids)
+        assert store.get_execution(clash) is None
+        status = store.status()
+        assert status.rejected_records == 1 and status.journal_records == 0
+        assert store.get_success_rate().total == 100
+    (line,) = (tmp_path / "s" / "rejected.jsonl").read_text().splitlines()
+    entry = json.loads(line)
+    assert entry["kind"] == "execution" and entry["record"]["id"] == clash
+    assert "duplicate" in entry["reason"]
+
+
+def test_replaying_the_same_id_twice_keeps_one_row(store: ExecutionStore):
+    eid = new_id()
+    sid = new_id()
+    for _ in range(2):
+        store.store_execution(goal_text="g", success=True, duration_ms=1, id=eid)
+        store.store_tool_execution(eid, "t", {}, None, True, 5, id=sid)
+        store.flush()
+    assert store.get_success_rate().total == 1
+    assert store.get_tool_statistics("t").total_executions == 1
+    assert len(store.get_execution(eid).steps) == 1
+    assert store.status().rejected_records == 0
+
+
+def test_close_drains_pending_writes(store_url: str, tmp_path: Path):
+    store = ExecutionStore(store_url, state_dir=tmp_path / "s", flush_interval=60, batch_size=10**6)
+    eid = store.store_execution(goal_text="g", success=True, duration_ms=1)
+    for i in range(500):
+        store.store_tool_execution(eid, "t", {"i": i}, i, True, 1)
+    store.close()
+    with ExecutionStore(store_url, state_dir=tmp_path / "s") as again:
+        assert len(again.get_execution(eid).steps) == 500
+
+
+def test_reads_refuse_nonsense_limits(store: ExecutionStore):
+    with pytest.raises(ValueError, match="limit must be a positive integer, got 0"):
+        store.get_recent_executions(0)
+    with pytest.raises(ValueError, match="limit must be a positive integer, got -3"):
+        store.get_top_tools(-3)
+    with pytest.raises(ValueError, match="days must be a positive integer"):
+        store.get_tier_performance(0)
+
+
+def test_in_memory_sqlite_is_refused_with_a_reason():
+    with pytest.raises(ValueError, match="in-memory SQLite"):
+        ExecutionStore("sqlite://")
