@@ -1,0 +1,662 @@
+"""The DAG engine: runs a validated plan as fast as its dependencies allow.
+
+A step starts the moment its own dependencies are done (there is no
+level-by-level barrier), up to ``max_parallel_steps`` at once. Async tools run
+on the event loop; sync tools run in a thread pool so a blocking tool cannot
+stall its siblings. Each attempt is reported to an :class:`AttemptRecorder`
+(the orchestrator's store adapter) as it ends, so a run that dies half-way
+still leaves its trace.
+
+Failure handling, per step: retries with exponential back-off and jitter, for
+retryable errors only (a wrong argument fails the same way every time); then
+the step's own ``fallbacks``, then its tool's ``alternatives``, each with the
+same retry policy. A step that still fails makes its dependents skip, unless
+it is ``continue_on_error``, in which case they run and see ``None`` as its
+output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from dendrite.execution.confidence import (
+    CONDITION_FALSE,
+    run_confidence,
+    step_confidence,
+    tool_success,
+)
+from dendrite.execution.events import Attempt, Event, EventType, StepResult, StepStatus
+from dendrite.planning import references
+from dendrite.planning.conditions import ConditionError, compile_condition
+from dendrite.planning.plan import Plan, RetryPolicy, Step
+from dendrite.telemetry import ErrorType
+from dendrite.tools import (
+    StateAccess,
+    Tool,
+    ToolArgumentError,
+    ToolContext,
+    ToolError,
+    ToolRegistry,
+)
+
+log = logging.getLogger("dendrite.execution")
+
+Emit = Callable[[Event], None]
+
+
+class AttemptRecorder(Protocol):
+    """Where each attempt goes as soon as it ends (the store, in the orchestrator)."""
+
+    def record_attempt(
+        self,
+        execution_id: str,
+        step_id: str,
+        attempt: Attempt,
+        params: Mapping[str, Any],
+        result: Any,
+    ) -> None: ...
+
+
+class _NoState:
+    """State for tools run without a state manager: reads find nothing, writes are refused."""
+
+    def get(self, key: str, default: Any = None, scope: str | None = None) -> Any:
+        return default
+
+    def set(self, key: str, value: Any, scope: str = "execution", ttl: float | None = None) -> None:
+        raise RuntimeError("this run has no state manager")
+
+    def delete(self, key: str, scope: str = "execution") -> bool:
+        return False
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    steps: dict[str, StepResult]
+    output: Any
+    success: bool
+    partial: bool
+    confidence: float
+    error: str | None
+    error_type: ErrorType | None
+
+
+@dataclass(slots=True)
+class _Scope(Mapping[str, Any]):
+    """What references resolve against: step outputs, the run's context, the current item."""
+
+    outputs: dict[str, Any]
+    context: Mapping[str, Any]
+    item: Any = None
+    has_item: bool = False
+
+    def __getitem__(self, key: str) -> Any:
+        if key == references.CONTEXT:
+            return self.context
+        if key == references.ITEM and self.has_item:
+            return self.item
+        return self.outputs[key]
+
+    def __iter__(self) -> Any:
+        return iter(self.outputs)
+
+    def __len__(self) -> int:
+        return len(self.outputs)
+
+
+class _Failure(Exception):
+    """A step that could not produce an output after every retry and fallback."""
+
+    def __init__(self, message: str, error_type: ErrorType) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+@dataclass(slots=True)
+class _Run:
+    plan: Plan
+    execution_id: str
+    session_id: str | None
+    context: Mapping[str, Any]
+    emit: Emit | None
+    state_for: Callable[[str], StateAccess] | None
+    history: Mapping[str, tuple[int, int]]
+    steps: dict[str, Step] = field(default_factory=dict)
+    deps: dict[str, list[str]] = field(default_factory=dict)
+    results: dict[str, StepResult] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    cancel_events: set[Any] = field(default_factory=set)
+
+
+class ExecutionEngine:
+    """Runs plans against a registry. One engine serves any number of concurrent runs."""
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        *,
+        max_parallel_steps: int = 16,
+        default_timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        executor: Executor | None = None,
+        recorder: AttemptRecorder | None = None,
+        random_unit: Callable[[], float] = random.random,
+    ) -> None:
+        if max_parallel_steps < 1:
+            raise ValueError(f"max_parallel_steps must be >= 1, got {max_parallel_steps}")
+        if default_timeout is not None and default_timeout <= 0:
+            raise ValueError(f"default_timeout must be > 0, got {default_timeout}")
+        self.registry = registry
+        self.max_parallel_steps = max_parallel_steps
+        self.default_timeout = default_timeout
+        self.retry = retry or RetryPolicy()
+        self._own_executor = executor is None
+        self.executor = executor or ThreadPoolExecutor(
+            max_workers=max(4, max_parallel_steps), thread_name_prefix="dendrite-tool"
+        )
+        self.recorder = recorder
+        self._random = random_unit
+
+    def close(self) -> None:
+        if self._own_executor:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def execute(
+        self,
+        plan: Plan,
+        *,
+        execution_id: str,
+        session_id: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        emit: Emit | None = None,
+        state_for: Callable[[str], StateAccess] | None = None,
+        history: Mapping[str, tuple[int, int]] | None = None,
+        results: dict[str, StepResult] | None = None,
+    ) -> RunOutcome:
+        """Run ``plan`` (validated beforehand) and return every step's result.
+
+        Cancelling the task that awaits this cancels every running step, marks
+        the unfinished ones cancelled, and re-raises ``CancelledError``; pass
+        ``results`` (a dict this fills as the run goes) to keep the trace then.
+        """
+        run = _Run(
+            plan=plan,
+            execution_id=execution_id,
+            session_id=session_id,
+            context=context or {},
+            emit=emit,
+            state_for=state_for,
+            history=history or {},
+            results=results if results is not None else {},
+        )
+        steps = run.steps = {step.id: step for step in plan.steps}
+        waiting: dict[str, int] = {}
+        dependents: dict[str, list[str]] = {step_id: [] for step_id in steps}
+        for step in plan.steps:
+            run.results[step.id] = StepResult(step.id, step.tool)
+            deps = run.deps[step.id] = [d for d in step.dependencies() if d in steps]
+            waiting[step.id] = len(deps)
+            for dep in deps:
+                dependents[dep].append(step.id)
+        ready = deque(step_id for step_id, count in waiting.items() if count == 0)
+        running: set[asyncio.Task[None]] = set()
+        finished = asyncio.Event()
+        remaining = len(steps)
+        loop = asyncio.get_running_loop()
+
+        async def run_step(step: Step) -> None:
+            await self._step(run, step)
+            for dependent in dependents[step.id]:
+                waiting[dependent] -= 1
+                if waiting[dependent] == 0:
+                    ready.append(dependent)
+
+        def launch() -> None:
+            while ready and len(running) < self.max_parallel_steps:
+                task = loop.create_task(run_step(steps[ready.popleft()]))
+                running.add(task)
+                task.add_done_callback(done)
+
+        def done(task: asyncio.Task[None]) -> None:
+            nonlocal remaining
+            running.discard(task)
+            if task.cancelled():
+                return
+            remaining -= 1
+            launch()
+            if remaining == 0:
+                finished.set()
+
+        launch()
+        try:
+            await finished.wait()
+        except asyncio.CancelledError:
+            for event in run.cancel_events:
+                event.set()
+            for task in list(running):
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            for result in run.results.values():
+                if result.status is StepStatus.PENDING:
+                    result.status = StepStatus.CANCELLED
+                    result.error = result.error or "the run was cancelled"
+                    result.error_type = ErrorType.CANCELLED
+            raise
+        return self._outcome(run)
+
+    # -- one step ------------------------------------------------------------
+
+    async def _step(self, run: _Run, step: Step) -> None:
+        result = run.results[step.id]
+        blocked = self._blocked_by(run, step)
+        if blocked is not None:
+            self._skip(run, result, blocked)
+            return
+        scope = _Scope(run.outputs, run.context)
+        if step.when is not None:
+            try:
+                wanted = compile_condition(step.when).evaluate(scope)
+            except (ConditionError, LookupError) as error:
+                self._fail(run, step, result, str(error), ErrorType.VALIDATION, started=None)
+                return
+            if not wanted:
+                self._skip(run, result, f"{CONDITION_FALSE}: {step.when}")
+                return
+        started = time.perf_counter()
+        result.started_at = datetime.now(UTC)
+        if run.emit:
+            run.emit(Event(EventType.STEP_STARTED, run.execution_id, step.id, {"tool": step.tool}))
+        try:
+            if step.for_each is not None:
+                output = await self._for_each(run, step, result, scope)
+            else:
+                params = references.resolve(step.params, scope)
+                output = await self._call(run, step, result, params, None)
+        except _Failure as failure:
+            self._fail(run, step, result, str(failure), failure.error_type, started)
+            return
+        except references.UnresolvedReferenceError as error:
+            self._fail(run, step, result, str(error), ErrorType.VALIDATION, started)
+            return
+        except asyncio.CancelledError:
+            self._finish(result, started, StepStatus.CANCELLED)
+            result.error, result.error_type = "the run was cancelled", ErrorType.CANCELLED
+            raise
+        except Exception as error:  # a bug in the engine must not hang the run
+            log.exception("step %s of %s crashed the engine", step.id, run.execution_id)
+            self._fail(
+                run, step, result, f"{type(error).__name__}: {error}", ErrorType.UNKNOWN, started
+            )
+            return
+        self._finish(result, started, StepStatus.SUCCEEDED)
+        result.output = output
+        run.outputs[step.id] = output
+        tool = self.registry.find(result.tool)
+        prior = tool.reliability.prior if tool else 0.5
+        result.confidence = step_confidence(
+            result, tool_success(prior, run.history.get(result.tool))
+        )
+        if run.emit:
+            run.emit(
+                Event(
+                    EventType.STEP_FINISHED,
+                    run.execution_id,
+                    step.id,
+                    {
+                        "tool": result.tool,
+                        "duration_ms": result.duration_ms,
+                        "attempts": len(result.attempts),
+                        "confidence": result.confidence,
+                    },
+                )
+            )
+
+    def _blocked_by(self, run: _Run, step: Step) -> str | None:
+        for dep in run.deps[step.id]:
+            found = run.results.get(dep)
+            if found is None or found.status is StepStatus.SUCCEEDED:
+                continue
+            if found.status is StepStatus.FAILED:
+                if run.steps[dep].continue_on_error:
+                    continue
+                return f"dependency {dep!r} failed"
+            return f"dependency {dep!r} was {found.status.value}"
+        return None
+
+    @staticmethod
+    def _finish(result: StepResult, started: float | None, status: StepStatus) -> None:
+        result.status = status
+        result.finished_at = datetime.now(UTC)
+        if started is not None:
+            result.duration_ms = (time.perf_counter() - started) * 1000
+
+    def _skip(self, run: _Run, result: StepResult, reason: str) -> None:
+        result.status = StepStatus.SKIPPED
+        result.skip_reason = reason
+        if run.emit:
+            run.emit(
+                Event(EventType.STEP_SKIPPED, run.execution_id, result.step_id, {"reason": reason})
+            )
+
+    def _fail(
+        self,
+        run: _Run,
+        step: Step,
+        result: StepResult,
+        message: str,
+        error_type: ErrorType,
+        started: float | None,
+    ) -> None:
+        self._finish(result, started, StepStatus.FAILED)
+        result.error, result.error_type = message, error_type
+        result.confidence = 0.0
+        if step.continue_on_error:
+            run.outputs[step.id] = None
+        if run.emit:
+            run.emit(
+                Event(
+                    EventType.STEP_FAILED,
+                    run.execution_id,
+                    step.id,
+                    {
+                        "error": message,
+                        "error_type": error_type.value,
+                        "continue_on_error": step.continue_on_error,
+                    },
+                )
+            )
+
+    async def _for_each(
+        self, run: _Run, step: Step, result: StepResult, scope: _Scope
+    ) -> list[Any]:
+        assert step.for_each is not None
+        items = references.resolve(step.for_each, scope)
+        if not isinstance(items, list | tuple):
+            raise _Failure(
+                f"for_each {step.for_each} gave {type(items).__name__}, not a list",
+                ErrorType.VALIDATION,
+            )
+        limit = asyncio.Semaphore(self.max_parallel_steps)
+
+        async def one(index: int, item: Any) -> Any:
+            async with limit:
+                params = references.resolve(
+                    step.params, _Scope(run.outputs, run.context, item, True)
+                )
+                try:
+                    return await self._call(run, step, result, params, index)
+                except _Failure as failure:
+                    raise _Failure(f"item {index}: {failure}", failure.error_type) from None
+
+        return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+
+    # -- retries and fallbacks -----------------------------------------------
+
+    def _candidates(self, step: Step) -> list[str]:
+        names = [step.tool, *step.fallbacks]
+        primary = self.registry.find(step.tool)
+        if primary is not None:
+            names.extend(primary.alternatives)
+        return list(dict.fromkeys(names))
+
+    async def _call(
+        self,
+        run: _Run,
+        step: Step,
+        result: StepResult,
+        params: dict[str, Any],
+        item: int | None,
+    ) -> Any:
+        policy = step.retry or self.retry
+        errors: list[str] = []
+        last_type = ErrorType.UNKNOWN
+        candidates = self._candidates(step)
+        for position, name in enumerate(candidates):
+            fallback_of = step.tool if position else None
+            try:
+                tool = self.registry.require_available(name)
+            except ToolError as error:
+                errors.append(str(error))
+                continue
+            args = (
+                params
+                if not position
+                else {k: v for k, v in params.items() if k in tool.parameter_names}
+            )
+            if position and run.emit:
+                run.emit(
+                    Event(
+                        EventType.FALLBACK_USED,
+                        run.execution_id,
+                        step.id,
+                        {
+                            "tool": name,
+                            "instead_of": step.tool,
+                            "after": errors[-1] if errors else None,
+                        },
+                    )
+                )
+            timeout = step.timeout or tool.timeout or self.default_timeout
+            for number in range(1, policy.max_attempts + 1):
+                ok, value, attempt = await self._attempt(
+                    run, step, tool, args, number, fallback_of, item, timeout
+                )
+                result.attempts.append(attempt)
+                if self.recorder is not None:
+                    self.recorder.record_attempt(
+                        run.execution_id, step.id, attempt, args, value if ok else None
+                    )
+                if ok:
+                    result.tool = name
+                    if position:
+                        result.fallback_used = name
+                    return value
+                last_type = attempt.error_type or ErrorType.UNKNOWN
+                errors.append(f"{name}: {attempt.error}")
+                retryable = last_type in policy.retry_on or (
+                    tool.retry_on and isinstance(value, tool.retry_on)
+                )
+                if not retryable or number == policy.max_attempts:
+                    break
+                delay = policy.delay(number, self._random())
+                if run.emit:
+                    run.emit(
+                        Event(
+                            EventType.STEP_RETRY,
+                            run.execution_id,
+                            step.id,
+                            {
+                                "tool": name,
+                                "attempt": number + 1,
+                                "delay_s": delay,
+                                "error": attempt.error,
+                            },
+                        )
+                    )
+                await asyncio.sleep(delay)
+        tried = ", ".join(candidates)
+        last = errors[-1] if errors else "no tool could be called"
+        raise _Failure(f"failed after trying {tried}: {last}", last_type)
+
+    async def _attempt(
+        self,
+        run: _Run,
+        step: Step,
+        tool: Tool,
+        params: dict[str, Any],
+        number: int,
+        fallback_of: str | None,
+        item: int | None,
+        timeout: float | None,
+    ) -> tuple[bool, Any, Attempt]:
+        """One call. Returns (ok, output-or-exception, attempt); never raises but cancellation."""
+        started_at = datetime.now(UTC)
+        started = time.perf_counter()
+        ctx: ToolContext | None = None
+        try:
+            kwargs = tool.validate_arguments(params)
+            if tool.signature.context_param is not None:
+                ctx = ToolContext(
+                    execution_id=run.execution_id,
+                    step_id=step.id,
+                    tool_name=tool.name,
+                    attempt=number,
+                    session_id=run.session_id,
+                    state=run.state_for(step.id) if run.state_for else _NoState(),
+                    logger=logging.LoggerAdapter(
+                        log, {"execution_id": run.execution_id, "step_id": step.id}
+                    ),
+                )
+                run.cancel_events.add(ctx.cancel_event)
+                kwargs[tool.signature.context_param] = ctx
+            if tool.is_async:
+                if timeout is None:
+                    value = await tool.func(**kwargs)
+                else:
+                    async with asyncio.timeout(timeout):
+                        value = await tool.func(**kwargs)
+            else:
+                call = functools.partial(contextvars.copy_context().run, tool.func, **kwargs)
+                future = asyncio.get_running_loop().run_in_executor(self.executor, call)
+                if timeout is None:
+                    value = await future
+                else:
+                    async with asyncio.timeout(timeout):
+                        value = await future
+        except asyncio.CancelledError:
+            if ctx is not None:
+                ctx.cancel_event.set()
+            attempt = Attempt(
+                tool.name,
+                number,
+                started_at,
+                (time.perf_counter() - started) * 1000,
+                False,
+                "cancelled",
+                ErrorType.CANCELLED,
+                fallback_of,
+                item,
+            )
+            if self.recorder is not None:
+                self.recorder.record_attempt(run.execution_id, step.id, attempt, params, None)
+            raise
+        except TimeoutError as error:
+            if ctx is not None:
+                ctx.cancel_event.set()
+            message = f"timed out after {timeout:g}s" if timeout else f"TimeoutError: {error}"
+            return (
+                False,
+                error,
+                Attempt(
+                    tool.name,
+                    number,
+                    started_at,
+                    (time.perf_counter() - started) * 1000,
+                    False,
+                    message,
+                    ErrorType.TIMEOUT,
+                    fallback_of,
+                    item,
+                ),
+            )
+        except ToolArgumentError as error:
+            return (
+                False,
+                error,
+                Attempt(
+                    tool.name,
+                    number,
+                    started_at,
+                    (time.perf_counter() - started) * 1000,
+                    False,
+                    str(error),
+                    ErrorType.VALIDATION,
+                    fallback_of,
+                    item,
+                ),
+            )
+        except Exception as error:
+            return (
+                False,
+                error,
+                Attempt(
+                    tool.name,
+                    number,
+                    started_at,
+                    (time.perf_counter() - started) * 1000,
+                    False,
+                    f"{type(error).__name__}: {error}",
+                    ErrorType.infer(error),
+                    fallback_of,
+                    item,
+                ),
+            )
+        finally:
+            if ctx is not None:
+                run.cancel_events.discard(ctx.cancel_event)
+        return (
+            True,
+            value,
+            Attempt(
+                tool.name,
+                number,
+                started_at,
+                (time.perf_counter() - started) * 1000,
+                True,
+                fallback_of=fallback_of,
+                item=item,
+            ),
+        )
+
+    # -- the end -------------------------------------------------------------
+
+    def _outcome(self, run: _Run) -> RunOutcome:
+        results = run.results
+        hard = [
+            r
+            for r in results.values()
+            if r.status is StepStatus.FAILED and not run.steps[r.step_id].continue_on_error
+        ]
+        soft = [r for r in results.values() if r.status is StepStatus.FAILED and r not in hard]
+        output = self._output(run)
+        success = not hard
+        error = error_type = None
+        if hard:
+            first = hard[0]
+            error = f"step {first.step_id!r} failed: {first.error}"
+            error_type = first.error_type
+        return RunOutcome(
+            steps=results,
+            output=output,
+            success=success,
+            partial=success and bool(soft),
+            confidence=run_confidence(results.values()) if success else 0.0,
+            error=error,
+            error_type=error_type,
+        )
+
+    @staticmethod
+    def _output(run: _Run) -> Any:
+        if run.plan.output is not None:
+            ref = references.whole(run.plan.output)
+            if ref is not None and ref.source in run.outputs:
+                try:
+                    return references.lookup(run.outputs[ref.source], ref.path, ref.text)
+                except LookupError:
+                    return None
+            return None
+        sinks = [s for s in run.plan.sinks() if s in run.outputs]
+        if len(sinks) == 1:
+            return run.outputs[sinks[0]]
+        return {s: run.outputs[s] for s in sinks} if sinks else None

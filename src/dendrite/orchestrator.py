@@ -1,0 +1,703 @@
+"""The Orchestrator: goal in, answer out, and every step of the way on the record.
+
+It ties the parts together: a planner makes a plan, the plan is validated,
+the engine runs it, and the store receives the execution and every tool-call
+attempt through its non-blocking writer. Recording is a side effect the
+caller never has to think about, and never a reason for a run to fail: a store
+error is logged and the run goes on (the store journals what it cannot write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dendrite._ids import new_id
+from dendrite.execution.engine import ExecutionEngine, RunOutcome
+from dendrite.execution.events import Attempt, Event, EventType, StepResult
+from dendrite.planning.plan import Plan, PlanValidationError, RetryPolicy, validate
+from dendrite.planning.planner import Planner, PlanningError, SingleToolPlanner
+from dendrite.state import StateManager, StateView
+from dendrite.store import ExecutionStore
+from dendrite.store.serialize import capped
+from dendrite.telemetry import ErrorType, ExecutionStatus
+from dendrite.tools import ToolRegistry
+
+log = logging.getLogger("dendrite.orchestrator")
+
+_DEFAULT_STORE: Any = object()
+
+
+class OrchestratorConfig(BaseModel):
+    """Knobs of a run; every one has a default that works on a laptop."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_parallel_steps: int = Field(default=16, ge=1, le=10_000)
+    default_timeout: float | None = Field(
+        default=60.0, gt=0, description="seconds per attempt when neither step nor tool says"
+    )
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    max_depth: int = Field(default=8, ge=0, description="deepest nesting of runs within runs")
+    history_ttl: float = Field(
+        default=30.0, ge=0, description="seconds a tool's success history is reused for confidence"
+    )
+    state_ttl: float | None = Field(default=None, gt=0)
+    project: str | None = None
+    max_output_bytes: int = Field(default=64 * 1024, ge=256)
+    keep_traces: int = Field(default=256, ge=0, description="recent traces held in memory")
+
+
+@dataclass(slots=True)
+class ExecutionResult:
+    execution_id: str
+    goal: str
+    success: bool
+    status: ExecutionStatus
+    output: Any
+    confidence: float
+    steps: list[StepResult]
+    error: str | None
+    error_type: ErrorType | None
+    duration_ms: float
+    started_at: datetime
+    plan: Plan
+    session_id: str | None = None
+    parent_id: str | None = None
+    depth: int = 0
+
+    def step(self, step_id: str) -> StepResult:
+        for result in self.steps:
+            if result.step_id == step_id:
+                return result
+        raise KeyError(step_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "execution_id": self.execution_id,
+            "goal": self.goal,
+            "success": self.success,
+            "status": self.status.value,
+            "output": self.output,
+            "confidence": self.confidence,
+            "error": self.error,
+            "error_type": self.error_type.value if self.error_type else None,
+            "duration_ms": self.duration_ms,
+            "started_at": self.started_at.isoformat(),
+            "planner": self.plan.planner,
+            "session_id": self.session_id,
+            "parent_id": self.parent_id,
+            "depth": self.depth,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+@dataclass(slots=True)
+class ExecutionTrace:
+    """What happened in one execution, step by step, for people and dashboards."""
+
+    execution_id: str
+    goal: str
+    success: bool
+    status: str
+    confidence: float | None
+    duration_ms: float
+    started_at: datetime
+    planner: str | None
+    error: str | None
+    parent_id: str | None
+    depth: int
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def fallbacks(self) -> list[str]:
+        return [s["step_id"] for s in self.steps if s.get("fallback_used")]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "execution_id": self.execution_id,
+            "goal": self.goal,
+            "success": self.success,
+            "status": self.status,
+            "confidence": self.confidence,
+            "duration_ms": self.duration_ms,
+            "started_at": self.started_at.isoformat(),
+            "planner": self.planner,
+            "error": self.error,
+            "parent_id": self.parent_id,
+            "depth": self.depth,
+            "steps": self.steps,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    execution_id: str
+    depth: int
+
+
+_current: contextvars.ContextVar[_Frame | None] = contextvars.ContextVar(
+    "dendrite_current_run", default=None
+)
+
+
+class _StoreRecorder:
+    """Sends each attempt to the store; a store error is logged, never raised into the run."""
+
+    def __init__(self, store: ExecutionStore) -> None:
+        self.store = store
+        self.failures = 0
+
+    def record_attempt(
+        self,
+        execution_id: str,
+        step_id: str,
+        attempt: Attempt,
+        params: Mapping[str, Any],
+        result: Any,
+    ) -> None:
+        try:
+            self.store.store_tool_execution(
+                execution_id,
+                attempt.tool,
+                dict(params),
+                result,
+                attempt.success,
+                attempt.duration_ms,
+                attempt.error,
+                step_id=step_id,
+                error_type=attempt.error_type,
+                attempt=attempt.number,
+                fallback_of=attempt.fallback_of,
+                started_at=attempt.started_at,
+            )
+        except Exception:
+            self.failures += 1
+            log.warning("could not record an attempt of %s", attempt.tool, exc_info=True)
+
+
+class Orchestrator:
+    """Plans goals, runs them, and records everything.
+
+    ``store`` defaults to the store named by the configuration (see
+    ``dendrite.config``); pass ``store=None`` to record nothing. ``planner``
+    defaults to :class:`SingleToolPlanner`; a :class:`Plan` given to
+    :meth:`run` bypasses the planner.
+    """
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        store: ExecutionStore | None = _DEFAULT_STORE,
+        planner: Planner | None = None,
+        config: OrchestratorConfig | None = None,
+    ) -> None:
+        self.registry = registry
+        self.config = config or OrchestratorConfig()
+        self._owns_store = store is _DEFAULT_STORE
+        self.store: ExecutionStore | None = ExecutionStore() if self._owns_store else store
+        self.planner: Planner = planner or SingleToolPlanner()
+        self._recorder = _StoreRecorder(self.store) if self.store is not None else None
+        self.engine = ExecutionEngine(
+            registry,
+            max_parallel_steps=self.config.max_parallel_steps,
+            default_timeout=self.config.default_timeout,
+            retry=self.config.retry,
+            recorder=self._recorder,
+        )
+        self.state = StateManager(self.store, default_ttl=self.config.state_ttl)
+        self._traces: OrderedDict[str, ExecutionResult] = OrderedDict()
+        self._history: dict[str, tuple[float, tuple[int, int] | None]] = {}
+        self._record_failures = 0
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the tool threads, and drain and close the store if this orchestrator made it."""
+        if self._closed:
+            return
+        self._closed = True
+        self.engine.close()
+        if self._owns_store and self.store is not None:
+            self.store.close()
+
+    def __enter__(self) -> Orchestrator:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Orchestrator:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- running -------------------------------------------------------------
+
+    async def run(
+        self,
+        goal_or_plan: str | Plan,
+        session_id: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Plan (unless given a plan), validate, execute and record one goal.
+
+        Raises :class:`PlanningError` or :class:`PlanValidationError` when no
+        runnable plan exists (the failed attempt is recorded all the same);
+        a failing step does not raise: it is in the result.
+        """
+        return await self._run(goal_or_plan, session_id, context, emit=None)
+
+    def process(
+        self,
+        goal_or_plan: str | Plan,
+        session_id: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Synchronous :meth:`run`, for scripts and for sync tools that start nested runs."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.run(goal_or_plan, session_id, context))
+        raise RuntimeError(
+            "Orchestrator.process() was called inside a running event loop; use `await run()`"
+        )
+
+    async def stream(
+        self,
+        goal_or_plan: str | Plan,
+        session_id: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> AsyncIterator[Event]:
+        """The run's events as they happen, ending with ``final_answer``.
+
+        Leaving the loop early cancels the run (recorded as cancelled).
+        """
+        queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        task = asyncio.create_task(
+            self._run(goal_or_plan, session_id, context, emit=queue.put_nowait)
+        )
+
+        def surface_failure(done: asyncio.Task[ExecutionResult]) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                queue.put_nowait(done.exception())  # type: ignore[arg-type]
+
+        task.add_done_callback(surface_failure)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.type is EventType.FINAL_ANSWER:
+                    break
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _run(
+        self,
+        goal_or_plan: str | Plan,
+        session_id: str | None,
+        context: Mapping[str, Any] | None,
+        emit: Any,
+    ) -> ExecutionResult:
+        if self._closed:
+            raise RuntimeError("this Orchestrator is closed")
+        parent = _current.get()
+        depth = parent.depth + 1 if parent else 0
+        if depth > self.config.max_depth:
+            raise RecursionError(
+                f"run nesting is {depth} deep, more than max_depth={self.config.max_depth}"
+            )
+        execution_id = new_id()
+        token = _current.set(_Frame(execution_id, depth))
+        started_at = datetime.now(UTC)
+        started = time.perf_counter()
+        context = dict(context or {})
+        goal = goal_or_plan.goal if isinstance(goal_or_plan, Plan) else str(goal_or_plan)
+        try:
+            plan = await self._plan(goal_or_plan, context)
+        except (PlanningError, PlanValidationError) as error:
+            self._record_execution(
+                execution_id=execution_id,
+                goal=goal,
+                success=False,
+                status=ExecutionStatus.FAILED,
+                error=str(error),
+                error_type=ErrorType.VALIDATION,
+                started_at=started_at,
+                duration_ms=(time.perf_counter() - started) * 1000,
+                session_id=session_id,
+                parent=parent,
+                depth=depth,
+                metadata={
+                    "planner": getattr(self.planner, "name", type(self.planner).__name__)
+                    if not isinstance(goal_or_plan, Plan)
+                    else goal_or_plan.planner,
+                    "problems": [str(p) for p in getattr(error, "problems", [])],
+                },
+            )
+            _current.reset(token)
+            raise
+        if emit:
+            emit(
+                Event(
+                    EventType.PLAN_CREATED,
+                    execution_id,
+                    data={"plan": plan.model_dump(mode="json"), "parent_id": _id(parent)},
+                )
+            )
+        history = await self._tool_history(plan)
+        steps: dict[str, StepResult] = {}
+        try:
+            outcome = await self.engine.execute(
+                plan,
+                execution_id=execution_id,
+                session_id=session_id,
+                context=context,
+                emit=emit,
+                state_for=lambda step_id: StateView(
+                    self.state, session_id=session_id, execution_id=execution_id, step_id=step_id
+                ),
+                history=history,
+                results=steps,
+            )
+        except asyncio.CancelledError:
+            self._finish(
+                execution_id,
+                plan,
+                None,
+                list(steps.values()),
+                started_at,
+                started,
+                session_id,
+                parent,
+                depth,
+                cancelled=True,
+            )
+            raise
+        finally:
+            _current.reset(token)
+            self.state.clear("execution", execution_id)
+        result = self._finish(
+            execution_id,
+            plan,
+            outcome,
+            list(outcome.steps.values()),
+            started_at,
+            started,
+            session_id,
+            parent,
+            depth,
+        )
+        if emit:
+            emit(
+                Event(
+                    EventType.FINAL_ANSWER,
+                    execution_id,
+                    data={
+                        "output": result.output,
+                        "success": result.success,
+                        "confidence": result.confidence,
+                        "error": result.error,
+                        "duration_ms": result.duration_ms,
+                    },
+                )
+            )
+        return result
+
+    async def _plan(self, goal_or_plan: str | Plan, context: Mapping[str, Any]) -> Plan:
+        if isinstance(goal_or_plan, Plan):
+            plan = goal_or_plan
+        else:
+            plan = await self.planner.plan(goal_or_plan, self.registry, context)
+        problems = validate(plan, self.registry)
+        if problems:
+            raise PlanValidationError(problems)
+        return plan
+
+    async def _tool_history(self, plan: Plan) -> dict[str, tuple[int, int]]:
+        """(total, successes) per tool from the store, cached for ``history_ttl`` seconds."""
+        if self.store is None:
+            return {}
+        names = {s.tool for s in plan.steps} | {f for s in plan.steps for f in s.fallbacks}
+        now = time.monotonic()
+        stale = [
+            n
+            for n in names
+            if n not in self._history or now - self._history[n][0] > self.config.history_ttl
+        ]
+        if stale:
+            fetched = await asyncio.to_thread(self._fetch_history, stale)
+            for name in stale:
+                self._history[name] = (now, fetched.get(name))
+        return {n: h for n in names if (h := self._history[n][1]) is not None}
+
+    def _fetch_history(self, names: list[str]) -> dict[str, tuple[int, int]]:
+        assert self.store is not None
+        found: dict[str, tuple[int, int]] = {}
+        try:
+            for name in names:
+                stats = self.store.get_tool_statistics(name)
+                if stats is not None:
+                    found[name] = (stats.total_executions, stats.successful_executions)
+        except Exception:
+            log.warning("tool history unavailable; confidence uses reliability only", exc_info=True)
+        return found
+
+    def _finish(
+        self,
+        execution_id: str,
+        plan: Plan,
+        outcome: RunOutcome | None,
+        steps: list[StepResult],
+        started_at: datetime,
+        started: float,
+        session_id: str | None,
+        parent: _Frame | None,
+        depth: int,
+        *,
+        cancelled: bool = False,
+    ) -> ExecutionResult:
+        duration_ms = (time.perf_counter() - started) * 1000
+        if outcome is None or cancelled:
+            status, success = ExecutionStatus.CANCELLED, False
+            error, error_type, output, confidence = (
+                "the run was cancelled",
+                ErrorType.CANCELLED,
+                None,
+                0.0,
+            )
+        else:
+            success = outcome.success
+            status = (
+                ExecutionStatus.PARTIAL
+                if outcome.partial
+                else ExecutionStatus.SUCCEEDED
+                if success
+                else ExecutionStatus.FAILED
+            )
+            error, error_type = outcome.error, outcome.error_type
+            output, confidence = outcome.output, outcome.confidence
+        result = ExecutionResult(
+            execution_id=execution_id,
+            goal=plan.goal,
+            success=success,
+            status=status,
+            output=output,
+            confidence=confidence,
+            steps=steps,
+            error=error,
+            error_type=error_type,
+            duration_ms=duration_ms,
+            started_at=started_at,
+            plan=plan,
+            session_id=session_id,
+            parent_id=_id(parent),
+            depth=depth,
+        )
+        stored_output, _ = capped(output, self.config.max_output_bytes)
+        self._record_execution(
+            execution_id=execution_id,
+            goal=plan.goal,
+            success=success,
+            status=status,
+            error=error,
+            error_type=error_type,
+            started_at=started_at,
+            duration_ms=duration_ms,
+            session_id=session_id,
+            parent=parent,
+            depth=depth,
+            confidence_score=confidence,
+            metadata={
+                "planner": plan.planner,
+                "plan": plan.model_dump(mode="json"),
+                "output": stored_output,
+                "steps": [s.to_dict(include_output=False) for s in steps],
+            },
+        )
+        if self.config.keep_traces:
+            self._traces[execution_id] = result
+            while len(self._traces) > self.config.keep_traces:
+                self._traces.popitem(last=False)
+        return result
+
+    def _record_execution(
+        self,
+        *,
+        execution_id: str,
+        goal: str,
+        success: bool,
+        status: ExecutionStatus,
+        error: str | None,
+        error_type: ErrorType | None,
+        started_at: datetime,
+        duration_ms: float,
+        session_id: str | None,
+        parent: _Frame | None,
+        depth: int,
+        metadata: dict[str, Any],
+        confidence_score: float | None = None,
+    ) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.store_execution(
+                id=execution_id,
+                goal_text=goal,
+                intent="tool_use",
+                success=success,
+                status=status,
+                error=error,
+                error_type=error_type,
+                started_at=started_at,
+                duration_ms=duration_ms,
+                session_id=session_id,
+                parent_id=_id(parent),
+                depth=depth,
+                project=self.config.project,
+                confidence_score=confidence_score,
+                metadata=metadata,
+            )
+        except Exception:
+            self._record_failures += 1
+            log.warning("could not record execution %s", execution_id, exc_info=True)
+
+    # -- inspection ----------------------------------------------------------
+
+    def get_execution_trace(self, execution_id: str) -> ExecutionTrace | None:
+        """The trace of a recent run from memory, else from the store; None if unknown."""
+        result = self._traces.get(execution_id)
+        if result is not None:
+            return ExecutionTrace(
+                execution_id=result.execution_id,
+                goal=result.goal,
+                success=result.success,
+                status=result.status.value,
+                confidence=result.confidence,
+                duration_ms=result.duration_ms,
+                started_at=result.started_at,
+                planner=result.plan.planner,
+                error=result.error,
+                parent_id=result.parent_id,
+                depth=result.depth,
+                steps=[s.to_dict(include_output=False) for s in result.steps],
+            )
+        if self.store is None:
+            return None
+        detail = self.store.get_execution(execution_id)
+        if detail is None:
+            return None
+        steps = detail.metadata.get("steps")
+        if not isinstance(steps, list):
+            steps = [
+                {
+                    "step_id": a.step_id,
+                    "tool": a.tool_name,
+                    "status": "succeeded" if a.success else "failed",
+                    "error": a.error,
+                    "attempts": [a.model_dump(mode="json")],
+                }
+                for a in detail.steps
+            ]
+        return ExecutionTrace(
+            execution_id=detail.id,
+            goal=detail.goal_text,
+            success=detail.success,
+            status=str(detail.status),
+            confidence=detail.confidence_score,
+            duration_ms=detail.duration_ms,
+            started_at=detail.started_at or datetime.now(UTC),
+            planner=detail.metadata.get("planner"),
+            error=detail.error,
+            parent_id=detail.parent_id,
+            depth=detail.depth,
+            steps=steps,
+        )
+
+    def get_execution_summary(self, limit: int = 1000) -> dict[str, Any]:
+        """Success, timing, confidence and error patterns over the last ``limit`` executions.
+
+        From the store when there is one (so it covers every process that
+        shares it), else from this orchestrator's recent runs.
+        """
+        rows: list[tuple[bool, float, float | None, str | None, str | None]]
+        if self.store is not None:
+            records = self.store.get_recent_executions(limit)
+            rows = [
+                (
+                    r.success,
+                    r.duration_ms,
+                    r.confidence_score,
+                    r.error_type.value if r.error_type else None,
+                    r.error,
+                )
+                for r in records
+            ]
+            source = "store"
+        else:
+            results = list(self._traces.values())[-limit:]
+            rows = [
+                (
+                    r.success,
+                    r.duration_ms,
+                    r.confidence,
+                    r.error_type.value if r.error_type else None,
+                    r.error,
+                )
+                for r in results
+            ]
+            source = "memory"
+        total = len(rows)
+        durations = sorted(r[1] for r in rows)
+        confidences = [r[2] for r in rows if r[2] is not None]
+        errors = Counter(r[3] for r in rows if not r[0])
+        messages = Counter((r[4] or "")[:120] for r in rows if not r[0])
+        return {
+            "source": source,
+            "executions": total,
+            "successful": sum(1 for r in rows if r[0]),
+            "success_rate": (sum(1 for r in rows if r[0]) / total) if total else None,
+            "avg_duration_ms": (sum(durations) / total) if total else None,
+            "p95_duration_ms": durations[min(total - 1, int(0.95 * total))] if total else None,
+            "avg_confidence": (sum(confidences) / len(confidences)) if confidences else None,
+            "error_types": dict(errors.most_common()),
+            "top_errors": [{"error": m, "count": c} for m, c in messages.most_common(5)],
+            "recording_failures": self._record_failures
+            + (self._recorder.failures if self._recorder else 0),
+        }
+
+    def get_state_summary(self) -> dict[str, Any]:
+        return self.state.get_state_summary()
+
+
+def _id(frame: _Frame | None) -> str | None:
+    return frame.execution_id if frame else None

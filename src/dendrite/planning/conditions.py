@@ -1,0 +1,154 @@
+"""``when`` conditions: a small, safe expression language over earlier outputs.
+
+A condition is parsed once with Python's own parser and then evaluated by a
+walker that knows only: ``and`` / ``or`` / ``not``; comparisons (``==``,
+``!=``, ``<``, ``<=``, ``>``, ``>=``, ``in``, ``not in``, ``is``, ``is not``);
+literals (numbers, strings, ``True``, ``False``, ``None``, lists, tuples);
+unary minus; ``len(x)``; and ``${step.path}`` references. Nothing is ever
+handed to ``eval``: attribute access, calls other than ``len``, subscripts,
+lambdas and comprehensions are refused when the plan is validated.
+
+Examples: ``${search.count} > 0``, ``"error" not in ${fetch.status}``,
+``len(${search.hits}) >= 3 and not ${check.blocked}``.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dendrite.planning import references
+
+_COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
+    ast.Is: operator.is_,
+    ast.IsNot: operator.is_not,
+}
+_PLACEHOLDER = "__ref{}__"
+
+
+class ConditionError(ValueError):
+    """A condition that is not in the allowed language, or fails to evaluate."""
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    text: str
+    tree: ast.Expression
+    refs: dict[str, references.Reference]  # placeholder name -> reference
+
+    def evaluate(self, scope: Mapping[str, Any]) -> bool:
+        values = {
+            name: references.lookup(scope[ref.source], ref.path, ref.text)
+            for name, ref in self.refs.items()
+        }
+        try:
+            return bool(_eval(self.tree.body, values))
+        except ConditionError:
+            raise
+        except Exception as error:
+            raise ConditionError(f"condition {self.text!r} failed: {error}") from error
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_condition(text: str) -> Condition:
+    """Parse and check ``text``; raise :class:`ConditionError` naming what is not allowed."""
+    refs = references.parse(text)
+    names = {ref.text: _PLACEHOLDER.format(i) for i, ref in enumerate(refs)}
+    source = references.substitute(text, names)
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError as error:
+        raise ConditionError(f"condition {text!r} is not a valid expression: {error.msg}") from None
+    by_name = {names[ref.text]: ref for ref in refs}
+    for node in ast.walk(tree):
+        _check(node, by_name, text)
+    return Condition(text, tree, by_name)
+
+
+_ALLOWED = (
+    ast.Expression,
+    ast.BoolOp,
+    ast.And,
+    ast.Or,
+    ast.UnaryOp,
+    ast.Not,
+    ast.USub,
+    ast.Compare,
+    ast.Constant,
+    ast.List,
+    ast.Tuple,
+    ast.Name,
+    ast.Load,
+    ast.Call,
+    *_COMPARE,
+)
+
+
+def _check(node: ast.AST, refs: Mapping[str, Any], text: str) -> None:
+    if not isinstance(node, _ALLOWED):
+        raise ConditionError(
+            f"condition {text!r}: {type(node).__name__} is not allowed "
+            "(only comparisons, and/or/not, literals, len() and ${...} references)"
+        )
+    if isinstance(node, ast.Name) and node.id not in refs and node.id != "len":
+        raise ConditionError(
+            f"condition {text!r}: unknown name {node.id!r}; refer to outputs as ${{step.path}}"
+        )
+    if isinstance(node, ast.Call) and not (
+        isinstance(node.func, ast.Name)
+        and node.func.id == "len"
+        and len(node.args) == 1
+        and not node.keywords
+    ):
+        raise ConditionError(f"condition {text!r}: the only call allowed is len(x)")
+
+
+def _eval(node: ast.AST, values: Mapping[str, Any]) -> Any:
+    match node:
+        case ast.Constant(value=value):
+            return value
+        case ast.Name(id=name):
+            return values[name]
+        case ast.BoolOp(op=ast.And(), values=items):
+            result: Any = True
+            for item in items:
+                result = _eval(item, values)
+                if not result:
+                    return result
+            return result
+        case ast.BoolOp(op=ast.Or(), values=items):
+            result = False
+            for item in items:
+                result = _eval(item, values)
+                if result:
+                    return result
+            return result
+        case ast.UnaryOp(op=ast.Not(), operand=operand):
+            return not _eval(operand, values)
+        case ast.UnaryOp(op=ast.USub(), operand=operand):
+            return -_eval(operand, values)
+        case ast.Compare(left=left, ops=ops, comparators=comparators):
+            current = _eval(left, values)
+            for op, right_node in zip(ops, comparators, strict=True):
+                right = _eval(right_node, values)
+                if not _COMPARE[type(op)](current, right):
+                    return False
+                current = right
+            return True
+        case ast.List(elts=elts) | ast.Tuple(elts=elts):
+            return [_eval(e, values) for e in elts]
+        case ast.Call(args=[arg]):
+            return len(_eval(arg, values))
+    raise ConditionError(f"cannot evaluate {ast.dump(node)}")

@@ -1,0 +1,315 @@
+"""Plans: the DAG of tool calls a goal becomes, and its validation before anything runs.
+
+A plan is data (pydantic), so it can come from a template, from plan memory,
+from an LLM's JSON or from a user, and be stored with the execution it
+produced. :func:`validate` reports every problem at once, each tied to its
+step, because a planner (or an LLM asked to repair its plan) fixes a list of
+problems faster than one error at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dendrite.planning import references
+from dendrite.planning.conditions import ConditionError, compile_condition
+from dendrite.telemetry import ErrorType
+from dendrite.tools import Tool, ToolRegistry, ToolStatus, UnknownToolError
+
+STEP_ID_PATTERN = r"^[A-Za-z_][\w-]*$"
+
+DEFAULT_RETRYABLE = (ErrorType.TIMEOUT, ErrorType.RATE_LIMIT, ErrorType.CONNECTION)
+
+
+class RetryPolicy(BaseModel):
+    """How often a step is tried again, and after how long.
+
+    Only errors of the kinds in ``retry_on`` (and a tool's own ``retry_on``
+    exception classes) are retried: a validation error will fail the same way
+    every time, so retrying it only wastes the time budget.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff: float = Field(default=0.1, ge=0, description="seconds before the first retry")
+    multiplier: float = Field(default=2.0, ge=1)
+    max_backoff: float = Field(default=10.0, ge=0)
+    jitter: float = Field(default=0.1, ge=0, le=1, description="± fraction of each delay")
+    retry_on: tuple[ErrorType, ...] = DEFAULT_RETRYABLE
+
+    def delay(self, retry: int, random_unit: float) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based); ``random_unit`` in [0, 1)."""
+        base = min(self.backoff * self.multiplier ** (retry - 1), self.max_backoff)
+        return max(0.0, base * (1 + self.jitter * (2 * random_unit - 1)))
+
+
+class Step(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=STEP_ID_PATTERN, max_length=128)
+    tool: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list)
+    when: str | None = None
+    for_each: str | None = None
+    retry: RetryPolicy | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    fallbacks: list[str] = Field(default_factory=list)
+    continue_on_error: bool = False
+    description: str = ""
+
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in references.RESERVED:
+            raise ValueError(f"{value!r} is reserved for references; choose another step id")
+        return value
+
+    def references(self) -> list[references.Reference]:
+        found = list(references.find(self.params))
+        for text in (self.when, self.for_each):
+            if text:
+                found.extend(references.parse(text))
+        return found
+
+    def dependencies(self) -> list[str]:
+        """Explicit ``depends_on`` plus every step named by a reference, in first-seen order."""
+        seen = dict.fromkeys(self.depends_on)
+        for ref in self.references():
+            if ref.source not in references.RESERVED:
+                seen.setdefault(ref.source)
+        return list(seen)
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    goal: str = ""
+    steps: list[Step] = Field(min_length=1)
+    output: str | None = Field(
+        default=None,
+        description="a reference to the run's answer; default: the output of the last step "
+        "nothing depends on (or of each such step, by id, when there are several)",
+    )
+    planner: str = "explicit"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def step(self, step_id: str) -> Step:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+    def sinks(self) -> list[str]:
+        """Steps nothing else depends on: by default, where the answer comes from."""
+        needed = {dep for step in self.steps for dep in step.dependencies()}
+        return [step.id for step in self.steps if step.id not in needed]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanProblem:
+    step_id: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"step {self.step_id!r}: {self.message}" if self.step_id else self.message
+
+
+class PlanValidationError(ValueError):
+    def __init__(self, problems: list[PlanProblem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"the plan has {len(problems)} problem(s):\n{lines}")
+
+
+def parse_plan(data: Mapping[str, Any] | str) -> Plan:
+    """A plan from a mapping or JSON text, with pydantic's errors turned into plan problems."""
+    try:
+        if isinstance(data, str):
+            return Plan.model_validate_json(data)
+        return Plan.model_validate(data)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors(include_url=False):
+            loc = item.get("loc", ())
+            step_id = None
+            if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+                raw = data if isinstance(data, Mapping) else {}
+                try:
+                    step_id = str(raw["steps"][loc[1]].get("id"))
+                except (KeyError, IndexError, TypeError, AttributeError):
+                    step_id = f"#{loc[1]}"
+                loc = loc[2:]
+            where = ".".join(str(p) for p in loc)
+            problems.append(PlanProblem(step_id, f"{where}: {item.get('msg')}"))
+        raise PlanValidationError(problems) from None
+
+
+def validate(plan: Plan, registry: ToolRegistry) -> list[PlanProblem]:
+    """Every problem that would stop ``plan`` from running, in step order; empty when none."""
+    problems: list[PlanProblem] = []
+    ids = [step.id for step in plan.steps]
+    seen: set[str] = set()
+    for step_id in ids:
+        if step_id in seen:
+            problems.append(PlanProblem(step_id, "duplicate step id"))
+        seen.add(step_id)
+    by_id = {step.id: step for step in plan.steps}
+    tools: dict[str, Tool | None] = {}
+    for step in plan.steps:
+        tools[step.id] = _check_tool(step.id, step.tool, registry, problems, "tool")
+        for fallback in step.fallbacks:
+            _check_tool(step.id, fallback, registry, problems, "fallback")
+        for dep in step.depends_on:
+            if dep not in by_id:
+                problems.append(PlanProblem(step.id, f"depends on unknown step {dep!r}"))
+            elif dep == step.id:
+                problems.append(PlanProblem(step.id, "depends on itself"))
+        for text in (step.when,):
+            if text:
+                try:
+                    compile_condition(text)
+                except ConditionError as error:
+                    problems.append(PlanProblem(step.id, str(error)))
+        if step.for_each is not None and references.whole(step.for_each) is None:
+            problems.append(
+                PlanProblem(
+                    step.id,
+                    f"for_each must be one reference like ${{step.items}}, got {step.for_each!r}",
+                )
+            )
+        for ref in step.references():
+            problems.extend(_check_reference(step, ref, by_id, tools))
+        found = tools[step.id]
+        if found is not None:
+            problems.extend(_check_literals(step, found))
+    if plan.output is not None:
+        ref = references.whole(plan.output)
+        if ref is None:
+            problems.append(PlanProblem(None, f"output must be one reference, got {plan.output!r}"))
+        elif ref.source not in by_id:
+            problems.append(PlanProblem(None, f"output refers to unknown step {ref.source!r}"))
+    cycle = find_cycle(plan)
+    if cycle:
+        problems.append(PlanProblem(cycle[0], "dependency cycle: " + " -> ".join(cycle)))
+    return problems
+
+
+def check(plan: Plan, registry: ToolRegistry) -> Plan:
+    """``plan`` itself, or :class:`PlanValidationError` with every problem."""
+    problems = validate(plan, registry)
+    if problems:
+        raise PlanValidationError(problems)
+    return plan
+
+
+def find_cycle(plan: Plan) -> list[str] | None:
+    """One dependency cycle as ``[a, b, ..., a]``, or None (self-loops are reported apart)."""
+    graph = {step.id: [d for d in step.dependencies() if d != step.id] for step in plan.steps}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in graph.get(node, ()):
+            if dep not in graph:
+                continue
+            if state.get(dep) == 1:
+                return [*stack[stack.index(dep) :], dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state:
+            found = visit(node)
+            if found:
+                found.reverse()
+                return found
+    return None
+
+
+def _check_tool(
+    step_id: str, name: str, registry: ToolRegistry, problems: list[PlanProblem], role: str
+) -> Tool | None:
+    try:
+        found = registry.get(name)
+    except UnknownToolError as error:
+        problems.append(PlanProblem(step_id, f"{role}: {error}"))
+        return None
+    if found.state.status is not ToolStatus.ENABLED:
+        because = f" ({found.state.reason})" if found.state.reason else ""
+        problems.append(
+            PlanProblem(step_id, f"{role} {name!r} is {found.state.status.value}{because}")
+        )
+    return found
+
+
+def _check_reference(
+    step: Step,
+    ref: references.Reference,
+    by_id: Mapping[str, Step],
+    tools: Mapping[str, Tool | None],
+) -> Iterable[PlanProblem]:
+    if ref.source == references.ITEM:
+        if step.for_each is None:
+            yield PlanProblem(step.id, f"{ref} is only defined in a for_each step")
+        return
+    if ref.source == references.CONTEXT:
+        return
+    if ref.source not in by_id:
+        yield PlanProblem(step.id, f"{ref} refers to unknown step {ref.source!r}")
+        return
+    if not ref.path:
+        return
+    source = by_id[ref.source]
+    if source.for_each is not None:
+        schema: dict[str, Any] | None = {"type": "array"}
+    else:
+        found = tools.get(ref.source)
+        schema = found.returns_schema if found else None
+    problem = _check_path(schema, ref.path)
+    if problem:
+        yield PlanProblem(step.id, f"{ref}: {problem}")
+
+
+def _check_path(schema: dict[str, Any] | None, path: tuple[str, ...]) -> str | None:
+    """Check the first part of a path against a declared return type, when there is one."""
+    if not schema:
+        return None
+    first = path[0]
+    kind = schema.get("type")
+    if kind == "array":
+        try:
+            int(first)
+        except ValueError:
+            return f"the output is a list; {first!r} is not an index"
+        return None
+    if kind == "object" and "properties" in schema:
+        if first not in schema["properties"] and not schema.get("additionalProperties"):
+            fields = ", ".join(schema["properties"]) or "none"
+            return f"the output has no field {first!r} (fields: {fields})"
+        return None
+    if kind in ("string", "integer", "number", "boolean", "null"):
+        return f"the output is a {kind}; it has no field {first!r}"
+    return None
+
+
+def _check_literals(step: Step, found: Tool) -> list[PlanProblem]:
+    """Validate the arguments that are known now; references are checked when they resolve."""
+    deferred = {k for k, v in step.params.items() if references.has_references(v)}
+    literal = {k: v for k, v in step.params.items() if k not in deferred}
+    return [
+        PlanProblem(step.id, f"tool {found.name!r}: {problem}")
+        for problem in found.check_arguments(literal, deferred)
+    ]

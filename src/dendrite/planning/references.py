@@ -1,0 +1,122 @@
+"""The one syntax for using an earlier step's output: ``${step}`` or ``${step.path}``.
+
+- ``"${search}"`` — a parameter that is exactly one reference takes the value
+  itself, with its type (a list stays a list).
+- ``"${search.hits.0.title}"`` — a dotted path: mapping keys, attribute names
+  and list indexes (negative ones too).
+- ``"Found ${search.count} hits"`` — a reference inside longer text is
+  interpolated as text.
+- ``${item}`` / ``${item.path}`` — the current element inside a ``for_each``
+  step; ``${context.key}`` — a value from the run's ``context``.
+
+References are found in strings at any depth of a step's ``params``, in
+``when`` and in ``for_each``; each one makes the step depend on the step it
+names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ITEM = "item"
+CONTEXT = "context"
+RESERVED = frozenset({ITEM, CONTEXT})
+
+_REF = re.compile(r"\$\{\s*([A-Za-z_][\w-]*)((?:\.[^.\s}]+)*)\s*\}")
+
+
+class UnresolvedReferenceError(LookupError):
+    """A reference whose path does not exist in the value it points into."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    source: str
+    path: tuple[str, ...]
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse(text: str) -> list[Reference]:
+    return [
+        Reference(m.group(1), tuple(p for p in m.group(2).split(".") if p), m.group(0))
+        for m in _REF.finditer(text)
+    ]
+
+
+def whole(text: str) -> Reference | None:
+    """The reference if ``text`` is exactly one reference and nothing else."""
+    m = _REF.fullmatch(text.strip())
+    if not m:
+        return None
+    return Reference(m.group(1), tuple(p for p in m.group(2).split(".") if p), m.group(0))
+
+
+def find(value: Any) -> Iterator[Reference]:
+    """Every reference in a parameter value, at any depth."""
+    if isinstance(value, str):
+        if "${" in value:
+            yield from parse(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from find(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from find(item)
+
+
+def lookup(value: Any, path: tuple[str, ...], ref: str) -> Any:
+    for part in path:
+        try:
+            if isinstance(value, Mapping):
+                value = value[part]
+            elif isinstance(value, list | tuple):
+                value = value[int(part)]
+            else:
+                value = getattr(value, part)
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+            raise UnresolvedReferenceError(
+                f"{ref}: {type(value).__name__} value has no {part!r}"
+            ) from None
+    return value
+
+
+def resolve(value: Any, scope: Mapping[str, Any]) -> Any:
+    """Replace every reference in ``value`` by what it points to in ``scope``."""
+    if isinstance(value, str):
+        if "${" not in value:
+            return value
+        ref = whole(value)
+        if ref is not None:
+            return lookup(scope[ref.source], ref.path, ref.text)
+        return _REF.sub(
+            lambda m: str(
+                lookup(
+                    scope[m.group(1)],
+                    tuple(p for p in m.group(2).split(".") if p),
+                    m.group(0),
+                )
+            ),
+            value,
+        )
+    if isinstance(value, Mapping):
+        return {k: resolve(v, scope) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, scope) for v in value]
+    if isinstance(value, tuple):
+        return tuple(resolve(v, scope) for v in value)
+    return value
+
+
+def has_references(value: Any) -> bool:
+    return next(find(value), None) is not None
+
+
+def substitute(text: str, name_for: Mapping[str, str]) -> str:
+    """Replace each reference in ``text`` by a placeholder name (for expressions)."""
+    return _REF.sub(lambda m: name_for[m.group(0)], text)

@@ -1,0 +1,352 @@
+"""The tool registry: which functions a plan may call, how, and whether right now.
+
+Registration turns a function into a :class:`Tool` once (signature, schema,
+validator), so that each call only pays for validating its arguments.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, TypeVar, overload
+
+from pydantic import ValidationError
+
+from dendrite.tools.context import ToolContext
+from dendrite.tools.errors import (
+    ToolArgumentError,
+    ToolRegistrationError,
+    ToolUnavailableError,
+    UnknownToolError,
+)
+from dendrite.tools.introspect import Signature, argument_problems, introspect
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_TOOL_SPEC = "__dendrite_tool__"
+
+
+class Reliability(StrEnum):
+    """How far a tool can be trusted before its history says otherwise."""
+
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+    EXPERIMENTAL = "experimental"
+
+    @property
+    def prior(self) -> float:
+        """Success probability assumed for a tool with no history."""
+        return _PRIORS[self]
+
+
+_PRIORS = {
+    Reliability.HIGH: 0.95,
+    Reliability.MEDIUM: 0.85,
+    Reliability.LOW: 0.7,
+    Reliability.EXPERIMENTAL: 0.5,
+}
+
+
+class ToolStatus(StrEnum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+    QUARANTINED = "quarantined"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolState:
+    status: ToolStatus = ToolStatus.ENABLED
+    reason: str | None = None
+    since: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(slots=True)
+class Tool:
+    """A registered function with what the planner and the engine need to know about it."""
+
+    name: str
+    func: Callable[..., Any]
+    description: str
+    reliability: Reliability
+    estimated_duration: float | None
+    alternatives: tuple[str, ...]
+    tags: tuple[str, ...]
+    timeout: float | None
+    retry_on: tuple[type[BaseException], ...]
+    version: int
+    signature: Signature
+    is_async: bool
+    state: ToolState = field(default_factory=ToolState)
+
+    @property
+    def parameters_schema(self) -> dict[str, Any]:
+        return self.signature.parameters_schema
+
+    @property
+    def returns_schema(self) -> dict[str, Any] | None:
+        return self.signature.returns_schema
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return tuple(name for _, name in self.signature.fields)
+
+    @property
+    def available(self) -> bool:
+        return self.state.status is ToolStatus.ENABLED
+
+    def validate_arguments(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Coerce ``params`` to the declared types; raise :class:`ToolArgumentError` otherwise."""
+        model = self.signature.model
+        if model is None and not params:
+            return {}
+        try:
+            parsed = model.model_validate(params) if model is not None else None
+        except ValidationError:
+            parsed = None
+        if parsed is None:
+            raise ToolArgumentError(self.name, argument_problems(self.signature, params))
+        return {name: getattr(parsed, attr) for attr, name in self.signature.fields}
+
+    def check_arguments(self, params: dict[str, Any], deferred: Collection[str] = ()) -> list[str]:
+        """Problems with ``params`` without calling anything; ``deferred`` names are skipped."""
+        return argument_problems(self.signature, params, deferred)
+
+    def describe(self) -> dict[str, Any]:
+        """The tool as planners, prompts and the API see it."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters_schema,
+            "returns": self.returns_schema,
+            "reliability": self.reliability.value,
+            "estimated_duration": self.estimated_duration,
+            "alternatives": list(self.alternatives),
+            "tags": list(self.tags),
+            "timeout": self.timeout,
+            "version": self.version,
+            "status": self.state.status.value,
+            "status_reason": self.state.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    name: str | None = None
+    description: str | None = None
+    reliability: Reliability | str = Reliability.MEDIUM
+    estimated_duration: float | None = None
+    alternatives: Sequence[str] = ()
+    tags: Sequence[str] = ()
+    timeout: float | None = None
+    retry_on: Sequence[type[BaseException]] = ()
+
+
+@overload
+def tool(func: F, /) -> F: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    reliability: Reliability | str = Reliability.MEDIUM,
+    estimated_duration: float | None = None,
+    alternatives: Sequence[str] = (),
+    tags: Sequence[str] = (),
+    timeout: float | None = None,
+    retry_on: Sequence[type[BaseException]] = (),
+) -> Callable[[F], F]: ...
+
+
+def tool(func: F | None = None, /, **options: Any) -> F | Callable[[F], F]:
+    """Mark a function as a tool; ``ToolRegistry.register`` picks the options up.
+
+    The function itself is returned unchanged, so it stays callable and testable
+    as plain Python.
+    """
+
+    def mark(f: F) -> F:
+        setattr(f, _TOOL_SPEC, _Spec(**options))
+        return f
+
+    return mark(func) if func is not None else mark
+
+
+class ToolRegistry:
+    """The tools a plan may use. Thread-safe: the API and the learning loop change states."""
+
+    def __init__(self) -> None:
+        self._tools: dict[str, Tool] = {}
+        self._history: dict[str, list[Tool]] = {}
+        self._lock = threading.RLock()
+
+    def register(self, func: Callable[..., Any], *, replace: bool = False) -> Tool:
+        """Register a function, with the options given to ``@tool`` if it was decorated."""
+        spec: _Spec = getattr(func, _TOOL_SPEC, None) or _Spec()
+        return self.register_function(
+            func,
+            name=spec.name,
+            description=spec.description,
+            reliability=spec.reliability,
+            estimated_duration=spec.estimated_duration,
+            alternatives=spec.alternatives,
+            tags=spec.tags,
+            timeout=spec.timeout,
+            retry_on=spec.retry_on,
+            replace=replace,
+        )
+
+    def register_function(
+        self,
+        func: Callable[..., Any],
+        name: str | None = None,
+        description: str | None = None,
+        reliability: Reliability | str = Reliability.MEDIUM,
+        estimated_duration: float | None = None,
+        alternatives: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        timeout: float | None = None,
+        retry_on: Sequence[type[BaseException]] = (),
+        *,
+        replace: bool = False,
+    ) -> Tool:
+        """Make ``func`` callable by plans under ``name`` (default: the function's name).
+
+        Registering a name again needs ``replace=True`` and bumps its version;
+        earlier versions stay listed in :meth:`versions`.
+        """
+        if not callable(func):
+            raise ToolRegistrationError(f"cannot register {func!r}: not callable")
+        tool_name = name or getattr(func, "__name__", "")
+        if not tool_name.isidentifier():
+            raise ToolRegistrationError(
+                f"tool name {tool_name!r} must be an identifier (letters, digits, underscores)"
+            )
+        try:
+            level = Reliability(reliability)
+        except ValueError:
+            choices = ", ".join(r.value for r in Reliability)
+            raise ToolRegistrationError(
+                f"tool {tool_name!r}: reliability {reliability!r} is not one of {choices}"
+            ) from None
+        for label, value in (("timeout", timeout), ("estimated_duration", estimated_duration)):
+            if value is not None and value <= 0:
+                raise ToolRegistrationError(f"tool {tool_name!r}: {label} must be > 0, got {value}")
+        for klass in retry_on:
+            if not (isinstance(klass, type) and issubclass(klass, BaseException)):
+                raise ToolRegistrationError(
+                    f"tool {tool_name!r}: retry_on takes exception classes, got {klass!r}"
+                )
+        if tool_name in alternatives:
+            raise ToolRegistrationError(f"tool {tool_name!r} cannot be its own alternative")
+        signature = introspect(func, tool_name, ToolContext, description)
+        with self._lock:
+            previous = self._tools.get(tool_name)
+            if previous is not None and not replace:
+                raise ToolRegistrationError(
+                    f"tool {tool_name!r} is already registered (version {previous.version}); "
+                    "pass replace=True to register a new version"
+                )
+            registered = Tool(
+                name=tool_name,
+                func=func,
+                description=signature.summary,
+                reliability=level,
+                estimated_duration=estimated_duration,
+                alternatives=tuple(alternatives),
+                tags=tuple(tags),
+                timeout=timeout,
+                retry_on=tuple(retry_on),
+                version=previous.version + 1 if previous else 1,
+                signature=signature,
+                is_async=inspect.iscoroutinefunction(func),
+                state=previous.state if previous else ToolState(),
+            )
+            self._tools[tool_name] = registered
+            self._history.setdefault(tool_name, []).append(registered)
+        return registered
+
+    def tool(self, func: F | None = None, /, **options: Any) -> Any:
+        """Decorator form of :meth:`register`: ``@registry.tool`` or ``@registry.tool(...)``."""
+
+        def mark(f: F) -> F:
+            self.register(tool(**options)(f) if options else f)
+            return f
+
+        return mark(func) if func is not None else mark
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self.get(name)
+            del self._tools[name]
+
+    # -- lookup --------------------------------------------------------------
+
+    def get(self, name: str) -> Tool:
+        try:
+            return self._tools[name]
+        except KeyError:
+            raise UnknownToolError(name, self._tools) from None
+
+    def find(self, name: str) -> Tool | None:
+        """The tool, or None: for callers that handle absence themselves."""
+        return self._tools.get(name)
+
+    def require_available(self, name: str) -> Tool:
+        """The tool, or :class:`ToolUnavailableError` if it is disabled or quarantined."""
+        found = self.get(name)
+        if found.state.status is not ToolStatus.ENABLED:
+            raise ToolUnavailableError(name, found.state.status.value, found.state.reason)
+        return found
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(list(self._tools.values()))
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
+    def versions(self, name: str) -> list[Tool]:
+        self.get(name)
+        return list(self._history[name])
+
+    def describe(self, *, include_unavailable: bool = False) -> list[dict[str, Any]]:
+        """Every tool's description and schema, for prompts and the API."""
+        return [
+            t.describe()
+            for t in sorted(self._tools.values(), key=lambda t: t.name)
+            if include_unavailable or t.available
+        ]
+
+    # -- state ---------------------------------------------------------------
+
+    def _set_state(self, name: str, status: ToolStatus, reason: str | None) -> ToolState:
+        with self._lock:
+            found = self.get(name)
+            found.state = ToolState(status, reason)
+            return found.state
+
+    def enable(self, name: str) -> ToolState:
+        return self._set_state(name, ToolStatus.ENABLED, None)
+
+    def disable(self, name: str, reason: str | None = None) -> ToolState:
+        return self._set_state(name, ToolStatus.DISABLED, reason)
+
+    def quarantine(self, name: str, reason: str) -> ToolState:
+        if not reason:
+            raise ValueError(f"quarantining {name!r} needs a reason")
+        return self._set_state(name, ToolStatus.QUARANTINED, reason)
+
+    def state(self, name: str) -> ToolState:
+        return self.get(name).state
