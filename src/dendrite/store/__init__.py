@@ -16,6 +16,7 @@ from dendrite.store.errors import (
     StoreUnavailableError,
     UnknownExecutionError,
 )
+from dendrite.store.state_entries import StateEntry
 from dendrite.store.store import ExecutionStore, PruneReport, StoreStatus
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "RoutingOutcome",
     "SchemaError",
     "SolutionPattern",
+    "StateEntry",
     "StoreError",
     "StoreStatus",
     "StoreUnavailableError",

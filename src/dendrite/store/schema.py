@@ -289,6 +289,20 @@ execution_rollup = Table(
 )
 execution_rollup_archive = Table("execution_rollup_archive", metadata, *_rollup_columns())
 
+# Orchestrator state that outlives a process (session and global scopes): kept
+# until deleted or expired, never by retention. ``scope_id`` is "" for global.
+state_entries = Table(
+    "state_entries",
+    metadata,
+    Column("scope", String(16), primary_key=True),
+    Column("scope_id", String(255), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("value", JSONDoc, nullable=False),
+    _ts("updated_at", nullable=False),
+    _ts("expires_at"),
+    Index(None, "expires_at"),
+)
+
 store_meta = Table(
     "store_meta",
     metadata,

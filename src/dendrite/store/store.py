@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, delete, select, update
 
 from dendrite.config import data_dir, database_url
-from dendrite.store import analytics, migrate, rollups
+from dendrite.store import analytics, migrate, rollups, state_entries
 from dendrite.store import schema as s
 from dendrite.store.analytics import (
     ExecutionDetail,
@@ -41,6 +41,7 @@ from dendrite.store.errors import (
     UnknownExecutionError,
 )
 from dendrite.store.journal import Journal
+from dendrite.store.state_entries import StateEntry
 from dendrite.store.writer import KIND_OF, BatchWriter, is_connection_error
 from dendrite.telemetry.records import (
     AnyRecord,
@@ -127,6 +128,7 @@ class ExecutionStore:
                 raise
             log.error("store %s unreachable at start; journaling until it returns", self._where)
             reachable = False
+        self._schema_ready = reachable
         self._writer = BatchWriter(
             self.engine,
             self.journal,
@@ -148,6 +150,7 @@ class ExecutionStore:
 
     def _on_reconnect(self) -> None:
         migrate.ensure_schema(self.engine, self._auto_upgrade)
+        self._schema_ready = True
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -357,17 +360,28 @@ class ExecutionStore:
     # -- reads ---------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
-        self.flush()
+    def _connect(self, *, write: bool) -> Iterator[Connection]:
+        """A connection (in a write transaction when ``write``); unreachable is a store error."""
         try:
-            with self.engine.connect() as conn:
-                yield conn
+            if write:
+                with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                    yield conn
+            else:
+                with self.engine.connect() as conn:
+                    yield conn
         except Exception as error:
             if is_connection_error(error):
+                verb = "write to" if write else "read from"
                 raise StoreUnavailableError(
-                    f"cannot read from {self._where}: {str(error).splitlines()[0]}"
+                    f"cannot {verb} {self._where}: {str(error).splitlines()[0]}"
                 ) from error
             raise
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        self.flush()
+        with self._connect(write=False) as conn:
+            yield conn
 
     def get_execution(self, execution_id: str) -> ExecutionDetail | None:
         """An execution with its steps, feedback and routing decisions, or ``None``."""
@@ -436,20 +450,92 @@ class ExecutionStore:
         with self._read() as conn:
             return analytics.get_routing_outcomes(conn, router, limit)
 
+    # -- state ---------------------------------------------------------------
+    #
+    # Synchronous, unlike history: state is read back at once, and it does not
+    # depend on history rows, so it neither queues nor waits for the writer.
+
+    @contextlib.contextmanager
+    def _state(self, *, write: bool) -> Iterator[Connection]:
+        if self._closed:
+            # Its engine is disposed; connecting again would leak a pool nobody closes.
+            raise StoreUnavailableError(f"the store for {self._where} is closed")
+        if not self._schema_ready:
+            # The database was down at start and may be back before the writer noticed.
+            try:
+                migrate.ensure_schema(self.engine, self._auto_upgrade)
+            except Exception as error:
+                if is_connection_error(error):
+                    raise StoreUnavailableError(
+                        f"cannot reach {self._where}: {str(error).splitlines()[0]}"
+                    ) from error
+                raise
+            self._schema_ready = True
+        with self._connect(write=write) as conn:
+            yield conn
+
+    def put_state(
+        self,
+        scope: str,
+        scope_id: str,
+        key: str,
+        value: Any,
+        expires_at: datetime | None = None,
+    ) -> None:
+        """Insert or replace one state entry; ``expires_at=None`` keeps it until deleted.
+
+        Scopes: ``global`` (``scope_id`` ""), ``session``, ``execution``, ``step``.
+        The value must be JSON as it stands; anything else raises ``InvalidRecordError``.
+        """
+        scope = state_entries.check_scope(scope)
+        scope_id = state_entries.check_scope_id(scope, scope_id)
+        key = state_entries.check_key(key)
+        stored = state_entries.check_value(key, value)
+        expiry = state_entries.check_expiry(expires_at)
+        with self._state(write=True) as conn:
+            state_entries.put(conn, scope, scope_id, key, stored, expiry)
+
+    def get_state_entries(
+        self,
+        scope: str | None = None,
+        scope_id: str | None = None,
+        *,
+        include_expired: bool = False,
+    ) -> list[StateEntry]:
+        """Entries of a scope, a scope id, or all; by scope, scope id and key."""
+        if scope is not None:
+            scope = state_entries.check_scope(scope)
+        if scope_id is not None and not isinstance(scope_id, str):
+            raise InvalidRecordError(
+                f"state scope id must be a string, got {type(scope_id).__name__}"
+            )
+        with self._state(write=False) as conn:
+            return state_entries.entries(conn, scope, scope_id, include_expired)
+
+    def delete_state(self, scope: str, scope_id: str, key: str | None = None) -> int:
+        """Delete one entry, or with ``key=None`` every entry of the scope id; returns how many."""
+        scope = state_entries.check_scope(scope)
+        scope_id = state_entries.check_scope_id(scope, scope_id)
+        if key is not None:
+            key = state_entries.check_key(key)
+        with self._state(write=True) as conn:
+            return state_entries.remove(conn, scope, scope_id, key)
+
+    def purge_expired_state(self, now: datetime | None = None) -> int:
+        """Delete every entry whose expiry is at or before ``now``; returns how many."""
+        if now is not None and not isinstance(now, datetime):
+            raise InvalidRecordError(f"now must be a datetime, got {type(now).__name__}")
+        moment = state_entries.aware(now) if now is not None else datetime.now(UTC)
+        with self._state(write=True) as conn:
+            return state_entries.purge_expired(conn, moment)
+
     # -- maintenance ---------------------------------------------------------
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
         self.flush()
-        try:
-            with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
-                yield conn
-        except Exception as error:
-            if is_connection_error(error):
-                raise StoreUnavailableError(
-                    f"cannot write to {self._where}: {str(error).splitlines()[0]}"
-                ) from error
-            raise
+        with self._connect(write=True) as conn:
+            yield conn
 
     def update_statistics(self) -> None:
         """Rebuild every rollup from scratch (archive plus live rows).
