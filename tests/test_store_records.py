@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sqlalchemy.dialects import sqlite
 
 from dendrite._ids import new_id
-from dendrite.store import ExecutionStore, InvalidRecordError, UnknownExecutionError
+from dendrite.store import ExecutionStore, InvalidRecordError, UnknownExecutionError, schema
+from dendrite.store.writer import _tool_row_encoder
 from dendrite.telemetry import ErrorType, ExecutionStatus
 
 
@@ -304,3 +306,18 @@ def test_reads_refuse_nonsense_limits(store: ExecutionStore):
 def test_in_memory_sqlite_is_refused_with_a_reason():
     with pytest.raises(ValueError, match="in-memory SQLite"):
         ExecutionStore("sqlite://")
+
+
+def test_the_bulk_encoder_stores_what_sqlalchemy_would():
+    """tool_executions rows bypass SQLAlchemy's bind processing: the encodings must agree."""
+    dialect = sqlite.pysqlite.dialect()
+    encoder = _tool_row_encoder(dialect)
+    by_sqlalchemy = schema.tool_executions.c.started_at.type.dialect_impl(dialect).bind_processor(
+        dialect
+    )
+    for value in (
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 0, 0, 1, tzinfo=timezone(timedelta(hours=-5))),
+    ):
+        assert encoder.timestamp(value) == by_sqlalchemy(value)

@@ -11,6 +11,10 @@ are encoded by a documented fallback instead of raising:
 
 Results larger than the store's ``max_result_bytes`` are replaced by
 ``{"$truncated": true, "original_bytes": n, "preview": "..."}``.
+
+State values are the exception: a caller reads them back and acts on them,
+so an approximation (a ``$repr`` where an object was) would be a silent
+change of meaning. ``exact_json`` refuses what JSON cannot hold instead.
 """
 
 from __future__ import annotations
@@ -65,10 +69,13 @@ def _finite(value: Any) -> Any:
     return value
 
 
+_encode = json.JSONEncoder(default=_fallback, allow_nan=False, separators=(",", ":")).encode
+
+
 def dumps(value: Any) -> str:
     """Encode any value as strict JSON text, using the fallbacks of this module."""
     try:
-        return json.dumps(value, default=_fallback, allow_nan=False, separators=(",", ":"))
+        return _encode(value)
     except ValueError:
         return json.dumps(_finite(value), default=_fallback, allow_nan=False, separators=(",", ":"))
     except TypeError:
@@ -105,8 +112,71 @@ def capped(value: Any, max_bytes: int) -> tuple[Any, bool]:
     """``value`` made JSON-safe, or a truncation marker when its encoding exceeds ``max_bytes``."""
     if value is None or isinstance(value, (bool, int)):
         return value, False
+    text, truncated = capped_text(value, max_bytes)
+    return json.loads(text), truncated
+
+
+def capped_text(value: Any, max_bytes: int) -> tuple[str, bool]:
+    """Like :func:`capped`, as JSON text: the writer's bulk path encodes each value once."""
     text = dumps(value)
+    if len(text) * 4 <= max_bytes:  # no UTF-8 character takes more than four bytes
+        return text, False
     size = len(text.encode())
     if size <= max_bytes:
-        return json.loads(text), False
-    return {"$truncated": True, "original_bytes": size, "preview": text[:PREVIEW_CHARS]}, True
+        return text, False
+    marker = {"$truncated": True, "original_bytes": size, "preview": text[:PREVIEW_CHARS]}
+    return dumps(marker), True
+
+
+def exact_json(value: Any) -> Any:
+    """``value`` as JSON holds it, or ``TypeError`` naming the first part JSON cannot hold.
+
+    Only the standard library's own conversions apply (tuples become lists,
+    non-string keys strings); none of the fallbacks above, and no NaN or
+    infinities, which PostgreSQL's JSONB refuses.
+    """
+    try:
+        return json.loads(json.dumps(value, allow_nan=False, separators=(",", ":")))
+    except (TypeError, ValueError, RecursionError):
+        try:
+            where, what = _first_non_json(value, "value", set())
+        except RecursionError:
+            where, what = "value", "is nested too deeply"
+        if not where:
+            where, what = "value", "cannot be encoded"
+        raise TypeError(f"{where} {what}, which JSON cannot hold") from None
+
+
+def _type_name(kind: type) -> str:
+    return (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+
+
+def _first_non_json(value: Any, where: str, seen: set[int]) -> tuple[str, str]:
+    """Where in ``value`` JSON fails, and why; ``("", "")`` when nothing there does."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return "", ""
+    if isinstance(value, float):
+        return ("", "") if math.isfinite(value) else (where, f"is {value!r}")
+    if not isinstance(value, (list, tuple, dict)):
+        return where, f"has type {_type_name(type(value))}"
+    if id(value) in seen:
+        return where, "refers back to itself"
+    seen.add(id(value))
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key is not None and not isinstance(key, (str, int, float, bool)):
+                return where, f"has a key of type {_type_name(type(key))}"
+            found = _first_non_json(item, f"{where}[{key!r}]", seen)
+            if found[0]:
+                return found
+    else:
+        for index, item in enumerate(value):
+            found = _first_non_json(item, f"{where}[{index}]", seen)
+            if found[0]:
+                return found
+    seen.discard(id(value))
+    return "", ""

@@ -181,6 +181,8 @@ class BatchWriter:
                 self._queue.append(record)
                 return
         self._to_journal([record])
+        if self._stopping:  # no writer will seal it: release the segment for the next start
+            self.journal.seal()
         log.warning("store queue full or closed: record journaled for later replay")
 
     def pending(self) -> int:
@@ -443,17 +445,103 @@ def _insert_executions(
 def _insert_tool_executions(
     conn: Connection, records: list[ToolExecutionRecord], max_result_bytes: int
 ) -> list[ToolExecutionRecord]:
+    """The bulk of all writes: encoded straight to driver parameters, one JSON encoding each.
+
+    Going through SQLAlchemy's per-value bind processing cost more than the
+    database itself; the encoder applies the same processors, so rows read
+    back through SQLAlchemy are identical. Records already stored (a journal
+    replay) are left out before the insert, so the rollups count each row once.
+    """
     if not records:
         return []
-    rows = []
-    for record in records:
-        row = record.model_dump()
-        row["result"], row["result_truncated"] = serialize.capped(row["result"], max_result_bytes)
-        rows.append(row)
-    table = s.tool_executions
-    stmt = _insert(conn, table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
-    inserted = set(conn.scalars(stmt, rows))
-    return [r for r in records if r.id in inserted]
+    existing = _existing_ids(conn, s.tool_executions, [r.id for r in records])
+    new = [r for r in records if r.id not in existing] if existing else records
+    if new:
+        encoder = _tool_row_encoder(conn.dialect)
+        conn.exec_driver_sql(encoder.sql, [encoder.encode(r, max_result_bytes) for r in new])
+    return new
+
+
+@dataclass(frozen=True, slots=True)
+class _ToolRowEncoder:
+    sql: str
+    uuid: Callable[[Any], Any]
+    boolean: Callable[[Any], Any]
+    timestamp: Callable[[Any], Any]
+
+    def encode(self, r: ToolExecutionRecord, max_result_bytes: int) -> tuple[Any, ...]:
+        result, truncated = (
+            serialize.capped_text(r.result, max_result_bytes)
+            if r.result is not None
+            else ("null", False)
+        )
+        return (
+            self.uuid(r.id),
+            self.uuid(r.execution_id),
+            r.step_id,
+            r.tool_name,
+            serialize.dumps(r.parameters),
+            result,
+            self.boolean(truncated),
+            self.boolean(r.success),
+            r.error,
+            r.error_type.value if r.error_type is not None else None,
+            r.attempt,
+            r.fallback_of,
+            float(r.duration_ms),
+            self.timestamp(r.started_at),
+            self.timestamp(r.finished_at),
+        )
+
+
+_ENCODERS: dict[str, _ToolRowEncoder] = {}
+_TOOL_COLUMNS = (
+    "id",
+    "execution_id",
+    "step_id",
+    "tool_name",
+    "parameters",
+    "result",
+    "result_truncated",
+    "success",
+    "error",
+    "error_type",
+    "attempt",
+    "fallback_of",
+    "duration_ms",
+    "started_at",
+    "finished_at",
+)
+
+
+def _sqlite_timestamp(value: datetime) -> str:
+    """SQLAlchemy's SQLite text form of a UTC timestamp (``YYYY-MM-DD HH:MM:SS.ffffff``), in C."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _tool_row_encoder(dialect: Any) -> _ToolRowEncoder:
+    encoder = _ENCODERS.get(dialect.name)
+    if encoder is None:
+        table = s.tool_executions
+        if set(_TOOL_COLUMNS) != set(table.c.keys()):
+            raise RuntimeError("the bulk encoder of tool_executions is out of step with its table")
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(_TOOL_COLUMNS)}) "
+            f"VALUES ({', '.join([mark] * len(_TOOL_COLUMNS))})"
+        )
+
+        def processor(column: str) -> Callable[[Any], Any]:
+            kind = table.c[column].type.dialect_impl(dialect)
+            return kind.bind_processor(dialect) or (lambda value: value)
+
+        timestamp = _sqlite_timestamp if dialect.name == "sqlite" else processor("started_at")
+        encoder = _ENCODERS[dialect.name] = _ToolRowEncoder(
+            sql, processor("id"), processor("success"), timestamp
+        )
+    return encoder
 
 
 def _insert_plain(conn: Connection, table: Table, records: list[AnyRecord]) -> None:
