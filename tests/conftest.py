@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,24 @@ def pg_database() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pg_admin(sql: str) -> None:
+    """Run one statement on the admin connection (outages: refuse and kill connections)."""
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(sql)
+
+
+def wait_until_drained(store: ExecutionStore, seconds: float = 60) -> None:
+    """Block until the store is reachable with nothing queued or journaled."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        store.flush()
+        status = store.status()
+        if status.reachable and status.journal_records == 0 and status.pending_writes == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"store did not drain: {store.status()}")
 
 
 @pytest.fixture(autouse=True)

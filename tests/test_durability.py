@@ -5,10 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import shutil
 import sqlite3
-import time
 from pathlib import Path
 
-import psycopg
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
@@ -17,20 +15,9 @@ from dendrite.store import ExecutionStore
 from dendrite.store import schema as s
 from dendrite.store.journal import Journal
 from dendrite.telemetry import ToolExecutionRecord
-from tests.conftest import PG_ADMIN, pg_database
+from tests.conftest import pg_admin, pg_database, wait_until_drained
 
 TOTAL = 10_000
-
-
-def _wait_until_drained(store: ExecutionStore, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        store.flush()
-        status = store.status()
-        if status.reachable and status.journal_records == 0 and status.pending_writes == 0:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"store did not drain: {store.status()}")
 
 
 def _counts(url: str) -> dict[str, int]:
@@ -70,28 +57,21 @@ def _expect_exactly_total(counts: dict[str, int]) -> None:
     }
 
 
-def _pg_admin(sql: str) -> None:
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(sql)
-
-
 def test_postgres_outage_mid_stream_loses_nothing_and_duplicates_nothing(tmp_path: Path):
     with pg_database() as url:
         name = make_url(url).database
         store = ExecutionStore(url, state_dir=tmp_path / "s", batch_size=250, flush_interval=0.01)
         eid = _write(store, 0, 3000, "")
         # The database disappears mid-stream: its connections are killed and new ones refused.
-        _pg_admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-        _pg_admin(
-            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-        )
+        pg_admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
         eid = _write(store, 3000, 7000, eid)
         store.flush()
         down = store.status()
         assert not down.reachable and down.journal_records > 0
         eid = _write(store, 7000, TOTAL, eid)
-        _pg_admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
-        _wait_until_drained(store)
+        pg_admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        wait_until_drained(store)
         store.close()
         _expect_exactly_total(_counts(url))
 
@@ -110,7 +90,7 @@ def test_sqlite_locked_past_its_timeout_journals_and_replays(tmp_path: Path):
     eid = _write(store, 7000, TOTAL, eid)
     blocker.execute("COMMIT")
     blocker.close()
-    _wait_until_drained(store)
+    wait_until_drained(store)
     store.close()
     _expect_exactly_total(_counts(url))
 
@@ -121,7 +101,7 @@ def test_a_full_queue_spills_to_the_journal_without_raising(store_url: str, tmp_
     )
     _write(store, 0, TOTAL, "")
     assert store._writer.stats.journaled > 0  # the queue really overflowed
-    _wait_until_drained(store)
+    wait_until_drained(store)
     store.close()
     _expect_exactly_total(_counts(store_url))
 
@@ -143,12 +123,12 @@ def test_journal_replay_is_idempotent(store_url: str, tmp_path: Path):
         handle.write('{"kind": "tool_execution", "rec')  # a write cut short by a crash
     for _ in range(2):  # the second replay simulates a crash before the segment was deleted
         with ExecutionStore(store_url, state_dir=state) as store:
-            _wait_until_drained(store)
+            wait_until_drained(store)
             stats = store.get_tool_statistics("t")
             assert (stats.total_executions, stats.successful_executions) == (300, 150)
         shutil.copy(saved, segment)
     with ExecutionStore(store_url, state_dir=state) as store:
-        _wait_until_drained(store)
+        wait_until_drained(store)
         assert store.get_execution(eid) is None  # steps recorded before their goal row
         with store.engine.connect() as conn:
             assert conn.scalar(select(func.count()).select_from(s.tool_executions)) == 300
@@ -157,14 +137,14 @@ def test_journal_replay_is_idempotent(store_url: str, tmp_path: Path):
 def test_postgres_down_at_start_journals_then_creates_schema_and_replays(tmp_path: Path):
     with pg_database() as url:
         name = make_url(url).database
-        _pg_admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        pg_admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
         store = ExecutionStore(url, state_dir=tmp_path / "s", flush_interval=0.01)
         assert not store.status().reachable
         eid = _write(store, 0, 500, "")
         store.flush()
         assert store.status().journal_records == 500
-        _pg_admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
-        _wait_until_drained(store)
+        pg_admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        wait_until_drained(store)
         assert store.get_success_rate().total == 5
         assert len(store.get_execution(eid).steps) == 99
         store.close()

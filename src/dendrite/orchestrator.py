@@ -17,7 +17,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -31,7 +31,7 @@ from dendrite.planning.planner import Planner, PlanningError, SingleToolPlanner
 from dendrite.state import StateManager, StateView
 from dendrite.store import ExecutionStore
 from dendrite.store.serialize import capped
-from dendrite.telemetry import ErrorType, ExecutionStatus
+from dendrite.telemetry import ErrorType, ExecutionStatus, ToolExecutionRecord
 from dendrite.tools import ToolRegistry
 
 log = logging.getLogger("dendrite.orchestrator")
@@ -153,7 +153,11 @@ _current: contextvars.ContextVar[_Frame | None] = contextvars.ContextVar(
 
 
 class _StoreRecorder:
-    """Sends each attempt to the store; a store error is logged, never raised into the run."""
+    """Sends each attempt to the store; a store error is logged, never raised into the run.
+
+    The engine made every field itself, so the record is built without
+    pydantic's validation (it would cost more than the rest of the write).
+    """
 
     def __init__(self, store: ExecutionStore) -> None:
         self.store = store
@@ -168,19 +172,23 @@ class _StoreRecorder:
         result: Any,
     ) -> None:
         try:
-            self.store.store_tool_execution(
-                execution_id,
-                attempt.tool,
-                dict(params),
-                result,
-                attempt.success,
-                attempt.duration_ms,
-                attempt.error,
-                step_id=step_id,
-                error_type=attempt.error_type,
-                attempt=attempt.number,
-                fallback_of=attempt.fallback_of,
-                started_at=attempt.started_at,
+            self.store.record(
+                ToolExecutionRecord.model_construct(
+                    id=new_id(),
+                    execution_id=execution_id,
+                    step_id=step_id,
+                    tool_name=attempt.tool,
+                    parameters=dict(params),
+                    result=result,
+                    success=attempt.success,
+                    error=attempt.error,
+                    error_type=attempt.error_type,
+                    attempt=attempt.number,
+                    fallback_of=attempt.fallback_of,
+                    duration_ms=attempt.duration_ms,
+                    started_at=attempt.started_at,
+                    finished_at=attempt.started_at + timedelta(milliseconds=attempt.duration_ms),
+                )
             )
         except Exception:
             self.failures += 1
@@ -405,7 +413,7 @@ class Orchestrator:
             raise
         finally:
             _current.reset(token)
-            self.state.clear("execution", execution_id)
+            self.state.clear_execution(execution_id)
         result = self._finish(
             execution_id,
             plan,
@@ -523,27 +531,31 @@ class Orchestrator:
             parent_id=_id(parent),
             depth=depth,
         )
-        stored_output, _ = capped(output, self.config.max_output_bytes)
-        self._record_execution(
-            execution_id=execution_id,
-            goal=plan.goal,
-            success=success,
-            status=status,
-            error=error,
-            error_type=error_type,
-            started_at=started_at,
-            duration_ms=duration_ms,
-            session_id=session_id,
-            parent=parent,
-            depth=depth,
-            confidence_score=confidence,
-            metadata={
-                "planner": plan.planner,
-                "plan": plan.model_dump(mode="json"),
-                "output": stored_output,
-                "steps": [s.to_dict(include_output=False) for s in steps],
-            },
-        )
+        if self.store is not None:
+            stored_output, _ = capped(output, self.config.max_output_bytes)
+            self._record_execution(
+                execution_id=execution_id,
+                goal=plan.goal,
+                success=success,
+                status=status,
+                error=error,
+                error_type=error_type,
+                started_at=started_at,
+                duration_ms=duration_ms,
+                session_id=session_id,
+                parent=parent,
+                depth=depth,
+                confidence_score=confidence,
+                metadata={
+                    "planner": plan.planner,
+                    "plan": plan.model_dump(mode="json", exclude_defaults=True),
+                    "output": stored_output,
+                    # Attempts are tool_executions rows already; the trace joins them back.
+                    "steps": [
+                        s.to_dict(include_output=False, include_attempts=False) for s in steps
+                    ],
+                },
+            )
         if self.config.keep_traces:
             self._traces[execution_id] = result
             while len(self._traces) > self.config.keep_traces:
@@ -616,17 +628,35 @@ class Orchestrator:
         detail = self.store.get_execution(execution_id)
         if detail is None:
             return None
-        steps = detail.metadata.get("steps")
-        if not isinstance(steps, list):
+        attempts: dict[str | None, list[dict[str, Any]]] = {}
+        for row in sorted(detail.steps, key=lambda a: (a.started_at, a.attempt)):
+            attempts.setdefault(row.step_id, []).append(
+                {
+                    "tool": row.tool_name,
+                    "number": row.attempt,
+                    "started_at": row.started_at.isoformat() if row.started_at else None,
+                    "duration_ms": row.duration_ms,
+                    "success": row.success,
+                    "error": row.error,
+                    "error_type": row.error_type.value if row.error_type else None,
+                    "fallback_of": row.fallback_of,
+                    "item": None,
+                }
+            )
+        recorded = detail.metadata.get("steps")
+        if isinstance(recorded, list):
+            steps = [
+                {**step, "attempts": attempts.get(step.get("step_id"), [])} for step in recorded
+            ]
+        else:  # an execution recorded by something other than the orchestrator
             steps = [
                 {
-                    "step_id": a.step_id,
-                    "tool": a.tool_name,
-                    "status": "succeeded" if a.success else "failed",
-                    "error": a.error,
-                    "attempts": [a.model_dump(mode="json")],
+                    "step_id": step_id,
+                    "tool": rows[-1]["tool"],
+                    "attempts": rows,
+                    "status": "succeeded" if rows[-1]["success"] else "failed",
                 }
-                for a in detail.steps
+                for step_id, rows in attempts.items()
             ]
         return ExecutionTrace(
             execution_id=detail.id,

@@ -331,6 +331,10 @@ class ExecutionEngine:
                 if run.steps[dep].continue_on_error:
                     continue
                 return f"dependency {dep!r} failed"
+            if found.status is StepStatus.SKIPPED and (found.skip_reason or "").startswith(
+                CONDITION_FALSE
+            ):
+                return f"{CONDITION_FALSE} upstream: dependency {dep!r} was skipped"
             return f"dependency {dep!r} was {found.status.value}"
         return None
 
@@ -420,15 +424,17 @@ class ExecutionEngine:
     ) -> Any:
         policy = step.retry or self.retry
         errors: list[str] = []
+        tried: list[str] = []
+        unavailable: list[str] = []
         last_type = ErrorType.UNKNOWN
-        candidates = self._candidates(step)
-        for position, name in enumerate(candidates):
+        for position, name in enumerate(self._candidates(step)):
             fallback_of = step.tool if position else None
             try:
                 tool = self.registry.require_available(name)
             except ToolError as error:
-                errors.append(str(error))
+                unavailable.append(str(error))
                 continue
+            tried.append(name)
             args = (
                 params
                 if not position
@@ -450,13 +456,8 @@ class ExecutionEngine:
             timeout = step.timeout or tool.timeout or self.default_timeout
             for number in range(1, policy.max_attempts + 1):
                 ok, value, attempt = await self._attempt(
-                    run, step, tool, args, number, fallback_of, item, timeout
+                    run, step, result, tool, args, number, fallback_of, item, timeout
                 )
-                result.attempts.append(attempt)
-                if self.recorder is not None:
-                    self.recorder.record_attempt(
-                        run.execution_id, step.id, attempt, args, value if ok else None
-                    )
                 if ok:
                     result.tool = name
                     if position:
@@ -485,14 +486,16 @@ class ExecutionEngine:
                         )
                     )
                 await asyncio.sleep(delay)
-        tried = ", ".join(candidates)
-        last = errors[-1] if errors else "no tool could be called"
-        raise _Failure(f"failed after trying {tried}: {last}", last_type)
+        skipped = f" (not tried: {'; '.join(unavailable)})" if unavailable else ""
+        if not tried:
+            raise _Failure(f"no tool available{skipped}", ErrorType.VALIDATION)
+        raise _Failure(f"failed after trying {', '.join(tried)}: {errors[-1]}{skipped}", last_type)
 
     async def _attempt(
         self,
         run: _Run,
         step: Step,
+        result: StepResult,
         tool: Tool,
         params: dict[str, Any],
         number: int,
@@ -500,10 +503,14 @@ class ExecutionEngine:
         item: int | None,
         timeout: float | None,
     ) -> tuple[bool, Any, Attempt]:
-        """One call. Returns (ok, output-or-exception, attempt); never raises but cancellation."""
+        """One call, added to the step's attempts and recorded.
+
+        Returns (ok, output or exception, attempt); raises only on cancellation.
+        """
         started_at = datetime.now(UTC)
         started = time.perf_counter()
         ctx: ToolContext | None = None
+        ok, value, error, error_type = False, None, None, None
         try:
             kwargs = tool.validate_arguments(params)
             if tool.signature.context_param is not None:
@@ -521,103 +528,50 @@ class ExecutionEngine:
                 run.cancel_events.add(ctx.cancel_event)
                 kwargs[tool.signature.context_param] = ctx
             if tool.is_async:
-                if timeout is None:
-                    value = await tool.func(**kwargs)
-                else:
-                    async with asyncio.timeout(timeout):
-                        value = await tool.func(**kwargs)
+                awaitable = tool.func(**kwargs)
             else:
                 call = functools.partial(contextvars.copy_context().run, tool.func, **kwargs)
-                future = asyncio.get_running_loop().run_in_executor(self.executor, call)
-                if timeout is None:
-                    value = await future
-                else:
-                    async with asyncio.timeout(timeout):
-                        value = await future
+                awaitable = asyncio.get_running_loop().run_in_executor(self.executor, call)
+            if timeout is None:
+                value = await awaitable
+            else:
+                async with asyncio.timeout(timeout):
+                    value = await awaitable
+            ok = True
         except asyncio.CancelledError:
+            error, error_type = "cancelled", ErrorType.CANCELLED
+            raise
+        except TimeoutError as caught:
+            value = caught
+            error = f"timed out after {timeout:g}s" if timeout else f"TimeoutError: {caught}"
+            error_type = ErrorType.TIMEOUT
+        except ToolArgumentError as caught:
+            value, error, error_type = caught, str(caught), ErrorType.VALIDATION
+        except Exception as caught:
+            value, error = caught, f"{type(caught).__name__}: {caught}"
+            error_type = ErrorType.infer(caught)
+        finally:
             if ctx is not None:
-                ctx.cancel_event.set()
+                if not ok:
+                    ctx.cancel_event.set()
+                run.cancel_events.discard(ctx.cancel_event)
             attempt = Attempt(
                 tool.name,
                 number,
                 started_at,
                 (time.perf_counter() - started) * 1000,
-                False,
-                "cancelled",
-                ErrorType.CANCELLED,
+                ok,
+                error,
+                error_type,
                 fallback_of,
                 item,
             )
+            result.attempts.append(attempt)
             if self.recorder is not None:
-                self.recorder.record_attempt(run.execution_id, step.id, attempt, params, None)
-            raise
-        except TimeoutError as error:
-            if ctx is not None:
-                ctx.cancel_event.set()
-            message = f"timed out after {timeout:g}s" if timeout else f"TimeoutError: {error}"
-            return (
-                False,
-                error,
-                Attempt(
-                    tool.name,
-                    number,
-                    started_at,
-                    (time.perf_counter() - started) * 1000,
-                    False,
-                    message,
-                    ErrorType.TIMEOUT,
-                    fallback_of,
-                    item,
-                ),
-            )
-        except ToolArgumentError as error:
-            return (
-                False,
-                error,
-                Attempt(
-                    tool.name,
-                    number,
-                    started_at,
-                    (time.perf_counter() - started) * 1000,
-                    False,
-                    str(error),
-                    ErrorType.VALIDATION,
-                    fallback_of,
-                    item,
-                ),
-            )
-        except Exception as error:
-            return (
-                False,
-                error,
-                Attempt(
-                    tool.name,
-                    number,
-                    started_at,
-                    (time.perf_counter() - started) * 1000,
-                    False,
-                    f"{type(error).__name__}: {error}",
-                    ErrorType.infer(error),
-                    fallback_of,
-                    item,
-                ),
-            )
-        finally:
-            if ctx is not None:
-                run.cancel_events.discard(ctx.cancel_event)
-        return (
-            True,
-            value,
-            Attempt(
-                tool.name,
-                number,
-                started_at,
-                (time.perf_counter() - started) * 1000,
-                True,
-                fallback_of=fallback_of,
-                item=item,
-            ),
-        )
+                self.recorder.record_attempt(
+                    run.execution_id, step.id, attempt, params, value if ok else None
+                )
+        return ok, value, attempt
 
     # -- the end -------------------------------------------------------------
 

@@ -7,7 +7,7 @@ Events go to whoever streams the run (CLI, SSE); :class:`StepResult` and its
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -67,9 +67,17 @@ class Attempt:
     item: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["started_at"] = self.started_at.isoformat()
-        return data
+        return {
+            "tool": self.tool,
+            "number": self.number,
+            "started_at": self.started_at.isoformat(),
+            "duration_ms": self.duration_ms,
+            "success": self.success,
+            "error": self.error,
+            "error_type": self.error_type.value if self.error_type else None,
+            "fallback_of": self.fallback_of,
+            "item": self.item,
+        }
 
 
 @dataclass(slots=True)
@@ -97,14 +105,15 @@ class StepResult:
     def ok(self) -> bool:
         return self.status is StepStatus.SUCCEEDED
 
-    def to_dict(self, *, include_output: bool = True) -> dict[str, Any]:
+    def to_dict(
+        self, *, include_output: bool = True, include_attempts: bool = True
+    ) -> dict[str, Any]:
         data: dict[str, Any] = {
             "step_id": self.step_id,
             "tool": self.tool,
             "status": self.status.value,
             "error": self.error,
             "error_type": self.error_type.value if self.error_type else None,
-            "attempts": [a.to_dict() for a in self.attempts],
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "duration_ms": self.duration_ms,
@@ -112,6 +121,8 @@ class StepResult:
             "skip_reason": self.skip_reason,
             "confidence": self.confidence,
         }
+        if include_attempts:
+            data["attempts"] = [a.to_dict() for a in self.attempts]
         if include_output:
             data["output"] = self.output
         return data

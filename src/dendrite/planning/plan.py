@@ -301,7 +301,7 @@ def _check_path(schema: dict[str, Any] | None, path: tuple[str, ...]) -> str | N
             return f"the output has no field {first!r} (fields: {fields})"
         return None
     if kind in ("string", "integer", "number", "boolean", "null"):
-        return f"the output is a {kind}; it has no field {first!r}"
+        return f"the output is of type {kind}; it has no field {first!r}"
     return None
 
 

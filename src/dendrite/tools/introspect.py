@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import types
 import typing
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -127,7 +128,7 @@ def introspect(
                 "by keyword"
             )
         annotation = hints.get(name, Any)
-        if annotation is context_type:
+        if _mentions(annotation, context_type):
             context_param = name
             continue
         default = ... if param.default is param.empty else param.default
@@ -173,6 +174,15 @@ def introspect(
         context_param=context_param,
         summary=description if description is not None else doc.summary,
     )
+
+
+def _mentions(annotation: Any, wanted: type) -> bool:
+    """``annotation`` is ``wanted`` or an Optional/Union of it (``ctx: ToolContext | None``)."""
+    if annotation is wanted:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return wanted in typing.get_args(annotation)
+    return False
 
 
 def _type_name(schema: dict[str, Any] | None) -> str:

@@ -1,0 +1,429 @@
+"""The DAG engine: shapes, concurrency, retries, timeouts, fallbacks, skips, cancellation.
+
+Timing-sensitive behaviour is asserted through ordering (events that must
+happen before others), never through wall-clock durations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from dendrite.execution import Event, EventType, ExecutionEngine, StepStatus
+from dendrite.planning import Plan, RetryPolicy, Step
+from dendrite.telemetry import ErrorType
+from dendrite.tools import ToolContext, ToolRegistry
+
+NO_WAIT = RetryPolicy(max_attempts=3, backoff=0.0, jitter=0.0)
+
+
+def run(engine: ExecutionEngine, plan: Plan, **kwargs: Any):
+    events: list[Event] = []
+
+    async def go():
+        return await engine.execute(plan, execution_id="e1", emit=events.append, **kwargs)
+
+    return asyncio.run(go()), events
+
+
+def make_registry() -> ToolRegistry:
+    registry = ToolRegistry()
+
+    def echo(value: Any = None) -> Any:
+        return value
+
+    async def add(a: int, b: int = 0) -> int:
+        return a + b
+
+    def collect(values: list[Any]) -> list[Any]:
+        return list(values)
+
+    registry.register_function(echo)
+    registry.register_function(add)
+    registry.register_function(collect)
+    return registry
+
+
+def test_chain_passes_outputs_along():
+    engine = ExecutionEngine(make_registry())
+    plan = Plan(
+        goal="chain",
+        steps=[
+            Step(id="one", tool="add", params={"a": 1}),
+            Step(id="two", tool="add", params={"a": "${one}", "b": 10}),
+            Step(id="three", tool="add", params={"a": "${two}", "b": 100}),
+        ],
+    )
+    outcome, events = run(engine, plan)
+    assert outcome.success and outcome.output == 111
+    started = [e.step_id for e in events if e.type is EventType.STEP_STARTED]
+    assert started == ["one", "two", "three"]
+
+
+def test_fan_out_fan_in_and_diamond():
+    engine = ExecutionEngine(make_registry(), max_parallel_steps=4)
+    fan = Plan(
+        goal="fan",
+        steps=[
+            Step(id="root", tool="add", params={"a": 1}),
+            *[Step(id=f"w{i}", tool="add", params={"a": "${root}", "b": i}) for i in range(20)],
+            Step(id="join", tool="collect", params={"values": [f"${{w{i}}}" for i in range(20)]}),
+        ],
+    )
+    outcome, _ = run(engine, fan)
+    assert outcome.output == [1 + i for i in range(20)]
+    diamond = Plan(
+        goal="diamond",
+        steps=[
+            Step(id="top", tool="add", params={"a": 2}),
+            Step(id="left", tool="add", params={"a": "${top}", "b": 1}),
+            Step(id="right", tool="add", params={"a": "${top}", "b": 2}),
+            Step(id="bottom", tool="add", params={"a": "${left}", "b": "${right}"}),
+        ],
+    )
+    outcome, events = run(engine, diamond)
+    assert outcome.output == 7
+    order = [e.step_id for e in events if e.type is EventType.STEP_FINISHED]
+    assert order[0] == "top" and order[-1] == "bottom"
+
+
+def test_the_concurrency_bound_is_honoured():
+    registry = ToolRegistry()
+    lock = threading.Lock()
+    seen = {"now": 0, "peak": 0}
+
+    async def busy(i: int) -> int:
+        with lock:
+            seen["now"] += 1
+            seen["peak"] = max(seen["peak"], seen["now"])
+        await asyncio.sleep(0.005)
+        with lock:
+            seen["now"] -= 1
+        return i
+
+    def busy_sync(i: int) -> int:
+        with lock:
+            seen["now"] += 1
+            seen["peak"] = max(seen["peak"], seen["now"])
+        time.sleep(0.005)
+        with lock:
+            seen["now"] -= 1
+        return i
+
+    registry.register_function(busy)
+    registry.register_function(busy_sync)
+    for tool_name in ("busy", "busy_sync"):
+        seen["peak"] = 0
+        engine = ExecutionEngine(registry, max_parallel_steps=3)
+        plan = Plan(
+            goal="many",
+            steps=[Step(id=f"s{i}", tool=tool_name, params={"i": i}) for i in range(30)],
+        )
+        outcome, _ = run(engine, plan)
+        assert outcome.success
+        assert seen["peak"] == 3, (tool_name, seen)
+        engine.close()
+
+
+def test_a_step_starts_as_soon_as_its_own_dependencies_are_done():
+    """'after_fast' depends only on 'fast'; 'slow' (same level as 'fast') waits for it to start.
+
+    With a level-by-level barrier 'after_fast' could not start before 'slow'
+    finished, and 'slow' would wait forever (the test would time out).
+    """
+    registry = ToolRegistry()
+    started_after_fast = asyncio.Event()
+
+    async def fast() -> str:
+        return "fast"
+
+    async def slow() -> str:
+        await asyncio.wait_for(started_after_fast.wait(), timeout=10)
+        return "slow"
+
+    async def after_fast(x: str) -> str:
+        started_after_fast.set()
+        return x + "!"
+
+    for func in (fast, slow, after_fast):
+        registry.register_function(func)
+    engine = ExecutionEngine(registry)
+    plan = Plan(
+        goal="uneven",
+        steps=[
+            Step(id="fast", tool="fast"),
+            Step(id="slow", tool="slow"),
+            Step(id="after", tool="after_fast", params={"x": "${fast}"}),
+            Step(id="end", tool="after_fast", params={"x": "${slow}"}, depends_on=["after"]),
+        ],
+    )
+    outcome, events = run(engine, plan)
+    assert outcome.success, outcome.error
+    finished = [e.step_id for e in events if e.type is EventType.STEP_FINISHED]
+    assert finished.index("after") < finished.index("slow")
+
+
+def test_retries_count_and_back_off_for_retryable_errors_only():
+    registry = ToolRegistry()
+    calls = {"flaky": 0, "wrong": 0}
+
+    def flaky() -> str:
+        calls["flaky"] += 1
+        if calls["flaky"] < 3:
+            raise ConnectionResetError("connection reset by peer")
+        return "ok"
+
+    def wrong() -> str:
+        calls["wrong"] += 1
+        raise ValueError("bad input")
+
+    registry.register_function(flaky)
+    registry.register_function(wrong)
+    policy = RetryPolicy(max_attempts=4, backoff=0.01, multiplier=3, jitter=0.0)
+    engine = ExecutionEngine(registry, retry=policy)
+    plan = Plan(goal="r", steps=[Step(id="f", tool="flaky"), Step(id="w", tool="wrong")])
+    outcome, events = run(engine, plan)
+    flaky_result = outcome.steps["f"]
+    assert flaky_result.status is StepStatus.SUCCEEDED and calls["flaky"] == 3
+    assert [a.number for a in flaky_result.attempts] == [1, 2, 3]
+    assert flaky_result.retries == 2
+    assert [a.error_type for a in flaky_result.attempts[:2]] == [ErrorType.CONNECTION] * 2
+    delays = [e.data["delay_s"] for e in events if e.type is EventType.STEP_RETRY]
+    assert delays == pytest.approx([0.01, 0.03])
+    # A validation-type error is not retried.
+    assert calls["wrong"] == 1 and outcome.steps["w"].error_type is ErrorType.VALIDATION
+    assert not outcome.success
+
+
+def test_a_tools_own_retry_on_exceptions_are_retried():
+    registry = ToolRegistry()
+
+    class Busy(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def picky() -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise Busy("try later")
+        return 1
+
+    registry.register_function(picky, retry_on=[Busy])
+    outcome, _ = run(
+        ExecutionEngine(registry, retry=NO_WAIT), Plan(goal="p", steps=[Step(id="p", tool="picky")])
+    )
+    assert outcome.success and calls["n"] == 2
+
+
+def test_timeouts_for_async_and_sync_tools():
+    registry = ToolRegistry()
+    stopped = threading.Event()
+
+    async def hang() -> None:
+        await asyncio.sleep(30)
+
+    def hang_sync(ctx: ToolContext) -> None:
+        ctx.cancel_event.wait(30)
+        if ctx.cancelled:
+            stopped.set()
+
+    registry.register_function(hang)
+    registry.register_function(hang_sync)
+    engine = ExecutionEngine(registry, retry=RetryPolicy(max_attempts=2, backoff=0, jitter=0))
+    plan = Plan(
+        goal="t",
+        steps=[
+            Step(id="a", tool="hang", timeout=0.05),
+            Step(id="s", tool="hang_sync", timeout=0.05),
+        ],
+    )
+    outcome, _ = run(engine, plan)
+    for step_id in ("a", "s"):
+        result = outcome.steps[step_id]
+        assert result.status is StepStatus.FAILED
+        assert result.error_type is ErrorType.TIMEOUT
+        assert len(result.attempts) == 2  # a timeout is retryable
+        assert "timed out after 0.05s" in result.error
+    assert stopped.wait(5), "the sync tool was told to stop through its context"
+    engine.close()
+
+
+def test_fallbacks_the_steps_own_then_the_tools_alternatives():
+    registry = ToolRegistry()
+
+    def primary(q: str) -> str:
+        raise RuntimeError("primary is down")
+
+    def also_down(q: str) -> str:
+        raise RuntimeError("also down")
+
+    def backup(q: str, extra: int = 0) -> str:
+        return f"backup:{q}"
+
+    registry.register_function(primary, alternatives=["backup"])
+    registry.register_function(also_down)
+    registry.register_function(backup)
+    engine = ExecutionEngine(registry, retry=NO_WAIT)
+    plan = Plan(
+        goal="f", steps=[Step(id="s", tool="primary", params={"q": "x"}, fallbacks=["also_down"])]
+    )
+    outcome, events = run(engine, plan)
+    result = outcome.steps["s"]
+    assert outcome.success and outcome.output == "backup:x"
+    assert result.tool == "backup" and result.fallback_used == "backup"
+    assert [(a.tool, a.fallback_of) for a in result.attempts] == [
+        ("primary", None),
+        ("also_down", "primary"),
+        ("backup", "primary"),
+    ]
+    used = [e.data["tool"] for e in events if e.type is EventType.FALLBACK_USED]
+    assert used == ["also_down", "backup"]
+    registry.quarantine("backup", "failing")
+    outcome, _ = run(engine, plan)
+    assert not outcome.success
+    assert outcome.steps["s"].error == (
+        "failed after trying primary, also_down: also_down: RuntimeError: also down "
+        "(not tried: tool 'backup' is quarantined: failing)"
+    )
+
+
+def test_failures_skip_dependents_unless_continue_on_error():
+    registry = make_registry()
+
+    def boom() -> int:
+        raise RuntimeError("boom")
+
+    registry.register_function(boom)
+    engine = ExecutionEngine(registry, retry=NO_WAIT)
+    plan = Plan(
+        goal="skip",
+        steps=[
+            Step(id="bad", tool="boom"),
+            Step(id="child", tool="add", params={"a": "${bad}"}),
+            Step(id="grandchild", tool="add", params={"a": "${child}"}),
+            Step(id="independent", tool="add", params={"a": 1}),
+        ],
+    )
+    outcome, events = run(engine, plan)
+    assert not outcome.success and outcome.error.startswith("step 'bad' failed")
+    assert outcome.steps["child"].status is StepStatus.SKIPPED
+    assert outcome.steps["child"].skip_reason == "dependency 'bad' failed"
+    assert outcome.steps["grandchild"].skip_reason == "dependency 'child' was skipped"
+    assert outcome.steps["independent"].status is StepStatus.SUCCEEDED
+    assert [e.step_id for e in events if e.type is EventType.STEP_SKIPPED] == [
+        "child",
+        "grandchild",
+    ]
+    tolerant = Plan(
+        goal="tolerant",
+        steps=[
+            Step(id="bad", tool="boom", continue_on_error=True),
+            Step(id="child", tool="echo", params={"value": "${bad}"}),
+        ],
+    )
+    outcome, _ = run(engine, tolerant)
+    assert outcome.success and outcome.partial
+    assert outcome.steps["child"].status is StepStatus.SUCCEEDED and outcome.output is None
+
+
+def test_conditions_and_for_each():
+    engine = ExecutionEngine(make_registry())
+    plan = Plan(
+        goal="cond",
+        steps=[
+            Step(id="n", tool="echo", params={"value": [1, 2, 3]}),
+            Step(id="big", tool="echo", params={"value": "many"}, when="len(${n}) > 2"),
+            Step(id="small", tool="echo", params={"value": "few"}, when="len(${n}) <= 2"),
+            Step(id="after_small", tool="echo", params={"value": "${small}"}),
+            Step(id="each", tool="add", params={"a": "${item}", "b": 10}, for_each="${n}"),
+        ],
+        output="${each}",
+    )
+    outcome, _ = run(engine, plan)
+    assert outcome.success and outcome.output == [11, 12, 13]
+    assert outcome.steps["small"].skip_reason == "condition false: len(${n}) <= 2"
+    assert outcome.steps["after_small"].status is StepStatus.SKIPPED
+    assert [a.item for a in outcome.steps["each"].attempts] == [0, 1, 2]
+    # Condition-skipped steps do not lower the coverage part of the confidence.
+    assert outcome.confidence == pytest.approx(0.85)
+
+
+def test_a_reference_to_a_missing_field_fails_the_step_clearly():
+    engine = ExecutionEngine(make_registry())
+    plan = Plan(
+        goal="ref",
+        steps=[
+            Step(id="a", tool="echo", params={"value": {"x": 1}}),
+            Step(id="b", tool="echo", params={"value": "${a.y}"}),
+        ],
+    )
+    outcome, _ = run(engine, plan)
+    assert outcome.steps["b"].error == "${a.y}: dict value has no 'y'"
+    assert outcome.steps["b"].error_type is ErrorType.VALIDATION
+
+
+def test_bad_arguments_at_run_time_fail_the_attempt_with_the_tools_message():
+    engine = ExecutionEngine(make_registry(), retry=NO_WAIT)
+    plan = Plan(
+        goal="bad",
+        steps=[
+            Step(id="a", tool="echo", params={"value": "text"}),
+            Step(id="b", tool="add", params={"a": "${a}"}),
+        ],
+    )
+    outcome, _ = run(engine, plan)
+    result = outcome.steps["b"]
+    assert result.error_type is ErrorType.VALIDATION and len(result.attempts) == 1
+    assert "tool 'add': parameter 'a': expected integer, got 'text' (str)" in result.error
+
+
+def test_cancelling_the_run_cancels_running_steps():
+    registry = ToolRegistry()
+    entered = asyncio.Event()
+    sync_stopped = threading.Event()
+
+    async def wait_forever() -> None:
+        entered.set()
+        await asyncio.sleep(60)
+
+    def wait_sync(ctx: ToolContext) -> None:
+        if ctx.cancel_event.wait(60):
+            sync_stopped.set()
+
+    registry.register_function(wait_forever)
+    registry.register_function(wait_sync)
+    engine = ExecutionEngine(registry)
+    plan = Plan(
+        goal="cancel",
+        steps=[
+            Step(id="a", tool="wait_forever"),
+            Step(id="s", tool="wait_sync"),
+            Step(id="after", tool="wait_forever", depends_on=["a"]),
+        ],
+    )
+    results: dict = {}
+
+    async def go():
+        task = asyncio.create_task(engine.execute(plan, execution_id="c", results=results))
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert {r.status for r in results.values()} == {StepStatus.CANCELLED}
+    assert results["a"].attempts[0].error_type is ErrorType.CANCELLED
+    assert sync_stopped.wait(5)
+    engine.close()
+
+
+def test_engine_settings_are_checked():
+    with pytest.raises(ValueError, match="max_parallel_steps must be >= 1, got 0"):
+        ExecutionEngine(ToolRegistry(), max_parallel_steps=0)
+    with pytest.raises(ValueError, match="default_timeout must be > 0"):
+        ExecutionEngine(ToolRegistry(), default_timeout=0)

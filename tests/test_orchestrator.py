@@ -1,0 +1,382 @@
+"""The Orchestrator records every run and every attempt, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from dendrite import EventType, Orchestrator, OrchestratorConfig
+from dendrite.planning import Plan, PlanningError, PlanValidationError, RetryPolicy, Step
+from dendrite.store import ExecutionStore
+from dendrite.telemetry import ErrorType, ExecutionStatus
+from dendrite.tools import ToolContext, ToolRegistry
+from tests.conftest import pg_admin, pg_database, wait_until_drained
+
+FAST_RETRY = RetryPolicy(max_attempts=3, backoff=0.0, jitter=0.0)
+
+
+def make_registry() -> ToolRegistry:
+    registry = ToolRegistry()
+    calls = {"flaky": 0}
+
+    def search(query: str) -> dict:
+        """Search the notes."""
+        return {"hits": [f"{query}-1", f"{query}-2"], "count": 2}
+
+    def flaky(x: int) -> int:
+        calls["flaky"] += 1
+        if calls["flaky"] % 3:
+            raise TimeoutError("upstream timed out")
+        return x
+
+    def broken(x: int) -> int:
+        raise RuntimeError("broken tool")
+
+    def backup(x: int) -> int:
+        return -x
+
+    async def remember(key: str, value: str, ctx: ToolContext) -> str:
+        ctx.state.set(key, value, scope="session")
+        return ctx.state.get(key)
+
+    registry.register_function(search)
+    registry.register_function(flaky)
+    registry.register_function(broken, alternatives=["backup"])
+    registry.register_function(backup)
+    registry.register_function(remember)
+    return registry
+
+
+def demo_plan() -> Plan:
+    return Plan(
+        goal="look things up",
+        steps=[
+            Step(id="s", tool="search", params={"query": "dendrite"}),
+            Step(id="f", tool="flaky", params={"x": "${s.count}"}),
+            Step(id="b", tool="broken", params={"x": 1}),
+            Step(id="never", tool="search", params={"query": "x"}, when="${f} > 100"),
+        ],
+        output="${s.hits}",
+    )
+
+
+@pytest.fixture
+def orch(store: ExecutionStore):
+    with Orchestrator(
+        make_registry(), store=store, config=OrchestratorConfig(retry=FAST_RETRY)
+    ) as orchestrator:
+        yield orchestrator
+
+
+def test_every_run_and_attempt_lands_in_the_store(orch: Orchestrator, store: ExecutionStore):
+    result = orch.process(demo_plan(), session_id="sess-1")
+    assert result.success and result.status is ExecutionStatus.SUCCEEDED
+    assert result.output == ["dendrite-1", "dendrite-2"]
+    assert 0 < result.confidence < 1
+    store.flush()
+    detail = store.get_execution(result.execution_id)
+    assert detail is not None and detail.goal_id == "goal_1"
+    assert detail.session_id == "sess-1" and detail.success
+    assert detail.confidence_score == pytest.approx(result.confidence)
+    attempts = sorted((a.step_id, a.tool_name, a.attempt, a.success) for a in detail.steps)
+    assert attempts == [
+        ("b", "backup", 1, True),
+        ("b", "broken", 1, False),
+        ("f", "flaky", 1, False),
+        ("f", "flaky", 2, False),
+        ("f", "flaky", 3, True),
+        ("s", "search", 1, True),
+    ]
+    fallback = next(a for a in detail.steps if a.tool_name == "backup")
+    assert fallback.fallback_of == "broken"
+    timeouts = [a for a in detail.steps if a.tool_name == "flaky" and not a.success]
+    assert {a.error_type for a in timeouts} == {ErrorType.TIMEOUT}
+    steps = {s["step_id"]: s for s in detail.metadata["steps"]}
+    assert steps["never"]["status"] == "skipped"
+    assert detail.metadata["planner"] == "explicit"
+    assert detail.metadata["output"] == ["dendrite-1", "dendrite-2"]
+    stats = store.get_tool_statistics("flaky")
+    assert (stats.total_executions, stats.successful_executions) == (3, 1)
+
+
+def test_failed_and_partial_runs_are_recorded_with_their_status(
+    orch: Orchestrator, store: ExecutionStore
+):
+    orch.registry.disable("backup")
+    failed = orch.process(Plan(goal="fail", steps=[Step(id="b", tool="broken", params={"x": 1})]))
+    assert not failed.success and failed.status is ExecutionStatus.FAILED
+    assert failed.error_type is ErrorType.TOOL_ERROR and "broken tool" in failed.error
+    partial = orch.process(
+        Plan(
+            goal="partial",
+            steps=[
+                Step(id="b", tool="broken", params={"x": 1}, continue_on_error=True),
+                Step(id="s", tool="search", params={"query": "q"}),
+            ],
+        )
+    )
+    assert partial.success and partial.status is ExecutionStatus.PARTIAL
+    store.flush()
+    assert store.get_execution(failed.execution_id).status == ExecutionStatus.FAILED
+    assert store.get_execution(partial.execution_id).status == ExecutionStatus.PARTIAL
+    assert store.get_success_rate().total == 2
+
+
+def test_planning_and_validation_failures_raise_and_are_recorded(
+    orch: Orchestrator, store: ExecutionStore
+):
+    with pytest.raises(PlanningError, match="no registered tool is named"):
+        orch.process("bake a cake")
+    with pytest.raises(PlanValidationError, match="unknown tool 'serch'"):
+        orch.process(Plan(goal="typo", steps=[Step(id="a", tool="serch")]))
+    store.flush()
+    recorded = store.get_recent_executions(10)
+    assert {r.goal_text for r in recorded} == {"bake a cake", "typo"}
+    assert all(not r.success and r.error_type is ErrorType.VALIDATION for r in recorded)
+    typo = next(r for r in recorded if r.goal_text == "typo")
+    assert typo.metadata["problems"][0].startswith("step 'a': tool: unknown tool 'serch'")
+
+
+def test_the_single_tool_planner_is_the_default(orch: Orchestrator, store: ExecutionStore):
+    result = orch.process("search notes about dendrites")
+    assert result.output["hits"] == ["notes about dendrites-1", "notes about dendrites-2"]
+    store.flush()
+    assert store.get_execution(result.execution_id).metadata["planner"] == "single_tool"
+
+
+def test_nested_runs_are_recorded_with_parent_and_depth(store: ExecutionStore):
+    registry = make_registry()
+    holder: dict[str, Orchestrator] = {}
+
+    async def outer(query: str) -> list:
+        inner = await holder["o"].run(
+            Plan(
+                goal=f"inner {query}", steps=[Step(id="s", tool="search", params={"query": query})]
+            )
+        )
+        return inner.output["hits"]
+
+    def outer_sync(query: str) -> str:
+        nested = holder["o"].process(
+            Plan(
+                goal=f"sync inner {query}",
+                steps=[Step(id="o", tool="outer", params={"query": query})],
+            )
+        )
+        return nested.execution_id
+
+    registry.register_function(outer)
+    registry.register_function(outer_sync)
+    with Orchestrator(registry, store=store) as orchestrator:
+        holder["o"] = orchestrator
+        top = orchestrator.process(
+            Plan(goal="top", steps=[Step(id="t", tool="outer_sync", params={"query": "q"})])
+        )
+    assert top.success and top.depth == 0
+    store.flush()
+    middle = store.get_execution(top.output)
+    assert (middle.parent_id, middle.depth) == (top.execution_id, 1)
+    inner = [r for r in store.get_recent_executions(10) if r.goal_text == "inner q"]
+    assert len(inner) == 1 and (inner[0].parent_id, inner[0].depth) == (middle.id, 2)
+
+
+def test_nesting_deeper_than_max_depth_is_refused(store: ExecutionStore):
+    registry = ToolRegistry()
+    holder: dict[str, Orchestrator] = {}
+
+    async def recurse(n: int) -> int:
+        result = await holder["o"].run(
+            Plan(goal="r", steps=[Step(id="r", tool="recurse", params={"n": n + 1})])
+        )
+        if not result.success:
+            raise RuntimeError(result.error)
+        return result.output
+
+    registry.register_function(recurse)
+    with Orchestrator(registry, store=store, config=OrchestratorConfig(max_depth=2)) as o:
+        holder["o"] = o
+        result = o.process(Plan(goal="r", steps=[Step(id="r", tool="recurse", params={"n": 0})]))
+    assert not result.success
+    assert "run nesting is 3 deep, more than max_depth=2" in result.error
+
+
+def test_stream_yields_events_in_order_ending_with_the_answer(orch: Orchestrator):
+    async def collect():
+        return [event async for event in orch.stream(demo_plan())]
+
+    events = asyncio.run(collect())
+    kinds = [e.type for e in events]
+    assert kinds[0] is EventType.PLAN_CREATED and kinds[-1] is EventType.FINAL_ANSWER
+    assert EventType.STEP_RETRY in kinds and EventType.FALLBACK_USED in kinds
+    assert EventType.STEP_SKIPPED in kinds
+    for step_id in ("s", "f", "b"):
+        own = [e.type for e in events if e.step_id == step_id]
+        assert own[0] is EventType.STEP_STARTED and own[-1] is EventType.STEP_FINISHED
+    final = events[-1].data
+    assert final["success"] and final["output"] == ["dendrite-1", "dendrite-2"]
+    assert {e.execution_id for e in events} == {events[0].execution_id}
+
+
+def test_stream_surfaces_a_planning_error(orch: Orchestrator):
+    async def collect():
+        return [event async for event in orch.stream("bake a cake")]
+
+    with pytest.raises(PlanningError):
+        asyncio.run(collect())
+
+
+def test_cancelled_runs_are_recorded_as_cancelled(store: ExecutionStore):
+    registry = ToolRegistry()
+    entered = asyncio.Event()
+
+    async def wait_forever() -> None:
+        entered.set()
+        await asyncio.sleep(60)
+
+    registry.register_function(wait_forever)
+    orchestrator = Orchestrator(registry, store=store)
+    plan = Plan(goal="cancel me", steps=[Step(id="w", tool="wait_forever")])
+
+    async def go():
+        task = asyncio.create_task(orchestrator.run(plan))
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    orchestrator.close()
+    store.flush()
+    (record,) = store.get_recent_executions(5)
+    assert record.status == ExecutionStatus.CANCELLED and record.error_type is ErrorType.CANCELLED
+    detail = store.get_execution(record.id)
+    assert [(a.tool_name, a.error_type) for a in detail.steps] == [
+        ("wait_forever", ErrorType.CANCELLED)
+    ]
+
+
+def test_traces_from_memory_and_from_the_store(orch: Orchestrator, store: ExecutionStore):
+    result = orch.process(demo_plan())
+    trace = orch.get_execution_trace(result.execution_id)
+    assert trace.fallbacks == ["b"] and trace.planner == "explicit"
+    steps = {s["step_id"]: s for s in trace.steps}
+    assert len(steps["f"]["attempts"]) == 3 and steps["f"]["confidence"] > 0
+    store.flush()
+    with Orchestrator(make_registry(), store=store) as fresh:
+        from_store = fresh.get_execution_trace(result.execution_id)
+        assert from_store is not None
+        assert from_store.to_dict()["steps"] == trace.to_dict()["steps"]
+        assert from_store.confidence == pytest.approx(trace.confidence)
+        assert fresh.get_execution_trace("00000000-0000-7000-8000-000000000000") is None
+
+
+def test_summary_counts_success_timing_confidence_and_errors(
+    orch: Orchestrator, store: ExecutionStore
+):
+    orch.registry.disable("backup")
+    orch.process(demo_plan())
+    orch.process(Plan(goal="f", steps=[Step(id="b", tool="broken", params={"x": 1})]))
+    store.flush()
+    summary = orch.get_execution_summary()
+    assert summary["executions"] == 2 and summary["successful"] == 0
+    assert summary["error_types"] == {"tool_error": 2}
+    assert summary["source"] == "store" and summary["recording_failures"] == 0
+
+
+def test_history_lowers_confidence_of_a_tool_that_often_failed(store: ExecutionStore):
+    plan = Plan(goal="s", steps=[Step(id="s", tool="search", params={"query": "q"})])
+    with Orchestrator(make_registry(), store=store, config=OrchestratorConfig(history_ttl=0)) as o:
+        fresh = o.process(plan).confidence
+        for _ in range(20):
+            store.store_tool_execution(o.process(plan).execution_id, "search", {}, None, False, 1.0)
+        store.flush()
+        worse = o.process(plan).confidence
+    assert fresh == pytest.approx(0.85) and worse < fresh
+
+
+def test_session_state_persists_across_runs_and_orchestrators(store: ExecutionStore):
+    plan = Plan(goal="r", steps=[Step(id="r", tool="remember", params={"key": "k", "value": "v"})])
+    with Orchestrator(make_registry(), store=store) as o:
+        assert o.process(plan, session_id="s1").output == "v"
+        assert o.state.get("session", "k", scope_id="s1") == "v"
+    with Orchestrator(make_registry(), store=store) as o:
+        assert o.state.get("session", "k", scope_id="s1") == "v"
+        assert o.get_state_summary()
+
+
+def test_recording_can_be_off_and_the_default_store_is_the_configured_one(tmp_path: Path):
+    with Orchestrator(make_registry(), store=None) as o:
+        assert o.process(demo_plan()).success
+        assert o.get_execution_summary()["source"] == "memory"
+    with Orchestrator(make_registry()) as o:
+        assert o.store is not None and str(tmp_path / "home") in o.store.url
+        result = o.process(demo_plan())
+    with ExecutionStore() as store:
+        assert store.get_execution(result.execution_id) is not None
+
+
+def test_a_closed_store_never_fails_a_run_and_its_records_land_at_the_next_start(
+    store_url: str, tmp_path: Path
+):
+    state = tmp_path / "state"
+    store = ExecutionStore(store_url, state_dir=state)
+    with Orchestrator(
+        make_registry(), store=store, config=OrchestratorConfig(retry=FAST_RETRY)
+    ) as o:
+        store.close()
+        result = o.process(demo_plan())
+        assert result.success and result.output == ["dendrite-1", "dendrite-2"]
+    with ExecutionStore(store_url, state_dir=state) as reopened:
+        wait_until_drained(reopened)
+        detail = reopened.get_execution(result.execution_id)
+        assert detail is not None and len(detail.steps) == 6
+
+
+def test_postgres_down_during_a_run_then_everything_lands(tmp_path: Path):
+    registry = make_registry()
+    gate = asyncio.Event()
+
+    async def wait_for_gate() -> str:
+        await gate.wait()
+        return "through"
+
+    registry.register_function(wait_for_gate)
+    with pg_database() as url:
+        name = make_url(url).database
+        store = ExecutionStore(url, state_dir=tmp_path / "s", flush_interval=0.01)
+        orchestrator = Orchestrator(
+            registry, store=store, config=OrchestratorConfig(retry=FAST_RETRY, history_ttl=3600)
+        )
+        plan = Plan(
+            goal="survive an outage",
+            steps=[
+                Step(id="s", tool="search", params={"query": "a"}),
+                Step(id="g", tool="wait_for_gate", depends_on=["s"]),
+                *[Step(id=f"w{i}", tool="search", params={"query": "${g}"}) for i in range(20)],
+            ],
+        )
+
+        async def go():
+            task = asyncio.create_task(orchestrator.run(plan))
+            await asyncio.sleep(0.2)  # 's' ran and its attempt was written
+            pg_admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+            pg_admin(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            )
+            gate.set()
+            return await task
+
+        result = asyncio.run(go())
+        assert result.success
+        store.flush()
+        assert not store.status().reachable
+        pg_admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        wait_until_drained(store)
+        detail = store.get_execution(result.execution_id)
+        orchestrator.close()
+        store.close()
+    assert detail is not None and detail.success
+    assert len(detail.steps) == 22

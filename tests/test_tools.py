@@ -1,0 +1,239 @@
+"""The tool registry: introspection into JSON Schema, argument validation, states, versions."""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel
+
+from dendrite.tools import (
+    Reliability,
+    ToolArgumentError,
+    ToolContext,
+    ToolRegistrationError,
+    ToolRegistry,
+    ToolStatus,
+    ToolUnavailableError,
+    UnknownToolError,
+    tool,
+)
+
+
+class Unit(enum.Enum):
+    CELSIUS = "celsius"
+    KELVIN = "kelvin"
+
+
+class Window(BaseModel):
+    start: int
+    end: int
+
+
+@tool(reliability="high", tags=["weather"], timeout=5, alternatives=["forecast_backup"])
+def forecast(
+    city: str,
+    days: int = 3,
+    unit: Unit = Unit.CELSIUS,
+    detail: Literal["brief", "full"] = "brief",
+    window: Window | None = None,
+    ctx: ToolContext | None = None,
+) -> dict[str, float]:
+    """Forecast the weather for a city.
+
+    Longer explanation that is not part of the summary.
+
+    Args:
+        city: Name of the city,
+            as people write it.
+        days: How many days ahead.
+    """
+    return {"t": 1.0}
+
+
+def test_schema_from_signature_hints_and_docstring():
+    registry = ToolRegistry()
+    registered = registry.register(forecast)
+    schema = registered.parameters_schema
+    assert registered.description == "Forecast the weather for a city."
+    assert schema["required"] == ["city"]
+    assert schema["additionalProperties"] is False
+    props = schema["properties"]
+    assert set(props) == {"city", "days", "unit", "detail", "window"}  # ctx is not a parameter
+    assert props["city"] == {
+        "type": "string",
+        "description": "Name of the city, as people write it.",
+    }
+    assert props["days"]["default"] == 3 and props["days"]["type"] == "integer"
+    assert props["detail"]["enum"] == ["brief", "full"]
+    assert schema["$defs"]["Unit"]["enum"] == ["celsius", "kelvin"]
+    assert {"type": "null"} in props["window"]["anyOf"]
+    assert registered.returns_schema == {
+        "type": "object",
+        "additionalProperties": {"type": "number"},
+    }
+    assert registered.reliability is Reliability.HIGH
+    assert registered.timeout == 5 and registered.tags == ("weather",)
+    assert registered.signature.context_param == "ctx"
+    described = registry.describe()[0]
+    assert described["name"] == "forecast" and described["parameters"] == schema
+
+
+def test_rest_style_docstrings_are_read_too():
+    def area(width: float, height: float) -> float:
+        """Area of a rectangle.
+
+        :param width: the horizontal side
+        :param height: the vertical side
+        """
+        return width * height
+
+    registered = ToolRegistry().register_function(area)
+    assert registered.parameters_schema["properties"]["width"]["description"] == (
+        "the horizontal side"
+    )
+
+
+def test_arguments_are_coerced_and_defaults_filled():
+    registered = ToolRegistry().register(forecast)
+    args = registered.validate_arguments(
+        {"city": "Oslo", "days": "5", "window": {"start": 1, "end": 2}}
+    )
+    assert args["days"] == 5 and args["unit"] is Unit.CELSIUS
+    assert args["window"] == Window(start=1, end=2)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({}, "tool 'forecast': missing required parameter 'city' (expected string)"),
+        (
+            {"city": "Oslo", "days": "many"},
+            "tool 'forecast': parameter 'days': expected integer, got 'many' (str)",
+        ),
+        (
+            {"city": "Oslo", "detail": "medium"},
+            "tool 'forecast': parameter 'detail': expected one of 'brief', 'full', got 'medium'",
+        ),
+        (
+            {"city": "Oslo", "unit": "fahrenheit"},
+            "tool 'forecast': parameter 'unit': expected Unit, got 'fahrenheit' (str)",
+        ),
+        (
+            {"city": "Oslo", "country": "NO"},
+            "tool 'forecast': unexpected parameter 'country' (accepted: city, days, unit, "
+            "detail, window)",
+        ),
+        (
+            {"city": "Oslo", "window": {"start": 1}},
+            "tool 'forecast': missing required parameter 'window.end'",
+        ),
+    ],
+)
+def test_bad_arguments_name_tool_parameter_expected_and_got(params, message):
+    registered = ToolRegistry().register(forecast)
+    with pytest.raises(ToolArgumentError) as caught:
+        registered.validate_arguments(params)
+    assert str(caught.value).startswith(message)
+    assert caught.value.tool == "forecast"
+
+
+def test_a_tool_without_parameters_refuses_any():
+    def ping() -> str:
+        return "pong"
+
+    registered = ToolRegistry().register_function(ping)
+    assert registered.validate_arguments({}) == {}
+    with pytest.raises(ToolArgumentError, match="unexpected parameter 'x' \\(accepted: none\\)"):
+        registered.validate_arguments({"x": 1})
+
+
+def test_registration_refuses_what_cannot_be_called_by_name():
+    registry = ToolRegistry()
+
+    def star(*items: int) -> int:
+        return 0
+
+    def kw(**options: int) -> int:
+        return 0
+
+    def pos(a: int, /) -> int:
+        return a
+
+    for func, fragment in ((star, "*args"), (kw, "*args and **kwargs"), (pos, "positional-only")):
+        with pytest.raises(ToolRegistrationError, match=fragment.replace("*", "\\*")):
+            registry.register_function(func)
+    with pytest.raises(ToolRegistrationError, match="must be an identifier"):
+        registry.register_function(lambda: 1, name="not a name")
+    with pytest.raises(ToolRegistrationError, match="reliability 'great' is not one of"):
+        registry.register_function(forecast, reliability="great")
+    with pytest.raises(ToolRegistrationError, match="timeout must be > 0"):
+        registry.register_function(forecast, timeout=0)
+    with pytest.raises(ToolRegistrationError, match="retry_on takes exception classes"):
+        registry.register_function(forecast, retry_on=["ValueError"])  # type: ignore[list-item]
+    with pytest.raises(ToolRegistrationError, match="cannot be its own alternative"):
+        registry.register_function(forecast, alternatives=["forecast"])
+    with pytest.raises(ToolRegistrationError, match="not callable"):
+        registry.register_function(42)  # type: ignore[arg-type]
+
+
+def test_versions_need_replace_and_keep_state_and_history():
+    registry = ToolRegistry()
+    first = registry.register(forecast)
+    registry.disable("forecast", "maintenance")
+    with pytest.raises(ToolRegistrationError, match="already registered \\(version 1\\)"):
+        registry.register(forecast)
+
+    def forecast_v2(city: str) -> dict[str, float]:
+        return {}
+
+    second = registry.register_function(forecast_v2, name="forecast", replace=True)
+    assert (first.version, second.version) == (1, 2)
+    assert [t.version for t in registry.versions("forecast")] == [1, 2]
+    assert registry.get("forecast") is second
+    assert registry.state("forecast").status is ToolStatus.DISABLED
+
+
+def test_states_enable_disable_quarantine():
+    registry = ToolRegistry()
+    registry.register(forecast)
+    assert registry.require_available("forecast").available
+    registry.quarantine("forecast", "7 failures in the last 10 calls")
+    state = registry.state("forecast")
+    assert state.status is ToolStatus.QUARANTINED and state.reason.startswith("7 failures")
+    with pytest.raises(ToolUnavailableError, match="is quarantined: 7 failures"):
+        registry.require_available("forecast")
+    assert registry.describe() == []
+    assert registry.describe(include_unavailable=True)[0]["status"] == "quarantined"
+    with pytest.raises(ValueError, match="needs a reason"):
+        registry.quarantine("forecast", "")
+    registry.enable("forecast")
+    assert registry.state("forecast").status is ToolStatus.ENABLED
+
+
+def test_unknown_tools_get_a_suggestion():
+    registry = ToolRegistry()
+    registry.register(forecast)
+    with pytest.raises(UnknownToolError, match="unknown tool 'forcast'; did you mean 'forecast'"):
+        registry.get("forcast")
+    assert "forecast" in registry and len(registry) == 1 and registry.names() == ["forecast"]
+    registry.unregister("forecast")
+    assert "forecast" not in registry
+
+
+def test_decorator_on_the_registry_and_async_detection():
+    registry = ToolRegistry()
+
+    @registry.tool
+    async def fetch(url: str) -> str:
+        return url
+
+    @registry.tool(name="sum_all", reliability=Reliability.LOW)
+    def total(values: list[float]) -> float:
+        return sum(values)
+
+    assert registry.get("fetch").is_async
+    assert not registry.get("sum_all").is_async
+    assert registry.get("sum_all").reliability.prior == 0.7
+    assert total([1.0, 2.0]) == 3.0  # the function stays a plain function
