@@ -23,7 +23,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
+	$(BIN)/python -c 'import langgraph, dask' 2>/dev/null || \
+		$(BIN)/python -m pip install --quiet -e '.[dev,postgres,bench]'
 	$(BIN)/python bench/store_bench.py --quick
+	$(BIN)/python bench/engine_bench.py --quick
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
