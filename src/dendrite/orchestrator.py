@@ -59,7 +59,7 @@ class OrchestratorConfig(BaseModel):
     keep_traces: int = Field(default=256, ge=0, description="recent traces held in memory")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class ExecutionResult:
     execution_id: str
     goal: str
@@ -76,6 +76,13 @@ class ExecutionResult:
     session_id: str | None = None
     parent_id: str | None = None
     depth: int = 0
+
+    def __repr__(self) -> str:
+        # Short on purpose: asyncio and loggers repr results, and a 1,000-step one is long.
+        return (
+            f"ExecutionResult(execution_id={self.execution_id!r}, status={self.status.value!r}, "
+            f"confidence={self.confidence}, steps={len(self.steps)}, error={self.error!r})"
+        )
 
     def step(self, step_id: str) -> StepResult:
         for result in self.steps:

@@ -610,7 +610,8 @@ class ExecutionEngine:
                 except LookupError:
                     return None
             return None
-        sinks = [s for s in run.plan.sinks() if s in run.outputs]
+        needed = {dep for deps in run.deps.values() for dep in deps}
+        sinks = [s for s in run.steps if s not in needed and s in run.outputs]
         if len(sinks) == 1:
             return run.outputs[sinks[0]]
         return {s: run.outputs[s] for s in sinks} if sinks else None

@@ -77,10 +77,13 @@ class Step(BaseModel):
                 found.extend(references.parse(text))
         return found
 
-    def dependencies(self) -> list[str]:
-        """Explicit ``depends_on`` plus every step named by a reference, in first-seen order."""
+    def dependencies(self, refs: list[references.Reference] | None = None) -> list[str]:
+        """Explicit ``depends_on`` plus every step named by a reference, in first-seen order.
+
+        ``refs``: this step's :meth:`references`, when the caller already has them.
+        """
         seen = dict.fromkeys(self.depends_on)
-        for ref in self.references():
+        for ref in self.references() if refs is None else refs:
             if ref.source not in references.RESERVED:
                 seen.setdefault(ref.source)
         return list(seen)
@@ -161,6 +164,7 @@ def validate(plan: Plan, registry: ToolRegistry) -> list[PlanProblem]:
         seen.add(step_id)
     by_id = {step.id: step for step in plan.steps}
     tools: dict[str, Tool | None] = {}
+    graph: dict[str, list[str]] = {}
     for step in plan.steps:
         tools[step.id] = _check_tool(step.id, step.tool, registry, problems, "tool")
         for fallback in step.fallbacks:
@@ -183,7 +187,9 @@ def validate(plan: Plan, registry: ToolRegistry) -> list[PlanProblem]:
                     f"for_each must be one reference like ${{step.items}}, got {step.for_each!r}",
                 )
             )
-        for ref in step.references():
+        refs = step.references()
+        graph[step.id] = step.dependencies(refs)
+        for ref in refs:
             problems.extend(_check_reference(step, ref, by_id, tools))
         found = tools[step.id]
         if found is not None:
@@ -194,7 +200,7 @@ def validate(plan: Plan, registry: ToolRegistry) -> list[PlanProblem]:
             problems.append(PlanProblem(None, f"output must be one reference, got {plan.output!r}"))
         elif ref.source not in by_id:
             problems.append(PlanProblem(None, f"output refers to unknown step {ref.source!r}"))
-    cycle = find_cycle(plan)
+    cycle = find_cycle(plan, graph)
     if cycle:
         problems.append(PlanProblem(cycle[0], "dependency cycle: " + " -> ".join(cycle)))
     return problems
@@ -208,34 +214,37 @@ def check(plan: Plan, registry: ToolRegistry) -> Plan:
     return plan
 
 
-def find_cycle(plan: Plan) -> list[str] | None:
-    """One dependency cycle as ``[a, b, ..., a]``, or None (self-loops are reported apart)."""
-    graph = {step.id: [d for d in step.dependencies() if d != step.id] for step in plan.steps}
-    state: dict[str, int] = {}
-    stack: list[str] = []
+def find_cycle(plan: Plan, graph: Mapping[str, list[str]] | None = None) -> list[str] | None:
+    """One dependency cycle as ``[a, b, ..., a]``, or None (self-loops are reported apart).
 
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for dep in graph.get(node, ()):
-            if dep not in graph:
+    ``graph`` maps each step to its dependencies when the caller has them.
+    Iterative, so a chain of any length fits in Python's stack.
+    """
+    if graph is None:
+        graph = {step.id: step.dependencies() for step in plan.steps}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in graph:
+        if root in state:
+            continue
+        path: list[str] = [root]
+        pending = [iter(graph[root])]
+        state[root] = 1
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:
+                state[path.pop()] = 2
+                pending.pop()
+                continue
+            if dep not in graph or dep == path[-1]:
                 continue
             if state.get(dep) == 1:
-                return [*stack[stack.index(dep) :], dep]
+                cycle = [*path[path.index(dep) :], dep]
+                cycle.reverse()
+                return cycle
             if dep not in state:
-                found = visit(dep)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in graph:
-        if node not in state:
-            found = visit(node)
-            if found:
-                found.reverse()
-                return found
+                state[dep] = 1
+                path.append(dep)
+                pending.append(iter(graph[dep]))
     return None
 
 

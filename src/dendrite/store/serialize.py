@@ -69,11 +69,19 @@ def _finite(value: Any) -> Any:
     return value
 
 
+_encode_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 _encode = json.JSONEncoder(default=_fallback, allow_nan=False, separators=(",", ":")).encode
 
 
 def dumps(value: Any) -> str:
     """Encode any value as strict JSON text, using the fallbacks of this module."""
+    kind = type(value)
+    if kind is int:  # the commonest results, without the encoder's set-up
+        return str(value)
+    if kind is str:
+        return _encode_str(value)
+    if value is None:
+        return "null"
     try:
         return _encode(value)
     except ValueError:

@@ -449,22 +449,31 @@ def _insert_tool_executions(
 
     Going through SQLAlchemy's per-value bind processing cost more than the
     database itself; the encoder applies the same processors, so rows read
-    back through SQLAlchemy are identical. Records already stored (a journal
-    replay) are left out before the insert, so the rollups count each row once.
+    back through SQLAlchemy are identical. The common case (no row stored
+    before) is one insert that ignores conflicts: if it inserted every row, we
+    are done. Otherwise (a journal replay, a record resubmitted) it is undone
+    and redone knowing which rows exist, so the rollups count each row once.
     """
     if not records:
         return []
+    encoder = _tool_row_encoder(conn.dialect)
+    rows = [encoder.encode(r, max_result_bytes) for r in records]
+    attempt = conn.begin_nested()
+    if conn.exec_driver_sql(encoder.insert_ignoring, rows).rowcount == len(rows):
+        attempt.commit()
+        return records
+    attempt.rollback()
     existing = _existing_ids(conn, s.tool_executions, [r.id for r in records])
-    new = [r for r in records if r.id not in existing] if existing else records
-    if new:
-        encoder = _tool_row_encoder(conn.dialect)
-        conn.exec_driver_sql(encoder.sql, [encoder.encode(r, max_result_bytes) for r in new])
-    return new
+    keep = [i for i, r in enumerate(records) if r.id not in existing]
+    if keep:
+        conn.exec_driver_sql(encoder.insert, [rows[i] for i in keep])
+    return [records[i] for i in keep]
 
 
 @dataclass(frozen=True, slots=True)
 class _ToolRowEncoder:
-    sql: str
+    insert: str
+    insert_ignoring: str
     uuid: Callable[[Any], Any]
     boolean: Callable[[Any], Any]
     timestamp: Callable[[Any], Any]
@@ -532,6 +541,7 @@ def _tool_row_encoder(dialect: Any) -> _ToolRowEncoder:
             f"INSERT INTO {table.name} ({', '.join(_TOOL_COLUMNS)}) "
             f"VALUES ({', '.join([mark] * len(_TOOL_COLUMNS))})"
         )
+        ignoring = f"{sql} ON CONFLICT (id) DO NOTHING"
 
         def processor(column: str) -> Callable[[Any], Any]:
             kind = table.c[column].type.dialect_impl(dialect)
@@ -539,7 +549,7 @@ def _tool_row_encoder(dialect: Any) -> _ToolRowEncoder:
 
         timestamp = _sqlite_timestamp if dialect.name == "sqlite" else processor("started_at")
         encoder = _ENCODERS[dialect.name] = _ToolRowEncoder(
-            sql, processor("id"), processor("success"), timestamp
+            sql, ignoring, processor("id"), processor("success"), timestamp
         )
     return encoder
 
