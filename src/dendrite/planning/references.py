@@ -25,6 +25,7 @@ ITEM = "item"
 CONTEXT = "context"
 RESERVED = frozenset({ITEM, CONTEXT})
 
+_SCALARS = frozenset({int, float, bool, type(None)})  # cannot hold a reference: no ABC checks
 _REF = re.compile(r"\$\{\s*([A-Za-z_][\w-]*)((?:\.[^.\s}]+)*)\s*\}")
 
 
@@ -59,6 +60,8 @@ def whole(text: str) -> Reference | None:
 
 def find(value: Any) -> Iterator[Reference]:
     """Every reference in a parameter value, at any depth."""
+    if type(value) in _SCALARS:
+        return
     if isinstance(value, str):
         if "${" in value:
             yield from parse(value)
@@ -88,6 +91,8 @@ def lookup(value: Any, path: tuple[str, ...], ref: str) -> Any:
 
 def resolve(value: Any, scope: Mapping[str, Any]) -> Any:
     """Replace every reference in ``value`` by what it points to in ``scope``."""
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, str):
         if "${" not in value:
             return value
