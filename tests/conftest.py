@@ -57,9 +57,11 @@ def wait_until_drained(store: ExecutionStore, seconds: float = 60) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Never touch the user's data directory or database."""
+    """Never touch the user's data directory or database, nor a model server set in the env."""
     monkeypatch.setenv("DENDRITE_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("DENDRITE_DATABASE_URL", raising=False)
+    for name in ("DENDRITE_LLM_BASE_URL", "DENDRITE_LLM_MODEL", "DENDRITE_LLM_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -9,7 +9,14 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from dendrite import EventType, Orchestrator, OrchestratorConfig
-from dendrite.planning import Plan, PlanningError, PlanValidationError, RetryPolicy, Step
+from dendrite.planning import (
+    Plan,
+    PlanningError,
+    PlanValidationError,
+    RetryPolicy,
+    SingleToolPlanner,
+    Step,
+)
 from dendrite.store import ExecutionStore
 from dendrite.telemetry import ErrorType, ExecutionStatus
 from dendrite.tools import ToolContext, ToolRegistry
@@ -128,7 +135,7 @@ def test_failed_and_partial_runs_are_recorded_with_their_status(
 def test_planning_and_validation_failures_raise_and_are_recorded(
     orch: Orchestrator, store: ExecutionStore
 ):
-    with pytest.raises(PlanningError, match="no registered tool is named"):
+    with pytest.raises(PlanningError, match="no planner could plan 'bake a cake'"):
         orch.process("bake a cake")
     with pytest.raises(PlanValidationError, match="unknown tool 'serch'"):
         orch.process(Plan(goal="typo", steps=[Step(id="a", tool="serch")]))
@@ -140,7 +147,8 @@ def test_planning_and_validation_failures_raise_and_are_recorded(
     assert typo.metadata["problems"][0].startswith("step 'a': tool: unknown tool 'serch'")
 
 
-def test_the_single_tool_planner_is_the_default(orch: Orchestrator, store: ExecutionStore):
+def test_the_single_tool_planner_runs_a_named_tool(store: ExecutionStore):
+    orch = Orchestrator(make_registry(), store=store, planner=SingleToolPlanner(), llm=None)
     result = orch.process("search notes about dendrites")
     assert result.output["hits"] == ["notes about dendrites-1", "notes about dendrites-2"]
     store.flush()

@@ -25,9 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dendrite._ids import new_id
 from dendrite.execution.engine import ExecutionEngine, RunOutcome
-from dendrite.execution.events import Attempt, Event, EventType, StepResult
+from dendrite.execution.events import Attempt, Event, EventType, StepResult, StepStatus
+from dendrite.llm import ChatLLM
+from dendrite.llm.tools import register_llm_tools
+from dendrite.planning.classify import classify
+from dendrite.planning.default import DendritePlanner
 from dendrite.planning.plan import Plan, PlanValidationError, RetryPolicy, validate
-from dendrite.planning.planner import Planner, PlanningError, SingleToolPlanner
+from dendrite.planning.planner import Planner, PlanningError
 from dendrite.state import StateManager, StateView
 from dendrite.store import ExecutionStore
 from dendrite.store.serialize import capped
@@ -37,6 +41,7 @@ from dendrite.tools import ToolRegistry
 log = logging.getLogger("dendrite.orchestrator")
 
 _DEFAULT_STORE: Any = object()
+_LLM_FROM_ENV: Any = object()
 
 
 class OrchestratorConfig(BaseModel):
@@ -57,6 +62,9 @@ class OrchestratorConfig(BaseModel):
     project: str | None = None
     max_output_bytes: int = Field(default=64 * 1024, ge=256)
     keep_traces: int = Field(default=256, ge=0, description="recent traces held in memory")
+    max_replans: int = Field(
+        default=1, ge=0, description="repairs asked of the planner when a step fails for good"
+    )
 
 
 @dataclass(slots=True, repr=False)
@@ -206,9 +214,11 @@ class Orchestrator:
     """Plans goals, runs them, and records everything.
 
     ``store`` defaults to the store named by the configuration (see
-    ``dendrite.config``); pass ``store=None`` to record nothing. ``planner``
-    defaults to :class:`SingleToolPlanner`; a :class:`Plan` given to
-    :meth:`run` bypasses the planner.
+    ``dendrite.config``); pass ``store=None`` to record nothing. ``llm``
+    defaults to the server named by ``DENDRITE_LLM_BASE_URL`` (none when it is
+    unset); with one, the registry gains ``generate_text``. ``planner``
+    defaults to :class:`DendritePlanner` with that model; a :class:`Plan`
+    given to :meth:`run` bypasses the planner.
     """
 
     def __init__(
@@ -217,12 +227,17 @@ class Orchestrator:
         store: ExecutionStore | None = _DEFAULT_STORE,
         planner: Planner | None = None,
         config: OrchestratorConfig | None = None,
+        *,
+        llm: ChatLLM | None = _LLM_FROM_ENV,
     ) -> None:
         self.registry = registry
         self.config = config or OrchestratorConfig()
+        self.llm: ChatLLM | None = ChatLLM.from_env() if llm is _LLM_FROM_ENV else llm
+        if self.llm is not None:
+            register_llm_tools(registry, self.llm)
         self._owns_store = store is _DEFAULT_STORE
         self.store: ExecutionStore | None = ExecutionStore() if self._owns_store else store
-        self.planner: Planner = planner or SingleToolPlanner()
+        self.planner: Planner = planner or DendritePlanner(llm=self.llm)
         self._recorder = _StoreRecorder(self.store) if self.store is not None else None
         self.engine = ExecutionEngine(
             registry,
@@ -391,8 +406,13 @@ class Orchestrator:
             )
         history = await self._tool_history(plan)
         steps: dict[str, StepResult] = {}
-        try:
-            outcome = await self.engine.execute(
+        replans: list[dict[str, Any]] = []
+
+        async def execute(
+            plan: Plan, completed: Mapping[str, StepResult] | None = None
+        ) -> RunOutcome:
+            steps.clear()
+            return await self.engine.execute(
                 plan,
                 execution_id=execution_id,
                 session_id=session_id,
@@ -403,7 +423,20 @@ class Orchestrator:
                 ),
                 history=history,
                 results=steps,
+                completed=completed,
             )
+
+        try:
+            outcome = await execute(plan)
+            while not outcome.success and len(replans) < self.config.max_replans:
+                repair = await self._replan(plan, outcome, context)
+                if repair is None:
+                    break
+                plan, note = repair
+                replans.append(note)
+                if emit:
+                    emit(Event(EventType.REPLANNED, execution_id, note["step"], note))
+                outcome = await execute(plan, {k: r for k, r in outcome.steps.items() if r.ok})
         except asyncio.CancelledError:
             self._finish(
                 execution_id,
@@ -447,6 +480,40 @@ class Orchestrator:
                 )
             )
         return result
+
+    async def _replan(
+        self, plan: Plan, outcome: RunOutcome, context: Mapping[str, Any]
+    ) -> tuple[Plan, dict[str, Any]] | None:
+        """A validated repair of ``plan`` from the planner, or None if it has none."""
+        replan = getattr(self.planner, "replan", None)
+        failed = next(
+            (
+                r
+                for r in outcome.steps.values()
+                if r.status is StepStatus.FAILED and not plan.step(r.step_id).continue_on_error
+            ),
+            None,
+        )
+        if replan is None or failed is None:
+            return None
+        try:
+            repaired = await replan(
+                plan.goal, plan, failed.step_id, failed.error or "", self.registry, context
+            )
+        except PlanningError as error:
+            log.info("no repair for %s: %s", failed.step_id, error)
+            return None
+        if repaired is None or validate(repaired, self.registry):
+            return None
+        note = {
+            "step": failed.step_id,
+            "error": failed.error,
+            "failed_tool": failed.tool,
+            "planner": repaired.planner,
+            "new_tools": sorted({s.tool for s in repaired.steps} - {s.tool for s in plan.steps}),
+        }
+        repaired.metadata["replans"] = [*plan.metadata.get("replans", []), note]
+        return repaired, note
 
     async def _plan(self, goal_or_plan: str | Plan, context: Mapping[str, Any]) -> Plan:
         if isinstance(goal_or_plan, Plan):
@@ -543,6 +610,7 @@ class Orchestrator:
             self._record_execution(
                 execution_id=execution_id,
                 goal=plan.goal,
+                classification=plan.metadata.get("classification"),
                 success=success,
                 status=status,
                 error=error,
@@ -555,6 +623,9 @@ class Orchestrator:
                 confidence_score=confidence,
                 metadata={
                     "planner": plan.planner,
+                    "strategy": plan.metadata.get("strategy"),
+                    "llm": self.llm.config.model if self.llm else None,
+                    "replans": plan.metadata.get("replans", []),
                     "plan": plan.model_dump(mode="json", exclude_defaults=True),
                     "output": stored_output,
                     # Attempts are tool_executions rows already; the trace joins them back.
@@ -574,6 +645,7 @@ class Orchestrator:
         *,
         execution_id: str,
         goal: str,
+        classification: Mapping[str, Any] | None = None,
         success: bool,
         status: ExecutionStatus,
         error: str | None,
@@ -588,11 +660,13 @@ class Orchestrator:
     ) -> None:
         if self.store is None:
             return
+        labels = classification or classify(goal).to_dict()
         try:
             self.store.store_execution(
                 id=execution_id,
                 goal_text=goal,
-                intent="tool_use",
+                intent=labels["intent"],
+                query_type=labels["query_type"],
                 success=success,
                 status=status,
                 error=error,

@@ -183,12 +183,15 @@ class ExecutionEngine:
         state_for: Callable[[str], StateAccess] | None = None,
         history: Mapping[str, tuple[int, int]] | None = None,
         results: dict[str, StepResult] | None = None,
+        completed: Mapping[str, StepResult] | None = None,
     ) -> RunOutcome:
         """Run ``plan`` (validated beforehand) and return every step's result.
 
         Cancelling the task that awaits this cancels every running step, marks
         the unfinished ones cancelled, and re-raises ``CancelledError``; pass
         ``results`` (a dict this fills as the run goes) to keep the trace then.
+        ``completed`` holds steps that already succeeded (a repaired plan after
+        replanning): they are not run again and their outputs are available.
         """
         run = _Run(
             plan=plan,
@@ -203,16 +206,28 @@ class ExecutionEngine:
         steps = run.steps = {step.id: step for step in plan.steps}
         waiting: dict[str, int] = {}
         dependents: dict[str, list[str]] = {step_id: [] for step_id in steps}
+        done_before = {
+            step_id: result
+            for step_id, result in (completed or {}).items()
+            if step_id in steps and result.status is StepStatus.SUCCEEDED
+        }
         for step in plan.steps:
-            run.results[step.id] = StepResult(step.id, step.tool)
             deps = run.deps[step.id] = [d for d in step.dependencies() if d in steps]
-            waiting[step.id] = len(deps)
+            if step.id in done_before:
+                run.results[step.id] = done_before[step.id]
+                run.outputs[step.id] = done_before[step.id].output
+                continue
+            run.results[step.id] = StepResult(step.id, step.tool)
+            waiting[step.id] = sum(1 for d in deps if d not in done_before)
             for dep in deps:
-                dependents[dep].append(step.id)
+                if dep not in done_before:
+                    dependents[dep].append(step.id)
         ready = deque(step_id for step_id, count in waiting.items() if count == 0)
         running: set[asyncio.Task[None]] = set()
         finished = asyncio.Event()
-        remaining = len(steps)
+        remaining = len(waiting)
+        if remaining == 0:
+            return self._outcome(run)
         loop = asyncio.get_running_loop()
 
         async def run_step(step: Step) -> None:

@@ -23,6 +23,7 @@ class EventType(StrEnum):
     STEP_FAILED = "step_failed"
     STEP_SKIPPED = "step_skipped"
     FALLBACK_USED = "fallback_used"
+    REPLANNED = "replanned"
     FINAL_ANSWER = "final_answer"
 
 

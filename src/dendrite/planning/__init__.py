@@ -1,6 +1,9 @@
 """Planning: from a goal to a validated DAG of tool calls."""
 
+from dendrite.planning.classify import Classification, Intent, QueryType, classify
 from dendrite.planning.conditions import ConditionError, compile_condition
+from dendrite.planning.default import DendritePlanner, Strategy
+from dendrite.planning.llm_planner import LLMPlanner
 from dendrite.planning.plan import (
     Plan,
     PlanProblem,
@@ -12,18 +15,29 @@ from dendrite.planning.plan import (
     validate,
 )
 from dendrite.planning.planner import Planner, PlanningError, SingleToolPlanner
+from dendrite.planning.semantic import SemanticPlanner
+from dendrite.planning.templates import TemplatePlanner
 
 __all__ = [
+    "Classification",
     "ConditionError",
+    "DendritePlanner",
+    "Intent",
+    "LLMPlanner",
     "Plan",
     "PlanProblem",
     "PlanValidationError",
     "Planner",
     "PlanningError",
+    "QueryType",
     "RetryPolicy",
+    "SemanticPlanner",
     "SingleToolPlanner",
     "Step",
+    "Strategy",
+    "TemplatePlanner",
     "check",
+    "classify",
     "compile_condition",
     "parse_plan",
     "validate",

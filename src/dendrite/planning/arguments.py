@@ -1,0 +1,210 @@
+"""Filling a tool's parameters from the words of a goal, by their JSON-Schema types.
+
+Offline planning has no model to read a goal for it, so this reads it the
+way a careful person would fill a form: numbers go to numeric fields in the
+order they appear, quoted text to text fields, file names to path-like
+fields, a known enum value to its field, the words after "about" to a topic,
+and what is left of the goal, minus the request's own verbs, to the main
+text field. A required parameter that nothing fits is reported as missing,
+so the planner can try the next tool instead of guessing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:\.\d+)?(?![\w])")
+_QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|'([^']{2,})'|`([^`]+)`")
+_PATH = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-][\w.-]*\.[A-Za-z][\w]{0,7})(?![\w])")
+_URL = re.compile(r"https?://[^\s\"'<>]+")
+_DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?\b")
+_MATH_NAMES = r"\b(?:pi|e|sqrt|log|exp|sin|cos|tan|abs|round|min|max)\b"
+_MATH_EXPRESSION = re.compile(
+    rf"(?:[-+(]\s*)*(?:\d[\d.]*|{_MATH_NAMES})"
+    rf"(?:\s*(?:[-+*/%^(),]|\*\*|//|\d[\d.]*|{_MATH_NAMES}|\s)\s*)*"
+    r"[\d)]",
+    re.I,
+)
+_TOPIC = re.compile(
+    r"\b(?:about|regarding|concerning|on the (?:topic|subject) of|with respect to|say about)\s+"
+    r"(.+?)(?:[?.!]|$)",
+    re.I,
+)
+_UNITS = re.compile(
+    r"(?P<value>[-+]?\d+(?:\.\d+)?)\s*(?P<from>[A-Za-z°][\w°/]*)\s+(?:to|in|into)\s+"
+    r"(?P<to>[A-Za-z°][\w°/]*)",
+    re.I,
+)
+_REQUEST_WORDS = re.compile(
+    r"^\s*(?:please\s+)?(?:can you\s+|could you\s+)?"
+    r"(?:search(?: for| the \w+ for)?|find|look (?:for|up)|show(?: me)?|tell me|get|fetch|"
+    r"summari[sz]e|list|count|calculate|compute|extract|normali[sz]e|read|what (?:is|are)|"
+    r"which|give me)\b\s*",
+    re.I,
+)
+
+TEXT_NAMES = ("query", "text", "question", "q", "prompt", "content", "goal", "input", "message")
+TOPIC_NAMES = ("topic", "subject", "about", "focus")
+PATH_HINTS = ("path", "file", "filename", "document", "doc", "name", "first", "second", "source")
+EXPRESSION_NAMES = ("expression", "expr", "formula", "equation")
+PATTERN_NAMES = ("pattern", "regex", "regexp")
+
+
+@dataclass
+class Extraction:
+    params: dict[str, Any] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    used: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+def _numbers(text: str) -> list[float | int]:
+    found: list[float | int] = []
+    for match in _NUMBER.finditer(text):
+        raw = match.group(0).replace(",", "")
+        try:
+            found.append(int(raw) if re.fullmatch(r"[-+]?\d+", raw) else float(raw))
+        except ValueError:
+            continue
+    return found
+
+
+def _quoted(text: str) -> list[str]:
+    return [next(g for g in m.groups() if g) for m in _QUOTED.finditer(text)]
+
+
+def _kind(prop: dict[str, Any]) -> str | None:
+    if "type" in prop:
+        return prop["type"] if isinstance(prop["type"], str) else None
+    for option in prop.get("anyOf", []):
+        if option.get("type") not in (None, "null"):
+            return option["type"]
+    return None
+
+
+def _enum(prop: dict[str, Any], defs: dict[str, Any]) -> list[Any] | None:
+    if "enum" in prop:
+        return prop["enum"]
+    ref = prop.get("$ref")
+    if ref:
+        return defs.get(ref.rsplit("/", 1)[-1], {}).get("enum")
+    for option in prop.get("anyOf", []):
+        found = _enum(option, defs)
+        if found:
+            return found
+    return None
+
+
+def _main_text(goal: str, consumed: list[str]) -> str:
+    text = goal
+    for piece in consumed:
+        text = text.replace(piece, " ")
+    text = _REQUEST_WORDS.sub("", text)
+    text = re.sub(r"\b(?:in|from|of|for|the|my|our)\s*$", "", text.strip(), flags=re.I)
+    return re.sub(r"\s+", " ", text).strip(" ?.!:,")
+
+
+def extract_arguments(
+    goal: str, schema: dict[str, Any], *, given: dict[str, Any] | None = None
+) -> Extraction:
+    """Fill what ``schema``'s parameters can take from ``goal``; ``given`` values win."""
+    props: dict[str, dict[str, Any]] = schema.get("properties", {})
+    required = set(schema.get("required", []))
+    defs = schema.get("$defs", {})
+    result = Extraction(params=dict(given or {}))
+    numbers = _numbers(goal)
+    quoted = _quoted(goal)
+    paths = [p for p in _PATH.findall(goal) if not re.fullmatch(r"[\d.]+", p)]
+    units = _UNITS.search(goal)
+    topic = _TOPIC.search(goal)
+    consumed: list[str] = []
+    order = sorted(props, key=lambda n: (n not in required, list(props).index(n)))
+    for name in order:
+        if name in result.params:
+            continue
+        prop = props[name]
+        kind = _kind(prop)
+        lname = name.lower()
+        value: Any = None
+        choices = _enum(prop, defs)
+        if choices:
+            value = next(
+                (c for c in choices if re.search(rf"\b{re.escape(str(c))}\b", goal, re.I)), None
+            )
+        elif units and lname in ("from_unit", "source_unit", "unit_from"):
+            value = units.group("from")
+        elif units and lname in ("to_unit", "target_unit", "unit_to"):
+            value = units.group("to")
+        elif units and kind in ("number", "integer") and lname in ("value", "amount", "quantity"):
+            value = float(units.group("value"))
+            if units.group("value") in map(str, numbers):
+                numbers.remove(_numbers(units.group("value"))[0])
+        elif kind in ("number", "integer"):
+            pick = next((n for n in numbers if kind == "number" or isinstance(n, int)), None)
+            if pick is not None:
+                numbers.remove(pick)
+                value = pick
+        elif kind == "array":
+            item_kind = _kind(prop.get("items", {}))
+            if item_kind in ("number", "integer") and len(numbers) >= 1:
+                value, numbers = list(numbers), []
+            elif item_kind == "string" and quoted:
+                value, quoted = list(quoted), []
+        elif kind == "string":
+            value = _string_for(lname, goal, quoted, paths, topic)
+            if isinstance(value, str) and value in quoted:
+                quoted.remove(value)
+            if isinstance(value, str) and value in paths:
+                paths.remove(value)
+        if value is not None and value != "":
+            result.params[name] = value
+            result.used.append(name)
+            if isinstance(value, str):
+                consumed.append(value)
+    text_params = [
+        n
+        for n in order
+        if n not in result.params
+        and _kind(props[n]) == "string"
+        and any(h == n.lower() or n.lower().endswith(h) for h in TEXT_NAMES)
+    ]
+    if text_params:
+        if topic:
+            consumed.append(topic.group(0))
+        main = _main_text(goal, consumed)
+        if main:
+            result.params[text_params[0]] = main
+            result.used.append(text_params[0])
+    result.missing = [n for n in order if n in required and n not in result.params]
+    return result
+
+
+def _string_for(
+    lname: str, goal: str, quoted: list[str], paths: list[str], topic: re.Match[str] | None
+) -> str | None:
+    if any(h == lname or lname.endswith(h) for h in EXPRESSION_NAMES):
+        candidates = [m.group(0).strip() for m in _MATH_EXPRESSION.finditer(goal)]
+        candidates = [c for c in candidates if re.search(r"[-+*/%^(]|\w\(", c) or c.isdigit()]
+        return max(candidates, key=len) if candidates else None
+    if any(h == lname or lname.endswith(h) for h in PATTERN_NAMES):
+        return quoted[0] if quoted else None
+    if lname in TOPIC_NAMES:
+        return topic.group(1).strip() if topic else None
+    if "url" in lname:
+        found = _URL.search(goal)
+        return found.group(0) if found else None
+    if "date" in lname or lname.endswith("_at") or lname in ("since", "until"):
+        found = _DATE.search(goal)
+        return found.group(0) if found else None
+    if any(h in lname for h in PATH_HINTS) and paths:
+        return paths[0]
+    if quoted:  # text fields take the longest quoted passage, others the first
+        if any(h == lname or lname.endswith(h) for h in TEXT_NAMES):
+            return max(quoted, key=len)
+        return quoted[0]
+    return None

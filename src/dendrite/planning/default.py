@@ -1,0 +1,176 @@
+"""The default planner: classify the goal, pick a strategy, use the planner that fits.
+
+Offline it combines templates (for goal kinds it knows the shape of) with the
+semantic planner; with an LLM configured it asks the model where the goal is
+ambiguous or the strategy calls for it, and falls back to the offline
+planners if the model fails. Every choice it makes (classification,
+strategy, which planners were tried and why they declined, the model used)
+lands in ``plan.metadata``, which the orchestrator records with the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from dendrite.llm import ChatLLM
+from dendrite.llm.tools import GENERATE_TOOL
+from dendrite.planning.classify import Classification, Intent, classify
+from dendrite.planning.llm_planner import LLMPlanner
+from dendrite.planning.plan import Plan, Step
+from dendrite.planning.planner import Planner, PlanningError
+from dendrite.planning.semantic import SemanticPlanner, candidates_for
+from dendrite.planning.templates import TemplatePlanner
+from dendrite.retrieval import Embedder
+from dendrite.tools import ToolRegistry
+
+
+class Strategy(StrEnum):
+    SIMPLE = "simple"  # one step, the best tool
+    PARALLEL = "parallel"  # one step per part of the goal, independent parts in parallel
+    ADAPTIVE = "adaptive"  # by the classifier's confidence: template, then semantic or LLM
+    COMPREHENSIVE = "comprehensive"  # the most capable planner first (the LLM if configured)
+
+
+class DendritePlanner:
+    name = "dendrite"
+
+    def __init__(
+        self,
+        *,
+        llm: ChatLLM | None = None,
+        embedder: Embedder | None = None,
+        strategy: Strategy | str = Strategy.ADAPTIVE,
+        confidence_threshold: float = 0.5,
+    ) -> None:
+        self.llm = llm
+        self.strategy = Strategy(strategy)
+        self.confidence_threshold = confidence_threshold
+        self.semantic = SemanticPlanner(embedder)
+        self.simple = SemanticPlanner(embedder, split=False)
+        self.template = TemplatePlanner(embedder)
+        self.llm_planner = LLMPlanner(llm, embedder=embedder) if llm else None
+
+    def choose(self, classification: Classification) -> list[Planner]:
+        """The planners to try, in order, for this goal under this strategy."""
+        confident = classification.query_type_confidence >= self.confidence_threshold
+        match self.strategy:
+            case Strategy.SIMPLE:
+                order: list[Planner | None] = [self.simple]
+            case Strategy.PARALLEL:
+                order = [self.semantic]
+            case Strategy.COMPREHENSIVE:
+                order = [self.llm_planner, self.template, self.semantic]
+            case Strategy.ADAPTIVE if confident:
+                order = [self.template, self.semantic, self.llm_planner]
+            case _:
+                order = [self.llm_planner, self.semantic, self.template]
+        return [p for p in order if p is not None]
+
+    async def plan(self, goal: str, registry: ToolRegistry, context: Mapping[str, Any]) -> Plan:
+        if not goal.strip():
+            raise PlanningError("the goal is empty")
+        classification = classify(goal)
+        if classification.intent is Intent.GENERATIVE:
+            plan = self._generative(goal, registry)
+            declined: list[dict[str, str]] = []
+        else:
+            plan, declined = await self._first_that_plans(goal, registry, context, classification)
+        plan.metadata.update(
+            classification=classification.to_dict(),
+            strategy=self.strategy.value,
+            declined=declined,
+            llm=self.llm.config.model if self.llm else None,
+        )
+        return plan
+
+    async def _first_that_plans(
+        self,
+        goal: str,
+        registry: ToolRegistry,
+        context: Mapping[str, Any],
+        classification: Classification,
+    ) -> tuple[Plan, list[dict[str, str]]]:
+        declined: list[dict[str, str]] = []
+        for planner in self.choose(classification):
+            try:
+                return await planner.plan(goal, registry, context), declined
+            except PlanningError as error:
+                declined.append({"planner": planner.name, "reason": str(error)})
+        reasons = "; ".join(f"{d['planner']}: {d['reason']}" for d in declined)
+        raise PlanningError(f"no planner could plan {goal!r} ({reasons})")
+
+    def _generative(self, goal: str, registry: ToolRegistry) -> Plan:
+        """Writing needs a model; offline, the session's documents answer, or nothing does."""
+        generate = registry.find(GENERATE_TOOL)
+        if generate is not None and generate.available:
+            return Plan(
+                goal=goal,
+                steps=[Step(id="generate", tool=GENERATE_TOOL, params={"prompt": goal})],
+                planner="llm",
+            )
+        fits, _ = candidates_for(
+            f"search documents {goal}", registry, self.semantic.retrievers, given={"query": goal}
+        )
+        documents = [f for f in fits if "query" in f.tool.parameter_names]
+        if documents:
+            step = Step(id="documents", tool=documents[0].tool.name, params={"query": goal})
+            return Plan(goal=goal, steps=[step], planner="documents")
+        raise PlanningError(
+            "this goal needs a generative model and none is configured (set "
+            "DENDRITE_LLM_BASE_URL and DENDRITE_LLM_MODEL), and no documents are loaded to "
+            "answer from; Dendrite does not invent answers"
+        )
+
+    async def replan(
+        self,
+        goal: str,
+        plan: Plan,
+        failed_step: str,
+        error: str,
+        registry: ToolRegistry,
+        context: Mapping[str, Any],
+    ) -> Plan | None:
+        """A repaired plan after ``failed_step`` failed beyond its retries and fallbacks.
+
+        With a model: a new plan that knows what failed. Offline: the failed step
+        with the best tool not yet tried for it, its arguments read again. None
+        when nothing else can do the step.
+        """
+        if self.llm_planner is not None:
+            try:
+                repaired = await self.llm_planner.plan(
+                    goal, registry, {**context, "failure": f"step {failed_step}: {error}"}
+                )
+            except PlanningError:
+                repaired = None
+            if repaired is not None:
+                repaired.metadata.update(plan.metadata, replanned_from=failed_step)
+                return repaired
+        step = plan.step(failed_step)
+        tried = {step.tool, *step.fallbacks}
+        found = registry.find(step.tool)
+        if found is not None:
+            tried.update(found.alternatives)
+        text = step.description or goal
+        fits, _ = candidates_for(text, registry, self.semantic.retrievers, k=10)
+        fresh = [f for f in fits if f.tool.name not in tried]
+        if not fresh:
+            return None
+        best = fresh[0]
+        kept = {k: v for k, v in step.params.items() if k in best.tool.parameter_names}
+        replacement = step.model_copy(
+            update={
+                "tool": best.tool.name,
+                "params": {**best.extraction.params, **kept},
+                "fallbacks": [f.tool.name for f in fresh[1:2]],
+            }
+        )
+        steps = [replacement if s.id == failed_step else s for s in plan.steps]
+        return plan.model_copy(
+            update={
+                "steps": steps,
+                "metadata": {**plan.metadata, "replanned_from": failed_step},
+            }
+        )

@@ -1,0 +1,161 @@
+"""Offline planning: choose tools by retrieval, fill their arguments from the goal's words.
+
+The semantic planner needs no model: the hybrid tool retriever ranks the
+registry against the goal (or each part of a goal that asks for several
+things), and the first candidate whose required parameters can all be filled
+from the text wins; the next candidates that take the same arguments become
+its fallbacks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dendrite.planning.arguments import Extraction, extract_arguments
+from dendrite.planning.plan import Plan, Step
+from dendrite.planning.planner import PlanningError
+from dendrite.retrieval import Embedder, ToolRetriever
+from dendrite.tools import Tool, ToolRegistry
+
+_REQUEST_VERBS = (
+    "calculate|compute|search|find|look up|summari[sz]e|count|convert|list|read|extract|"
+    "compare|normali[sz]e|check|get|fetch|show|tell|analy[sz]e|is|what|which|how"
+)
+_SEQUENTIAL = re.compile(
+    r"\s*(?:;\s*(?:then\s+)?|,?\s+and then\s+|,?\s+then\s+|\s+after that\s+)\s*", re.I
+)
+_PARALLEL = re.compile(rf"\s*(?:,?\s+and also\s+|,?\s+and\s+(?=(?:{_REQUEST_VERBS})\b))\s*", re.I)
+
+
+@dataclass(frozen=True, slots=True)
+class GoalPart:
+    text: str
+    after_previous: bool
+
+
+def split_goal(goal: str) -> list[GoalPart]:
+    """Parts of a goal that asks for several things: 'then' chains them, 'and <verb>' runs apart."""
+    parts: list[GoalPart] = []
+    for index, chunk in enumerate(p for p in _SEQUENTIAL.split(goal) if p.strip()):
+        for position, piece in enumerate(p for p in _PARALLEL.split(chunk) if p.strip()):
+            parts.append(GoalPart(piece.strip(" ,."), index > 0 and position == 0))
+    return parts or [GoalPart(goal.strip(), False)]
+
+
+class RetrieverCache:
+    """One retriever per state of the registry: rebuilt only when tools change."""
+
+    def __init__(self, embedder: Embedder | None = None) -> None:
+        self.embedder = embedder
+        self._key: tuple[Any, ...] | None = None
+        self._retriever: ToolRetriever | None = None
+
+    def get(self, registry: ToolRegistry) -> ToolRetriever:
+        key = tuple((t.name, t.version, t.state.status) for t in registry)
+        if self._retriever is None or key != self._key:
+            self._retriever = ToolRetriever.from_registry(registry, embedder=self.embedder)
+            self._key = key
+        return self._retriever
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    tool: Tool
+    extraction: Extraction
+    score: float
+
+
+def candidates_for(
+    text: str,
+    registry: ToolRegistry,
+    retrievers: RetrieverCache,
+    *,
+    k: int = 5,
+    given: Mapping[str, Any] | None = None,
+) -> tuple[list[Candidate], list[str]]:
+    """Tools that can be called for ``text`` (best first), and why the others could not."""
+    fits: list[Candidate] = []
+    rejected: list[str] = []
+    available = [t for t in registry if t.available]
+    if not available:
+        return [], ["no tool is available"]
+    for ranked in retrievers.get(registry).rank(text, k=min(k, len(available))):
+        tool = registry.find(ranked.name)
+        if tool is None or not tool.available:
+            continue
+        extraction = extract_arguments(text, tool.parameters_schema, given=dict(given or {}))
+        problems = extraction.missing and [f"missing {', '.join(extraction.missing)}"]
+        problems = problems or tool.check_arguments(extraction.params)
+        if problems:
+            rejected.append(f"{tool.name} ({'; '.join(problems)})")
+            continue
+        fits.append(Candidate(tool, extraction, ranked.score))
+    return fits, rejected
+
+
+def step_from(fits: Sequence[Candidate], step_id: str, description: str) -> Step:
+    """The best candidate as a step; the next ones that take the same arguments as fallbacks."""
+    best = fits[0]
+    params = best.extraction.params
+    fallbacks = [
+        c.tool.name
+        for c in fits[1:3]
+        if set(c.tool.parameters_schema.get("required", [])) <= set(params)
+    ]
+    return Step(
+        id=step_id, tool=best.tool.name, params=params, fallbacks=fallbacks, description=description
+    )
+
+
+class SemanticPlanner:
+    """One step per part of the goal, each with the best-fitting tool."""
+
+    name = "semantic"
+
+    def __init__(
+        self, embedder: Embedder | None = None, *, candidates: int = 5, split: bool = True
+    ) -> None:
+        self.retrievers = RetrieverCache(embedder)
+        self.candidates = candidates
+        self.split = split
+
+    async def plan(self, goal: str, registry: ToolRegistry, context: Mapping[str, Any]) -> Plan:
+        text = goal.strip()
+        if not text:
+            raise PlanningError("the goal is empty")
+        parts = split_goal(text) if self.split else [GoalPart(text, False)]
+        steps: list[Step] = []
+        for index, part in enumerate(parts, start=1):
+            fits, rejected = candidates_for(part.text, registry, self.retrievers, k=self.candidates)
+            if not fits and part.after_previous and steps:
+                fits, rejected = self._chained(part.text, registry, steps[-1].id)
+            if not fits:
+                tried = "; ".join(rejected) or "no tool matched its words"
+                raise PlanningError(f"no tool can do {part.text!r}: {tried}")
+            step = step_from(fits, f"step{index}", part.text)
+            if part.after_previous and steps and steps[-1].id not in step.dependencies():
+                step.depends_on.append(steps[-1].id)
+            steps.append(step)
+        return Plan(goal=goal, steps=steps, planner=self.name)
+
+    def _chained(
+        self, text: str, registry: ToolRegistry, previous: str
+    ) -> tuple[list[Candidate], list[str]]:
+        """For 'then X': a tool whose one missing argument takes the previous step's output."""
+        fits: list[Candidate] = []
+        rejected: list[str] = []
+        for ranked in self.retrievers.get(registry).rank(text, k=self.candidates):
+            tool = registry.find(ranked.name)
+            if tool is None or not tool.available:
+                continue
+            extraction = extract_arguments(text, tool.parameters_schema)
+            if len(extraction.missing) == 1:
+                extraction.params[extraction.missing[0]] = f"${{{previous}}}"
+                extraction.missing = []
+                fits.append(Candidate(tool, extraction, ranked.score))
+            else:
+                rejected.append(f"{tool.name} (missing {', '.join(extraction.missing) or 'none'})")
+        return fits, rejected

@@ -1,0 +1,113 @@
+"""Plans by query type: the shapes that most goals of a kind share.
+
+A comparison is two searches side by side and then a comparison; a summary
+of something not named is a search and then a summary of the best hit. A
+template names each step by what it must do ("compare two documents"); the
+tool for it is found by retrieval and its arguments by the argument reader,
+so templates work with any registry that has tools for those roles, and do
+not apply (raise :class:`PlanningError`) when it has not.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from dendrite.planning.arguments import extract_arguments
+from dendrite.planning.classify import QueryType, classify
+from dendrite.planning.plan import Plan, Step
+from dendrite.planning.planner import PlanningError
+from dendrite.planning.semantic import RetrieverCache, candidates_for, step_from
+from dendrite.retrieval import Embedder
+from dendrite.tools import ToolRegistry
+
+_SUBJECTS = re.compile(
+    r"(?:between\s+)?(?P<a>[\w./-]+(?:\s[\w./-]+){0,3}?)\s+(?:and|vs\.?|versus|with|to)\s+"
+    r"(?P<b>[\w./-]+(?:\s[\w./-]+){0,3}?)"
+    r"(?=\s+(?:say|says|said|about|regarding|on|in|for)\b|[?.!,]|$)",
+    re.I,
+)
+_LEAD = re.compile(
+    r"^\s*(?:please\s+)?(?:compare|contrast|what(?:'s| is| are)? the differences? between|"
+    r"how do(?:es)?|what do(?:es)?)\s+(?:what\s+)?",
+    re.I,
+)
+_TOPIC = re.compile(r"\b(?:about|regarding|on|in terms of)\s+(?P<topic>.+?)\s*[?.!]?$", re.I)
+
+
+class TemplatePlanner:
+    """Plans for comparison, summary, search and calculation goals."""
+
+    name = "template"
+
+    def __init__(self, embedder: Embedder | None = None, *, candidates: int = 5) -> None:
+        self.retrievers = RetrieverCache(embedder)
+        self.candidates = candidates
+
+    async def plan(self, goal: str, registry: ToolRegistry, context: Mapping[str, Any]) -> Plan:
+        query_type = classify(goal).query_type
+        builder = {
+            QueryType.COMPARISON: self._comparison,
+            QueryType.SUMMARY: self._summary,
+            QueryType.SEARCH: self._single,
+            QueryType.CALCULATION: self._single,
+        }.get(query_type)
+        if builder is None:
+            raise PlanningError(f"no template for {query_type.value} goals")
+        steps = builder(goal, registry)
+        return Plan(goal=goal, steps=steps, planner=self.name, metadata={"template": query_type})
+
+    def _role(self, role: str, text: str, registry: ToolRegistry, step_id: str) -> Step:
+        """The step for ``role`` (what it must do) with arguments read from ``text``."""
+        ranked, _ = candidates_for(f"{role} {text}", registry, self.retrievers, k=self.candidates)
+        fits = [c for c in ranked if extract_arguments(text, c.tool.parameters_schema).complete]
+        if not fits:
+            raise PlanningError(f"no tool can {role} for {text!r}")
+        step = step_from(fits, step_id, f"{role}: {text}")
+        step.params = extract_arguments(text, fits[0].tool.parameters_schema).params
+        return step
+
+    def _single(self, goal: str, registry: ToolRegistry) -> list[Step]:
+        fits, rejected = candidates_for(goal, registry, self.retrievers, k=self.candidates)
+        if not fits:
+            raise PlanningError(f"no tool fits {goal!r}: {'; '.join(rejected)}")
+        return [step_from(fits, "step1", goal)]
+
+    def _comparison(self, goal: str, registry: ToolRegistry) -> list[Step]:
+        """Two searches in parallel (one per subject), then a comparison that waits for both."""
+        body = _LEAD.sub("", goal)
+        subjects = _SUBJECTS.search(body)
+        if not subjects:
+            raise PlanningError(f"cannot tell what to compare in {goal!r}")
+        first, second = subjects.group("a").strip(), subjects.group("b").strip()
+        found = _TOPIC.search(body[subjects.end() :])
+        topic = found.group("topic") if found else ""
+        about = f" about {topic}" if topic else ""
+        compare = self._role("compare", f"compare {first} and {second}{about}", registry, "compare")
+        searches = []
+        for step_id, subject in (("search_first", first), ("search_second", second)):
+            step = self._role("search", f"search {subject} {topic}".strip(), registry, step_id)
+            step.continue_on_error = True  # evidence; the comparison stands without it
+            searches.append(step)
+        compare.depends_on = [s.id for s in searches]
+        return [*searches, compare]
+
+    def _summary(self, goal: str, registry: ToolRegistry) -> list[Step]:
+        """Summarise what the goal names; if it names nothing, the best search hit."""
+        try:
+            return [self._role("summarize", goal, registry, "summarize")]
+        except PlanningError:
+            pass
+        search = self._role("search", goal, registry, "search")
+        summarize_fits, _ = candidates_for(
+            "summarize a document",
+            registry,
+            self.retrievers,
+            k=self.candidates,
+            given={"name": f"${{{search.id}.0.document}}"},
+        )
+        if not summarize_fits:
+            raise PlanningError(f"no tool can summarize for {goal!r}")
+        summarize = step_from(summarize_fits, "summarize", "summarize the best match")
+        return [search, summarize]
