@@ -26,6 +26,14 @@ class LLMError(RuntimeError):
     """The model server could not be reached, refused the request, or answered nothing usable."""
 
 
+class LLMFormatError(LLMError):
+    """The model answered, but not in the format asked for; ``text`` is what it said."""
+
+    def __init__(self, message: str, text: str) -> None:
+        super().__init__(message)
+        self.text = text
+
+
 @dataclass(frozen=True, slots=True)
 class LLMConfig:
     base_url: str
@@ -105,9 +113,9 @@ class ChatLLM:
             try:
                 parsed = json.loads(_strip_fence(text))
             except json.JSONDecodeError as error:
-                raise LLMError(f"{self.name} returned text that is not JSON: {error}") from None
+                raise LLMFormatError(f"the answer is not JSON: {error}", text) from None
             if not isinstance(parsed, dict):
-                raise LLMError(f"{self.name} returned JSON that is not an object")
+                raise LLMFormatError("the answer is JSON but not an object", text)
             return json.dumps(parsed)
         return text
 

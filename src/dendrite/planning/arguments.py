@@ -57,6 +57,8 @@ class Extraction:
     params: dict[str, Any] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     used: list[str] = field(default_factory=list)
+    from_rest: str | None = None
+    """The parameter that took what was left of the goal's words, if one did."""
 
     @property
     def complete(self) -> bool:
@@ -174,12 +176,13 @@ def extract_arguments(
         and any(h == n.lower() or n.lower().endswith(h) for h in TEXT_NAMES)
     ]
     if text_params:
-        if topic:
+        if topic and any(n in result.params for n in props if n.lower() in TOPIC_NAMES):
             consumed.append(topic.group(0))
         main = _main_text(goal, consumed)
         if main:
             result.params[text_params[0]] = main
             result.used.append(text_params[0])
+            result.from_rest = text_params[0]
     result.missing = [n for n in order if n in required and n not in result.params]
     return result
 

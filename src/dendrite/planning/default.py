@@ -16,10 +16,12 @@ from typing import Any
 
 from dendrite.llm import ChatLLM
 from dendrite.llm.tools import GENERATE_TOOL
+from dendrite.planning.arguments import extract_arguments
 from dendrite.planning.classify import Classification, Intent, classify
 from dendrite.planning.llm_planner import LLMPlanner
 from dendrite.planning.plan import Plan, Step
 from dendrite.planning.planner import Planner, PlanningError
+from dendrite.planning.references import has_references
 from dendrite.planning.semantic import SemanticPlanner, candidates_for
 from dendrite.planning.templates import TemplatePlanner
 from dendrite.retrieval import Embedder
@@ -123,6 +125,35 @@ class DendritePlanner:
             "answer from; Dendrite does not invent answers"
         )
 
+    def _replacement(self, step: Step, goal: str, registry: ToolRegistry) -> Step | None:
+        """The step again with the most similar tool not tried yet that takes its arguments.
+
+        Similar means: ranked for the failed tool's own name and description, and
+        sharing at least one parameter name with the step (a summariser is not a
+        stand-in for a search, however well it ranks for the goal's words).
+        """
+        failed = registry.find(step.tool)
+        tried = {step.tool, *step.fallbacks, *(failed.alternatives if failed else ())}
+        about = f"{step.tool.replace('_', ' ')} {failed.description if failed else ''}"
+        text = step.description or goal
+        usable: list[Step] = []
+        for ranked in self.semantic.retrievers.get(registry).rank(about, k=10):
+            tool = registry.find(ranked.name)
+            if tool is None or not tool.available or tool.name in tried:
+                continue
+            kept = {k: v for k, v in step.params.items() if k in tool.parameter_names}
+            if step.params and not kept:
+                continue
+            extraction = extract_arguments(text, tool.parameters_schema, given=kept)
+            literal = {k: v for k, v in extraction.params.items() if not has_references(v)}
+            deferred = set(extraction.params) - set(literal)
+            if extraction.missing or tool.check_arguments(literal, deferred):
+                continue
+            usable.append(step.model_copy(update={"tool": tool.name, "params": extraction.params}))
+        if not usable:
+            return None
+        return usable[0].model_copy(update={"fallbacks": [s.tool for s in usable[1:2]]})
+
     async def replan(
         self,
         goal: str,
@@ -149,24 +180,9 @@ class DendritePlanner:
                 repaired.metadata.update(plan.metadata, replanned_from=failed_step)
                 return repaired
         step = plan.step(failed_step)
-        tried = {step.tool, *step.fallbacks}
-        found = registry.find(step.tool)
-        if found is not None:
-            tried.update(found.alternatives)
-        text = step.description or goal
-        fits, _ = candidates_for(text, registry, self.semantic.retrievers, k=10)
-        fresh = [f for f in fits if f.tool.name not in tried]
-        if not fresh:
+        replacement = self._replacement(step, goal, registry)
+        if replacement is None:
             return None
-        best = fresh[0]
-        kept = {k: v for k, v in step.params.items() if k in best.tool.parameter_names}
-        replacement = step.model_copy(
-            update={
-                "tool": best.tool.name,
-                "params": {**best.extraction.params, **kept},
-                "fallbacks": [f.tool.name for f in fresh[1:2]],
-            }
-        )
         steps = [replacement if s.id == failed_step else s for s in plan.steps]
         return plan.model_copy(
             update={

@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from dendrite.llm import ChatLLM, LLMError
+from dendrite.llm import ChatLLM, LLMError, LLMFormatError
 from dendrite.planning.plan import Plan, PlanValidationError, parse_plan, validate
 from dendrite.planning.planner import PlanningError
 from dendrite.planning.semantic import RetrieverCache
@@ -82,6 +82,9 @@ class LLMPlanner:
             raise PlanningError("no tool is available to plan with")
         ranked = self.retrievers.get(registry).rank(goal, k=min(self.top_k, len(available)))
         tools = [registry.get(r.name) for r in ranked]
+        # Lexical ranking stops at tools sharing a word with the goal; the model may see
+        # a better fit among the rest, so the prompt is filled up to top_k.
+        tools += [t for t in available if t not in tools][: self.top_k - len(tools)]
         return [
             {"name": t.name, "description": t.description, "parameters": t.parameters_schema}
             for t in tools
@@ -105,9 +108,12 @@ class LLMPlanner:
         for attempt in range(self.max_repairs + 1):
             try:
                 text = await self.llm.complete(messages, json_schema=PLAN_SCHEMA)
+            except LLMFormatError as error:
+                text, plan, problems = error.text, None, [str(error)]
             except LLMError as error:
                 raise PlanningError(f"the LLM planner could not get a plan: {error}") from error
-            plan, problems = self._check(goal, text, registry)
+            else:
+                plan, problems = self._check(goal, text, registry)
             if plan is not None:
                 plan.metadata["repairs"] = attempt
                 plan.metadata["llm"] = self.llm.config.model

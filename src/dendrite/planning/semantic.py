@@ -30,6 +30,9 @@ _SEQUENTIAL = re.compile(
 _PARALLEL = re.compile(rf"\s*(?:,?\s+and also\s+|,?\s+and\s+(?=(?:{_REQUEST_VERBS})\b))\s*", re.I)
 
 
+_LEFTOVER_WORDS = 3  # "then count the words": so few words are a reference, not an input
+
+
 @dataclass(frozen=True, slots=True)
 class GoalPart:
     text: str
@@ -129,9 +132,13 @@ class SemanticPlanner:
         parts = split_goal(text) if self.split else [GoalPart(text, False)]
         steps: list[Step] = []
         for index, part in enumerate(parts, start=1):
-            fits, rejected = candidates_for(part.text, registry, self.retrievers, k=self.candidates)
-            if not fits and part.after_previous and steps:
+            fits: list[Candidate] = []
+            if part.after_previous and steps:
                 fits, rejected = self._chained(part.text, registry, steps[-1].id)
+            if not fits:
+                fits, rejected = candidates_for(
+                    part.text, registry, self.retrievers, k=self.candidates
+                )
             if not fits:
                 tried = "; ".join(rejected) or "no tool matched its words"
                 raise PlanningError(f"no tool can do {part.text!r}: {tried}")
@@ -144,7 +151,12 @@ class SemanticPlanner:
     def _chained(
         self, text: str, registry: ToolRegistry, previous: str
     ) -> tuple[list[Candidate], list[str]]:
-        """For 'then X': a tool whose one missing argument takes the previous step's output."""
+        """For 'then X': a tool whose input is the previous step's output.
+
+        The input is the one required argument nothing in the text filled, or
+        the main text argument when all that filled it was a few leftover words
+        ("then count the words": the words are the previous output).
+        """
         fits: list[Candidate] = []
         rejected: list[str] = []
         for ranked in self.retrievers.get(registry).rank(text, k=self.candidates):
@@ -152,10 +164,18 @@ class SemanticPlanner:
             if tool is None or not tool.available:
                 continue
             extraction = extract_arguments(text, tool.parameters_schema)
+            slot = None
             if len(extraction.missing) == 1:
-                extraction.params[extraction.missing[0]] = f"${{{previous}}}"
-                extraction.missing = []
-                fits.append(Candidate(tool, extraction, ranked.score))
-            else:
-                rejected.append(f"{tool.name} (missing {', '.join(extraction.missing) or 'none'})")
+                slot = extraction.missing.pop()
+            elif (
+                not extraction.missing
+                and extraction.from_rest
+                and len(str(extraction.params[extraction.from_rest]).split()) <= _LEFTOVER_WORDS
+            ):
+                slot = extraction.from_rest
+            if slot is None:
+                rejected.append(f"{tool.name} (no argument takes the previous output)")
+                continue
+            extraction.params[slot] = f"${{{previous}}}"
+            fits.append(Candidate(tool, extraction, ranked.score))
         return fits, rejected

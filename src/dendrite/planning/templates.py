@@ -19,8 +19,8 @@ from dendrite.planning.classify import QueryType, classify
 from dendrite.planning.plan import Plan, Step
 from dendrite.planning.planner import PlanningError
 from dendrite.planning.semantic import RetrieverCache, candidates_for, step_from
-from dendrite.retrieval import Embedder
-from dendrite.tools import ToolRegistry
+from dendrite.retrieval import Embedder, tokenize
+from dendrite.tools import Tool, ToolRegistry
 
 _SUBJECTS = re.compile(
     r"(?:between\s+)?(?P<a>[\w./-]+(?:\s[\w./-]+){0,3}?)\s+(?:and|vs\.?|versus|with|to)\s+"
@@ -34,6 +34,11 @@ _LEAD = re.compile(
     re.I,
 )
 _TOPIC = re.compile(r"\b(?:about|regarding|on|in terms of)\s+(?P<topic>.+?)\s*[?.!]?$", re.I)
+
+
+def _does(tool: Tool, role: str) -> bool:
+    """Whether the tool's name or description says it does ``role`` (same word stem)."""
+    return tokenize(role)[0] in tokenize(f"{tool.name} {tool.description}")
 
 
 class TemplatePlanner:
@@ -61,7 +66,11 @@ class TemplatePlanner:
     def _role(self, role: str, text: str, registry: ToolRegistry, step_id: str) -> Step:
         """The step for ``role`` (what it must do) with arguments read from ``text``."""
         ranked, _ = candidates_for(f"{role} {text}", registry, self.retrievers, k=self.candidates)
-        fits = [c for c in ranked if extract_arguments(text, c.tool.parameters_schema).complete]
+        fits = [
+            c
+            for c in ranked
+            if _does(c.tool, role) and extract_arguments(text, c.tool.parameters_schema).complete
+        ]
         if not fits:
             raise PlanningError(f"no tool can {role} for {text!r}")
         step = step_from(fits, step_id, f"{role}: {text}")
@@ -100,13 +109,14 @@ class TemplatePlanner:
         except PlanningError:
             pass
         search = self._role("search", goal, registry, "search")
-        summarize_fits, _ = candidates_for(
+        ranked, _ = candidates_for(
             "summarize a document",
             registry,
             self.retrievers,
             k=self.candidates,
             given={"name": f"${{{search.id}.0.document}}"},
         )
+        summarize_fits = [c for c in ranked if _does(c.tool, "summarize")]
         if not summarize_fits:
             raise PlanningError(f"no tool can summarize for {goal!r}")
         summarize = step_from(summarize_fits, "summarize", "summarize the best match")

@@ -1,0 +1,105 @@
+"""A local HTTP server that speaks the OpenAI chat-completions protocol, for our side of it.
+
+No model can run here, so tests script the assistant's answers; what is
+tested is real: the ``openai`` SDK's requests over a socket, our prompts,
+response formats, parsing and repair loop. Each request is kept for the test
+to inspect.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Reply = str | Callable[[dict[str, Any]], str]
+
+
+@dataclass
+class ChatServer:
+    url: str
+    replies: deque[Reply] = field(default_factory=deque)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    reject_json_schema: bool = False
+
+    def say(self, *replies: Reply) -> None:
+        self.replies.extend(replies)
+
+
+def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            request = json.loads(self.rfile.read(length) or b"{}")
+            if not self.path.endswith("/chat/completions"):
+                self._send(404, {"error": {"message": f"no route {self.path}"}})
+                return
+            server.requests.append(request)
+            response_format = request.get("response_format", {})
+            if server.reject_json_schema and response_format.get("type") == "json_schema":
+                self._send(
+                    400,
+                    {
+                        "error": {
+                            "message": "response_format json_schema unsupported",
+                            "type": "invalid_request_error",
+                        }
+                    },
+                )
+                return
+            if not server.replies:
+                self._send(500, {"error": {"message": "the test scripted no more replies"}})
+                return
+            reply = server.replies.popleft()
+            content = reply(request) if callable(reply) else reply
+            self._send(
+                200,
+                {
+                    "id": f"chatcmpl-{len(server.requests)}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": request.get("model", "stub"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": content},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                },
+            )
+
+    return Handler
+
+
+@contextmanager
+def chat_server() -> Iterator[ChatServer]:
+    """A scripted chat server on a free port of 127.0.0.1, stopped on exit."""
+    state = ChatServer(url="")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -1,0 +1,280 @@
+"""Planners on goals of one, two and parallel steps; the LLM planner over HTTP; replanning."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from dendrite import EventType, Orchestrator, OrchestratorConfig
+from dendrite.llm import ChatLLM, LLMConfig
+from dendrite.planning import (
+    DendritePlanner,
+    LLMPlanner,
+    Plan,
+    PlanningError,
+    RetryPolicy,
+    SemanticPlanner,
+    Step,
+    Strategy,
+    TemplatePlanner,
+)
+from dendrite.store import ExecutionStore
+from dendrite.tools import ToolRegistry
+from tests.openai_server import chat_server
+
+NOTES = {
+    "storage.md": "Dendrite keeps history in SQLite by default and PostgreSQL at scale.",
+    "retries.md": "Retries back off exponentially with jitter. Fallbacks follow retries.",
+}
+NO_RETRY = OrchestratorConfig(retry=RetryPolicy(max_attempts=1))
+
+
+def make_registry() -> ToolRegistry:
+    registry = ToolRegistry()
+
+    def search_notes(query: str, limit: int = 3) -> list[dict]:
+        """Search the notes for a query and return the matching documents.
+
+        Args:
+            query: words to look for
+            limit: most hits to return
+        """
+        words = set(query.lower().split())
+        hits = [
+            {"document": name, "snippet": text}
+            for name, text in NOTES.items()
+            if words & set(text.lower().replace(".", "").split())
+        ]
+        return hits[:limit]
+
+    def summarize_note(name: str, max_sentences: int = 1) -> str:
+        """Summarize a note document by name."""
+        if name not in NOTES:
+            raise KeyError(f"no note {name!r}")
+        return " ".join(NOTES[name].split(". ")[:max_sentences])
+
+    def compare_notes(first: str, second: str, topic: str | None = None) -> dict:
+        """Compare two note documents, optionally about a topic."""
+        return {"first": first, "second": second, "topic": topic}
+
+    def calculate(expression: str) -> float:
+        """Calculate the value of an arithmetic expression."""
+        allowed = set("0123456789+-*/(). ")
+        if not set(expression) <= allowed:
+            raise ValueError(f"not arithmetic: {expression!r}")
+        return float(eval(expression, {"__builtins__": {}}))
+
+    def convert_units(value: float, from_unit: str, to_unit: str) -> float:
+        """Convert a length between units such as km and miles."""
+        factors = {("km", "miles"): 0.621371, ("miles", "km"): 1.609344}
+        return round(value * factors[(from_unit, to_unit)], 3)
+
+    def word_count(text: str) -> int:
+        """Count the words in a text."""
+        return len(text.split())
+
+    for func in (search_notes, summarize_note, compare_notes, calculate, convert_units, word_count):
+        registry.register_function(func)
+    return registry
+
+
+def plan_with(planner, goal: str, registry: ToolRegistry | None = None):
+    return asyncio.run(planner.plan(goal, registry or make_registry(), {}))
+
+
+def test_semantic_one_two_and_parallel_steps():
+    planner = SemanticPlanner()
+    one = plan_with(planner, "calculate (2 + 3) * 4")
+    assert [(s.tool, s.params) for s in one.steps] == [("calculate", {"expression": "(2 + 3) * 4"})]
+    parallel = plan_with(planner, "calculate 6 * 7 and convert 5 km to miles")
+    assert [s.tool for s in parallel.steps] == ["calculate", "convert_units"]
+    assert all(not s.dependencies() for s in parallel.steps)
+    chained = plan_with(planner, "summarize storage.md then count the words")
+    assert [s.tool for s in chained.steps] == ["summarize_note", "word_count"]
+    assert chained.steps[1].params == {"text": "${step1}"}
+    with Orchestrator(make_registry(), store=None, planner=planner, llm=None) as orch:
+        assert orch.process(parallel).output == {"step1": 42.0, "step2": 3.107}
+        assert orch.process(chained).output == 11
+
+
+def test_semantic_planner_explains_what_it_could_not_do():
+    with pytest.raises(PlanningError, match="no tool can do 'bake bread'"):
+        plan_with(SemanticPlanner(), "bake bread")
+    with pytest.raises(
+        PlanningError, match="convert_units \\(missing value, from_unit, to_unit\\)"
+    ):
+        plan_with(SemanticPlanner(), "convert the units")
+
+
+def test_comparison_template_runs_two_searches_in_parallel_then_compares():
+    plan = plan_with(TemplatePlanner(), "compare what storage.md and retries.md say about jitter")
+    steps = {s.id: s for s in plan.steps}
+    assert steps["search_first"].tool == steps["search_second"].tool == "search_notes"
+    assert not steps["search_first"].dependencies() and not steps["search_second"].dependencies()
+    assert steps["compare"].tool == "compare_notes"
+    assert steps["compare"].params == {
+        "first": "storage.md",
+        "second": "retries.md",
+        "topic": "jitter",
+    }
+    assert set(steps["compare"].dependencies()) == {"search_first", "search_second"}
+    with Orchestrator(make_registry(), store=None, llm=None) as orch:
+        assert orch.process(plan).output["topic"] == "jitter"
+
+
+def test_summary_template_names_the_document_or_searches_for_one():
+    named = plan_with(TemplatePlanner(), "summarize storage.md")
+    assert [(s.tool, s.params) for s in named.steps] == [("summarize_note", {"name": "storage.md"})]
+    found = plan_with(TemplatePlanner(), "summarize what the notes say about jitter")
+    assert [s.tool for s in found.steps] == ["search_notes", "summarize_note"]
+    assert found.steps[1].params["name"] == "${search.0.document}"
+    with Orchestrator(make_registry(), store=None, llm=None) as orch:
+        assert orch.process(found).output.startswith("Retries back off")
+        nothing = orch.process(plan_with(TemplatePlanner(), "summarize what notes say about cats"))
+    # Nothing found: the summary step fails on its reference, and no search stands in for it.
+    assert not nothing.success and nothing.error.startswith("step 'summarize' failed: ${search.0")
+
+
+def test_strategies_choose_how_much_to_split():
+    goal = "calculate 6 * 7 and convert 5 km to miles"
+    simple = plan_with(DendritePlanner(strategy=Strategy.SIMPLE), goal)
+    parallel = plan_with(DendritePlanner(strategy="parallel"), goal)
+    assert len(simple.steps) == 1 and len(parallel.steps) == 2
+    assert simple.metadata["strategy"] == "simple" and parallel.metadata["llm"] is None
+    adaptive = plan_with(DendritePlanner(), "compare storage.md and retries.md about jitter")
+    assert adaptive.planner == "template"
+    assert adaptive.metadata["classification"]["query_type"] == "comparison"
+
+
+def _valid_plan_json(tool: str = "calculate", expression: str = "6 * 7") -> str:
+    return json.dumps(
+        {
+            "steps": [{"id": "calc", "tool": tool, "params": {"expression": expression}}],
+            "output": "${calc}",
+        }
+    )
+
+
+def test_llm_planner_sends_top_k_tools_and_repairs_an_invalid_plan():
+    with chat_server() as server:
+        server.say(_valid_plan_json(tool="calculator"), _valid_plan_json())
+        llm = ChatLLM(LLMConfig(base_url=server.url, model="stub-model"))
+        planner = LLMPlanner(llm, top_k=2)
+        plan = plan_with(planner, "calculate 6 * 7")
+        first, second = server.requests
+    assert plan.planner == "llm" and plan.metadata == {"repairs": 1, "llm": "stub-model"}
+    assert [s.tool for s in plan.steps] == ["calculate"]
+    prompt = first["messages"][1]["content"]
+    listed = json.loads(prompt.split("Tools:\n", 1)[1])
+    assert len(listed) == 2 and listed[0]["name"] == "calculate"
+    assert first["response_format"]["type"] == "json_schema"
+    feedback = second["messages"][-1]["content"]
+    assert "unknown tool 'calculator'; did you mean 'calculate'?" in feedback
+
+
+def test_llm_planner_falls_back_to_json_object_and_gives_up_after_bounded_repairs():
+    with chat_server() as server:
+        server.reject_json_schema = True
+        server.say("```json\n" + _valid_plan_json() + "\n```")
+        llm = ChatLLM(LLMConfig(base_url=server.url, model="stub"))
+        assert plan_with(LLMPlanner(llm), "calculate 6 * 7").steps[0].tool == "calculate"
+        assert [r.get("response_format", {}).get("type") for r in server.requests] == [
+            "json_schema",
+            "json_object",
+        ]
+    with chat_server() as server:
+        server.say("not json", _valid_plan_json(tool="nope"), _valid_plan_json(tool="nope"))
+        planner = LLMPlanner(ChatLLM(LLMConfig(base_url=server.url, model="stub")), max_repairs=2)
+        with pytest.raises(PlanningError, match="still had problems after 2 repair"):
+            plan_with(planner, "calculate 6 * 7")
+        assert "- the answer is not JSON" in server.requests[1]["messages"][-1]["content"]
+        assert server.requests[1]["messages"][-2] == {"role": "assistant", "content": "not json"}
+
+
+def test_llm_server_down_is_a_planning_error_and_adaptive_falls_back_offline():
+    llm = ChatLLM(LLMConfig(base_url="http://127.0.0.1:9/v1", model="m", timeout=2, max_retries=0))
+    with pytest.raises(PlanningError, match="could not get a plan"):
+        plan_with(LLMPlanner(llm), "calculate 6 * 7")
+    plan = plan_with(DendritePlanner(llm=llm, strategy="comprehensive"), "calculate 6 * 7")
+    assert plan.planner == "template"
+    assert plan.metadata["declined"][0]["planner"] == "llm"
+
+
+def test_replanning_after_an_injected_failure(tmp_path):
+    registry = make_registry()
+
+    def search_archive(query: str) -> list[dict]:
+        """Search the archived notes for a query."""
+        return [{"document": "archive.md", "snippet": query}]
+
+    registry.register_function(search_archive)
+    registry.register_function(
+        lambda query: (_ for _ in ()).throw(RuntimeError("index corrupted")),
+        name="search_notes",
+        description="Search the notes for a query and return the matching documents.",
+        replace=True,
+    )
+    with ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}") as store:
+        orch = Orchestrator(
+            registry,
+            store=store,
+            config=NO_RETRY,
+            llm=None,
+            planner=DendritePlanner(strategy="simple"),
+        )
+        events = []
+
+        async def collect():
+            plan = Plan(
+                goal="search the notes for jitter",
+                steps=[Step(id="find", tool="search_notes", params={"query": "jitter"})],
+            )
+            async for event in orch.stream(plan):
+                events.append(event)
+
+        asyncio.run(collect())
+        final = events[-1].data
+        assert final["success"] and final["output"][0]["document"] == "archive.md"
+        replanned = [e for e in events if e.type is EventType.REPLANNED]
+        assert len(replanned) == 1 and replanned[0].data["failed_tool"] == "search_notes"
+        assert replanned[0].data["new_tools"] == ["search_archive"]
+        store.flush()
+        (record,) = store.get_recent_executions(1)
+        assert record.metadata["replans"][0]["error"].endswith("RuntimeError: index corrupted")
+        attempts = sorted((a.tool_name, a.success) for a in store.get_execution(record.id).steps)
+        assert attempts == [("search_archive", True), ("search_notes", False)]
+        orch.close()
+
+
+def test_generative_goals_use_the_model_or_the_documents_or_say_no():
+    with Orchestrator(make_registry(), store=None, llm=None) as orch:
+        plan = asyncio.run(orch.planner.plan("write a poem about notes", orch.registry, {}))
+        assert plan.planner == "documents" and plan.steps[0].tool == "search_notes"
+    bare = ToolRegistry()
+    bare.register_function(lambda expression: 0.0, name="calculate")
+    refused = "needs a generative model and none is configured"
+    with (
+        Orchestrator(bare, store=None, llm=None) as orch,
+        pytest.raises(PlanningError, match=refused),
+    ):
+        orch.process("write a poem about autumn")
+    with chat_server() as server:
+        server.say("Leaves fall, notes stay.")
+        llm = ChatLLM(LLMConfig(base_url=server.url, model="poet"))
+        with Orchestrator(make_registry(), store=None, llm=llm) as orch:
+            result = orch.process("write a poem about autumn")
+        assert result.success and result.output == "Leaves fall, notes stay."
+        assert server.requests[0]["messages"][-1]["content"] == "write a poem about autumn"
+
+
+def test_the_execution_record_shows_labels_planner_and_model(tmp_path):
+    with ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}") as store:
+        with Orchestrator(make_registry(), store=store, llm=None) as orch:
+            result = orch.process("compare storage.md and retries.md about jitter")
+        store.flush()
+        record = store.get_execution(result.execution_id)
+    assert (record.intent, record.query_type) == ("tool_use", "comparison")
+    assert record.metadata["planner"] == "template" and record.metadata["llm"] is None
+    assert record.metadata["strategy"] == "adaptive"
