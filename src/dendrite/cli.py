@@ -6,7 +6,9 @@ found differences), 2 a usage or input error, reported in one line.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -132,3 +134,117 @@ def demo(
         run_demo(console, database_url(url), goals=goals, seed=seed)
     except StoreError as error:
         raise _fail(str(error)) from None
+
+
+PLANNERS = ("dendrite", "semantic", "template", "llm", "single")
+
+
+@app.command()
+def run(
+    goal: Annotated[str, typer.Argument(help="What you want done, in plain words.")],
+    docs: Annotated[
+        Path | None,
+        typer.Option(
+            "--docs",
+            help="A folder of .txt/.md/.html/.pdf files to search, summarise and compare; "
+            "file tools may read inside it.",
+            exists=True,
+            file_okay=False,
+            resolve_path=True,
+        ),
+    ] = None,
+    session: Annotated[str | None, typer.Option("--session", help="Session id.")] = None,
+    planner: Annotated[
+        str, typer.Option("--planner", help=f"One of: {', '.join(PLANNERS)}.")
+    ] = "dendrite",
+    strategy: Annotated[
+        str, typer.Option("--strategy", help="simple, parallel, adaptive or comprehensive.")
+    ] = "adaptive",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    url: UrlOption = None,
+) -> None:
+    """Plan GOAL, run it with the built-in tools, record it, and print the answer."""
+    from dendrite.orchestrator import Orchestrator
+    from dendrite.planning import PlanningError, PlanValidationError
+    from dendrite.store import ExecutionStore
+    from dendrite.tools import ToolRegistry
+    from dendrite.tools.builtin import register_builtin
+
+    registry = ToolRegistry()
+    register_builtin(registry, docs_root=docs, files_root=docs or Path.cwd())
+    try:
+        chosen = _planner(planner, strategy)
+        store = ExecutionStore(database_url(url))
+    except (ValueError, StoreError) as error:
+        raise _fail(str(error)) from None
+    with store, Orchestrator(registry, store=store, planner=chosen) as orch:
+        try:
+            result = orch.process(goal, session_id=session)
+        except (PlanningError, PlanValidationError) as error:
+            raise _fail(str(error), 1) from None
+    if as_json:
+        console.print_json(json.dumps(result.to_dict(), default=str))
+    else:
+        _print_result(result)
+    raise typer.Exit(0 if result.success else 1)
+
+
+def _planner(name: str, strategy: str) -> Any:
+    from dendrite.llm import ChatLLM
+    from dendrite.planning import (
+        DendritePlanner,
+        LLMPlanner,
+        SemanticPlanner,
+        SingleToolPlanner,
+        Strategy,
+        TemplatePlanner,
+    )
+
+    if name not in PLANNERS:
+        raise ValueError(f"unknown planner {name!r}; choose one of {', '.join(PLANNERS)}")
+    try:
+        chosen_strategy = Strategy(strategy)
+    except ValueError:
+        choices = ", ".join(s.value for s in Strategy)
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {choices}") from None
+    llm = ChatLLM.from_env()
+    if name == "llm":
+        if llm is None:
+            raise ValueError("--planner llm needs DENDRITE_LLM_BASE_URL and DENDRITE_LLM_MODEL")
+        return LLMPlanner(llm)
+    return {
+        "dendrite": lambda: DendritePlanner(llm=llm, strategy=chosen_strategy),
+        "semantic": SemanticPlanner,
+        "template": TemplatePlanner,
+        "single": SingleToolPlanner,
+    }[name]()
+
+
+def _print_result(result: Any) -> None:
+    from rich.panel import Panel
+    from rich.pretty import Pretty
+
+    for step in result.steps:
+        mark = {"succeeded": "[green]✓[/green]", "skipped": "[yellow]-[/yellow]"}.get(
+            step.status.value, "[red]✗[/red]"
+        )
+        extra = f" (fallback {step.fallback_used})" if step.fallback_used else ""
+        retries = (
+            f", {step.retries} retr{'y' if step.retries == 1 else 'ies'}" if step.retries else ""
+        )
+        console.print(
+            f"{mark} {step.step_id}: {step.tool}{extra} {step.duration_ms:.0f} ms{retries}",
+            highlight=False,
+        )
+        if step.error:
+            console.print(f"    {step.error}", style="red", highlight=False)
+    body = result.output if isinstance(result.output, str) else Pretty(result.output)
+    title = "answer" if result.success else "failed"
+    console.print(Panel(body, title=title, expand=False))
+    if result.error:
+        console.print(f"[red]{result.error}[/red]", highlight=False)
+    console.print(
+        f"confidence {result.confidence:.2f} · planner {result.plan.planner} · "
+        f"execution {result.execution_id}",
+        highlight=False,
+    )
