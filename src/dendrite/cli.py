@@ -248,3 +248,311 @@ def _print_result(result: Any) -> None:
         f"execution {result.execution_id}",
         highlight=False,
     )
+
+
+def _store(url: str | None) -> Any:
+    from dendrite.store import ExecutionStore
+
+    try:
+        return ExecutionStore(database_url(url))
+    except (ValueError, StoreError) as error:
+        raise _fail(str(error)) from None
+
+
+def _since(value: str | None) -> Any:
+    """An ISO date/time, or a span back from now: 30m, 12h, 7d."""
+    from datetime import UTC, datetime, timedelta
+
+    if value is None:
+        return None
+    spans = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    if value[:-1].isdigit() and value[-1] in spans:
+        return datetime.now(UTC) - timedelta(**{spans[value[-1]]: int(value[:-1])})
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _fail(
+            f"--since {value!r}: give an ISO date/time or a span like 30m, 12h, 7d"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _dump(data: Any) -> None:
+    console.print_json(json.dumps(data, default=str))
+
+
+@app.command()
+def history(
+    limit: Annotated[int, typer.Option(help="How many executions.", min=1, max=10_000)] = 20,
+    intent: Annotated[str | None, typer.Option(help="Only this intent.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Only failed executions.")] = False,
+    since: Annotated[str | None, typer.Option(help="ISO time or span (30m, 12h, 7d).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    url: UrlOption = None,
+) -> None:
+    """The most recent executions, newest first."""
+    from rich.table import Table
+
+    with _store(url) as store:
+        records = store.get_recent_executions(
+            limit, intent=intent, success=False if failed else None, since=_since(since)
+        )
+    if as_json:
+        _dump([r.model_dump(mode="json", exclude={"metadata"}) for r in records])
+        return
+    table = Table(title=f"{len(records)} execution(s)")
+    for column in ("goal", "started (UTC)", "intent / type", "status", "ms", "conf.", "goal text"):
+        table.add_column(column, overflow="fold")
+    for r in records:
+        table.add_row(
+            r.goal_id or "",
+            r.started_at.strftime("%Y-%m-%d %H:%M:%S") if r.started_at else "",
+            f"{r.intent or '-'} / {r.query_type or '-'}",
+            str(r.status),
+            f"{r.duration_ms:.0f}",
+            "" if r.confidence_score is None else f"{r.confidence_score:.2f}",
+            r.goal_text[:80],
+        )
+    console.print(table)
+
+
+@app.command()
+def trace(
+    execution_id: Annotated[str, typer.Argument(help="The execution's id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    url: UrlOption = None,
+) -> None:
+    """Every step of one execution: attempts, errors, fallbacks, timing and confidence."""
+    import uuid
+
+    from rich.tree import Tree
+
+    from dendrite.orchestrator import load_trace
+
+    try:
+        uuid.UUID(execution_id)
+    except ValueError:
+        raise _fail(f"{execution_id!r} is not an execution id (a UUID)") from None
+    with _store(url) as store:
+        found = load_trace(store, execution_id)
+    if found is None:
+        raise _fail(f"no execution {execution_id}", 1)
+    if as_json:
+        _dump(found.to_dict())
+        return
+    status = "[green]succeeded[/green]" if found.success else f"[red]{found.status}[/red]"
+    confidence = "" if found.confidence is None else f", confidence {found.confidence:.2f}"
+    root = Tree(
+        f"{found.goal!r}: {status} in {found.duration_ms:.0f} ms{confidence}, "
+        f"planner {found.planner}"
+    )
+    for step in found.steps:
+        mark = {"succeeded": "✓", "skipped": "-", "cancelled": "⊘"}.get(step.get("status", ""), "✗")
+        label = f"{mark} {step['step_id']}: {step.get('tool')} [{step.get('status')}]"
+        if step.get("duration_ms"):
+            label += f" {step['duration_ms']:.1f} ms"
+        if step.get("fallback_used"):
+            label += f" (answered by fallback {step['fallback_used']})"
+        if step.get("skip_reason"):
+            label += f" ({step['skip_reason']})"
+        branch = root.add(label)
+        for attempt in step.get("attempts", []):
+            outcome = "ok" if attempt["success"] else f"{attempt['error_type']}: {attempt['error']}"
+            via = f" instead of {attempt['fallback_of']}" if attempt.get("fallback_of") else ""
+            branch.add(
+                f"attempt {attempt['number']} {attempt['tool']}{via}: {outcome} "
+                f"({attempt['duration_ms']:.1f} ms)"
+            )
+    for note in found.replans:
+        root.add(f"replanned after {note['step']} failed: new tools {note.get('new_tools')}")
+    console.print(root, highlight=False)
+
+
+@app.command()
+def stats(
+    kind: Annotated[str, typer.Argument(help="tools, tiers, pools or intents.")] = "tools",
+    days: Annotated[int, typer.Option(help="Days of tier history.", min=1)] = 7,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    url: UrlOption = None,
+) -> None:
+    """Performance from the recorded history."""
+    from rich.table import Table
+
+    kinds = ("tools", "tiers", "pools", "intents")
+    if kind not in kinds:
+        raise _fail(f"unknown stats {kind!r}; choose one of {', '.join(kinds)}")
+    with _store(url) as store:
+        if kind == "tools":
+            rows = [r.model_dump(mode="json") for r in store.get_tool_performance()]
+        elif kind == "tiers":
+            rows = [r.model_dump(mode="json") for r in store.get_tier_performance(days)]
+        elif kind == "pools":
+            rows = [r.model_dump(mode="json") for r in store.get_pool_performance()]
+        else:
+            rows = [
+                {"intent": intent, **store.get_success_rate(intent=intent).model_dump()}
+                for intent in ("tool_use", "generative", "unknown")
+            ]
+            rows.append({"intent": "all", **store.get_success_rate().model_dump()})
+    if as_json:
+        _dump(rows)
+        return
+    if not rows:
+        console.print(f"no {kind} recorded yet")
+        return
+    table = Table(title=f"{kind}")
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row.values()))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "" if value is None else str(value)
+
+
+tools_app = typer.Typer(help="The built-in tools and their states.", no_args_is_help=True)
+app.add_typer(tools_app, name="tools")
+
+
+def _tools_orchestrator(url: str | None) -> Any:
+    from dendrite.orchestrator import Orchestrator
+    from dendrite.tools import ToolRegistry
+    from dendrite.tools.builtin import register_builtin
+
+    registry = ToolRegistry()
+    register_builtin(registry, files_root=Path.cwd())
+    return Orchestrator(registry, store=_store(url), llm=None)
+
+
+@tools_app.command("list")
+def tools_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    url: UrlOption = None,
+) -> None:
+    """Every tool with its state."""
+    from rich.table import Table
+
+    with _tools_orchestrator(url) as orch:
+        described = orch.registry.describe(include_unavailable=True)
+        orch.store.close()
+    if as_json:
+        _dump(described)
+        return
+    table = Table(title=f"{len(described)} tools")
+    for column in ("name", "status", "reliability", "description"):
+        table.add_column(column, overflow="fold")
+    for tool in described:
+        table.add_row(tool["name"], tool["status"], tool["reliability"], tool["description"])
+    console.print(table)
+
+
+@tools_app.command("show")
+def tools_show(name: str, url: UrlOption = None) -> None:
+    """One tool's schema and state, as JSON."""
+    from dendrite.tools import UnknownToolError
+
+    with _tools_orchestrator(url) as orch:
+        try:
+            described = orch.registry.get(name).describe()
+        except UnknownToolError as error:
+            raise _fail(str(error)) from None
+        finally:
+            orch.store.close()
+    _dump(described)
+
+
+def _set_tool(name: str, status: str, reason: str | None, url: str | None) -> None:
+    from dendrite.tools import UnknownToolError
+
+    with _tools_orchestrator(url) as orch:
+        try:
+            state = orch.set_tool_status(name, status, reason)
+        except UnknownToolError as error:
+            raise _fail(str(error)) from None
+        finally:
+            orch.store.close()
+    console.print(f"{name}: {state.status.value}", highlight=False)
+
+
+@tools_app.command("enable")
+def tools_enable(name: str, url: UrlOption = None) -> None:
+    """Enable a tool (for every later run on this store)."""
+    _set_tool(name, "enabled", None, url)
+
+
+@tools_app.command("disable")
+def tools_disable(
+    name: str,
+    reason: Annotated[str | None, typer.Option(help="Why, for whoever looks later.")] = None,
+    url: UrlOption = None,
+) -> None:
+    """Disable a tool (for every later run on this store)."""
+    _set_tool(name, "disabled", reason, url)
+
+
+@app.command()
+def feedback(
+    execution_id: Annotated[str, typer.Argument(help="The execution's id.")],
+    rating: Annotated[int | None, typer.Option(help="1 (bad) to 5 (excellent).")] = None,
+    accepted: Annotated[
+        bool | None, typer.Option("--accepted/--rejected", help="Was the answer used?")
+    ] = None,
+    comment: Annotated[str | None, typer.Option(help="Free text.")] = None,
+    url: UrlOption = None,
+) -> None:
+    """Rate an execution; learning uses it."""
+    from dendrite.store import InvalidRecordError, UnknownExecutionError
+
+    if rating is None and accepted is None and not comment:
+        raise _fail("give at least one of --rating, --accepted/--rejected or --comment")
+    with _store(url) as store:
+        try:
+            store.store_feedback(execution_id, rating, comment, accepted=accepted)
+        except (InvalidRecordError, UnknownExecutionError) as error:
+            raise _fail(str(error)) from None
+    console.print(f"feedback recorded for {execution_id}", highlight=False)
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", help="File to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or parquet.")] = "jsonl",
+    limit: Annotated[int, typer.Option(help="Most recent executions to export.", min=1)] = 100_000,
+    url: UrlOption = None,
+) -> None:
+    """Export executions (one row each, metadata as JSON text) for analysis elsewhere."""
+    import csv
+
+    if fmt not in ("jsonl", "csv", "parquet"):
+        raise _fail(f"unknown format {fmt!r}; choose jsonl, csv or parquet")
+    with _store(url) as store:
+        rows = [r.model_dump(mode="json") for r in store.get_recent_executions(limit)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "jsonl":
+        with out.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+    else:
+        flat = [
+            {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in r.items()}
+            for r in rows
+        ]
+        if fmt == "csv":
+            with out.open("w", encoding="utf-8", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(flat[0]) if flat else ["id"])
+                writer.writeheader()
+                writer.writerows(flat)
+        else:
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise _fail(
+                    "parquet export needs pyarrow: pip install 'dendrite[export]'"
+                ) from None
+            pq.write_table(pa.Table.from_pylist(flat), out)
+    console.print(f"{len(rows)} execution(s) written to {out}", highlight=False)

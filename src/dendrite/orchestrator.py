@@ -36,12 +36,13 @@ from dendrite.state import StateManager, StateView
 from dendrite.store import ExecutionStore
 from dendrite.store.serialize import capped
 from dendrite.telemetry import ErrorType, ExecutionStatus, ToolExecutionRecord
-from dendrite.tools import ToolRegistry
+from dendrite.tools import ToolRegistry, ToolState, ToolStatus
 
 log = logging.getLogger("dendrite.orchestrator")
 
 _DEFAULT_STORE: Any = object()
 _LLM_FROM_ENV: Any = object()
+TOOL_STATES_KEY = "tool_states"
 
 
 class OrchestratorConfig(BaseModel):
@@ -134,6 +135,7 @@ class ExecutionTrace:
     parent_id: str | None
     depth: int
     steps: list[dict[str, Any]] = field(default_factory=list)
+    replans: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def fallbacks(self) -> list[str]:
@@ -153,6 +155,7 @@ class ExecutionTrace:
             "parent_id": self.parent_id,
             "depth": self.depth,
             "steps": self.steps,
+            "replans": self.replans,
         }
 
 
@@ -247,10 +250,40 @@ class Orchestrator:
             recorder=self._recorder,
         )
         self.state = StateManager(self.store, default_ttl=self.config.state_ttl)
+        self._apply_saved_tool_states()
         self._traces: OrderedDict[str, ExecutionResult] = OrderedDict()
         self._history: dict[str, tuple[float, tuple[int, int] | None]] = {}
         self._record_failures = 0
         self._closed = False
+
+    # -- tool states ---------------------------------------------------------
+
+    def _apply_saved_tool_states(self) -> None:
+        """Tools disabled or quarantined by an earlier process stay so in this one."""
+        saved = self.state.get("global", TOOL_STATES_KEY, {})
+        for name, entry in saved.items() if isinstance(saved, dict) else ():
+            if name in self.registry and entry.get("status") in ("disabled", "quarantined"):
+                self.registry.set_state(name, ToolStatus(entry["status"]), entry.get("reason"))
+
+    def set_tool_status(
+        self, name: str, status: ToolStatus | str, reason: str | None = None
+    ) -> ToolState:
+        """Enable, disable or quarantine a tool here and for every later process on this store."""
+        wanted = ToolStatus(status)
+        if wanted is ToolStatus.QUARANTINED:
+            state = self.registry.quarantine(name, reason or "")
+        elif wanted is ToolStatus.DISABLED:
+            state = self.registry.disable(name, reason)
+        else:
+            state = self.registry.enable(name)
+        saved = dict(self.state.get("global", TOOL_STATES_KEY, {}) or {})
+        saved[name] = {
+            "status": state.status.value,
+            "reason": state.reason,
+            "since": state.since.isoformat(),
+        }
+        self.state.set("global", TOOL_STATES_KEY, saved)
+        return state
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -703,56 +736,9 @@ class Orchestrator:
                 parent_id=result.parent_id,
                 depth=result.depth,
                 steps=[s.to_dict(include_output=False) for s in result.steps],
+                replans=list(result.plan.metadata.get("replans", [])),
             )
-        if self.store is None:
-            return None
-        detail = self.store.get_execution(execution_id)
-        if detail is None:
-            return None
-        attempts: dict[str | None, list[dict[str, Any]]] = {}
-        for row in sorted(detail.steps, key=lambda a: (a.started_at, a.attempt)):
-            attempts.setdefault(row.step_id, []).append(
-                {
-                    "tool": row.tool_name,
-                    "number": row.attempt,
-                    "started_at": row.started_at.isoformat() if row.started_at else None,
-                    "duration_ms": row.duration_ms,
-                    "success": row.success,
-                    "error": row.error,
-                    "error_type": row.error_type.value if row.error_type else None,
-                    "fallback_of": row.fallback_of,
-                    "item": None,
-                }
-            )
-        recorded = detail.metadata.get("steps")
-        if isinstance(recorded, list):
-            steps = [
-                {**step, "attempts": attempts.get(step.get("step_id"), [])} for step in recorded
-            ]
-        else:  # an execution recorded by something other than the orchestrator
-            steps = [
-                {
-                    "step_id": step_id,
-                    "tool": rows[-1]["tool"],
-                    "attempts": rows,
-                    "status": "succeeded" if rows[-1]["success"] else "failed",
-                }
-                for step_id, rows in attempts.items()
-            ]
-        return ExecutionTrace(
-            execution_id=detail.id,
-            goal=detail.goal_text,
-            success=detail.success,
-            status=str(detail.status),
-            confidence=detail.confidence_score,
-            duration_ms=detail.duration_ms,
-            started_at=detail.started_at or datetime.now(UTC),
-            planner=detail.metadata.get("planner"),
-            error=detail.error,
-            parent_id=detail.parent_id,
-            depth=detail.depth,
-            steps=steps,
-        )
+        return load_trace(self.store, execution_id) if self.store is not None else None
 
     def get_execution_summary(self, limit: int = 1000) -> dict[str, Any]:
         """Success, timing, confidence and error patterns over the last ``limit`` executions.
@@ -812,3 +798,53 @@ class Orchestrator:
 
 def _id(frame: _Frame | None) -> str | None:
     return frame.execution_id if frame else None
+
+
+def load_trace(store: ExecutionStore, execution_id: str) -> ExecutionTrace | None:
+    """The trace of a recorded execution: its steps with their attempts joined back in."""
+    detail = store.get_execution(execution_id)
+    if detail is None:
+        return None
+    attempts: dict[str | None, list[dict[str, Any]]] = {}
+    for row in sorted(detail.steps, key=lambda a: (a.started_at, a.attempt)):
+        attempts.setdefault(row.step_id, []).append(
+            {
+                "tool": row.tool_name,
+                "number": row.attempt,
+                "started_at": row.started_at.isoformat() if row.started_at else None,
+                "duration_ms": row.duration_ms,
+                "success": row.success,
+                "error": row.error,
+                "error_type": row.error_type.value if row.error_type else None,
+                "fallback_of": row.fallback_of,
+                "item": None,
+            }
+        )
+    recorded = detail.metadata.get("steps")
+    if isinstance(recorded, list):
+        steps = [{**step, "attempts": attempts.get(step.get("step_id"), [])} for step in recorded]
+    else:  # an execution recorded by something other than the orchestrator
+        steps = [
+            {
+                "step_id": step_id,
+                "tool": rows[-1]["tool"],
+                "attempts": rows,
+                "status": "succeeded" if rows[-1]["success"] else "failed",
+            }
+            for step_id, rows in attempts.items()
+        ]
+    return ExecutionTrace(
+        execution_id=detail.id,
+        goal=detail.goal_text,
+        success=detail.success,
+        status=str(detail.status),
+        confidence=detail.confidence_score,
+        duration_ms=detail.duration_ms,
+        started_at=detail.started_at or datetime.now(UTC),
+        planner=detail.metadata.get("planner"),
+        error=detail.error,
+        parent_id=detail.parent_id,
+        depth=detail.depth,
+        steps=steps,
+        replans=list(detail.metadata.get("replans", [])),
+    )

@@ -331,22 +331,23 @@ class ToolRegistry:
 
     # -- state ---------------------------------------------------------------
 
-    def _set_state(self, name: str, status: ToolStatus, reason: str | None) -> ToolState:
+    def set_state(self, name: str, status: ToolStatus, reason: str | None = None) -> ToolState:
+        """Set a tool's state as recorded elsewhere (a store restoring what a user chose)."""
         with self._lock:
             found = self.get(name)
             found.state = ToolState(status, reason)
             return found.state
 
     def enable(self, name: str) -> ToolState:
-        return self._set_state(name, ToolStatus.ENABLED, None)
+        return self.set_state(name, ToolStatus.ENABLED, None)
 
     def disable(self, name: str, reason: str | None = None) -> ToolState:
-        return self._set_state(name, ToolStatus.DISABLED, reason)
+        return self.set_state(name, ToolStatus.DISABLED, reason)
 
     def quarantine(self, name: str, reason: str) -> ToolState:
         if not reason:
             raise ValueError(f"quarantining {name!r} needs a reason")
-        return self._set_state(name, ToolStatus.QUARANTINED, reason)
+        return self.set_state(name, ToolStatus.QUARANTINED, reason)
 
     def state(self, name: str) -> ToolState:
         return self.get(name).state
