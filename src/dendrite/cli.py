@@ -122,16 +122,12 @@ def reset(
 
 
 @app.command()
-def demo(
-    url: UrlOption = None,
-    goals: Annotated[int, typer.Option(help="How many goals to simulate.", min=1)] = 2000,
-    seed: Annotated[int | None, typer.Option(help="Random seed (default: varies).")] = None,
-) -> None:
-    """Record a realistic simulated workload through the store and print its analytics."""
+def demo(url: UrlOption = None) -> None:
+    """Run a scripted session of real goals on the shipped documents and show what was recorded."""
     from dendrite.demo import run_demo
 
     try:
-        run_demo(console, database_url(url), goals=goals, seed=seed)
+        run_demo(console, database_url(url))
     except StoreError as error:
         raise _fail(str(error)) from None
 

@@ -45,6 +45,7 @@ _REQUEST_WORDS = re.compile(
     re.I,
 )
 
+_FILLER = {"a", "an", "the", "of", "for", "to", "in", "on", "and", "or", "is", "with"}
 TEXT_NAMES = ("query", "text", "question", "q", "prompt", "content", "goal", "input", "message")
 TOPIC_NAMES = ("topic", "subject", "about", "focus")
 PATH_HINTS = ("path", "file", "filename", "document", "doc", "name", "first", "second", "source")
@@ -206,6 +207,14 @@ def _string_for(
         return found.group(0) if found else None
     if any(h in lname for h in PATH_HINTS) and paths:
         return paths[0]
+    label = re.escape(lname.replace("_", " "))
+    named = [  # "room B", "city Oslo": the last such pair is the most specific
+        m.group(1)
+        for m in re.finditer(rf"\b{label}\s+([\w.-]+)", goal, re.I)
+        if m.group(1).lower() not in _FILLER
+    ]
+    if named:
+        return named[-1]
     if quoted:  # text fields take the longest quoted passage, others the first
         if any(h == lname or lname.endswith(h) for h in TEXT_NAMES):
             return max(quoted, key=len)

@@ -134,7 +134,7 @@ class SemanticPlanner:
         for index, part in enumerate(parts, start=1):
             fits: list[Candidate] = []
             if part.after_previous and steps:
-                fits, rejected = self._chained(part.text, registry, steps[-1].id)
+                fits, rejected = self._chained(part.text, registry, steps[-1])
             if not fits:
                 fits, rejected = candidates_for(
                     part.text, registry, self.retrievers, k=self.candidates
@@ -149,7 +149,7 @@ class SemanticPlanner:
         return Plan(goal=goal, steps=steps, planner=self.name)
 
     def _chained(
-        self, text: str, registry: ToolRegistry, previous: str
+        self, text: str, registry: ToolRegistry, previous: Step
     ) -> tuple[list[Candidate], list[str]]:
         """For 'then X': a tool whose input is the previous step's output.
 
@@ -176,6 +176,26 @@ class SemanticPlanner:
             if slot is None:
                 rejected.append(f"{tool.name} (no argument takes the previous output)")
                 continue
-            extraction.params[slot] = f"${{{previous}}}"
+            slot_type = tool.parameters_schema.get("properties", {}).get(slot, {}).get("type")
+            extraction.params[slot] = _reference_to(previous, registry, slot_type)
             fits.append(Candidate(tool, extraction, ranked.score))
         return fits, rejected
+
+
+_CONTENT_FIELDS = ("summary", "text", "content", "answer", "result", "output", "value")
+
+
+def _reference_to(previous: Step, registry: ToolRegistry, wanted: str | None) -> str:
+    """A reference to the previous output, or to its main text field when text is wanted.
+
+    A summariser returns a record (document, title, summary, ...); a word
+    counter that follows it wants the summary, not the record.
+    """
+    tool = registry.find(previous.tool)
+    props = ((tool.returns_schema if tool else None) or {}).get("properties") or {}
+    if wanted == "string" and props:
+        strings = [n for n, p in props.items() if p.get("type") == "string"]
+        field = next((n for n in _CONTENT_FIELDS if n in strings), strings[0] if strings else None)
+        if field:
+            return f"${{{previous.id}.{field}}}"
+    return f"${{{previous.id}}}"

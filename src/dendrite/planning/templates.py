@@ -18,7 +18,7 @@ from dendrite.planning.arguments import extract_arguments
 from dendrite.planning.classify import QueryType, classify
 from dendrite.planning.plan import Plan, Step
 from dendrite.planning.planner import PlanningError
-from dendrite.planning.semantic import RetrieverCache, candidates_for, step_from
+from dendrite.planning.semantic import RetrieverCache, candidates_for, split_goal, step_from
 from dendrite.retrieval import Embedder, tokenize
 from dendrite.tools import Tool, ToolRegistry
 
@@ -51,6 +51,8 @@ class TemplatePlanner:
         self.candidates = candidates
 
     async def plan(self, goal: str, registry: ToolRegistry, context: Mapping[str, Any]) -> Plan:
+        if len(split_goal(goal)) > 1:
+            raise PlanningError("the goal asks for several things; templates plan one")
         query_type = classify(goal).query_type
         builder = {
             QueryType.COMPARISON: self._comparison,
