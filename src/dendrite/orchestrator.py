@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dendrite._ids import new_id
 from dendrite.execution.engine import ExecutionEngine, RunOutcome
 from dendrite.execution.events import Attempt, Event, EventType, StepResult, StepStatus
+from dendrite.learning.loop import LearningLoop
 from dendrite.llm import ChatLLM
 from dendrite.llm.tools import register_llm_tools
 from dendrite.planning.classify import classify
@@ -65,6 +66,12 @@ class OrchestratorConfig(BaseModel):
     keep_traces: int = Field(default=256, ge=0, description="recent traces held in memory")
     max_replans: int = Field(
         default=1, ge=0, description="repairs asked of the planner when a step fails for good"
+    )
+    learning: bool = Field(
+        default=True, description="learn from every run: tool ranking, health, plan memory"
+    )
+    warm_start: int = Field(
+        default=5_000, ge=0, description="recorded executions the learning loop reads at start"
     )
 
 
@@ -240,7 +247,19 @@ class Orchestrator:
             register_llm_tools(registry, self.llm)
         self._owns_store = store is _DEFAULT_STORE
         self.store: ExecutionStore | None = ExecutionStore() if self._owns_store else store
-        self.planner: Planner = planner or DendritePlanner(llm=self.llm)
+        self.state = StateManager(self.store, default_ttl=self.config.state_ttl)
+        self._apply_saved_tool_states()
+        self.learning = LearningLoop(registry, state=self.state) if self.config.learning else None
+        if self.learning is not None and self.store is not None and self.config.warm_start:
+            try:
+                self.learning.warm_start(self.store, self.config.warm_start)
+            except Exception:
+                log.warning("learning could not read the history; starting cold", exc_info=True)
+        self.planner: Planner = planner or DendritePlanner(
+            llm=self.llm,
+            ranker=self.learning.ranker if self.learning else None,
+            memory=self.learning.memory if self.learning else None,
+        )
         self._recorder = _StoreRecorder(self.store) if self.store is not None else None
         self.engine = ExecutionEngine(
             registry,
@@ -248,9 +267,8 @@ class Orchestrator:
             default_timeout=self.config.default_timeout,
             retry=self.config.retry,
             recorder=self._recorder,
+            order_fallbacks=self.learning.ranker.order if self.learning else None,
         )
-        self.state = StateManager(self.store, default_ttl=self.config.state_ttl)
-        self._apply_saved_tool_states()
         self._traces: OrderedDict[str, ExecutionResult] = OrderedDict()
         self._history: dict[str, tuple[float, tuple[int, int] | None]] = {}
         self._record_failures = 0
@@ -405,6 +423,8 @@ class Orchestrator:
         started = time.perf_counter()
         context = dict(context or {})
         goal = goal_or_plan.goal if isinstance(goal_or_plan, Plan) else str(goal_or_plan)
+        if self.learning is not None:
+            self.learning.before_run()
         try:
             plan = await self._plan(goal_or_plan, context)
         except (PlanningError, PlanValidationError) as error:
@@ -656,6 +676,8 @@ class Orchestrator:
                 confidence_score=confidence,
                 metadata={
                     "planner": plan.planner,
+                    "why": plan.metadata.get("why", {}),
+                    "remembered_goal": plan.metadata.get("remembered_goal"),
                     "strategy": plan.metadata.get("strategy"),
                     "llm": self.llm.config.model if self.llm else None,
                     "replans": plan.metadata.get("replans", []),
@@ -667,6 +689,11 @@ class Orchestrator:
                     ],
                 },
             )
+        if self.learning is not None and not cancelled:
+            try:
+                self.learning.after_run(result)
+            except Exception:
+                log.warning("learning could not take run %s", execution_id, exc_info=True)
         if self.config.keep_traces:
             self._traces[execution_id] = result
             while len(self._traces) > self.config.keep_traces:

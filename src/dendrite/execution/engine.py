@@ -152,7 +152,9 @@ class ExecutionEngine:
         executor: Executor | None = None,
         recorder: AttemptRecorder | None = None,
         random_unit: Callable[[], float] = random.random,
+        order_fallbacks: Callable[[list[str]], list[str]] | None = None,
     ) -> None:
+        """``order_fallbacks`` reorders a step's fallbacks (best first), e.g. by history."""
         if max_parallel_steps < 1:
             raise ValueError(f"max_parallel_steps must be >= 1, got {max_parallel_steps}")
         if default_timeout is not None and default_timeout <= 0:
@@ -167,6 +169,7 @@ class ExecutionEngine:
         )
         self.recorder = recorder
         self._random = random_unit
+        self.order_fallbacks = order_fallbacks
 
     def close(self) -> None:
         if self._own_executor:
@@ -423,11 +426,15 @@ class ExecutionEngine:
     # -- retries and fallbacks -----------------------------------------------
 
     def _candidates(self, step: Step) -> list[str]:
-        names = [step.tool, *step.fallbacks]
+        """The step's tool, then its own fallbacks and its tool's alternatives, deduplicated."""
+        fallbacks = list(step.fallbacks)
         primary = self.registry.find(step.tool)
         if primary is not None:
-            names.extend(primary.alternatives)
-        return list(dict.fromkeys(names))
+            fallbacks.extend(primary.alternatives)
+        fallbacks = [n for n in dict.fromkeys(fallbacks) if n != step.tool]
+        if self.order_fallbacks is not None and len(fallbacks) > 1:
+            fallbacks = self.order_fallbacks(fallbacks)
+        return [step.tool, *fallbacks]
 
     async def _call(
         self,

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
+from dendrite.learning.memory import PlanMemory
 from dendrite.llm import ChatLLM
 from dendrite.llm.tools import GENERATE_TOOL
 from dendrite.planning.arguments import extract_arguments
@@ -22,7 +23,7 @@ from dendrite.planning.llm_planner import LLMPlanner
 from dendrite.planning.plan import Plan, Step
 from dendrite.planning.planner import Planner, PlanningError
 from dendrite.planning.references import has_references
-from dendrite.planning.semantic import SemanticPlanner, candidates_for
+from dendrite.planning.semantic import Reranker, RetrieverCache, SemanticPlanner, candidates_for
 from dendrite.planning.templates import TemplatePlanner
 from dendrite.retrieval import Embedder
 from dendrite.tools import ToolRegistry
@@ -45,14 +46,19 @@ class DendritePlanner:
         embedder: Embedder | None = None,
         strategy: Strategy | str = Strategy.ADAPTIVE,
         confidence_threshold: float = 0.5,
+        ranker: Reranker | None = None,
+        memory: PlanMemory | None = None,
     ) -> None:
+        """``ranker`` orders candidate tools by history; ``memory`` reuses past plans."""
         self.llm = llm
         self.strategy = Strategy(strategy)
         self.confidence_threshold = confidence_threshold
-        self.semantic = SemanticPlanner(embedder)
-        self.simple = SemanticPlanner(embedder, split=False)
-        self.template = TemplatePlanner(embedder)
-        self.llm_planner = LLMPlanner(llm, embedder=embedder) if llm else None
+        self.memory = memory
+        retrievers = RetrieverCache(embedder, ranker)
+        self.semantic = SemanticPlanner(retrievers=retrievers)
+        self.simple = SemanticPlanner(split=False, retrievers=retrievers)
+        self.template = TemplatePlanner(retrievers=retrievers)
+        self.llm_planner = LLMPlanner(llm, retrievers=retrievers) if llm else None
 
     def choose(self, classification: Classification) -> list[Planner]:
         """The planners to try, in order, for this goal under this strategy."""
@@ -74,9 +80,15 @@ class DendritePlanner:
         if not goal.strip():
             raise PlanningError("the goal is empty")
         classification = classify(goal)
-        if classification.intent is Intent.GENERATIVE:
+        declined: list[dict[str, str]] = []
+        recalled = None
+        if self.memory is not None and classification.intent is not Intent.GENERATIVE:
+            recalled = self.memory.recall(goal, registry)
+        if recalled is not None:
+            plan = recalled.plan
+            plan.metadata["similarity"] = round(recalled.similarity, 3)
+        elif classification.intent is Intent.GENERATIVE:
             plan = self._generative(goal, registry)
-            declined: list[dict[str, str]] = []
         else:
             plan, declined = await self._first_that_plans(goal, registry, context, classification)
         plan.metadata.update(
@@ -137,8 +149,8 @@ class DendritePlanner:
         about = f"{step.tool.replace('_', ' ')} {failed.description if failed else ''}"
         text = step.description or goal
         usable: list[Step] = []
-        for ranked in self.semantic.retrievers.get(registry).rank(about, k=10):
-            tool = registry.find(ranked.name)
+        for name, _, _ in self.semantic.retrievers.ranked(about, registry, 10):
+            tool = registry.find(name)
             if tool is None or not tool.available or tool.name in tried:
                 continue
             kept = {k: v for k, v in step.params.items() if k in tool.parameter_names}

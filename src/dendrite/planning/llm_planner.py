@@ -66,13 +66,14 @@ class LLMPlanner:
         embedder: Embedder | None = None,
         top_k: int = 8,
         max_repairs: int = 2,
+        retrievers: RetrieverCache | None = None,
     ) -> None:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if max_repairs < 0:
             raise ValueError(f"max_repairs must be >= 0, got {max_repairs}")
         self.llm = llm
-        self.retrievers = RetrieverCache(embedder)
+        self.retrievers = retrievers or RetrieverCache(embedder)
         self.top_k = top_k
         self.max_repairs = max_repairs
 
@@ -80,8 +81,8 @@ class LLMPlanner:
         available = [t for t in registry if t.available]
         if not available:
             raise PlanningError("no tool is available to plan with")
-        ranked = self.retrievers.get(registry).rank(goal, k=min(self.top_k, len(available)))
-        tools = [registry.get(r.name) for r in ranked]
+        ranked = self.retrievers.ranked(goal, registry, min(self.top_k, len(available)))
+        tools = [registry.get(name) for name, _, _ in ranked]
         # Lexical ranking stops at tools sharing a word with the goal; the model may see
         # a better fit among the rest, so the prompt is filled up to top_k.
         tools += [t for t in available if t not in tools][: self.top_k - len(tools)]

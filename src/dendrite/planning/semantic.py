@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dendrite.planning.arguments import Extraction, extract_arguments
 from dendrite.planning.plan import Plan, Step
@@ -48,13 +48,30 @@ def split_goal(goal: str) -> list[GoalPart]:
     return parts or [GoalPart(goal.strip(), False)]
 
 
-class RetrieverCache:
-    """One retriever per state of the registry: rebuilt only when tools change."""
+class Reranker(Protocol):
+    """Reorders retrieval's candidates by what history says (``dendrite.learning.ToolRanker``)."""
 
-    def __init__(self, embedder: Embedder | None = None) -> None:
+    def rerank(self, goal: str, candidates: Sequence[tuple[str, float]]) -> Sequence[Any]: ...
+
+
+class RetrieverCache:
+    """One retriever per state of the registry: rebuilt only when tools change.
+
+    With a ``ranker``, the candidates it returns are reordered by history.
+    """
+
+    def __init__(self, embedder: Embedder | None = None, ranker: Reranker | None = None) -> None:
         self.embedder = embedder
+        self.ranker = ranker
         self._key: tuple[Any, ...] | None = None
         self._retriever: ToolRetriever | None = None
+
+    def ranked(self, text: str, registry: ToolRegistry, k: int) -> list[tuple[str, float, str]]:
+        """(tool name, score, why) for ``text``, best first."""
+        ranked = [(r.name, r.score) for r in self.get(registry).rank(text, k=k)]
+        if self.ranker is None:
+            return [(name, score, f"retrieval {score:.2f}") for name, score in ranked]
+        return [(r.name, r.score, r.reason) for r in self.ranker.rerank(text, ranked)][:k]
 
     def get(self, registry: ToolRegistry) -> ToolRetriever:
         key = tuple((t.name, t.version, t.state.status) for t in registry)
@@ -69,6 +86,7 @@ class Candidate:
     tool: Tool
     extraction: Extraction
     score: float
+    reason: str = ""
 
 
 def candidates_for(
@@ -85,8 +103,8 @@ def candidates_for(
     available = [t for t in registry if t.available]
     if not available:
         return [], ["no tool is available"]
-    for ranked in retrievers.get(registry).rank(text, k=min(k, len(available))):
-        tool = registry.find(ranked.name)
+    for name, score, reason in retrievers.ranked(text, registry, min(k, len(available))):
+        tool = registry.find(name)
         if tool is None or not tool.available:
             continue
         extraction = extract_arguments(text, tool.parameters_schema, given=dict(given or {}))
@@ -95,7 +113,7 @@ def candidates_for(
         if problems:
             rejected.append(f"{tool.name} ({'; '.join(problems)})")
             continue
-        fits.append(Candidate(tool, extraction, ranked.score))
+        fits.append(Candidate(tool, extraction, score, reason))
     return fits, rejected
 
 
@@ -109,7 +127,11 @@ def step_from(fits: Sequence[Candidate], step_id: str, description: str) -> Step
         if set(c.tool.parameters_schema.get("required", [])) <= set(params)
     ]
     return Step(
-        id=step_id, tool=best.tool.name, params=params, fallbacks=fallbacks, description=description
+        id=step_id,
+        tool=best.tool.name,
+        params=params,
+        fallbacks=fallbacks,
+        description=description,
     )
 
 
@@ -119,9 +141,14 @@ class SemanticPlanner:
     name = "semantic"
 
     def __init__(
-        self, embedder: Embedder | None = None, *, candidates: int = 5, split: bool = True
+        self,
+        embedder: Embedder | None = None,
+        *,
+        candidates: int = 5,
+        split: bool = True,
+        retrievers: RetrieverCache | None = None,
     ) -> None:
-        self.retrievers = RetrieverCache(embedder)
+        self.retrievers = retrievers or RetrieverCache(embedder)
         self.candidates = candidates
         self.split = split
 
@@ -131,6 +158,7 @@ class SemanticPlanner:
             raise PlanningError("the goal is empty")
         parts = split_goal(text) if self.split else [GoalPart(text, False)]
         steps: list[Step] = []
+        why: dict[str, str] = {}
         for index, part in enumerate(parts, start=1):
             fits: list[Candidate] = []
             if part.after_previous and steps:
@@ -143,10 +171,11 @@ class SemanticPlanner:
                 tried = "; ".join(rejected) or "no tool matched its words"
                 raise PlanningError(f"no tool can do {part.text!r}: {tried}")
             step = step_from(fits, f"step{index}", part.text)
+            why[step.id] = f"{step.tool}: {fits[0].reason}"
             if part.after_previous and steps and steps[-1].id not in step.dependencies():
                 step.depends_on.append(steps[-1].id)
             steps.append(step)
-        return Plan(goal=goal, steps=steps, planner=self.name)
+        return Plan(goal=goal, steps=steps, planner=self.name, metadata={"why": why})
 
     def _chained(
         self, text: str, registry: ToolRegistry, previous: Step
@@ -159,8 +188,8 @@ class SemanticPlanner:
         """
         fits: list[Candidate] = []
         rejected: list[str] = []
-        for ranked in self.retrievers.get(registry).rank(text, k=self.candidates):
-            tool = registry.find(ranked.name)
+        for name, score, reason in self.retrievers.ranked(text, registry, self.candidates):
+            tool = registry.find(name)
             if tool is None or not tool.available:
                 continue
             extraction = extract_arguments(text, tool.parameters_schema)
@@ -178,7 +207,7 @@ class SemanticPlanner:
                 continue
             slot_type = tool.parameters_schema.get("properties", {}).get(slot, {}).get("type")
             extraction.params[slot] = _reference_to(previous, registry, slot_type)
-            fits.append(Candidate(tool, extraction, ranked.score))
+            fits.append(Candidate(tool, extraction, score, reason))
         return fits, rejected
 
 

@@ -46,8 +46,14 @@ class TemplatePlanner:
 
     name = "template"
 
-    def __init__(self, embedder: Embedder | None = None, *, candidates: int = 5) -> None:
-        self.retrievers = RetrieverCache(embedder)
+    def __init__(
+        self,
+        embedder: Embedder | None = None,
+        *,
+        candidates: int = 5,
+        retrievers: RetrieverCache | None = None,
+    ) -> None:
+        self.retrievers = retrievers or RetrieverCache(embedder)
         self.candidates = candidates
 
     async def plan(self, goal: str, registry: ToolRegistry, context: Mapping[str, Any]) -> Plan:

@@ -1,0 +1,212 @@
+"""Tool health: quarantine a tool that keeps failing, probe it later, restore or extend.
+
+A circuit breaker per tool, driven by recorded outcomes. Closed (enabled):
+every outcome goes into a sliding window; once the window holds at least
+``min_samples`` outcomes and the failure share reaches ``failure_threshold``,
+the tool is quarantined, with the numbers as its reason. Open (quarantined):
+after ``cooldown`` seconds one probe call is let through (half-open). A
+successful probe restores the tool; a failed one quarantines it again with the
+cooldown doubled (up to ``max_cooldown``). A tool that no other tool can stand
+in for is flagged rather than removed, unless ``quarantine_sole_tools`` says
+otherwise: taking away the only way to do something is worse than a flaky one.
+
+Every transition is kept (``transitions``) and, with a store, persisted in its
+global state, so ``dendrite trace`` and the API can say why a tool is out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from dendrite.tools import ToolRegistry, ToolStatus
+
+log = logging.getLogger("dendrite.learning.health")
+
+HEALTH_LOG_KEY = "health_log"
+HEALTH_LOG_LIMIT = 500
+
+
+class Health(StrEnum):
+    HEALTHY = "healthy"
+    QUARANTINED = "quarantined"
+    PROBING = "probing"
+    FLAGGED = "flagged"  # failing, but the only tool for its capability: kept enabled
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    tool: str
+    before: Health
+    after: Health
+    reason: str
+    at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["before"], data["after"], data["at"] = (
+            self.before.value,
+            self.after.value,
+            self.at.isoformat(),
+        )
+        return data
+
+
+@dataclass(slots=True)
+class _ToolHealth:
+    window: deque[bool]
+    health: Health = Health.HEALTHY
+    cooldown: float = 0.0
+    reopen_at: float = 0.0
+
+
+@dataclass
+class HealthPolicy:
+    window: int = 20
+    min_samples: int = 8
+    failure_threshold: float = 0.5
+    cooldown: float = 30.0
+    max_cooldown: float = 600.0
+    quarantine_sole_tools: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.failure_threshold <= 1:
+            raise ValueError(f"failure_threshold must be in (0, 1], got {self.failure_threshold}")
+        if self.min_samples < 1 or self.window < self.min_samples:
+            raise ValueError(
+                f"need 1 <= min_samples <= window, got {self.min_samples} and {self.window}"
+            )
+        if self.cooldown <= 0 or self.max_cooldown < self.cooldown:
+            raise ValueError(f"need 0 < cooldown <= max_cooldown, got {self.cooldown}")
+
+
+class HealthMonitor:
+    """Watches outcomes per tool and changes the registry's states accordingly.
+
+    ``on_transition`` receives each :class:`Transition` (the orchestrator
+    persists them); ``clock`` is injectable so tests move time instead of waiting.
+    """
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        policy: HealthPolicy | None = None,
+        *,
+        on_transition: Callable[[Transition], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.policy = policy or HealthPolicy()
+        self.on_transition = on_transition
+        self.clock = clock
+        self.transitions: list[Transition] = []
+        self._tools: dict[str, _ToolHealth] = {}
+        self._lock = threading.Lock()
+
+    def _entry(self, tool: str) -> _ToolHealth:
+        entry = self._tools.get(tool)
+        if entry is None:
+            entry = self._tools[tool] = _ToolHealth(deque(maxlen=self.policy.window))
+        return entry
+
+    def health(self, tool: str) -> Health:
+        with self._lock:
+            return self._entry(tool).health
+
+    def has_stand_in(self, tool: str) -> bool:
+        """Whether another enabled tool can do this one's job (declared alternatives)."""
+        found = self.registry.find(tool)
+        if found is not None and any(
+            (alt := self.registry.find(a)) is not None and alt.available for a in found.alternatives
+        ):
+            return True
+        return any(tool in other.alternatives and other.available for other in self.registry)
+
+    def observe(self, tool: str, success: bool) -> Transition | None:
+        """Take one outcome of ``tool``; returns the transition it caused, if any."""
+        if tool not in self.registry:
+            return None
+        with self._lock:
+            entry = self._entry(tool)
+            if entry.health is Health.PROBING:
+                if success:
+                    entry.window.clear()
+                    entry.cooldown = 0.0
+                    return self._move(tool, entry, Health.HEALTHY, "probe call succeeded")
+                entry.cooldown = min(entry.cooldown * 2, self.policy.max_cooldown)
+                entry.reopen_at = self.clock() + entry.cooldown
+                return self._move(
+                    tool,
+                    entry,
+                    Health.QUARANTINED,
+                    f"probe call failed; quarantined again for {entry.cooldown:g}s",
+                )
+            if entry.health is Health.QUARANTINED:
+                return None  # a call already under way when it was quarantined
+            entry.window.append(success)
+            samples = len(entry.window)
+            failures = samples - sum(entry.window)
+            if samples < self.policy.min_samples:
+                return None
+            share = failures / samples
+            if share < self.policy.failure_threshold:
+                if entry.health is Health.FLAGGED:
+                    return self._move(tool, entry, Health.HEALTHY, f"failures down to {share:.0%}")
+                return None
+            reason = f"{failures} of the last {samples} calls failed ({share:.0%})"
+            if not self.policy.quarantine_sole_tools and not self.has_stand_in(tool):
+                if entry.health is Health.FLAGGED:
+                    return None
+                return self._move(tool, entry, Health.FLAGGED, f"{reason}; no alternative, kept")
+            entry.cooldown = self.policy.cooldown
+            entry.reopen_at = self.clock() + entry.cooldown
+            return self._move(tool, entry, Health.QUARANTINED, reason)
+
+    def tick(self) -> list[Transition]:
+        """Let a probe through for every tool whose cooldown is over (call before planning)."""
+        now = self.clock()
+        moved = []
+        with self._lock:
+            for tool, entry in self._tools.items():
+                if entry.health is Health.QUARANTINED and now >= entry.reopen_at:
+                    moved.append(self._move(tool, entry, Health.PROBING, "cooldown over: probing"))
+        return moved
+
+    def _move(self, tool: str, entry: _ToolHealth, after: Health, reason: str) -> Transition:
+        transition = Transition(tool, entry.health, after, reason, datetime.now(UTC))
+        entry.health = after
+        if after is Health.QUARANTINED:
+            self.registry.quarantine(tool, reason)
+        elif after in (Health.HEALTHY, Health.PROBING, Health.FLAGGED):
+            status = self.registry.state(tool).status
+            if status is ToolStatus.QUARANTINED:
+                self.registry.enable(tool)
+        self.transitions.append(transition)
+        log.warning("tool %s: %s -> %s (%s)", tool, transition.before, after, reason)
+        if self.on_transition is not None:
+            try:
+                self.on_transition(transition)
+            except Exception:
+                log.warning("could not record a health transition", exc_info=True)
+        return transition
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                tool: {"health": e.health.value, "recent": list(e.window), "cooldown": e.cooldown}
+                for tool, e in self._tools.items()
+            }
+
+
+def transition_log(previous: Any, transition: Transition) -> list[dict[str, Any]]:
+    """The persisted health log with ``transition`` appended, capped to the newest entries."""
+    entries = list(previous) if isinstance(previous, list) else []
+    entries.append(transition.to_dict())
+    return entries[-HEALTH_LOG_LIMIT:]

@@ -1,0 +1,93 @@
+"""Plan memory: a goal close enough to a past successful one reuses its plan.
+
+What is reused is the plan's shape (tools, dependencies, conditions); what the
+old goal's words filled in is read again from the new goal's words, by the same
+argument reader the offline planner uses. A parameter whose old value came
+from the old goal's text but that the new text cannot fill makes the memory
+decline, rather than run a plan with the old goal's arguments.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from dendrite.learning.similar import SimilarTexts
+from dendrite.planning.arguments import extract_arguments
+from dendrite.planning.plan import Plan
+from dendrite.planning.references import has_references
+from dendrite.tools import ToolRegistry
+
+
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    goal: str
+    plan: Plan
+    execution_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Recall:
+    plan: Plan
+    similarity: float
+    source: Remembered
+
+
+class PlanMemory:
+    def __init__(self, *, threshold: float = 0.75, capacity: int = 5_000) -> None:
+        if not 0 < threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        self.threshold = threshold
+        self._index: SimilarTexts[Remembered] = SimilarTexts(capacity)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def remember(self, goal: str, plan: Plan, execution_id: str | None = None) -> None:
+        """Keep a plan that answered ``goal`` (only successful runs belong here)."""
+        with self._lock:
+            self._index.add(goal, Remembered(goal, plan, execution_id))
+
+    def recall(self, goal: str, registry: ToolRegistry) -> Recall | None:
+        """The most similar remembered plan, re-bound to ``goal``, if one is close enough."""
+        with self._lock:
+            matches = self._index.search(goal, k=3, min_similarity=self.threshold)
+        for match in matches:
+            plan = self._rebind(match.item, goal, registry)
+            if plan is not None:
+                return Recall(plan, match.similarity, match.item)
+        return None
+
+    @staticmethod
+    def _rebind(source: Remembered, goal: str, registry: ToolRegistry) -> Plan | None:
+        old_words = source.goal.lower()
+        steps = []
+        for step in source.plan.steps:
+            tool = registry.find(step.tool)
+            if tool is None or not tool.available:
+                return None
+            from_goal = [
+                name
+                for name, value in step.params.items()
+                if not has_references(value) and str(value).lower() in old_words
+            ]
+            params = dict(step.params)
+            if from_goal:
+                fresh = extract_arguments(goal, tool.parameters_schema).params
+                for name in from_goal:
+                    if name not in fresh:
+                        return None
+                    params[name] = fresh[name]
+            steps.append(step.model_copy(update={"params": params}))
+        return source.plan.model_copy(
+            update={
+                "goal": goal,
+                "steps": steps,
+                "planner": "memory",
+                "metadata": {
+                    "remembered_goal": source.goal,
+                    "remembered_from": source.execution_id,
+                },
+            }
+        )
