@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from dendrite.learning.similar import SimilarTexts
-from dendrite.planning.arguments import extract_arguments
+from dendrite.planning.arguments import extract_arguments, numbers_in
 from dendrite.planning.plan import Plan
 from dendrite.planning.references import has_references
 from dendrite.tools import ToolRegistry
@@ -70,7 +70,7 @@ class PlanMemory:
             from_goal = [
                 name
                 for name, value in step.params.items()
-                if not has_references(value) and str(value).lower() in old_words
+                if not has_references(value) and _said_in(value, source.goal, old_words)
             ]
             params = dict(step.params)
             if from_goal:
@@ -91,3 +91,14 @@ class PlanMemory:
                 },
             }
         )
+
+
+def _said_in(value: object, text: str, lowered: str) -> bool:
+    """Whether ``value`` was read from ``text`` (numbers compare as numbers: 5.0 is "5")."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return value in numbers_in(text)
+    if isinstance(value, list):
+        return bool(value) and all(_said_in(v, text, lowered) for v in value)
+    return isinstance(value, str) and bool(value) and value.lower() in lowered

@@ -25,6 +25,11 @@ class Match(Generic[T]):
     text: str
 
 
+def terms(text: str) -> frozenset[str]:
+    """The words that say what a goal is about; numbers are its arguments, not its kind."""
+    return frozenset(t for t in tokenize(text) if not t.replace(".", "").isdigit())
+
+
 class SimilarTexts(Generic[T]):
     def __init__(self, capacity: int = 20_000) -> None:
         if capacity < 1:
@@ -38,15 +43,15 @@ class SimilarTexts(Generic[T]):
         return len(self._texts)
 
     def add(self, text: str, item: T) -> None:
-        terms = frozenset(tokenize(text))
-        if not terms:
+        words = terms(text)
+        if not words:
             return
         if len(self._texts) >= self.capacity:
             self._drop(min(self._texts))
         key = self._next
         self._next += 1
-        self._texts[key] = (text, terms, item)
-        for term in terms:
+        self._texts[key] = (text, words, item)
+        for term in words:
             self._postings[term].add(key)
 
     def _drop(self, key: int) -> None:
@@ -62,10 +67,10 @@ class SimilarTexts(Generic[T]):
 
     def search(self, text: str, k: int = 10, min_similarity: float = 0.0) -> list[Match[T]]:
         """The ``k`` most similar entries (cosine of IDF-weighted word sets), best first."""
-        terms = frozenset(tokenize(text))
-        if not terms or not self._texts:
+        words = terms(text)
+        if not words or not self._texts:
             return []
-        weights = {t: self._idf(t) for t in terms}
+        weights = {t: self._idf(t) for t in words}
         query_norm = math.sqrt(sum(w * w for w in weights.values()))
         overlap: dict[int, float] = defaultdict(float)
         for term, weight in weights.items():

@@ -66,7 +66,8 @@ class Extraction:
         return not self.missing
 
 
-def _numbers(text: str) -> list[float | int]:
+def numbers_in(text: str) -> list[float | int]:
+    """The numbers written in ``text``, in order (thousands separators allowed)."""
     found: list[float | int] = []
     for match in _NUMBER.finditer(text):
         raw = match.group(0).replace(",", "")
@@ -120,7 +121,7 @@ def extract_arguments(
     required = set(schema.get("required", []))
     defs = schema.get("$defs", {})
     result = Extraction(params=dict(given or {}))
-    numbers = _numbers(goal)
+    numbers = numbers_in(goal)
     quoted = _quoted(goal)
     paths = [p for p in _PATH.findall(goal) if not re.fullmatch(r"[\d.]+", p)]
     units = _UNITS.search(goal)
@@ -146,7 +147,7 @@ def extract_arguments(
         elif units and kind in ("number", "integer") and lname in ("value", "amount", "quantity"):
             value = float(units.group("value"))
             if units.group("value") in map(str, numbers):
-                numbers.remove(_numbers(units.group("value"))[0])
+                numbers.remove(numbers_in(units.group("value"))[0])
         elif kind in ("number", "integer"):
             pick = next((n for n in numbers if kind == "number" or isinstance(n, int)), None)
             if pick is not None:

@@ -9,7 +9,7 @@ problems faster than one error at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,7 +166,9 @@ def validate(plan: Plan, registry: ToolRegistry) -> list[PlanProblem]:
     tools: dict[str, Tool | None] = {}
     graph: dict[str, list[str]] = {}
     for step in plan.steps:
-        tools[step.id] = _check_tool(step.id, step.tool, registry, problems, "tool")
+        tools[step.id] = _check_tool(
+            step.id, step.tool, registry, problems, "tool", stand_ins=step.fallbacks
+        )
         for fallback in step.fallbacks:
             _check_tool(step.id, fallback, registry, problems, "fallback")
         for dep in step.depends_on:
@@ -249,13 +251,29 @@ def find_cycle(plan: Plan, graph: Mapping[str, list[str]] | None = None) -> list
 
 
 def _check_tool(
-    step_id: str, name: str, registry: ToolRegistry, problems: list[PlanProblem], role: str
+    step_id: str,
+    name: str,
+    registry: ToolRegistry,
+    problems: list[PlanProblem],
+    role: str,
+    stand_ins: Sequence[str] = (),
 ) -> Tool | None:
+    """The tool, or None with the problem noted.
+
+    A quarantined tool is no problem when a fallback or alternative can stand
+    in: the engine skips it and the stand-in answers, which is what quarantine
+    is for. A disabled tool is always a problem: a person turned it off.
+    """
     try:
         found = registry.get(name)
     except UnknownToolError as error:
         problems.append(PlanProblem(step_id, f"{role}: {error}"))
         return None
+    if found.state.status is ToolStatus.QUARANTINED and any(
+        (other := registry.find(n)) is not None and other.available
+        for n in (*stand_ins, *found.alternatives)
+    ):
+        return found
     if found.state.status is not ToolStatus.ENABLED:
         because = f" ({found.state.reason})" if found.state.reason else ""
         problems.append(

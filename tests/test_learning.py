@@ -1,0 +1,200 @@
+"""The learning loop: health, ranking shifts, plan reuse, and end to end on both backends."""
+
+from __future__ import annotations
+
+import pytest
+
+from dendrite import Orchestrator, OrchestratorConfig
+from dendrite.learning.health import HEALTH_LOG_KEY, Health, HealthMonitor, HealthPolicy
+from dendrite.learning.memory import PlanMemory
+from dendrite.learning.ranker import ToolRanker
+from dendrite.planning import Plan, RetryPolicy, Step
+from dendrite.store import ExecutionStore
+from dendrite.tools import ToolRegistry, ToolStatus
+
+ONCE = RetryPolicy(max_attempts=1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def registry_with(*names: str, alternatives: dict[str, list[str]] | None = None) -> ToolRegistry:
+    registry = ToolRegistry()
+    for name in names:
+        registry.register_function(
+            lambda query: query, name=name, alternatives=(alternatives or {}).get(name, ())
+        )
+    return registry
+
+
+def test_quarantine_probe_restore_and_extend():
+    registry = registry_with("primary", "backup", alternatives={"primary": ["backup"]})
+    clock = Clock()
+    policy = HealthPolicy(window=10, min_samples=4, failure_threshold=0.5, cooldown=30)
+    monitor = HealthMonitor(registry, policy, clock=clock)
+    for success in (True, False, False):
+        assert monitor.observe("primary", success) is None
+    moved = monitor.observe("primary", False)
+    assert moved is not None and moved.after is Health.QUARANTINED
+    assert moved.reason == "3 of the last 4 calls failed (75%)"
+    assert registry.state("primary").status is ToolStatus.QUARANTINED
+    clock.now += 29
+    assert monitor.tick() == []
+    clock.now += 1
+    (probe,) = monitor.tick()
+    assert probe.after is Health.PROBING and registry.state("primary").status is ToolStatus.ENABLED
+    failed_probe = monitor.observe("primary", False)
+    assert failed_probe.after is Health.QUARANTINED and "60s" in failed_probe.reason
+    clock.now += 60
+    monitor.tick()
+    restored = monitor.observe("primary", True)
+    assert restored.after is Health.HEALTHY and registry.get("primary").available
+    assert [t.after for t in monitor.transitions] == [
+        Health.QUARANTINED,
+        Health.PROBING,
+        Health.QUARANTINED,
+        Health.PROBING,
+        Health.HEALTHY,
+    ]
+
+
+def test_a_tool_without_a_stand_in_is_flagged_not_removed():
+    registry = registry_with("only")
+    monitor = HealthMonitor(registry, HealthPolicy(window=4, min_samples=4))
+    for _ in range(3):
+        monitor.observe("only", False)
+    flagged = monitor.observe("only", False)
+    assert flagged.after is Health.FLAGGED and flagged.reason.endswith("no alternative, kept")
+    assert registry.get("only").available
+    strict = HealthMonitor(
+        registry, HealthPolicy(window=4, min_samples=4, quarantine_sole_tools=True)
+    )
+    for _ in range(4):
+        strict.observe("only", False)
+    assert registry.state("only").status is ToolStatus.QUARANTINED
+
+
+def test_health_policy_refuses_nonsense():
+    with pytest.raises(ValueError, match="failure_threshold must be in"):
+        HealthPolicy(failure_threshold=0)
+    with pytest.raises(ValueError, match="min_samples <= window"):
+        HealthPolicy(window=3, min_samples=5)
+    with pytest.raises(ValueError, match="cooldown"):
+        HealthPolicy(cooldown=0)
+
+
+def test_ranking_shifts_after_outcomes_and_recalls_what_worked():
+    ranker = ToolRanker()
+    candidates = [("weather_lookup", 3.0), ("forecast_api", 2.0)]
+    before = ranker.rerank("weather tomorrow in Oslo", candidates)
+    assert [r.name for r in before] == ["weather_lookup", "forecast_api"]
+    for city in ("Oslo", "Bergen", "Paris", "Rome"):
+        ranker.observe(f"weather tomorrow in {city}", "weather_lookup", False)
+        ranker.observe(f"weather tomorrow in {city}", "forecast_api", True)
+    after = ranker.rerank("weather tomorrow in Oslo", candidates)
+    assert [r.name for r in after] == ["forecast_api", "weather_lookup"]
+    assert "on similar goals" in after[0].reason
+    ranker.observe("convert currency from EUR to SEK", "fx_rates", True)
+    recalled = ranker.rerank("convert currency from USD to SEK", [("calculator", 1.0)])
+    assert "fx_rates" in [r.name for r in recalled]
+    assert ranker.order(["weather_lookup", "forecast_api"]) == ["forecast_api", "weather_lookup"]
+    with pytest.raises(ValueError, match="decay must be in"):
+        ToolRanker(decay=0)
+
+
+def test_plan_memory_reuses_and_rebinds_or_declines():
+    registry = ToolRegistry()
+
+    def convert_units(value: float, from_unit: str, to_unit: str) -> float:
+        """Convert a value between units."""
+        return value
+
+    registry.register_function(convert_units)
+    memory = PlanMemory(threshold=0.5)
+    plan = Plan(
+        goal="convert 5 km to miles",
+        steps=[
+            Step(
+                id="c",
+                tool="convert_units",
+                params={"value": 5, "from_unit": "km", "to_unit": "miles"},
+            )
+        ],
+        planner="semantic",
+    )
+    memory.remember("convert 5 km to miles", plan, None)
+    recalled = memory.recall("convert 12 km to miles", registry)
+    assert recalled is not None and recalled.plan.planner == "memory"
+    assert recalled.plan.steps[0].params == {"value": 12.0, "from_unit": "km", "to_unit": "miles"}
+    assert recalled.plan.metadata["remembered_goal"] == "convert 5 km to miles"
+    assert memory.recall("convert km to miles please", registry) is None  # no value to re-bind
+    assert memory.recall("summarize the weekly report", registry) is None
+    with pytest.raises(ValueError, match="threshold must be in"):
+        PlanMemory(threshold=0)
+
+
+def _fallback_registry(calls: list[str]) -> ToolRegistry:
+    registry = ToolRegistry()
+
+    def search_index(query: str) -> str:
+        """Search the index for a query."""
+        calls.append("search_index")
+        raise ConnectionError("index node down")
+
+    def search_replica(query: str) -> str:
+        """Search the replica index for a query."""
+        calls.append("search_replica")
+        return f"replica: {query}"
+
+    registry.register_function(search_index, alternatives=["search_replica"])
+    registry.register_function(search_replica)
+    return registry
+
+
+def test_end_to_end_a_failing_tool_is_quarantined_and_stops_wasting_calls(store: ExecutionStore):
+    calls: list[str] = []
+    registry = _fallback_registry(calls)
+    config = OrchestratorConfig(retry=ONCE)
+    with Orchestrator(registry, store=store, config=config, llm=None) as orch:
+        plan = Plan(
+            goal="search the index for x",
+            steps=[Step(id="s", tool="search_index", params={"query": "x"})],
+        )
+        for _ in range(12):
+            assert orch.process(plan).success
+        wasted_before = calls.count("search_index")
+        calls.clear()
+        for _ in range(10):
+            assert orch.process(plan).output == "replica: x"
+        assert calls.count("search_index") == 0 and wasted_before == 8
+        assert registry.state("search_index").status is ToolStatus.QUARANTINED
+        log = orch.state.get("global", HEALTH_LOG_KEY)
+        assert log[-1]["tool"] == "search_index" and log[-1]["after"] == "quarantined"
+
+
+def test_end_to_end_plan_memory_and_warm_start_from_the_store(store: ExecutionStore):
+    registry = ToolRegistry()
+
+    def convert_units(value: float, from_unit: str, to_unit: str) -> float:
+        """Convert a length between units such as km and miles."""
+        return round(value * 0.621371, 3)
+
+    registry.register_function(convert_units)
+    with Orchestrator(registry, store=store, llm=None) as orch:
+        first = orch.process("convert 5 km to miles")
+        second = orch.process("convert 12 km to miles")
+    assert first.plan.planner != "memory" and second.plan.planner == "memory"
+    assert second.output == 7.456
+    store.flush()
+    with Orchestrator(registry, store=store, llm=None) as fresh:
+        third = fresh.process("convert 30 km to miles")
+    assert third.plan.planner == "memory" and third.output == 18.641
+    store.flush()
+    record = store.get_execution(third.execution_id)
+    assert record.metadata["planner"] == "memory"
+    assert record.metadata["remembered_goal"] in ("convert 5 km to miles", "convert 12 km to miles")
