@@ -1,0 +1,282 @@
+"""Text plumbing shared by the text and document tools: words, sentences, terms, blocks.
+
+Terms (what keywords, summaries and comparisons count) come from the same tokenizer as the
+lexical index (:func:`dendrite.retrieval.lexical.tokenize`: lower case, stop words dropped,
+light stemming), so a word a search matches is a word a summary counts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+from dendrite.retrieval.lexical import tokenize
+
+# A word: dotted abbreviations ("e.g.", "U.S."), numbers with decimal or thousands marks
+# ("3.5", "1,250"), or letters/digits with inner apostrophes or hyphens ("don't", "well-known").
+WORD_RE = re.compile(r"(?:[^\W\d_]\.){2,}|\d+(?:[.,]\d+)+|[^\W_]+(?:['\u2019\-][^\W_]+)*")
+
+_ALNUM = re.compile(r"[^\W_]+")
+
+# Words after which a full stop does not end a sentence.
+_ABBREVIATIONS = frozenset(
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "vs",
+        "etc",
+        "e.g",
+        "i.e",
+        "eg",
+        "ie",
+        "fig",
+        "figs",
+        "no",
+        "nos",
+        "inc",
+        "ltd",
+        "co",
+        "corp",
+        "dept",
+        "approx",
+        "cf",
+        "al",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "mt",
+        "ave",
+        "est",
+        "vol",
+        "pp",
+        "p",
+        "ca",
+    ]
+)
+# A candidate boundary: terminal punctuation (and closing quotes/brackets), then white space,
+# then something that can start a sentence.
+# (\u201c-\u201d and \u2018-\u2019 are the typographic double and single quotes.)
+_BOUNDARY = re.compile(r"""[.!?…]+["'\u201d\u2019)\]]*\s+(?=["'\u201c\u2018(\[]?[A-Z0-9À-Ý])""")
+_LAST_WORD = re.compile(r"([\w.]+)[.!?…]+[\"'\u201d\u2019)\]]*$")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of ``text`` (white space collapsed), keeping abbreviations and initials whole."""
+    text = " ".join(text.split())
+    if not text:
+        return []
+    sentences: list[str] = []
+    start = 0
+    for match in _BOUNDARY.finditer(text):
+        candidate = text[start : match.end()].strip()
+        if text[match.start()] == ".":
+            last = _LAST_WORD.search(text[start : match.end()].rstrip())
+            word = last.group(1).lower() if last else ""
+            if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
+                continue
+        if candidate:
+            sentences.append(candidate)
+        start = match.end()
+    tail = text[start:].strip()
+    if tail:
+        sentences.append(tail)
+    return sentences
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text`` as written (numbers count as words)."""
+    return WORD_RE.findall(text)
+
+
+def terms(text: str) -> list[str]:
+    """Content terms: lower-cased, stemmed, without stop words, numbers or one-letter tokens."""
+    return [t for t in tokenize(text) if len(t) > 1 and not t.isdigit()]
+
+
+def term_labels(text: str) -> dict[str, str]:
+    """For each term of ``text``, the surface word it most often comes from (for display)."""
+    seen: dict[str, Counter[str]] = {}
+    for part in _ALNUM.findall(text):
+        # "tools" -> "tool" is labelled "tools"; a word the tokenizer splits further
+        # ("SQLite" -> "sq", "lite") labels each piece with the whole word.
+        for term in terms(part):
+            seen.setdefault(term, Counter())[part.lower()] += 1
+    return {term: forms.most_common(1)[0][0] for term, forms in seen.items()}
+
+
+# -- blocks: the structure documents are chunked and summarized by ------------------------
+
+BlockKind = Literal["heading", "text", "item", "code"]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    kind: BlockKind
+    text: str
+    level: int = 0  # heading level, 1-6
+
+
+_BULLET = re.compile(r"^\s*(?:[-*+•·▪‣◦]|\d{1,3}[.)])\s+")
+_ATX = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)(?:\s+#+)?\s*$")
+_SETEXT = re.compile(r"^\s{0,3}(=+|-+)\s*$")
+_RULE = re.compile(r"^\s{0,3}(?:(?:\*\s*){3,}|(?:-\s*){3,}|(?:_\s*){3,})$")
+_FENCE = re.compile(r"^\s{0,3}(```|~~~)")
+_QUOTE = re.compile(r"^\s{0,3}>\s?")
+_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
+_LINK = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\[[^\]]*\])")
+_AUTOLINK = re.compile(r"<((?:https?|mailto):[^>\s]+)>")
+_INLINE_HTML = re.compile(r"</?[A-Za-z][^>]*>")
+_CODE_SPAN = re.compile(r"`+([^`]+)`+")
+_EMPHASIS = re.compile(r"(?<![\w*_])([*_]{1,3})(?=\S)(.+?)(?<=\S)\1(?![\w*_])")
+_HYPHEN_BREAK = re.compile(r"(\w)-\s*\n\s*(\w)")
+
+
+def _join_lines(lines: list[str]) -> str:
+    joined = "\n".join(line.strip() for line in lines)
+    joined = _HYPHEN_BREAK.sub(r"\1\2", joined)  # "exam-\nple" -> "example" (PDF line breaks)
+    return " ".join(joined.split())
+
+
+def plain_blocks(text: str, *, title_line: bool = False) -> list[Block]:
+    """Blocks of plain text: paragraphs split on blank lines; bulleted lines become items.
+
+    With ``title_line``, a short first paragraph of one line without final punctuation,
+    followed by more text, is taken as the title (a level-1 heading).
+    """
+    blocks: list[Block] = []
+    lines: list[str] = []
+    item = False
+
+    def flush() -> None:
+        nonlocal lines, item
+        body = _join_lines(lines)
+        if body:
+            blocks.append(Block("item" if item else "text", body))
+        lines, item = [], False
+
+    for raw in text.splitlines():
+        if not raw.strip():
+            flush()
+            continue
+        bullet = _BULLET.match(raw)
+        if bullet:
+            flush()
+            lines, item = [raw[bullet.end() :]], True
+            continue
+        lines.append(raw)
+    flush()
+    if title_line and len(blocks) > 1:
+        first = blocks[0]
+        lines_in_first = text.lstrip().split("\n", 1)[0].strip()
+        if (
+            first.kind == "text"
+            and first.text == lines_in_first
+            and len(first.text) <= 80
+            and first.text[-1] not in ".!?:;,"
+        ):
+            blocks[0] = Block("heading", first.text, 1)
+    return blocks
+
+
+def _inline_markdown(text: str) -> str:
+    text = _IMAGE.sub(r"\1", text)
+    text = _LINK.sub(r"\1", text)
+    text = _AUTOLINK.sub(r"\1", text)
+    text = _INLINE_HTML.sub("", text)
+    text = _CODE_SPAN.sub(r"\1", text)
+    for _ in range(3):  # nested emphasis: ***a*** -> a
+        text = _EMPHASIS.sub(r"\2", text)
+    return text
+
+
+def markdown_blocks(text: str) -> list[Block]:
+    """Blocks of Markdown: ATX and setext headings, paragraphs, list items, code fences.
+
+    Inline markup (links, images, emphasis, code spans, inline HTML) is reduced to its
+    text; front matter and horizontal rules are dropped.
+    """
+    lines = text.splitlines()
+    if lines and lines[0].strip() == "---":  # YAML front matter
+        for end in range(1, len(lines)):
+            if lines[end].strip() in ("---", "..."):
+                lines = lines[end + 1 :]
+                break
+    blocks: list[Block] = []
+    para: list[str] = []
+    item = False
+    fence: str | None = None
+    code: list[str] = []
+
+    def flush() -> None:
+        nonlocal para, item
+        body = _inline_markdown(_join_lines(para))
+        if body.strip():
+            blocks.append(Block("item" if item else "text", " ".join(body.split())))
+        para, item = [], False
+
+    for raw in lines:
+        if fence is not None:
+            if raw.strip().startswith(fence):
+                if any(c.strip() for c in code):
+                    blocks.append(Block("code", "\n".join(code).strip("\n")))
+                fence, code = None, []
+            else:
+                code.append(raw)
+            continue
+        opened = _FENCE.match(raw)
+        if opened:
+            flush()
+            fence = opened.group(1)
+            continue
+        if not raw.strip():
+            flush()
+            continue
+        heading = _ATX.match(raw)
+        if heading:
+            flush()
+            title = " ".join(_inline_markdown(heading.group(2)).split())
+            if title:
+                blocks.append(Block("heading", title, len(heading.group(1))))
+            continue
+        setext = _SETEXT.match(raw)
+        if setext and para and not item:
+            title = " ".join(_inline_markdown(_join_lines(para)).split())
+            para = []
+            blocks.append(Block("heading", title, 1 if setext.group(1)[0] == "=" else 2))
+            continue
+        if _RULE.match(raw):
+            flush()
+            continue
+        line = _QUOTE.sub("", raw)
+        bullet = _BULLET.match(line)
+        if bullet:
+            flush()
+            para, item = [line[bullet.end() :]], True
+            continue
+        if "|" in line and line.strip().startswith("|"):  # a table row
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if all(set(c) <= set("-: ") for c in cells):
+                continue  # the |---|---| separator
+            line = " | ".join(cells)
+        para.append(line)
+    if fence is not None and any(c.strip() for c in code):
+        blocks.append(Block("code", "\n".join(code).strip("\n")))
+    flush()
+    return blocks
