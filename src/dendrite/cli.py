@@ -344,7 +344,7 @@ def trace(
     )
     for step in found.steps:
         mark = {"succeeded": "✓", "skipped": "-", "cancelled": "⊘"}.get(step.get("status", ""), "✗")
-        label = f"{mark} {step['step_id']}: {step.get('tool')} [{step.get('status')}]"
+        label = f"{mark} {step['step_id']}: {step.get('tool')} ({step.get('status')})"
         if step.get("duration_ms"):
             label += f" {step['duration_ms']:.1f} ms"
         if step.get("fallback_used"):
@@ -552,3 +552,43 @@ def export(
                 ) from None
             pq.write_table(pa.Table.from_pylist(flat), out)
     console.print(f"{len(rows)} execution(s) written to {out}", highlight=False)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.", min=1, max=65535)] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Bearer token clients must send (needed off loopback).",
+            envvar="DENDRITE_API_TOKEN",
+        ),
+    ] = None,
+    docs: Annotated[
+        Path | None,
+        typer.Option(
+            "--docs",
+            help="Documents folder for the document tools.",
+            exists=True,
+            file_okay=False,
+            resolve_path=True,
+        ),
+    ] = None,
+    url: UrlOption = None,
+) -> None:
+    """Serve the HTTP API (see docs/api.md) with the built-in tools."""
+    from dendrite.api.server import check_bind
+    from dendrite.api.server import serve as serve_api
+    from dendrite.orchestrator import Orchestrator
+    from dendrite.tools import ToolRegistry
+    from dendrite.tools.builtin import register_builtin
+
+    try:
+        check_bind(host, token)
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    registry = ToolRegistry()
+    register_builtin(registry, docs_root=docs, files_root=docs or Path.cwd())
+    with _store(url) as store, Orchestrator(registry, store=store) as orch:
+        serve_api(orch, host=host, port=port, token=token)
