@@ -1,0 +1,135 @@
+"""The everyday commands: run, history, trace, stats, tools, feedback, export, serve."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dendrite.cli import app
+from tests.test_cli import _cli
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "home"
+    monkeypatch.setenv("DENDRITE_HOME", str(folder))
+    monkeypatch.setenv("COLUMNS", "200")
+    return folder
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "storage.md").write_text(
+        "# Storage\n\nHistory lives in SQLite by default and in PostgreSQL at scale. "
+        "Writes never block: a background writer flushes batches.\n"
+    )
+    (folder / "design.md").write_text(
+        "# Design\n\nThe store records every goal. Storage is pluggable; "
+        "the journal keeps records while the database is down.\n"
+    )
+    return folder
+
+
+def _json(result) -> object:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_run_answers_from_documents_and_the_history_commands_see_it(home: Path, docs: Path):
+    done = runner.invoke(
+        app,
+        [
+            "run",
+            "compare what storage.md and design.md say about storage",
+            "--docs",
+            str(docs),
+            "--json",
+        ],
+    )
+    result = _json(done)
+    assert result["success"] and result["planner"] == "template"
+    assert result["output"]["first"] == "storage.md"
+    calc = _json(runner.invoke(app, ["run", "calculate (2 + 3) * 4", "--json"]))
+    assert calc["output"] == 20.0
+    history = _json(runner.invoke(app, ["history", "--json"]))
+    assert [h["goal_text"] for h in history][:2] == [
+        "calculate (2 + 3) * 4",
+        "compare what storage.md and design.md say about storage",
+    ]
+    assert history[0]["query_type"] == "calculation"
+    trace = _json(runner.invoke(app, ["trace", result["execution_id"], "--json"]))
+    assert [s["step_id"] for s in trace["steps"]] == ["search_first", "search_second", "compare"]
+    assert all(s["attempts"] for s in trace["steps"])
+    text = runner.invoke(app, ["trace", result["execution_id"]])
+    assert text.exit_code == 0 and "compare: compare_documents (succeeded)" in text.output
+    tools = _json(runner.invoke(app, ["stats", "tools", "--json"]))
+    assert {t["tool_name"] for t in tools} >= {"search_documents", "compare_documents", "calculate"}
+    intents = _json(runner.invoke(app, ["stats", "intents", "--json"]))
+    assert intents[-1] == {"intent": "all", "total": 2, "successful": 2, "success_rate": 1.0}
+    assert runner.invoke(app, ["history", "--failed", "--since", "1h"]).exit_code == 0
+
+
+def test_feedback_and_export(home: Path, tmp_path: Path):
+    result = _json(runner.invoke(app, ["run", "calculate 6 * 7", "--json"]))
+    ok = runner.invoke(app, ["feedback", result["execution_id"], "--rating", "5", "--accepted"])
+    assert ok.exit_code == 0 and "feedback recorded" in ok.output
+    out = tmp_path / "out" / "history.jsonl"
+    assert runner.invoke(app, ["export", "--out", str(out)]).exit_code == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["id"] == result["execution_id"] and row["user_rating"] == 5
+    csv_out = tmp_path / "history.csv"
+    assert runner.invoke(app, ["export", "--format", "csv", "--out", str(csv_out)]).exit_code == 0
+    (record,) = list(csv.DictReader(csv_out.open()))
+    assert record["goal_text"] == "calculate 6 * 7" and json.loads(record["metadata"])["plan"]
+
+
+def test_tool_states_persist_between_processes(home: Path):
+    assert runner.invoke(app, ["tools", "disable", "calculate", "--reason", "audit"]).exit_code == 0
+    listed = _json(runner.invoke(app, ["tools", "list", "--json"]))
+    calculate = next(t for t in listed if t["name"] == "calculate")
+    assert (calculate["status"], calculate["status_reason"]) == ("disabled", "audit")
+    refused = runner.invoke(app, ["run", "calculate 1 + 1"])
+    assert refused.exit_code == 1
+    assert runner.invoke(app, ["tools", "enable", "calculate"]).exit_code == 0
+    shown = _json(runner.invoke(app, ["tools", "show", "calculate"]))
+    assert shown["status"] == "enabled" and shown["parameters"]["required"] == ["expression"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["trace", "not-a-uuid"], "is not an execution id"),
+        (["stats", "moods"], "unknown stats 'moods'"),
+        (["tools", "show", "nope"], "unknown tool 'nope'"),
+        (["feedback", "01a20a0a-f9f5-7000-bd29-f97ca0ef4df2"], "give at least one of"),
+        (["feedback", "01a20a0a-f9f5-7000-bd29-f97ca0ef4df2", "--rating", "9"], "rating"),
+        (["export", "--out", "x.bin", "--format", "xml"], "unknown format 'xml'"),
+        (["history", "--since", "yesterday-ish"], "--since 'yesterday-ish'"),
+        (["run", "calculate 1", "--planner", "magic"], "unknown planner 'magic'"),
+        (["run", "calculate 1", "--strategy", "greedy"], "unknown strategy 'greedy'"),
+        (["run", "calculate 1", "--planner", "llm"], "needs DENDRITE_LLM_BASE_URL"),
+        (["serve", "--host", "0.0.0.0"], "refusing to serve on 0.0.0.0 without a token"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(home: Path, args: list[str], message: str):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_exit_codes_as_a_subprocess(tmp_path: Path):
+    assert _cli("run", "calculate 2 + 2", home=tmp_path).returncode == 0
+    unplannable = _cli("run", "bake a sourdough loaf", home=tmp_path)
+    assert unplannable.returncode == 1 and "no planner could plan" in unplannable.stderr
+    unknown = _cli("trace", "01a20a0a-f9f5-7000-bd29-f97ca0ef4df2", home=tmp_path)
+    assert unknown.returncode == 1 and "no execution" in unknown.stderr
+    assert _cli("history", "--limit", "0", home=tmp_path).returncode == 2
