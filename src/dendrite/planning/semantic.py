@@ -68,7 +68,9 @@ class RetrieverCache:
 
     def ranked(self, text: str, registry: ToolRegistry, k: int) -> list[tuple[str, float, str]]:
         """(tool name, score, why) for ``text``, best first."""
-        ranked = [(r.name, r.score) for r in self.get(registry).rank(text, k=k)]
+        # Only tools retrieval judges relevant: an unrelated tool that happens to accept
+        # the goal's words is a wrong answer, not a plan.
+        ranked = [(r.name, r.score) for r in self.get(registry).rank(text, k=k) if r.fits]
         if self.ranker is None:
             return [(name, score, f"retrieval {score:.2f}") for name, score in ranked]
         return [(r.name, r.score, r.reason) for r in self.ranker.rerank(text, ranked)][:k]
