@@ -6,6 +6,7 @@ found differences), 2 a usage or input error, reported in one line.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -175,7 +176,10 @@ def run(
         raise _fail(str(error)) from None
     with store, Orchestrator(registry, store=store, planner=chosen) as orch:
         try:
-            result = orch.process(goal, session_id=session)
+            if as_json:
+                result = orch.process(goal, session_id=session)
+            else:
+                result = asyncio.run(_run_live(orch, goal, session))
         except (PlanningError, PlanValidationError) as error:
             raise _fail(str(error), 1) from None
     if as_json:
@@ -183,6 +187,45 @@ def run(
     else:
         _print_result(result)
     raise typer.Exit(0 if result.success else 1)
+
+
+async def _run_live(orch: Any, goal: str, session: str | None) -> Any:
+    """Run through the event stream, printing each step as it starts, retries, falls back, ends."""
+    from dendrite.execution import EventType
+
+    execution_id = None
+    async for event in orch.stream(goal, session_id=session):
+        execution_id = event.execution_id
+        data = event.data
+        match event.type:
+            case EventType.PLAN_CREATED:
+                steps = data["plan"]["steps"]
+                console.print(
+                    f"plan ({data['plan']['planner']}): "
+                    + ", ".join(f"{s['id']}→{s['tool']}" for s in steps),
+                    highlight=False,
+                )
+            case EventType.STEP_STARTED:
+                console.print(f"  … {event.step_id}: {data['tool']}", highlight=False)
+            case EventType.STEP_RETRY:
+                console.print(
+                    f"  ↻ {event.step_id}: retry {data['attempt']} in {data['delay_s']:.2f}s "
+                    f"({data['error']})",
+                    style="yellow",
+                    highlight=False,
+                )
+            case EventType.FALLBACK_USED:
+                console.print(
+                    f"  ⇢ {event.step_id}: falling back to {data['tool']}",
+                    style="yellow",
+                    highlight=False,
+                )
+            case EventType.REPLANNED:
+                console.print(f"  ⟲ replanned after {event.step_id} failed", style="yellow")
+    result = orch.get_result(execution_id) if execution_id else None
+    if result is None:
+        raise RuntimeError("the run ended without a result")
+    return result
 
 
 def _planner(name: str, strategy: str) -> Any:

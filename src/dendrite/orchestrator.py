@@ -746,6 +746,10 @@ class Orchestrator:
 
     # -- inspection ----------------------------------------------------------
 
+    def get_result(self, execution_id: str) -> ExecutionResult | None:
+        """The full result of one of the last ``keep_traces`` runs of this orchestrator."""
+        return self._traces.get(execution_id)
+
     def get_execution_trace(self, execution_id: str) -> ExecutionTrace | None:
         """The trace of a recent run from memory, else from the store; None if unknown."""
         result = self._traces.get(execution_id)
