@@ -777,33 +777,23 @@ class Orchestrator:
         From the store when there is one (so it covers every process that
         shares it), else from this orchestrator's recent runs.
         """
-        rows: list[tuple[bool, float, float | None, str | None, str | None]]
+        records: list[tuple[Any, float | None]]
         if self.store is not None:
-            records = self.store.get_recent_executions(limit)
-            rows = [
-                (
-                    r.success,
-                    r.duration_ms,
-                    r.confidence_score,
-                    r.error_type.value if r.error_type else None,
-                    r.error,
-                )
-                for r in records
-            ]
+            records = [(r, r.confidence_score) for r in self.store.get_recent_executions(limit)]
             source = "store"
         else:
-            results = list(self._traces.values())[-limit:]
-            rows = [
-                (
-                    r.success,
-                    r.duration_ms,
-                    r.confidence,
-                    r.error_type.value if r.error_type else None,
-                    r.error,
-                )
-                for r in results
-            ]
+            records = [(r, r.confidence) for r in list(self._traces.values())[-limit:]]
             source = "memory"
+        rows = [
+            (
+                r.success,
+                r.duration_ms,
+                confidence,
+                r.error_type.value if r.error_type else None,
+                r.error,
+            )
+            for r, confidence in records
+        ]
         total = len(rows)
         durations = sorted(r[1] for r in rows)
         confidences = [r[2] for r in rows if r[2] is not None]
