@@ -1,0 +1,9 @@
+"""The HTTP API (FastAPI): ``create_app(orchestrator)`` and ``serve(orchestrator)``.
+
+See ``docs/api.md`` for the routes.
+"""
+
+from dendrite.api.app import create_app
+from dendrite.api.server import InsecureBindError, is_loopback, serve
+
+__all__ = ["InsecureBindError", "create_app", "is_loopback", "serve"]

@@ -1,0 +1,300 @@
+"""Request and response bodies of the HTTP API (they are its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dendrite.planning.default import Strategy
+from dendrite.planning.plan import Plan
+from dendrite.store.analytics import PoolPerformance, SuccessRate, TierPerformance, ToolStatistics
+
+PLANNERS = ("dendrite", "semantic", "template", "llm", "single")
+PlannerName = Literal["dendrite", "semantic", "template", "llm", "single"]
+
+
+def _optional(**extra: Any) -> Callable[[dict[str, Any]], None]:
+    """Document a field that may be left out, but not sent as null (null still parses)."""
+
+    def edit(schema: dict[str, Any]) -> None:
+        options = schema.pop("anyOf", None) or []
+        for option in options:
+            if option.get("type") != "null":
+                schema.update(option)
+        schema.update(extra)
+
+    return edit
+
+
+class GoalRequest(BaseModel):
+    """A goal in plain words, or an explicit plan; not both."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["goal"], "not": {"required": ["plan"]}},
+                {
+                    "required": ["plan"],
+                    "not": {
+                        "anyOf": [
+                            {"required": ["goal"]},
+                            {"required": ["planner"]},
+                            {"required": ["strategy"]},
+                        ]
+                    },
+                },
+            ]
+        },
+    )
+
+    goal: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=20_000,
+        json_schema_extra=_optional(pattern=r"\S"),
+        description="what to do, in plain words; the orchestrator's planner makes the plan",
+        examples=["calculate 6 * 7"],
+    )
+    plan: Plan | None = Field(
+        default=None,
+        description="an explicit plan (a DAG of tool calls) to validate and run",
+        json_schema_extra=_optional(),
+    )
+    session_id: str | None = Field(default=None, min_length=1, max_length=255)
+    context: dict[str, Any] = Field(
+        default_factory=dict, description="values plans may reference as ${context.key}"
+    )
+    planner: PlannerName | None = Field(
+        default=None,
+        description="plan this goal with this planner instead of the orchestrator's own: "
+        + ", ".join(PLANNERS),
+    )
+    strategy: Strategy | None = Field(
+        default=None, description="strategy of the 'dendrite' planner for this goal"
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> GoalRequest:
+        if (self.goal is None) == (self.plan is None):
+            raise ValueError("give either 'goal' (plain words) or 'plan' (explicit), not both")
+        if self.plan is not None and (self.planner or self.strategy):
+            raise ValueError("'planner' and 'strategy' apply to a goal, not to an explicit plan")
+        if self.strategy is not None and self.planner not in (None, "dendrite"):
+            raise ValueError(f"'strategy' applies to the 'dendrite' planner, not {self.planner!r}")
+        if self.goal is not None and not self.goal.strip():
+            raise ValueError("'goal' is blank")
+        return self
+
+
+class StepSummary(BaseModel):
+    step_id: str
+    tool: str = Field(description="the tool that answered (a fallback's name if one did)")
+    status: str
+    duration_ms: float
+    attempts: int = Field(description="tool calls made: retries and fallbacks included")
+    retries: int
+    fallback_used: str | None = None
+    error: str | None = None
+    skip_reason: str | None = None
+    confidence: float | None = None
+
+
+class GoalResult(BaseModel):
+    execution_id: str
+    goal: str
+    answer: Any = Field(description="the run's output")
+    success: bool
+    status: str = Field(description="succeeded, failed, partial or cancelled")
+    confidence: float
+    intent: str | None = None
+    query_type: str | None = None
+    planner: str | None = None
+    strategy: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    duration_ms: float
+    started_at: datetime
+    session_id: str | None = None
+    steps: list[StepSummary]
+
+
+class ExecutionSummary(BaseModel):
+    id: str
+    goal_id: str | None = None
+    goal_text: str
+    intent: str | None = None
+    query_type: str | None = None
+    session_id: str | None = None
+    parent_id: str | None = None
+    depth: int = 0
+    success: bool
+    status: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: float
+    confidence_score: float | None = None
+    user_rating: int | None = None
+    user_accepted: bool | None = None
+    planner: str | None = None
+
+
+class ExecutionPage(BaseModel):
+    items: list[ExecutionSummary]
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next (older) page; null on the last page"
+    )
+
+
+class TraceOut(BaseModel):
+    execution_id: str
+    goal: str
+    success: bool
+    status: str
+    confidence: float | None = None
+    duration_ms: float
+    started_at: datetime
+    planner: str | None = None
+    error: str | None = None
+    parent_id: str | None = None
+    depth: int
+    steps: list[dict[str, Any]] = Field(
+        description="each step: status, tool, timing, error, skip reason, fallback, confidence "
+        "and every attempt"
+    )
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["rating"]},
+                {"required": ["accepted"]},
+                {"required": ["comment"]},
+            ]
+        },
+    )
+
+    rating: int | None = Field(default=None, ge=1, le=5, json_schema_extra=_optional())
+    accepted: bool | None = Field(default=None, json_schema_extra=_optional())
+    comment: str | None = Field(
+        default=None, min_length=1, max_length=10_000, json_schema_extra=_optional()
+    )
+    source: Literal["human", "llm", "code"] = "human"
+
+    @model_validator(mode="after")
+    def _says_something(self) -> FeedbackRequest:
+        if self.rating is None and self.accepted is None and not self.comment:
+            raise ValueError("feedback needs at least one of 'rating', 'accepted' or 'comment'")
+        return self
+
+
+class FeedbackCreated(BaseModel):
+    feedback_id: str
+    execution_id: str
+
+
+class ToolStateChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=2_000)
+
+
+class ToolDescription(BaseModel):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    returns: dict[str, Any] | None = None
+    reliability: str
+    estimated_duration: float | None = None
+    alternatives: list[str]
+    tags: list[str]
+    timeout: float | None = None
+    version: int
+    status: str
+    status_reason: str | None = None
+
+
+class ToolList(BaseModel):
+    tools: list[ToolDescription]
+
+
+class ToolPerformanceList(BaseModel):
+    tools: list[ToolStatistics]
+
+
+class TierPerformanceList(BaseModel):
+    days: int
+    tiers: list[TierPerformance]
+
+
+class PoolPerformanceList(BaseModel):
+    pools: list[PoolPerformance]
+
+
+class SuccessRateOut(SuccessRate):
+    intent: str | None = None
+    since: datetime | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class StoreHealth(BaseModel):
+    backend: str
+    url: str
+    reachable: bool
+    schema_revision: str | None
+    pending_writes: int
+    journal_records: int
+    rejected_records: int
+    written_records: int
+    last_flush_at: datetime | None
+    last_error: str | None
+
+
+class ToolCounts(BaseModel):
+    total: int
+    enabled: int
+    disabled: int
+    quarantined: int
+
+
+class SystemStatus(BaseModel):
+    status: Literal["ok", "degraded"] = Field(
+        description="degraded when the store is unreachable or has a backlog in its journal"
+    )
+    version: str
+    started_at: datetime
+    uptime_s: float
+    recording: bool
+    store: StoreHealth | None
+    tools: ToolCounts
+    runs_in_progress: int
+
+
+class PlannerInfo(BaseModel):
+    name: str
+    kind: str
+    strategy: str | None = None
+
+
+class LLMInfo(BaseModel):
+    configured: bool
+    model: str | None = None
+    base_url: str | None = None
+
+
+class OrchestratorInfo(BaseModel):
+    planner: PlannerInfo
+    planners: list[str]
+    strategies: list[str]
+    llm: LLMInfo
+    config: dict[str, Any]
