@@ -43,6 +43,7 @@ log = logging.getLogger("dendrite.orchestrator")
 
 _DEFAULT_STORE: Any = object()
 _LLM_FROM_ENV: Any = object()
+_LEARNING_FROM_CONFIG: Any = object()
 TOOL_STATES_KEY = "tool_states"
 
 
@@ -224,7 +225,8 @@ class Orchestrator:
     """Plans goals, runs them, and records everything.
 
     ``store`` defaults to the store named by the configuration (see
-    ``dendrite.config``); pass ``store=None`` to record nothing. ``llm``
+    ``dendrite.config``); pass ``store=None`` to record nothing. ``learning``
+    defaults to a :class:`LearningLoop` when ``config.learning`` is on. ``llm``
     defaults to the server named by ``DENDRITE_LLM_BASE_URL`` (none when it is
     unset); with one, the registry gains ``generate_text``. ``planner``
     defaults to :class:`DendritePlanner` with that model; a :class:`Plan`
@@ -239,6 +241,7 @@ class Orchestrator:
         config: OrchestratorConfig | None = None,
         *,
         llm: ChatLLM | None = _LLM_FROM_ENV,
+        learning: LearningLoop | None = _LEARNING_FROM_CONFIG,
     ) -> None:
         self.registry = registry
         self.config = config or OrchestratorConfig()
@@ -249,7 +252,11 @@ class Orchestrator:
         self.store: ExecutionStore | None = ExecutionStore() if self._owns_store else store
         self.state = StateManager(self.store, default_ttl=self.config.state_ttl)
         self._apply_saved_tool_states()
-        self.learning = LearningLoop(registry, state=self.state) if self.config.learning else None
+        if learning is _LEARNING_FROM_CONFIG:
+            learning = LearningLoop(registry, state=self.state) if self.config.learning else None
+        elif learning is not None and learning.state is None:
+            learning.state = self.state  # health transitions are kept with the rest
+        self.learning = learning
         if self.learning is not None and self.store is not None and self.config.warm_start:
             try:
                 self.learning.warm_start(self.store, self.config.warm_start)
@@ -489,7 +496,12 @@ class Orchestrator:
                 replans.append(note)
                 if emit:
                     emit(Event(EventType.REPLANNED, execution_id, note["step"], note))
-                outcome = await execute(plan, {k: r for k, r in outcome.steps.items() if r.ok})
+                earlier = outcome.steps
+                outcome = await execute(plan, {k: r for k, r in earlier.items() if r.ok})
+                for step_id, result in outcome.steps.items():
+                    before = earlier.get(step_id)
+                    if before is not None and before is not result:
+                        result.attempts[:0] = before.attempts  # the trace keeps the first round
         except asyncio.CancelledError:
             self._finish(
                 execution_id,

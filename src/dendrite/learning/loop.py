@@ -11,6 +11,8 @@ when it stops.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dendrite.learning.health import HEALTH_LOG_KEY, HealthMonitor, HealthPolicy, transition_log
@@ -38,12 +40,16 @@ class LearningLoop:
         memory: PlanMemory | None = None,
         health_policy: HealthPolicy | None = None,
         state: StateManager | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` drives health cooldowns (a simulation passes its own)."""
         self.registry = registry
         self.ranker = ranker or ToolRanker()
         self.memory = memory or PlanMemory()
         self.state = state
-        self.health = HealthMonitor(registry, health_policy, on_transition=self._persist)
+        self.health = HealthMonitor(
+            registry, health_policy, on_transition=self._persist, clock=clock
+        )
 
     def _persist(self, transition: Any) -> None:
         if self.state is not None:
@@ -64,7 +70,7 @@ class LearningLoop:
                 self.ranker.observe(text, attempt.tool, attempt.success)
                 self.health.observe(attempt.tool, attempt.success)
         if result.success and result.plan.planner not in NOT_REMEMBERED:
-            self.memory.remember(result.goal, result.plan, result.execution_id)
+            self.memory.remember(result.goal, _as_answered(result), result.execution_id)
 
     def warm_start(self, store: ExecutionStore, limit: int = 5_000) -> int:
         """Learn from the last ``limit`` recorded executions; returns how many were read."""
@@ -86,3 +92,24 @@ class LearningLoop:
             if record.success and plan.planner not in NOT_REMEMBERED:
                 self.memory.remember(record.goal_text, plan, record.id)
         return len(records)
+
+
+def _as_answered(result: ExecutionResult) -> Plan:
+    """The plan as it ended up working: each step led by the tool that answered it.
+
+    Remembering the plan as first planned would replay a failing first choice on
+    every reuse; the tools tried before stay as fallbacks.
+    """
+    answered = {r.step_id: r for r in result.steps if r.ok}
+    steps = []
+    for step in result.plan.steps:
+        found = answered.get(step.id)
+        if found is None or found.tool == step.tool:
+            steps.append(step)
+            continue
+        tried = [a.tool for a in found.attempts]
+        fallbacks = [
+            n for n in dict.fromkeys([*tried, step.tool, *step.fallbacks]) if n != found.tool
+        ]
+        steps.append(step.model_copy(update={"tool": found.tool, "fallbacks": fallbacks}))
+    return result.plan.model_copy(update={"steps": steps})

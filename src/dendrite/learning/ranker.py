@@ -47,7 +47,7 @@ class ToolRanker:
         self,
         *,
         similar_k: int = 12,
-        min_similarity: float = 0.3,
+        min_similarity: float = 0.5,
         history_weight: float = 1.5,
         global_weight: float = 0.5,
         decay: float = 0.99,

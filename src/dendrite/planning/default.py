@@ -54,6 +54,7 @@ class DendritePlanner:
         self.strategy = Strategy(strategy)
         self.confidence_threshold = confidence_threshold
         self.memory = memory
+        self.ranker = ranker
         retrievers = RetrieverCache(embedder, ranker)
         self.semantic = SemanticPlanner(retrievers=retrievers)
         self.simple = SemanticPlanner(split=False, retrievers=retrievers)
@@ -85,7 +86,7 @@ class DendritePlanner:
         if self.memory is not None and classification.intent is not Intent.GENERATIVE:
             recalled = self.memory.recall(goal, registry)
         if recalled is not None:
-            plan = recalled.plan
+            plan = self._reordered(recalled.plan)
             plan.metadata["similarity"] = round(recalled.similarity, 3)
         elif classification.intent is Intent.GENERATIVE:
             plan = self._generative(goal, registry)
@@ -114,6 +115,16 @@ class DendritePlanner:
                 declined.append({"planner": planner.name, "reason": str(error)})
         reasons = "; ".join(f"{d['planner']}: {d['reason']}" for d in declined)
         raise PlanningError(f"no planner could plan {goal!r} ({reasons})")
+
+    def _reordered(self, plan: Plan) -> Plan:
+        """A recalled plan's steps led by the tool with the best record now, not then."""
+        if self.ranker is None:
+            return plan
+        steps = []
+        for step in plan.steps:
+            names = self.ranker.order([step.tool, *step.fallbacks])
+            steps.append(step.model_copy(update={"tool": names[0], "fallbacks": names[1:]}))
+        return plan.model_copy(update={"steps": steps})
 
     def _generative(self, goal: str, registry: ToolRegistry) -> Plan:
         """Writing needs a model; offline, the session's documents answer, or nothing does."""

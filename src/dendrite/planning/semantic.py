@@ -53,6 +53,8 @@ class Reranker(Protocol):
 
     def rerank(self, goal: str, candidates: Sequence[tuple[str, float]]) -> Sequence[Any]: ...
 
+    def order(self, names: Sequence[str]) -> list[str]: ...
+
 
 class RetrieverCache:
     """One retriever per state of the registry: rebuilt only when tools change.
