@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -61,14 +62,17 @@ class LearningLoop:
 
     def after_run(self, result: ExecutionResult) -> None:
         steps = {s.id: s for s in result.plan.steps}
+        seen: Counter[tuple[str, str, bool]] = Counter()
         for step_result in result.steps:
             step = steps.get(step_result.step_id)
             text = (step.description if step is not None else "") or result.goal
             for attempt in step_result.attempts:
                 if attempt.error_type is not None and attempt.error_type.value == "cancelled":
                     continue
-                self.ranker.observe(text, attempt.tool, attempt.success)
+                seen[(text, attempt.tool, attempt.success)] += 1
                 self.health.observe(attempt.tool, attempt.success)
+        for (text, tool, success), count in seen.items():
+            self.ranker.observe(text, tool, success, count)
         if result.success and result.plan.planner not in NOT_REMEMBERED:
             self.memory.remember(result.goal, _as_answered(result), result.execution_id)
 

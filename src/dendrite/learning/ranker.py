@@ -25,6 +25,7 @@ from dendrite.learning.similar import SimilarTexts
 class Outcome:
     tool: str
     success: bool
+    weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +69,19 @@ class ToolRanker:
         self._records: dict[str, _Record] = {}
         self._lock = threading.Lock()
 
-    def observe(self, goal: str, tool: str, success: bool) -> None:
-        """One call of ``tool`` for ``goal``, and whether it gave what the goal needed."""
+    def observe(self, goal: str, tool: str, success: bool, count: int = 1) -> None:
+        """``count`` calls of ``tool`` for ``goal`` with the same outcome.
+
+        Counting repeats (a 1,000-step plan calling one tool) as one entry with a
+        weight keeps the goal index small and learning cheap per run.
+        """
         with self._lock:
             record = self._records.setdefault(tool, _Record())
-            record.successes = record.successes * self.decay + (1.0 if success else 0.0)
-            record.failures = record.failures * self.decay + (0.0 if success else 1.0)
+            for _ in range(min(count, 50)):  # beyond that the decay has forgotten the start
+                record.successes = record.successes * self.decay + (1.0 if success else 0.0)
+                record.failures = record.failures * self.decay + (0.0 if success else 1.0)
             if goal.strip():
-                self._goals.add(goal, Outcome(tool, success))
+                self._goals.add(goal, Outcome(tool, success, float(min(count, 5))))
 
     def posterior(self, tool: str) -> float:
         """Success probability of ``tool`` over all goals (decayed Beta posterior)."""
@@ -95,9 +101,9 @@ class ToolRanker:
         for match in matches:
             good, bad = evidence.get(match.item.tool, (0.0, 0.0))
             if match.item.success:
-                good += match.similarity
+                good += match.similarity * match.item.weight
             else:
-                bad += match.similarity
+                bad += match.similarity * match.item.weight
             evidence[match.item.tool] = (good, bad)
         return evidence
 

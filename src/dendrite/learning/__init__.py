@@ -1,0 +1,29 @@
+"""Learning from the execution history: routing tasks to model tiers and pools."""
+
+from dendrite.learning.router import (
+    DecisionExpiredError,
+    FeatureVector,
+    Featuriser,
+    HashedFeaturiser,
+    OptionEstimate,
+    ReplayReport,
+    Router,
+    RouterError,
+    RoutingChoice,
+    TaskFeatures,
+    UnknownDecisionError,
+)
+
+__all__ = [
+    "DecisionExpiredError",
+    "FeatureVector",
+    "Featuriser",
+    "HashedFeaturiser",
+    "OptionEstimate",
+    "ReplayReport",
+    "Router",
+    "RouterError",
+    "RoutingChoice",
+    "TaskFeatures",
+    "UnknownDecisionError",
+]
