@@ -162,7 +162,7 @@ def run(
 ) -> None:
     """Plan GOAL, run it with the built-in tools, record it, and print the answer."""
     from dendrite.orchestrator import Orchestrator
-    from dendrite.planning import PlanningError, PlanValidationError
+    from dendrite.planning import PlanningError, PlanValidationError, Strategy
     from dendrite.store import ExecutionStore
     from dendrite.tools import ToolRegistry
     from dendrite.tools.builtin import register_builtin
@@ -175,6 +175,8 @@ def run(
     except (ValueError, StoreError) as error:
         raise _fail(str(error)) from None
     with store, Orchestrator(registry, store=store, planner=chosen) as orch:
+        if chosen is None:  # the default planner, with the learning loop's ranker and memory
+            orch.planner.strategy = Strategy(strategy)
         try:
             if as_json:
                 result = orch.process(goal, session_id=session)
@@ -229,9 +231,9 @@ async def _run_live(orch: Any, goal: str, session: str | None) -> Any:
 
 
 def _planner(name: str, strategy: str) -> Any:
+    """The planner named on the command line; None for the default (the orchestrator's own)."""
     from dendrite.llm import ChatLLM
     from dendrite.planning import (
-        DendritePlanner,
         LLMPlanner,
         SemanticPlanner,
         SingleToolPlanner,
@@ -242,7 +244,7 @@ def _planner(name: str, strategy: str) -> Any:
     if name not in PLANNERS:
         raise ValueError(f"unknown planner {name!r}; choose one of {', '.join(PLANNERS)}")
     try:
-        chosen_strategy = Strategy(strategy)
+        Strategy(strategy)
     except ValueError:
         choices = ", ".join(s.value for s in Strategy)
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {choices}") from None
@@ -252,7 +254,7 @@ def _planner(name: str, strategy: str) -> Any:
             raise ValueError("--planner llm needs DENDRITE_LLM_BASE_URL and DENDRITE_LLM_MODEL")
         return LLMPlanner(llm)
     return {
-        "dendrite": lambda: DendritePlanner(llm=llm, strategy=chosen_strategy),
+        "dendrite": lambda: None,
         "semantic": SemanticPlanner,
         "template": TemplatePlanner,
         "single": SingleToolPlanner,
@@ -395,6 +397,8 @@ def trace(
         if step.get("skip_reason"):
             label += f" ({step['skip_reason']})"
         branch = root.add(label)
+        if step["step_id"] in found.why:
+            branch.add(f"picked {found.why[step['step_id']]}")
         for attempt in step.get("attempts", []):
             outcome = "ok" if attempt["success"] else f"{attempt['error_type']}: {attempt['error']}"
             via = f" instead of {attempt['fallback_of']}" if attempt.get("fallback_of") else ""

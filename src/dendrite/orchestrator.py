@@ -144,6 +144,8 @@ class ExecutionTrace:
     depth: int
     steps: list[dict[str, Any]] = field(default_factory=list)
     replans: list[dict[str, Any]] = field(default_factory=list)
+    why: dict[str, str] = field(default_factory=dict)
+    """Per step, why its tool was chosen (the ranker's or the planner's reason)."""
 
     @property
     def fallbacks(self) -> list[str]:
@@ -164,6 +166,7 @@ class ExecutionTrace:
             "depth": self.depth,
             "steps": self.steps,
             "replans": self.replans,
+            "why": self.why,
         }
 
 
@@ -780,6 +783,7 @@ class Orchestrator:
                 depth=result.depth,
                 steps=[s.to_dict(include_output=False) for s in result.steps],
                 replans=list(result.plan.metadata.get("replans", [])),
+                why=dict(result.plan.metadata.get("why", {})),
             )
         return load_trace(self.store, execution_id) if self.store is not None else None
 
@@ -880,4 +884,5 @@ def load_trace(store: ExecutionStore, execution_id: str) -> ExecutionTrace | Non
         depth=detail.depth,
         steps=steps,
         replans=list(detail.metadata.get("replans", [])),
+        why=dict(detail.metadata.get("why") or {}),
     )

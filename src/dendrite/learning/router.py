@@ -1022,7 +1022,7 @@ class Router:
             )
 
     def learn_from_store(
-        self, since: datetime | None = None, *, limit: int = 100_000
+        self, since: datetime | None = None, *, limit: int = 30_000
     ) -> ReplayReport:
         """Replay this router's stored decisions joined to their outcomes.
 

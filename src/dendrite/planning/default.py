@@ -88,6 +88,11 @@ class DendritePlanner:
         if recalled is not None:
             plan = self._reordered(recalled.plan)
             plan.metadata["similarity"] = round(recalled.similarity, 3)
+            plan.metadata["why"] = {
+                s.id: f"{s.tool}: reused the plan of {recalled.source.goal!r} "
+                f"(similarity {recalled.similarity:.2f})"
+                for s in plan.steps
+            }
         elif classification.intent is Intent.GENERATIVE:
             plan = self._generative(goal, registry)
         else:

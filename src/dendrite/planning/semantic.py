@@ -121,9 +121,16 @@ def candidates_for(
     return fits, rejected
 
 
-def step_from(fits: Sequence[Candidate], step_id: str, description: str) -> Step:
-    """The best candidate as a step; the next ones that take the same arguments as fallbacks."""
+def step_from(
+    fits: Sequence[Candidate], step_id: str, description: str, why: dict[str, str] | None = None
+) -> Step:
+    """The best candidate as a step; the next ones that take the same arguments as fallbacks.
+
+    ``why`` collects, per step, the reason its tool was chosen (for the record).
+    """
     best = fits[0]
+    if why is not None:
+        why[step_id] = f"{best.tool.name}: {best.reason}"
     params = best.extraction.params
     fallbacks = [
         c.tool.name
@@ -174,8 +181,7 @@ class SemanticPlanner:
             if not fits:
                 tried = "; ".join(rejected) or "no tool matched its words"
                 raise PlanningError(f"no tool can do {part.text!r}: {tried}")
-            step = step_from(fits, f"step{index}", part.text)
-            why[step.id] = f"{step.tool}: {fits[0].reason}"
+            step = step_from(fits, f"step{index}", part.text, why)
             if part.after_previous and steps and steps[-1].id not in step.dependencies():
                 step.depends_on.append(steps[-1].id)
             steps.append(step)

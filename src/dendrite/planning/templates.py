@@ -68,10 +68,18 @@ class TemplatePlanner:
         }.get(query_type)
         if builder is None:
             raise PlanningError(f"no template for {query_type.value} goals")
-        steps = builder(goal, registry)
-        return Plan(goal=goal, steps=steps, planner=self.name, metadata={"template": query_type})
+        why: dict[str, str] = {}
+        steps = builder(goal, registry, why)
+        return Plan(
+            goal=goal,
+            steps=steps,
+            planner=self.name,
+            metadata={"template": query_type, "why": why},
+        )
 
-    def _role(self, role: str, text: str, registry: ToolRegistry, step_id: str) -> Step:
+    def _role(
+        self, role: str, text: str, registry: ToolRegistry, step_id: str, why: dict[str, str]
+    ) -> Step:
         """The step for ``role`` (what it must do) with arguments read from ``text``."""
         ranked, _ = candidates_for(f"{role} {text}", registry, self.retrievers, k=self.candidates)
         fits = [
@@ -81,17 +89,17 @@ class TemplatePlanner:
         ]
         if not fits:
             raise PlanningError(f"no tool can {role} for {text!r}")
-        step = step_from(fits, step_id, f"{role}: {text}")
+        step = step_from(fits, step_id, f"{role}: {text}", why)
         step.params = extract_arguments(text, fits[0].tool.parameters_schema).params
         return step
 
-    def _single(self, goal: str, registry: ToolRegistry) -> list[Step]:
+    def _single(self, goal: str, registry: ToolRegistry, why: dict[str, str]) -> list[Step]:
         fits, rejected = candidates_for(goal, registry, self.retrievers, k=self.candidates)
         if not fits:
             raise PlanningError(f"no tool fits {goal!r}: {'; '.join(rejected)}")
-        return [step_from(fits, "step1", goal)]
+        return [step_from(fits, "step1", goal, why)]
 
-    def _comparison(self, goal: str, registry: ToolRegistry) -> list[Step]:
+    def _comparison(self, goal: str, registry: ToolRegistry, why: dict[str, str]) -> list[Step]:
         """Two searches in parallel (one per subject), then a comparison that waits for both."""
         body = _LEAD.sub("", goal)
         subjects = _SUBJECTS.search(body)
@@ -101,22 +109,24 @@ class TemplatePlanner:
         found = _TOPIC.search(body[subjects.end() :])
         topic = found.group("topic") if found else ""
         about = f" about {topic}" if topic else ""
-        compare = self._role("compare", f"compare {first} and {second}{about}", registry, "compare")
+        compare = self._role(
+            "compare", f"compare {first} and {second}{about}", registry, "compare", why
+        )
         searches = []
         for step_id, subject in (("search_first", first), ("search_second", second)):
-            step = self._role("search", f"search {subject} {topic}".strip(), registry, step_id)
+            step = self._role("search", f"search {subject} {topic}".strip(), registry, step_id, why)
             step.continue_on_error = True  # evidence; the comparison stands without it
             searches.append(step)
         compare.depends_on = [s.id for s in searches]
         return [*searches, compare]
 
-    def _summary(self, goal: str, registry: ToolRegistry) -> list[Step]:
+    def _summary(self, goal: str, registry: ToolRegistry, why: dict[str, str]) -> list[Step]:
         """Summarise what the goal names; if it names nothing, the best search hit."""
         try:
-            return [self._role("summarize", goal, registry, "summarize")]
+            return [self._role("summarize", goal, registry, "summarize", why)]
         except PlanningError:
             pass
-        search = self._role("search", goal, registry, "search")
+        search = self._role("search", goal, registry, "search", why)
         ranked, _ = candidates_for(
             "summarize a document",
             registry,
@@ -127,5 +137,5 @@ class TemplatePlanner:
         summarize_fits = [c for c in ranked if _does(c.tool, "summarize")]
         if not summarize_fits:
             raise PlanningError(f"no tool can summarize for {goal!r}")
-        summarize = step_from(summarize_fits, "summarize", "summarize the best match")
+        summarize = step_from(summarize_fits, "summarize", "summarize the best match", why)
         return [search, summarize]
