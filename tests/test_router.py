@@ -87,8 +87,8 @@ def test_learns_the_best_arm_of_each_context(policy: str):
         picks = [c.option for ctx, c in late if ctx == context]
         share = picks.count(BEST[context]) / len(picks)
         assert share >= 0.9, (context, share)
-    early = choices[:100]
-    assert sum(c.option == BEST[ctx] for ctx, c in early) / 100 < 0.9  # it did have to learn
+    early = choices[:30]
+    assert sum(c.option == BEST[ctx] for ctx, c in early) / 30 < 0.9  # it did have to learn
 
 
 def test_predictions_approach_the_true_success_rates():
@@ -446,12 +446,13 @@ def test_stored_decisions_say_how_well_they_predicted(store: ExecutionStore):
     done = route_and_record(router, store, 500, seed=9)
     rows = {r.decision.execution_id: r for r in store.get_routing_outcomes(limit=1000)}
     errors = [rows[eid].decision.prediction_error(rows[eid].outcome) for _, eid, _ in done]
-    first, last = errors[:50], errors[-200:]
+    first, last = errors[:20], errors[-200:]
     brier_last = sum(e.success**2 for e in last) / len(last)
     brier_first = sum(e.success**2 for e in first) / len(first)
     # The outcomes' own variance p(1-p) at the best arms is 0.09 (code) to 0.13 (chat); a
     # constant guess of 0.5 scores 0.25.
-    assert brier_last < 0.16 < brier_first
+    assert brier_last < 0.13
+    assert brier_first > brier_last + 0.03
     assert abs(sum(e.success for e in last) / len(last)) < 0.05  # calibrated on average
     # Costs: code tasks cost 20% more than configured; the router learns it.
     cost_first = [abs(e.cost) for (ctx, _, _), e in zip(done[:20], first, strict=False)
@@ -549,7 +550,8 @@ def test_words_are_hashed_stably_with_blake2b():
         sign = 1.0 if (h >> 63) & 1 else -1.0
         expected[9 + h % 64] = expected.get(9 + h % 64, 0.0) + sign * math.log1p(count)
     norm = math.sqrt(sum(v * v for v in expected.values()))
-    assert text == pytest.approx({k: v / norm for k, v in expected.items()})
+    scale = featuriser.text_weight / norm
+    assert text == pytest.approx({k: v * scale for k, v in expected.items()})
     again = HashedFeaturiser(text_dims=64, category_slots=4).vectorise(
         TaskFeatures("parser parser lexer")
     )
@@ -596,7 +598,8 @@ def test_an_embedder_adds_its_vector_to_the_features():
     assert "fake/8" in router.featuriser.name
     vector = router.featuriser.vectorise(TaskFeatures("hello"))
     tail = vector.values[vector.indices >= plain.dim]
-    assert tail.shape == (8,) and np.linalg.norm(tail) == pytest.approx(1.0, abs=1e-6)
+    assert tail.shape == (8,)
+    assert np.linalg.norm(tail) == pytest.approx(router.featuriser.embedding_weight, abs=1e-6)
     eid = new_id()
     router.choose("hello", eid)
     router.learn(eid, True)

@@ -238,6 +238,13 @@ class HashedFeaturiser:
     - with an :class:`~dendrite.retrieval.Embedder`, its unit vector of the goal times
       ``embedding_weight``.
 
+    A block's weight is the prior scale of its effect (the ridge penalty of a block scaled by
+    ``w`` is divided by ``w²``). Task types and projects get 1: a category can change an
+    option's quality by a lot. Words get 0.25 and the embedding 0.5: every goal brings words
+    never seen before, and a large weight would make the router explore for ever on the
+    chance that they matter (on RouteLLM's data, ``bench/learn_routing.py``, words at weight
+    1 kept 20-30% of the decisions exploratory and never paid it back).
+
     Only the first ``max_text_chars`` characters of the goal are used (and stored with the
     decision), so a replay sees exactly what the decision saw.
     """
@@ -247,10 +254,10 @@ class HashedFeaturiser:
         text_dims: int = 512,
         category_slots: int = 128,
         *,
-        text_weight: float = 1.0,
+        text_weight: float = 0.25,
         category_weight: float = 1.0,
         embedder: Embedder | None = None,
-        embedding_weight: float = 1.0,
+        embedding_weight: float = 0.5,
         max_text_chars: int = 4000,
     ) -> None:
         if text_dims < 0 or category_slots < 0:
@@ -1097,6 +1104,9 @@ class Router:
                     vectors[i] = vector
             for (item, decided_at), vector in zip(todo, vectors, strict=True):
                 execution_id = item.decision.execution_id
+                if execution_id in self._learned:  # the same execution routed twice
+                    report.already_known += 1
+                    continue
                 pending = self._pending.pop(execution_id, None)
                 x = pending.x if pending is not None else vector
                 assert x is not None
