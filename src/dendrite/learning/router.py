@@ -77,20 +77,6 @@ if TYPE_CHECKING:
     from dendrite.store import ExecutionStore
     from dendrite.telemetry.records import ExecutionRecord
 
-__all__ = [
-    "DecisionExpiredError",
-    "FeatureVector",
-    "Featuriser",
-    "HashedFeaturiser",
-    "OptionEstimate",
-    "ReplayReport",
-    "Router",
-    "RouterError",
-    "RoutingChoice",
-    "TaskFeatures",
-    "UnknownDecisionError",
-]
-
 Policy = Literal["thompson", "ucb", "greedy"]
 
 
