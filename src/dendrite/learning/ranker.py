@@ -69,19 +69,25 @@ class ToolRanker:
         self._records: dict[str, _Record] = {}
         self._lock = threading.Lock()
 
-    def observe(self, goal: str, tool: str, success: bool, count: int = 1) -> None:
+    def observe(
+        self, goal: str, tool: str, success: bool, count: int = 1, weight: float = 1.0
+    ) -> None:
         """``count`` calls of ``tool`` for ``goal`` with the same outcome.
 
         Counting repeats (a 1,000-step plan calling one tool) as one entry with a
-        weight keeps the goal index small and learning cheap per run.
+        weight keeps the goal index small and learning cheap per run. ``weight``
+        scales the evidence: a user's rating of an old run counts less than a
+        fresh outcome.
         """
+        if weight < 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
         with self._lock:
             record = self._records.setdefault(tool, _Record())
             for _ in range(min(count, 50)):  # beyond that the decay has forgotten the start
-                record.successes = record.successes * self.decay + (1.0 if success else 0.0)
-                record.failures = record.failures * self.decay + (0.0 if success else 1.0)
+                record.successes = record.successes * self.decay + (weight if success else 0.0)
+                record.failures = record.failures * self.decay + (0.0 if success else weight)
             if goal.strip():
-                self._goals.add(goal, Outcome(tool, success, float(min(count, 5))))
+                self._goals.add(goal, Outcome(tool, success, float(min(count, 5)) * weight))
 
     def posterior(self, tool: str) -> float:
         """Success probability of ``tool`` over all goals (decayed Beta posterior)."""
