@@ -107,6 +107,67 @@ def test_ranking_shifts_after_outcomes_and_recalls_what_worked():
         ToolRanker(decay=0)
 
 
+def test_ranker_learns_which_look_alike_answers_a_kind_of_goal():
+    """Goals that share only their intent words teach it; other goals keep retrieval's order."""
+    ranker = ToolRanker()
+    candidates = [("weather_api", 3.0), ("Weather_1_GetWeather", 2.6), ("forecast_tool", 2.0)]
+    cities = ("Oslo", "Bergen", "Paris", "Rome", "Lima", "Quito")
+    for city in cities:
+        goal = f"what will the weather be like in {city} next week"
+        first = ranker.rerank(goal, candidates)[0].name
+        ranker.observe(goal, first, first == "Weather_1_GetWeather")
+        if first != "Weather_1_GetWeather":
+            ranker.observe(goal, "Weather_1_GetWeather", True)
+    after = ranker.rerank("what will the weather be like in Nairobi next week", candidates)
+    assert after[0].name == "Weather_1_GetWeather"
+    assert after[0].reason.startswith("expected success ")
+    assert "learned from" in after[0].reason
+    # A goal about something else is left to retrieval.
+    other = ranker.rerank("summarise this report", [("summariser", 2.0), ("weather_api", 1.0)])
+    assert other[0].name == "summariser"
+
+
+def test_ranker_recalls_a_tool_by_learned_words_and_asks_for_depth():
+    ranker = ToolRanker(recall_depth=7)
+    assert ranker.recall_depth == 7
+    for artist in ("Adele", "Queen", "Björk"):
+        goal = f"play songs by {artist} on the speaker"
+        assert "Music_3_PlayMedia" not in [r.name for r in ranker.rerank(goal, [], recall=False)]
+        ranker.rerank(goal, [("play_sound_wave", 1.0)])  # what the planner asked
+        ranker.observe(goal, "play_sound_wave", False)  # retrieval's pick, tried first
+        ranker.observe(goal, "Music_3_PlayMedia", True)  # found by a fallback
+    ranked = ranker.rerank("play songs by Prince on the speaker", [("play_sound_wave", 1.0)])
+    assert ranked[0].name == "Music_3_PlayMedia"
+    assert [r.name for r in ranker.rerank("play songs by Prince", [], recall=False)] == []
+    with pytest.raises(ValueError, match="recall_depth"):
+        ToolRanker(recall_depth=0)
+    with pytest.raises(ValueError, match="learning rates"):
+        ToolRanker(learning_rate=-1)
+
+
+def test_retriever_cache_gives_the_ranker_its_recall_depth():
+    """A tool retrieval ranks below the planner's k can still lead once history says so."""
+    from dendrite.planning.semantic import RetrieverCache
+
+    registry = ToolRegistry()
+    for index in range(8):
+        registry.register_function(
+            lambda query: query,
+            name=f"lookup_{index}",
+            description="look up a record " + "record " * (8 - index),
+        )
+    ranker = ToolRanker(recall_depth=8)
+    cache = RetrieverCache(ranker=ranker)
+    assert "lookup_7" not in [n for n, _, _ in cache.ranked("look up a record", registry, 3)]
+    for name in ("Ann", "Bo", "Cy", "Di"):
+        ranker.observe(f"look up a record for {name}", "lookup_7", True)
+        for index in range(3):
+            ranker.observe(f"look up a record for {name}", f"lookup_{index}", False)
+    ranked = cache.ranked("look up a record for Ed", registry, 3)
+    assert ranked[0][0] == "lookup_7"
+    assert len(ranked) == 3
+
+
 def test_plan_memory_reuses_and_rebinds_or_declines():
     registry = ToolRegistry()
 

@@ -86,7 +86,7 @@ class DendritePlanner:
         if self.memory is not None and classification.intent is not Intent.GENERATIVE:
             recalled = self.memory.recall(goal, registry)
         if recalled is not None:
-            plan = self._reordered(recalled.plan)
+            plan = self._reordered(recalled.plan, goal)
             plan.metadata["similarity"] = round(recalled.similarity, 3)
             plan.metadata["why"] = {
                 s.id: f"{s.tool}: reused the plan of {recalled.source.goal!r} "
@@ -113,7 +113,10 @@ class DendritePlanner:
         classification: Classification,
     ) -> tuple[Plan, list[dict[str, str]]]:
         declined: list[dict[str, str]] = []
-        for planner in self.choose(classification):
+        planners = self.choose(classification)
+        if context.get("use_llm") is False:  # the project's quality policy says so
+            planners = [p for p in planners if p is not self.llm_planner]
+        for planner in planners:
             try:
                 return await planner.plan(goal, registry, context), declined
             except PlanningError as error:
@@ -121,13 +124,20 @@ class DendritePlanner:
         reasons = "; ".join(f"{d['planner']}: {d['reason']}" for d in declined)
         raise PlanningError(f"no planner could plan {goal!r} ({reasons})")
 
-    def _reordered(self, plan: Plan) -> Plan:
-        """A recalled plan's steps led by the tool with the best record now, not then."""
+    def _reordered(self, plan: Plan, goal: str) -> Plan:
+        """A recalled plan's steps led by the tool the ranker expects to work now, not then.
+
+        The ranker judges the plan's own tools for the new goal (a one-step plan) or the
+        step's text, so a tool that has since failed on goals like this one steps back.
+        """
         if self.ranker is None:
             return plan
         steps = []
         for step in plan.steps:
-            names = self.ranker.order([step.tool, *step.fallbacks])
+            names = list(dict.fromkeys([step.tool, *step.fallbacks]))
+            text = goal if len(plan.steps) == 1 else step.description or goal
+            ranked = self.ranker.rerank(text, [(name, 1.0) for name in names])
+            names = [r.name for r in ranked if r.name in names]
             steps.append(step.model_copy(update={"tool": names[0], "fallbacks": names[1:]}))
         return plan.model_copy(update={"steps": steps})
 

@@ -49,7 +49,10 @@ def split_goal(goal: str) -> list[GoalPart]:
 
 
 class Reranker(Protocol):
-    """Reorders retrieval's candidates by what history says (``dendrite.learning.ToolRanker``)."""
+    """Reorders retrieval's candidates by what history says (``dendrite.learning.ToolRanker``).
+
+    An optional ``recall_depth`` attribute asks for that many of retrieval's candidates.
+    """
 
     def rerank(self, goal: str, candidates: Sequence[tuple[str, float]]) -> Sequence[Any]: ...
 
@@ -72,9 +75,13 @@ class RetrieverCache:
         """(tool name, score, why) for ``text``, best first."""
         # Only tools retrieval judges relevant: an unrelated tool that happens to accept
         # the goal's words is a wrong answer, not a plan.
-        ranked = [(r.name, r.score) for r in self.get(registry).rank(text, k=k) if r.fits]
         if self.ranker is None:
+            ranked = [(r.name, r.score) for r in self.get(registry).rank(text, k=k) if r.fits]
             return [(name, score, f"retrieval {score:.2f}") for name, score in ranked]
+        # History can lift a tool retrieval ranks below the first k: give the ranker the
+        # depth it asks for (``recall_depth``), keep k after it reorders.
+        depth = max(k, getattr(self.ranker, "recall_depth", k))
+        ranked = [(r.name, r.score) for r in self.get(registry).rank(text, k=depth) if r.fits]
         return [(r.name, r.score, r.reason) for r in self.ranker.rerank(text, ranked)][:k]
 
     def get(self, registry: ToolRegistry) -> ToolRetriever:
