@@ -20,23 +20,23 @@ runner = CliRunner()
 def test_db_commands_round_trip(store_url: str):
     assert runner.invoke(app, ["db", "upgrade", "--url", store_url]).exit_code == 0
     result = runner.invoke(app, ["db", "current", "--url", store_url])
-    assert result.exit_code == 0 and "database: 0003  code: 0003" in result.output
+    assert result.exit_code == 0 and "database: 0004  code: 0004" in result.output
     result = runner.invoke(app, ["db", "validate", "--url", store_url])
     assert result.exit_code == 0 and "schema matches the code" in result.output
     result = runner.invoke(app, ["db", "downgrade", "--url", store_url])
-    assert result.exit_code == 0 and "schema at 0002" in result.output
+    assert result.exit_code == 0 and "schema at 0003" in result.output
     result = runner.invoke(app, ["db", "validate", "--url", store_url])
     assert result.exit_code == 1
-    assert "schema revision is 0002, the code expects 0003" in result.output
-    assert "missing table state_entries" in result.output
+    assert "schema revision is 0003, the code expects 0004" in result.output
+    assert "missing table job_runs" in result.output
     result = runner.invoke(app, ["db", "downgrade", "0001", "--url", store_url])
     assert result.exit_code == 0 and "schema at 0001" in result.output
     result = runner.invoke(app, ["db", "validate", "--url", store_url])
     assert result.exit_code == 1
-    assert "schema revision is 0001, the code expects 0003" in result.output
+    assert "schema revision is 0001, the code expects 0004" in result.output
     assert "missing table execution_rollup" in result.output
     result = runner.invoke(app, ["db", "upgrade", "--url", store_url])
-    assert result.exit_code == 0 and "schema at 0003" in result.output
+    assert result.exit_code == 0 and "schema at 0004" in result.output
     result = runner.invoke(app, ["db", "validate", "--url", store_url])
     assert result.exit_code == 0 and "schema matches the code" in result.output
 

@@ -19,9 +19,9 @@ def test_a_new_database_gets_the_current_schema_on_first_use(store: ExecutionSto
 def test_upgrade_downgrade_upgrade_round_trips(store_url: str):
     engine = make_engine(store_url)
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == "0003"
+    assert migrate.current_revision(engine) == "0004"
     migrate.downgrade(engine)
-    assert migrate.current_revision(engine) == "0002"
+    assert migrate.current_revision(engine) == "0003"
     migrate.upgrade(engine)
     assert migrate.validate(engine) == []
     migrate.downgrade(engine, "0001")
@@ -49,7 +49,7 @@ def test_validate_names_every_difference(store_url: str):
     assert len(problems) == 3
     migrate.downgrade(engine, "0001")
     problems = migrate.validate(engine)
-    assert problems[0] == "schema revision is 0001, the code expects 0003"
+    assert problems[0] == "schema revision is 0001, the code expects 0004"
     assert "missing table tool_statistics" in problems
     engine.dispose()
 
@@ -59,14 +59,14 @@ def test_an_older_schema_is_upgraded_or_refused_by_backend(store_url: str, tmp_p
     migrate.upgrade(engine, "0001")
     if engine.dialect.name == "sqlite":
         with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
-            assert migrate.current_revision(store.engine) == "0003"
+            assert migrate.current_revision(store.engine) == "0004"
     else:
         with pytest.raises(
-            SchemaError, match=r"revision 0001.*needs 0003: run `dendrite db upgrade`"
+            SchemaError, match=r"revision 0001.*needs 0004: run `dendrite db upgrade`"
         ):
             ExecutionStore(store_url, state_dir=tmp_path / "s")
         with ExecutionStore(store_url, state_dir=tmp_path / "s", auto_upgrade=True) as store:
-            assert migrate.current_revision(store.engine) == "0003"
+            assert migrate.current_revision(store.engine) == "0004"
     engine.dispose()
 
 

@@ -387,6 +387,10 @@ def trace(
         f"{found.goal!r}: {status} in {found.duration_ms:.0f} ms{confidence}, "
         f"planner {found.planner}"
     )
+    step_ids = {step["step_id"] for step in found.steps}
+    for component, reason in found.why.items():
+        if component not in step_ids:  # run-level choices: route, experiment arm, policy
+            root.add(f"{component}: {reason}")
     for step in found.steps:
         mark = {"succeeded": "✓", "skipped": "-", "cancelled": "⊘"}.get(step.get("status", ""), "✗")
         label = f"{mark} {step['step_id']}: {step.get('tool')} ({step.get('status')})"
@@ -413,17 +417,28 @@ def trace(
 
 @app.command()
 def stats(
-    kind: Annotated[str, typer.Argument(help="tools, tiers, pools or intents.")] = "tools",
+    kind: Annotated[
+        str, typer.Argument(help="tools, tiers, pools, intents or experiments.")
+    ] = "tools",
     days: Annotated[int, typer.Option(help="Days of tier history.", min=1)] = 7,
+    experiment: Annotated[
+        str | None, typer.Option(help="Only this experiment (with 'experiments').")
+    ] = None,
+    alpha: Annotated[
+        float, typer.Option(help="Significance level (with 'experiments').", min=0.0, max=1.0)
+    ] = 0.05,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     url: UrlOption = None,
 ) -> None:
-    """Performance from the recorded history."""
+    """Performance from the recorded history, and A/B experiment reports."""
     from rich.table import Table
 
-    kinds = ("tools", "tiers", "pools", "intents")
+    kinds = ("tools", "tiers", "pools", "intents", "experiments")
     if kind not in kinds:
         raise _fail(f"unknown stats {kind!r}; choose one of {', '.join(kinds)}")
+    if kind == "experiments":
+        _experiments(experiment, alpha, as_json, url)
+        return
     with _store(url) as store:
         if kind == "tools":
             rows = [r.model_dump(mode="json") for r in store.get_tool_performance()]
@@ -449,6 +464,52 @@ def stats(
     for row in rows:
         table.add_row(*(_cell(v) for v in row.values()))
     console.print(table)
+
+
+def _experiments(name: str | None, alpha: float, as_json: bool, url: str | None) -> None:
+    from rich.table import Table
+
+    from dendrite.learning.experiments import report
+
+    if not 0 < alpha < 1:
+        raise _fail(f"--alpha must be between 0 and 1, got {alpha}")
+    with _store(url) as store:
+        reports = report(store, name, alpha=alpha)
+    if as_json:
+        _dump([r.to_dict() for r in reports])
+        return
+    if not reports:
+        console.print(f"no experiment {name!r} recorded" if name else "no experiments recorded")
+        return
+    for found in reports:
+        table = Table(title=f"experiment {found.experiment} (control: {found.control})")
+        for column in (
+            "arm",
+            "runs",
+            "success",
+            "95% interval",
+            "p (success)",
+            "test",
+            "mean ms",
+            "p (duration)",
+            "rating",
+        ):
+            table.add_column(column)
+        for arm in found.arms:
+            low_high = arm.success_interval
+            table.add_row(
+                arm.arm,
+                str(arm.executions),
+                f"{arm.success_rate:.1%}" if arm.success_rate is not None else "",
+                f"{low_high[0]:.1%}-{low_high[1]:.1%}" if low_high else "",
+                f"{arm.p_success:.3g}" if arm.p_success is not None else "",
+                arm.success_test or "",
+                _cell(arm.mean_duration_ms),
+                f"{arm.p_duration:.3g}" if arm.p_duration is not None else "",
+                f"{arm.mean_rating:.2f} ({arm.rated})" if arm.mean_rating is not None else "",
+            )
+        console.print(table)
+        console.print(found.verdict, highlight=False)
 
 
 def _cell(value: Any) -> str:
@@ -537,6 +598,92 @@ def tools_disable(
     _set_tool(name, "disabled", reason, url)
 
 
+jobs_app = typer.Typer(help="The learning jobs: list, run, history.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+
+@jobs_app.command("list")
+def jobs_list(url: UrlOption = None) -> None:
+    """Every job, its schedule inside `dendrite serve`, and its last run."""
+    from rich.table import Table
+
+    from dendrite.learning.jobs import JOBS, describe
+
+    with _store(url) as store:
+        last = {name: store.get_job_runs(name, limit=1) for name in JOBS}
+    table = Table(title="learning jobs")
+    for column in ("job", "every", "last run", "result", "what it does"):
+        table.add_column(column, overflow="fold")
+    for name, (_, every) in JOBS.items():
+        run = last[name][0] if last[name] else None
+        table.add_row(
+            name,
+            str(every),
+            f"{run.started_at:%Y-%m-%d %H:%M:%S}" if run else "never",
+            ("ok" if run.success else f"failed: {run.error}") if run else "",
+            describe(name),
+        )
+    console.print(table)
+
+
+@jobs_app.command("run")
+def jobs_run(
+    name: Annotated[str, typer.Argument(help="A job's name, or 'all'.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    url: UrlOption = None,
+) -> None:
+    """Run a job now (recorded like a scheduled run); exits 1 if it failed."""
+    from dendrite.learning.jobs import JOBS, JobContext, run_job
+
+    names = list(JOBS) if name == "all" else [name]
+    unknown = [n for n in names if n not in JOBS]
+    if unknown:
+        raise _fail(f"unknown job {unknown[0]!r}; jobs are {', '.join(JOBS)} (or 'all')")
+    with _tools_orchestrator(url) as orch:
+        try:
+            runs = [run_job(n, JobContext(orch.store, orch)) for n in names]
+        finally:
+            orch.store.close()
+    if as_json:
+        _dump([r.model_dump(mode="json") for r in runs])
+    else:
+        for run in runs:
+            outcome = "ok" if run.success else f"failed: {run.error}"
+            console.print(f"{run.job}: {outcome} in {run.duration_ms:.0f} ms", highlight=False)
+            console.print_json(data=run.report)
+    if not all(r.success for r in runs):
+        raise typer.Exit(1)
+
+
+@jobs_app.command("history")
+def jobs_history(
+    name: Annotated[str | None, typer.Argument(help="Only this job.")] = None,
+    limit: Annotated[int, typer.Option(help="Most recent runs to show.", min=1)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    url: UrlOption = None,
+) -> None:
+    """Recorded runs of the jobs, newest first."""
+    from rich.table import Table
+
+    with _store(url) as store:
+        runs = store.get_job_runs(name, limit=limit)
+    if as_json:
+        _dump([r.model_dump(mode="json") for r in runs])
+        return
+    table = Table(title="job runs")
+    for column in ("started", "job", "trigger", "ms", "result"):
+        table.add_column(column, overflow="fold")
+    for run in runs:
+        table.add_row(
+            f"{run.started_at:%Y-%m-%d %H:%M:%S}",
+            run.job,
+            run.trigger,
+            f"{run.duration_ms:.0f}",
+            "ok" if run.success else f"failed: {run.error}",
+        )
+    console.print(table)
+
+
 @app.command()
 def feedback(
     execution_id: Annotated[str, typer.Argument(help="The execution's id.")],
@@ -622,6 +769,9 @@ def serve(
             resolve_path=True,
         ),
     ] = None,
+    jobs: Annotated[
+        bool, typer.Option("--jobs/--no-jobs", help="Run the learning jobs on their schedule.")
+    ] = True,
     url: UrlOption = None,
 ) -> None:
     """Serve the HTTP API (see docs/api.md) with the built-in tools."""
@@ -638,4 +788,4 @@ def serve(
     registry = ToolRegistry()
     register_builtin(registry, docs_root=docs, files_root=docs or Path.cwd())
     with _store(url) as store, Orchestrator(registry, store=store) as orch:
-        serve_api(orch, host=host, port=port, token=token)
+        serve_api(orch, host=host, port=port, token=token, jobs=jobs)

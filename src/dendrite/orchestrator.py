@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -26,7 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from dendrite._ids import new_id
 from dendrite.execution.engine import ExecutionEngine, RunOutcome
 from dendrite.execution.events import Attempt, Event, EventType, StepResult, StepStatus
-from dendrite.learning.loop import LearningLoop
+from dendrite.learning.experiments import Experiment
+from dendrite.learning.jobs import LIFECYCLE_KEY, TOOL_STATES_KEY, apply_promotion
+from dendrite.learning.loop import FeedbackEffect, JudgedRun, LearningLoop
+from dendrite.learning.policies import QualityPolicies, QualityPolicy
+from dendrite.learning.router import Router, RouterError, RoutingChoice, TaskFeatures
 from dendrite.llm import ChatLLM
 from dendrite.llm.tools import register_llm_tools
 from dendrite.planning.classify import classify
@@ -44,7 +49,7 @@ log = logging.getLogger("dendrite.orchestrator")
 _DEFAULT_STORE: Any = object()
 _LLM_FROM_ENV: Any = object()
 _LEARNING_FROM_CONFIG: Any = object()
-TOOL_STATES_KEY = "tool_states"
+_POLICIES_FROM_CONFIG: Any = object()
 
 
 class OrchestratorConfig(BaseModel):
@@ -93,6 +98,14 @@ class ExecutionResult:
     session_id: str | None = None
     parent_id: str | None = None
     depth: int = 0
+    route: str | None = None
+    """The option (model tier or pool) the router chose for this run."""
+    arm: str | None = None
+    """The experiment arm this run was assigned to."""
+    needs_review: bool = False
+    """Confidence fell below the project's quality policy's ``min_confidence``."""
+    why: dict[str, str] = field(default_factory=dict)
+    """Why each choice was made: per step id, and per run-level component (route, ...)."""
 
     def __repr__(self) -> str:
         # Short on purpose: asyncio and loggers repr results, and a 1,000-step one is long.
@@ -123,6 +136,9 @@ class ExecutionResult:
             "session_id": self.session_id,
             "parent_id": self.parent_id,
             "depth": self.depth,
+            "route": self.route,
+            "arm": self.arm,
+            "needs_review": self.needs_review,
             "steps": [s.to_dict() for s in self.steps],
         }
 
@@ -174,11 +190,49 @@ class ExecutionTrace:
 class _Frame:
     execution_id: str
     depth: int
+    route: str | None = None
 
 
 _current: contextvars.ContextVar[_Frame | None] = contextvars.ContextVar(
     "dendrite_current_run", default=None
 )
+
+
+def current_route() -> str | None:
+    """The option the router chose for the run this code is part of (tools call it).
+
+    A tool that can work at several model tiers or on several pools asks this
+    which one to use; nested runs inherit their parent's choice unless the
+    router decided for them too. None outside a run, or with no router.
+    """
+    frame = _current.get()
+    return frame.route if frame else None
+
+
+@dataclass(slots=True)
+class _Decisions:
+    """What the learned components chose for one run, before it ran."""
+
+    project: str | None
+    policy: QualityPolicy | None = None
+    choice: RoutingChoice | None = None
+    arm: str | None = None
+    unit: str = "session"
+    planner: Planner | None = None
+
+    def why(self) -> dict[str, str]:
+        notes = {}
+        if self.choice is not None:
+            notes["route"] = f"picked {self.choice.option} because {self.choice.reason}"
+        if self.arm is not None:
+            notes["experiment"] = f"arm {self.arm}, assigned by hashing the {self.unit}"
+        if self.policy is not None:
+            notes["policy"] = (
+                f"project {self.policy.project}: min confidence {self.policy.min_confidence}, "
+                f"replan {'on' if self.policy.replan else 'off'}, "
+                f"LLM {'on' if self.policy.use_llm else 'off'} ({self.policy.reason})"
+            )
+        return notes
 
 
 class _StoreRecorder:
@@ -234,6 +288,10 @@ class Orchestrator:
     unset); with one, the registry gains ``generate_text``. ``planner``
     defaults to :class:`DendritePlanner` with that model; a :class:`Plan`
     given to :meth:`run` bypasses the planner.
+
+    ``router`` (optional) picks a model tier or pool per top-level run and
+    learns from its outcome; ``experiment`` splits goals between planners;
+    ``policies`` (on with learning) holds each project's quality thresholds.
     """
 
     def __init__(
@@ -245,6 +303,9 @@ class Orchestrator:
         *,
         llm: ChatLLM | None = _LLM_FROM_ENV,
         learning: LearningLoop | None = _LEARNING_FROM_CONFIG,
+        router: Router | None = None,
+        experiment: Experiment | None = None,
+        policies: QualityPolicies | None = _POLICIES_FROM_CONFIG,
     ) -> None:
         self.registry = registry
         self.config = config or OrchestratorConfig()
@@ -260,6 +321,13 @@ class Orchestrator:
         elif learning is not None and learning.state is None:
             learning.state = self.state  # health transitions are kept with the rest
         self.learning = learning
+        self.router = router
+        self.experiment = experiment
+        self.policies: QualityPolicies | None = (
+            (QualityPolicies(self.state) if self.config.learning else None)
+            if policies is _POLICIES_FROM_CONFIG
+            else policies
+        )
         if self.learning is not None and self.store is not None and self.config.warm_start:
             try:
                 self.learning.warm_start(self.store, self.config.warm_start)
@@ -287,11 +355,15 @@ class Orchestrator:
     # -- tool states ---------------------------------------------------------
 
     def _apply_saved_tool_states(self) -> None:
-        """Tools disabled or quarantined by an earlier process stay so in this one."""
+        """Tools disabled, quarantined or promoted by an earlier process stay so in this one."""
         saved = self.state.get("global", TOOL_STATES_KEY, {})
         for name, entry in saved.items() if isinstance(saved, dict) else ():
             if name in self.registry and entry.get("status") in ("disabled", "quarantined"):
                 self.registry.set_state(name, ToolStatus(entry["status"]), entry.get("reason"))
+        stages = self.state.get("global", LIFECYCLE_KEY, {})
+        for name, entry in stages.items() if isinstance(stages, dict) else ():
+            if entry.get("stage") == "promoted":
+                apply_promotion(self, name)
 
     def set_tool_status(
         self, name: str, status: ToolStatus | str, reason: str | None = None
@@ -428,15 +500,17 @@ class Orchestrator:
                 f"run nesting is {depth} deep, more than max_depth={self.config.max_depth}"
             )
         execution_id = new_id()
-        token = _current.set(_Frame(execution_id, depth))
         started_at = datetime.now(UTC)
         started = time.perf_counter()
         context = dict(context or {})
         goal = goal_or_plan.goal if isinstance(goal_or_plan, Plan) else str(goal_or_plan)
+        decisions = await self._decide(goal_or_plan, goal, execution_id, session_id, context, depth)
+        route = decisions.choice.option if decisions.choice else (parent.route if parent else None)
+        token = _current.set(_Frame(execution_id, depth, route))
         if self.learning is not None:
             self.learning.before_run()
         try:
-            plan = await self._plan(goal_or_plan, context)
+            plan = await self._plan(goal_or_plan, context, decisions)
         except (PlanningError, PlanValidationError) as error:
             self._record_execution(
                 execution_id=execution_id,
@@ -450,13 +524,16 @@ class Orchestrator:
                 session_id=session_id,
                 parent=parent,
                 depth=depth,
+                decisions=decisions,
                 metadata={
                     "planner": getattr(self.planner, "name", type(self.planner).__name__)
                     if not isinstance(goal_or_plan, Plan)
                     else goal_or_plan.planner,
                     "problems": [str(p) for p in getattr(error, "problems", [])],
+                    "why": decisions.why(),
                 },
             )
+            self._learn_route(execution_id, decisions, success=False)
             _current.reset(token)
             raise
         if emit:
@@ -491,7 +568,12 @@ class Orchestrator:
 
         try:
             outcome = await execute(plan)
-            while not outcome.success and len(replans) < self.config.max_replans:
+            max_replans = (
+                self.config.max_replans
+                if decisions.policy is None or decisions.policy.replan
+                else 0
+            )
+            while not outcome.success and len(replans) < max_replans:
                 repair = await self._replan(plan, outcome, context)
                 if repair is None:
                     break
@@ -516,6 +598,7 @@ class Orchestrator:
                 session_id,
                 parent,
                 depth,
+                decisions,
                 cancelled=True,
             )
             raise
@@ -532,7 +615,18 @@ class Orchestrator:
             session_id,
             parent,
             depth,
+            decisions,
         )
+        if (
+            self.policies is not None
+            and self.store is not None
+            and depth == 0
+            and self.policies.ran(decisions.project)
+        ):
+            try:
+                await asyncio.to_thread(self.policies.adapt, self.store, decisions.project)
+            except Exception:
+                log.warning("could not adapt the quality policy", exc_info=True)
         if emit:
             emit(
                 Event(
@@ -583,11 +677,72 @@ class Orchestrator:
         repaired.metadata["replans"] = [*plan.metadata.get("replans", []), note]
         return repaired, note
 
-    async def _plan(self, goal_or_plan: str | Plan, context: Mapping[str, Any]) -> Plan:
+    async def _decide(
+        self,
+        goal_or_plan: str | Plan,
+        goal: str,
+        execution_id: str,
+        session_id: str | None,
+        context: Mapping[str, Any],
+        depth: int,
+    ) -> _Decisions:
+        """The policy, route and experiment arm of a run; a failing component is skipped."""
+        project = context.get("project") or self.config.project
+        decisions = _Decisions(project=project if isinstance(project, str) else None)
+        if self.policies is not None:
+            try:  # from memory after the first read of the store
+                decisions.policy = self.policies.get(decisions.project)
+            except Exception:
+                log.warning("quality policy unavailable; using defaults", exc_info=True)
+        if self.router is not None and depth == 0:
+            features = TaskFeatures(
+                text=goal,
+                task_type=context.get("task_type") or classify(goal).intent.value,
+                project=decisions.project,
+                complexity=context.get("complexity"),
+            )
+            try:
+                decisions.choice = await asyncio.to_thread(
+                    self.router.choose, features, execution_id
+                )
+            except Exception:
+                log.warning("the router could not decide; running unrouted", exc_info=True)
+        if self.experiment is not None and not isinstance(goal_or_plan, Plan):
+            unit = self.experiment.unit_of(goal, session_id, execution_id)
+            decisions.arm = self.experiment.assign(unit)
+            decisions.unit = unit.split(":", 1)[0] if ":" in unit else "execution"
+            decisions.planner = self.experiment.arms[decisions.arm]
+            if self.store is not None:
+                try:
+                    await asyncio.to_thread(
+                        self.store.store_assignment,
+                        self.experiment.name,
+                        execution_id,
+                        decisions.arm,
+                        unit,
+                    )
+                except Exception:
+                    log.warning("could not record the experiment assignment", exc_info=True)
+        return decisions
+
+    def _learn_route(self, execution_id: str, decisions: _Decisions, *, success: bool) -> None:
+        if self.router is None or decisions.choice is None:
+            return
+        try:
+            self.router.learn(execution_id, success)
+        except (RouterError, LookupError, ValueError):
+            log.warning("the router could not learn run %s", execution_id, exc_info=True)
+
+    async def _plan(
+        self, goal_or_plan: str | Plan, context: Mapping[str, Any], decisions: _Decisions
+    ) -> Plan:
         if isinstance(goal_or_plan, Plan):
             plan = goal_or_plan
         else:
-            plan = await self.planner.plan(goal_or_plan, self.registry, context)
+            planner = decisions.planner or self.planner
+            if decisions.policy is not None and not decisions.policy.use_llm:
+                context = {**context, "use_llm": False}
+            plan = await planner.plan(goal_or_plan, self.registry, context)
         problems = validate(plan, self.registry)
         if problems:
             raise PlanValidationError(problems)
@@ -633,6 +788,7 @@ class Orchestrator:
         session_id: str | None,
         parent: _Frame | None,
         depth: int,
+        decisions: _Decisions,
         *,
         cancelled: bool = False,
     ) -> ExecutionResult:
@@ -656,6 +812,8 @@ class Orchestrator:
             )
             error, error_type = outcome.error, outcome.error_type
             output, confidence = outcome.output, outcome.confidence
+        policy = decisions.policy
+        needs_review = bool(policy is not None and success and confidence < policy.min_confidence)
         result = ExecutionResult(
             execution_id=execution_id,
             goal=plan.goal,
@@ -672,7 +830,12 @@ class Orchestrator:
             session_id=session_id,
             parent_id=_id(parent),
             depth=depth,
+            route=decisions.choice.option if decisions.choice else None,
+            arm=decisions.arm,
+            needs_review=needs_review,
+            why={**plan.metadata.get("why", {}), **decisions.why()},
         )
+        why = result.why
         if self.store is not None:
             stored_output, _ = capped(output, self.config.max_output_bytes)
             self._record_execution(
@@ -689,9 +852,16 @@ class Orchestrator:
                 parent=parent,
                 depth=depth,
                 confidence_score=confidence,
+                decisions=decisions,
                 metadata={
                     "planner": plan.planner,
-                    "why": plan.metadata.get("why", {}),
+                    "why": why,
+                    "needs_review": needs_review,
+                    "experiment": (
+                        {"name": self.experiment.name, "arm": decisions.arm}
+                        if self.experiment is not None and decisions.arm is not None
+                        else None
+                    ),
                     "remembered_goal": plan.metadata.get("remembered_goal"),
                     "strategy": plan.metadata.get("strategy"),
                     "llm": self.llm.config.model if self.llm else None,
@@ -709,6 +879,8 @@ class Orchestrator:
                 self.learning.after_run(result)
             except Exception:
                 log.warning("learning could not take run %s", execution_id, exc_info=True)
+        if not cancelled:
+            self._learn_route(execution_id, decisions, success=success)
         if self.config.keep_traces:
             self._traces[execution_id] = result
             while len(self._traces) > self.config.keep_traces:
@@ -731,11 +903,20 @@ class Orchestrator:
         parent: _Frame | None,
         depth: int,
         metadata: dict[str, Any],
+        decisions: _Decisions,
         confidence_score: float | None = None,
     ) -> None:
         if self.store is None:
             return
         labels = classification or classify(goal).to_dict()
+        choice, routed = decisions.choice, {}
+        if choice is not None and self.router is not None:
+            column = "pool" if self.router.router_name == "pool" else "model_tier"
+            routed = {
+                column: choice.option,
+                "routing_confidence": choice.confidence,
+                "cost_estimate": choice.predicted_cost,
+            }
         try:
             self.store.store_execution(
                 id=execution_id,
@@ -751,13 +932,78 @@ class Orchestrator:
                 session_id=session_id,
                 parent_id=_id(parent),
                 depth=depth,
-                project=self.config.project,
+                project=decisions.project,
                 confidence_score=confidence_score,
                 metadata=metadata,
+                **routed,
             )
         except Exception:
             self._record_failures += 1
             log.warning("could not record execution %s", execution_id, exc_info=True)
+
+    # -- feedback ------------------------------------------------------------
+
+    def feedback(
+        self,
+        execution_id: str,
+        rating: int | None = None,
+        *,
+        accepted: bool | None = None,
+        comment: str | None = None,
+        source: str = "human",
+    ) -> FeedbackEffect:
+        """Record a judgement of a run and learn from it at once.
+
+        The store keeps the feedback (and raises ``UnknownExecutionError`` for a
+        run it never recorded); the learning loop turns it into a reward for the
+        tools that answered and for plan memory, and the router revises the
+        outcome of the option it chose. Feedback recorded by another process is
+        learned by the ``feedback`` job instead.
+        """
+        feedback_id = None
+        if self.store is not None:
+            feedback_id = self.store.store_feedback(
+                execution_id,
+                rating,
+                comment,
+                accepted=accepted,
+                source=source,  # type: ignore[arg-type]
+            )
+        return self.learn_feedback(execution_id, rating, accepted, feedback_id=feedback_id)
+
+    def learn_feedback(
+        self,
+        execution_id: str,
+        rating: int | None,
+        accepted: bool | None,
+        *,
+        feedback_id: str | None = None,
+    ) -> FeedbackEffect:
+        """Learn from feedback already recorded; what learned it is in the effect."""
+        result = self._traces.get(execution_id)
+        run: JudgedRun | None = None
+        if result is not None:
+            run = JudgedRun.of_result(result)
+        elif self.store is not None:
+            detail = self.store.get_execution(execution_id)
+            run = JudgedRun.of_record(detail) if detail is not None else None
+        if run is None:
+            return FeedbackEffect(execution_id, None, 0.0, (), (), False)
+        effect = (
+            self.learning.feedback(run, rating, accepted, feedback_id=feedback_id)
+            if self.learning is not None
+            else FeedbackEffect(execution_id, None, 0.0, (), (), False)
+        )
+        routed = False
+        if self.router is not None and (rating is not None or accepted is not None):
+            try:
+                self.router.feedback(
+                    execution_id, rating if rating is not None else (5 if accepted else 1)
+                )
+                routed = True
+            except LookupError:
+                pass  # the router did not decide this run (or forgot it)
+        return dataclasses.replace(effect, router=routed, feedback_id=feedback_id)
 
     # -- inspection ----------------------------------------------------------
 
@@ -783,7 +1029,7 @@ class Orchestrator:
                 depth=result.depth,
                 steps=[s.to_dict(include_output=False) for s in result.steps],
                 replans=list(result.plan.metadata.get("replans", [])),
-                why=dict(result.plan.metadata.get("why", {})),
+                why=dict(result.why),
             )
         return load_trace(self.store, execution_id) if self.store is not None else None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import time
@@ -63,6 +64,7 @@ from dendrite.api.problems import (
 )
 from dendrite.api.sse import KEEPALIVE, EventStreamResponse, sse
 from dendrite.execution.events import EventType
+from dendrite.learning.jobs import JobScheduler
 from dendrite.orchestrator import ExecutionResult, Orchestrator
 from dendrite.planning import (
     DendritePlanner,
@@ -431,12 +433,17 @@ Since = Annotated[datetime | None, Query(description="ISO 8601; naive means UTC"
 
 
 def create_app(
-    orchestrator: Orchestrator, *, token: str | None = None, max_body_bytes: int = 1_000_000
+    orchestrator: Orchestrator,
+    *,
+    token: str | None = None,
+    max_body_bytes: int = 1_000_000,
+    jobs: JobScheduler | None = None,
 ) -> FastAPI:
     """The HTTP API over ``orchestrator``.
 
     ``token``: when given, every route but ``/healthz`` needs ``Authorization:
-    Bearer <token>``. ``max_body_bytes``: larger request bodies get 413. The
+    Bearer <token>``. ``max_body_bytes``: larger request bodies get 413.
+    ``jobs``: a scheduler that runs the learning jobs while the app serves. The
     app never closes the orchestrator: whoever made it does.
     """
     if token is not None and not token.strip():
@@ -444,7 +451,19 @@ def create_app(
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be at least 1, got {max_body_bytes}")
     version = _version()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if jobs is not None:
+            jobs.start()
+        try:
+            yield
+        finally:
+            if jobs is not None:
+                await jobs.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Dendrite",
         version=version,
         description="Run goals, stream their events, read the execution history and its "
@@ -580,16 +599,24 @@ def create_app(
         responses=responses(400, 404, 413, 422, 503),
     )
     async def post_feedback(execution_id: ExecutionId, feedback: FeedbackRequest) -> Response:
-        store = state.store()
-        feedback_id = await state.blocking(
-            store.store_feedback,
+        state.store()  # 503 without one
+        effect = await state.blocking(
+            orch.feedback,
             str(execution_id),
-            rating=feedback.rating,
-            feedback_text=feedback.comment,
+            feedback.rating,
             accepted=feedback.accepted,
+            comment=feedback.comment,
             source=feedback.source,
         )
-        return _json({"feedback_id": feedback_id, "execution_id": str(execution_id)}, 201)
+        learned = effect.to_dict()
+        return _json(
+            {
+                "feedback_id": learned.pop("feedback_id"),
+                "execution_id": learned.pop("execution_id"),
+                "learned": learned,
+            },
+            201,
+        )
 
     # -- tools ---------------------------------------------------------------
 

@@ -195,9 +195,18 @@ class FeedbackRequest(BaseModel):
         return self
 
 
+class FeedbackLearned(BaseModel):
+    reward: float | None = Field(description="the judgement as a reward in [0, 1]")
+    weight: float = Field(description="recency weight of the judged run (1 = just finished)")
+    tools: list[str] = Field(description="tools whose ranking moved")
+    plans_judged: list[str] = Field(description="remembered plans judged")
+    router: bool = Field(description="whether the router revised its outcome")
+
+
 class FeedbackCreated(BaseModel):
     feedback_id: str
     execution_id: str
+    learned: FeedbackLearned | None = None
 
 
 class ToolStateChange(BaseModel):

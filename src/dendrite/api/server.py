@@ -7,6 +7,7 @@ import ipaddress
 import uvicorn
 
 from dendrite.api.app import create_app
+from dendrite.learning.jobs import JobScheduler
 from dendrite.orchestrator import Orchestrator
 
 
@@ -46,12 +47,15 @@ def serve(
     *,
     max_body_bytes: int = 1_000_000,
     log_level: str = "info",
+    jobs: bool = True,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); the caller closes the orchestrator.
 
     Refuses (:class:`InsecureBindError`, before binding anything) to listen on
-    a non-loopback ``host`` without a ``token``.
+    a non-loopback ``host`` without a ``token``. With ``jobs`` (and a store) the
+    learning jobs run on their schedule while it serves.
     """
     check_bind(host, token)
-    app = create_app(orchestrator, token=token, max_body_bytes=max_body_bytes)
+    scheduler = JobScheduler(orchestrator) if jobs and orchestrator.store is not None else None
+    app = create_app(orchestrator, token=token, max_body_bytes=max_body_bytes, jobs=scheduler)
     uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)

@@ -6,14 +6,23 @@ monitor lets probes through; the planner asks plan memory first and orders
 candidate tools with the ranker; the engine orders fallbacks by it. At start
 the loop warms up from the store, so what one process learned is not lost
 when it stops.
+
+Feedback (a rating 1-5, accepted or rejected) arrives after the run, often
+much later. It becomes a reward in [0, 1] that moves the ranker (the tools that
+answered) and plan memory (the plan that ran, and the plan it was reused
+from), weighted by how recent the run is: a judgement of yesterday's run says
+more about today's tools than one of last month's.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from dendrite.learning.health import HEALTH_LOG_KEY, HealthMonitor, HealthPolicy, transition_log
@@ -26,10 +35,102 @@ if TYPE_CHECKING:
     from dendrite.orchestrator import ExecutionResult
     from dendrite.state import StateManager
     from dendrite.store import ExecutionStore
+    from dendrite.store.analytics import ExecutionDetail
+    from dendrite.telemetry.records import ExecutionRecord
 
 log = logging.getLogger("dendrite.learning")
 
 NOT_REMEMBERED = {"memory", "explicit"}  # plans memory did not need to learn
+
+
+def reward_of(rating: int | None, accepted: bool | None) -> float | None:
+    """A judgement as a reward in [0, 1]: rating 1 is 0, 5 is 1; accepted 1, rejected 0.
+
+    Both given: their mean. Neither (a comment alone): None, nothing to learn.
+    """
+    parts = []
+    if rating is not None:
+        if not 1 <= rating <= 5:
+            raise ValueError(f"rating must be 1-5, got {rating}")
+        parts.append((rating - 1) / 4)
+    if accepted is not None:
+        parts.append(1.0 if accepted else 0.0)
+    return sum(parts) / len(parts) if parts else None
+
+
+@dataclass(frozen=True, slots=True)
+class JudgedRun:
+    """What feedback needs to know about the run it judges, from memory or the store."""
+
+    execution_id: str
+    goal: str
+    finished_at: datetime
+    answered: tuple[tuple[str, str], ...]
+    """(the step's text, the tool that answered it) per successful step."""
+    remembered_from: str | None = None
+
+    @classmethod
+    def of_result(cls, result: ExecutionResult) -> JudgedRun:
+        described = {s.id: s.description for s in result.plan.steps}
+        return cls(
+            execution_id=result.execution_id,
+            goal=result.goal,
+            finished_at=result.started_at + timedelta(milliseconds=result.duration_ms),
+            answered=tuple(
+                (described.get(r.step_id) or result.goal, r.tool) for r in result.steps if r.ok
+            ),
+            remembered_from=result.plan.metadata.get("remembered_from"),
+        )
+
+    @classmethod
+    def of_record(cls, record: ExecutionRecord | ExecutionDetail) -> JudgedRun:
+        plan = record.metadata.get("plan")
+        described = {}
+        if isinstance(plan, dict):
+            described = {
+                s.get("id"): s.get("description")
+                for s in plan.get("steps", [])
+                if isinstance(s, dict)
+            }
+        steps = record.metadata.get("steps")
+        answered = tuple(
+            (described.get(s.get("step_id")) or record.goal_text, s["tool"])
+            for s in (steps if isinstance(steps, list) else [])
+            if isinstance(s, dict) and s.get("status") == "succeeded" and s.get("tool")
+        )
+        started = record.started_at or datetime.now(UTC)
+        remembered = plan.get("metadata", {}).get("remembered_from") if plan else None
+        return cls(
+            execution_id=record.id,
+            goal=record.goal_text,
+            finished_at=started + timedelta(milliseconds=record.duration_ms or 0.0),
+            answered=answered,
+            remembered_from=remembered,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackEffect:
+    """What one judgement changed, for the caller and the trace."""
+
+    execution_id: str
+    reward: float | None
+    weight: float
+    tools: tuple[str, ...]
+    plans_judged: tuple[str, ...]
+    router: bool
+    feedback_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "execution_id": self.execution_id,
+            "feedback_id": self.feedback_id,
+            "reward": self.reward,
+            "weight": round(self.weight, 4),
+            "tools": list(self.tools),
+            "plans_judged": list(self.plans_judged),
+            "router": self.router,
+        }
 
 
 class LearningLoop:
@@ -42,8 +143,22 @@ class LearningLoop:
         health_policy: HealthPolicy | None = None,
         state: StateManager | None = None,
         clock: Callable[[], float] = time.monotonic,
+        feedback_half_life: timedelta = timedelta(days=14),
+        feedback_weight: float = 2.0,
     ) -> None:
-        """``clock`` drives health cooldowns (a simulation passes its own)."""
+        """``clock`` drives health cooldowns (a simulation passes its own).
+
+        A judgement of a run that ended ``feedback_half_life`` ago counts half as
+        much as one of a run just ended; a fresh, clear judgement (rating 1 or 5)
+        counts as ``feedback_weight`` outcomes of each tool that answered.
+        """
+        if feedback_half_life <= timedelta(0):
+            raise ValueError(f"feedback_half_life must be positive, got {feedback_half_life}")
+        if feedback_weight < 0:
+            raise ValueError(f"feedback_weight must be >= 0, got {feedback_weight}")
+        self.feedback_half_life = feedback_half_life
+        self.feedback_weight = feedback_weight
+        self._judged: OrderedDict[str, None] = OrderedDict()
         self.registry = registry
         self.ranker = ranker or ToolRanker()
         self.memory = memory or PlanMemory()
@@ -76,6 +191,51 @@ class LearningLoop:
         if result.success and result.plan.planner not in NOT_REMEMBERED:
             self.memory.remember(result.goal, _as_answered(result), result.execution_id)
 
+    def recency(self, finished_at: datetime, now: datetime | None = None) -> float:
+        """The weight of a judgement of a run that finished at ``finished_at``."""
+        age = ((now or datetime.now(UTC)) - finished_at).total_seconds()
+        return math.pow(0.5, max(age, 0.0) / self.feedback_half_life.total_seconds())
+
+    def feedback(
+        self,
+        run: JudgedRun,
+        rating: int | None = None,
+        accepted: bool | None = None,
+        *,
+        feedback_id: str | None = None,
+        now: datetime | None = None,
+    ) -> FeedbackEffect:
+        """Learn from a judgement of ``run``; a ``feedback_id`` seen before is not learned twice.
+
+        Reward r in [0, 1] becomes the signal 2r - 1: a middling rating (3)
+        teaches nothing, a rating of 1 counts against each tool that answered as
+        a failure would, 5 as a success would. Plan memory stops reusing a plan
+        judged more bad than good.
+        """
+        reward = reward_of(rating, accepted)
+        weight = self.recency(run.finished_at, now)
+        if feedback_id is not None:
+            if feedback_id in self._judged:
+                return FeedbackEffect(run.execution_id, None, 0.0, (), (), False)
+            self._judged[feedback_id] = None
+            while len(self._judged) > 100_000:
+                self._judged.popitem(last=False)
+        if reward is None:
+            return FeedbackEffect(run.execution_id, None, weight, (), (), False)
+        signal = 2 * reward - 1
+        strength = weight * abs(signal) * self.feedback_weight
+        tools: list[str] = []
+        if strength > 0:
+            for text, tool in run.answered:
+                self.ranker.observe(text, tool, signal > 0, weight=strength)
+                tools.append(tool)
+        plans = tuple(
+            p
+            for p in dict.fromkeys([run.execution_id, run.remembered_from])
+            if p and self.memory.judge(p, reward, weight)
+        )
+        return FeedbackEffect(run.execution_id, reward, weight, tuple(tools), plans, False)
+
     def warm_start(self, store: ExecutionStore, limit: int = 5_000) -> int:
         """Learn from the last ``limit`` recorded executions; returns how many were read."""
         records = store.get_recent_executions(limit)
@@ -95,6 +255,8 @@ class LearningLoop:
                     self.ranker.observe(text, step["tool"], step["status"] == "succeeded")
             if record.success and plan.planner not in NOT_REMEMBERED:
                 self.memory.remember(record.goal_text, plan, record.id)
+            if record.user_rating is not None or record.user_accepted is not None:
+                self.feedback(JudgedRun.of_record(record), record.user_rating, record.user_accepted)
         return len(records)
 
 

@@ -10,6 +10,7 @@ decline, rather than run a plan with the old goal's arguments.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from dendrite.learning.similar import SimilarTexts
@@ -34,11 +35,16 @@ class Recall:
 
 
 class PlanMemory:
+    """Successful plans by goal; feedback (``judge``) can veto reusing one."""
+
     def __init__(self, *, threshold: float = 0.75, capacity: int = 5_000) -> None:
         if not 0 < threshold <= 1:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         self.threshold = threshold
+        self.capacity = capacity
         self._index: SimilarTexts[Remembered] = SimilarTexts(capacity)
+        self._judgements: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._remembered: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -48,11 +54,35 @@ class PlanMemory:
         """Keep a plan that answered ``goal`` (only successful runs belong here)."""
         with self._lock:
             self._index.add(goal, Remembered(goal, plan, execution_id))
+            if execution_id is not None:
+                self._remembered[execution_id] = None
+                while len(self._remembered) > self.capacity:
+                    self._remembered.popitem(last=False)
+
+    def judge(self, execution_id: str, reward: float, weight: float = 1.0) -> bool:
+        """Feedback on the plan of ``execution_id``; True if that plan is remembered.
+
+        A plan judged worse than good (weighted rewards below 0.5 on balance)
+        is not reused; later good judgements can restore it.
+        """
+        if not 0 <= reward <= 1:
+            raise ValueError(f"reward must be in [0, 1], got {reward}")
+        with self._lock:
+            good, bad = self._judgements.pop(execution_id, (0.0, 0.0))
+            self._judgements[execution_id] = (good + weight * reward, bad + weight * (1 - reward))
+            while len(self._judgements) > self.capacity:
+                self._judgements.popitem(last=False)
+            return execution_id in self._remembered
+
+    def vetoed(self, execution_id: str | None) -> bool:
+        good, bad = self._judgements.get(execution_id or "", (0.0, 0.0))
+        return bad > good
 
     def recall(self, goal: str, registry: ToolRegistry) -> Recall | None:
-        """The most similar remembered plan, re-bound to ``goal``, if one is close enough."""
+        """The most similar remembered plan not vetoed by feedback, re-bound to ``goal``."""
         with self._lock:
             matches = self._index.search(goal, k=3, min_similarity=self.threshold)
+            matches = [m for m in matches if not self.vetoed(m.item.execution_id)]
         for match in matches:
             plan = self._rebind(match.item, goal, registry)
             if plan is not None:

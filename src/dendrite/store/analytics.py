@@ -124,6 +124,14 @@ def get_execution(conn: Connection, execution_id: str) -> ExecutionDetail | None
     )
 
 
+def get_feedback(conn: Connection, since: datetime | None, limit: int) -> list[FeedbackRecord]:
+    fb = s.execution_feedback
+    query = select(fb).order_by(fb.c.created_at, fb.c.id).limit(limit)
+    if since is not None:
+        query = query.where(fb.c.created_at > since)
+    return [_record(FeedbackRecord, r) for r in conn.execute(query)]
+
+
 def get_recent_executions(
     conn: Connection,
     limit: int,

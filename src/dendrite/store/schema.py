@@ -303,6 +303,34 @@ state_entries = Table(
     Index(None, "expires_at"),
 )
 
+# What the learning jobs did, one row per run (kept by retention like history).
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("id", UUID, primary_key=True),
+    Column("job", String(64), nullable=False),
+    Column("trigger", String(16), nullable=False),
+    _ts("started_at", nullable=False),
+    _ts("finished_at", nullable=False),
+    Column("success", Boolean, nullable=False),
+    Column("error", Text),
+    Column("report", JSONDoc, nullable=False),
+    Index(None, "job", "started_at"),
+)
+
+# Which arm of an experiment each execution ran under; the outcome is the
+# execution row itself, so a report is one join.
+experiment_assignments = Table(
+    "experiment_assignments",
+    metadata,
+    Column("experiment", String(128), primary_key=True),
+    Column("execution_id", UUID, primary_key=True),
+    Column("arm", String(64), nullable=False),
+    Column("unit", String(255), nullable=False),
+    _ts("assigned_at", nullable=False),
+    Index(None, "execution_id"),
+)
+
 store_meta = Table(
     "store_meta",
     metadata,

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, delete, select, update
 
 from dendrite.config import data_dir, database_url
-from dendrite.store import analytics, migrate, rollups, state_entries
+from dendrite.store import analytics, bookkeeping, migrate, rollups, state_entries
 from dendrite.store import schema as s
 from dendrite.store.analytics import (
     ExecutionDetail,
@@ -34,6 +34,7 @@ from dendrite.store.analytics import (
     TierPerformance,
     ToolStatistics,
 )
+from dendrite.store.bookkeeping import ArmOutcomes, JobRun, RecentToolOutcomes
 from dendrite.store.engine import WRITE, make_engine
 from dendrite.store.errors import (
     InvalidRecordError,
@@ -529,6 +530,54 @@ class ExecutionStore:
         with self._state(write=True) as conn:
             return state_entries.purge_expired(conn, moment)
 
+    # -- learning bookkeeping ------------------------------------------------
+
+    def store_job_run(
+        self,
+        job: str,
+        *,
+        started_at: datetime,
+        finished_at: datetime,
+        success: bool,
+        report: dict[str, Any],
+        error: str | None = None,
+        trigger: Literal["manual", "schedule"] = "manual",
+    ) -> JobRun:
+        """Record one run of a learning job (synchronously)."""
+        with self._state(write=True) as conn:
+            return bookkeeping.insert_job_run(
+                conn, job, trigger, started_at, finished_at, success, error, report
+            )
+
+    def get_job_runs(self, job: str | None = None, limit: int = 50) -> list[JobRun]:
+        """The newest job runs first, of one job or all."""
+        _at_least_one("limit", limit)
+        with self._state(write=False) as conn:
+            return bookkeeping.job_runs(conn, job, limit)
+
+    def store_assignment(self, experiment: str, execution_id: str, arm: str, unit: str) -> None:
+        """Record that ``execution_id`` ran under ``arm`` of ``experiment``."""
+        with self._state(write=True) as conn:
+            bookkeeping.insert_assignment(conn, experiment, execution_id, arm, unit)
+
+    def get_arm_outcomes(self, experiment: str | None = None) -> list[ArmOutcomes]:
+        """Per experiment and arm, sums over the recorded executions it ran."""
+        with self._read() as conn:
+            return bookkeeping.arm_outcomes(conn, experiment)
+
+    def get_recent_tool_outcomes(self, since: datetime) -> list[RecentToolOutcomes]:
+        """Per tool, attempts and successes since ``since`` (what a tool does lately)."""
+        with self._read() as conn:
+            return bookkeeping.recent_tool_outcomes(conn, since)
+
+    def get_feedback(
+        self, since: datetime | None = None, limit: int = 1000
+    ) -> list[FeedbackRecord]:
+        """Feedback recorded after ``since`` (any process), oldest first."""
+        _at_least_one("limit", limit)
+        with self._read() as conn:
+            return analytics.get_feedback(conn, since, limit)
+
     # -- maintenance ---------------------------------------------------------
 
     @contextlib.contextmanager
@@ -557,6 +606,9 @@ class ExecutionStore:
             rollups.archive_before(conn, cutoff)
             old = select(ex.c.id).where(ex.c.started_at < cutoff)
             feedback = conn.execute(delete(fb).where(fb.c.execution_id.in_(old))).rowcount
+            ea, jr = s.experiment_assignments, s.job_runs
+            conn.execute(delete(ea).where(ea.c.execution_id.in_(old)))
+            conn.execute(delete(jr).where(jr.c.started_at < cutoff))
             executions = conn.execute(delete(ex).where(ex.c.started_at < cutoff)).rowcount
             tools = conn.execute(delete(te).where(te.c.started_at < cutoff)).rowcount
             routing = conn.execute(delete(rd).where(rd.c.created_at < cutoff)).rowcount

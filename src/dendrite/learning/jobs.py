@@ -1,0 +1,310 @@
+"""Learning jobs: the slow half of the learning loop, on a schedule or on demand.
+
+Runs teach the ranker, health monitor, router and plan memory at once. Some
+lessons need the whole history instead, or must act on tools for every
+process that shares the store: refreshing statistics, finding tools that
+keep failing, retiring unused tools and promoting generated ones that keep
+working, applying feedback recorded by another process, adapting quality
+policies, and enforcing retention. Each job is a function of a
+:class:`JobContext` that returns a JSON report; :func:`run_job` records every
+run (success, error, report) in the store's ``job_runs`` table, and
+:class:`JobScheduler` runs them periodically inside ``dendrite serve``.
+
+Tool decisions (archive, deprecate, promote) are kept in the store's global
+state beside the tool states set by hand, so every later orchestrator on the
+store applies them at start; they are undone by ``dendrite tools enable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from dendrite.learning.policies import QualityPolicies
+from dendrite.state import StateManager
+from dendrite.tools import Reliability
+
+if TYPE_CHECKING:
+    from dendrite.orchestrator import Orchestrator
+    from dendrite.store import ExecutionStore
+    from dendrite.store.bookkeeping import JobRun
+
+log = logging.getLogger("dendrite.jobs")
+
+TOOL_STATES_KEY = "tool_states"
+LIFECYCLE_KEY = "tool_lifecycle"
+LOW_PERFORMERS_KEY = "low_performers"
+
+
+@dataclass(slots=True)
+class JobSettings:
+    """Thresholds of the jobs; the defaults suit a service with steady traffic."""
+
+    window: timedelta = timedelta(days=7)
+    """How far back "lately" reaches for low performers and promotions."""
+    min_attempts: int = 20
+    low_success: float = 0.5
+    """A tool below this success rate lately, with ``min_attempts``, is a low performer."""
+    deprecate_success: float = 0.2
+    """Below this, with ``2 * min_attempts``, it is deprecated (quarantined for good)."""
+    promote_success: float = 0.95
+    """A generated tool at or above this, with ``min_attempts``, is promoted."""
+    unused_for: timedelta = timedelta(days=30)
+    """A tool unused this long (and used before) is archived (disabled)."""
+    retention: timedelta = timedelta(days=90)
+
+
+@dataclass(slots=True)
+class JobContext:
+    store: ExecutionStore
+    orchestrator: Orchestrator | None = None
+    settings: JobSettings = field(default_factory=JobSettings)
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    feedback_since: datetime | None = None
+    """Where the ``feedback`` job resumes; the scheduler carries it between runs."""
+
+    @property
+    def state(self) -> StateManager:
+        if self.orchestrator is not None:
+            return self.orchestrator.state
+        return StateManager(self.store)
+
+
+Job = Callable[[JobContext], dict[str, Any]]
+
+
+def statistics(ctx: JobContext) -> dict[str, Any]:
+    """Rebuild the tool statistics and rollups from the rows (repairs any drift)."""
+    ctx.store.update_statistics()
+    tools = ctx.store.get_tool_performance()
+    return {"tools": len(tools), "attempts": sum(t.total_executions for t in tools)}
+
+
+def low_performers(ctx: JobContext) -> dict[str, Any]:
+    """Tools whose recent success rate is below ``low_success``; kept for dashboards."""
+    settings = ctx.settings
+    recent = ctx.store.get_recent_tool_outcomes(ctx.now - settings.window)
+    found = [
+        {
+            "tool": r.tool_name,
+            "attempts": r.attempts,
+            "success_rate": round(r.success_rate, 4),
+            "alternatives": _alternatives(ctx, r.tool_name),
+        }
+        for r in recent
+        if r.attempts >= settings.min_attempts and r.success_rate < settings.low_success
+    ]
+    found.sort(key=lambda f: f["success_rate"])
+    ctx.state.set("global", LOW_PERFORMERS_KEY, {"checked_at": ctx.now.isoformat(), "tools": found})
+    return {"checked": len(recent), "low_performers": found}
+
+
+def _alternatives(ctx: JobContext, name: str) -> list[str]:
+    if ctx.orchestrator is None:
+        return []
+    tool = ctx.orchestrator.registry.find(name)
+    return list(tool.alternatives) if tool is not None else []
+
+
+def lifecycle(ctx: JobContext) -> dict[str, Any]:
+    """Archive unused tools, deprecate failing ones, promote generated tools that work."""
+    settings = ctx.settings
+    state = ctx.state
+    saved = dict(state.get("global", LIFECYCLE_KEY, {}) or {})
+    archived, deprecated, promoted = [], [], []
+    for stats in ctx.store.get_tool_performance():
+        name = stats.tool_name
+        if saved.get(name, {}).get("stage") in ("archived", "deprecated"):
+            continue
+        if stats.last_used is not None and ctx.now - stats.last_used > settings.unused_for:
+            reason = f"archived: unused since {stats.last_used:%Y-%m-%d}"
+            _set_status(ctx, name, "disabled", reason)
+            saved[name] = {"stage": "archived", "reason": reason, "since": ctx.now.isoformat()}
+            archived.append(name)
+    recent = {r.tool_name: r for r in ctx.store.get_recent_tool_outcomes(ctx.now - settings.window)}
+    for name, r in recent.items():
+        if saved.get(name, {}).get("stage") == "deprecated":
+            continue
+        if r.attempts >= 2 * settings.min_attempts and r.success_rate < settings.deprecate_success:
+            reason = (
+                f"deprecated: {r.success_rate:.0%} success over {r.attempts} attempts "
+                f"in the last {settings.window.days} days"
+            )
+            _set_status(ctx, name, "quarantined", reason)
+            saved[name] = {"stage": "deprecated", "reason": reason, "since": ctx.now.isoformat()}
+            deprecated.append(name)
+    generated = {
+        e.tool_name for e in ctx.store.get_tool_creations(limit=1000) if e.validation_passed
+    }
+    for name in sorted(generated):
+        r = recent.get(name)
+        if saved.get(name, {}).get("stage") in ("promoted", "deprecated", "archived") or r is None:
+            continue
+        if r.attempts >= settings.min_attempts and r.success_rate >= settings.promote_success:
+            reason = f"promoted: {r.success_rate:.0%} success over {r.attempts} attempts"
+            saved[name] = {"stage": "promoted", "reason": reason, "since": ctx.now.isoformat()}
+            promoted.append(name)
+            apply_promotion(ctx.orchestrator, name)
+    state.set("global", LIFECYCLE_KEY, saved)
+    return {"archived": archived, "deprecated": deprecated, "promoted": promoted}
+
+
+def apply_promotion(orchestrator: Orchestrator | None, name: str) -> None:
+    """A promoted tool is trusted like a hand-written one: high reliability."""
+    if orchestrator is None:
+        return
+    tool = orchestrator.registry.find(name)
+    if tool is not None:
+        tool.reliability = Reliability.HIGH
+
+
+def _set_status(ctx: JobContext, name: str, status: str, reason: str) -> None:
+    """Through the orchestrator when its registry has the tool, else into the saved states."""
+    orch = ctx.orchestrator
+    if orch is not None and name in orch.registry:
+        orch.set_tool_status(name, status, reason)
+        return
+    saved = dict(ctx.state.get("global", TOOL_STATES_KEY, {}) or {})
+    saved[name] = {"status": status, "reason": reason, "since": ctx.now.isoformat()}
+    ctx.state.set("global", TOOL_STATES_KEY, saved)
+
+
+def retention(ctx: JobContext) -> dict[str, Any]:
+    """Delete history older than ``retention`` (the rollups keep its numbers) and stale state."""
+    report = ctx.store.prune(ctx.settings.retention)
+    expired = ctx.store.purge_expired_state()
+    return {**report.model_dump(mode="json"), "expired_state_entries": expired}
+
+
+def feedback(ctx: JobContext) -> dict[str, Any]:
+    """Learn feedback recorded since the last run, by any process (the CLI, another server)."""
+    orch = ctx.orchestrator
+    if orch is None or orch.learning is None:
+        return {"skipped": "no learning loop in this process", "learned": 0}
+    since = ctx.feedback_since
+    learned = seen = 0
+    while True:
+        batch = ctx.store.get_feedback(since=since, limit=1000)
+        for record in batch:
+            seen += 1
+            effect = orch.learn_feedback(
+                record.execution_id, record.rating, record.accepted, feedback_id=record.id
+            )
+            learned += effect.reward is not None
+            since = record.created_at
+        if len(batch) < 1000:
+            break
+    ctx.feedback_since = since
+    return {"read": seen, "learned": learned, "until": since.isoformat() if since else None}
+
+
+def quality(ctx: JobContext) -> dict[str, Any]:
+    """Move each project's quality policy toward its measured success."""
+    policies = ctx.orchestrator.policies if ctx.orchestrator is not None else None
+    policies = policies or QualityPolicies(ctx.state)
+    adapted = policies.adapt_all(ctx.store)
+    return {"policies": [p.model_dump(mode="json") for p in adapted]}
+
+
+JOBS: dict[str, tuple[Job, timedelta]] = {
+    "statistics": (statistics, timedelta(hours=1)),
+    "low_performers": (low_performers, timedelta(hours=1)),
+    "lifecycle": (lifecycle, timedelta(days=1)),
+    "retention": (retention, timedelta(days=1)),
+    "feedback": (feedback, timedelta(minutes=1)),
+    "quality": (quality, timedelta(minutes=15)),
+}
+"""Every job by name, with how often the scheduler runs it."""
+
+
+def describe(name: str) -> str:
+    job = JOBS[name][0]
+    return (job.__doc__ or "").strip().splitlines()[0]
+
+
+class UnknownJobError(KeyError):
+    def __str__(self) -> str:
+        return f"unknown job {self.args[0]!r}; jobs are {', '.join(JOBS)}"
+
+
+def run_job(name: str, ctx: JobContext, *, trigger: str = "manual") -> JobRun:
+    """Run one job and record the run, failed or not; a failure is in the record, not raised."""
+    if name not in JOBS:
+        raise UnknownJobError(name)
+    job = JOBS[name][0]
+    started_at = datetime.now(UTC)
+    ctx.now = started_at
+    error, report = None, {}
+    try:
+        report = job(ctx)
+    except Exception as failure:
+        log.warning("job %s failed", name, exc_info=True)
+        error = f"{type(failure).__name__}: {failure}"
+    finished_at = datetime.now(UTC)
+    return ctx.store.store_job_run(
+        name,
+        started_at=started_at,
+        finished_at=finished_at,
+        success=error is None,
+        report=report,
+        error=error,
+        trigger=trigger,  # type: ignore[arg-type]
+    )
+
+
+class JobScheduler:
+    """Runs every job at its interval in a worker thread, beside a serving event loop.
+
+    The first run of each job is one interval after start, except ``feedback``,
+    which starts from the moment the server started (earlier feedback was
+    learned by the warm start).
+    """
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        *,
+        intervals: dict[str, timedelta] | None = None,
+        settings: JobSettings | None = None,
+    ) -> None:
+        if orchestrator.store is None:
+            raise ValueError("jobs need a store: this orchestrator records nothing")
+        unknown = sorted(set(intervals or {}) - set(JOBS))
+        if unknown:
+            raise ValueError(f"intervals name unknown job(s) {unknown}; jobs are {list(JOBS)}")
+        self.intervals = {name: every for name, (_, every) in JOBS.items()} | (intervals or {})
+        self.context = JobContext(
+            orchestrator.store, orchestrator, settings or JobSettings(), feedback_since=None
+        )
+        self.context.feedback_since = datetime.now(UTC)
+        self.runs: list[JobRun] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        start = time.monotonic()
+        due = {name: start + every.total_seconds() for name, every in self.intervals.items()}
+        while True:
+            name = min(due, key=due.__getitem__)
+            await asyncio.sleep(max(0.0, due[name] - time.monotonic()))
+            try:
+                run = await asyncio.to_thread(run_job, name, self.context, trigger="schedule")
+                self.runs = [*self.runs[-99:], run]
+            except Exception:
+                log.warning("could not run or record job %s", name, exc_info=True)
+            due[name] = time.monotonic() + self.intervals[name].total_seconds()

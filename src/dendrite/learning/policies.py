@@ -1,0 +1,177 @@
+"""Quality policies: per-project thresholds that follow the project's measured success.
+
+A project whose goals keep failing should spend more to get them right: repair
+failed plans, let the LLM plan when one is configured, and flag more results
+for review. A project that succeeds almost always should spend less. Each
+policy starts from the defaults, is re-measured over the project's recent
+top-level runs (by the ``quality`` job, and by the orchestrator every
+``adapt_every`` runs of a project), and is kept in the store's global state so
+every process and every restart uses the same thresholds. Each change keeps
+its reason.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from dendrite.state import StateManager
+    from dendrite.store import ExecutionStore
+
+POLICIES_KEY = "quality_policies"
+DEFAULT_PROJECT = "default"
+
+
+class QualityPolicy(BaseModel):
+    project: str
+    min_confidence: float = Field(default=0.5, ge=0, le=1)
+    """Results below it are flagged ``needs_review``."""
+    replan: bool = True
+    """Ask the planner for a repair when a step fails for good."""
+    use_llm: bool = True
+    """Let the configured LLM plan (no effect without one)."""
+    adaptive: bool = True
+    """False pins the policy: the jobs leave it as set."""
+    measured_success: float | None = None
+    samples: int = 0
+    reason: str = "defaults"
+    updated_at: datetime | None = None
+
+
+class QualityPolicies:
+    """The policies of every project, adapted toward ``target_success``."""
+
+    def __init__(
+        self,
+        state: StateManager | None = None,
+        *,
+        target_success: float = 0.9,
+        margin: float = 0.05,
+        window: int = 200,
+        min_samples: int = 20,
+        step: float = 0.1,
+        confidence_bounds: tuple[float, float] = (0.2, 0.9),
+        adapt_every: int = 50,
+    ) -> None:
+        if not 0 < target_success <= 1:
+            raise ValueError(f"target_success must be in (0, 1], got {target_success}")
+        low, high = confidence_bounds
+        if not 0 <= low <= high <= 1:
+            raise ValueError(f"confidence_bounds must be 0 <= low <= high <= 1, got {low, high}")
+        if window < 1 or min_samples < 1 or adapt_every < 0:
+            raise ValueError("window and min_samples must be >= 1, adapt_every >= 0")
+        self.state = state
+        self.target_success = target_success
+        self.margin = margin
+        self.window = window
+        self.min_samples = min_samples
+        self.step = step
+        self.confidence_bounds = confidence_bounds
+        self.adapt_every = adapt_every
+        self._lock = threading.Lock()
+        self._cache: dict[str, QualityPolicy] | None = None
+        self._runs: dict[str, int] = {}
+
+    def _all(self) -> dict[str, QualityPolicy]:
+        if self._cache is None:
+            saved = self.state.get("global", POLICIES_KEY, {}) if self.state else {}
+            self._cache = {
+                name: QualityPolicy.model_validate(data)
+                for name, data in (saved or {}).items()
+                if isinstance(data, dict)
+            }
+        return self._cache
+
+    def get(self, project: str | None) -> QualityPolicy:
+        name = project or DEFAULT_PROJECT
+        with self._lock:
+            policies = self._all()
+            if name not in policies:
+                policies[name] = QualityPolicy(project=name)
+            return policies[name]
+
+    def all(self) -> list[QualityPolicy]:
+        with self._lock:
+            return sorted(self._all().values(), key=lambda p: p.project)
+
+    def set(self, policy: QualityPolicy) -> None:
+        """Set a project's policy by hand (``adaptive=False`` keeps the jobs off it)."""
+        with self._lock:
+            policies = self._all()
+            policies[policy.project] = policy
+            self._save(policies)
+
+    def _save(self, policies: dict[str, QualityPolicy]) -> None:
+        if self.state is not None:
+            self.state.set(
+                "global", POLICIES_KEY, {n: p.model_dump(mode="json") for n, p in policies.items()}
+            )
+
+    def ran(self, project: str | None) -> bool:
+        """Count a finished run; True when the project is due to be re-measured."""
+        if not self.adapt_every:
+            return False
+        name = project or DEFAULT_PROJECT
+        with self._lock:
+            self._runs[name] = self._runs.get(name, 0) + 1
+            return self._runs[name] % self.adapt_every == 0
+
+    def adapt(self, store: ExecutionStore, project: str | None) -> QualityPolicy:
+        """Re-measure a project's success over its last ``window`` runs and move its policy."""
+        name = project or DEFAULT_PROJECT
+        recent = store.get_recent_executions(self.window, project=project)
+        top = [r for r in recent if r.depth == 0]
+        with self._lock:
+            policies = self._all()
+            current = policies.get(name) or QualityPolicy(project=name)
+            if not current.adaptive:
+                return current
+            updated = self._moved(current, top)
+            policies[name] = updated
+            self._save(policies)
+            return updated
+
+    def adapt_all(self, store: ExecutionStore) -> list[QualityPolicy]:
+        """Adapt every project seen in the recent history, and every project with a policy."""
+        seen = {r.project for r in store.get_recent_executions(5_000)}
+        known = {p.project for p in self.all()}
+        names = sorted({n or DEFAULT_PROJECT for n in seen} | known)
+        return [self.adapt(store, None if n == DEFAULT_PROJECT else n) for n in names]
+
+    def _moved(self, current: QualityPolicy, runs: list[Any]) -> QualityPolicy:
+        now = datetime.now(UTC)
+        samples = len(runs)
+        if samples < self.min_samples:
+            return current.model_copy(
+                update={
+                    "samples": samples,
+                    "reason": f"{samples} runs measured, {self.min_samples} needed to adapt",
+                    "updated_at": now,
+                }
+            )
+        success = sum(1 for r in runs if r.success) / samples
+        low, high = self.confidence_bounds
+        measured = f"success {success:.0%} over the last {samples} runs"
+        update: dict[str, Any] = {"measured_success": success, "samples": samples}
+        if success < self.target_success - self.margin:
+            update.update(
+                min_confidence=min(high, current.min_confidence + self.step),
+                replan=True,
+                use_llm=True,
+                reason=f"{measured}, below the target {self.target_success:.0%}: stricter",
+            )
+        elif success > min(1.0, self.target_success + self.margin) or success == 1.0:
+            update.update(
+                min_confidence=max(low, current.min_confidence - self.step),
+                use_llm=False,
+                reason=f"{measured}, above the target {self.target_success:.0%}: cheaper",
+            )
+        else:
+            update["reason"] = f"{measured}, on target {self.target_success:.0%}: unchanged"
+        update["min_confidence"] = round(update.get("min_confidence", current.min_confidence), 4)
+        update["updated_at"] = now
+        return current.model_copy(update=update)

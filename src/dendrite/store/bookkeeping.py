@@ -1,0 +1,200 @@
+"""What the learning loop keeps about itself: job runs and experiment assignments.
+
+Both are written synchronously (not through the background writer): a job
+run is written once, when the job ends, and an assignment once per run of an
+experiment, and a report read right after must see them. Experiment outcomes
+are aggregated in SQL, so a report over a million executions reads a few rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import Connection, func, select
+from sqlalchemy import case as sql_case
+from sqlalchemy.dialects import postgresql, sqlite
+
+from dendrite.store import schema as s
+from dendrite.store.errors import InvalidRecordError
+from dendrite.store.serialize import exact_json
+
+JOB_TRIGGERS = ("manual", "schedule")
+
+
+class JobRun(BaseModel):
+    id: str
+    job: str
+    trigger: str
+    started_at: datetime
+    finished_at: datetime
+    success: bool
+    error: str | None
+    report: dict[str, Any]
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds() * 1000
+
+
+class ArmOutcomes(BaseModel):
+    """Sums over the executions one arm of an experiment ran, enough for its tests."""
+
+    experiment: str
+    arm: str
+    executions: int
+    successes: int
+    duration_sum_ms: float
+    duration_sq_sum: float
+    rated: int
+    rating_sum: float
+    first_at: datetime | None
+    last_at: datetime | None
+
+
+def _name(kind: str, value: Any, width: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRecordError(f"{kind} must be a non-empty string, got {value!r}")
+    if len(value) > width:
+        raise InvalidRecordError(f"{kind} is {len(value)} characters, at most {width} allowed")
+    return value
+
+
+def _id(value: Any) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise InvalidRecordError(f"execution id must be a UUID, got {value!r}") from None
+
+
+def insert_job_run(
+    conn: Connection,
+    job: str,
+    trigger: str,
+    started_at: datetime,
+    finished_at: datetime,
+    success: bool,
+    error: str | None,
+    report: dict[str, Any],
+) -> JobRun:
+    job = _name("job name", job, 64)
+    if trigger not in JOB_TRIGGERS:
+        raise InvalidRecordError(f"job trigger must be one of {JOB_TRIGGERS}, got {trigger!r}")
+    try:
+        stored = exact_json(report)
+    except TypeError as error:
+        raise InvalidRecordError(f"job report of {job!r}: {error}") from None
+    run = JobRun(
+        id=str(uuid.uuid4()),
+        job=job,
+        trigger=trigger,
+        started_at=started_at,
+        finished_at=finished_at,
+        success=bool(success),
+        error=error,
+        report=stored,
+    )
+    conn.execute(s.job_runs.insert().values(**run.model_dump()))
+    return run
+
+
+def job_runs(conn: Connection, job: str | None, limit: int) -> list[JobRun]:
+    jr = s.job_runs
+    query = select(jr).order_by(jr.c.started_at.desc()).limit(limit)
+    if job is not None:
+        query = query.where(jr.c.job == job)
+    return [JobRun.model_validate(dict(row._mapping)) for row in conn.execute(query)]
+
+
+def insert_assignment(
+    conn: Connection, experiment: str, execution_id: str, arm: str, unit: str
+) -> None:
+    """Record an assignment; assigning one execution twice keeps the first (replays are safe)."""
+    values = {
+        "experiment": _name("experiment name", experiment, 128),
+        "execution_id": _id(execution_id),
+        "arm": _name("arm", arm, 64),
+        "unit": unit[:255],
+        "assigned_at": datetime.now(UTC),
+    }
+    table = s.experiment_assignments
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    conn.execute(insert(table).values(**values).on_conflict_do_nothing())
+
+
+def arm_outcomes(conn: Connection, experiment: str | None) -> list[ArmOutcomes]:
+    ea, ex = s.experiment_assignments, s.executions
+    success = func.sum(sql_case((ex.c.success.is_(True), 1), else_=0))
+    duration = func.coalesce(ex.c.duration_ms, 0.0)
+    query = (
+        select(
+            ea.c.experiment,
+            ea.c.arm,
+            func.count().label("executions"),
+            func.coalesce(success, 0).label("successes"),
+            func.coalesce(func.sum(duration), 0.0).label("duration_sum_ms"),
+            func.coalesce(func.sum(duration * duration), 0.0).label("duration_sq_sum"),
+            func.count(ex.c.user_rating).label("rated"),
+            func.coalesce(func.sum(ex.c.user_rating), 0).label("rating_sum"),
+            func.min(ea.c.assigned_at).label("first_at"),
+            func.max(ea.c.assigned_at).label("last_at"),
+        )
+        .join(ex, ex.c.id == ea.c.execution_id)
+        .group_by(ea.c.experiment, ea.c.arm)
+        .order_by(ea.c.experiment, ea.c.arm)
+    )
+    if experiment is not None:
+        query = query.where(ea.c.experiment == experiment)
+    rows = []
+    for row in conn.execute(query):
+        data = dict(row._mapping)
+        for key in ("first_at", "last_at"):
+            data[key] = s.UTCDateTime().process_result_value(_as_datetime(data[key]), None)
+        rows.append(ArmOutcomes.model_validate(data))
+    return rows
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    """SQLite returns MIN/MAX of a timestamp column as text."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+class RecentToolOutcomes(BaseModel):
+    tool_name: str
+    attempts: int
+    successes: int
+    last_used: datetime | None
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.attempts if self.attempts else 0.0
+
+
+def recent_tool_outcomes(conn: Connection, since: datetime) -> list[RecentToolOutcomes]:
+    """Attempts per tool since ``since``, from the raw rows (the rollups are all-time)."""
+    te = s.tool_executions
+    query = (
+        select(
+            te.c.tool_name,
+            func.count().label("attempts"),
+            func.coalesce(func.sum(sql_case((te.c.success.is_(True), 1), else_=0)), 0).label(
+                "successes"
+            ),
+            func.max(te.c.started_at).label("last_used"),
+        )
+        .where(te.c.started_at >= since)
+        .group_by(te.c.tool_name)
+        .order_by(te.c.tool_name)
+    )
+    rows = []
+    for row in conn.execute(query):
+        data = dict(row._mapping)
+        data["last_used"] = s.UTCDateTime().process_result_value(
+            _as_datetime(data["last_used"]), None
+        )
+        rows.append(RecentToolOutcomes.model_validate(data))
+    return rows

@@ -1,0 +1,213 @@
+"""Feedback as reward, the router in orchestrator runs, and quality policies: on both backends."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from dendrite import Orchestrator
+from dendrite.learning.loop import JudgedRun, LearningLoop, reward_of
+from dendrite.learning.memory import PlanMemory
+from dendrite.learning.policies import QualityPolicies, QualityPolicy
+from dendrite.learning.router import Router
+from dendrite.orchestrator import current_route
+from dendrite.planning import Plan, Step
+from dendrite.state import StateManager
+from dendrite.store import ExecutionStore, UnknownExecutionError
+from dendrite.tools import ToolRegistry
+
+from .conftest import wait_until_drained
+
+
+def two_converters() -> ToolRegistry:
+    """Two tools that both answer "convert N km to miles"; only a rating tells them apart."""
+    registry = ToolRegistry()
+
+    def convert_km_to_miles(value: float) -> float:
+        """Convert a distance in km to miles."""
+        return round(value * 0.62, 2)
+
+    def km_to_miles_converter(value: float) -> float:
+        """Converts km distances to miles."""
+        return round(value * 0.621371, 3)
+
+    registry.register_function(convert_km_to_miles)
+    registry.register_function(km_to_miles_converter)
+    return registry
+
+
+def test_reward_of_judgements():
+    assert reward_of(1, None) == 0.0 and reward_of(5, None) == 1.0 and reward_of(3, None) == 0.5
+    assert reward_of(None, True) == 1.0 and reward_of(None, False) == 0.0
+    assert reward_of(5, False) == 0.5 and reward_of(None, None) is None
+    with pytest.raises(ValueError, match="rating must be 1-5, got 0"):
+        reward_of(0, None)
+
+
+def test_recency_weighs_old_runs_less():
+    loop = LearningLoop(ToolRegistry(), feedback_half_life=timedelta(days=7))
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    assert loop.recency(now, now) == 1.0
+    assert loop.recency(now - timedelta(days=7), now) == pytest.approx(0.5)
+    assert loop.recency(now - timedelta(days=21), now) == pytest.approx(0.125)
+    with pytest.raises(ValueError, match="feedback_half_life must be positive"):
+        LearningLoop(ToolRegistry(), feedback_half_life=timedelta(0))
+
+
+def test_feedback_moves_the_ranker_by_recency_and_is_learned_once():
+    loop = LearningLoop(ToolRegistry())
+    now = datetime.now(UTC)
+    run = JudgedRun("e1", "convert 5 km to miles", now, (("convert 5 km", "a"),))
+    old = JudgedRun("e2", "convert 5 km to miles", now - timedelta(days=28), (("x", "b"),))
+    fresh = loop.feedback(run, rating=1, feedback_id="f1", now=now)
+    stale = loop.feedback(old, rating=1, feedback_id="f2", now=now)
+    assert fresh.reward == 0.0 and fresh.tools == ("a",) and fresh.weight == pytest.approx(1.0)
+    assert stale.weight == pytest.approx(0.25)
+    assert loop.ranker.posterior("a") < loop.ranker.posterior("b") < loop.ranker.prior
+    again = loop.feedback(run, rating=1, feedback_id="f1", now=now)
+    assert again.tools == () and again.reward is None  # the same feedback is not learned twice
+    neutral = loop.feedback(run, rating=3, now=now)
+    assert neutral.reward == 0.5 and neutral.tools == ()  # a middling rating teaches nothing
+
+
+def test_plan_memory_stops_reusing_a_plan_judged_bad():
+    memory = PlanMemory()
+    registry = two_converters()
+    plan = Plan(
+        goal="convert 5 km to miles",
+        steps=[Step(id="c", tool="convert_km_to_miles", params={"value": 5})],
+    )
+    memory.remember("convert 5 km to miles", plan, "e1")
+    assert memory.recall("convert 9 km to miles", registry) is not None
+    assert memory.judge("e1", reward=0.0) is True
+    assert memory.recall("convert 9 km to miles", registry) is None
+    memory.judge("e1", reward=1.0, weight=2.0)  # later praise outweighs it
+    assert memory.recall("convert 9 km to miles", registry) is not None
+    assert memory.judge("unknown", reward=1.0) is False
+    with pytest.raises(ValueError, match="reward must be in"):
+        memory.judge("e1", reward=2.0)
+
+
+def test_ratings_change_which_tool_the_orchestrator_picks(store: ExecutionStore):
+    registry = two_converters()
+    with Orchestrator(registry, store=store, llm=None) as orch:
+        first = orch.process("convert 5 km to miles")
+        disliked = first.steps[0].tool
+        picked = [disliked]
+        for n in range(6, 12):
+            result = orch.process(f"convert {n} km to miles")
+            picked.append(result.steps[0].tool)
+            if result.steps[0].tool == disliked:
+                effect = orch.feedback(result.execution_id, 1, comment="wrong factor")
+                assert effect.reward == 0.0 and disliked in effect.tools
+                assert effect.feedback_id is not None
+    other = ({"convert_km_to_miles", "km_to_miles_converter"} - {disliked}).pop()
+    assert picked[0] == disliked and picked[-1] == other
+    wait_until_drained(store)
+    rated = store.get_recent_executions(20, success=True)
+    assert any(r.user_rating == 1 for r in rated)
+    # A fresh process learns the same from the store: ratings are part of the warm start.
+    with Orchestrator(registry, store=store, llm=None) as fresh:
+        assert fresh.process("convert 40 km to miles").steps[0].tool == other
+
+
+def test_feedback_for_an_unknown_execution_is_refused(store: ExecutionStore):
+    with Orchestrator(ToolRegistry(), store=store, llm=None) as orch:
+        with pytest.raises(UnknownExecutionError):
+            orch.feedback("00000000-0000-4000-8000-000000000000", 5)
+        with pytest.raises(ValueError):
+            orch.feedback("00000000-0000-4000-8000-000000000000", 9)
+
+
+def test_the_router_picks_a_tier_per_run_records_it_and_learns(store: ExecutionStore):
+    registry = ToolRegistry()
+    seen: list[str | None] = []
+
+    def answer(question: str) -> str:
+        """Answer a question at the model tier the router chose."""
+        seen.append(current_route())
+        return f"{current_route()}: {question}"
+
+    registry.register_function(answer)
+    router = Router(options=["small", "large"], costs={"small": 1, "large": 10}, store=store)
+    plan = Plan(goal="answer hi", steps=[Step(id="a", tool="answer", params={"question": "hi"})])
+    with Orchestrator(registry, store=store, llm=None, router=router) as orch:
+        results = [orch.process(plan) for _ in range(5)]
+        assert all(r.route in ("small", "large") for r in results)
+        assert seen == [r.route for r in results] and current_route() is None
+        assert router.pending == []  # every outcome learned
+        effect = orch.feedback(results[0].execution_id, 2)
+        assert effect.router is True
+        trace = orch.get_execution_trace(results[0].execution_id)
+        assert trace.why["route"].startswith(f"picked {results[0].route} because")
+    wait_until_drained(store)
+    detail = store.get_execution(results[0].execution_id)
+    assert detail.model_tier == results[0].route and detail.routing_confidence is not None
+    assert [d.chosen for d in detail.routing] == [results[0].route]
+    assert detail.metadata["why"]["route"].startswith("picked")
+    outcomes = store.get_routing_outcomes(router="model_tier")
+    assert len(outcomes) == 5
+
+
+def test_quality_policy_adapts_to_measured_success_and_persists(store: ExecutionStore):
+    state = StateManager(store)
+    policies = QualityPolicies(state, min_samples=10, window=50)
+    for i in range(30):
+        store.store_execution(
+            goal_text=f"goal {i}", success=i % 2 == 0, duration_ms=5.0, project="ops"
+        )
+        store.store_execution(goal_text=f"goal {i}", success=True, duration_ms=5.0, project="web")
+    wait_until_drained(store)
+    ops = policies.adapt(store, "ops")
+    assert ops.min_confidence == 0.6 and ops.use_llm and ops.replan
+    assert ops.measured_success == 0.5 and "below the target 90%: stricter" in ops.reason
+    web = policies.adapt(store, "web")
+    assert web.min_confidence == 0.4 and not web.use_llm and "cheaper" in web.reason
+    again = QualityPolicies(StateManager(store)).get("ops")
+    assert again.min_confidence == 0.6 and again.samples == 30
+    pinned = QualityPolicy(project="ops", min_confidence=0.3, adaptive=False)
+    policies.set(pinned)
+    assert policies.adapt(store, "ops").min_confidence == 0.3
+    few = QualityPolicies(state, min_samples=100).adapt(store, "web")
+    assert "30 runs measured, 100 needed" in few.reason
+
+
+def test_quality_policy_flags_low_confidence_and_controls_replanning(store: ExecutionStore):
+    registry = ToolRegistry()
+
+    def search_archive(query: str) -> str:
+        """Search the archived notes for a query."""
+        return f"archive: {query}"
+
+    def search_notes(query: str) -> str:
+        """Search the notes for a query and return the matching documents."""
+        raise RuntimeError("index corrupted")
+
+    registry.register_function(search_archive)
+    registry.register_function(search_notes)
+    policies = QualityPolicies(StateManager(store))
+    policies.set(QualityPolicy(project="strict", min_confidence=0.99, replan=False))
+    plan = Plan(
+        goal="search the notes for jitter",
+        steps=[Step(id="find", tool="search_notes", params={"query": "jitter"})],
+    )
+    with Orchestrator(registry, store=store, llm=None, policies=policies) as orch:
+        kept = orch.process(plan, context={"project": "strict"})
+        assert not kept.success and "replans" not in kept.plan.metadata
+        assert "replan off" in kept.why["policy"]
+        repaired = orch.process(plan, context={"project": "lenient"})
+        assert repaired.success and repaired.output == "archive: jitter"
+        assert repaired.plan.metadata["replans"][0]["new_tools"] == ["search_archive"]
+        assert not repaired.needs_review
+        flagged = orch.process(
+            Plan(
+                goal="archive", steps=[Step(id="a", tool="search_archive", params={"query": "x"})]
+            ),
+            context={"project": "strict"},
+        )
+        assert flagged.success and flagged.needs_review
+        assert "min confidence 0.99" in flagged.why["policy"]
+    wait_until_drained(store)
+    record = store.get_execution(flagged.execution_id)
+    assert record.project == "strict" and record.metadata["needs_review"] is True

@@ -1,0 +1,332 @@
+"""Learning jobs and A/B experiments, on a SQLite file and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from typer.testing import CliRunner
+
+from dendrite import Orchestrator
+from dendrite.cli import app
+from dendrite.learning import jobs as jobs_module
+from dendrite.learning.experiments import (
+    Experiment,
+    fisher_exact,
+    report,
+    two_proportion_z,
+    welch_t,
+    wilson,
+)
+from dendrite.learning.jobs import (
+    LIFECYCLE_KEY,
+    LOW_PERFORMERS_KEY,
+    JobContext,
+    JobScheduler,
+    JobSettings,
+    UnknownJobError,
+    run_job,
+)
+from dendrite.learning.policies import QualityPolicies
+from dendrite.planning import SemanticPlanner, TemplatePlanner
+from dendrite.state import StateManager
+from dendrite.store import ExecutionStore, InvalidRecordError
+from dendrite.tools import Reliability, ToolRegistry, ToolStatus
+
+from .conftest import wait_until_drained
+
+runner = CliRunner()
+LONG_AGO = datetime.now(UTC) - timedelta(days=60)
+
+
+def attempts(store: ExecutionStore, tool: str, ok: int, failed: int, at: datetime | None = None):
+    execution = store.store_execution(goal_text=f"use {tool}", success=True, duration_ms=1.0)
+    for i in range(ok + failed):
+        fields = {"started_at": at} if at else {}
+        store.store_tool_execution(execution, tool, {}, None, i < ok, 2.0, **fields)
+
+
+# -- statistics used by experiment reports --------------------------------------------------
+
+
+def test_test_statistics_match_published_values():
+    assert fisher_exact(1, 9, 11, 3) == pytest.approx(0.002759, abs=1e-6)
+    assert fisher_exact(3, 1, 1, 3) == pytest.approx(0.485714, abs=1e-6)
+    assert two_proportion_z(45, 100, 60, 100) == pytest.approx(0.03367, abs=1e-4)
+    # t = 2.0 with equal variances and n = 6 each: df = 10, two-sided p = 0.07339
+    assert welch_t(2.0, 3.0, 6, 0.0, 3.0, 6) == pytest.approx(0.07339, abs=1e-4)
+    assert welch_t(5.0, 0.0, 4, 5.0, 0.0, 4) == 1.0
+    low, high = wilson(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-3) and high == pytest.approx(0.9433, abs=1e-3)
+    assert wilson(0, 0) is None
+
+
+def test_assignment_is_deterministic_and_follows_the_weights():
+    arms = {"semantic": SemanticPlanner(), "template": TemplatePlanner()}
+    experiment = Experiment("planners", arms)
+    again = Experiment("planners", arms)
+    units = [f"session:{i}" for i in range(4000)]
+    assigned = [experiment.assign(u) for u in units]
+    assert assigned == [again.assign(u) for u in units]
+    assert 0.46 < assigned.count("semantic") / len(units) < 0.54
+    skewed = Experiment("planners", arms, weights={"semantic": 9, "template": 1})
+    share = sum(skewed.assign(u) == "semantic" for u in units) / len(units)
+    assert 0.87 < share < 0.93
+    assert Experiment("other", arms).assign("session:1") in arms
+    assert experiment.unit_of("Convert  5 KM", None, "e") == "goal:convert 5 km"
+    assert experiment.unit_of("x", "s1", "e") == "session:s1"
+    assert Experiment("p", arms, unit="execution").unit_of("x", "s1", "e9") == "e9"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "x", "arms": {"a": SemanticPlanner()}}, "at least two arms"),
+        ({"name": "", "arms": {"a": SemanticPlanner(), "b": SemanticPlanner()}}, "1-128"),
+        (
+            {
+                "name": "x",
+                "arms": {"a": SemanticPlanner(), "b": SemanticPlanner()},
+                "weights": {"c": 1},
+            },
+            "unknown arm",
+        ),
+        (
+            {
+                "name": "x",
+                "arms": {"a": SemanticPlanner(), "b": SemanticPlanner()},
+                "weights": {"a": 0, "b": 0},
+            },
+            "not all 0",
+        ),
+        (
+            {"name": "x", "arms": {"a": SemanticPlanner(), "b": SemanticPlanner()}, "unit": "user"},
+            "unit must be",
+        ),
+    ],
+)
+def test_bad_experiments_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Experiment(**kwargs)
+
+
+def test_experiment_report_from_the_store(store: ExecutionStore):
+    for arm, successes, total, ms in (("a", 90, 100, 10.0), ("b", 60, 100, 30.0)):
+        for i in range(total):
+            execution = store.store_execution(
+                goal_text=f"g{i}", success=i < successes, duration_ms=ms + i % 3
+            )
+            store.store_assignment("ab", execution, arm, f"session:{arm}{i}")
+    few = store.store_execution(goal_text="x", success=True, duration_ms=1.0)
+    store.store_assignment("small", few, "a", "u")
+    store.store_assignment("small", few, "b", "u")  # a second assignment of a run is ignored
+    wait_until_drained(store)
+    (found,) = report(store, "ab")
+    control, other = found.arms
+    assert (control.arm, control.executions, control.successes) == ("a", 100, 90)
+    assert other.success_rate == 0.6 and other.success_test == "z"
+    assert other.p_success < 0.001 and other.p_duration < 0.001
+    assert "b succeeds worse than a (60.0% vs 90.0%" in found.verdict
+    (tiny,) = report(store, "small")
+    assert [a.arm for a in tiny.arms] == ["a"] and "only arm" in tiny.verdict
+    assert [r.experiment for r in report(store)] == ["ab", "small"]
+    with pytest.raises(InvalidRecordError, match="execution id must be a UUID"):
+        store.store_assignment("ab", "nope", "a", "u")
+    with pytest.raises(InvalidRecordError, match="arm must be a non-empty string"):
+        store.store_assignment("ab", few, "", "u")
+
+
+def test_an_experiment_splits_goals_between_planners_end_to_end(store: ExecutionStore):
+    registry = ToolRegistry()
+
+    def convert_km_to_miles(value: float) -> float:
+        """Convert a distance in km to miles."""
+        return round(value * 0.621371, 3)
+
+    registry.register_function(convert_km_to_miles)
+    experiment = Experiment(
+        "planners", {"semantic": SemanticPlanner(), "template": TemplatePlanner()}
+    )
+    with Orchestrator(registry, store=store, llm=None, experiment=experiment) as orch:
+        results = [
+            orch.process(f"convert {n} km to miles", session_id=f"user-{n}") for n in range(12)
+        ]
+        repeat = orch.process("convert 3 km to miles", session_id="user-3")
+    assert {r.arm for r in results} == {"semantic", "template"}
+    assert repeat.arm == results[3].arm
+    wait_until_drained(store)
+    (found,) = report(store, "planners")
+    assert sum(a.executions for a in found.arms) == 13
+    detail = store.get_execution(results[0].execution_id)
+    assert detail.metadata["experiment"] == {"name": "planners", "arm": results[0].arm}
+    assert "assigned by hashing the session" in detail.metadata["why"]["experiment"]
+    result = runner.invoke(app, ["stats", "experiments", "--json", "--url", store.url])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)[0]["experiment"] == "planners"
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+def test_statistics_and_low_performers(store: ExecutionStore):
+    attempts(store, "good", 30, 0)
+    attempts(store, "bad", 6, 24)
+    attempts(store, "rare", 0, 3)
+    wait_until_drained(store)
+    ctx = JobContext(store)
+    stats = run_job("statistics", ctx)
+    assert stats.success and stats.report == {"tools": 3, "attempts": 63}
+    low = run_job("low_performers", ctx)
+    assert [f["tool"] for f in low.report["low_performers"]] == ["bad"]
+    assert low.report["low_performers"][0]["success_rate"] == 0.2
+    saved = StateManager(store).get("global", LOW_PERFORMERS_KEY)
+    assert saved["tools"][0]["tool"] == "bad"
+    runs = store.get_job_runs()
+    assert [r.job for r in runs] == ["low_performers", "statistics"]
+    assert all(r.trigger == "manual" and r.duration_ms >= 0 for r in runs)
+
+
+def test_lifecycle_archives_deprecates_and_promotes(store: ExecutionStore):
+    registry = ToolRegistry()
+    for name in ("old_tool", "failing_tool", "made_tool", "steady_tool"):
+        registry.register_function(lambda query: query, name=name, reliability="low")
+    attempts(store, "old_tool", 5, 0, at=LONG_AGO)
+    attempts(store, "failing_tool", 4, 40)
+    attempts(store, "made_tool", 25, 0)
+    attempts(store, "steady_tool", 25, 0)
+    store.store_tool_creation("made_tool", "def made_tool(query): return query", True)
+    wait_until_drained(store)
+    with Orchestrator(registry, store=store, llm=None) as orch:
+        run = run_job("lifecycle", JobContext(store, orch))
+        assert run.report == {
+            "archived": ["old_tool"],
+            "deprecated": ["failing_tool"],
+            "promoted": ["made_tool"],
+        }
+        assert registry.state("old_tool").status is ToolStatus.DISABLED
+        assert registry.state("failing_tool").status is ToolStatus.QUARANTINED
+        assert registry.get("made_tool").reliability is Reliability.HIGH
+        assert registry.get("steady_tool").reliability is Reliability.LOW  # not generated
+        assert run_job("lifecycle", JobContext(store, orch)).report == {
+            "archived": [],
+            "deprecated": [],
+            "promoted": [],
+        }
+    fresh_registry = ToolRegistry()
+    for name in ("old_tool", "failing_tool", "made_tool"):
+        fresh_registry.register_function(lambda query: query, name=name, reliability="low")
+    with Orchestrator(fresh_registry, store=store, llm=None) as fresh:
+        assert fresh.registry.state("old_tool").reason.startswith("archived: unused since")
+        assert fresh.registry.state("failing_tool").reason.startswith("deprecated: 9% success")
+        assert fresh.registry.get("made_tool").reliability is Reliability.HIGH
+        fresh.set_tool_status("old_tool", "enabled")  # undone by hand, as documented
+    stages = StateManager(store).get("global", LIFECYCLE_KEY)
+    assert stages["made_tool"]["stage"] == "promoted"
+
+
+def test_retention_prunes_history_and_keeps_the_rollups(store: ExecutionStore):
+    old = store.store_execution(goal_text="old", success=True, duration_ms=1.0, started_at=LONG_AGO)
+    store.store_tool_execution(old, "t", {}, None, True, 1.0, started_at=LONG_AGO)
+    store.store_execution(goal_text="new", success=True, duration_ms=1.0)
+    wait_until_drained(store)
+    run = run_job(
+        "retention", JobContext(store, settings=JobSettings(retention=timedelta(days=30)))
+    )
+    assert run.report["executions"] == 1 and run.report["tool_executions"] == 1
+    assert [r.goal_text for r in store.get_recent_executions(10)] == ["new"]
+    assert store.get_tool_statistics("t").total_executions == 1
+
+
+def test_feedback_job_learns_what_another_process_recorded(store: ExecutionStore):
+    registry = ToolRegistry()
+
+    def convert_km_to_miles(value: float) -> float:
+        """Convert a distance in km to miles."""
+        return round(value * 0.621371, 3)
+
+    registry.register_function(convert_km_to_miles)
+    with Orchestrator(registry, store=store, llm=None) as orch:
+        result = orch.process("convert 5 km to miles")
+        ctx = JobContext(store, orch, feedback_since=datetime.now(UTC) - timedelta(minutes=1))
+        store.flush()
+        cli = runner.invoke(
+            app, ["feedback", result.execution_id, "--rating", "1", "--url", store.url]
+        )
+        assert cli.exit_code == 0, cli.output
+        before = orch.learning.ranker.posterior("convert_km_to_miles")
+        first = run_job("feedback", ctx)
+        assert first.report["read"] == 1 and first.report["learned"] == 1
+        assert orch.learning.ranker.posterior("convert_km_to_miles") < before
+        assert run_job("feedback", ctx).report["read"] == 0  # resumes where it stopped
+    alone = run_job("feedback", JobContext(store))
+    assert alone.report == {"skipped": "no learning loop in this process", "learned": 0}
+
+
+def test_quality_job_adapts_every_project(store: ExecutionStore):
+    for i in range(25):
+        store.store_execution(goal_text=f"g{i}", success=False, duration_ms=1.0, project="ops")
+    wait_until_drained(store)
+    run = run_job("quality", JobContext(store))
+    by_project = {p["project"]: p for p in run.report["policies"]}
+    assert by_project["ops"]["min_confidence"] == 0.6 and by_project["ops"]["samples"] == 25
+    assert QualityPolicies(StateManager(store)).get("ops").min_confidence == 0.6
+
+
+def test_a_failing_job_is_recorded_as_failed(store: ExecutionStore, monkeypatch):
+    def broken(ctx: JobContext) -> dict:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setitem(jobs_module.JOBS, "statistics", (broken, timedelta(hours=1)))
+    run = run_job("statistics", JobContext(store))
+    assert not run.success and run.error == "RuntimeError: disk full" and run.report == {}
+    assert store.get_job_runs("statistics")[0].error == "RuntimeError: disk full"
+    with pytest.raises(UnknownJobError, match="unknown job 'nope'; jobs are statistics"):
+        run_job("nope", JobContext(store))
+    with pytest.raises(InvalidRecordError, match="job report of 'x'"):
+        store.store_job_run(
+            "x", started_at=LONG_AGO, finished_at=LONG_AGO, success=True, report={"a": object()}
+        )
+
+
+def test_the_scheduler_runs_jobs_on_their_intervals(store: ExecutionStore):
+    registry = ToolRegistry()
+    with Orchestrator(registry, store=store, llm=None) as orch:
+        scheduler = JobScheduler(
+            orch,
+            intervals={"statistics": timedelta(seconds=0.05), "feedback": timedelta(seconds=0.05)},
+        )
+
+        async def serve_a_while() -> None:
+            scheduler.start()
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if len(scheduler.runs) >= 4:
+                    break
+            await scheduler.stop()
+
+        asyncio.run(serve_a_while())
+    jobs = {r.job for r in scheduler.runs}
+    assert jobs == {"statistics", "feedback"}
+    assert all(r.trigger == "schedule" and r.success for r in scheduler.runs)
+    assert len(store.get_job_runs()) == len(scheduler.runs)
+    with pytest.raises(ValueError, match="unknown job"):
+        JobScheduler(orch, intervals={"nightly": timedelta(hours=1)})
+
+
+def test_jobs_on_the_command_line(store: ExecutionStore):
+    attempts(store, "t", 3, 0)
+    wait_until_drained(store)
+    result = runner.invoke(app, ["jobs", "run", "statistics", "--url", store.url])
+    assert result.exit_code == 0, result.output
+    assert "statistics: ok" in result.output and '"attempts": 3' in result.output
+    result = runner.invoke(app, ["jobs", "history", "--json", "--url", store.url])
+    assert json.loads(result.output)[0]["job"] == "statistics"
+    result = runner.invoke(app, ["jobs", "list", "--url", store.url])
+    assert result.exit_code == 0 and "lifecycle" in result.output and "never" in result.output
+    result = runner.invoke(app, ["jobs", "run", "nightly", "--url", store.url])
+    assert result.exit_code == 2 and "unknown job 'nightly'" in result.output
+    result = runner.invoke(app, ["jobs", "run", "all", "--json", "--url", store.url])
+    assert result.exit_code == 0, result.output
+    assert [r["job"] for r in json.loads(result.output)] == list(jobs_module.JOBS)
