@@ -9,13 +9,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from dendrite.execution import Event, EventType, ExecutionEngine, StepStatus
+from dendrite._ids import new_id
+from dendrite.execution import Attempt, Event, EventType, ExecutionEngine, StepStatus
+from dendrite.execution.engine import YIELD_EVERY
+from dendrite.execution.records import attempt_record
 from dendrite.planning import Plan, RetryPolicy, Step
-from dendrite.telemetry import ErrorType
+from dendrite.telemetry import ErrorType, ToolExecutionRecord
 from dendrite.tools import ToolContext, ToolRegistry
 
 NO_WAIT = RetryPolicy(max_attempts=3, backoff=0.0, jitter=0.0)
@@ -253,6 +257,95 @@ def test_timeouts_for_async_and_sync_tools():
     engine.close()
 
 
+def test_async_tools_that_wait_or_not_and_fail_before_or_after_waiting():
+    """Async tools are run up to their first wait before any timer is set: every case still ends
+    as if the coroutine had simply been awaited."""
+    registry = ToolRegistry()
+
+    async def instant(x: int) -> int:
+        return x + 1
+
+    async def waits(x: int) -> int:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.001)
+        return x * 2
+
+    async def fails_at_once(x: int) -> int:
+        raise KeyError("no such key")
+
+    async def fails_later(x: int) -> int:
+        await asyncio.sleep(0.001)
+        raise ConnectionResetError("connection reset by peer")
+
+    for func in (instant, waits, fails_at_once, fails_later):
+        registry.register_function(func)
+    engine = ExecutionEngine(registry, retry=NO_WAIT, default_timeout=5)
+    plan = Plan(
+        goal="async",
+        steps=[
+            Step(id="i", tool="instant", params={"x": 1}),
+            Step(id="w", tool="waits", params={"x": "${i}"}),
+            Step(id="now", tool="fails_at_once", params={"x": 1}),
+            Step(id="later", tool="fails_later", params={"x": 1}),
+        ],
+    )
+    outcome, _ = run(engine, plan)
+    assert outcome.steps["w"].output == 4
+    now, later = outcome.steps["now"], outcome.steps["later"]
+    assert now.error.endswith("KeyError: 'no such key'") and len(now.attempts) == 1
+    assert later.error_type is ErrorType.CONNECTION and len(later.attempts) == 3
+
+
+def test_an_async_timeout_counts_from_the_start_of_the_attempt():
+    """A tool that used up its time before its first wait is stopped at that wait."""
+    registry = ToolRegistry()
+    reached = []
+
+    async def slow_start() -> None:
+        time.sleep(0.1)  # blocks the loop past the deadline; nothing can interrupt this
+        reached.append("wait")
+        await asyncio.sleep(30)
+        reached.append("after")
+
+    registry.register_function(slow_start)
+    engine = ExecutionEngine(registry, retry=RetryPolicy(max_attempts=1))
+    plan = Plan(goal="t", steps=[Step(id="s", tool="slow_start", timeout=0.05)])
+    outcome, _ = run(engine, plan)
+    result = outcome.steps["s"]
+    assert result.error_type is ErrorType.TIMEOUT and "timed out after 0.05s" in result.error
+    assert reached == ["wait"]
+
+
+def test_a_long_chain_of_steps_that_never_wait_lets_other_tasks_run():
+    engine = ExecutionEngine(make_registry())
+    steps = [Step(id="s0", tool="add", params={"a": 0})]
+    steps += [
+        Step(id=f"s{i}", tool="add", params={"a": f"${{s{i - 1}}}", "b": 1}) for i in range(1, 300)
+    ]
+    ticks = 0
+
+    async def go():
+        nonlocal ticks
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        beside = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        before = ticks
+        outcome = await engine.execute(Plan(goal="chain", steps=steps), execution_id="c")
+        during = ticks - before
+        beside.cancel()
+        return outcome, during
+
+    outcome, during = asyncio.run(go())
+    assert outcome.output == 299
+    assert during >= 300 // YIELD_EVERY
+
+
 def test_fallbacks_the_steps_own_then_the_tools_alternatives():
     registry = ToolRegistry()
 
@@ -427,3 +520,27 @@ def test_engine_settings_are_checked():
         ExecutionEngine(ToolRegistry(), max_parallel_steps=0)
     with pytest.raises(ValueError, match="default_timeout must be > 0"):
         ExecutionEngine(ToolRegistry(), default_timeout=0)
+
+
+@pytest.mark.parametrize("success", [True, False])
+def test_attempt_records_equal_what_pydantic_builds_from_the_same_values(success: bool):
+    """The hot-path record skips validation: it must still be exactly the validated record."""
+    started = datetime.now(UTC)
+    attempt = Attempt(
+        "search",
+        2,
+        started,
+        12.5,
+        success,
+        None if success else "TimeoutError: slow",
+        None if success else ErrorType.TIMEOUT,
+        "primary",
+    )
+    record = attempt_record(new_id(), "s1", attempt, {"q": "x", "n": [1, 2]}, {"hits": 3})
+    values = record.model_dump()
+    assert values["finished_at"] == started + timedelta(milliseconds=12.5)
+    constructed = ToolExecutionRecord.model_construct(**values)
+    assert record == constructed
+    assert record.model_fields_set == constructed.model_fields_set
+    assert record == ToolExecutionRecord.model_validate(values)
+    assert record.model_dump_json() == constructed.model_dump_json()

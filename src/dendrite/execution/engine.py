@@ -24,10 +24,11 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import CoroutineType
 from typing import Any, Protocol
 
 from dendrite.execution.confidence import (
@@ -51,6 +52,9 @@ from dendrite.tools import (
 )
 
 log = logging.getLogger("dendrite.execution")
+
+YIELD_EVERY = 64
+"""Steps a worker runs back to back before it lets the event loop run other tasks."""
 
 Emit = Callable[[Event], None]
 
@@ -113,6 +117,58 @@ class _Scope(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self.outputs)
+
+
+async def _run_async(awaitable: Awaitable[Any], deadline: float | None) -> Any:
+    """Await what an async tool returned, timed out at ``deadline`` (loop time).
+
+    An asyncio timeout can only interrupt a coroutine where it waits, so the
+    coroutine is first run up to its first wait: one that finishes without
+    ever waiting (a cheap tool) is done and needs no timer. Otherwise the
+    rest of it runs under the deadline, counted from the attempt's start.
+    """
+    if type(awaitable) is CoroutineType:
+        try:
+            waiting_on = awaitable.send(None)
+        except StopIteration as stop:
+            return stop.value
+        awaitable = _Resumed(awaitable, waiting_on)
+    if deadline is None:
+        return await awaitable
+    async with asyncio.timeout_at(deadline):
+        return await awaitable
+
+
+class _Resumed:
+    """The rest of a coroutine already run up to its first wait, as an awaitable.
+
+    What it was waiting on is handed to the awaiting task; once that task
+    resumes it, ``yield from`` takes over, so later waits, cancellation and
+    closing pass straight through.
+    """
+
+    __slots__ = ("coro", "waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], waiting_on: Any) -> None:
+        self.coro = coro
+        self.waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        coro = self.coro
+        waiting_on = self.waiting_on
+        while True:
+            try:
+                yield waiting_on
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as error:  # a cancellation: the tool sees it where it waits
+                try:
+                    waiting_on = coro.throw(error)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            return (yield from coro.__await__())
 
 
 class _Failure(Exception):
@@ -227,34 +283,47 @@ class ExecutionEngine:
                     dependents[dep].append(step.id)
         ready = deque(step_id for step_id, count in waiting.items() if count == 0)
         running: set[asyncio.Task[None]] = set()
+        active = 0  # workers that have not returned yet (a task leaves `running` a bit later)
         finished = asyncio.Event()
         remaining = len(waiting)
         if remaining == 0:
             return self._outcome(run)
         loop = asyncio.get_running_loop()
 
-        async def run_step(step: Step) -> None:
-            await self._step(run, step)
-            for dependent in dependents[step.id]:
-                waiting[dependent] -= 1
-                if waiting[dependent] == 0:
-                    ready.append(dependent)
+        async def worker(step_id: str) -> None:
+            # A worker runs one step, then takes the next ready one itself: a
+            # chain continues in the same task instead of paying for a new task
+            # and a loop iteration per step. Other ready steps get workers of
+            # their own, up to max_parallel_steps.
+            nonlocal remaining, active
+            try:
+                inline = 0
+                while True:
+                    await self._step(run, steps[step_id])
+                    for dependent in dependents[step_id]:
+                        waiting[dependent] -= 1
+                        if waiting[dependent] == 0:
+                            ready.append(dependent)
+                    remaining -= 1
+                    if remaining == 0:
+                        finished.set()
+                    if not ready:
+                        return
+                    step_id = ready.popleft()
+                    launch()
+                    inline += 1
+                    if inline % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)  # steps that never wait must not starve the loop
+            finally:
+                active -= 1
 
         def launch() -> None:
-            while ready and len(running) < self.max_parallel_steps:
-                task = loop.create_task(run_step(steps[ready.popleft()]))
+            nonlocal active
+            while ready and active < self.max_parallel_steps:
+                active += 1
+                task = loop.create_task(worker(ready.popleft()))
                 running.add(task)
-                task.add_done_callback(done)
-
-        def done(task: asyncio.Task[None]) -> None:
-            nonlocal remaining
-            running.discard(task)
-            if task.cancelled():
-                return
-            remaining -= 1
-            launch()
-            if remaining == 0:
-                finished.set()
+                task.add_done_callback(running.discard)
 
         launch()
         try:
@@ -427,10 +496,11 @@ class ExecutionEngine:
 
     def _candidates(self, step: Step) -> list[str]:
         """The step's tool, then its own fallbacks and its tool's alternatives, deduplicated."""
-        fallbacks = list(step.fallbacks)
         primary = self.registry.find(step.tool)
-        if primary is not None:
-            fallbacks.extend(primary.alternatives)
+        alternatives = primary.alternatives if primary is not None else ()
+        if not step.fallbacks and not alternatives:
+            return [step.tool]
+        fallbacks = [*step.fallbacks, *alternatives]
         fallbacks = [n for n in dict.fromkeys(fallbacks) if n != step.tool]
         if self.order_fallbacks is not None and len(fallbacks) > 1:
             fallbacks = self.order_fallbacks(fallbacks)
@@ -549,16 +619,18 @@ class ExecutionEngine:
                 )
                 run.cancel_events.add(ctx.cancel_event)
                 kwargs[tool.signature.context_param] = ctx
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + timeout
             if tool.is_async:
-                awaitable = tool.func(**kwargs)
+                value = await _run_async(tool.func(**kwargs), deadline)
             else:
                 call = functools.partial(contextvars.copy_context().run, tool.func, **kwargs)
-                awaitable = asyncio.get_running_loop().run_in_executor(self.executor, call)
-            if timeout is None:
-                value = await awaitable
-            else:
-                async with asyncio.timeout(timeout):
+                awaitable = loop.run_in_executor(self.executor, call)
+                if deadline is None:
                     value = await awaitable
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        value = await awaitable
             ok = True
         except asyncio.CancelledError:
             error, error_type = "cancelled", ErrorType.CANCELLED
