@@ -32,9 +32,12 @@ its own SQLite store in a temporary directory:
 
 - learning off: ``OrchestratorConfig(learning=False, retry=RetryPolicy(max_attempts=1))``;
   the planner ranks the catalogue by BM25 alone.
-- learning on: the same with ``learning=True``: the ranker reorders retrieval's candidates
-  by the similar past goals each tool answered or failed, plan memory reuses the plan of a
-  close enough past success, and fallbacks are ordered by each tool's record.
+- learning on: the same with ``learning=True``: the ranker takes retrieval's 20 best
+  candidates (its ``recall_depth``) plus the tools its learned words recall, and orders them
+  by its model of each tool's success for the goal's words, learned online from the outcome
+  of every call (``dendrite.learning.ranker``); plan memory reuses the plan of a close enough
+  past success, its tools reordered by the same model; the engine orders fallbacks by each
+  tool's record.
 
 Both use ``DendritePlanner(strategy=SIMPLE)`` (one step per goal: a BFCL query asks for one
 tool; for parallel_multiple, any of its gold tools counts), wired to the orchestrator's
@@ -67,7 +70,7 @@ tried), so it says how far goal-text similarity alone can carry learning on this
 
 Run from the repository root::
 
-    .venv/bin/python bench/learn_tools.py            # the whole stream, about 1.5 minutes
+    .venv/bin/python bench/learn_tools.py            # the whole stream, about 2.5 minutes
     .venv/bin/python bench/learn_tools.py --quick    # the first 600 queries of the stream
 """
 
