@@ -36,8 +36,9 @@ optional third stage (the LLM choosing among the top few) belongs to the LLM
 planner, which receives the candidates in this order.
 
 On ``bench/learn_tools.py`` (BFCL, 1,645 tools, every tool call judged by the
-gold answer), this took first-choice accuracy in the last 200 queries of the
-stream from BM25's 0.55 to about 0.7; docs/learning.md gives the curve.
+gold answer), first-choice accuracy in the last 200 queries of the stream is
+0.68 with it and 0.55 without learning (0.65 and 0.57 over the whole stream);
+docs/learning.md gives the curve.
 """
 
 from __future__ import annotations
