@@ -285,23 +285,34 @@ class JobScheduler:
         self.context.feedback_since = datetime.now(UTC)
         self.runs: list[JobRun] = []
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
+        self._stopping = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
+        """Stop after the job that is running, if any, has finished and been recorded.
+
+        Cancelling mid-job would only abandon its thread: the job would go on
+        and record itself after the server said it had stopped.
+        """
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()
+            await self._task
             self._task = None
 
     async def _loop(self) -> None:
         start = time.monotonic()
         due = {name: start + every.total_seconds() for name, every in self.intervals.items()}
-        while True:
+        while not self._stopping.is_set():
             name = min(due, key=due.__getitem__)
-            await asyncio.sleep(max(0.0, due[name] - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), max(0.0, due[name] - time.monotonic())
+                )
+            if self._stopping.is_set():
+                return
             try:
                 run = await asyncio.to_thread(run_job, name, self.context, trigger="schedule")
                 self.runs = [*self.runs[-99:], run]
