@@ -32,7 +32,7 @@ def tool_success(prior: float, history: tuple[int, int] | None) -> float:
 def step_confidence(result: StepResult, base: float) -> float:
     if result.status is not StepStatus.SUCCEEDED:
         return 0.0
-    value = base * RETRY_FACTOR**result.retries
+    value = base if len(result.attempts) == 1 else base * RETRY_FACTOR**result.retries
     if result.fallback_used:
         value *= FALLBACK_FACTOR
     return max(0.0, min(1.0, value))

@@ -119,20 +119,8 @@ class _Scope(Mapping[str, Any]):
         return len(self.outputs)
 
 
-async def _run_async(awaitable: Awaitable[Any], deadline: float | None) -> Any:
-    """Await what an async tool returned, timed out at ``deadline`` (loop time).
-
-    An asyncio timeout can only interrupt a coroutine where it waits, so the
-    coroutine is first run up to its first wait: one that finishes without
-    ever waiting (a cheap tool) is done and needs no timer. Otherwise the
-    rest of it runs under the deadline, counted from the attempt's start.
-    """
-    if type(awaitable) is CoroutineType:
-        try:
-            waiting_on = awaitable.send(None)
-        except StopIteration as stop:
-            return stop.value
-        awaitable = _Resumed(awaitable, waiting_on)
+async def _until(awaitable: Awaitable[Any], deadline: float | None) -> Any:
+    """``await awaitable``, timed out at ``deadline`` (loop time), if there is one."""
     if deadline is None:
         return await awaitable
     async with asyncio.timeout_at(deadline):
@@ -193,6 +181,10 @@ class _Run:
     results: dict[str, StepResult] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     cancel_events: set[Any] = field(default_factory=set)
+    scope: _Scope = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scope = _Scope(self.outputs, self.context)  # reads the outputs as they come
 
 
 class ExecutionEngine:
@@ -277,10 +269,11 @@ class ExecutionEngine:
                 run.outputs[step.id] = done_before[step.id].output
                 continue
             run.results[step.id] = StepResult(step.id, step.tool)
-            waiting[step.id] = sum(1 for d in deps if d not in done_before)
+            if done_before:
+                deps = [d for d in deps if d not in done_before]
+            waiting[step.id] = len(deps)
             for dep in deps:
-                if dep not in done_before:
-                    dependents[dep].append(step.id)
+                dependents[dep].append(step.id)
         ready = deque(step_id for step_id, count in waiting.items() if count == 0)
         running: set[asyncio.Task[None]] = set()
         active = 0  # workers that have not returned yet (a task leaves `running` a bit later)
@@ -350,7 +343,7 @@ class ExecutionEngine:
         if blocked is not None:
             self._skip(run, result, blocked)
             return
-        scope = _Scope(run.outputs, run.context)
+        scope = run.scope
         if step.when is not None:
             try:
                 wanted = compile_condition(step.when).evaluate(scope)
@@ -621,16 +614,22 @@ class ExecutionEngine:
                 kwargs[tool.signature.context_param] = ctx
             loop = asyncio.get_running_loop()
             deadline = None if timeout is None else loop.time() + timeout
-            if tool.is_async:
-                value = await _run_async(tool.func(**kwargs), deadline)
-            else:
+            if not tool.is_async:
                 call = functools.partial(contextvars.copy_context().run, tool.func, **kwargs)
-                awaitable = loop.run_in_executor(self.executor, call)
-                if deadline is None:
-                    value = await awaitable
+                value = await _until(loop.run_in_executor(self.executor, call), deadline)
+            elif type(coro := tool.func(**kwargs)) is CoroutineType:
+                # A timeout can only interrupt a coroutine where it waits, so it is
+                # run up to its first wait first: one that finishes without waiting
+                # (a cheap tool) needs no timer. The rest runs under the deadline,
+                # which counts from the start of the attempt.
+                try:
+                    waiting_on = coro.send(None)
+                except StopIteration as stop:
+                    value = stop.value
                 else:
-                    async with asyncio.timeout_at(deadline):
-                        value = await awaitable
+                    value = await _until(_Resumed(coro, waiting_on), deadline)
+            else:
+                value = await _until(coro, deadline)
             ok = True
         except asyncio.CancelledError:
             error, error_type = "cancelled", ErrorType.CANCELLED
