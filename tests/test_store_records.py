@@ -13,8 +13,9 @@ from sqlalchemy.dialects import sqlite
 
 from dendrite._ids import new_id
 from dendrite.store import ExecutionStore, InvalidRecordError, UnknownExecutionError, schema
+from dendrite.store.toolcall import ToolCall, checked_call
 from dendrite.store.writer import _tool_row_encoder
-from dendrite.telemetry import ErrorType, ExecutionStatus
+from dendrite.telemetry import ErrorType, ExecutionStatus, ToolExecutionRecord
 
 
 def test_execution_round_trip_with_every_field(store: ExecutionStore):
@@ -321,3 +322,85 @@ def test_the_bulk_encoder_stores_what_sqlalchemy_would():
         datetime(1999, 12, 31, 23, 0, 0, 1, tzinfo=timezone(timedelta(hours=-5))),
     ):
         assert encoder.timestamp(value) == by_sqlalchemy(value)
+
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+EID = "0190a4b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b"
+
+
+@pytest.mark.parametrize(
+    ("args", "fields"),
+    [
+        ((EID, "search", {"q": "x"}, {"hits": 3}, True, 12.5, None), {"started_at": T0}),
+        ((EID, "search", None, None, False, 7, "timed out"), {"finished_at": T0, "attempt": 2}),
+        (
+            (EID.replace("-", "").upper(), "t" * 200, {}, [1], False, 0, None),
+            {
+                "id": new_id(),
+                "step_id": "s1",
+                "fallback_of": "web",
+                "error_type": ErrorType.VALIDATION,
+                "started_at": datetime(2026, 5, 1, 14, 0),  # naive: taken as UTC
+                "finished_at": datetime(2026, 5, 1, 9, 0, tzinfo=timezone(timedelta(hours=-5))),
+            },
+        ),
+    ],
+)
+def test_the_hot_path_check_builds_what_pydantic_builds(args: tuple, fields: dict):
+    """``store_tool_execution`` skips pydantic for exact types: the values must be the same."""
+    fast = checked_call(*args, fields)
+    assert fast is not None
+    names = ("execution_id", "tool_name", "parameters", "result", "success", "duration_ms", "error")
+    kwargs = dict(zip(names, args, strict=True))
+    kwargs["parameters"] = kwargs["parameters"] if kwargs["parameters"] is not None else {}
+    slow = ToolCall.of(ToolExecutionRecord(**(kwargs | fields | {"id": fast.id})))
+    assert fast == slow
+    assert [type(v) for v in fast] == [type(v) for v in slow]
+
+
+@pytest.mark.parametrize(
+    ("args", "fields"),
+    [
+        ((EID, "t", {}, None, 1, 5, None), {}),  # success: an int, coerced by pydantic
+        ((EID, "t", {}, None, True, "5", None), {}),  # duration: a string
+        ((EID, "t", {1: "a"}, None, True, 5, None), {}),  # a key pydantic refuses
+        ((EID + "\n", "t", {}, None, True, 5, None), {}),
+        ((EID, "", {}, None, True, 5, None), {}),
+        ((EID, "t", {}, None, True, float("nan"), None), {}),
+        ((EID, "t", {}, None, True, 5, None), {"attempt": True}),
+        ((EID, "t", {}, None, True, 5, None), {"started_at": "2026-05-01T12:00:00Z"}),
+        ((EID, "t", {}, None, True, 5, None), {"unknown": 1}),
+    ],
+)
+def test_the_hot_path_check_leaves_anything_unusual_to_pydantic(args: tuple, fields: dict):
+    assert checked_call(*args, fields) is None
+
+
+def test_coerced_and_refused_tool_values_behave_as_before(store: ExecutionStore):
+    eid = store.store_execution(goal_text="g", success=True, duration_ms=1)
+    params = {"q": "before"}
+    store.store_tool_execution(eid, "t", params, None, 1, "5", started_at="2026-05-01T12:00:00Z")
+    params["q"] = "after"  # the record is a snapshot of the call
+    with pytest.raises(InvalidRecordError, match="parameters"):
+        store.store_tool_execution(eid, "t", {1: "a"}, None, True, 5)
+    with pytest.raises(InvalidRecordError, match="unknown"):
+        store.store_tool_execution(eid, "t", {}, None, True, 5, unknown=1)
+    (step,) = store.get_execution(eid).steps
+    assert (step.success, step.duration_ms, step.parameters) == (True, 5.0, {"q": "before"})
+    assert step.started_at == T0
+
+
+def test_a_value_the_bulk_path_refuses_is_isolated(store_url: str, tmp_path: Path):
+    """PostgreSQL refuses NUL in text (inside its ``COPY``); SQLite keeps it. Either way the
+    rest of the batch is written and the refused record is set aside."""
+    with ExecutionStore(store_url, state_dir=tmp_path / "s", flush_interval=10) as store:
+        eid = store.store_execution(goal_text="g", success=True, duration_ms=1)
+        for i in range(20):
+            store.store_tool_execution(
+                eid, "t", {}, i, False, 1, error="bad\x00" if i == 7 else "x"
+            )
+        steps = store.get_execution(eid).steps
+        refused = 1 if store.backend == "postgresql" else 0
+        assert len(steps) == 20 - refused
+        assert store.get_tool_statistics("t").total_executions == 20 - refused
+        assert store.status().rejected_records == refused

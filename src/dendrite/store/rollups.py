@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -134,9 +134,34 @@ def aggregate_feedback(
     return out
 
 
-def _insert(conn: Connection, table: Table) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
+def _upsert(
+    conn: Connection,
+    table: Table,
+    rows: list[dict[str, Any]],
+    keys: Sequence[str],
+    set_: Callable[[Any], dict[str, Any]],
+) -> None:
+    """Insert rows, or update the row with the same key by ``set_(excluded)``.
+
+    PostgreSQL gets one statement over arrays (``INSERT ... SELECT unnest(...)``):
+    a row per statement execution costs a round of psycopg's Python per row,
+    more than the database's own work. SQLite's ``executemany`` is a loop in C.
+    The keys of ``rows`` are distinct, as one PostgreSQL statement requires.
+    """
+    if conn.dialect.name == "postgresql":
+        names = list(rows[0])
+        source = select(
+            *(
+                func.unnest(bindparam(n, type_=postgresql.ARRAY(table.c[n].type))).label(n)
+                for n in names
+            )
+        )
+        ins: Any = postgresql.insert(table).from_select(names, source)
+        params: Any = {n: [row[n] for row in rows] for n in names}
+    else:
+        ins, params = sqlite.insert(table), rows
+    upsert = ins.on_conflict_do_update(index_elements=list(keys), set_=set_(ins.excluded))
+    conn.execute(upsert, params)
 
 
 def _earliest(table: Table, excluded: Any, name: str, pick_later: bool) -> Any:
@@ -176,31 +201,31 @@ def add_tool_aggregates(
         if derived:
             row |= {"success_rate": 0.0, "avg_duration_ms": 0.0, "p95_duration_ms": 0.0}
         params.append(row)
-    ins = _insert(conn, stats_table)
     counters = ("total_executions", "successful_executions", "failed_executions", "duration_us_sum")
-    conn.execute(
-        ins.on_conflict_do_update(
-            index_elements=["tool_name"],
-            set_={c: stats_table.c[c] + ins.excluded[c] for c in counters}
-            | {
-                "first_used": _earliest(stats_table, ins.excluded, "first_used", False),
-                "last_used": _earliest(stats_table, ins.excluded, "last_used", True),
-            },
-        ),
+    _upsert(
+        conn,
+        stats_table,
         params,
+        ["tool_name"],
+        lambda excluded: (
+            {c: stats_table.c[c] + excluded[c] for c in counters}
+            | {
+                "first_used": _earliest(stats_table, excluded, "first_used", False),
+                "last_used": _earliest(stats_table, excluded, "last_used", True),
+            }
+        ),
     )
     hist_params = [
         {"tool_name": name, "bucket": bucket, "count": count}
         for name in names
         for bucket, count in sorted(aggs[name].histogram.items())
     ]
-    hins = _insert(conn, hist_table)
-    conn.execute(
-        hins.on_conflict_do_update(
-            index_elements=["tool_name", "bucket"],
-            set_={"count": hist_table.c["count"] + hins.excluded["count"]},
-        ),
+    _upsert(
+        conn,
+        hist_table,
         hist_params,
+        ["tool_name", "bucket"],
+        lambda excluded: {"count": hist_table.c["count"] + excluded["count"]},
     )
 
 
@@ -246,13 +271,12 @@ def add_execution_rollup(
         dict(zip(s.ROLLUP_KEYS, key, strict=True)) | dict(zip(s.ROLLUP_SUMS, values, strict=True))
         for key, values in sorted(sums.items())
     ]
-    ins = _insert(conn, table)
-    conn.execute(
-        ins.on_conflict_do_update(
-            index_elements=list(s.ROLLUP_KEYS),
-            set_={c: table.c[c] + ins.excluded[c] for c in s.ROLLUP_SUMS},
-        ),
+    _upsert(
+        conn,
+        table,
         params,
+        s.ROLLUP_KEYS,
+        lambda excluded: {c: table.c[c] + excluded[c] for c in s.ROLLUP_SUMS},
     )
 
 

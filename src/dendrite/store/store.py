@@ -43,6 +43,7 @@ from dendrite.store.errors import (
 )
 from dendrite.store.journal import Journal
 from dendrite.store.state_entries import StateEntry
+from dendrite.store.toolcall import ToolCall, checked_call
 from dendrite.store.writer import KIND_OF, BatchWriter, is_connection_error
 from dendrite.telemetry.records import (
     AnyRecord,
@@ -225,21 +226,28 @@ class ExecutionStore:
         error: str | None = None,
         **fields: Any,
     ) -> str:
-        """Record one attempt of one tool call; returns its id. On the orchestrator's hot path."""
-        record = _validated(
-            "tool execution",
-            ToolExecutionRecord,
-            execution_id=execution_id,
-            tool_name=tool_name,
-            parameters=parameters if parameters is not None else {},
-            result=result,
-            success=success,
-            duration_ms=duration_ms,
-            error=error,
-            **fields,
+        """Record one attempt of one tool call; returns its id. On the orchestrator's hot path,
+        so values already of their exact types skip pydantic (see ``toolcall``)."""
+        call = checked_call(
+            execution_id, tool_name, parameters, result, success, duration_ms, error, fields
         )
-        self._writer.submit(record)
-        return record.id
+        if call is None:
+            call = ToolCall.of(
+                _validated(
+                    "tool execution",
+                    ToolExecutionRecord,
+                    execution_id=execution_id,
+                    tool_name=tool_name,
+                    parameters=parameters if parameters is not None else {},
+                    result=result,
+                    success=success,
+                    duration_ms=duration_ms,
+                    error=error,
+                    **fields,
+                )
+            )
+        self._writer.submit(call)
+        return call.id
 
     def store_routing_decision(
         self,
