@@ -542,6 +542,9 @@ def test_feedback(client: httpx.Client, store: ExecutionStore) -> None:
     assert response.status_code == 201, response.text
     assert response.json()["execution_id"] == execution_id
     uuid.UUID(response.json()["feedback_id"])
+    learned = response.json()["learned"]
+    assert learned["reward"] == 0.875 and learned["tools"] == ["calculate"]
+    assert 0.99 < learned["weight"] <= 1 and learned["router"] is False
     detail = client.get(f"/v1/executions/{execution_id}").json()
     assert detail["user_rating"] == 4 and detail["user_accepted"] is True
     assert detail["feedback"][0]["feedback_text"] == "right answer"
@@ -623,6 +626,32 @@ def test_analytics(client: httpx.Client) -> None:
         "since": None,
     }
     assert_problem(client.get("/v1/analytics/success-rate", params={"since": "soon"}), 422)
+
+
+def test_experiments_policies_and_jobs(client: httpx.Client, store: ExecutionStore) -> None:
+    for arm, successes in (("a", 9), ("b", 2)):
+        for i in range(10):
+            execution = store.store_execution(goal_text="g", success=i < successes, duration_ms=1)
+            store.store_assignment("ab", execution, arm, f"u{arm}{i}")
+    store.flush()
+    (report,) = client.get("/v1/analytics/experiments").json()["experiments"]
+    assert report["experiment"] == "ab" and [a["arm"] for a in report["arms"]] == ["a", "b"]
+    assert report["arms"][1]["success_test"] == "fisher"
+    assert report["arms"][1]["p_success"] == pytest.approx(0.00548, abs=1e-4)
+    none = client.get("/v1/analytics/experiments", params={"experiment": "other"}).json()
+    assert none == {"experiments": []}
+    assert_problem(client.get("/v1/analytics/experiments", params={"alpha": 2}), 422, "alpha")
+    assert client.get("/v1/analytics/policies").status_code == 200
+
+    jobs = client.get("/v1/jobs").json()
+    assert jobs["scheduled"] is False
+    assert [j["name"] for j in jobs["jobs"]][:2] == ["statistics", "low_performers"]
+    assert all(j["last_run"] is None for j in jobs["jobs"])
+    run = client.post("/v1/jobs/statistics/run")
+    assert run.status_code == 201 and run.json()["success"] and run.json()["trigger"] == "manual"
+    listed = {j["name"]: j for j in client.get("/v1/jobs").json()["jobs"]}
+    assert listed["statistics"]["last_run"]["id"] == run.json()["id"]
+    assert_problem(client.post("/v1/jobs/nightly/run"), 404, "no job 'nightly'")
 
 
 # -- system ------------------------------------------------------------------
@@ -963,12 +992,12 @@ def test_openapi_fuzzing_finds_no_server_errors(tmp_path: Path) -> None:
                     strategy,
                     *(
                         operation.as_strategy(path_parameters={"name": name})
-                        for name in ("word_count", "fetch_page")
+                        for name in ("word_count", "fetch_page", "statistics")
                     ),
                 )
             seen = statuses.setdefault(f"{operation.method.upper()} {operation.path}", set())
             fuzz(strategy, seen)
-    assert len(statuses) == 17, sorted(statuses)
+    assert len(statuses) == 21, sorted(statuses)
     # The fuzzing reached the routes' real work, not only their refusals.
     for route in (
         "POST /v1/goals",
@@ -978,6 +1007,7 @@ def test_openapi_fuzzing_finds_no_server_errors(tmp_path: Path) -> None:
         "GET /v1/executions/{execution_id}/trace",
         "POST /v1/executions/{execution_id}/feedback",
         "POST /v1/tools/{name}/disable",
+        "POST /v1/jobs/{name}/run",
     ):
         assert any(200 <= code < 300 for code in statuses[route]), (route, statuses[route])
     assert all(code < 500 for codes in statuses.values() for code in codes), statuses

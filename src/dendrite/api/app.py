@@ -35,14 +35,17 @@ from dendrite.api.models import (
     PLANNERS,
     ExecutionPage,
     ExecutionSummary,
+    ExperimentList,
     FeedbackCreated,
     FeedbackRequest,
     GoalRequest,
     GoalResult,
     Health,
+    JobList,
     LLMInfo,
     OrchestratorInfo,
     PlannerInfo,
+    PolicyList,
     PoolPerformanceList,
     StoreHealth,
     SuccessRateOut,
@@ -64,7 +67,8 @@ from dendrite.api.problems import (
 )
 from dendrite.api.sse import KEEPALIVE, EventStreamResponse, sse
 from dendrite.execution.events import EventType
-from dendrite.learning.jobs import JobScheduler
+from dendrite.learning import experiments as ab
+from dendrite.learning.jobs import JOBS, JobContext, JobScheduler, describe, run_job
 from dendrite.orchestrator import ExecutionResult, Orchestrator
 from dendrite.planning import (
     DendritePlanner,
@@ -81,6 +85,7 @@ from dendrite.planning import (
 )
 from dendrite.store import ExecutionStore
 from dendrite.store.analytics import ExecutionDetail
+from dendrite.store.bookkeeping import JobRun
 from dendrite.store.errors import (
     InvalidRecordError,
     StoreUnavailableError,
@@ -721,6 +726,84 @@ def create_app(
                 "since": since.isoformat() if since else None,
             }
         )
+
+    @app.get(
+        "/v1/analytics/experiments",
+        tags=["analytics"],
+        summary="A/B experiments: per arm outcomes and significance against the control",
+        response_model=ExperimentList,
+        responses=responses(422, 503),
+    )
+    async def experiment_analytics(
+        experiment: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+        alpha: Annotated[float, Query(gt=0, lt=1)] = 0.05,
+    ) -> Response:
+        store = state.store()
+        reports = await state.blocking(ab.report, store, experiment, alpha=alpha)
+        return _json({"experiments": [r.to_dict() for r in reports]})
+
+    @app.get(
+        "/v1/analytics/policies",
+        tags=["analytics"],
+        summary="Quality policies per project, with the measured success behind them",
+        response_model=PolicyList,
+        responses=responses(503),
+    )
+    async def policy_analytics() -> Response:
+        policies = orch.policies
+        found = await state.blocking(policies.all) if policies is not None else []
+        return _json({"policies": [p.model_dump(mode="json") for p in found]})
+
+    # -- jobs ----------------------------------------------------------------
+
+    @app.get(
+        "/v1/jobs",
+        tags=["jobs"],
+        summary="The learning jobs, their schedule and their last run",
+        response_model=JobList,
+        responses=responses(503),
+    )
+    async def list_jobs() -> Response:
+        store = state.store()
+
+        def last_runs() -> dict[str, Any]:
+            return {name: store.get_job_runs(name, limit=1) for name in JOBS}
+
+        last = await state.blocking(last_runs)
+        return _json(
+            {
+                "scheduled": jobs is not None,
+                "jobs": [
+                    {
+                        "name": name,
+                        "description": describe(name),
+                        "every_seconds": (
+                            jobs.intervals[name] if jobs is not None else every
+                        ).total_seconds(),
+                        "last_run": last[name][0].model_dump(mode="json") if last[name] else None,
+                    }
+                    for name, (_, every) in JOBS.items()
+                ],
+            }
+        )
+
+    @app.post(
+        "/v1/jobs/{name}/run",
+        tags=["jobs"],
+        summary="Run a learning job now; the run is recorded like a scheduled one",
+        status_code=201,
+        response_model=JobRun,
+        responses=responses(404, 503),
+    )
+    async def run_job_now(name: Annotated[str, Path(min_length=1, max_length=64)]) -> Response:
+        store = state.store()
+        if name not in JOBS:
+            raise ProblemError(
+                404, "unknown-job", "Unknown job", f"no job {name!r}; jobs are {', '.join(JOBS)}"
+            )
+        context = jobs.context if jobs is not None else JobContext(store, orch)
+        run = await state.blocking(run_job, name, context)
+        return _json(run.model_dump(mode="json"), 201)
 
     # -- system --------------------------------------------------------------
 

@@ -8,9 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dendrite.learning.policies import QualityPolicy
 from dendrite.planning.default import Strategy
 from dendrite.planning.plan import Plan
 from dendrite.store.analytics import PoolPerformance, SuccessRate, TierPerformance, ToolStatistics
+from dendrite.store.bookkeeping import JobRun
 
 PLANNERS = ("dendrite", "semantic", "template", "llm", "single")
 PlannerName = Literal["dendrite", "semantic", "template", "llm", "single"]
@@ -245,6 +247,48 @@ class TierPerformanceList(BaseModel):
 
 class PoolPerformanceList(BaseModel):
     pools: list[PoolPerformance]
+
+
+class ArmOut(BaseModel):
+    arm: str
+    executions: int
+    successes: int
+    success_rate: float | None
+    success_interval: list[float] | None = Field(description="95% Wilson interval")
+    mean_duration_ms: float | None
+    mean_rating: float | None
+    rated: int
+    p_success: float | None = Field(description="vs the control; None for the control")
+    success_test: Literal["fisher", "z"] | None
+    p_duration: float | None = Field(description="Welch's t-test vs the control")
+
+
+class ExperimentOut(BaseModel):
+    experiment: str
+    control: str
+    alpha: float
+    verdict: str
+    arms: list[ArmOut]
+
+
+class ExperimentList(BaseModel):
+    experiments: list[ExperimentOut]
+
+
+class PolicyList(BaseModel):
+    policies: list[QualityPolicy]
+
+
+class JobInfo(BaseModel):
+    name: str
+    description: str
+    every_seconds: float = Field(description="how often `dendrite serve` runs it")
+    last_run: JobRun | None
+
+
+class JobList(BaseModel):
+    scheduled: bool = Field(description="whether this server runs the jobs on their schedule")
+    jobs: list[JobInfo]
 
 
 class SuccessRateOut(SuccessRate):
