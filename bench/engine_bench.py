@@ -26,7 +26,11 @@ Contenders:
   arguments against the tool's signature, applies the default per-attempt
   timeout, computes confidences, and queues one ``tool_executions`` row per
   step plus one ``executions`` row (and, once per ``history_ttl`` = 30 s,
-  reads the tools' statistics back, as in production). "run" stops when
+  reads the tools' statistics back, as in production). The timeout is
+  enforced as for any async tool: ``noop`` finishes without ever waiting, and
+  asyncio can only interrupt a coroutine where it waits, so the engine sets
+  no timer for it (a tool that waits gets one; see docs/orchestrator.md).
+  Steps run in worker tasks (a chain in one), as in production. "run" stops when
   ``run()`` returns; "total" also includes ``store.flush()``, i.e. until every
   row is committed to the SQLite file. After each run the benchmark reads the
   execution back and fails unless it holds exactly one row per step.

@@ -277,7 +277,12 @@ def test_async_tools_that_wait_or_not_and_fail_before_or_after_waiting():
         await asyncio.sleep(0.001)
         raise ConnectionResetError("connection reset by peer")
 
-    for func in (instant, waits, fails_at_once, fails_later):
+    async def hangs_later(x: int) -> int:
+        await asyncio.sleep(0)
+        await asyncio.sleep(30)
+        return x
+
+    for func in (instant, waits, fails_at_once, fails_later, hangs_later):
         registry.register_function(func)
     engine = ExecutionEngine(registry, retry=NO_WAIT, default_timeout=5)
     plan = Plan(
@@ -287,6 +292,7 @@ def test_async_tools_that_wait_or_not_and_fail_before_or_after_waiting():
             Step(id="w", tool="waits", params={"x": "${i}"}),
             Step(id="now", tool="fails_at_once", params={"x": 1}),
             Step(id="later", tool="fails_later", params={"x": 1}),
+            Step(id="hang", tool="hangs_later", params={"x": 1}, timeout=0.05),
         ],
     )
     outcome, _ = run(engine, plan)
@@ -294,6 +300,8 @@ def test_async_tools_that_wait_or_not_and_fail_before_or_after_waiting():
     now, later = outcome.steps["now"], outcome.steps["later"]
     assert now.error.endswith("KeyError: 'no such key'") and len(now.attempts) == 1
     assert later.error_type is ErrorType.CONNECTION and len(later.attempts) == 3
+    hang = outcome.steps["hang"]
+    assert hang.error_type is ErrorType.TIMEOUT and len(hang.attempts) == 3
 
 
 def test_an_async_timeout_counts_from_the_start_of_the_attempt():
