@@ -6,8 +6,10 @@ orchard's own (a cold-room sensor and its log), and sends a scripted series of
 goals through the real orchestrator and the default planner: a search, a
 summary, a comparison, a calculation, multi-step goals, and a sensor reading
 whose gateway is down, so the step falls back to the log. Every run and
-attempt is recorded in the store; feedback is given on some answers; then it
-prints what the store now knows. Run it again and the history accumulates.
+attempt is recorded in the store; feedback is given on some answers and
+learned at once; the learning jobs run (statistics, low performers, quality
+policies); then it prints what the store now knows. Run it again and the
+history accumulates.
 
 The sensor gateway being down is the scenario, not a fake: the sensor tool
 really fails (it has no gateway to reach), retries, and the engine falls back
@@ -25,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from dendrite.learning.jobs import JobContext, run_job
 from dendrite.orchestrator import ExecutionResult, Orchestrator, OrchestratorConfig, load_trace
 from dendrite.planning import PlanningError, RetryPolicy
 from dendrite.store import ExecutionStore
@@ -102,13 +105,35 @@ def run_demo(console: Console, url: str) -> None:
         with Orchestrator(registry, store=store, config=config) as orch:
             for goal in GOALS:
                 results.append((goal, _run_goal(console, orch, goal)))
+            console.rule("feedback and learning jobs", style="cyan")
             for goal, result in results:
                 if result is not None and goal.rating:
-                    store.store_feedback(
-                        result.execution_id, goal.rating, "demo rating", accepted=result.success
+                    effect = orch.feedback(
+                        result.execution_id,
+                        goal.rating,
+                        accepted=result.success,
+                        comment="demo rating",
                     )
+                    console.print(
+                        f"  rated {goal.rating}/5 {goal.text!r}: reward {effect.reward:.2f} "
+                        f"for {', '.join(dict.fromkeys(effect.tools)) or 'no tool'}",
+                        highlight=False,
+                    )
+            for name in ("statistics", "low_performers", "quality"):
+                run = run_job(name, JobContext(store, orch))
+                console.print(f"  job {name}: {_job_summary(run.report)}", highlight=False)
         store.flush()
         _report(console, store, results, before)
+
+
+def _job_summary(report: dict[str, object]) -> str:
+    if "low_performers" in report:
+        found = report["low_performers"]
+        return f"{report['checked']} tools checked, low performers: {found or 'none'}"
+    if "policies" in report:
+        policies = report["policies"]
+        return "; ".join(str(p["reason"]) for p in policies) if policies else "no policies"  # type: ignore[index, union-attr]
+    return ", ".join(f"{k} {v}" for k, v in report.items())
 
 
 def _run_goal(console: Console, orch: Orchestrator, goal: Goal) -> ExecutionResult | None:
