@@ -102,6 +102,9 @@ def test_demo_runs_real_goals_and_accumulates_history(tmp_path: Path):
     assert "Tool performance" in out and "Success rate by intent" in out
     assert "Trace of 'read the cold room sensor" in out
     assert "connection: ConnectionError: sensor gateway unreachable" in out
+    assert "rated 4/5 'summarize harvest.md': reward 0.88 for summarize_document" in out
+    assert "job statistics: tools 8, attempts 14" in out
+    assert "job quality: 8 runs measured, 20 needed to adapt" in out
     assert (tmp_path / "dendrite.db").exists()
     second = _cli("demo", home=tmp_path)
     assert second.returncode == 0, second.stderr
