@@ -1,12 +1,11 @@
 """Store records made from what the engine reports, on the hot path of every attempt.
 
-Every attempt of every step becomes a ``tool_executions`` row, so building the
-record is paid once per step. The engine made every field itself (ids,
-times, types), so the record skips pydantic's validation, and even
-``model_construct``'s per-field loop over aliases and defaults, which costs
-several times more than the few attribute writes it comes down to when every
-field is given. ``tests/test_engine.py`` checks that the result equals what
-``model_construct`` and full validation build from the same values.
+Every attempt of every step becomes a ``tool_executions`` row, so building
+the record is paid once per step. The engine made every value itself, of
+the exact types the record holds (a new UUID, UTC times, an ``ErrorType``),
+so the record is built as the store's own hot-path form, a
+:class:`~dendrite.store.toolcall.ToolCall`, without checking them again.
+``tests/test_engine.py`` checks that it equals the validated record.
 """
 
 from __future__ import annotations
@@ -17,11 +16,9 @@ from typing import Any
 
 from dendrite._ids import new_id
 from dendrite.execution.events import Attempt
-from dendrite.telemetry import ToolExecutionRecord
+from dendrite.store.toolcall import ToolCall
 
-_FIELDS = frozenset(ToolExecutionRecord.model_fields)
-_new = object.__new__
-_set = object.__setattr__
+_new = tuple.__new__  # ``ToolCall(...)`` would run a Python frame for the same tuple
 
 
 def attempt_record(
@@ -30,29 +27,24 @@ def attempt_record(
     attempt: Attempt,
     params: Mapping[str, Any],
     result: Any,
-) -> ToolExecutionRecord:
+) -> ToolCall:
     """The ``tool_executions`` record of one attempt, with a new id."""
-    values = {
-        "id": new_id(),
-        "execution_id": execution_id,
-        "step_id": step_id,
-        "tool_name": attempt.tool,
-        "parameters": dict(params),
-        "result": result,
-        "success": attempt.success,
-        "error": attempt.error,
-        "error_type": attempt.error_type,
-        "attempt": attempt.number,
-        "fallback_of": attempt.fallback_of,
-        "duration_ms": attempt.duration_ms,
-        "started_at": attempt.started_at,
-        "finished_at": attempt.started_at + timedelta(milliseconds=attempt.duration_ms),
-    }
-    # What model_construct does for a model without aliases, extras or private
-    # attributes, when every field is given.
-    record = _new(ToolExecutionRecord)
-    _set(record, "__dict__", values)
-    _set(record, "__pydantic_fields_set__", set(_FIELDS))
-    _set(record, "__pydantic_extra__", None)
-    _set(record, "__pydantic_private__", None)
-    return record
+    return _new(
+        ToolCall,
+        (
+            new_id(),
+            execution_id,
+            step_id,
+            attempt.tool,
+            dict(params),
+            result,
+            attempt.success,
+            attempt.error,
+            attempt.error_type,
+            attempt.number,
+            attempt.fallback_of,
+            attempt.duration_ms,
+            attempt.started_at,
+            attempt.started_at + timedelta(milliseconds=attempt.duration_ms),
+        ),
+    )
