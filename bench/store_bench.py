@@ -448,6 +448,8 @@ class Ingest:
     tool_executions: int
     enqueue_s: float
     total_s: float
+    cpu_s: float
+    load: float
     written: int
     journaled: int
     rejected: int
@@ -474,7 +476,8 @@ def bench_ingest(settings: Settings, databases: Databases, workload: Workload) -
         with open_store(databases, backend, f"ingest-{backend}") as store:
             gc.collect()
             store_tool, store_exec = store.store_tool_execution, store.store_execution
-            started = time.perf_counter()
+            load = os.getloadavg()[0]
+            started, cpu_started = time.perf_counter(), time.process_time()
             for is_execution, kwargs in work:
                 if is_execution:
                     store_exec(**kwargs)
@@ -483,7 +486,7 @@ def bench_ingest(settings: Settings, databases: Databases, workload: Workload) -
             enqueued = time.perf_counter()
             if not store.flush(timeout=None):
                 raise RuntimeError(f"{backend}: flush did not complete")
-            finished = time.perf_counter()
+            finished, cpu_finished = time.perf_counter(), time.process_time()
             status = store.status()
             with store.engine.connect() as conn:
                 rows = sum(
@@ -497,6 +500,8 @@ def bench_ingest(settings: Settings, databases: Databases, workload: Workload) -
                 tool_executions=settings.ingest_tool_executions,
                 enqueue_s=enqueued - started,
                 total_s=finished - started,
+                cpu_s=cpu_finished - cpu_started,
+                load=load,
                 written=status.written_records,
                 journaled=status.journal_records,
                 rejected=status.rejected_records,
@@ -740,7 +745,8 @@ def print_environment(console: Console, settings: Settings, databases: Databases
     pg = databases.server_version() if "postgresql" in settings.backends else "not used"
     for key, value in (
         ("python", platform.python_version()),
-        ("machine", f"{platform.machine()}, {platform.system()}, {_cpus()} CPUs"),
+        ("machine", f"{platform.machine()}, {platform.system()}, {_cpus()} CPUs, "
+         f"load average {os.getloadavg()[0]:.1f} at start"),
         ("sqlalchemy / pydantic / psycopg", f"{sqlalchemy.__version__} / {pydantic.VERSION} / "
          f"{psycopg.__version__} ({psycopg.pq.__impl__})"),
         ("sqlite library", sqlite3.sqlite_version),
@@ -791,7 +797,7 @@ def print_ingest(console: Console, results: list[Ingest]) -> None:
     table = Table(title="2. Sustained ingest through the store (default batch_size/max_queue)")
     for column in (
         "backend", "rows", "enqueue s", "enqueue µs/row", "to flush done s", "rows/s",
-        "written", "journaled", "rejected", "rows in db",
+        "CPU µs/row", "load", "written", "journaled", "rejected", "rows in db",
     ):  # fmt: skip
         table.add_column(column, justify="left" if column == "backend" else "right")
     for r in results:
@@ -802,12 +808,20 @@ def print_ingest(console: Console, results: list[Ingest]) -> None:
             f"{r.enqueue_s / r.rows * 1e6:.1f}",
             f"{r.total_s:.2f}",
             f"{r.rows_per_s:,.0f}",
+            f"{r.cpu_s / r.rows * 1e6:.1f}",
+            f"{r.load:.1f}",
             f"{r.written:,}",
             f"{r.journaled:,}",
             f"{r.rejected:,}",
             f"{r.rows_in_db:,}",
         )
     console.print(table)
+    note(
+        console,
+        "  CPU µs/row: this process's CPU time (caller and writer thread) per row, which other "
+        "load on the machine inflates far less than wall time; PostgreSQL's server is not "
+        "counted. load: the 1-minute load average when the run started",
+    )
 
 
 def print_analytics(console: Console, construction: Construction, results: list[Analytics]) -> None:

@@ -190,3 +190,21 @@ def test_four_processes_write_one_sqlite_file_at_once(tmp_path: Path):
         with store.engine.connect() as conn:
             goal_ids = conn.scalars(select(s.executions.c.goal_id)).all()
     assert sorted(goal_ids) == sorted(f"goal_{i}" for i in range(1, 4 * goals + 1))
+
+
+def test_batches_shrink_when_writing_is_slow_so_a_waiting_caller_is_not_left_past_its_timeout(
+    tmp_path: Path,
+):
+    """A caller waiting for room waits for the batch being written: at the last batch's
+    pace, a batch takes about a quarter of ``block_timeout``, within [200, batch_size]."""
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    with ExecutionStore(url, state_dir=tmp_path / "s", batch_size=5000, block_timeout=1.0) as st:
+        writer = st._writer
+        writer._pace(1000, 1.0)  # 1,000 rows/s: 250 rows take 0.25 s
+        assert writer._batch_limit == 250
+        writer._pace(1000, 10.0)
+        assert writer._batch_limit == 200
+        writer._pace(5000, 0.05)
+        assert writer._batch_limit == 5000
+        writer._pace(50, 10.0)  # too small a batch to tell the pace
+        assert writer._batch_limit == 5000

@@ -107,7 +107,7 @@ class ExecutionStore:
         url: str | None = None,
         *,
         auto_upgrade: bool | None = None,
-        batch_size: int = 1000,
+        batch_size: int = 5000,
         flush_interval: float = 0.05,
         max_queue: int = 100_000,
         block_timeout: float = 1.0,
@@ -179,7 +179,7 @@ class ExecutionStore:
 
     # -- writes --------------------------------------------------------------
 
-    def record(self, record: AnyRecord) -> str:
+    def record(self, record: AnyRecord | ToolCall) -> str:
         """Queue an already-built record of any kind; returns its id."""
         if type(record) not in KIND_OF:
             raise InvalidRecordError(f"not a Dendrite record: {type(record).__name__}")

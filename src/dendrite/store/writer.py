@@ -23,6 +23,7 @@ What can go wrong, and what happens:
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -65,6 +66,7 @@ from dendrite.telemetry.records import (
 )
 
 log = logging.getLogger("dendrite.store.writer")
+SQLITE_LIMIT_VARIABLE_NUMBER = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", 9)
 
 KINDS: dict[str, type[AnyRecord]] = {
     "execution": ExecutionRecord,
@@ -82,6 +84,9 @@ Queued = AnyRecord | ToolCall
 def dump(record: Queued) -> dict[str, Any]:
     """A queued record as the field dictionary the journal and ``rejected.jsonl`` keep."""
     return record._asdict() if type(record) is ToolCall else record.model_dump()
+
+
+MIN_BATCH = 200
 
 
 class _FlushMarker:
@@ -141,6 +146,11 @@ class BatchWriter:
         self.journal = journal
         self.rejected_path = rejected_path
         self.batch_size = batch_size
+        # Under a backlog a caller waiting for room waits for the batch being
+        # written, so batches are sized to take about a quarter of
+        # ``block_timeout`` at the last batch's pace, within [MIN_BATCH, batch_size].
+        self._batch_seconds = max(block_timeout / 4, 0.05)
+        self._batch_limit = batch_size
         self.flush_interval = flush_interval
         self.max_queue = max_queue
         self.block_timeout = block_timeout
@@ -253,7 +263,7 @@ class BatchWriter:
         while queue:
             batch: list[Queued] = []
             markers: list[_FlushMarker] = []
-            while queue and len(batch) < self.batch_size:
+            while queue and len(batch) < self._batch_limit:
                 item = queue.popleft()
                 if isinstance(item, _FlushMarker):
                     markers.append(item)
@@ -263,9 +273,17 @@ class BatchWriter:
                 with self._room:
                     self._room.notify_all()
             if batch:
+                started = time.monotonic()
                 self._process(batch)
+                self._pace(len(batch), time.monotonic() - started)
             for marker in markers:
                 marker.done.set()
+
+    def _pace(self, rows: int, seconds: float) -> None:
+        """Size the next batch from this one's rows per second (see ``__init__``)."""
+        if rows >= MIN_BATCH and seconds > 0:
+            fitting = int(rows * self._batch_seconds / seconds)
+            self._batch_limit = max(min(MIN_BATCH, self.batch_size), min(self.batch_size, fitting))
 
     def _process(self, batch: list[Queued]) -> None:
         if not self.healthy and not self._recover():
@@ -453,7 +471,7 @@ def _insert_executions(
         if conn.dialect.name == "postgresql":
             _copy_rows(conn, encoder.copy, rows)
         else:
-            conn.exec_driver_sql(encoder.insert, rows)
+            _insert_rows(conn, encoder.insert, rows)
     return new
 
 
@@ -481,7 +499,7 @@ def _insert_tool_executions(
         except sa_exc.IntegrityError:  # a taken id, most likely: the slow path will tell
             inserted = False
     else:
-        inserted = conn.exec_driver_sql(encoder.insert_ignoring, rows).rowcount == len(rows)
+        inserted = _insert_rows(conn, encoder.insert, rows, IGNORE_TAKEN_IDS) == len(rows)
     if inserted:
         attempt.commit()
         return records
@@ -489,8 +507,45 @@ def _insert_tool_executions(
     existing = _existing_ids(conn, s.tool_executions, [r.id for r in records])
     keep = [i for i, r in enumerate(records) if r.id not in existing]
     if keep:
-        conn.exec_driver_sql(encoder.insert, [rows[i] for i in keep])
+        _insert_rows(conn, encoder.insert, [rows[i] for i in keep])
     return [records[i] for i in keep]
+
+
+IGNORE_TAKEN_IDS = " ON CONFLICT (id) DO NOTHING"
+SQLITE_ROWS_PER_INSERT = 256
+
+
+def _insert_rows(
+    conn: Connection, insert: str, rows: list[tuple[Any, ...]], suffix: str = ""
+) -> int:
+    """Insert rows (``insert`` has one row of markers); returns how many went in.
+
+    SQLite gets them many rows to an ``INSERT``: ``executemany`` lets go of
+    the GIL around every row, and a thread that wants it back waits for the
+    switch interval (5 ms) whenever another thread (the caller, recording
+    more) is running Python, which made the writer crawl under load.
+    """
+    if conn.dialect.name != "sqlite" or len(rows) < 2:
+        return conn.exec_driver_sql(insert + suffix, rows).rowcount
+    raw = conn.connection.dbapi_connection
+    width = len(rows[0])
+    per = max(1, min(SQLITE_ROWS_PER_INSERT, raw.getlimit(SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+    head, values = insert.split(" VALUES ", 1)
+    inserted = 0
+    cursor = raw.cursor()
+    try:
+        for start in range(0, len(rows), per):
+            chunk = rows[start : start + per]
+            sql = f"{head} VALUES {', '.join([values] * len(chunk))}{suffix}"
+            cursor.execute(sql, [value for row in chunk for value in row])
+            inserted += cursor.rowcount
+    except Exception as error:
+        raise sa_exc.DBAPIError.instance(
+            insert, None, error, sqlite3.Error, dialect=conn.dialect
+        ) from error
+    finally:
+        cursor.close()
+    return inserted
 
 
 def _copy_rows(conn: Connection, statement: str, rows: list[tuple[Any, ...]]) -> None:
@@ -521,7 +576,6 @@ def _copy_rows(conn: Connection, statement: str, rows: list[tuple[Any, ...]]) ->
 @dataclass(frozen=True, slots=True)
 class _ToolRowEncoder:
     insert: str
-    insert_ignoring: str
     copy: str
     uuid: Callable[[Any], Any]
     boolean: Callable[[Any], Any]
@@ -652,7 +706,6 @@ def _encoders(dialect: Any) -> _Encoders:
         raise RuntimeError("the bulk encoder of tool_executions is out of step with its table")
     tools = _ToolRowEncoder(
         insert=insert(te, _TOOL_COLUMNS),
-        insert_ignoring=f"{insert(te, _TOOL_COLUMNS)} ON CONFLICT (id) DO NOTHING",
         copy=f"COPY {te.name} ({', '.join(_TOOL_COLUMNS)}) FROM STDIN",
         uuid=processor(te, "id") or _same,
         boolean=processor(te, "success") or _same,
