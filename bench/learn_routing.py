@@ -71,7 +71,7 @@ WEAK_COLUMN = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG_COLUMN = "gpt-4-1106-preview"
 DATASETS = ("mmlu", "gsm8k")
 FEATURISERS = ("type", "type+words", "words", "type+minilm")
-DEFAULT_WEIGHTS = "0,0.05,0.08,0.1,0.12,0.14,0.17,0.2,0.25,0.3"
+DEFAULT_WEIGHTS = "0,0.05,0.08,0.1,0.12,0.13,0.14,0.15,0.17,0.2,0.25,0.3"
 TARGET_QUALITY = 0.95  # of the strong model's accuracy
 TARGET_SHARE = 0.50  # of the calls going to the strong model
 ROUTELLM_SAVINGS = {"mmlu": 0.45, "gsm8k": 0.35}  # published, at 95% of GPT-4's quality
@@ -220,6 +220,7 @@ def minilm_vectors(
 
 _DATA: dict[str, Dataset] = {}
 _EMBEDDERS: dict[str, PrecomputedEmbedder] = {}
+_ROUTER_OPTIONS: dict[str, float] = {}  # Router keyword arguments given on the command line
 
 
 @dataclass
@@ -259,6 +260,7 @@ def simulate(job: tuple[str, str, float, int]) -> Run:
         cost_weight=cost_weight,
         featuriser=make_featuriser(featuriser, dataset),
         seed=1000 + seed,
+        **_ROUTER_OPTIONS,
     )
     order = np.random.default_rng(seed).permutation(data.size)
     strong = np.zeros(data.size, dtype=bool)
@@ -385,7 +387,7 @@ def print_environment(
     console: Console, args: argparse.Namespace, datasets: dict[str, Dataset]
 ) -> None:
     table = Table(title="Environment and data", show_header=False)
-    router = Router(["weak", "strong"])
+    router = Router(["weak", "strong"], **_ROUTER_OPTIONS)
     rows = [
         ("python", platform.python_version()),
         ("machine", f"{platform.machine()}, {platform.system()}, {_cpus()} CPUs"),
@@ -560,6 +562,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=Path(tempfile.gettempdir()) / "dendrite-bench",
         help="where prompt embeddings are cached (outside the repository)",
     )
+    parser.add_argument(
+        "--exploration",
+        type=float,
+        default=None,
+        help="the Router's exploration (posterior scale); default: the Router's default",
+    )
     parser.add_argument("--quick", action="store_true", help="one order, five cost weights")
     args = parser.parse_args(argv)
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -579,6 +587,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.cost_weights = [0.05, 0.1, 0.13, 0.17, 0.25]
     if min(args.seeds, args.window, args.gsm8k_window, args.jobs) < 1:
         parser.error("--seeds, --window, --gsm8k-window and --jobs must be positive")
+    if args.exploration is not None and not (
+        math.isfinite(args.exploration) and args.exploration >= 0
+    ):
+        parser.error("--exploration must be a finite number >= 0")
     args.seeds = list(range(args.seeds))
     return args
 
@@ -587,6 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 160)
     started = time.perf_counter()
+    if args.exploration is not None:
+        _ROUTER_OPTIONS["exploration"] = args.exploration
     datasets = {name: load(args.data, name) for name in args.datasets}
     print_environment(console, args, datasets)
     featurisers = list(args.featurisers)

@@ -102,6 +102,16 @@ def test_predictions_approach_the_true_success_rates():
     assert chat["small"].reward > chat["large"].reward
 
 
+def test_thompson_sampling_is_tempered_by_default_and_ucb_is_not():
+    # Thompson sampling draws from a posterior scaled by 0.5 (it explored too much on
+    # RouteLLM's MMLU); LinUCB keeps its usual one standard deviation; an explicit value wins.
+    assert Router(["a", "b"]).exploration == 0.5
+    assert Router(["a", "b"], policy="ucb").exploration == 1.0
+    assert Router(["a", "b"], exploration=2.0).exploration == 2.0
+    with pytest.raises(ValueError, match="exploration"):
+        Router(["a", "b"], exploration=-1.0)
+
+
 def test_cost_weight_shifts_the_choice():
     # large is better (0.9 against 0.7) and costs 1 more: worth it at weight 0, not at 0.5.
     rates = {"small": 0.7, "large": 0.9}
