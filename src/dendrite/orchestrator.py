@@ -18,7 +18,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dendrite._ids import new_id
 from dendrite.execution.engine import ExecutionEngine, RunOutcome
 from dendrite.execution.events import Attempt, Event, EventType, StepResult, StepStatus
+from dendrite.execution.records import attempt_record
 from dendrite.learning.experiments import Experiment
 from dendrite.learning.jobs import LIFECYCLE_KEY, TOOL_STATES_KEY, apply_promotion
 from dendrite.learning.loop import FeedbackEffect, JudgedRun, LearningLoop
@@ -41,7 +42,7 @@ from dendrite.planning.planner import Planner, PlanningError
 from dendrite.state import StateManager, StateView
 from dendrite.store import ExecutionStore
 from dendrite.store.serialize import capped
-from dendrite.telemetry import ErrorType, ExecutionStatus, ToolExecutionRecord
+from dendrite.telemetry import ErrorType, ExecutionStatus
 from dendrite.tools import ToolRegistry, ToolState, ToolStatus
 
 log = logging.getLogger("dendrite.orchestrator")
@@ -239,7 +240,7 @@ class _StoreRecorder:
     """Sends each attempt to the store; a store error is logged, never raised into the run.
 
     The engine made every field itself, so the record is built without
-    pydantic's validation (it would cost more than the rest of the write).
+    pydantic's validation (see :func:`attempt_record`).
     """
 
     def __init__(self, store: ExecutionStore) -> None:
@@ -255,24 +256,7 @@ class _StoreRecorder:
         result: Any,
     ) -> None:
         try:
-            self.store.record(
-                ToolExecutionRecord.model_construct(
-                    id=new_id(),
-                    execution_id=execution_id,
-                    step_id=step_id,
-                    tool_name=attempt.tool,
-                    parameters=dict(params),
-                    result=result,
-                    success=attempt.success,
-                    error=attempt.error,
-                    error_type=attempt.error_type,
-                    attempt=attempt.number,
-                    fallback_of=attempt.fallback_of,
-                    duration_ms=attempt.duration_ms,
-                    started_at=attempt.started_at,
-                    finished_at=attempt.started_at + timedelta(milliseconds=attempt.duration_ms),
-                )
-            )
+            self.store.record(attempt_record(execution_id, step_id, attempt, params, result))
         except Exception:
             self.failures += 1
             log.warning("could not record an attempt of %s", attempt.tool, exc_info=True)
