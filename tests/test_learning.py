@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import pytest
 
 from dendrite import Orchestrator, OrchestratorConfig
@@ -143,6 +146,56 @@ def test_ranker_recalls_a_tool_by_learned_words_and_asks_for_depth():
         ToolRanker(recall_depth=0)
     with pytest.raises(ValueError, match="learning rates"):
         ToolRanker(learning_rate=-1)
+
+
+class ConceptEmbedder:
+    """A stand-in for a sentence embedder: one axis per concept, whatever words name it."""
+
+    name = "concepts"
+    concepts = (("song", "tune", "music", "track"), ("weather", "rain", "forecast"))
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        rows = [
+            [float(any(w in text.lower() for w in words)) for words in self.concepts] + [0.1]
+            for text in texts
+        ]
+        vectors = np.asarray(rows, dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_ranker_with_an_embedder_finds_past_goals_that_share_no_word() -> None:
+    embedder = ConceptEmbedder()
+    ranker = ToolRanker(embedder=embedder)
+    words = ToolRanker()
+    assert ranker.min_similarity == 0.6 and words.min_similarity == 0.5
+    for r in (ranker, words):
+        r.observe("put on a tune", "Music_3_PlayMedia", True)
+        r.observe("put on a tune", "play_sound_wave", False)
+    goal = "I want to hear some music"  # no word in common with "put on a tune"
+    assert words.similar_evidence(goal) == {}
+    evidence = ranker.similar_evidence(goal)
+    assert evidence["Music_3_PlayMedia"][0] > 0.9 and evidence["play_sound_wave"][1] > 0.9
+    ranked = {r.name: r for r in ranker.rerank(goal, [("play_sound_wave", 1.0)])}
+    assert "on similar goals 1.0 worked" in ranked["Music_3_PlayMedia"].reason  # recalled
+    assert [r.name for r in words.rerank(goal, [("play_sound_wave", 1.0)])] == ["play_sound_wave"]
+    assert ranker.similar_evidence("will it rain tomorrow") == {}
+
+
+def test_similar_vectors_keeps_the_newest_entries_and_ranks_by_cosine() -> None:
+    from dendrite.learning.similar import SimilarVectors
+
+    index: SimilarVectors[str] = SimilarVectors(ConceptEmbedder(), capacity=2)
+    index.add("play a song", "first")
+    index.add("rain tomorrow?", "second")
+    index.add("music please", "third")  # over capacity: the oldest entry goes
+    assert len(index) == 2
+    matches = index.search("some tune", k=5)
+    assert [m.item for m in matches] == ["third", "second"]
+    assert matches[0].similarity == pytest.approx(1.0, abs=1e-6)
+    assert index.search("some tune", k=5, min_similarity=0.5)[0].text == "music please"
+    assert [m.item for m in index.search("some tune", k=5, min_similarity=0.5)] == ["third"]
+    with pytest.raises(ValueError, match="capacity"):
+        SimilarVectors(ConceptEmbedder(), capacity=0)
 
 
 def test_retriever_cache_gives_the_ranker_its_recall_depth():

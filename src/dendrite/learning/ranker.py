@@ -25,7 +25,9 @@ through the orchestrator, a model of whether a tool will succeed for a goal:
   learned too, from the same outcomes, more slowly;
 - ``overall record`` is the tool's decayed Beta posterior of success on any
   goal (a tool that recovers is believed again), ``similar`` its
-  similarity-weighted successes minus failures on the most similar past goals.
+  similarity-weighted successes minus failures on the most similar past goals
+  (by shared words, or by the goals' embeddings when an ``embedder`` is given:
+  paraphrases that share no word are found too).
 
 Recall: the ``recall_depth`` best tools of retrieval (planners ask retrieval
 for that many when a ranker is wired in, then keep their own number after
@@ -38,7 +40,8 @@ planner, which receives the candidates in this order.
 On ``bench/learn_tools.py`` (BFCL, 1,645 tools, every tool call judged by the
 gold answer), first-choice accuracy in the last 200 queries of the stream is
 0.68 with it and 0.55 without learning (0.65 and 0.57 over the whole stream);
-docs/learning.md gives the curve.
+with all-MiniLM-L6-v2 in retrieval for both and for similar past goals, 0.705
+and 0.615 (0.696 and 0.639). docs/learning.md gives the curves.
 """
 
 from __future__ import annotations
@@ -49,7 +52,14 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from dendrite.learning.similar import SimilarTexts, terms
+from dendrite.learning.similar import SimilarTexts, SimilarVectors, terms
+from dendrite.retrieval import Embedder
+
+# The cosine below which a past goal says nothing about this one: 0.5 for IDF-weighted word
+# sets; all-MiniLM-L6-v2's cosines run higher for unrelated sentences (the nearest past goal
+# in bench/learn_tools.py has the same gold tool 20% of the time at 0.4-0.5, 53% at 0.6-0.7).
+WORDS_MIN_SIMILARITY = 0.5
+EMBEDDING_MIN_SIMILARITY = 0.6
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +96,7 @@ class ToolRanker:
         self,
         *,
         similar_k: int = 12,
-        min_similarity: float = 0.5,
+        min_similarity: float | None = None,
         history_weight: float = 0.5,
         global_weight: float = 0.5,
         decay: float = 0.99,
@@ -100,12 +110,16 @@ class ToolRanker:
         recall_depth: int = 20,
         recall_min: float = 0.5,
         context_size: int = 2_000,
+        embedder: Embedder | None = None,
     ) -> None:
         """``learning_rate`` moves the per-word weights, ``shared_rate`` the trust in
         retrieval (``retrieval_weight``, ``intercept`` are where it starts: a tool that
         retrieval ranks first is expected to work, P = 0.88, one at half its score is a coin
         toss). ``context_size`` goals' retrieval scores are kept from ``rerank`` until their
-        outcomes are observed."""
+        outcomes are observed. With an ``embedder``, similar past goals are found by the cosine
+        of the goals' embeddings (``min_similarity`` defaults to
+        :data:`EMBEDDING_MIN_SIMILARITY`), else by shared words
+        (:data:`WORDS_MIN_SIMILARITY`)."""
         if not 0 < decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
         if learning_rate < 0 or shared_rate < 0:
@@ -113,6 +127,8 @@ class ToolRanker:
         if recall_depth < 1:
             raise ValueError(f"recall_depth must be >= 1, got {recall_depth}")
         self.similar_k = similar_k
+        if min_similarity is None:
+            min_similarity = WORDS_MIN_SIMILARITY if embedder is None else EMBEDDING_MIN_SIMILARITY
         self.min_similarity = min_similarity
         self.history_weight = history_weight
         self.global_weight = global_weight
@@ -126,7 +142,9 @@ class ToolRanker:
         self.recall_depth = recall_depth
         self.recall_min = recall_min
         self.context_size = context_size
-        self._goals: SimilarTexts[Outcome] = SimilarTexts(capacity)
+        self._goals: SimilarTexts[Outcome] | SimilarVectors[Outcome] = (
+            SimilarTexts(capacity) if embedder is None else SimilarVectors(embedder, capacity)
+        )
         self._records: dict[str, _Record] = {}
         self._weights: dict[str, dict[str, float]] = {}  # word -> tool -> weight
         self._learned_from: Counter[str] = Counter()  # tool -> goals it was observed on

@@ -1,19 +1,22 @@
-"""Finding past goals like a new one: an incremental TF-IDF index over goal texts.
+"""Finding past goals like a new one: incremental indexes over goal texts.
 
-Learning keeps adding goals while it answers queries, so the index must take
-additions cheaply (no rebuild): an inverted index from word stems to entries,
-scored by the cosine of IDF-weighted word sets, with document frequencies kept
-up to date as entries arrive.
+Learning keeps adding goals while it answers queries, so an index must take
+additions cheaply (no rebuild). :class:`SimilarTexts` is an inverted index from
+word stems to entries, scored by the cosine of IDF-weighted word sets, with
+document frequencies kept up to date as entries arrive; :class:`SimilarVectors`
+scores by the cosine of the goals' embeddings when an embedder is configured.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from dendrite.retrieval import tokenize
+import numpy as np
+
+from dendrite.retrieval import Embedder, tokenize
 
 T = TypeVar("T")
 
@@ -85,3 +88,72 @@ class SimilarTexts(Generic[T]):
                 scored.append(Match(item, similarity, entry_text))
         scored.sort(key=lambda m: m.similarity, reverse=True)
         return scored[:k]
+
+
+class SimilarVectors(Generic[T]):
+    """Finding past goals like a new one by the cosine of their embeddings.
+
+    Word overlap misses paraphrases ("put on something by Prince" / "play a Prince
+    song" share one word) and is fooled by shared filler; an embedder places goals
+    that ask for the same thing close together whatever their words. Same interface
+    as :class:`SimilarTexts`; entries are rows of a matrix (grown as entries arrive,
+    the oldest overwritten at ``capacity``), so a search is one matrix-vector product.
+    A goal is usually searched and then added with each of its outcomes, so the
+    vectors of the last ``cache`` texts are kept rather than embedded again.
+    """
+
+    def __init__(self, embedder: Embedder, capacity: int = 20_000, cache: int = 256) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.embedder = embedder
+        self.capacity = capacity
+        self.cache = cache
+        self._vectors: np.ndarray | None = None
+        self._entries: list[tuple[str, T]] = []
+        self._next = 0  # the row the next entry takes once the index is full
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def vector(self, text: str) -> np.ndarray:
+        """The embedding of ``text`` (kept for the last ``cache`` texts)."""
+        vector = self._recent.get(text)
+        if vector is None:
+            vector = np.asarray(self.embedder.embed([text]), dtype=np.float32)[0]
+            self._recent[text] = vector
+            while len(self._recent) > self.cache:
+                self._recent.popitem(last=False)
+        else:
+            self._recent.move_to_end(text)
+        return vector
+
+    def add(self, text: str, item: T) -> None:
+        vector = self.vector(text)
+        count = len(self._entries)
+        if self._vectors is None:
+            self._vectors = np.zeros((min(self.capacity, 64), vector.shape[0]), dtype=np.float32)
+        if count < self.capacity:
+            if count == len(self._vectors):
+                grown = np.zeros((min(self.capacity, 2 * count), vector.shape[0]), np.float32)
+                grown[:count] = self._vectors
+                self._vectors = grown
+            row = count
+            self._entries.append((text, item))
+        else:
+            row = self._next
+            self._next = (self._next + 1) % self.capacity
+            self._entries[row] = (text, item)
+        self._vectors[row] = vector
+
+    def search(self, text: str, k: int = 10, min_similarity: float = 0.0) -> list[Match[T]]:
+        """The ``k`` most similar entries (cosine of the embeddings), best first."""
+        if not self._entries or self._vectors is None or not text.strip():
+            return []
+        similarity = self._vectors[: len(self._entries)] @ self.vector(text)
+        best = np.argsort(-similarity, kind="stable")[:k]
+        return [
+            Match(self._entries[row][1], float(similarity[row]), self._entries[row][0])
+            for row in best
+            if similarity[row] >= min_similarity
+        ]
