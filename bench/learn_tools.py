@@ -31,7 +31,7 @@ once by each contender with ``orch.run(goal)``. Contenders, each with its own re
 its own SQLite store in a temporary directory:
 
 - learning off: ``OrchestratorConfig(learning=False, retry=RetryPolicy(max_attempts=1))``;
-  the planner ranks the catalogue by BM25 alone.
+  the planner ranks the catalogue by BM25 alone (or the hybrid, with ``--embedder``).
 - learning on: the same with ``learning=True``: the ranker takes retrieval's 20 best
   candidates (its ``recall_depth``) plus the tools its learned words recall, and orders them
   by its model of each tool's success for the goal's words, learned online from the outcome
@@ -68,10 +68,16 @@ when the similarity reaches 0.4, else learning off's pick. The 1-NN rule knows t
 of every earlier query, which an orchestrator does not (it learns only from the tools it
 tried), so it says how far goal-text similarity alone can carry learning on this data.
 
+``--embedder minilm`` (the ``neural`` extra) gives both contenders the same all-MiniLM-L6-v2
+embedder: retrieval blends it with BM25 as ``ToolRetriever`` does, and the learning ranker finds
+similar past goals by the embeddings' cosine (``--past-goals words``: by shared words). Every
+text is embedded once, before either contender runs, so ms/goal compares the contenders.
+
 Run from the repository root::
 
     .venv/bin/python bench/learn_tools.py            # the whole stream, about 2.5 minutes
     .venv/bin/python bench/learn_tools.py --quick    # the first 600 queries of the stream
+    .venv/bin/python bench/learn_tools.py --embedder minilm   # about 15 minutes on 2 CPUs
 """
 
 from __future__ import annotations
@@ -99,16 +105,19 @@ from rich.console import Console
 from rich.table import Table
 
 from dendrite import Orchestrator
+from dendrite.learning.loop import LearningLoop
+from dendrite.learning.ranker import ToolRanker
 from dendrite.learning.similar import SimilarTexts
 from dendrite.orchestrator import OrchestratorConfig
 from dendrite.planning.default import DendritePlanner, Strategy
 from dendrite.planning.plan import PlanValidationError, RetryPolicy
 from dendrite.planning.planner import PlanningError
+from dendrite.retrieval import SentenceTransformerEmbedder, ToolRetriever
 from dendrite.store import ExecutionStore
 from dendrite.tools import ToolRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tool_selection import DEFAULT_DATA, Bfcl, load_bfcl
+from tool_selection import DEFAULT_DATA, Bfcl, MemoEmbedder, load_bfcl
 
 TARGET_LAST_WINDOW = 0.85
 PLAIN_BM25_TOP1 = 0.465  # bench/tool_selection.py, "BM25 plain (baseline)", overall top-1
@@ -278,17 +287,30 @@ class Contender:
 
 
 def make_contender(
-    label: str, learning: bool, tools: Sequence[CatalogueTool], tmp: Path, candidates: int
+    label: str,
+    learning: bool,
+    tools: Sequence[CatalogueTool],
+    tmp: Path,
+    candidates: int,
+    embedder: MemoEmbedder | None,
+    past_goals: str,
 ) -> Contender:
+    """``embedder`` (shared by both contenders) ranks tools with BM25; with ``past_goals``
+    "embedder" the ranker also finds similar past goals by it, else by shared words."""
     started = time.perf_counter()
     oracle = Oracle()
     registry = build_registry(tools, oracle)
     slug = label.replace(" ", "_")
     store = ExecutionStore(f"sqlite:///{tmp / f'{slug}.db'}", state_dir=tmp / f"state-{slug}")
     config = OrchestratorConfig(learning=learning, retry=RetryPolicy(max_attempts=1))
-    orch = Orchestrator(registry, store=store, config=config, llm=None)
+    loop = None
+    if learning:
+        ranker = ToolRanker(embedder=embedder if past_goals == "embedder" else None)
+        loop = LearningLoop(registry, ranker=ranker)
+    orch = Orchestrator(registry, store=store, config=config, llm=None, learning=loop)
     # One step per goal, wired to the learning loop as the constructor wires its default.
     planner = DendritePlanner(
+        embedder=embedder,
         strategy=Strategy.SIMPLE,
         ranker=orch.learning.ranker if orch.learning else None,
         memory=orch.learning.memory if orch.learning else None,
@@ -369,7 +391,12 @@ def mean(values: Sequence[float]) -> float:
 
 
 def print_environment(
-    console: Console, args: argparse.Namespace, data: Bfcl, tools: list, goals: list[Goal]
+    console: Console,
+    args: argparse.Namespace,
+    data: Bfcl,
+    tools: list,
+    goals: list[Goal],
+    embedder: MemoEmbedder | None,
 ) -> None:
     table = Table(title="Environment and stream", show_header=False)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -391,6 +418,12 @@ def print_environment(
          "have a gold tool that was gold for an earlier query"),
         ("orchestrator", f"SIMPLE strategy, {args.candidates} candidates, 2 fallbacks, "
          "max_replans=1, RetryPolicy(max_attempts=1), SQLite store, llm=None"),
+        ("retrieval (both)", "BM25 alone" if embedder is None else
+         f"BM25 blended with {embedder.name} ({_version('sentence-transformers')}, torch "
+         f"{_version('torch')}), {embedder.embedded:,} texts embedded in "
+         f"{embedder.seconds:,.0f} s before the runs"),
+        ("ranker's similar past goals", "shared words" if embedder is None
+         or args.past_goals == "words" else f"cosine of {embedder.name} embeddings"),
     ):  # fmt: skip
         table.add_row(key, value)
     console.print(table)
@@ -538,6 +571,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="first N queries of the stream")
     parser.add_argument("--candidates", type=int, default=5, help="semantic planner candidates")
     parser.add_argument(
+        "--embedder",
+        choices=("none", "minilm"),
+        default="none",
+        help="retrieval for both contenders: BM25 alone, or BM25 blended with all-MiniLM-L6-v2 "
+        "(the neural extra)",
+    )
+    parser.add_argument(
+        "--past-goals",
+        choices=("embedder", "words"),
+        default="embedder",
+        help="how the learning ranker finds similar past goals when there is an embedder",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help=f"the first {QUICK_QUERIES} queries of the stream"
     )
     args = parser.parse_args(argv)
@@ -557,13 +603,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = load_bfcl(args.data, None)
     tools = catalogue(data)
     goals = stream(data, args.seed, args.limit)
-    print_environment(console, args, data, tools, goals)
+    embedder = None
+    if args.embedder == "minilm":
+        embedder = MemoEmbedder(SentenceTransformerEmbedder())
+        # Embedded once, before either contender runs, so neither pays for it in ms/goal:
+        # the catalogue, and each goal as the planner passes it (no labels are involved).
+        ToolRetriever.from_registry(build_registry(tools, Oracle()), embedder=embedder)
+        embedder.prime([g.text.strip() for g in goals])
+    print_environment(console, args, data, tools, goals, embedder)
     tmp = Path(tempfile.mkdtemp(prefix="dendrite_learn_tools_"))
     contenders: list[Contender] = []
     try:
         for label, learning in (("learning off", False), ("learning on", True)):
             note(console, f"{label}: registering {len(tools):,} tools …")
-            contender = make_contender(label, learning, tools, tmp, args.candidates)
+            contender = make_contender(
+                label, learning, tools, tmp, args.candidates, embedder, args.past_goals
+            )
             contenders.append(contender)
             note(console, f"{label}: running {len(goals):,} goals …")
             asyncio.run(run_stream(contender, goals, console))
