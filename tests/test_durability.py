@@ -195,16 +195,20 @@ def test_four_processes_write_one_sqlite_file_at_once(tmp_path: Path):
 def test_batches_shrink_when_writing_is_slow_so_a_waiting_caller_is_not_left_past_its_timeout(
     tmp_path: Path,
 ):
-    """A caller waiting for room waits for the batch being written: at the last batch's
-    pace, a batch takes about a quarter of ``block_timeout``, within [200, batch_size]."""
+    """A caller waiting for room waits for the batch being written: a batch that took over
+    half of ``block_timeout`` halves the next (to 200 at least); a full one that took under
+    an eighth doubles it (to ``batch_size`` at most)."""
     url = f"sqlite:///{tmp_path / 'h.db'}"
     with ExecutionStore(url, state_dir=tmp_path / "s", batch_size=5000, block_timeout=1.0) as st:
         writer = st._writer
-        writer._pace(1000, 1.0)  # 1,000 rows/s: 250 rows take 0.25 s
-        assert writer._batch_limit == 250
-        writer._pace(1000, 10.0)
+        assert writer._batch_limit == 1000  # until the pace is known
+        writer._pace(1000, 0.6)
+        assert writer._batch_limit == 500
+        for _ in range(5):
+            writer._pace(writer._batch_limit, 2.0)
         assert writer._batch_limit == 200
-        writer._pace(5000, 0.05)
-        assert writer._batch_limit == 5000
-        writer._pace(50, 10.0)  # too small a batch to tell the pace
+        writer._pace(150, 0.01)  # not a full batch: says nothing of a bigger one
+        assert writer._batch_limit == 200
+        for _ in range(6):
+            writer._pace(writer._batch_limit, 0.1)
         assert writer._batch_limit == 5000

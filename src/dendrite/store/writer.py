@@ -87,6 +87,11 @@ def dump(record: Queued) -> dict[str, Any]:
 
 
 MIN_BATCH = 200
+FIRST_BATCH = 1000
+# SQLite's page cache for the writer's connection (KiB): the indexes of a
+# large history take random inserts, and with the default 2 MiB nearly each
+# one re-reads its page from the operating system.
+SQLITE_CACHE_KIB = 64 * 1024
 
 
 class _FlushMarker:
@@ -147,10 +152,12 @@ class BatchWriter:
         self.rejected_path = rejected_path
         self.batch_size = batch_size
         # Under a backlog a caller waiting for room waits for the batch being
-        # written, so batches are sized to take about a quarter of
-        # ``block_timeout`` at the last batch's pace, within [MIN_BATCH, batch_size].
-        self._batch_seconds = max(block_timeout / 4, 0.05)
-        self._batch_limit = batch_size
+        # written: the batch limit halves when a full batch took over half of
+        # ``block_timeout`` and doubles when it took under an eighth, within
+        # [MIN_BATCH, batch_size], starting from FIRST_BATCH. (Scaling by rows
+        # per second instead shrank batches to their fixed costs under load.)
+        self._batch_seconds = max(block_timeout / 2, 0.1)
+        self._batch_limit = min(batch_size, FIRST_BATCH)
         self.flush_interval = flush_interval
         self.max_queue = max_queue
         self.block_timeout = block_timeout
@@ -280,10 +287,11 @@ class BatchWriter:
                 marker.done.set()
 
     def _pace(self, rows: int, seconds: float) -> None:
-        """Size the next batch from this one's rows per second (see ``__init__``)."""
-        if rows >= MIN_BATCH and seconds > 0:
-            fitting = int(rows * self._batch_seconds / seconds)
-            self._batch_limit = max(min(MIN_BATCH, self.batch_size), min(self.batch_size, fitting))
+        """Size the next batch from how long this one took (see ``__init__``)."""
+        if seconds > self._batch_seconds:
+            self._batch_limit = max(min(MIN_BATCH, self.batch_size), self._batch_limit // 2)
+        elif rows >= self._batch_limit and seconds < self._batch_seconds / 4:
+            self._batch_limit = min(self.batch_size, self._batch_limit * 2)
 
     def _process(self, batch: list[Queued]) -> None:
         if not self.healthy and not self._recover():
@@ -359,6 +367,8 @@ class BatchWriter:
         """Write a batch; if its data is refused, bisect to write all but the bad records."""
         try:
             with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                if conn.dialect.name == "sqlite":
+                    conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
                 write_batch(conn, batch, self.max_result_bytes)
         except Exception as error:
             if is_connection_error(error) and not _is_data_error(error):
