@@ -69,11 +69,16 @@ class JobContext:
     feedback_since: datetime | None = None
     """Where the ``feedback`` job resumes; the scheduler carries it between runs."""
 
+    _state: StateManager | None = field(default=None, init=False, repr=False)
+
     @property
     def state(self) -> StateManager:
+        """The orchestrator's state manager, or one of this context's own (made once)."""
         if self.orchestrator is not None:
             return self.orchestrator.state
-        return StateManager(self.store)
+        if self._state is None:
+            self._state = StateManager(self.store)
+        return self._state
 
 
 Job = Callable[[JobContext], dict[str, Any]]
