@@ -171,6 +171,8 @@ def test_quality_policy_adapts_to_measured_success_and_persists(store: Execution
     assert policies.adapt(store, "ops").min_confidence == 0.3
     few = QualityPolicies(state, min_samples=100).adapt(store, "web")
     assert "30 runs measured, 100 needed" in few.reason
+    unassigned = policies.adapt(store, None)  # runs without a project: none here
+    assert unassigned.project == "default" and unassigned.samples == 0
 
 
 def test_quality_policy_flags_low_confidence_and_controls_replanning(store: ExecutionStore):

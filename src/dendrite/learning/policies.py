@@ -124,7 +124,8 @@ class QualityPolicies:
         """Re-measure a project's success over its last ``window`` runs and move its policy."""
         name = project or DEFAULT_PROJECT
         recent = store.get_recent_executions(self.window, project=project)
-        top = [r for r in recent if r.depth == 0]
+        # Without a project the store does not filter: keep the runs that have none.
+        top = [r for r in recent if r.depth == 0 and (project is not None or r.project is None)]
         with self._lock:
             policies = self._all()
             current = policies.get(name) or QualityPolicy(project=name)
