@@ -25,6 +25,7 @@ import uvicorn
 from dendrite import Orchestrator, OrchestratorConfig
 from dendrite.api import InsecureBindError, create_app, is_loopback, serve
 from dendrite.api.server import check_bind
+from dendrite.learning.jobs import JobScheduler
 from dendrite.planning import RetryPolicy
 from dendrite.store import ExecutionStore
 from dendrite.tools import ToolContext, ToolRegistry, tool
@@ -136,14 +137,14 @@ def make_registry(*, slow: bool = True) -> ToolRegistry:
 class LiveServer:
     """uvicorn serving ``app`` on 127.0.0.1 (a free port) in a background thread."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, lifespan: str = "off") -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=3
+            app, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=3
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
@@ -652,6 +653,26 @@ def test_experiments_policies_and_jobs(client: httpx.Client, store: ExecutionSto
     listed = {j["name"]: j for j in client.get("/v1/jobs").json()["jobs"]}
     assert listed["statistics"]["last_run"]["id"] == run.json()["id"]
     assert_problem(client.post("/v1/jobs/nightly/run"), 404, "no job 'nightly'")
+
+
+def test_the_server_runs_the_jobs_on_their_schedule(orch: Orchestrator) -> None:
+    scheduler = JobScheduler(orch, intervals={"statistics": timedelta(seconds=0.05)})
+    app = create_app(orch, token=TOKEN, jobs=scheduler)
+    with (
+        LiveServer(app, lifespan="on") as server,
+        httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c,
+    ):
+        deadline = time.monotonic() + 20
+        while not scheduler.runs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        listed = c.get("/v1/jobs").json()
+        assert listed["scheduled"] is True
+        by_name = {j["name"]: j for j in listed["jobs"]}
+        assert by_name["statistics"]["every_seconds"] == 0.05
+        assert by_name["statistics"]["last_run"]["trigger"] == "schedule"
+        assert by_name["lifecycle"]["every_seconds"] == 86_400
+        assert scheduler.running
+    assert not scheduler.running  # the app's shutdown stopped it
 
 
 # -- system ------------------------------------------------------------------

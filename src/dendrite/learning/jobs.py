@@ -292,6 +292,10 @@ class JobScheduler:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     def start(self) -> None:
         self._stopping = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._loop())
