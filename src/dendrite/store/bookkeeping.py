@@ -15,9 +15,9 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import Connection, func, select
 from sqlalchemy import case as sql_case
-from sqlalchemy.dialects import postgresql, sqlite
 
 from dendrite.store import schema as s
+from dendrite.store.engine import dialect_insert
 from dendrite.store.errors import InvalidRecordError
 from dendrite.store.serialize import exact_json
 
@@ -119,9 +119,9 @@ def insert_assignment(
         "unit": unit[:255],
         "assigned_at": datetime.now(UTC),
     }
-    table = s.experiment_assignments
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    conn.execute(insert(table).values(**values).on_conflict_do_nothing())
+    conn.execute(
+        dialect_insert(conn, s.experiment_assignments).values(**values).on_conflict_do_nothing()
+    )
 
 
 def arm_outcomes(conn: Connection, experiment: str | None) -> list[ArmOutcomes]:
@@ -150,17 +150,19 @@ def arm_outcomes(conn: Connection, experiment: str | None) -> list[ArmOutcomes]:
     rows = []
     for row in conn.execute(query):
         data = dict(row._mapping)
-        for key in ("first_at", "last_at"):
-            data[key] = s.UTCDateTime().process_result_value(_as_datetime(data[key]), None)
+        data["first_at"], data["last_at"] = (
+            _aggregate_ts(data["first_at"]),
+            _aggregate_ts(data["last_at"]),
+        )
         rows.append(ArmOutcomes.model_validate(data))
     return rows
 
 
-def _as_datetime(value: Any) -> datetime | None:
-    """SQLite returns MIN/MAX of a timestamp column as text."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
+def _aggregate_ts(value: Any) -> datetime | None:
+    """MIN/MAX of a timestamp column, aware in UTC (SQLite returns them as text)."""
+    if value is not None and not isinstance(value, datetime):
+        value = datetime.fromisoformat(str(value))
+    return s.UTCDateTime().process_result_value(value, None)
 
 
 class RecentToolOutcomes(BaseModel):
@@ -193,8 +195,6 @@ def recent_tool_outcomes(conn: Connection, since: datetime) -> list[RecentToolOu
     rows = []
     for row in conn.execute(query):
         data = dict(row._mapping)
-        data["last_used"] = s.UTCDateTime().process_result_value(
-            _as_datetime(data["last_used"]), None
-        )
+        data["last_used"] = _aggregate_ts(data["last_used"])
         rows.append(RecentToolOutcomes.model_validate(data))
     return rows

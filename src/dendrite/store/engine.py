@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 from dendrite.store import serialize
@@ -78,6 +79,11 @@ def _configure_sqlite(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.exec_driver_sql("BEGIN")
+
+
+def dialect_insert(conn: Connection, table: Table) -> Any:
+    """An INSERT with the dialect's ``on_conflict_*`` clauses (SQLite's or PostgreSQL's)."""
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 def is_sqlite(engine: Engine) -> bool:

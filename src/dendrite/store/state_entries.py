@@ -15,9 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import Connection, and_, delete, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from dendrite.store import schema as s
+from dendrite.store.engine import dialect_insert
 from dendrite.store.errors import InvalidRecordError
 from dendrite.store.serialize import exact_json
 
@@ -110,8 +110,7 @@ def put(
     conn: Connection, scope: str, scope_id: str, key: str, value: Any, expires_at: datetime | None
 ) -> None:
     table = s.state_entries
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(
+    stmt = dialect_insert(conn, table).values(
         scope=scope,
         scope_id=scope_id,
         key=key,

@@ -48,11 +48,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql, sqlite
 
 from dendrite.store import rollups, serialize
 from dendrite.store import schema as s
-from dendrite.store.engine import WRITE
+from dendrite.store.engine import WRITE, dialect_insert
 from dendrite.store.journal import Journal
 from dendrite.store.toolcall import ToolCall
 from dendrite.telemetry.records import (
@@ -126,10 +125,6 @@ def is_connection_error(error: BaseException) -> bool:
             ConnectionError,
         ),
     )
-
-
-def _insert(conn: Connection, table: Table) -> Any:
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 class BatchWriter:
@@ -744,7 +739,7 @@ def _same(value: Any) -> Any:
 
 def _insert_plain(conn: Connection, table: Table, records: list[AnyRecord]) -> None:
     if records:
-        stmt = _insert(conn, table).on_conflict_do_nothing(index_elements=["id"])
+        stmt = dialect_insert(conn, table).on_conflict_do_nothing(index_elements=["id"])
         conn.execute(stmt, [r.model_dump() for r in records])
 
 
@@ -752,7 +747,11 @@ def _insert_feedback(conn: Connection, records: list[FeedbackRecord]) -> list[tu
     if not records:
         return []
     table = s.execution_feedback
-    stmt = _insert(conn, table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
+    stmt = (
+        dialect_insert(conn, table)
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(table.c.id)
+    )
     inserted = set(conn.scalars(stmt, [r.model_dump() for r in records]))
     new = [r for r in records if r.id in inserted]
     if not new:
