@@ -29,7 +29,12 @@ from dendrite.execution.engine import ExecutionEngine, RunOutcome
 from dendrite.execution.events import Attempt, Event, EventType, StepResult, StepStatus
 from dendrite.execution.records import attempt_record
 from dendrite.learning.experiments import Experiment
-from dendrite.learning.jobs import LIFECYCLE_KEY, TOOL_STATES_KEY, apply_promotion
+from dendrite.learning.jobs import (
+    LIFECYCLE_KEY,
+    TOOL_STATES_KEY,
+    apply_promotion,
+    save_tool_state,
+)
 from dendrite.learning.loop import FeedbackEffect, JudgedRun, LearningLoop
 from dendrite.learning.policies import QualityPolicies, QualityPolicy
 from dendrite.learning.router import Router, RouterError, RoutingChoice, TaskFeatures
@@ -360,13 +365,7 @@ class Orchestrator:
             state = self.registry.disable(name, reason)
         else:
             state = self.registry.enable(name)
-        saved = dict(self.state.get("global", TOOL_STATES_KEY, {}) or {})
-        saved[name] = {
-            "status": state.status.value,
-            "reason": state.reason,
-            "since": state.since.isoformat(),
-        }
-        self.state.set("global", TOOL_STATES_KEY, saved)
+        save_tool_state(self.state, name, state.status.value, state.reason, state.since)
         return state
 
     # -- lifecycle -----------------------------------------------------------
@@ -972,11 +971,11 @@ class Orchestrator:
             detail = self.store.get_execution(execution_id)
             run = JudgedRun.of_record(detail) if detail is not None else None
         if run is None:
-            return FeedbackEffect(execution_id, None, 0.0, (), (), False)
+            return FeedbackEffect(execution_id)
         effect = (
             self.learning.feedback(run, rating, accepted, feedback_id=feedback_id)
             if self.learning is not None
-            else FeedbackEffect(execution_id, None, 0.0, (), (), False)
+            else FeedbackEffect(execution_id)
         )
         routed = False
         if self.router is not None and (rating is not None or accepted is not None):

@@ -13,6 +13,7 @@ from dendrite.planning.default import Strategy
 from dendrite.planning.plan import Plan
 from dendrite.store.analytics import PoolPerformance, SuccessRate, TierPerformance, ToolStatistics
 from dendrite.store.bookkeeping import JobRun
+from dendrite.store.store import StoreStatus
 
 PLANNERS = ("dendrite", "semantic", "template", "llm", "single")
 PlannerName = Literal["dendrite", "semantic", "template", "llm", "single"]
@@ -300,17 +301,8 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
-class StoreHealth(BaseModel):
-    backend: str
-    url: str
-    reachable: bool
-    schema_revision: str | None
-    pending_writes: int
-    journal_records: int
-    rejected_records: int
-    written_records: int
-    last_flush_at: datetime | None
-    last_error: str | None
+class StoreHealth(StoreStatus):
+    """``ExecutionStore.status()`` as the API reports it."""
 
 
 class ToolCounts(BaseModel):

@@ -175,9 +175,16 @@ def _set_status(ctx: JobContext, name: str, status: str, reason: str) -> None:
     if orch is not None and name in orch.registry:
         orch.set_tool_status(name, status, reason)
         return
-    saved = dict(ctx.state.get("global", TOOL_STATES_KEY, {}) or {})
-    saved[name] = {"status": status, "reason": reason, "since": ctx.now.isoformat()}
-    ctx.state.set("global", TOOL_STATES_KEY, saved)
+    save_tool_state(ctx.state, name, status, reason, ctx.now)
+
+
+def save_tool_state(
+    state: StateManager, name: str, status: str, reason: str | None, since: datetime
+) -> None:
+    """Keep a tool's status in global state, where every later orchestrator reads it at start."""
+    saved = dict(state.get("global", TOOL_STATES_KEY, {}) or {})
+    saved[name] = {"status": status, "reason": reason, "since": since.isoformat()}
+    state.set("global", TOOL_STATES_KEY, saved)
 
 
 def retention(ctx: JobContext) -> dict[str, Any]:

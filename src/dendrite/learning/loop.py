@@ -114,11 +114,12 @@ class FeedbackEffect:
     """What one judgement changed, for the caller and the trace."""
 
     execution_id: str
-    reward: float | None
-    weight: float
-    tools: tuple[str, ...]
-    plans_judged: tuple[str, ...]
-    router: bool
+    reward: float | None = None
+    """None: nothing to learn (no judgement, or this feedback was learned before)."""
+    weight: float = 0.0
+    tools: tuple[str, ...] = ()
+    plans_judged: tuple[str, ...] = ()
+    router: bool = False
     feedback_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,12 +217,12 @@ class LearningLoop:
         weight = self.recency(run.finished_at, now)
         if feedback_id is not None:
             if feedback_id in self._judged:
-                return FeedbackEffect(run.execution_id, None, 0.0, (), (), False)
+                return FeedbackEffect(run.execution_id)
             self._judged[feedback_id] = None
             while len(self._judged) > 100_000:
                 self._judged.popitem(last=False)
         if reward is None:
-            return FeedbackEffect(run.execution_id, None, weight, (), (), False)
+            return FeedbackEffect(run.execution_id, weight=weight)
         signal = 2 * reward - 1
         strength = weight * abs(signal) * self.feedback_weight
         tools: list[str] = []
@@ -234,7 +235,7 @@ class LearningLoop:
             for p in dict.fromkeys([run.execution_id, run.remembered_from])
             if p and self.memory.judge(p, reward, weight)
         )
-        return FeedbackEffect(run.execution_id, reward, weight, tuple(tools), plans, False)
+        return FeedbackEffect(run.execution_id, reward, weight, tuple(tools), plans)
 
     def warm_start(self, store: ExecutionStore, limit: int = 5_000) -> int:
         """Learn from the last ``limit`` recorded executions; returns how many were read."""
