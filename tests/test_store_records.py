@@ -231,6 +231,31 @@ def test_unserialisable_parameters_are_stored_by_the_documented_fallback(store: 
     assert step.result == {"$repr": "<Opaque thing>", "$type": f"{__name__}.Opaque"}
 
 
+def test_circular_and_too_deep_values_are_recorded_as_markers_without_losing_rows(
+    store: ExecutionStore,
+):
+    circular: list = [float("nan")]
+    circular.append(circular)
+    deep: list = []
+    inner = deep
+    for _ in range(50_000):
+        inner.append([])
+        inner = inner[0]
+    eid = store.store_execution(goal_text="g", success=True, duration_ms=1)
+    store.store_tool_execution(eid, "loops", {"self": circular}, circular, True, 1)
+    store.store_tool_execution(eid, "deep", {}, deep, True, 1)
+    store.store_tool_execution(eid, "plain", {}, 7, True, 1)
+    store.flush()
+    steps = {s.tool_name: s for s in store.get_execution(eid).steps}
+    assert set(steps) == {"loops", "deep", "plain"} and store.status().rejected_records == 0
+    marker = steps["loops"].result
+    assert marker["$type"] == "builtins.list" and "circular" in marker["$error"]
+    assert marker["$repr"].startswith("[nan, [nan,")
+    assert steps["loops"].parameters["$error"] == marker["$error"]
+    assert steps["deep"].result["$repr"].startswith("[[[[")
+    assert steps["plain"].result == 7
+
+
 def test_oversized_result_is_replaced_by_a_marker(store_url: str, tmp_path: Path):
     with ExecutionStore(store_url, state_dir=tmp_path / "s", max_result_bytes=1000) as store:
         eid = store.store_execution(goal_text="g", success=True, duration_ms=1)

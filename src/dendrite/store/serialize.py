@@ -7,7 +7,9 @@ are encoded by a documented fallback instead of raising:
 - datetimes, dates and times as ISO 8601 strings; UUIDs, paths and Decimals as strings;
 - enums by their value; sets and tuples as lists; bytes as ``{"$bytes": n}``;
 - pydantic models and dataclasses as their field dictionaries;
-- anything else as ``{"$repr": repr(value), "$type": "module.Class"}``.
+- anything else as ``{"$repr": repr(value), "$type": "module.Class"}``;
+- a value that contains itself or is nested too deeply for JSON, whole, as
+  ``{"$repr": ..., "$type": ..., "$error": "circular or too deeply nested"}``.
 
 Results larger than the store's ``max_result_bytes`` are replaced by
 ``{"$truncated": true, "original_bytes": n, "preview": "..."}``.
@@ -23,6 +25,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import reprlib
 from decimal import Decimal
 from enum import Enum
 from pathlib import PurePath
@@ -73,6 +76,24 @@ _encode_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 _encode = json.JSONEncoder(default=_fallback, allow_nan=False, separators=(",", ":")).encode
 
 
+def _c_encoder() -> Any:
+    """The stdlib's C encoder, built once with ``_encode``'s settings.
+
+    ``JSONEncoder.encode`` builds a new one on every call, which costs more
+    than encoding a typical tool's parameters. Built without a markers dict
+    (one shared dict would be unsafe across threads, and an error midway
+    would leave it dirty), a circular value ends in ``RecursionError``.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator (e.g. PyPy)
+        return None
+    encode = make(None, _fallback, _encode_str, None, ":", ",", False, False, False)
+    return lambda value: "".join(encode(value, 0))
+
+
+_fast_encode = _c_encoder() or _encode
+
+
 def dumps(value: Any) -> str:
     """Encode any value as strict JSON text, using the fallbacks of this module."""
     kind = type(value)
@@ -83,17 +104,24 @@ def dumps(value: Any) -> str:
     if value is None:
         return "null"
     try:
-        return _encode(value)
-    except ValueError:
-        return json.dumps(_finite(value), default=_fallback, allow_nan=False, separators=(",", ":"))
-    except TypeError:
-        # Non-string dict keys that json cannot coerce (e.g. tuples).
-        return json.dumps(
-            _finite(_stringify_keys(value)),
-            default=_fallback,
-            allow_nan=False,
-            separators=(",", ":"),
-        )
+        return _fast_encode(value)
+    except (ValueError, TypeError, RecursionError):
+        pass
+    try:
+        return _encode(_finite(_stringify_keys(value)))
+    except RecursionError:  # a value that contains itself, or nested too deep for JSON
+        return _encode(_unencodable(value, "circular or too deeply nested"))
+    except (ValueError, TypeError) as error:  # e.g. a NaN inside what a fallback returned
+        return _encode(_unencodable(value, f"{type(error).__name__}: {error}"))
+
+
+def _unencodable(value: Any, why: str) -> dict[str, str]:
+    kind = type(value)
+    return {
+        "$repr": reprlib.repr(value),  # depth-limited, unlike repr()
+        "$type": f"{kind.__module__}.{kind.__qualname__}",
+        "$error": why,
+    }
 
 
 def _stringify_keys(value: Any) -> Any:
