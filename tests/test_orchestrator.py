@@ -9,6 +9,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from dendrite import EventType, Orchestrator, OrchestratorConfig
+from dendrite._ids import new_id
+from dendrite.orchestrator import load_trace
 from dendrite.planning import (
     Plan,
     PlanningError,
@@ -279,6 +281,36 @@ def test_traces_from_memory_and_from_the_store(orch: Orchestrator, store: Execut
         assert from_store.to_dict()["steps"] == trace.to_dict()["steps"]
         assert from_store.confidence == pytest.approx(trace.confidence)
         assert fresh.get_execution_trace("00000000-0000-7000-8000-000000000000") is None
+
+
+def test_traces_of_runs_recorded_with_full_step_dictionaries_still_load(
+    orch: Orchestrator, store: ExecutionStore
+):
+    """Earlier versions recorded every field of each step, timestamps as ISO strings."""
+    result = orch.process(demo_plan())
+    store.flush()
+    full = [s.to_dict(include_output=False, include_attempts=False) for s in result.steps]
+    store.store_execution(
+        id=new_id(),
+        goal_text="recorded the old way",
+        started_at=result.started_at,
+        duration_ms=result.duration_ms,
+        metadata={"planner": "explicit", "steps": full},
+    )
+    old_id = store.get_recent_executions(1)[0].id
+    store.store_tool_execution(
+        execution_id=old_id, tool_name="search", parameters={}, result=1, success=True,
+        duration_ms=1.0, step_id="s", started_at=result.started_at,
+    )  # fmt: skip
+    store.flush()
+    trace = load_trace(store, old_id)
+    assert trace is not None
+    by_id = {s["step_id"]: s for s in trace.steps}
+    assert [s["step_id"] for s in trace.steps] == [s.step_id for s in result.steps]
+    assert by_id["s"]["started_at"] == result.steps[0].started_at.isoformat()
+    assert by_id["s"]["finished_at"] == result.steps[0].finished_at.isoformat()
+    assert [a["tool"] for a in by_id["s"]["attempts"]] == ["search"]
+    assert by_id["b"]["error"] == next(s.error for s in result.steps if s.step_id == "b")
 
 
 def test_summary_counts_success_timing_confidence_and_errors(

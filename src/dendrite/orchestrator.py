@@ -18,7 +18,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -852,9 +852,7 @@ class Orchestrator:
                     "plan": plan.model_dump(mode="json", exclude_defaults=True),
                     "output": stored_output,
                     # Attempts are tool_executions rows already; the trace joins them back.
-                    "steps": [
-                        s.to_dict(include_output=False, include_attempts=False) for s in steps
-                    ],
+                    "steps": [s.summary(started_at) for s in steps],
                 },
             )
         if self.learning is not None and not cancelled:
@@ -1066,6 +1064,35 @@ def _id(frame: _Frame | None) -> str | None:
     return frame.execution_id if frame else None
 
 
+_STEP_FIELDS: dict[str, Any] = dict.fromkeys(
+    [
+        "error",
+        "error_type",
+        "started_at",
+        "finished_at",
+        "fallback_used",
+        "skip_reason",
+        "confidence",
+    ]
+)
+
+
+def _recorded_step(
+    summary: dict[str, Any], attempts: list[dict[str, Any]], origin: datetime | None
+) -> dict[str, Any]:
+    """A step as ``StepResult.to_dict`` gives it, from its recorded summary and attempt rows.
+
+    Summaries (``StepResult.summary``) keep the step's timestamps as
+    milliseconds after the run's start; older records kept ISO strings.
+    """
+    step = {**_STEP_FIELDS, **summary, "attempts": attempts}
+    for name in ("started", "finished"):
+        offset = step.pop(f"{name}_ms", None)
+        if offset is not None and origin is not None:
+            step[f"{name}_at"] = (origin + timedelta(milliseconds=offset)).isoformat()
+    return step
+
+
 def load_trace(store: ExecutionStore, execution_id: str) -> ExecutionTrace | None:
     """The trace of a recorded execution: its steps with their attempts joined back in."""
     detail = store.get_execution(execution_id)
@@ -1088,7 +1115,10 @@ def load_trace(store: ExecutionStore, execution_id: str) -> ExecutionTrace | Non
         )
     recorded = detail.metadata.get("steps")
     if isinstance(recorded, list):
-        steps = [{**step, "attempts": attempts.get(step.get("step_id"), [])} for step in recorded]
+        steps = [
+            _recorded_step(step, attempts.get(step.get("step_id"), []), detail.started_at)
+            for step in recorded
+        ]
     else:  # an execution recorded by something other than the orchestrator
         steps = [
             {

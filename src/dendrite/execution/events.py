@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from dendrite.telemetry import ErrorType
+
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 class EventType(StrEnum):
@@ -126,4 +128,33 @@ class StepResult:
             data["attempts"] = [a.to_dict() for a in self.attempts]
         if include_output:
             data["output"] = self.output
+        return data
+
+    def summary(self, origin: datetime) -> dict[str, Any]:
+        """What the execution's record keeps of the step: fields that are set, compactly.
+
+        A 1,000-step run records this for every step, on the run's own time:
+        the step's timestamps go as milliseconds after ``origin`` (the run's
+        start), exact to the microsecond, because formatting two ISO strings
+        per step cost more than everything else in the summary together.
+        """
+        data: dict[str, Any] = {
+            "step_id": self.step_id,
+            "tool": self.tool,
+            "status": self.status.value,
+            "duration_ms": self.duration_ms,
+        }
+        if self.started_at is not None:
+            data["started_ms"] = (self.started_at - origin) / _MILLISECOND
+        if self.finished_at is not None:
+            data["finished_ms"] = (self.finished_at - origin) / _MILLISECOND
+        if self.error is not None:
+            data["error"] = self.error
+            data["error_type"] = self.error_type.value if self.error_type else None
+        if self.fallback_used is not None:
+            data["fallback_used"] = self.fallback_used
+        if self.skip_reason is not None:
+            data["skip_reason"] = self.skip_reason
+        if self.confidence is not None:
+            data["confidence"] = self.confidence
         return data

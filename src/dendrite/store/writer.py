@@ -671,10 +671,14 @@ _TOOL_COLUMNS = (
 
 
 def _sqlite_timestamp(value: datetime) -> str:
-    """SQLAlchemy's SQLite text form of a UTC timestamp (``YYYY-MM-DD HH:MM:SS.ffffff``), in C."""
+    """SQLAlchemy's SQLite text form of a UTC timestamp (``YYYY-MM-DD HH:MM:SS.ffffff``), in C.
+
+    The first 26 characters of the aware form are it, without the ``+00:00``
+    (cutting that costs less than a naive copy of the datetime).
+    """
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 def _enum_value(value: Any) -> Any:
