@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -341,12 +343,24 @@ def test_the_bulk_encoder_stores_what_sqlalchemy_would():
     by_sqlalchemy = schema.tool_executions.c.started_at.type.dialect_impl(dialect).bind_processor(
         dialect
     )
+    rng = random.Random(7)
+    anywhen = [
+        datetime(1, 1, 1, tzinfo=UTC) + timedelta(microseconds=rng.randrange(3 * 10**17))
+        for _ in range(20_000)
+    ]
     for value in (
         datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
         datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC),
         datetime(1999, 12, 31, 23, 0, 0, 1, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5),  # naive: UTC
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        *anywhen,
+        *(v.replace(microsecond=rng.choice([0, 1, 499999, 500000, 999999])) for v in anywhen),
+        *(v.astimezone(timezone(timedelta(hours=rng.randint(-12, 12)))) for v in anywhen[:999]),
     ):
-        assert encoder.timestamp(value) == by_sqlalchemy(value)
+        assert encoder.timestamp(value) == by_sqlalchemy(value), value
 
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -429,3 +443,21 @@ def test_a_value_the_bulk_path_refuses_is_isolated(store_url: str, tmp_path: Pat
         assert len(steps) == 20 - refused
         assert store.get_tool_statistics("t").total_executions == 20 - refused
         assert store.status().rejected_records == refused
+
+
+def test_the_writer_checkpoints_sqlites_wal_when_idle(tmp_path: Path):
+    """Commits leave pages in the WAL (autocheckpoint is at ~40 MB); an idle writer copies
+    them into the database file, which is where the file's growth shows."""
+    db = tmp_path / "history.db"
+    with ExecutionStore(f"sqlite:///{db}", state_dir=tmp_path / "s", flush_interval=1.0) as st:
+        eid = st.store_execution(goal_text="g")
+        for i in range(3000):
+            st.store_tool_execution(eid, f"tool_{i % 7}", {"i": i}, "x" * 200, True, 1.0)
+        st.flush()
+        before = db.stat().st_size
+        assert Path(f"{db}-wal").stat().st_size > 600_000  # the rows are in the WAL
+        deadline = time.monotonic() + 10
+        while db.stat().st_size < before + 600_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert db.stat().st_size > before + 600_000
+        assert len(st.get_execution(eid).steps) == 3000

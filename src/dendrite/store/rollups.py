@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Table, bindparam, case, delete, func, select,
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dendrite.store import schema as s
+from dendrite.store.engine import built_once
 
 BUCKETS_PER_DOUBLING = 32
 MIN_BUCKET = -10 * BUCKETS_PER_DOUBLING  # ~1 microsecond; shorter durations share it
@@ -147,20 +148,27 @@ def _upsert(
     a row per statement execution costs a round of psycopg's Python per row,
     more than the database's own work. SQLite's ``executemany`` is a loop in C.
     The keys of ``rows`` are distinct, as one PostgreSQL statement requires.
+    Each call site passes the same ``keys`` and ``set_`` for a table, so the
+    statement is built once per dialect, table and columns.
     """
-    if conn.dialect.name == "postgresql":
-        names = list(rows[0])
-        source = select(
-            *(
-                func.unnest(bindparam(n, type_=postgresql.ARRAY(table.c[n].type))).label(n)
-                for n in names
+    names = tuple(rows[0])
+    postgres = conn.dialect.name == "postgresql"
+
+    def build() -> Any:
+        if postgres:
+            source = select(
+                *(
+                    func.unnest(bindparam(n, type_=postgresql.ARRAY(table.c[n].type))).label(n)
+                    for n in names
+                )
             )
-        )
-        ins: Any = postgresql.insert(table).from_select(names, source)
-        params: Any = {n: [row[n] for row in rows] for n in names}
-    else:
-        ins, params = sqlite.insert(table), rows
-    upsert = ins.on_conflict_do_update(index_elements=list(keys), set_=set_(ins.excluded))
+            ins: Any = postgresql.insert(table).from_select(names, source)
+        else:
+            ins = sqlite.insert(table)
+        return ins.on_conflict_do_update(index_elements=list(keys), set_=set_(ins.excluded))
+
+    upsert = built_once(("upsert", conn.dialect.name, table.name, names), build)
+    params: Any = {n: [row[n] for row in rows] for n in names} if postgres else rows
     conn.execute(upsert, params)
 
 
@@ -231,6 +239,20 @@ def add_tool_aggregates(
 
 def refresh_tool_derived(conn: Connection, tool_names: Sequence[str] | None = None) -> None:
     """Recompute success rate, mean and p95 of the given tools (all when ``None``)."""
+    p95_rows = conn.execute(
+        built_once(("p95", tool_names is None), lambda: _p95_query(tool_names is None)),
+        {} if tool_names is None else {"names": list(tool_names)},
+    ).all()
+    if not p95_rows:
+        return
+    conn.execute(
+        built_once(("derived",), _derived_update),
+        [{"tn": name, "p95": bucket_upper_ms(bucket)} for name, bucket in sorted(p95_rows)],
+    )
+
+
+def _p95_query(every_tool: bool) -> Any:
+    """Per tool, the first histogram bucket whose running count reaches 95 % of its total."""
     st, hist = s.tool_statistics, s.tool_duration_histogram
     cumulative = select(
         hist.c.tool_name,
@@ -239,26 +261,27 @@ def refresh_tool_derived(conn: Connection, tool_names: Sequence[str] | None = No
         .over(partition_by=hist.c.tool_name, order_by=hist.c.bucket)
         .label("cum"),
     )
-    if tool_names is not None:
-        cumulative = cumulative.where(hist.c.tool_name.in_(tool_names))
+    if not every_tool:
+        cumulative = cumulative.where(hist.c.tool_name.in_(bindparam("names", expanding=True)))
     cum = cumulative.subquery()
-    p95_rows = conn.execute(
+    return (
         select(cum.c.tool_name, func.min(cum.c.bucket))
         .join(st, st.c.tool_name == cum.c.tool_name)
         .where(cum.c.cum * 100 >= st.c.total_executions * 95)
         .group_by(cum.c.tool_name)
-    ).all()
-    if not p95_rows:
-        return
-    conn.execute(
+    )
+
+
+def _derived_update() -> Any:
+    st = s.tool_statistics
+    return (
         update(st)
         .where(st.c.tool_name == bindparam("tn"))
         .values(
             success_rate=st.c.successful_executions * 1.0 / st.c.total_executions,
             avg_duration_ms=st.c.duration_us_sum / 1000.0 / st.c.total_executions,
             p95_duration_ms=bindparam("p95"),
-        ),
-        [{"tn": name, "p95": bucket_upper_ms(bucket)} for name, bucket in sorted(p95_rows)],
+        )
     )
 
 

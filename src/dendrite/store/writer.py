@@ -51,7 +51,7 @@ from sqlalchemy import exc as sa_exc
 
 from dendrite.store import rollups, serialize
 from dendrite.store import schema as s
-from dendrite.store.engine import WRITE, dialect_insert
+from dendrite.store.engine import WRITE, built_once, dialect_insert
 from dendrite.store.journal import Journal
 from dendrite.store.toolcall import ToolCall
 from dendrite.telemetry.records import (
@@ -169,6 +169,7 @@ class BatchWriter:
         self._retry_at = 0.0
         self._next_replay = 0.0
         self._journal_pending = True  # segments left by an earlier run are replayed first
+        self._unchecked = False  # batches written since the last idle checkpoint
         self._reject_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="dendrite-store-writer", daemon=True)
         self._thread.start()
@@ -235,9 +236,11 @@ class BatchWriter:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self.flush_interval)
+            woken = self._wake.wait(self.flush_interval)
             self._wake.clear()
             try:
+                if not woken and not self._queue and self._unchecked:
+                    self._checkpoint()
                 self._drain()
                 if self.healthy:
                     self._maybe_replay()
@@ -248,6 +251,25 @@ class BatchWriter:
             if self._stopping and not self._queue:
                 self._last_chance()
                 return
+
+    def _checkpoint(self) -> None:
+        """Copy SQLite's WAL back into the database while nothing waits on the writer.
+
+        Left to the commit that crosses the autocheckpoint threshold, the copy
+        lands on a batch that a ``flush()`` may be waiting for. ``PASSIVE``
+        neither waits for nor blocks readers; what it cannot copy now, a later
+        one will.
+        """
+        self._unchecked = False
+        if self.engine.dialect.name != "sqlite" or not self.healthy:
+            return
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception as error:
+            if not is_connection_error(error):
+                raise
+            log.warning("store writer: checkpoint failed, SQLite will do it later: %s", error)
 
     def _last_chance(self) -> None:
         """On close, one more try to empty the journal; what stays is replayed at the next start."""
@@ -378,6 +400,7 @@ class BatchWriter:
             return
         self.stats.written += len(batch)
         self.stats.batches += 1
+        self._unchecked = True
         self.stats.last_flush_at = datetime.now(UTC)
 
     def _reject(self, kind: str, data: dict[str, Any], reason: str) -> None:
@@ -435,11 +458,29 @@ def write_batch(conn: Connection, batch: Iterable[Queued], max_result_bytes: int
 
 
 def _existing_ids(conn: Connection, table: Table, ids: list[str]) -> set[str]:
+    query = built_once(
+        ("existing", table.name),
+        lambda: select(table.c.id).where(table.c.id.in_(bindparam("ids", expanding=True))),
+    )
     found: set[str] = set()
     for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        found.update(conn.scalars(select(table.c.id).where(table.c.id.in_(chunk))))
+        found.update(conn.scalars(query, {"ids": ids[start : start + 500]}))
     return found
+
+
+def _lock_goal_seq() -> Any:
+    meta = s.store_meta
+    return select(meta.c.int_value).where(meta.c.key == "goal_seq").with_for_update()
+
+
+def _take_goal_numbers() -> Any:
+    meta = s.store_meta
+    return (
+        update(meta)
+        .where(meta.c.key == "goal_seq")
+        .values(int_value=meta.c.int_value + bindparam("need"))
+        .returning(meta.c.int_value)
+    )
 
 
 def _insert_executions(
@@ -449,18 +490,13 @@ def _insert_executions(
         return []
     # Taking the counter's row lock first serialises execution writers on
     # PostgreSQL, so the existence check below cannot race with a replay.
-    conn.execute(
-        select(s.store_meta.c.int_value).where(s.store_meta.c.key == "goal_seq").with_for_update()
-    )
+    conn.execute(built_once(("lock goal_seq",), _lock_goal_seq))
     existing = _existing_ids(conn, s.executions, [r.id for r in records])
     new = [r for r in records if r.id not in existing]
     need = sum(1 for r in new if r.goal_id is None)
     if need:
         last = conn.execute(
-            update(s.store_meta)
-            .where(s.store_meta.c.key == "goal_seq")
-            .values(int_value=s.store_meta.c.int_value + need)
-            .returning(s.store_meta.c.int_value)
+            built_once(("take goal numbers",), _take_goal_numbers), {"need": need}
         ).scalar_one()
         numbers = iter(range(last - need + 1, last + 1))
     encoder = _encoders(conn.dialect).executions
@@ -670,15 +706,28 @@ _TOOL_COLUMNS = (
 )
 
 
-def _sqlite_timestamp(value: datetime) -> str:
-    """SQLAlchemy's SQLite text form of a UTC timestamp (``YYYY-MM-DD HH:MM:SS.ffffff``), in C.
+_SECOND_TEXT: dict[int, str] = {}
 
-    The first 26 characters of the aware form are it, without the ``+00:00``
-    (cutting that costs less than a naive copy of the datetime).
+
+def _sqlite_timestamp(value: datetime) -> str:
+    """SQLAlchemy's SQLite text form of a timestamp in UTC: ``YYYY-MM-DD HH:MM:SS.ffffff``.
+
+    Two per tool call, so it is worth a cache: the text up to the second is
+    formatted once per second (calls arrive close together) and the
+    microseconds appended. The second comes from the float timestamp less its
+    microseconds, rounded: exact for any datetime Python can hold, since the
+    float's error is far below half a second.
     """
-    if value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return value.isoformat(" ", "microseconds")[:26]
+    if value.tzinfo is None:  # naive: taken as UTC, as ``UTCDateTime`` takes it
+        value = value.replace(tzinfo=UTC)
+    micro = value.microsecond
+    second = round(value.timestamp() - micro * 1e-6)
+    text = _SECOND_TEXT.get(second)
+    if text is None:
+        if len(_SECOND_TEXT) >= 4096:
+            _SECOND_TEXT.clear()
+        text = _SECOND_TEXT[second] = value.astimezone(UTC).isoformat(" ", "seconds")[:19]
+    return f"{text}.{micro:06d}"
 
 
 def _enum_value(value: Any) -> Any:
