@@ -395,8 +395,7 @@ def print_environment(
         ("torch / sentence-transformers", f"{_version('torch')} / "
          f"{_version('sentence-transformers')}"),
         ("router", f"{router.policy} sampling, exploration {router.exploration:g}, prior "
-         f"strength {router.prior_strength:g}, option correlation "
-         f"{router.option_correlation:g}, noise prior {router.noise:g}; costs weak 0, "
+         f"strength {router.prior_strength:g}, noise prior {router.noise:g}; costs weak 0, "
          f"strong 1"),
         ("cost weights", ", ".join(f"{w:g}" for w in args.cost_weights)),
         ("stream orders (seeds)", ", ".join(str(s) for s in args.seeds)),
@@ -569,13 +568,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="the Router's exploration (posterior scale); default: the Router's default",
     )
-    parser.add_argument(
-        "--option-correlation",
-        type=float,
-        default=None,
-        help="the Router's prior correlation between the options' feature effects; "
-        "default: the Router's default",
-    )
     parser.add_argument("--quick", action="store_true", help="one order, five cost weights")
     args = parser.parse_args(argv)
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -599,8 +591,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         math.isfinite(args.exploration) and args.exploration >= 0
     ):
         parser.error("--exploration must be a finite number >= 0")
-    if args.option_correlation is not None and not 0 <= args.option_correlation < 1:
-        parser.error("--option-correlation must be in [0, 1)")
     args.seeds = list(range(args.seeds))
     return args
 
@@ -611,8 +601,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     if args.exploration is not None:
         _ROUTER_OPTIONS["exploration"] = args.exploration
-    if args.option_correlation is not None:
-        _ROUTER_OPTIONS["option_correlation"] = args.option_correlation
     datasets = {name: load(args.data, name) for name in args.datasets}
     print_environment(console, args, datasets)
     featurisers = list(args.featurisers)

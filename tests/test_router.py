@@ -112,60 +112,6 @@ def test_thompson_sampling_is_tempered_by_default_and_ucb_is_not():
         Router(["a", "b"], exploration=-1.0)
 
 
-def test_options_share_what_makes_a_task_hard():
-    # "a" (free) fails every "hard" task and solves every "easy" one; "b" is too dear to be
-    # tried. With the default option_correlation (0.5) half of a task type's effect is
-    # expected to carry over to the other option, so b is predicted worse on hard tasks than
-    # on easy ones; with 0 the options are independent and b's prediction stays the prior's.
-    def learn_a(**kwargs: float) -> dict[str, dict[str, float]]:
-        router = Router(
-            ["a", "b"], {"b": 100.0}, 1.0, featuriser=small_featuriser(), seed=4, **kwargs
-        )
-        for i in range(60):
-            eid = new_id()
-            kind = "hard" if i % 2 else "easy"
-            assert router.choose(TaskFeatures(task_type=kind), eid).option == "a"
-            router.learn(eid, kind == "easy")
-        return {
-            kind: {o: e.quality for o, e in router.predict(TaskFeatures(task_type=kind)).items()}
-            for kind in ("hard", "easy")
-        }
-
-    shared = learn_a()
-    assert shared["easy"]["a"] > 0.9 and shared["hard"]["a"] < 0.1
-    assert shared["easy"]["b"] - shared["hard"]["b"] > 0.3  # shrunk from a's 1.0 difference
-    assert shared["easy"]["b"] - shared["hard"]["b"] < shared["easy"]["a"] - shared["hard"]["a"]
-    independent = learn_a(option_correlation=0.0)
-    assert independent["easy"]["b"] == pytest.approx(0.5)
-    assert independent["hard"]["b"] == pytest.approx(0.5)
-
-
-def test_correlated_options_are_sampled_jointly():
-    # Both options are uncertain about a new task type, and under a strong correlation most
-    # of that uncertainty is shared: their sampled scores move together (the choice follows
-    # their difference, known better than either quality). Independent options: they do not.
-    def sampled_correlation(correlation: float) -> float:
-        router = Router(["a", "b"], featuriser=small_featuriser(), seed=3,
-                        option_correlation=correlation)  # fmt: skip
-        rng = np.random.default_rng(5)
-        for _ in range(40):
-            eid = new_id()
-            choice = router.choose(TaskFeatures(task_type="known"), eid)
-            router.learn(eid, bool(rng.random() < (0.9 if choice.option == "a" else 0.5)))
-        scores = [
-            list(router.choose(TaskFeatures(task_type="new"), new_id()).scores.values())
-            for _ in range(300)
-        ]
-        return float(np.corrcoef(np.array(scores).T)[0, 1])
-
-    assert sampled_correlation(0.9) > 0.6
-    assert abs(sampled_correlation(0.0)) < 0.2
-    with pytest.raises(ValueError, match="option_correlation"):
-        Router(["a", "b"], option_correlation=1.0)
-    with pytest.raises(ValueError, match="option_correlation"):
-        Router(["a", "b"], option_correlation=-0.1)
-
-
 def test_cost_weight_shifts_the_choice():
     # large is better (0.9 against 0.7) and costs 1 more: worth it at weight 0, not at 0.5.
     rates = {"small": 0.7, "large": 0.9}

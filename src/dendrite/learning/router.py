@@ -7,8 +7,8 @@ deliver and what it would cost, and picks the option with the best
 ``quality - cost_weight * cost``. It only ever sees the outcome of the option it picked, so it
 has to explore: that is a contextual bandit.
 
-Algorithm: linear Thompson sampling with a ridge prior (Agrawal & Goyal 2013), the options'
-linear models learned jointly with a correlated prior (multi-task regression).
+Algorithm: linear Thompson sampling with a ridge prior, one model per option ("disjoint" linear
+models, as in Li et al. 2010, sampled as in Agrawal & Goyal 2013).
 
 - Model. For option ``a`` the expected quality of a task with feature vector ``x`` is
   ``q0 + x·θ_a`` (``q0 = prior_quality``), observed with Gaussian noise of unknown variance
@@ -20,24 +20,13 @@ linear models learned jointly with a correlated prior (multi-task regression).
   standard deviation a quality in [0, 1] can have) to what the residuals say. This is the
   "LinFullPost" linear posterior of Riquelme et al. 2018, a strong baseline in their
   comparison of Bayesian bandits.
-- Options share effects. Each option has an intercept of its own (its overall quality); the
-  effect of a feature (a task type, a word) on one option has prior correlation
-  ``option_correlation`` (default 0.5) with its effect on another: half of its prior variance
-  is shared, half the option's own. Tiers of models agree more on which tasks are hard than
-  on how much better one of them is, so the outcome of the option chosen also informs the
-  options not chosen (without the correlation, an option never tried on a task type keeps
-  predicting its overall quality there: a task type that is easy for the strong model looks
-  like one where it beats the weak model by a lot). The options' coefficients are one vector
-  of ``K · (d + 1)`` with one precision matrix; with 0 this is one independent ridge
-  regression per option ("disjoint" models, Li et al. 2010). The noise variance is shared.
-- Updates are rank one: ``P⁻¹`` is kept and updated by Sherman-Morrison in ``O((K d)²)``, and
-  re-inverted from ``P`` now and then (every ``refresh_every`` updates) so that rounding
+- Updates are rank one: ``P_a⁻¹`` is kept and updated by Sherman-Morrison in ``O(d²)``, and
+  re-inverted from ``P_a`` now and then (every ``refresh_every`` updates) so that rounding
   cannot accumulate. Features are sparse, so a prediction costs ``O(d · nnz(x))``.
-- Decision. Draw ``s̃² ~ InvGamma`` from the noise posterior and the options' qualities
-  jointly, ``q̃ ~ N(q0 + Zθ, exploration² s̃² Z P⁻¹ Zᵀ)`` (row ``a`` of ``Z`` is the task's
-  vector in option ``a``'s block): the distribution of a posterior sample (for one decision,
-  drawing these ``K`` numbers is the same as drawing ``θ`` and taking ``Zθ̃``, at a fraction
-  of the cost), and pick the largest
+- Decision. For each option draw ``s̃² ~ InvGamma`` from the noise posterior and
+  ``q̃_a ~ N(q0 + x·θ_a, exploration² s̃² xᵀP_a⁻¹x)``, the predictive distribution of a
+  posterior sample (for one decision, drawing the scalar is the same as drawing ``θ_a`` and
+  taking ``x·θ̃_a``, at a fraction of the cost), and pick the largest
   ``q̃_a - cost_weight · ĉ_a``: Thompson sampling (Agrawal & Goyal 2013). An option is
   explored about as often as it may be the best, which gives logarithmic regret with no
   exploration schedule to tune. The posterior is tempered: ``exploration`` defaults to 0.5
@@ -46,12 +35,12 @@ linear models learned jointly with a correlated prior (multi-task regression).
   on RouteLLM's MMLU (``bench/learn_routing.py``) it cut the exploratory decisions from 16%
   to 6%, where most options' differences lie so near the cost weight that exploring them
   does not pay back. ``policy="ucb"`` ranks by the upper confidence bound
-  ``mean + exploration · s · sqrt(z_aᵀP⁻¹z_a)`` instead (LinUCB, Li et al. 2010,
+  ``mean + exploration · s · sqrt(xᵀP_a⁻¹x)`` instead (LinUCB, Li et al. 2010,
   deterministic) and ``policy="greedy"`` by the mean alone.
 - Cost. The cost of option ``a`` is its configured cost plus a learned, context-dependent
-  residual (a second regression sharing ``P``, fitted to the costs reported to
+  residual (a second regression sharing ``P_a``, fitted to the costs reported to
   :meth:`Router.learn`; a report without a cost counts as the configured cost). Success
-  probability is a third regression on the same ``P``; it is what ``predicted_success``
+  probability is a third regression on the same ``P_a``; it is what ``predicted_success``
   says, and what ``RoutingDecision.prediction_error`` checks against the outcome.
 - Reward: ``quality - cost_weight * cost``, with quality = success (1 or 0), or when a rating
   (1 to 5) is given ``(1 - rating_weight) · success + rating_weight · (rating - 1) / 4``.
@@ -395,19 +384,13 @@ class HashedFeaturiser:
 _QUALITY, _SUCCESS, _COST = range(3)
 
 
-class _Model:
-    """Bayesian ridge regression of (quality, success, cost residual), all options jointly.
+class _Arm:
+    """Bayesian ridge regression of (quality, success, cost residual) on x, with shared P.
 
-    Option ``a``'s coefficients are the block ``a`` of one vector of ``K · (d + 1)``: the
-    featuriser's ``d`` and an intercept of the option's own. A task's vector ``x`` enters the
-    regression as ``z_a(x)``, ``x`` (and a 1 for the intercept) in block ``a`` and zeros
-    elsewhere. Prior: each coefficient ``N(0, s²/λ)``; the same feature's coefficients of two
-    options have correlation ``r`` (``option_correlation``), the intercepts none. The noise
-    variance of the quality is unknown, with a normal-inverse-gamma prior shared by the
-    options: the posterior is ``θ | s² ~ N(P⁻¹b, s² P⁻¹)``, ``s² ~ InvGamma(a, c)`` with
+    The noise variance of the quality is unknown, with a normal-inverse-gamma prior: the
+    quality model's posterior is ``θ | s² ~ N(P⁻¹b, s² P⁻¹)``, ``s² ~ InvGamma(a, c)`` with
     ``a = a0 + Σw/2`` and ``c = c0 + (Σ w y² - bᵀP⁻¹b) / 2``, all from sufficient statistics,
-    so the order of the updates and later corrections do not matter. With ``r = 0`` the options'
-    blocks are independent (one ridge regression per option).
+    so the order of the updates and later corrections do not matter.
     """
 
     __slots__ = (
@@ -415,50 +398,31 @@ class _Model:
         "b",
         "c0",
         "cov",
-        "dim",
         "fit",
         "observations",
         "precision",
-        "prior_precision",
+        "prior",
         "since_refresh",
         "weight",
         "yy",
     )
 
-    def __init__(
-        self, options: int, dim: int, prior: float, correlation: float, noise: float,
-        noise_weight: float,
-    ) -> None:  # fmt: skip
-        self.dim = dim
-        block = dim + 1
-        # The options' correlation matrix (1 - r) I + r 11ᵀ and its inverse (K x K)
-        ones = np.ones((options, options))
-        correlated = (1 - correlation) * np.eye(options) + correlation * ones
-        inverse = (np.eye(options) - correlation / (1 + (options - 1) * correlation) * ones) / (
-            1 - correlation
-        )
-        own = np.arange(options) * block + dim  # the intercepts: uncorrelated
-        matrices = []
-        for per_option, intercept in ((inverse * prior, prior), (correlated / prior, 1 / prior)):
-            full = np.kron(per_option, np.eye(block))
-            full[own, :] = 0.0
-            full[:, own] = 0.0
-            full[own, own] = intercept
-            matrices.append(full)
-        self.prior_precision, self.cov = matrices
-        self.precision = self.prior_precision.copy()
-        self.b = np.zeros((3, options * block))
+    def __init__(self, dim: int, prior: float, noise: float, noise_weight: float) -> None:
+        self.prior = prior
+        self.precision = np.eye(dim) * prior
+        self.cov = np.eye(dim) / prior
+        self.b = np.zeros((3, dim))
         self.a0 = noise_weight / 2
         self.c0 = noise_weight * noise * noise / 2
         self.yy = 0.0  # Σ w y² of the quality target
         self.fit = 0.0  # bᵀP⁻¹b of the quality target
-        self.observations = np.zeros(options, dtype=np.int64)
-        self.weight = np.zeros(options)
+        self.observations = 0
+        self.weight = 0.0
         self.since_refresh = 0
 
     @property
     def noise_shape(self) -> float:
-        return self.a0 + float(self.weight.sum()) / 2
+        return self.a0 + self.weight / 2
 
     @property
     def noise_scale(self) -> float:
@@ -469,54 +433,43 @@ class _Model:
         """The posterior estimate of the quality's noise variance, ``c / a``."""
         return self.noise_scale / self.noise_shape
 
-    def _z(self, option: int, x: FeatureVector) -> tuple[np.ndarray, np.ndarray]:
-        """The indices and values of ``z_option(x)``."""
-        base = option * (self.dim + 1)
-        return (
-            np.append(x.indices + base, base + self.dim),
-            np.append(x.values, 1.0),
-        )
+    def _times(self, x: FeatureVector) -> np.ndarray:
+        """``P⁻¹x``: from the columns x touches, or (for dense x) a plain product."""
+        if 4 * x.indices.size > self.cov.shape[0]:
+            return self.cov @ x.dense(self.cov.shape[0])
+        return self.cov[:, x.indices] @ x.values
 
-    def estimate(self, x: FeatureVector) -> tuple[np.ndarray, np.ndarray]:
-        """Per option the posterior means of the three targets (centred, ``K x 3``) and the
-        ``K x K`` matrix ``z_aᵀP⁻¹z_b`` (times ``s²``, the posterior covariance of the means)."""
-        options = self.observations.size
-        zs = [self._z(a, x) for a in range(options)]
-        u = np.stack([self.cov[:, idx] @ val for idx, val in zs], axis=1)  # P⁻¹z_a, D x K
-        means = (self.b @ u).T
-        cross = np.stack([val @ u[idx] for idx, val in zs])
-        cross = (cross + cross.T) / 2
-        return means, cross
+    def estimate(self, x: FeatureVector) -> tuple[np.ndarray, float]:
+        """The posterior means of the three targets (centred) and ``xᵀP⁻¹x``."""
+        u = self._times(x)
+        return self.b @ u, max(float(x.values @ u[x.indices]), 0.0)
 
     def _refit(self) -> None:
         q = self.b[_QUALITY]
         self.fit = float(q @ (self.cov @ q))
 
-    def add(self, option: int, x: FeatureVector, weight: float, targets: np.ndarray) -> None:
-        idx, val = self._z(option, x)
-        su = self.cov[:, idx] @ val
+    def add(self, x: FeatureVector, weight: float, targets: np.ndarray) -> None:
+        idx, val = x.indices, x.values
+        su = self._times(x)
         denominator = 1.0 / weight + float(val @ su[idx])
         self.cov -= np.multiply.outer(su, su / denominator)
         self.precision[np.ix_(idx, idx)] += weight * np.multiply.outer(val, val)
         self.b[:, idx] += weight * np.multiply.outer(targets, val)
         self.yy += weight * float(targets[_QUALITY]) ** 2
-        self.observations[option] += 1
-        self.weight[option] += weight
+        self.observations += 1
+        self.weight += weight
         self.since_refresh += 1
         self._refit()
 
-    def correct(
-        self, option: int, x: FeatureVector, weight: float, old: np.ndarray, new: np.ndarray
-    ) -> None:
-        idx, val = self._z(option, x)
-        self.b[:, idx] += weight * np.multiply.outer(new - old, val)
+    def correct(self, x: FeatureVector, weight: float, old: np.ndarray, new: np.ndarray) -> None:
+        self.b[:, x.indices] += weight * np.multiply.outer(new - old, x.values)
         self.yy += weight * (float(new[_QUALITY]) ** 2 - float(old[_QUALITY]) ** 2)
         self._refit()
 
     def decay(self, factor: float) -> None:
         """Scale every observation's weight by ``factor`` (the prior stays)."""
-        prior = self.prior_precision
-        self.precision = prior + factor * (self.precision - prior)
+        eye = np.eye(self.precision.shape[0]) * self.prior
+        self.precision = eye + factor * (self.precision - eye)
         self.b *= factor
         self.yy *= factor
         self.weight *= factor
@@ -608,15 +561,6 @@ def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
-    """A square root ``L`` (``L Lᵀ = matrix``) of a symmetric positive semi-definite matrix."""
-    try:
-        return np.linalg.cholesky(matrix)
-    except np.linalg.LinAlgError:  # singular (or rounded below zero): via the eigenvalues
-        values, vectors = np.linalg.eigh(matrix)
-        return vectors * np.sqrt(np.clip(values, 0.0, None))
-
-
 def _phi(z: float) -> float:
     return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
 
@@ -661,7 +605,6 @@ class Router:
         noise: float = 0.5,
         noise_weight: float = 4.0,
         prior_strength: float = 1.0,
-        option_correlation: float = 0.5,
         prior_quality: float = 0.5,
         rating_weight: float = 0.5,
         half_life: timedelta | None = None,
@@ -709,9 +652,6 @@ class Router:
         self.noise = _check_number("noise", noise, strict=True)
         self.noise_weight = _check_number("noise_weight", noise_weight, strict=True)
         self.prior_strength = _check_number("prior_strength", prior_strength, strict=True)
-        self.option_correlation = _check_number("option_correlation", option_correlation)
-        if self.option_correlation >= 1:
-            raise ValueError(f"option_correlation must be in [0, 1), got {option_correlation}")
         self.prior_quality = _check_number("prior_quality", prior_quality)
         if self.prior_quality > 1:
             raise ValueError(f"prior_quality must be in [0, 1], got {prior_quality}")
@@ -742,11 +682,11 @@ class Router:
         self._clock = clock or _utcnow
         self._rng = np.random.default_rng(seed)
         self._lock = threading.RLock()
-        self._index = {name: i for i, name in enumerate(self.options)}
-        self._model = _Model(
-            len(self.options), self.featuriser.dim, self.prior_strength,
-            self.option_correlation, self.noise, self.noise_weight,
-        )  # fmt: skip
+        dim = self.featuriser.dim
+        self._arms = {
+            name: _Arm(dim, self.prior_strength, self.noise, self.noise_weight)
+            for name in self.options
+        }
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._expired: OrderedDict[str, datetime] = OrderedDict()
         self._learned: OrderedDict[str, _Observation] = OrderedDict()
@@ -773,7 +713,9 @@ class Router:
             return
         elapsed = (now - self._reference) / self.half_life
         if elapsed > 0.0144:  # 2 ** 0.0144 = 1.01
-            self._model.decay(0.5**elapsed)
+            factor = 0.5**elapsed
+            for arm in self._arms.values():
+                arm.decay(factor)
             self._reference = now
 
     def _expire(self, now: datetime) -> None:
@@ -806,25 +748,30 @@ class Router:
             ]
         )
 
-    def _summaries(self, x: FeatureVector) -> tuple[dict[str, OptionEstimate], np.ndarray]:
-        """Per option, the posterior expectation; and the options' ``z_aᵀP⁻¹z_b``."""
+    def _estimates(self, x: FeatureVector) -> dict[str, tuple[np.ndarray, float]]:
+        return {name: arm.estimate(x) for name, arm in self._arms.items()}
+
+    def _summaries(
+        self, x: FeatureVector, variances: dict[str, float] | None = None
+    ) -> dict[str, OptionEstimate]:
+        """Per option, the posterior expectation; ``variances`` receives each ``xᵀP⁻¹x``."""
         out = {}
-        model = self._model
-        all_means, cross = model.estimate(x)
-        noise = model.noise_variance
-        for i, name in enumerate(self.options):
-            means = all_means[i]
+        if variances is None:
+            variances = {}
+        for name, (means, variance) in self._estimates(x).items():
+            arm = self._arms[name]
             quality = self.prior_quality + float(means[_QUALITY])
             cost = max(0.0, self.costs[name] + float(means[_COST]))
             out[name] = OptionEstimate(
                 quality=quality,
-                quality_sd=math.sqrt(noise * max(0.0, float(cross[i, i]))),
+                quality_sd=math.sqrt(arm.noise_variance * variance),
                 success=min(1.0, max(0.0, self.prior_quality + float(means[_SUCCESS]))),
                 cost=cost,
                 reward=quality - self.cost_weight * cost,
-                observations=int(model.observations[i]),
+                observations=arm.observations,
             )
-        return out, cross
+            variances[name] = variance
+        return out
 
     def _learn_new(
         self,
@@ -838,10 +785,10 @@ class Router:
     ) -> float:
         self._advance(decided_at)
         targets = self._targets(option, success, rating, cost)
-        model = self._model
-        model.add(self._index[option], x, self._weight(decided_at), targets)
-        if model.since_refresh >= self.refresh_every:
-            model.refresh()
+        arm = self._arms[option]
+        arm.add(x, self._weight(decided_at), targets)
+        if arm.since_refresh >= self.refresh_every:
+            arm.refresh()
         self._learned[execution_id] = _Observation(
             option, x, decided_at, success, rating, cost, targets
         )
@@ -876,12 +823,8 @@ class Router:
         targets = self._targets(observation.option, success, rating, cost)
         delta = targets - observation.targets
         if np.any(delta != 0):
-            self._model.correct(
-                self._index[observation.option],
-                observation.x,
-                self._weight(observation.decided_at),
-                observation.targets,
-                targets,
+            self._arms[observation.option].correct(
+                observation.x, self._weight(observation.decided_at), observation.targets, targets
             )
         observation.success, observation.rating, observation.cost = success, rating, cost
         observation.targets = targets
@@ -922,21 +865,20 @@ class Router:
                     f"router {self.router_name!r} already decided for execution {execution_id}"
                 )
             self._advance(now)
-            estimates, cross = self._summaries(x)
-            bonuses = np.zeros(len(self.options))
-            if self.policy == "thompson":
-                # s² ~ InvGamma(a, c), then the options' qualities jointly
-                # ~ N(means, s² (z_aᵀP⁻¹z_b)_ab): correlated when the options share effects
-                model = self._model
-                s2 = model.noise_scale / float(self._rng.gamma(model.noise_shape))
-                draw = _sqrt_psd(cross) @ self._rng.standard_normal(len(self.options))
-                bonuses = self.exploration * math.sqrt(s2) * draw
-            elif self.policy == "ucb":
-                bonuses = self.exploration * np.array([e.quality_sd for e in estimates.values()])
-            scores = {
-                name: est.quality + float(bonus) - self.cost_weight * est.cost
-                for (name, est), bonus in zip(estimates.items(), bonuses, strict=True)
-            }
+            variances: dict[str, float] = {}
+            estimates = self._summaries(x, variances)
+            scores: dict[str, float] = {}
+            for name, est in estimates.items():
+                bonus = 0.0
+                if self.policy == "thompson":
+                    # s² ~ InvGamma(a, c), then quality ~ N(mean, s² xᵀP⁻¹x)
+                    arm = self._arms[name]
+                    s2 = arm.noise_scale / float(self._rng.gamma(arm.noise_shape))
+                    sd = math.sqrt(s2 * variances[name])
+                    bonus = self.exploration * sd * float(self._rng.standard_normal())
+                elif self.policy == "ucb":
+                    bonus = self.exploration * est.quality_sd
+                scores[name] = est.quality + bonus - self.cost_weight * est.cost
 
             def rank(values: dict[str, float]) -> str:
                 return max(
@@ -947,7 +889,7 @@ class Router:
             expected = {n: e.reward for n, e in estimates.items()}
             option = rank(scores)
             greedy = rank(expected)
-            confidence = self._confidence(option, estimates, cross)
+            confidence = self._confidence(option, estimates)
             chosen = estimates[option]
             reason = self._reason(option, greedy, estimates, confidence)
             choice = RoutingChoice(
@@ -984,18 +926,13 @@ class Router:
                 self._drop_pending(next(iter(self._pending)))
             return choice
 
-    def _confidence(
-        self, option: str, estimates: Mapping[str, OptionEstimate], cross: np.ndarray
-    ) -> float:
+    def _confidence(self, option: str, estimates: Mapping[str, OptionEstimate]) -> float:
         chosen = estimates[option]
-        i = self._index[option]
-        noise = self._model.noise_variance
         confidence = 1.0
         for name, other in estimates.items():
             if name == option:
                 continue
-            j = self._index[name]
-            sd = math.sqrt(max(0.0, noise * float(cross[i, i] + cross[j, j] - 2 * cross[i, j])))
+            sd = math.hypot(chosen.quality_sd, other.quality_sd)
             gap = chosen.reward - other.reward
             confidence *= _phi(gap / sd) if sd > 0 else (1.0 if gap >= 0 else 0.0)
         return min(1.0, max(0.0, confidence))
@@ -1025,7 +962,7 @@ class Router:
             features = TaskFeatures(text=features)
         x = self.featuriser.vectorise(features, grow=False)
         with self._lock:
-            return self._summaries(x)[0]
+            return self._summaries(x)
 
     def learn(
         self,
@@ -1110,7 +1047,7 @@ class Router:
             todo = []
             for item in outcomes:
                 decision = item.decision
-                if decision.chosen not in self._index:
+                if decision.chosen not in self._arms:
                     report.unknown_option += 1
                     continue
                 execution_id = decision.execution_id
@@ -1198,14 +1135,13 @@ class Router:
     def stats(self) -> dict[str, dict[str, float]]:
         """Per option: outcomes learned, their total (decayed) weight and the configured cost."""
         with self._lock:
-            model = self._model
             return {
                 name: {
-                    "observations": float(model.observations[i]),
-                    "weight": float(model.weight[i]),
+                    "observations": float(arm.observations),
+                    "weight": arm.weight,
                     "cost": self.costs[name],
                 }
-                for i, name in enumerate(self.options)
+                for name, arm in self._arms.items()
             }
 
     def __repr__(self) -> str:
