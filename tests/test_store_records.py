@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.dialects import sqlite
 
 from dendrite._ids import new_id
@@ -18,6 +19,7 @@ from dendrite.store import ExecutionStore, InvalidRecordError, UnknownExecutionE
 from dendrite.store.toolcall import ToolCall, checked_call
 from dendrite.store.writer import _tool_row_encoder
 from dendrite.telemetry import ErrorType, ExecutionStatus, ToolExecutionRecord
+from tests.conftest import pg_database
 
 
 def test_execution_round_trip_with_every_field(store: ExecutionStore):
@@ -461,3 +463,18 @@ def test_the_writer_checkpoints_sqlites_wal_when_idle(tmp_path: Path):
             time.sleep(0.05)
         assert db.stat().st_size > before + 600_000
         assert len(st.get_execution(eid).steps) == 3000
+
+
+def test_postgresql_statements_are_planned_for_the_history_as_it_is_now(tmp_path: Path):
+    """No server-side prepared statements: a plan cached while the history was small (the
+    writer's ``id IN (...)`` existence check as a full scan) must not outlive it."""
+    with (
+        pg_database() as url,
+        ExecutionStore(url, state_dir=tmp_path / "s") as st,
+        st.engine.connect() as conn,
+    ):
+        for _ in range(10):  # psycopg would prepare a statement on its fifth run
+            conn.execute(
+                select(schema.executions.c.id).where(schema.executions.c.id.in_([new_id()]))
+            )
+        assert conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar() == 0
