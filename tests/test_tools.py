@@ -237,3 +237,50 @@ def test_decorator_on_the_registry_and_async_detection():
     assert not registry.get("sum_all").is_async
     assert registry.get("sum_all").reliability.prior == 0.7
     assert total([1.0, 2.0]) == 3.0  # the function stays a plain function
+
+
+def test_plain_arguments_agree_with_pydantic_whenever_they_answer():
+    """The fast path for plain-typed parameters must return what the pydantic model returns,
+    and leave every value pydantic would coerce or refuse to pydantic."""
+    import itertools
+
+    from dendrite.tools.introspect import argument_problems, plain_arguments
+
+    def plain(n: int, s: str, ratio: float = 0.5, flag: bool = False, label: str = "x") -> None:
+        """All plain."""
+
+    def mixed(n: int, tags: list[str] | None = None) -> None:
+        """Not all plain."""
+
+    registry = ToolRegistry()
+    tool = registry.register_function(plain)
+    assert registry.register_function(mixed).signature.plain is None
+    values = [1, 0, True, 2.5, 3.0, "7", "text", None, [1]]
+    names = ["n", "s", "ratio", "flag", "label", "extra"]
+    answered = 0
+    for size in range(4):
+        for keys in itertools.combinations(names, size):
+            for picked in itertools.product(values, repeat=size):
+                params = dict(zip(keys, picked, strict=True))
+                fast = plain_arguments(tool.signature, params)
+                model = tool.signature.model
+                try:
+                    parsed = model.model_validate(params)
+                    by_pydantic = {
+                        name: getattr(parsed, attr) for attr, name in tool.signature.fields
+                    }
+                except Exception:
+                    by_pydantic = None
+                if fast is not None:
+                    answered += 1
+                    assert fast == by_pydantic and all(
+                        type(fast[k]) is type(by_pydantic[k]) for k in fast
+                    ), params
+                    assert tool.validate_arguments(params) == by_pydantic
+                    assert argument_problems(tool.signature, params) == []
+                elif by_pydantic is None:
+                    with pytest.raises(ToolArgumentError):
+                        tool.validate_arguments(params)
+    assert answered >= 20
+    deferred = plain_arguments(tool.signature, {"s": "a"}, deferred={"n"})
+    assert deferred == {"s": "a", "ratio": 0.5, "flag": False, "label": "x"}

@@ -94,6 +94,48 @@ class Signature:
     return_type: Any
     context_param: str | None
     summary: str
+    plain: dict[str, tuple[type, Any]] | None = None
+    """Per parameter (type, default or ``REQUIRED``) when every parameter is a bare ``int``,
+    ``str``, ``float`` or ``bool`` with no default or one of its type: see :func:`plain_arguments`.
+    """
+
+
+REQUIRED: Any = object()
+_PLAIN_TYPES = (int, str, float, bool)
+
+
+def plain_arguments(
+    signature: Signature, params: dict[str, Any], deferred: Collection[str] = ()
+) -> dict[str, Any] | None:
+    """The validated arguments, without pydantic, when it could only agree; else ``None``.
+
+    That is when every parameter is of a plain type (``Signature.plain``), no
+    parameter is unknown and every value is of exactly its parameter's type:
+    pydantic would return each value as it is and fill in the defaults, which
+    is what this does. Anything else (a value it would coerce or refuse) goes
+    to pydantic. A name in ``deferred`` may be missing. Every tool call and
+    every step of a plan's validation is checked, and this costs a third of
+    building the model.
+    """
+    plain = signature.plain
+    if plain is None:
+        return None
+    out: dict[str, Any] = {}
+    given = 0
+    for name, (kind, default) in plain.items():
+        value = params.get(name, REQUIRED)
+        if value is REQUIRED:
+            if default is REQUIRED:
+                if name in deferred:
+                    continue
+                return None
+            out[name] = default
+        elif type(value) is kind:
+            out[name] = value
+            given += 1
+        else:
+            return None
+    return out if given == len(params) else None
 
 
 def introspect(
@@ -115,6 +157,7 @@ def introspect(
     doc = parse_docstring(inspect.getdoc(func))
     definitions: dict[str, Any] = {}
     fields: list[tuple[str, str]] = []
+    plain: dict[str, tuple[type, Any]] | None = {}
     context_param: str | None = None
     for index, (name, param) in enumerate(sig.parameters.items()):
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -138,6 +181,14 @@ def introspect(
             Field(default, alias=name, description=doc.params.get(name) or None),
         )
         fields.append((field_name, name))
+        if (
+            plain is not None
+            and annotation in _PLAIN_TYPES
+            and (default is ... or type(default) is annotation)
+        ):
+            plain[name] = (annotation, REQUIRED if default is ... else default)
+        else:
+            plain = None
     model: type[BaseModel] | None = None
     schema: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
     if definitions:
@@ -173,6 +224,7 @@ def introspect(
         return_type=return_type,
         context_param=context_param,
         summary=description if description is not None else doc.summary,
+        plain=plain,
     )
 
 
@@ -217,6 +269,8 @@ def argument_problems(
     """
     if signature.model is None:
         return [f"unexpected parameter {k!r} (accepted: none)" for k in params]
+    if plain_arguments(signature, params, deferred) is not None:
+        return []
     try:
         signature.model.model_validate(params)
     except ValidationError as error:

@@ -23,7 +23,7 @@ from dendrite.tools.errors import (
     ToolUnavailableError,
     UnknownToolError,
 )
-from dendrite.tools.introspect import Signature, argument_problems, introspect
+from dendrite.tools.introspect import Signature, argument_problems, introspect, plain_arguments
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -104,6 +104,9 @@ class Tool:
         model = self.signature.model
         if model is None and not params:
             return {}
+        plain = plain_arguments(self.signature, params)
+        if plain is not None:
+            return plain
         try:
             parsed = model.model_validate(params) if model is not None else None
         except ValidationError:
