@@ -101,6 +101,7 @@ def test_demo_runs_real_goals_and_accumulates_history(tmp_path: Path):
     assert "answered by fallback cold_room_log" in out
     assert "Tool performance" in out and "Success rate by intent" in out
     assert "Trace of 'read the cold room sensor" in out
+    assert "step1: cold_room_log [succeeded]" in out
     assert "connection: ConnectionError: sensor gateway unreachable" in out
     assert "rated 4/5 'summarize harvest.md': reward 0.88 for summarize_document" in out
     assert "job statistics: tools 8, attempts 14" in out

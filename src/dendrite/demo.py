@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -232,8 +233,8 @@ def _print_trace(console: Console, store: ExecutionStore, execution_id: str) -> 
         return
     tree = Tree(f"Trace of {found.goal!r} ({found.status}, confidence {found.confidence:.2f})")
     for step in found.steps:
-        branch = tree.add(f"{step['step_id']}: {step['tool']} [{step['status']}]")
+        branch = tree.add(escape(f"{step['step_id']}: {step['tool']} [{step['status']}]"))
         for attempt in step["attempts"]:
             outcome = "ok" if attempt["success"] else f"{attempt['error_type']}: {attempt['error']}"
-            branch.add(f"attempt {attempt['number']} {attempt['tool']}: {outcome}")
+            branch.add(escape(f"attempt {attempt['number']} {attempt['tool']}: {outcome}"))
     console.print(tree, highlight=False)
