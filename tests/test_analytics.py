@@ -268,3 +268,37 @@ def test_prune_deletes_raw_rows_and_keeps_the_aggregates(store_url: str, tmp_pat
         grown = _snapshot(store)
         store.update_statistics()
         assert _snapshot(store) == grown
+
+
+def test_sqlites_p95_from_the_top_finds_the_window_querys_bucket(tmp_path):
+    """The writer's SQLite shortcut for p95 against the window query that rebuilds use."""
+    from dendrite.store import rollups
+
+    rng = random.Random(3)
+    durations = {
+        "exactly_95": [10.0] * 19 + [1000.0],  # the 95 % mark falls exactly on a bucket
+        "just_over": [10.0] * 18 + [1000.0] * 2,
+        "one_call": [5.0],
+        "zero_and_tiny": [0.0, 0.0, 1e-9, 3.0],
+        "ties_at_top": [50.0] * 40,
+    } | {
+        f"random_{i}": [rng.lognormvariate(3, 1.5) for _ in range(rng.randint(1, 400))]
+        for i in range(12)
+    }
+    with ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}", state_dir=tmp_path / "s") as store:
+        eid = _exec(store)
+        for tool, values in durations.items():
+            for ms in values:
+                store.store_tool_execution(eid, tool, {}, None, True, ms)
+        store.flush()
+        names = sorted(durations) + ["never_called"]
+        with store.engine.connect() as conn:
+            window = sorted(
+                conn.execute(rollups._p95_query(every_tool=False), {"names": names}).all()
+            )
+            from_the_top = sorted(rollups._p95_from_the_top(conn, names))
+    assert from_the_top == [tuple(r) for r in window]
+    assert len(from_the_top) == len(durations)
+    buckets = dict(from_the_top)
+    assert buckets["exactly_95"] == rollups.duration_bucket(10.0)
+    assert buckets["just_over"] == rollups.duration_bucket(1000.0)
