@@ -107,7 +107,7 @@ class ExecutionStore:
         url: str | None = None,
         *,
         auto_upgrade: bool | None = None,
-        batch_size: int = 5000,
+        batch_size: int = 20_000,
         flush_interval: float = 0.05,
         max_queue: int = 100_000,
         block_timeout: float = 1.0,
