@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, case, delete, func, select, true, update
@@ -139,11 +138,13 @@ def aggregate_feedback(
 def _upsert(
     conn: Connection,
     table: Table,
-    rows: list[dict[str, Any]],
+    names: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
     keys: Sequence[str],
     set_: Callable[[Any], dict[str, Any]],
 ) -> None:
-    """Insert rows, or update the row with the same key by ``set_(excluded)``.
+    """Insert rows (values of the columns ``names``, in order), or update the row
+    with the same key by ``set_(excluded)``.
 
     PostgreSQL gets one statement over arrays (``INSERT ... SELECT unnest(...)``):
     a row per statement execution costs a round of psycopg's Python per row,
@@ -152,9 +153,8 @@ def _upsert(
     Each call site passes the same ``keys`` and ``set_`` for a table, so the
     statement is built once per dialect, table and columns.
     """
-    names = tuple(rows[0])
     if conn.dialect.name == "sqlite":
-        _sqlite_upsert(conn, table, rows, names, keys, set_)
+        _sqlite_upsert(conn, table, names, rows, keys, set_)
         return
 
     def build() -> Any:
@@ -168,7 +168,7 @@ def _upsert(
         return ins.on_conflict_do_update(index_elements=list(keys), set_=set_(ins.excluded))
 
     upsert = built_once(("upsert", conn.dialect.name, table.name, names), build)
-    conn.execute(upsert, {n: [row[n] for row in rows] for n in names})
+    conn.execute(upsert, dict(zip(names, map(list, zip(*rows, strict=True)), strict=True)))
 
 
 @dataclass(frozen=True)
@@ -180,14 +180,14 @@ class _DriverUpsert:
 def _sqlite_upsert(
     conn: Connection,
     table: Table,
-    rows: list[dict[str, Any]],
     names: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
     keys: Sequence[str],
     set_: Callable[[Any], dict[str, Any]],
 ) -> None:
     """SQLite's upsert as SQL text and tuples straight to the driver's ``executemany``.
 
-    A batch upserts about one histogram row per two tool calls, and handing
+    A batch upserts up to one histogram row per two tool calls, and handing
     them to SQLAlchemy as dictionaries cost more than SQLite's work on them.
     The text is SQLAlchemy's own compilation of the statement, and the values
     go through the same bind processors (dates and timestamps as SQLite text).
@@ -205,14 +205,15 @@ def _sqlite_upsert(
         return _DriverUpsert(str(compiled), processors)
 
     upsert: _DriverUpsert = built_once(("upsert", "sqlite", table.name, names), build)
-    values = [itemgetter(*names)(row) for row in rows] if len(names) > 1 else None
-    if values is None or any(upsert.processors):
-        pairs = tuple(zip(names, upsert.processors, strict=True))
-        values = [
-            tuple(row[n] if p is None or row[n] is None else p(row[n]) for n, p in pairs)
+    processors = upsert.processors
+    if any(processors):
+        rows = [
+            tuple(
+                v if p is None or v is None else p(v) for v, p in zip(row, processors, strict=True)
+            )
             for row in rows
         ]
-    conn.exec_driver_sql(upsert.sql, values)
+    conn.exec_driver_sql(upsert.sql, rows)
 
 
 def _earliest(table: Table, excluded: Any, name: str, pick_later: bool) -> Any:
@@ -235,28 +236,31 @@ def add_tool_aggregates(
     """
     if not aggs:
         return
-    names = sorted(aggs)
-    derived = stats_table is s.tool_statistics
-    params = []
-    for name in names:
-        agg = aggs[name]
-        row = {
-            "tool_name": name,
-            "total_executions": agg.total,
-            "successful_executions": agg.successful,
-            "failed_executions": agg.total - agg.successful,
-            "duration_us_sum": agg.duration_us_sum,
-            "first_used": agg.first_used,
-            "last_used": agg.last_used,
-        }
-        if derived:
-            row |= {"success_rate": 0.0, "avg_duration_ms": 0.0, "p95_duration_ms": 0.0}
-        params.append(row)
+    tools = sorted(aggs)
     counters = ("total_executions", "successful_executions", "failed_executions", "duration_us_sum")
+    columns = ("tool_name", *counters, "first_used", "last_used")
+    rows = []
+    for name in tools:
+        agg = aggs[name]
+        rows.append(
+            (
+                name,
+                agg.total,
+                agg.successful,
+                agg.total - agg.successful,
+                agg.duration_us_sum,
+                agg.first_used,
+                agg.last_used,
+            )
+        )
+    if stats_table is s.tool_statistics:  # its derived columns, set by refresh_tool_derived
+        columns += ("success_rate", "avg_duration_ms", "p95_duration_ms")
+        rows = [(*row, 0.0, 0.0, 0.0) for row in rows]
     _upsert(
         conn,
         stats_table,
-        params,
+        columns,
+        rows,
         ["tool_name"],
         lambda excluded: (
             {c: stats_table.c[c] + excluded[c] for c in counters}
@@ -266,15 +270,15 @@ def add_tool_aggregates(
             }
         ),
     )
-    hist_params = [
-        {"tool_name": name, "bucket": bucket, "count": count}
-        for name in names
-        for bucket, count in sorted(aggs[name].histogram.items())
-    ]
     _upsert(
         conn,
         hist_table,
-        hist_params,
+        ("tool_name", "bucket", "count"),
+        [
+            (name, bucket, count)
+            for name in tools
+            for bucket, count in sorted(aggs[name].histogram.items())
+        ],
         ["tool_name", "bucket"],
         lambda excluded: {"count": hist_table.c["count"] + excluded["count"]},
     )
@@ -373,14 +377,11 @@ def add_execution_rollup(
 ) -> None:
     if not sums:
         return
-    params = [
-        dict(zip(s.ROLLUP_KEYS, key, strict=True)) | dict(zip(s.ROLLUP_SUMS, values, strict=True))
-        for key, values in sorted(sums.items())
-    ]
     _upsert(
         conn,
         table,
-        params,
+        s.ROLLUP_KEYS + s.ROLLUP_SUMS,
+        [(*key, *values) for key, values in sorted(sums.items())],
         s.ROLLUP_KEYS,
         lambda excluded: {c: table.c[c] + excluded[c] for c in s.ROLLUP_SUMS},
     )
