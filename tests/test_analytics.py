@@ -291,7 +291,7 @@ def test_sqlites_p95_from_the_top_finds_the_window_querys_bucket(tmp_path):
             for ms in values:
                 store.store_tool_execution(eid, tool, {}, None, True, ms)
         store.flush()
-        names = sorted(durations) + ["never_called"]
+        names = [*sorted(durations), "never_called"]
         with store.engine.connect() as conn:
             window = sorted(
                 conn.execute(rollups._p95_query(every_tool=False), {"names": names}).all()
@@ -302,3 +302,19 @@ def test_sqlites_p95_from_the_top_finds_the_window_querys_bucket(tmp_path):
     buckets = dict(from_the_top)
     assert buckets["exactly_95"] == rollups.duration_bucket(10.0)
     assert buckets["just_over"] == rollups.duration_bucket(1000.0)
+
+
+def test_sqlites_p95_from_the_top_raises_sqlalchemys_errors(tmp_path):
+    """The writer sorts errors by SQLAlchemy's classes ("unreachable" vs "bad data"), so the
+    shortcut's raw driver errors must arrive as those, not as bare sqlite3 errors."""
+    from sqlalchemy.exc import OperationalError
+
+    from dendrite.store import rollups
+
+    with ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}", state_dir=tmp_path / "s") as store:
+        store.store_tool_execution(_exec(store), "t", {}, None, True, 5.0)
+        store.flush()
+        with store.engine.connect() as conn:
+            conn.execute(text("DROP TABLE tool_duration_histogram"))
+            with pytest.raises(OperationalError, match="no such table"):
+                rollups._p95_from_the_top(conn, ["t"])

@@ -15,6 +15,7 @@ exact value, and it survives pruning because the histogram does.
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, case, delete, func, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
 from dendrite.store import schema as s
 from dendrite.store.engine import built_once
@@ -153,6 +155,8 @@ def _upsert(
     Each call site passes the same ``keys`` and ``set_`` for a table, so the
     statement is built once per dialect, table and columns.
     """
+    if not rows:
+        return
     if conn.dialect.name == "sqlite":
         _sqlite_upsert(conn, table, names, rows, keys, set_)
         return
@@ -331,7 +335,8 @@ def _p95_from_the_top(conn: Connection, tool_names: Sequence[str]) -> list[tuple
     with at most 5 % of the executions above it, and walking down from the top
     stops there, after the few buckets of the tail. The histogram's counts add
     up to the tool's ``total_executions`` (both come from the same aggregates),
-    so this is the bucket the window query finds.
+    so this is the bucket the window query finds. Errors are SQLAlchemy's, as
+    from any other statement, so the writer tells "unreachable" from "bad data".
     """
     st, hist = s.tool_statistics, s.tool_duration_histogram
     raw = conn.connection.dbapi_connection
@@ -355,6 +360,10 @@ def _p95_from_the_top(conn: Connection, tool_names: Sequence[str]) -> list[tuple
             if p95 is not None:
                 found.append((name, p95))
         return found
+    except sqlite3.Error as error:
+        raise DBAPIError.instance(
+            "p95 from the top of the histogram", None, error, sqlite3.Error, dialect=conn.dialect
+        ) from error
     finally:
         cursor.close()
 
