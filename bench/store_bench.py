@@ -490,7 +490,8 @@ class Ingest:
 
 def bench_ingest(settings: Settings, databases: Databases) -> list[Ingest]:
     results = []
-    for order, gap in INGEST_ORDERS.items():
+    for order in settings.orders:
+        gap = INGEST_ORDERS[order]
         work: list[tuple[bool, dict[str, Any]]] = []  # (is an execution, its arguments)
         for execution, tools in Workload(settings.seed, datetime.now(UTC)).goals(
             0,
@@ -725,6 +726,7 @@ class Settings:
     seed: int
     pg_url: str
     sections: list[str]
+    orders: list[str]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -734,6 +736,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     )
     parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated")
     parser.add_argument("--sections", default="hot,ingest,analytics", help="comma-separated")
+    parser.add_argument(
+        "--orders", default=",".join(INGEST_ORDERS), help="ingest orders, comma-separated"
+    )
     parser.add_argument("--calls", type=int, default=50_000, help="timed hot-path calls")
     parser.add_argument("--ingest-executions", type=int, default=50_000)
     parser.add_argument("--ingest-tool-executions", type=int, default=250_000)
@@ -762,6 +767,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         parser.error(f"--backends must be a subset of {','.join(BACKENDS)}")
     if not sections or any(x not in ("hot", "ingest", "analytics") for x in sections):
         parser.error("--sections must be a subset of hot,ingest,analytics")
+    orders = [x.strip() for x in args.orders.split(",") if x.strip()]
+    if not orders or any(x not in INGEST_ORDERS for x in orders):
+        parser.error(f"--orders must be a subset of {','.join(INGEST_ORDERS)}")
     if min(args.calls, args.ingest_executions, args.executions, args.load_chunk, args.runs) < 1:
         parser.error("sizes must be positive")
     return Settings(
@@ -776,6 +784,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         seed=args.seed,
         pg_url=args.pg_url,
         sections=sections,
+        orders=orders,
     )
 
 
