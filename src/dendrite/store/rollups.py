@@ -150,7 +150,11 @@ def _upsert(
 
     PostgreSQL gets one statement over arrays (``INSERT ... SELECT unnest(...)``):
     a row per statement execution costs a round of psycopg's Python per row,
-    more than the database's own work. SQLite's ``executemany`` is a loop in C.
+    more than the database's own work. SQLite gets SQLAlchemy's compiled text
+    and plain tuples through the driver's ``executemany`` (a loop in C): a batch
+    upserts up to one histogram row per two tool calls, and handing them to
+    SQLAlchemy as dictionaries cost more than SQLite's work on them; the values
+    go through the same bind processors (dates and timestamps as SQLite text).
     The keys of ``rows`` are distinct, as one PostgreSQL statement requires.
     Each call site passes the same ``keys`` and ``set_`` for a table, so the
     statement is built once per dialect, table and columns.
@@ -158,7 +162,20 @@ def _upsert(
     if not rows:
         return
     if conn.dialect.name == "sqlite":
-        _sqlite_upsert(conn, table, names, rows, keys, set_)
+        upsert: _DriverUpsert = built_once(
+            ("upsert", "sqlite", table.name, names),
+            lambda: _DriverUpsert.compile(conn.dialect, table, names, keys, set_),
+        )
+        processors = upsert.processors
+        if any(processors):
+            rows = [
+                tuple(
+                    v if p is None or v is None else p(v)
+                    for v, p in zip(row, processors, strict=True)
+                )
+                for row in rows
+            ]
+        conn.exec_driver_sql(upsert.sql, rows)
         return
 
     def build() -> Any:
@@ -171,53 +188,35 @@ def _upsert(
         ins = postgresql.insert(table).from_select(names, source)
         return ins.on_conflict_do_update(index_elements=list(keys), set_=set_(ins.excluded))
 
-    upsert = built_once(("upsert", conn.dialect.name, table.name, names), build)
-    conn.execute(upsert, dict(zip(names, map(list, zip(*rows, strict=True)), strict=True)))
+    statement = built_once(("upsert", conn.dialect.name, table.name, names), build)
+    conn.execute(statement, dict(zip(names, map(list, zip(*rows, strict=True)), strict=True)))
 
 
 @dataclass(frozen=True)
 class _DriverUpsert:
+    """An SQLite upsert as the driver takes it: SQL text and each column's bind processor."""
+
     sql: str
     processors: tuple[Callable[[Any], Any] | None, ...]
 
-
-def _sqlite_upsert(
-    conn: Connection,
-    table: Table,
-    names: tuple[str, ...],
-    rows: list[tuple[Any, ...]],
-    keys: Sequence[str],
-    set_: Callable[[Any], dict[str, Any]],
-) -> None:
-    """SQLite's upsert as SQL text and tuples straight to the driver's ``executemany``.
-
-    A batch upserts up to one histogram row per two tool calls, and handing
-    them to SQLAlchemy as dictionaries cost more than SQLite's work on them.
-    The text is SQLAlchemy's own compilation of the statement, and the values
-    go through the same bind processors (dates and timestamps as SQLite text).
-    """
-
-    def build() -> _DriverUpsert:
+    @classmethod
+    def compile(
+        cls,
+        dialect: Any,
+        table: Table,
+        names: tuple[str, ...],
+        keys: Sequence[str],
+        set_: Callable[[Any], dict[str, Any]],
+    ) -> _DriverUpsert:
         ins = sqlite.insert(table)
         stmt = ins.on_conflict_do_update(index_elements=list(keys), set_=set_(ins.excluded))
-        compiled = stmt.compile(dialect=conn.dialect, column_keys=list(names))
+        compiled = stmt.compile(dialect=dialect, column_keys=list(names))
         if compiled.positiontup != list(names):
             raise RuntimeError(f"unexpected parameter order in the upsert of {table.name}")
         processors = tuple(
-            table.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for n in names
+            table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names
         )
-        return _DriverUpsert(str(compiled), processors)
-
-    upsert: _DriverUpsert = built_once(("upsert", "sqlite", table.name, names), build)
-    processors = upsert.processors
-    if any(processors):
-        rows = [
-            tuple(
-                v if p is None or v is None else p(v) for v, p in zip(row, processors, strict=True)
-            )
-            for row in rows
-        ]
-    conn.exec_driver_sql(upsert.sql, rows)
+        return cls(str(compiled), processors)
 
 
 def _earliest(table: Table, excluded: Any, name: str, pick_later: bool) -> Any:
