@@ -106,6 +106,24 @@ def test_a_full_queue_spills_to_the_journal_without_raising(store_url: str, tmp_
     _expect_exactly_total(_counts(store_url))
 
 
+def test_records_spilled_to_the_journal_are_read_back_at_once(store_url: str, tmp_path: Path):
+    """Overflowing a full queue must not break "a process reads its own writes": the flush
+    that every read makes waits for the journaled records too."""
+    journaled = 0
+    for burst in range(5):
+        with ExecutionStore(
+            store_url, state_dir=tmp_path / f"s{burst}", max_queue=2, block_timeout=0.0
+        ) as store:
+            ids = [
+                store.store_execution(goal_text=f"g{burst}.{n}", success=True, duration_ms=1.0)
+                for n in range(30)
+            ]
+            for n, eid in reversed(list(enumerate(ids))):
+                assert store.get_execution(eid) is not None, f"{burst}.{n} not read back"
+            journaled += store._writer.stats.journaled
+    assert journaled > 0  # the queue really overflowed
+
+
 def test_journal_replay_is_idempotent(store_url: str, tmp_path: Path):
     state = tmp_path / "s"
     eid = new_id()

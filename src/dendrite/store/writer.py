@@ -300,6 +300,11 @@ class BatchWriter:
                 started = time.monotonic()
                 self._process(batch)
                 self._pace(len(batch), time.monotonic() - started)
+            if markers and self.healthy and self._journal_pending:
+                # Records that overflowed a full queue went to the journal
+                # while the database was reachable: a flush must see them
+                # written, or the caller would not read its own writes.
+                self._maybe_replay()
             for marker in markers:
                 marker.done.set()
 
