@@ -375,7 +375,7 @@ EID = "0190a4b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b"
         ((EID, "search", {"q": "x"}, {"hits": 3}, True, 12.5, None), {"started_at": T0}),
         ((EID, "search", None, None, False, 7, "timed out"), {"finished_at": T0, "attempt": 2}),
         (
-            (EID.replace("-", "").upper(), "t" * 200, {}, [1], False, 0, None),
+            (EID, "t" * 200, {}, [1], False, 0, None),
             {
                 "id": new_id(),
                 "step_id": "s1",
@@ -406,6 +406,10 @@ def test_the_hot_path_check_builds_what_pydantic_builds(args: tuple, fields: dic
         ((EID, "t", {}, None, True, "5", None), {}),  # duration: a string
         ((EID, "t", {1: "a"}, None, True, 5, None), {}),  # a key pydantic refuses
         ((EID + "\n", "t", {}, None, True, 5, None), {}),
+        ((EID.upper(), "t", {}, None, True, 5, None), {}),  # pydantic makes it canonical
+        ((EID.replace("-", ""), "t", {}, None, True, 5, None), {}),
+        ((EID, "t", {}, None, True, 5, None), {"step_id": "s" * 129}),
+        ((EID, "t", {}, None, True, 5, None), {"started_at": datetime.max.replace(tzinfo=UTC)}),
         ((EID, "", {}, None, True, 5, None), {}),
         ((EID, "t", {}, None, True, float("nan"), None), {}),
         ((EID, "t", {}, None, True, 5, None), {"attempt": True}),
@@ -478,3 +482,84 @@ def test_postgresql_statements_are_planned_for_the_history_as_it_is_now(tmp_path
                 select(schema.executions.c.id).where(schema.executions.c.id.in_([new_id()]))
             )
         assert conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar() == 0
+
+
+def test_every_spelling_of_an_id_names_the_same_rows(store: ExecutionStore):
+    """Upper case and hyphen-less ids are stored canonically, so a run's rows join on both
+    backends and feedback given with any spelling reaches its execution."""
+    eid = store.store_execution(
+        id=EID.upper(), goal_text="g", success=True, duration_ms=1, parent_id=EID.replace("-", "")
+    )
+    assert eid == EID
+    store.store_tool_execution(EID.upper(), "t", {}, None, True, 1)
+    store.store_tool_execution(EID.replace("-", ""), "t", {}, None, True, 1)
+    store.store_feedback(EID.upper(), rating=5)
+    detail = store.get_execution(EID.upper())
+    assert detail is not None and detail.id == EID and detail.parent_id == EID
+    assert len(detail.steps) == 2 and [f.rating for f in detail.feedback] == [5]
+    assert store.get_execution(EID).user_rating == 5
+    assert store.status().rejected_records == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("duration_ms", float("inf"), "finite number"),
+        ("duration_ms", 1e17, "less than or equal to 1000000000000"),
+        ("actual_cost", float("inf"), "finite number"),
+        ("tokens_used", 2**70, "less than or equal to 1000000000000"),
+        ("intent", "i" * 65, "at most 64 characters"),
+        ("model_tier", "m" * 65, "at most 64 characters"),
+        ("session_id", "s" * 129, "at most 128 characters"),
+    ],
+)
+def test_values_no_column_can_hold_are_refused_at_the_call(
+    store: ExecutionStore, field: str, value, message: str
+):
+    kwargs = {"goal_text": "g", "success": True, "duration_ms": 1.0, field: value}
+    with pytest.raises(InvalidRecordError, match=message):
+        store.store_execution(**kwargs)
+    assert store.get_recent_executions(10) == []
+
+
+def test_a_duration_that_leaves_the_calendar_is_refused_at_the_call(store: ExecutionStore):
+    eid = store.store_execution(goal_text="g", success=True, duration_ms=1)
+    late = datetime(9999, 12, 31, 23, 0, tzinfo=UTC)
+    with pytest.raises(InvalidRecordError, match="outside the years 1 to 9999"):
+        store.store_tool_execution(eid, "t", {}, None, True, 1e10, started_at=late)
+    with pytest.raises(InvalidRecordError, match="finite number"):
+        store.store_tool_execution(eid, "t", {}, None, True, float("inf"))
+    with pytest.raises(InvalidRecordError, match="at most 128 characters"):
+        store.store_tool_execution(eid, "t", {}, None, True, 1, step_id="s" * 129)
+    assert store.get_execution(eid).steps == []
+
+
+def test_readable_goal_ids_never_collide_with_ones_given_by_the_caller(store: ExecutionStore):
+    store.store_execution(goal_id="goal_2", goal_text="imported", success=True, duration_ms=1)
+    store.store_execution(goal_id="goal_x", goal_text="named", success=True, duration_ms=1)
+    auto = [
+        store.store_execution(goal_text=f"new {n}", success=True, duration_ms=1) for n in (1, 2)
+    ]
+    store.flush()
+    assert [store.get_execution(eid).goal_id for eid in auto] == ["goal_3", "goal_4"]
+    store.store_execution(goal_id="goal_10", goal_text="imported", success=True, duration_ms=1)
+    later = store.store_execution(goal_text="new 3", success=True, duration_ms=1)
+    assert store.get_execution(later).goal_id == "goal_11"
+    assert store.status().rejected_records == 0
+
+
+def test_times_given_to_reads_and_prune_are_checked(store: ExecutionStore):
+    eid = store.store_execution(goal_text="g", success=True, duration_ms=1)
+    with pytest.raises(TypeError, match="since must be a datetime, got str '2024-01-01'"):
+        store.get_recent_executions(since="2024-01-01")
+    with pytest.raises(TypeError, match="since must be a datetime, got date"):
+        store.get_success_rate(since=T0.date())
+    with pytest.raises(TypeError, match=r"older_than must be a timedelta \(an age\) or a datetime"):
+        store.prune(30)
+    with pytest.raises(ValueError, match="older_than must not be negative"):
+        store.prune(timedelta(days=-1))
+    naive_past = datetime(2000, 1, 1)  # naive: taken as UTC
+    assert [r.id for r in store.get_recent_executions(since=naive_past)] == [eid]
+    assert store.get_success_rate(since=naive_past).total == 1
+    assert store.prune(naive_past).executions == 0
+    assert store.get_execution(eid) is not None

@@ -9,8 +9,10 @@ which keeps B-tree inserts append-mostly on both SQLite and PostgreSQL.
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
+import uuid
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -37,3 +39,19 @@ def new_id() -> str:
     value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+is_canonical_id = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+).fullmatch
+"""Whether text is a UUID in canonical form (``fullmatch``: ``$`` would allow a newline)."""
+
+
+def canonical_id(value: str) -> str:
+    """A UUID's canonical text (lower case, hyphenated): one spelling per row.
+
+    PostgreSQL's ``uuid`` type reads any spelling; SQLite stores the text, so
+    ``ABC…`` and ``abc…`` would be two ids there and the rows of one run
+    would not join. Raises ``ValueError`` for text that is not a UUID.
+    """
+    return value if is_canonical_id(value) else str(uuid.UUID(value))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import uuid
 import weakref
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, delete, select, update
 
+from dendrite._ids import canonical_id
 from dendrite.config import data_dir, database_url
 from dendrite.store import analytics, bookkeeping, migrate, rollups, state_entries
 from dendrite.store import schema as s
@@ -306,7 +306,7 @@ class ExecutionStore:
             try:
                 with self.engine.connect() as conn:
                     exists = conn.scalar(
-                        select(s.executions.c.id).where(s.executions.c.id == execution_id)
+                        select(s.executions.c.id).where(s.executions.c.id == record.execution_id)
                     )
             except Exception as error:
                 if not is_connection_error(error):
@@ -395,7 +395,7 @@ class ExecutionStore:
     def get_execution(self, execution_id: str) -> ExecutionDetail | None:
         """An execution with its steps, feedback and routing decisions, or ``None``."""
         try:
-            uuid.UUID(execution_id)
+            execution_id = canonical_id(execution_id)
         except (ValueError, TypeError, AttributeError):
             raise InvalidRecordError(f"execution id must be a UUID, got {execution_id!r}") from None
         with self._read() as conn:
@@ -405,12 +405,17 @@ class ExecutionStore:
         """Newest first. Filters: intent, success, project, session_id, model_tier, pool,
         since, before (``before`` is the cursor for the next page)."""
         _at_least_one("limit", limit)
+        for name in ("since", "before"):
+            if filters.get(name) is not None:
+                filters[name] = _moment(name, filters[name])
         with self._read() as conn:
             return analytics.get_recent_executions(conn, limit, **filters)
 
     def get_success_rate(
         self, intent: str | None = None, since: datetime | None = None
     ) -> SuccessRate:
+        if since is not None:
+            since = _moment("since", since)
         with self._read() as conn:
             return analytics.get_success_rate(conn, intent, since)
 
@@ -605,10 +610,12 @@ class ExecutionStore:
 
     def prune(self, older_than: timedelta | datetime) -> PruneReport:
         """Delete raw rows older than the cutoff; the rollups learning reads stay unchanged."""
-        now = datetime.now(UTC)
-        cutoff = now - older_than if isinstance(older_than, timedelta) else older_than
-        if cutoff.tzinfo is None:
-            cutoff = cutoff.replace(tzinfo=UTC)
+        if isinstance(older_than, timedelta):
+            if older_than < timedelta(0):
+                raise ValueError(f"older_than must not be negative, got {older_than}")
+            cutoff = datetime.now(UTC) - older_than
+        else:
+            cutoff = _moment("older_than", older_than, "a timedelta (an age) or ")
         ex, te, fb, rd = s.executions, s.tool_executions, s.execution_feedback, s.routing_decisions
         with self._write() as conn:
             rollups.archive_before(conn, cutoff)
@@ -670,6 +677,13 @@ class ExecutionStore:
             last_flush_at=stats.last_flush_at,
             last_error=stats.last_error,
         )
+
+
+def _moment(name: str, value: Any, also: str = "") -> datetime:
+    """A point in time given to a read or to ``prune``, in UTC (naive is taken as UTC)."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"{name} must be {also}a datetime, got {type(value).__name__} {value!r}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _at_least_one(name: str, value: int) -> None:

@@ -13,20 +13,16 @@ record, field for field.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from dendrite._ids import new_id
+from dendrite._ids import is_canonical_id, new_id
 from dendrite.telemetry.errors import ErrorType
-from dendrite.telemetry.records import ToolExecutionRecord
+from dendrite.telemetry.records import MAX_DURATION_MS, ToolExecutionRecord
 
-# The ``RecordId`` pattern without anchors, for ``fullmatch`` (Python's ``$``
-# would accept a trailing newline that pydantic's regex engine refuses).
-_is_uuid = re.compile(
-    r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
-).fullmatch
-_MAX_DURATION_MS = 1e12  # ~31 years; beyond, pydantic's path decides (and may overflow)
+# Ids already in the canonical form ``RecordId`` stores take the fast path; any
+# other spelling goes through pydantic, which canonicalises it.
+_is_uuid = is_canonical_id
 _OPTIONAL = frozenset(
     {"id", "step_id", "error_type", "attempt", "fallback_of", "started_at", "finished_at"}
 )
@@ -94,11 +90,11 @@ def checked_call(
         started_at, finished_at = get("started_at"), get("finished_at")
         if not (
             (record_id is None or (type(record_id) is str and _is_uuid(record_id)))
-            and (step_id is None or type(step_id) is str)
+            and (step_id is None or (type(step_id) is str and len(step_id) <= 128))
             and (error_type is None or type(error_type) is ErrorType)
             and type(attempt) is int
             and attempt >= 1
-            and (fallback_of is None or type(fallback_of) is str)
+            and (fallback_of is None or (type(fallback_of) is str and len(fallback_of) <= 200))
             and (started_at is None or type(started_at) is datetime)
             and (finished_at is None or type(finished_at) is datetime)
         ):
@@ -125,18 +121,21 @@ def checked_call(
         and 0 < len(tool_name) <= 200
         and type(success) is bool
         and (kind is float or kind is int)
-        and 0 <= duration_ms <= _MAX_DURATION_MS
+        and 0 <= duration_ms <= MAX_DURATION_MS
         and (error is None or type(error) is str)
     ):
         return None
     duration_ms = float(duration_ms)
-    if finished_at is None:
+    try:
+        if finished_at is None:
+            if started_at is None:
+                finished_at = datetime.now(UTC)
+            else:
+                finished_at = started_at + timedelta(0, 0, 0, duration_ms)
         if started_at is None:
-            finished_at = datetime.now(UTC)
-        else:
-            finished_at = started_at + timedelta(0, 0, 0, duration_ms)
-    if started_at is None:
-        started_at = finished_at - timedelta(0, 0, 0, duration_ms)
+            started_at = finished_at - timedelta(0, 0, 0, duration_ms)
+    except OverflowError:  # pydantic's path names the problem
+        return None
     if error_type is None and not success:
         error_type = ErrorType.infer(error)
     return _new(  # ``tuple.__new__`` directly: ``ToolCall(...)`` runs a Python frame

@@ -23,6 +23,7 @@ What can go wrong, and what happens:
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -478,6 +479,18 @@ def _lock_goal_seq() -> Any:
     return select(meta.c.int_value).where(meta.c.key == "goal_seq").with_for_update()
 
 
+_NUMBERED_GOAL = re.compile(r"goal_([1-9][0-9]{0,17})").fullmatch
+
+
+def _raise_goal_numbers() -> Any:
+    meta = s.store_meta
+    return (
+        update(meta)
+        .where(meta.c.key == "goal_seq", meta.c.int_value < bindparam("n"))
+        .values(int_value=bindparam("n"))
+    )
+
+
 def _take_goal_numbers() -> Any:
     meta = s.store_meta
     return (
@@ -498,6 +511,11 @@ def _insert_executions(
     conn.execute(built_once(("lock goal_seq",), _lock_goal_seq))
     existing = _existing_ids(conn, s.executions, [r.id for r in records])
     new = [r for r in records if r.id not in existing]
+    given = [int(m[1]) for r in new if r.goal_id and (m := _NUMBERED_GOAL(r.goal_id))]
+    if given:
+        # A caller's own ``goal_N`` moves the counter past N, so that the
+        # numbers handed out later never collide with it.
+        conn.execute(built_once(("raise goal numbers",), _raise_goal_numbers), {"n": max(given)})
     need = sum(1 for r in new if r.goal_id is None)
     if need:
         last = conn.execute(

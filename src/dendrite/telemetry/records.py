@@ -12,9 +12,16 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
-from dendrite._ids import new_id
+from dendrite._ids import canonical_id, new_id
 from dendrite.telemetry.errors import ErrorType
 
 RecordId = Annotated[
@@ -22,8 +29,20 @@ RecordId = Annotated[
     StringConstraints(
         pattern=r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
     ),
+    AfterValidator(canonical_id),
 ]
-"""A UUID in text form: ids are made by clients, so replays cannot duplicate rows."""
+"""A UUID in text form: ids are made by clients, so replays cannot duplicate rows.
+
+Upper case and the form without hyphens are accepted and stored in the canonical
+form (lower case, hyphenated), so every spelling of an id names the same row on
+both backends."""
+
+MAX_DURATION_MS = 1e12
+"""About 31 years: longer is a unit mistake, and it would overflow a timestamp."""
+MAX_TOKENS = 10**12
+MAX_COST = 1e9
+"""Per run, in the caller's currency: the rollups sum costs as 64-bit nano-units."""
+INT32 = 2**31 - 1
 
 
 def utcnow() -> datetime:
@@ -38,7 +57,8 @@ class ExecutionStatus(StrEnum):
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    # Infinity and NaN are refused: no database column or rollup sum can hold them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)
 
     id: RecordId = Field(default_factory=new_id)
 
@@ -47,10 +67,17 @@ def _fill_times(
     started_at: datetime | None, finished_at: datetime | None, duration_ms: float
 ) -> tuple[datetime, datetime]:
     """Derive the missing end of the interval, so every row has both ends in UTC."""
-    if finished_at is None:
-        finished_at = started_at + timedelta(milliseconds=duration_ms) if started_at else utcnow()
-    if started_at is None:
-        started_at = finished_at - timedelta(milliseconds=duration_ms)
+    try:
+        if finished_at is None:
+            finished_at = (
+                started_at + timedelta(milliseconds=duration_ms) if started_at else utcnow()
+            )
+        if started_at is None:
+            started_at = finished_at - timedelta(milliseconds=duration_ms)
+    except OverflowError:
+        raise ValueError(
+            f"duration_ms={duration_ms} puts the other end of the run outside the years 1 to 9999"
+        ) from None
     return _as_utc(started_at), _as_utc(finished_at)
 
 
@@ -89,30 +116,30 @@ class ExecutionRecord(_Record):
 
     goal_id: str | None = Field(default=None, max_length=64)
     goal_text: str = ""
-    intent: str | None = None
-    query_type: str | None = None
-    task_type: str | None = None
-    project: str | None = None
-    session_id: str | None = None
+    intent: str | None = Field(default=None, max_length=64)
+    query_type: str | None = Field(default=None, max_length=64)
+    task_type: str | None = Field(default=None, max_length=128)
+    project: str | None = Field(default=None, max_length=255)
+    session_id: str | None = Field(default=None, max_length=128)
     parent_id: RecordId | None = None
-    depth: int = Field(default=0, ge=0)
+    depth: int = Field(default=0, ge=0, le=INT32)
     success: bool
     status: ExecutionStatus | None = None
     error: str | None = None
     error_type: ErrorType | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    duration_ms: float = Field(ge=0)
-    model_tier: str | None = None
-    pool: str | None = None
+    duration_ms: float = Field(ge=0, le=MAX_DURATION_MS)
+    model_tier: str | None = Field(default=None, max_length=64)
+    pool: str | None = Field(default=None, max_length=128)
     routing_confidence: float | None = Field(default=None, ge=0, le=1)
     complexity_score: float | None = None
     confidence_score: float | None = Field(default=None, ge=0, le=1)
-    estimated_tokens: int | None = Field(default=None, ge=0)
-    tokens_used: int | None = Field(default=None, ge=0)
-    estimated_duration_ms: float | None = Field(default=None, ge=0)
-    cost_estimate: float | None = Field(default=None, ge=0)
-    actual_cost: float | None = Field(default=None, ge=0)
+    estimated_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    tokens_used: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    estimated_duration_ms: float | None = Field(default=None, ge=0, le=MAX_DURATION_MS)
+    cost_estimate: float | None = Field(default=None, ge=0, le=MAX_COST)
+    actual_cost: float | None = Field(default=None, ge=0, le=MAX_COST)
     quality_score: float | None = Field(default=None, ge=0, le=1)
     user_accepted: bool | None = None
     user_rating: int | None = Field(default=None, ge=1, le=5)
@@ -162,16 +189,16 @@ class ToolExecutionRecord(_Record):
     """One attempt of one tool call: retries and fallbacks are rows of their own."""
 
     execution_id: RecordId
-    step_id: str | None = None
+    step_id: str | None = Field(default=None, max_length=128)
     tool_name: str = Field(min_length=1, max_length=200)
     parameters: dict[str, Any] = Field(default_factory=dict)
     result: Any = None
     success: bool
     error: str | None = None
     error_type: ErrorType | None = None
-    attempt: int = Field(default=1, ge=1)
-    fallback_of: str | None = None
-    duration_ms: float = Field(ge=0)
+    attempt: int = Field(default=1, ge=1, le=INT32)
+    fallback_of: str | None = Field(default=None, max_length=200)
+    duration_ms: float = Field(ge=0, le=MAX_DURATION_MS)
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -191,6 +218,8 @@ class ToolExecutionRecord(_Record):
 
 
 class RoutingCandidate(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     option: str
     score: float
 
@@ -204,15 +233,15 @@ class RoutingDecision(_Record):
     """
 
     execution_id: RecordId
-    router: str = Field(default="model_tier", min_length=1)
-    chosen: str = Field(min_length=1)
+    router: str = Field(default="model_tier", min_length=1, max_length=64)
+    chosen: str = Field(min_length=1, max_length=128)
     candidates: list[RoutingCandidate] = Field(default_factory=list)
     confidence: float | None = Field(default=None, ge=0, le=1)
     reason: str | None = None
     features: dict[str, Any] = Field(default_factory=dict)
     predicted_success: float | None = Field(default=None, ge=0, le=1)
-    predicted_cost: float | None = Field(default=None, ge=0)
-    predicted_duration_ms: float | None = Field(default=None, ge=0)
+    predicted_cost: float | None = Field(default=None, ge=0, le=MAX_COST)
+    predicted_duration_ms: float | None = Field(default=None, ge=0, le=MAX_DURATION_MS)
     created_at: datetime = Field(default_factory=utcnow)
 
     def prediction_error(self, outcome: ExecutionRecord) -> PredictionError:
@@ -248,10 +277,10 @@ class SolutionRecord(_Record):
     """A reusable pattern extracted from a successful execution."""
 
     execution_id: RecordId | None = None
-    pattern: str = Field(min_length=1)
+    pattern: str = Field(min_length=1, max_length=512)
     description: str = ""
-    query_type: str | None = None
-    task_type: str | None = None
+    query_type: str | None = Field(default=None, max_length=64)
+    task_type: str | None = Field(default=None, max_length=128)
     plan: dict[str, Any] = Field(default_factory=dict)
     quality_score: float | None = Field(default=None, ge=0, le=1)
     created_at: datetime = Field(default_factory=utcnow)
