@@ -334,6 +334,9 @@ def test_requested_planner_and_strategy(client: httpx.Client, store: ExecutionSt
     assert result["planner"] == "single_tool" and result["answer"] == 4
     result = run_goal(client, goal="calculate 2 * 21", strategy="simple")
     assert result["answer"] == 42.0 and result["strategy"] == "simple"
+    # The planner asked for keeps the learning loop: plan memory recalls the last plan.
+    result = run_goal(client, goal="calculate 3 * 21", strategy="simple")
+    assert result["answer"] == 63.0 and result["planner"] == "memory"
     # No model on this server: asking for the LLM planner is refused up front.
     assert_problem(client.post("/v1/goals", json={"goal": "x", "planner": "llm"}), 422, "model")
     # A requested planner that cannot plan is refused, and the attempt is on the record.

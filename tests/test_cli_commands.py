@@ -133,3 +133,12 @@ def test_exit_codes_as_a_subprocess(tmp_path: Path):
     unknown = _cli("trace", "01a20a0a-f9f5-7000-bd29-f97ca0ef4df2", home=tmp_path)
     assert unknown.returncode == 1 and "no execution" in unknown.stderr
     assert _cli("history", "--limit", "0", home=tmp_path).returncode == 2
+
+
+def test_a_planner_asked_for_on_the_command_line_ranks_by_history(home: Path):
+    first = _json(runner.invoke(app, ["run", "calculate 6 * 7", "--json"]))
+    assert first["success"]
+    again = _json(runner.invoke(app, ["run", "calculate 2 * 3", "--planner", "semantic", "--json"]))
+    assert again["planner"] == "semantic" and again["output"] == 6
+    trace = runner.invoke(app, ["trace", again["execution_id"]], terminal_width=200)
+    assert "picked calculate: expected success" in trace.output  # the ranker's reason

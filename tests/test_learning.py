@@ -312,3 +312,29 @@ def test_end_to_end_plan_memory_and_warm_start_from_the_store(store: ExecutionSt
     record = store.get_execution(third.execution_id)
     assert record.metadata["planner"] == "memory"
     assert record.metadata["remembered_goal"] in ("convert 5 km to miles", "convert 12 km to miles")
+
+
+def test_a_planner_or_strategy_asked_for_keeps_the_ranker_and_plan_memory(store: ExecutionStore):
+    """``--planner``/``--strategy`` (CLI) and ``planner``/``strategy`` (API) go through
+    ``make_planner``: the planner asked for still ranks by history and reuses past plans."""
+    registry = ToolRegistry()
+
+    def convert_units(value: float, from_unit: str, to_unit: str) -> float:
+        """Convert a length between units such as km and miles."""
+        return round(value * 0.621371, 3)
+
+    registry.register_function(convert_units)
+    with Orchestrator(registry, store=store, llm=None) as orch:
+        assert orch.process("convert 5 km to miles").success
+        orch.planner = orch.make_planner("dendrite", "simple")
+        again = orch.process("convert 12 km to miles")
+        assert again.plan.planner == "memory" and again.output == 7.456
+        orch.planner = orch.make_planner("semantic")
+        ranked = orch.process("convert 3 km to miles")
+        assert ranked.success and ranked.plan.planner == "semantic"
+        why = store.get_execution(ranked.execution_id).metadata["why"]
+        assert "convert_units: expected success" in why["step1"]
+    with pytest.raises(ValueError, match="unknown planner 'nope'"):
+        orch.make_planner("nope")
+    with pytest.raises(ValueError, match="the llm planner needs a model"):
+        orch.make_planner("llm")

@@ -162,7 +162,7 @@ def run(
 ) -> None:
     """Plan GOAL, run it with the built-in tools, record it, and print the answer."""
     from dendrite.orchestrator import Orchestrator
-    from dendrite.planning import PlanningError, PlanValidationError, Strategy
+    from dendrite.planning import PlanningError, PlanValidationError
     from dendrite.store import ExecutionStore
     from dendrite.tools import ToolRegistry
     from dendrite.tools.builtin import register_builtin
@@ -170,13 +170,13 @@ def run(
     registry = ToolRegistry()
     register_builtin(registry, docs_root=docs, files_root=docs or Path.cwd())
     try:
-        chosen = _planner(planner, strategy)
+        _check_planner(planner, strategy)
         store = ExecutionStore(database_url(url))
     except (ValueError, StoreError) as error:
         raise _fail(str(error)) from None
-    with store, Orchestrator(registry, store=store, planner=chosen) as orch:
-        if chosen is None:  # the default planner, with the learning loop's ranker and memory
-            orch.planner.strategy = Strategy(strategy)
+    with store, Orchestrator(registry, store=store) as orch:
+        # Any planner asked for is wired to the learning loop, as the default one is.
+        orch.planner = orch.make_planner(planner, strategy if planner == "dendrite" else None)
         try:
             if as_json:
                 result = orch.process(goal, session_id=session)
@@ -230,16 +230,10 @@ async def _run_live(orch: Any, goal: str, session: str | None) -> Any:
     return result
 
 
-def _planner(name: str, strategy: str) -> Any:
-    """The planner named on the command line; None for the default (the orchestrator's own)."""
+def _check_planner(name: str, strategy: str) -> None:
+    """Refuse an unknown planner or strategy before anything is opened."""
     from dendrite.llm import ChatLLM
-    from dendrite.planning import (
-        LLMPlanner,
-        SemanticPlanner,
-        SingleToolPlanner,
-        Strategy,
-        TemplatePlanner,
-    )
+    from dendrite.planning import Strategy
 
     if name not in PLANNERS:
         raise ValueError(f"unknown planner {name!r}; choose one of {', '.join(PLANNERS)}")
@@ -248,17 +242,8 @@ def _planner(name: str, strategy: str) -> Any:
     except ValueError:
         choices = ", ".join(s.value for s in Strategy)
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {choices}") from None
-    llm = ChatLLM.from_env()
-    if name == "llm":
-        if llm is None:
-            raise ValueError("--planner llm needs DENDRITE_LLM_BASE_URL and DENDRITE_LLM_MODEL")
-        return LLMPlanner(llm)
-    return {
-        "dendrite": lambda: None,
-        "semantic": SemanticPlanner,
-        "template": TemplatePlanner,
-        "single": SingleToolPlanner,
-    }[name]()
+    if name == "llm" and ChatLLM.from_env() is None:
+        raise ValueError("--planner llm needs DENDRITE_LLM_BASE_URL and DENDRITE_LLM_MODEL")
 
 
 def _print_result(result: Any) -> None:

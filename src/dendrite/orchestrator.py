@@ -41,9 +41,12 @@ from dendrite.learning.router import Router, RouterError, RoutingChoice, TaskFea
 from dendrite.llm import ChatLLM
 from dendrite.llm.tools import register_llm_tools
 from dendrite.planning.classify import classify
-from dendrite.planning.default import DendritePlanner
+from dendrite.planning.default import DendritePlanner, Strategy
+from dendrite.planning.llm_planner import LLMPlanner
 from dendrite.planning.plan import Plan, PlanValidationError, RetryPolicy, validate
-from dendrite.planning.planner import Planner, PlanningError
+from dendrite.planning.planner import Planner, PlanningError, SingleToolPlanner
+from dendrite.planning.semantic import RetrieverCache, SemanticPlanner
+from dendrite.planning.templates import TemplatePlanner
 from dendrite.state import StateManager, StateView
 from dendrite.store import ExecutionStore
 from dendrite.store.serialize import capped
@@ -340,6 +343,42 @@ class Orchestrator:
         self._history: dict[str, tuple[float, tuple[int, int] | None]] = {}
         self._record_failures = 0
         self._closed = False
+
+    def make_planner(self, name: str, strategy: Strategy | str | None = None) -> Planner:
+        """A planner by name (``dendrite``, ``semantic``, ``template``, ``llm``, ``single``),
+        wired to this orchestrator's model and learning loop as its own planner is.
+
+        Choosing another planner or strategy for one run must not switch learning
+        off: every planner that picks tools by retrieval has them reordered by the
+        ranker, and the default planner also reuses past plans from plan memory.
+        """
+        ranker = self.learning.ranker if self.learning else None
+        if name == "dendrite":
+            return DendritePlanner(
+                llm=self.llm,
+                strategy=strategy or Strategy.ADAPTIVE,
+                ranker=ranker,
+                memory=self.learning.memory if self.learning else None,
+            )
+        if strategy is not None:
+            raise ValueError(f"a strategy applies to the dendrite planner only, not {name!r}")
+        retrievers = RetrieverCache(None, ranker)
+        if name == "semantic":
+            return SemanticPlanner(retrievers=retrievers)
+        if name == "template":
+            return TemplatePlanner(retrievers=retrievers)
+        if name == "single":
+            return SingleToolPlanner()
+        if name == "llm":
+            if self.llm is None:
+                raise ValueError(
+                    "the llm planner needs a model: set DENDRITE_LLM_BASE_URL and "
+                    "DENDRITE_LLM_MODEL"
+                )
+            return LLMPlanner(self.llm, retrievers=retrievers)
+        raise ValueError(
+            f"unknown planner {name!r}; choose one of dendrite, semantic, template, llm, single"
+        )
 
     # -- tool states ---------------------------------------------------------
 

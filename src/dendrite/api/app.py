@@ -261,23 +261,16 @@ class _State:
         found = self.planners.get(key)
         if found is not None:
             return found
-        planner: Planner
-        if name == "llm":
-            if self.orch.llm is None:
-                raise ProblemError(
-                    422,
-                    "no-model",
-                    "No model configured",
-                    "the 'llm' planner needs a model and this server has none; set "
-                    "DENDRITE_LLM_BASE_URL and DENDRITE_LLM_MODEL, or choose another planner",
-                )
-            planner = LLMPlanner(self.orch.llm)
-        elif name == "dendrite":
-            planner = DendritePlanner(
-                llm=self.orch.llm, strategy=request.strategy or Strategy.ADAPTIVE
+        if name == "llm" and self.orch.llm is None:
+            raise ProblemError(
+                422,
+                "no-model",
+                "No model configured",
+                "the 'llm' planner needs a model and this server has none; set "
+                "DENDRITE_LLM_BASE_URL and DENDRITE_LLM_MODEL, or choose another planner",
             )
-        else:
-            planner = _PLANNER_CLASSES[name]()
+        # Wired to the orchestrator's ranker and plan memory, as its own planner is.
+        planner = self.orch.make_planner(name, request.strategy if name == "dendrite" else None)
         self.planners[key] = planner
         return planner
 
