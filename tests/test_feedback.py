@@ -213,3 +213,30 @@ def test_quality_policy_flags_low_confidence_and_controls_replanning(store: Exec
     wait_until_drained(store)
     record = store.get_execution(flagged.execution_id)
     assert record.project == "strict" and record.metadata["needs_review"] is True
+
+
+def test_quality_policy_moves_only_on_runs_it_has_not_judged(store: ExecutionStore):
+    """Re-measuring the same history (the ``quality`` job every 15 minutes on a quiet
+    project) must not tighten the policy again and again."""
+    policies = QualityPolicies(StateManager(store), min_samples=10, window=50)
+
+    def runs(count: int, start: int) -> None:
+        for i in range(start, start + count):
+            store.store_execution(
+                goal_text=f"goal {i}", success=i % 2 == 0, duration_ms=5.0, project="ops"
+            )
+        wait_until_drained(store)
+
+    runs(30, 0)
+    assert policies.adapt(store, "ops").min_confidence == 0.6
+    for _ in range(3):
+        same = policies.adapt(store, "ops")
+        assert same.min_confidence == 0.6
+        assert "0 runs since the last measurement, 10 needed" in same.reason
+    runs(5, 30)
+    assert policies.adapt(store, "ops").min_confidence == 0.6
+    runs(5, 35)
+    moved = policies.adapt(store, "ops")
+    assert moved.min_confidence == 0.7 and "stricter" in moved.reason
+    restarted = QualityPolicies(StateManager(store), min_samples=10, window=50)
+    assert restarted.adapt(store, "ops").min_confidence == 0.7

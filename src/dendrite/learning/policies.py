@@ -38,6 +38,9 @@ class QualityPolicy(BaseModel):
     """False pins the policy: the jobs leave it as set."""
     measured_success: float | None = None
     samples: int = 0
+    measured_through: datetime | None = None
+    """Start of the newest run the last measurement judged: a policy moves again only
+    on runs made after it, never twice on the same evidence."""
     reason: str = "defaults"
     updated_at: datetime | None = None
 
@@ -154,10 +157,25 @@ class QualityPolicies:
                     "updated_at": now,
                 }
             )
+        newest = max(r.started_at for r in runs)
+        if current.measured_through is not None:
+            fresh = sum(1 for r in runs if r.started_at > current.measured_through)
+            if fresh < self.min_samples:
+                return current.model_copy(
+                    update={
+                        "reason": f"{fresh} runs since the last measurement, "
+                        f"{self.min_samples} needed to adapt again: unchanged",
+                        "updated_at": now,
+                    }
+                )
         success = sum(1 for r in runs if r.success) / samples
         low, high = self.confidence_bounds
         measured = f"success {success:.0%} over the last {samples} runs"
-        update: dict[str, Any] = {"measured_success": success, "samples": samples}
+        update: dict[str, Any] = {
+            "measured_success": success,
+            "samples": samples,
+            "measured_through": newest,
+        }
         if success < self.target_success - self.margin:
             update.update(
                 min_confidence=min(high, current.min_confidence + self.step),
