@@ -58,8 +58,8 @@ def test_recency_weighs_old_runs_less():
 def test_feedback_moves_the_ranker_by_recency_and_is_learned_once():
     loop = LearningLoop(ToolRegistry())
     now = datetime.now(UTC)
-    run = JudgedRun("e1", "convert 5 km to miles", now, (("convert 5 km", "a"),))
-    old = JudgedRun("e2", "convert 5 km to miles", now - timedelta(days=28), (("x", "b"),))
+    run = JudgedRun("e1", "convert 5 km to miles", now, (("convert 5 km", "a", None),))
+    old = JudgedRun("e2", "convert 5 km to miles", now - timedelta(days=28), (("x", "b", None),))
     fresh = loop.feedback(run, rating=1, feedback_id="f1", now=now)
     stale = loop.feedback(old, rating=1, feedback_id="f2", now=now)
     assert fresh.reward == 0.0 and fresh.tools == ("a",) and fresh.weight == pytest.approx(1.0)
@@ -240,3 +240,38 @@ def test_quality_policy_moves_only_on_runs_it_has_not_judged(store: ExecutionSto
     assert moved.min_confidence == 0.7 and "stricter" in moved.reason
     restarted = QualityPolicies(StateManager(store), min_samples=10, window=50)
     assert restarted.adapt(store, "ops").min_confidence == 0.7
+
+
+def test_ratings_given_from_another_process_move_the_next_pick(store: ExecutionStore):
+    """As with the CLI: every run and every rating in a process of its own. The store keeps
+    each tool's retrieval share, so what a later process learns from the record (warm start
+    and feedback) is what the process that ran it learned."""
+
+    def registry() -> ToolRegistry:
+        r = ToolRegistry()
+
+        def convert_km_to_miles(value: float) -> float:
+            """Convert a distance in km to miles."""
+            return round(value * 0.62, 2)
+
+        def km_to_miles_converter(value: float) -> float:
+            """Converts km distances to miles."""
+            return round(value * 0.621371, 3)
+
+        r.register_function(convert_km_to_miles)
+        r.register_function(km_to_miles_converter)
+        return r
+
+    def process(goal: str) -> tuple[str, str]:
+        with Orchestrator(registry(), store=store, llm=None) as orch:
+            result = orch.process(goal)
+        store.flush()
+        return result.execution_id, result.steps[0].tool
+
+    first_id, first_tool = process("convert 5 km to miles")
+    assert "retrieval" in store.get_execution(first_id).metadata
+    with Orchestrator(registry(), store=store, llm=None) as judge:
+        judge.feedback(first_id, 1)
+    store.flush()
+    _, second_tool = process("convert 6 km to miles")
+    assert second_tool != first_tool

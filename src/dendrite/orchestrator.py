@@ -35,7 +35,7 @@ from dendrite.learning.jobs import (
     apply_promotion,
     save_tool_state,
 )
-from dendrite.learning.loop import FeedbackEffect, JudgedRun, LearningLoop
+from dendrite.learning.loop import FeedbackEffect, JudgedRun, LearningLoop, retrieval_shares
 from dendrite.learning.policies import QualityPolicies, QualityPolicy
 from dendrite.learning.router import Router, RouterError, RoutingChoice, TaskFeatures
 from dendrite.llm import ChatLLM
@@ -892,6 +892,9 @@ class Orchestrator:
                     "output": stored_output,
                     # Attempts are tool_executions rows already; the trace joins them back.
                     "steps": [s.summary(started_at) for s in steps],
+                    "retrieval": (
+                        retrieval_shares(self.learning.ranker, result) if self.learning else {}
+                    ),
                 },
             )
         if self.learning is not None and not cancelled:

@@ -65,8 +65,9 @@ class JudgedRun:
     execution_id: str
     goal: str
     finished_at: datetime
-    answered: tuple[tuple[str, str], ...]
-    """(the step's text, the tool that answered it) per successful step."""
+    answered: tuple[tuple[str, str, float | None], ...]
+    """(the step's text, the tool that answered it, its retrieval share when the step was
+    planned, if known) per successful step."""
     remembered_from: str | None = None
 
     @classmethod
@@ -77,7 +78,9 @@ class JudgedRun:
             goal=result.goal,
             finished_at=result.started_at + timedelta(milliseconds=result.duration_ms),
             answered=tuple(
-                (described.get(r.step_id) or result.goal, r.tool) for r in result.steps if r.ok
+                (described.get(r.step_id) or result.goal, r.tool, None)
+                for r in result.steps
+                if r.ok
             ),
             remembered_from=result.plan.metadata.get("remembered_from"),
         )
@@ -93,8 +96,13 @@ class JudgedRun:
                 if isinstance(s, dict)
             }
         steps = record.metadata.get("steps")
+        shares = recorded_shares(record.metadata)
         answered = tuple(
-            (described.get(s.get("step_id")) or record.goal_text, s["tool"])
+            (
+                described.get(s.get("step_id")) or record.goal_text,
+                s["tool"],
+                shares.get((s.get("step_id"), s["tool"])),
+            )
             for s in (steps if isinstance(steps, list) else [])
             if isinstance(s, dict) and s.get("status") == "succeeded" and s.get("tool")
         )
@@ -227,8 +235,8 @@ class LearningLoop:
         strength = weight * abs(signal) * self.feedback_weight
         tools: list[str] = []
         if strength > 0:
-            for text, tool in run.answered:
-                self.ranker.observe(text, tool, signal > 0, weight=strength)
+            for text, tool, share in run.answered:
+                self.ranker.observe(text, tool, signal > 0, weight=strength, retrieval=share)
                 tools.append(tool)
         plans = tuple(
             p
@@ -250,15 +258,51 @@ class LearningLoop:
             except ValueError:
                 continue
             described = {s.id: s.description for s in plan.steps}
+            shares = recorded_shares(record.metadata)
             for step in steps:
                 if step.get("status") in ("succeeded", "failed") and step.get("tool"):
                     text = described.get(step.get("step_id")) or record.goal_text
-                    self.ranker.observe(text, step["tool"], step["status"] == "succeeded")
+                    self.ranker.observe(
+                        text,
+                        step["tool"],
+                        step["status"] == "succeeded",
+                        retrieval=shares.get((step.get("step_id"), step["tool"])),
+                    )
             if record.success and plan.planner not in NOT_REMEMBERED:
                 self.memory.remember(record.goal_text, plan, record.id)
             if record.user_rating is not None or record.user_accepted is not None:
                 self.feedback(JudgedRun.of_record(record), record.user_rating, record.user_accepted)
         return len(records)
+
+
+def retrieval_shares(ranker: ToolRanker, result: ExecutionResult) -> dict[str, dict[str, float]]:
+    """Per step, the retrieval share of each tool it tried, as recorded with the run.
+
+    A later process learning from the record (warm start, feedback given from
+    the command line) needs them to learn what the process that ran it learned.
+    """
+    described = {s.id: s.description for s in result.plan.steps}
+    out: dict[str, dict[str, float]] = {}
+    for step in result.steps:
+        text = described.get(step.step_id) or result.goal
+        for tool in dict.fromkeys(a.tool for a in step.attempts):
+            share = ranker.retrieval_share(text, tool)
+            if share is not None:
+                out.setdefault(step.step_id, {})[tool] = round(share, 6)
+    return out
+
+
+def recorded_shares(metadata: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """``retrieval_shares`` as read back from a record's metadata (absent in older records)."""
+    found: dict[tuple[str, str], float] = {}
+    data = metadata.get("retrieval")
+    if isinstance(data, dict):
+        for step_id, tools in data.items():
+            if isinstance(tools, dict):
+                for tool, share in tools.items():
+                    if isinstance(share, int | float) and math.isfinite(share):
+                        found[(step_id, tool)] = float(share)
+    return found
 
 
 def _as_answered(result: ExecutionResult) -> Plan:

@@ -158,7 +158,13 @@ class ToolRanker:
     # -- learning ----------------------------------------------------------------------------
 
     def observe(
-        self, goal: str, tool: str, success: bool, count: int = 1, weight: float = 1.0
+        self,
+        goal: str,
+        tool: str,
+        success: bool,
+        count: int = 1,
+        weight: float = 1.0,
+        retrieval: float | None = None,
     ) -> None:
         """``count`` calls of ``tool`` for ``goal`` with the same outcome.
 
@@ -166,7 +172,11 @@ class ToolRanker:
         weight keeps the goal index small and learning cheap per run. ``weight``
         scales the evidence: a user's rating of an old run counts less than a
         fresh outcome. The word model learns once per entry (a repeated outcome
-        says nothing new about which words point to the tool).
+        says nothing new about which words point to the tool). ``retrieval`` is
+        the tool's retrieval share when the goal was ranked, for outcomes read
+        back from the store (``retrieval_share`` gives it at run time): without
+        it a process that did not rank the goal itself would learn as if
+        retrieval had not suggested the tool at all.
         """
         if weight < 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
@@ -177,9 +187,16 @@ class ToolRanker:
                 record.failures = record.failures * self.decay + (0.0 if success else weight)
             if goal.strip():
                 self._goals.add(goal, Outcome(tool, success, float(min(count, 5)) * weight))
-                self._learn_words(goal, tool, success, weight)
+                self._learn_words(goal, tool, success, weight, retrieval)
 
-    def _learn_words(self, goal: str, tool: str, success: bool, weight: float) -> None:
+    def retrieval_share(self, goal: str, tool: str) -> float | None:
+        """The retrieval share ``tool`` had when ``goal`` was last ranked, if it was."""
+        with self._lock:
+            return self._context.get(goal, {}).get(tool)
+
+    def _learn_words(
+        self, goal: str, tool: str, success: bool, weight: float, retrieval: float | None
+    ) -> None:
         """One logistic-regression step on (goal, tool, outcome); the lock is held."""
         if goal not in self._counted:
             self._counted[goal] = None
@@ -188,7 +205,8 @@ class ToolRanker:
             while len(self._counted) > self.context_size:
                 self._counted.popitem(last=False)
         x = self._vector(goal)
-        retrieval = self._context.get(goal, {}).get(tool, 0.0)
+        if retrieval is None:
+            retrieval = self._context.get(goal, {}).get(tool, 0.0)
         z = self._logit(tool, x, retrieval)[0]
         step = ((1.0 if success else 0.0) - _sigmoid(z)) * weight
         for word, value in x.items():
