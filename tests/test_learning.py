@@ -338,3 +338,49 @@ def test_a_planner_or_strategy_asked_for_keeps_the_ranker_and_plan_memory(store:
         orch.make_planner("nope")
     with pytest.raises(ValueError, match="the llm planner needs a model"):
         orch.make_planner("llm")
+
+
+def test_a_quarantine_outlives_the_process_and_is_probed_after_its_cooldown(
+    store: ExecutionStore,
+):
+    """Each ``dendrite run`` is a process of its own: a tool quarantined by one must stay out
+    in the next, for what is left of its cooldown, and then get its probe."""
+    import time
+
+    from dendrite.learning.loop import LearningLoop
+
+    calls: list[str] = []
+    plan = Plan(
+        goal="search the index for x",
+        steps=[Step(id="s", tool="search_index", params={"query": "x"})],
+    )
+    policy = HealthPolicy(min_samples=4, window=8, cooldown=0.5)
+    config = OrchestratorConfig(retry=ONCE)
+
+    def orchestrator() -> Orchestrator:
+        registry = _fallback_registry(calls)
+        return Orchestrator(
+            registry,
+            store=store,
+            config=config,
+            llm=None,
+            learning=LearningLoop(registry, health_policy=policy),
+        )
+
+    with orchestrator() as first:
+        for _ in range(4):
+            first.process(plan)
+        assert first.registry.state("search_index").status is ToolStatus.QUARANTINED
+    calls.clear()
+    with orchestrator() as second:
+        assert second.learning.health.health("search_index") is Health.QUARANTINED
+        assert second.process(plan).output == "replica: x"
+        assert calls == ["search_replica"]  # the quarantined tool was not called
+        time.sleep(0.6)
+        calls.clear()
+        second.process(plan)
+        assert calls[0] == "search_index"  # cooldown over: one probe
+        assert second.learning.health.health("search_index") is Health.QUARANTINED
+    log = second.state.get("global", HEALTH_LOG_KEY)
+    assert [e["after"] for e in log][-2:] == ["probing", "quarantined"]
+    assert log[-1]["cooldown"] == 1.0  # doubled after the failed probe

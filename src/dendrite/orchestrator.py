@@ -311,7 +311,7 @@ class Orchestrator:
         if learning is _LEARNING_FROM_CONFIG:
             learning = LearningLoop(registry, state=self.state) if self.config.learning else None
         elif learning is not None and learning.state is None:
-            learning.state = self.state  # health transitions are kept with the rest
+            learning.attach(self.state)  # health transitions are kept with the rest
         self.learning = learning
         self.router = router
         self.experiment = experiment

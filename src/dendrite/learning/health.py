@@ -48,6 +48,8 @@ class Transition:
     after: Health
     reason: str
     at: datetime
+    cooldown: float = 0.0
+    """Seconds until the probe, for a move to quarantined (0 otherwise)."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -179,8 +181,46 @@ class HealthMonitor:
                     moved.append(self._move(tool, entry, Health.PROBING, "cooldown over: probing"))
         return moved
 
+    def restore(self, log_entries: Any) -> list[str]:
+        """Take up the states a persisted transition log ends in; returns the tools changed.
+
+        Health is per process, but the log is in the store: without this a tool
+        quarantined by one run would be called again by the next process (every
+        ``dendrite run``), and could never stay out. A quarantine keeps what is
+        left of its cooldown (``Transition.cooldown``; the policy's for older
+        logs); one whose cooldown ran out, or a probe that a process ended
+        during, is probed on the next run. Nothing is logged again.
+        """
+        last: dict[str, dict[str, Any]] = {}
+        for item in log_entries if isinstance(log_entries, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("tool"), str):
+                last[item["tool"]] = item
+        now_wall, now = datetime.now(UTC), self.clock()
+        changed = []
+        with self._lock:
+            for tool, item in last.items():
+                try:
+                    after = Health(item.get("after"))
+                    at = datetime.fromisoformat(item["at"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if tool not in self.registry or after is Health.HEALTHY:
+                    continue
+                entry = self._entry(tool)
+                if after is Health.FLAGGED:
+                    entry.health = Health.FLAGGED
+                else:  # quarantined, or a probe that did not report
+                    cooldown = item.get("cooldown") or self.policy.cooldown
+                    left = cooldown - (now_wall - at).total_seconds()
+                    entry.health, entry.cooldown = Health.QUARANTINED, float(cooldown)
+                    entry.reopen_at = now + max(0.0, left) if after is Health.QUARANTINED else now
+                    self.registry.quarantine(tool, str(item.get("reason", "")))
+                changed.append(tool)
+        return changed
+
     def _move(self, tool: str, entry: _ToolHealth, after: Health, reason: str) -> Transition:
-        transition = Transition(tool, entry.health, after, reason, datetime.now(UTC))
+        cooldown = entry.cooldown if after is Health.QUARANTINED else 0.0
+        transition = Transition(tool, entry.health, after, reason, datetime.now(UTC), cooldown)
         entry.health = after
         if after is Health.QUARANTINED:
             self.registry.quarantine(tool, reason)

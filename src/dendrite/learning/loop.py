@@ -171,10 +171,18 @@ class LearningLoop:
         self.registry = registry
         self.ranker = ranker or ToolRanker()
         self.memory = memory or PlanMemory()
-        self.state = state
+        self.state: StateManager | None = None
         self.health = HealthMonitor(
             registry, health_policy, on_transition=self._persist, clock=clock
         )
+        if state is not None:
+            self.attach(state)
+
+    def attach(self, state: StateManager) -> None:
+        """Keep health transitions in ``state``, and take up the quarantines it holds,
+        which outlive the process that decided them."""
+        self.state = state
+        self.health.restore(state.get("global", HEALTH_LOG_KEY, []))
 
     def _persist(self, transition: Any) -> None:
         if self.state is not None:
