@@ -375,6 +375,10 @@ EID = "0190a4b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b"
         ((EID, "search", {"q": "x"}, {"hits": 3}, True, 12.5, None), {"started_at": T0}),
         ((EID, "search", None, None, False, 7, "timed out"), {"finished_at": T0, "attempt": 2}),
         (
+            (EID, "sök", None, None, False, 7, "fel\x00 \udcff ü"),
+            {"step_id": "s\x00", "finished_at": T0},
+        ),
+        (
             (EID, "t" * 200, {}, [1], False, 0, None),
             {
                 "id": new_id(),
@@ -435,20 +439,38 @@ def test_coerced_and_refused_tool_values_behave_as_before(store: ExecutionStore)
     assert step.started_at == T0
 
 
-def test_a_value_the_bulk_path_refuses_is_isolated(store_url: str, tmp_path: Path):
-    """PostgreSQL refuses NUL in text (inside its ``COPY``); SQLite keeps it. Either way the
-    rest of the batch is written and the refused record is set aside."""
-    with ExecutionStore(store_url, state_dir=tmp_path / "s", flush_interval=10) as store:
-        eid = store.store_execution(goal_text="g", success=True, duration_ms=1)
-        for i in range(20):
-            store.store_tool_execution(
-                eid, "t", {}, i, False, 1, error="bad\x00" if i == 7 else "x"
-            )
-        steps = store.get_execution(eid).steps
-        refused = 1 if store.backend == "postgresql" else 0
-        assert len(steps) == 20 - refused
-        assert store.get_tool_statistics("t").total_executions == 20 - refused
-        assert store.status().rejected_records == refused
+def test_text_no_backend_stores_is_kept_with_replacement_characters(store: ExecutionStore):
+    """NUL (PostgreSQL refuses it in text and jsonb) and lone surrogates (no UTF-8 encoder
+    takes them; ``surrogateescape`` leaves them) become U+FFFD instead of losing the record
+    in the background, in text columns and in JSON alike, on both backends."""
+    binary = b"ok\xff\x00".decode("utf-8", "surrogateescape")  # 'ok\udcff\x00'
+    eid = store.store_execution(
+        goal_text=f"goal {binary}", success=False, duration_ms=1, error="bad\x00", metadata={}
+    )
+    for i in range(20):
+        store.store_tool_execution(
+            eid,
+            "t",
+            {"q": binary, "k\x00": 1},
+            {"out": binary, "emoji": "\U0001f600", "text": "\\u0000 is how JSON writes NUL"},
+            i != 7,
+            1,
+            error=binary if i == 7 else None,
+        )
+    store.store_feedback(eid, rating=2, feedback_text="see \x00")
+    detail = store.get_execution(eid)
+    assert store.status().rejected_records == 0 and len(detail.steps) == 20
+    assert detail.goal_text == "goal ok\ufffd\ufffd" and detail.error == "bad\ufffd"
+    step = detail.steps[7]
+    assert step.error == "ok\ufffd\ufffd"
+    assert step.parameters == {"q": "ok\ufffd\ufffd", "k\ufffd": 1}
+    assert step.result == {
+        "out": "ok\ufffd\ufffd",
+        "emoji": "\U0001f600",
+        "text": "\\u0000 is how JSON writes NUL",
+    }
+    assert detail.feedback[0].feedback_text == "see \ufffd"
+    assert store.get_tool_statistics("t").total_executions == 20
 
 
 def test_the_writer_checkpoints_sqlites_wal_when_idle(tmp_path: Path):

@@ -25,12 +25,15 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import re
 import reprlib
 from decimal import Decimal
 from enum import Enum
 from pathlib import PurePath
 from typing import Any
 from uuid import UUID
+
+from dendrite._text import clean_text
 
 REPR_LIMIT = 1000
 PREVIEW_CHARS = 2000
@@ -94,21 +97,45 @@ def _c_encoder() -> Any:
 _fast_encode = _c_encoder() or _encode
 
 
+# A ``\uXXXX`` escape of a surrogate that is not half of a pair, in encoder output.
+_LONE_SURROGATE = re.compile(
+    r"\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f][0-9a-f]{2})|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2}"
+)
+
+
+def _storable(text: str) -> str:
+    """JSON text with ``clean_text`` applied to every string in it (rarely needed: checked
+    on the text, and only then decoded, cleaned and encoded again)."""
+    if "\\u0000" not in text and not ("\\ud" in text and _LONE_SURROGATE.search(text)):
+        return text
+    return _encode(_cleaned(json.loads(text)))
+
+
+def _cleaned(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(k): _cleaned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(v) for v in value]
+    return value
+
+
 def dumps(value: Any) -> str:
     """Encode any value as strict JSON text, using the fallbacks of this module."""
     kind = type(value)
     if kind is int:  # the commonest results, without the encoder's set-up
         return str(value)
     if kind is str:
-        return _encode_str(value)
+        return _storable(_encode_str(value))
     if value is None:
         return "null"
     try:
-        return _fast_encode(value)
+        return _storable(_fast_encode(value))
     except (ValueError, TypeError, RecursionError):
         pass
     try:
-        return _encode(_finite(_stringify_keys(value)))
+        return _storable(_encode(_finite(_stringify_keys(value))))
     except RecursionError:  # a value that contains itself, or nested too deep for JSON
         return _encode(_unencodable(value, "circular or too deeply nested"))
     except (ValueError, TypeError) as error:  # e.g. a NaN inside what a fallback returned

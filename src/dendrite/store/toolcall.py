@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from dendrite._ids import is_canonical_id, new_id
+from dendrite._text import clean_text
 from dendrite.telemetry.errors import ErrorType
 from dendrite.telemetry.records import MAX_DURATION_MS, ToolExecutionRecord
 
@@ -136,6 +137,14 @@ def checked_call(
             started_at = finished_at - timedelta(0, 0, 0, duration_ms)
     except OverflowError:  # pydantic's path names the problem
         return None
+    if error is not None and ("\x00" in error or not error.isascii()):
+        error = clean_text(error)
+    if not tool_name.isascii() or "\x00" in tool_name:
+        tool_name = clean_text(tool_name)
+    if step_id is not None and ("\x00" in step_id or not step_id.isascii()):
+        step_id = clean_text(step_id)
+    if fallback_of is not None and ("\x00" in fallback_of or not fallback_of.isascii()):
+        fallback_of = clean_text(fallback_of)
     if error_type is None and not success:
         error_type = ErrorType.infer(error)
     return _new(  # ``tuple.__new__`` directly: ``ToolCall(...)`` runs a Python frame

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from dendrite._ids import canonical_id, new_id
+from dendrite._text import clean_text
 from dendrite.telemetry.errors import ErrorType
 
 RecordId = Annotated[
@@ -61,6 +62,16 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)
 
     id: RecordId = Field(default_factory=new_id)
+
+    @model_validator(mode="after")
+    def _storable_text(self) -> Self:
+        """Text fields as every backend stores them (``clean_text``: NUL and lone
+        surrogates become U+FFFD) rather than a record refused in the background."""
+        values = self.__dict__
+        for name, value in values.items():
+            if type(value) is str and ("\x00" in value or not value.isascii()):
+                values[name] = clean_text(value)
+        return self
 
 
 def _fill_times(
