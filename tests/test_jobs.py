@@ -330,3 +330,23 @@ def test_jobs_on_the_command_line(store: ExecutionStore):
     result = runner.invoke(app, ["jobs", "run", "all", "--json", "--url", store.url])
     assert result.exit_code == 0, result.output
     assert [r["job"] for r in json.loads(result.output)] == list(jobs_module.JOBS)
+
+
+def test_feedback_a_warm_start_learned_is_not_learned_again_by_the_job(store: ExecutionStore):
+    registry = ToolRegistry()
+
+    def convert_km_to_miles(value: float) -> float:
+        """Convert a distance in km to miles."""
+        return round(value * 0.621371, 3)
+
+    registry.register_function(convert_km_to_miles)
+    with Orchestrator(registry, store=store, llm=None) as orch:
+        result = orch.process("convert 5 km to miles")
+    store.flush()
+    store.store_feedback(result.execution_id, rating=1)
+    store.store_feedback(result.execution_id, rating=2)
+    with Orchestrator(registry, store=store, llm=None) as fresh:  # learns both in its warm start
+        after_warm_start = fresh.learning.ranker.posterior("convert_km_to_miles")
+        run = run_job("feedback", JobContext(store, fresh))  # reads every feedback row
+        assert run.report["read"] == 2 and run.report["learned"] == 0
+        assert fresh.learning.ranker.posterior("convert_km_to_miles") == after_warm_start

@@ -278,9 +278,26 @@ class LearningLoop:
                     )
             if record.success and plan.planner not in NOT_REMEMBERED:
                 self.memory.remember(record.goal_text, plan, record.id)
-            if record.user_rating is not None or record.user_accepted is not None:
-                self.feedback(JudgedRun.of_record(record), record.user_rating, record.user_accepted)
+        self._warm_feedback(store, records)
         return len(records)
+
+    def _warm_feedback(self, store: ExecutionStore, records: list[ExecutionRecord]) -> None:
+        """Learn the feedback given on ``records``, each judgement by its id, so the
+        ``feedback`` job (which reads feedback rows too) does not learn it a second time."""
+        by_id = {r.id: r for r in records}
+        if not by_id:
+            return
+        since = min(r.started_at for r in records if r.started_at) - timedelta(microseconds=1)
+        while True:
+            batch = store.get_feedback(since=since, limit=1000)
+            for row in batch:
+                record = by_id.get(row.execution_id)
+                if record is not None:
+                    run = JudgedRun.of_record(record)
+                    self.feedback(run, row.rating, row.accepted, feedback_id=row.id)
+                since = row.created_at
+            if len(batch) < 1000:
+                return
 
 
 def retrieval_shares(ranker: ToolRanker, result: ExecutionResult) -> dict[str, dict[str, float]]:
