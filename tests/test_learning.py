@@ -384,3 +384,52 @@ def test_a_quarantine_outlives_the_process_and_is_probed_after_its_cooldown(
     log = second.state.get("global", HEALTH_LOG_KEY)
     assert [e["after"] for e in log][-2:] == ["probing", "quarantined"]
     assert log[-1]["cooldown"] == 1.0  # doubled after the failed probe
+
+
+def test_half_open_lets_one_probe_through_while_runs_overlap():
+    """After the cooldown one call probes the tool; runs that overlap it fall back instead
+    of sending the whole burst to a tool that may still be broken."""
+    import asyncio
+
+    from dendrite.learning.loop import LearningLoop
+
+    calls: list[str] = []
+    registry = ToolRegistry()
+
+    async def fetch_primary(query: str) -> str:
+        """Fetch a record by query from the primary service."""
+        calls.append("primary")
+        await asyncio.sleep(0.05)
+        raise RuntimeError("primary down")
+
+    def fetch_backup(query: str) -> str:
+        """Fetch a record by query from the backup service."""
+        calls.append("backup")
+        return "backup:" + query
+
+    registry.register_function(fetch_primary, alternatives=["fetch_backup"])
+    registry.register_function(fetch_backup)
+    now = [0.0]
+    loop = LearningLoop(
+        registry,
+        health_policy=HealthPolicy(min_samples=4, window=8, cooldown=10),
+        clock=lambda: now[0],
+    )
+
+    def plan() -> Plan:
+        step = Step(id="s", tool="fetch_primary", params={"query": "x"}, fallbacks=["fetch_backup"])
+        return Plan(goal="fetch x", steps=[step])
+
+    async def main() -> list[bool]:
+        async with Orchestrator(registry, store=None, llm=None, learning=loop) as orch:
+            for _ in range(4):
+                await orch.run(plan())
+            assert loop.health.health("fetch_primary") is Health.QUARANTINED
+            now[0] = 11
+            calls.clear()
+            results = await asyncio.gather(*(orch.run(plan()) for _ in range(6)))
+            return [r.success for r in results]
+
+    assert asyncio.run(main()) == [True] * 6
+    assert calls.count("primary") == 1 and calls.count("backup") == 6
+    assert loop.health.health("fetch_primary") is Health.QUARANTINED  # the probe failed

@@ -338,6 +338,7 @@ class Orchestrator:
             retry=self.config.retry,
             recorder=self._recorder,
             order_fallbacks=self.learning.ranker.order if self.learning else None,
+            admit=self.learning.health.admit if self.learning else None,
         )
         self._traces: OrderedDict[str, ExecutionResult] = OrderedDict()
         self._history: dict[str, tuple[float, tuple[int, int] | None]] = {}

@@ -201,8 +201,11 @@ class ExecutionEngine:
         recorder: AttemptRecorder | None = None,
         random_unit: Callable[[], float] = random.random,
         order_fallbacks: Callable[[list[str]], list[str]] | None = None,
+        admit: Callable[[str], bool] | None = None,
     ) -> None:
-        """``order_fallbacks`` reorders a step's fallbacks (best first), e.g. by history."""
+        """``order_fallbacks`` reorders a step's fallbacks (best first), e.g. by history;
+        ``admit`` may refuse an enabled tool for one call (a tool on probation lets one
+        probe call through at a time), and the step falls back as if it were unavailable."""
         if max_parallel_steps < 1:
             raise ValueError(f"max_parallel_steps must be >= 1, got {max_parallel_steps}")
         if default_timeout is not None and default_timeout <= 0:
@@ -218,6 +221,7 @@ class ExecutionEngine:
         self.recorder = recorder
         self._random = random_unit
         self.order_fallbacks = order_fallbacks
+        self.admit = admit
 
     def close(self) -> None:
         if self._own_executor:
@@ -518,6 +522,9 @@ class ExecutionEngine:
                 tool = self.registry.require_available(name)
             except ToolError as error:
                 unavailable.append(str(error))
+                continue
+            if self.admit is not None and not self.admit(name):
+                unavailable.append(f"tool {name!r} is on probation and another run is probing it")
                 continue
             tried.append(name)
             args = (

@@ -67,6 +67,7 @@ class _ToolHealth:
     health: Health = Health.HEALTHY
     cooldown: float = 0.0
     reopen_at: float = 0.0
+    probe_started: float | None = None
 
 
 @dataclass
@@ -171,6 +172,24 @@ class HealthMonitor:
             entry.reopen_at = self.clock() + entry.cooldown
             return self._move(tool, entry, Health.QUARANTINED, reason)
 
+    def admit(self, tool: str) -> bool:
+        """Whether a call of ``tool`` may start now (the engine asks before each call).
+
+        Half-open means one probe: while a tool is probing, the first call is let
+        through and every other waits for its outcome by falling back. A probe
+        that never reports (its run was cancelled) is given up after a cooldown.
+        """
+        with self._lock:
+            entry = self._tools.get(tool)
+            if entry is None or entry.health is not Health.PROBING:
+                return True
+            now = self.clock()
+            patience = max(entry.cooldown, self.policy.cooldown)
+            if entry.probe_started is not None and now < entry.probe_started + patience:
+                return False
+            entry.probe_started = now
+            return True
+
     def tick(self) -> list[Transition]:
         """Let a probe through for every tool whose cooldown is over (call before planning)."""
         now = self.clock()
@@ -222,6 +241,7 @@ class HealthMonitor:
         cooldown = entry.cooldown if after is Health.QUARANTINED else 0.0
         transition = Transition(tool, entry.health, after, reason, datetime.now(UTC), cooldown)
         entry.health = after
+        entry.probe_started = None
         if after is Health.QUARANTINED:
             self.registry.quarantine(tool, reason)
         elif after in (Health.HEALTHY, Health.PROBING, Health.FLAGGED):
