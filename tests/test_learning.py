@@ -433,3 +433,23 @@ def test_half_open_lets_one_probe_through_while_runs_overlap():
     assert asyncio.run(main()) == [True] * 6
     assert calls.count("primary") == 1 and calls.count("backup") == 6
     assert loop.health.health("fetch_primary") is Health.QUARANTINED  # the probe failed
+
+
+def test_of_tools_equally_likely_to_answer_the_quicker_ranks_first():
+    ranker = ToolRanker()
+    for n in range(6):
+        for tool in ("slow_convert", "fast_convert"):
+            ranker.observe(f"convert {n} km to miles", tool, True)
+        ranker.observe_latency("slow_convert", 300.0)
+        ranker.observe_latency("fast_convert", 1.0)  # counts as the 10 ms floor
+    ranked = ranker.rerank("convert 9 km to miles", [("slow_convert", 1.0), ("fast_convert", 1.0)])
+    assert [r.name for r in ranked] == ["fast_convert", "slow_convert"]
+    assert "typically 300 ms (-0.7)" in ranked[1].reason
+    assert ranker.order(["slow_convert", "fast_convert"]) == ["fast_convert", "slow_convert"]
+    assert ranker.typical_ms("fast_convert") == pytest.approx(10.0)
+    # Instant tools differ by noise only: the floor makes them equal.
+    ranker.observe_latency("instant_a", 0.01)
+    ranker.observe_latency("instant_b", 0.5)
+    assert ranker.typical_ms("instant_a") == ranker.typical_ms("instant_b")
+    with pytest.raises(ValueError, match="latency_weight"):
+        ToolRanker(latency_weight=-1)

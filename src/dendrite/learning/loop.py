@@ -203,6 +203,8 @@ class LearningLoop:
                     continue
                 seen[(text, attempt.tool, attempt.success)] += 1
                 self.health.observe(attempt.tool, attempt.success)
+                if attempt.success:
+                    self.ranker.observe_latency(attempt.tool, attempt.duration_ms)
         for (text, tool, success), count in seen.items():
             self.ranker.observe(text, tool, success, count)
         if result.success and result.plan.planner not in NOT_REMEMBERED:
@@ -276,6 +278,14 @@ class LearningLoop:
                         step["status"] == "succeeded",
                         retrieval=shares.get((step.get("step_id"), step["tool"])),
                     )
+                    duration = step.get("duration_ms")
+                    # A step a fallback answered also timed the tools that failed before it.
+                    if (
+                        step["status"] == "succeeded"
+                        and not step.get("fallback_used")
+                        and isinstance(duration, int | float)
+                    ):
+                        self.ranker.observe_latency(step["tool"], float(duration))
             if record.success and plan.planner not in NOT_REMEMBERED:
                 self.memory.remember(record.goal_text, plan, record.id)
         self._warm_feedback(store, records)

@@ -80,6 +80,14 @@ class Ranked:
 class _Record:
     successes: float = 0.0
     failures: float = 0.0
+    log_ms: float | None = None  # recent successful calls' typical log10 duration
+
+
+LATENCY_FLOOR_MS = 10.0
+"""Durations below this count as this: a few milliseconds either way choose nothing, and
+instant tools' timings are noise."""
+LATENCY_MEMORY = 0.2
+"""The weight of a call's duration in the tool's running typical duration."""
 
 
 def _sigmoid(z: float) -> float:
@@ -110,6 +118,7 @@ class ToolRanker:
         recall_depth: int = 20,
         recall_min: float = 0.5,
         context_size: int = 2_000,
+        latency_weight: float = 0.5,
         embedder: Embedder | None = None,
     ) -> None:
         """``learning_rate`` moves the per-word weights, ``shared_rate`` the trust in
@@ -119,7 +128,11 @@ class ToolRanker:
         outcomes are observed. With an ``embedder``, similar past goals are found by the cosine
         of the goals' embeddings (``min_similarity`` defaults to
         :data:`EMBEDDING_MIN_SIMILARITY`), else by shared words
-        (:data:`WORDS_MIN_SIMILARITY`)."""
+        (:data:`WORDS_MIN_SIMILARITY`). ``latency_weight`` is what a tool loses in the
+        logit per tenfold of its typical duration over the fastest candidate's, so that of
+        tools equally likely to answer the quicker is tried first."""
+        if latency_weight < 0:
+            raise ValueError(f"latency_weight must be >= 0, got {latency_weight}")
         if not 0 < decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
         if learning_rate < 0 or shared_rate < 0:
@@ -142,6 +155,7 @@ class ToolRanker:
         self.recall_depth = recall_depth
         self.recall_min = recall_min
         self.context_size = context_size
+        self.latency_weight = latency_weight
         self._goals: SimilarTexts[Outcome] | SimilarVectors[Outcome] = (
             SimilarTexts(capacity) if embedder is None else SimilarVectors(embedder, capacity)
         )
@@ -188,6 +202,23 @@ class ToolRanker:
             if goal.strip():
                 self._goals.add(goal, Outcome(tool, success, float(min(count, 5)) * weight))
                 self._learn_words(goal, tool, success, weight, retrieval)
+
+    def observe_latency(self, tool: str, duration_ms: float) -> None:
+        """Take the duration of a successful call of ``tool`` (failures say nothing of it)."""
+        if not math.isfinite(duration_ms) or duration_ms < 0:
+            return
+        value = math.log10(max(duration_ms, LATENCY_FLOOR_MS))
+        with self._lock:
+            record = self._records.setdefault(tool, _Record())
+            previous = record.log_ms
+            record.log_ms = (
+                value if previous is None else previous + LATENCY_MEMORY * (value - previous)
+            )
+
+    def typical_ms(self, tool: str) -> float | None:
+        """The tool's typical duration of late (at least ``LATENCY_FLOOR_MS``), if known."""
+        record = self._records.get(tool)
+        return None if record is None or record.log_ms is None else 10**record.log_ms
 
     def retrieval_share(self, goal: str, tool: str) -> float | None:
         """The retrieval share ``tool`` had when ``goal`` was last ranked, if it was."""
@@ -297,12 +328,23 @@ class ToolRanker:
             self._context.move_to_end(goal)
             while len(self._context) > self.context_size:
                 self._context.popitem(last=False)
+            speeds = {
+                name: record.log_ms
+                for name in shares
+                if (record := self._records.get(name)) is not None and record.log_ms is not None
+            }
+            fastest = min(speeds.values(), default=0.0)
             ranked = []
             for name, share in shares.items():
                 z, words = self._logit(name, x, share, learned.get(name, 0.0))
                 good, bad = evidence.get(name, (0.0, 0.0))
                 z += self.history_weight * (good - bad) / (1.0 + good + bad)
-                ranked.append(Ranked(name, z, self._reason(name, z, share, words, good, bad)))
+                slower = self.latency_weight * (speeds.get(name, fastest) - fastest)
+                z -= slower
+                reason = self._reason(name, z, share, words, good, bad)
+                if slower > 0:
+                    reason += f", typically {10 ** speeds[name]:.0f} ms (-{slower:.1f})"
+                ranked.append(Ranked(name, z, reason))
         ranked.sort(key=lambda r: r.score, reverse=True)
         return ranked
 
@@ -323,6 +365,6 @@ class ToolRanker:
         return reason
 
     def order(self, names: Iterable[str]) -> list[str]:
-        """Fallbacks by overall record, best first (stable for ties)."""
+        """Fallbacks by overall record, best first; of equal records the quicker first."""
         names = list(names)
-        return sorted(names, key=lambda n: -self.posterior(n))
+        return sorted(names, key=lambda n: (-self.posterior(n), self.typical_ms(n) or 0.0))
