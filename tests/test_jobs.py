@@ -327,6 +327,8 @@ def test_jobs_on_the_command_line(store: ExecutionStore):
     assert result.exit_code == 0 and "lifecycle" in result.output and "never" in result.output
     result = runner.invoke(app, ["jobs", "run", "nightly", "--url", store.url])
     assert result.exit_code == 2 and "unknown job 'nightly'" in result.output
+    result = runner.invoke(app, ["jobs", "history", "nightly", "--url", store.url])
+    assert result.exit_code == 2 and "unknown job 'nightly'" in result.output
     result = runner.invoke(app, ["jobs", "run", "all", "--json", "--url", store.url])
     assert result.exit_code == 0, result.output
     assert [r["job"] for r in json.loads(result.output)] == list(jobs_module.JOBS)

@@ -453,3 +453,21 @@ def test_of_tools_equally_likely_to_answer_the_quicker_ranks_first():
     assert ranker.typical_ms("instant_a") == ranker.typical_ms("instant_b")
     with pytest.raises(ValueError, match="latency_weight"):
         ToolRanker(latency_weight=-1)
+
+
+def test_a_probe_does_not_lift_a_quarantine_set_since_by_hand_or_by_the_lifecycle_job():
+    registry = _fallback_registry([])
+    now = [0.0]
+    monitor = HealthMonitor(
+        registry, HealthPolicy(min_samples=4, window=8, cooldown=10), clock=lambda: now[0]
+    )
+    for _ in range(4):
+        monitor.observe("search_index", False)
+    assert registry.state("search_index").status is ToolStatus.QUARANTINED
+    registry.quarantine("search_index", "deprecated: 5% success over 40 attempts")
+    now[0] = 11
+    monitor.tick()
+    monitor.observe("search_index", True)  # a probe outcome (or a call already under way)
+    assert monitor.health("search_index") is Health.HEALTHY
+    state = registry.state("search_index")
+    assert state.status is ToolStatus.QUARANTINED and state.reason.startswith("deprecated")

@@ -650,6 +650,10 @@ def jobs_history(
     """Recorded runs of the jobs, newest first."""
     from rich.table import Table
 
+    from dendrite.learning.jobs import JOBS
+
+    if name is not None and name not in JOBS:
+        raise _fail(f"unknown job {name!r}; jobs are {', '.join(JOBS)}")
     with _store(url) as store:
         runs = store.get_job_runs(name, limit=limit)
     if as_json:

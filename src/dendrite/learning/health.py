@@ -68,6 +68,7 @@ class _ToolHealth:
     cooldown: float = 0.0
     reopen_at: float = 0.0
     probe_started: float | None = None
+    quarantined_as: str | None = None  # the reason this monitor put on the registry
 
 
 @dataclass
@@ -233,7 +234,8 @@ class HealthMonitor:
                     left = cooldown - (now_wall - at).total_seconds()
                     entry.health, entry.cooldown = Health.QUARANTINED, float(cooldown)
                     entry.reopen_at = now + max(0.0, left) if after is Health.QUARANTINED else now
-                    self.registry.quarantine(tool, str(item.get("reason", "")))
+                    entry.quarantined_as = str(item.get("reason") or "quarantined by health")
+                    self.registry.quarantine(tool, entry.quarantined_as)
                 changed.append(tool)
         return changed
 
@@ -244,10 +246,14 @@ class HealthMonitor:
         entry.probe_started = None
         if after is Health.QUARANTINED:
             self.registry.quarantine(tool, reason)
+            entry.quarantined_as = reason
         elif after in (Health.HEALTHY, Health.PROBING, Health.FLAGGED):
-            status = self.registry.state(tool).status
-            if status is ToolStatus.QUARANTINED:
+            # Only this monitor's own quarantine is lifted: one set by hand or by the
+            # lifecycle job (a deprecation) since stays.
+            state = self.registry.state(tool)
+            if state.status is ToolStatus.QUARANTINED and state.reason == entry.quarantined_as:
                 self.registry.enable(tool)
+            entry.quarantined_as = None
         self.transitions.append(transition)
         log.warning("tool %s: %s -> %s (%s)", tool, transition.before, after, reason)
         if self.on_transition is not None:
