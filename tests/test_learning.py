@@ -289,6 +289,13 @@ def test_end_to_end_a_failing_tool_is_quarantined_and_stops_wasting_calls(store:
         assert registry.state("search_index").status is ToolStatus.QUARANTINED
         log = orch.state.get("global", HEALTH_LOG_KEY)
         assert log[-1]["tool"] == "search_index" and log[-1]["after"] == "quarantined"
+        # The trace says why the planned tool did not answer, live and from the store.
+        skipped = orch.process(plan)
+        (why,) = skipped.steps[0].not_tried
+        assert why.startswith("tool 'search_index' is quarantined") and "failed" in why
+        store.flush()
+        orch._traces.clear()
+        assert orch.get_execution_trace(skipped.execution_id).steps[0]["not_tried"] == [why]
 
 
 def test_end_to_end_plan_memory_and_warm_start_from_the_store(store: ExecutionStore):

@@ -388,6 +388,8 @@ def trace(
         branch = root.add(label)
         if step["step_id"] in found.why:
             branch.add(f"picked {found.why[step['step_id']]}")
+        for why in step.get("not_tried") or []:
+            branch.add(f"not tried: {why}")
         for attempt in step.get("attempts", []):
             outcome = "ok" if attempt["success"] else f"{attempt['error_type']}: {attempt['error']}"
             via = f" instead of {attempt['fallback_of']}" if attempt.get("fallback_of") else ""

@@ -1128,7 +1128,7 @@ def _recorded_step(
     Summaries (``StepResult.summary``) keep the step's timestamps as
     milliseconds after the run's start; older records kept ISO strings.
     """
-    step = {**_STEP_FIELDS, **summary, "attempts": attempts}
+    step = {**_STEP_FIELDS, "not_tried": [], **summary, "attempts": attempts}
     for name in ("started", "finished"):
         offset = step.pop(f"{name}_ms", None)
         if offset is not None and origin is not None:

@@ -389,6 +389,7 @@ def _result(result: ExecutionResult) -> dict[str, Any]:
                 "error": s.error,
                 "skip_reason": s.skip_reason,
                 "confidence": s.confidence,
+                "not_tried": list(s.not_tried),
             }
             for s in result.steps
         ],

@@ -104,6 +104,10 @@ class StepSummary(BaseModel):
     error: str | None = None
     skip_reason: str | None = None
     confidence: float | None = None
+    not_tried: list[str] = Field(
+        default_factory=list,
+        description="candidates passed over without a call, each with why (e.g. quarantined)",
+    )
 
 
 class GoalResult(BaseModel):

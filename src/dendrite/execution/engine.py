@@ -522,9 +522,12 @@ class ExecutionEngine:
                 tool = self.registry.require_available(name)
             except ToolError as error:
                 unavailable.append(str(error))
+                result.not_tried.append(str(error))
                 continue
             if self.admit is not None and not self.admit(name):
-                unavailable.append(f"tool {name!r} is on probation and another run is probing it")
+                why = f"tool {name!r} is on probation and another run is probing it"
+                unavailable.append(why)
+                result.not_tried.append(why)
                 continue
             tried.append(name)
             args = (

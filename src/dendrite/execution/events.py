@@ -98,6 +98,9 @@ class StepResult:
     fallback_used: str | None = None
     skip_reason: str | None = None
     confidence: float | None = None
+    not_tried: list[str] = field(default_factory=list)
+    """Candidates passed over without a call, each with why (quarantined, disabled, another
+    run probing it): a trace must say why the first choice did not answer."""
 
     @property
     def retries(self) -> int:
@@ -123,6 +126,7 @@ class StepResult:
             "fallback_used": self.fallback_used,
             "skip_reason": self.skip_reason,
             "confidence": self.confidence,
+            "not_tried": list(self.not_tried),
         }
         if include_attempts:
             data["attempts"] = [a.to_dict() for a in self.attempts]
@@ -157,4 +161,6 @@ class StepResult:
             data["skip_reason"] = self.skip_reason
         if self.confidence is not None:
             data["confidence"] = self.confidence
+        if self.not_tried:
+            data["not_tried"] = list(self.not_tried)
         return data
