@@ -165,6 +165,14 @@ def test_an_experiment_splits_goals_between_planners_end_to_end(store: Execution
     result = runner.invoke(app, ["stats", "experiments", "--json", "--url", store.url])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)[0]["experiment"] == "planners"
+    args = ["stats", "experiments", "--json", "--url", store.url, "--experiment", "planners"]
+    for arm in ("semantic", "template"):
+        chosen = runner.invoke(app, [*args, "--control", arm])
+        assert chosen.exit_code == 0 and json.loads(chosen.output)[0]["control"] == arm
+    unknown = runner.invoke(app, [*args, "--control", "llm"])
+    assert unknown.exit_code == 2 and "no arm 'llm' with recorded runs" in unknown.output
+    nope = runner.invoke(app, ["stats", "experiments", "--experiment", "nope", "--url", store.url])
+    assert nope.exit_code == 2 and "no experiment 'nope' recorded" in nope.output
 
 
 # -- jobs ---------------------------------------------------------------------------------

@@ -414,6 +414,10 @@ def stats(
     alpha: Annotated[
         float, typer.Option(help="Significance level (with 'experiments').", min=0.0, max=1.0)
     ] = 0.05,
+    control: Annotated[
+        str | None,
+        typer.Option(help="The arm the others are compared with (default: the most runs)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     url: UrlOption = None,
 ) -> None:
@@ -424,7 +428,7 @@ def stats(
     if kind not in kinds:
         raise _fail(f"unknown stats {kind!r}; choose one of {', '.join(kinds)}")
     if kind == "experiments":
-        _experiments(experiment, alpha, as_json, url)
+        _experiments(experiment, alpha, control, as_json, url)
         return
     with _store(url) as store:
         if kind == "tools":
@@ -453,7 +457,9 @@ def stats(
     console.print(table)
 
 
-def _experiments(name: str | None, alpha: float, as_json: bool, url: str | None) -> None:
+def _experiments(
+    name: str | None, alpha: float, control: str | None, as_json: bool, url: str | None
+) -> None:
     from rich.table import Table
 
     from dendrite.learning.experiments import report
@@ -461,7 +467,12 @@ def _experiments(name: str | None, alpha: float, as_json: bool, url: str | None)
     if not 0 < alpha < 1:
         raise _fail(f"--alpha must be between 0 and 1, got {alpha}")
     with _store(url) as store:
-        reports = report(store, name, alpha=alpha)
+        reports = report(store, name, alpha=alpha, control=control)
+    if name is not None and not reports:
+        raise _fail(f"no experiment {name!r} recorded")
+    missing = [r.experiment for r in reports if control is not None and r.control != control]
+    if missing:
+        raise _fail(f"experiment {missing[0]!r} has no arm {control!r} with recorded runs")
     if as_json:
         _dump([r.to_dict() for r in reports])
         return

@@ -6,7 +6,8 @@ user never flips between arms mid-session and a replayed goal lands where it
 did. Each assignment is recorded beside the execution; the report joins the
 two in SQL and tests the difference in success rate (Fisher's exact test when
 counts are small, a two-proportion z-test otherwise) and in duration (Welch's
-t-test). Arms are compared with the first (the control).
+t-test). Arms are compared with a control: the arm named when reporting, else the one
+with the most runs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ Unit = Literal["session", "goal", "execution"]
 
 
 class Experiment:
-    """``arms`` maps an arm's name to its planner; the first arm is the control."""
+    """``arms`` maps an arm's name to its planner. Reports compare every arm with a
+    control: the arm named when reporting, else the one with the most runs (the store
+    keeps outcomes, not the order the arms were declared in)."""
 
     def __init__(
         self,
