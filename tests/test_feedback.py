@@ -247,30 +247,15 @@ def test_ratings_given_from_another_process_move_the_next_pick(store: ExecutionS
     each tool's retrieval share, so what a later process learns from the record (warm start
     and feedback) is what the process that ran it learned."""
 
-    def registry() -> ToolRegistry:
-        r = ToolRegistry()
-
-        def convert_km_to_miles(value: float) -> float:
-            """Convert a distance in km to miles."""
-            return round(value * 0.62, 2)
-
-        def km_to_miles_converter(value: float) -> float:
-            """Converts km distances to miles."""
-            return round(value * 0.621371, 3)
-
-        r.register_function(convert_km_to_miles)
-        r.register_function(km_to_miles_converter)
-        return r
-
     def process(goal: str) -> tuple[str, str]:
-        with Orchestrator(registry(), store=store, llm=None) as orch:
+        with Orchestrator(two_converters(), store=store, llm=None) as orch:
             result = orch.process(goal)
         store.flush()
         return result.execution_id, result.steps[0].tool
 
     first_id, first_tool = process("convert 5 km to miles")
     assert "retrieval" in store.get_execution(first_id).metadata
-    with Orchestrator(registry(), store=store, llm=None) as judge:
+    with Orchestrator(two_converters(), store=store, llm=None) as judge:
         judge.feedback(first_id, 1)
     store.flush()
     _, second_tool = process("convert 6 km to miles")

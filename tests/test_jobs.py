@@ -247,7 +247,7 @@ def test_retention_prunes_history_and_keeps_the_rollups(store: ExecutionStore):
     assert store.get_tool_statistics("t").total_executions == 1
 
 
-def test_feedback_job_learns_what_another_process_recorded(store: ExecutionStore):
+def one_converter() -> ToolRegistry:
     registry = ToolRegistry()
 
     def convert_km_to_miles(value: float) -> float:
@@ -255,6 +255,11 @@ def test_feedback_job_learns_what_another_process_recorded(store: ExecutionStore
         return round(value * 0.621371, 3)
 
     registry.register_function(convert_km_to_miles)
+    return registry
+
+
+def test_feedback_job_learns_what_another_process_recorded(store: ExecutionStore):
+    registry = one_converter()
     with Orchestrator(registry, store=store, llm=None) as orch:
         result = orch.process("convert 5 km to miles")
         ctx = JobContext(store, orch, feedback_since=datetime.now(UTC) - timedelta(minutes=1))
@@ -343,13 +348,7 @@ def test_jobs_on_the_command_line(store: ExecutionStore):
 
 
 def test_feedback_a_warm_start_learned_is_not_learned_again_by_the_job(store: ExecutionStore):
-    registry = ToolRegistry()
-
-    def convert_km_to_miles(value: float) -> float:
-        """Convert a distance in km to miles."""
-        return round(value * 0.621371, 3)
-
-    registry.register_function(convert_km_to_miles)
+    registry = one_converter()
     with Orchestrator(registry, store=store, llm=None) as orch:
         result = orch.process("convert 5 km to miles")
     store.flush()
