@@ -361,6 +361,9 @@ class BatchWriter:
         if not self.healthy or not (self._journal_pending or final or now >= self._next_replay):
             return
         self._next_replay = now + 30.0
+        # Cleared before sealing, not after replaying: a caller that journals a record
+        # meanwhile (a full queue) sets it again, and the next flush replays that too.
+        self._journal_pending = False
         self.journal.seal()
         try:
             for _path, entries in self.journal.claim():
@@ -368,8 +371,8 @@ class BatchWriter:
                 for start in range(0, len(records), self.batch_size):
                     self._write_isolating(records[start : start + self.batch_size])
                 self.stats.replayed += len(records)
-            self._journal_pending = False
         except Exception as error:
+            self._journal_pending = True
             if not is_connection_error(error):
                 raise
             self._mark_unhealthy(error)
