@@ -11,6 +11,8 @@ def clean_text(value: str) -> str:
     bytes): either would lose the whole record in the background. A tool's
     output or error with a stray binary byte is common enough to keep.
     """
+    if "\x00" not in value and value.isascii():  # nearly always: nothing to do
+        return value
     if "\x00" in value:
         value = value.replace("\x00", "\ufffd")
     if not value.isascii():

@@ -21,9 +21,6 @@ from dendrite._text import clean_text
 from dendrite.telemetry.errors import ErrorType
 from dendrite.telemetry.records import MAX_DURATION_MS, ToolExecutionRecord
 
-# Ids already in the canonical form ``RecordId`` stores take the fast path; any
-# other spelling goes through pydantic, which canonicalises it.
-_is_uuid = is_canonical_id
 _OPTIONAL = frozenset(
     {"id", "step_id", "error_type", "attempt", "fallback_of", "started_at", "finished_at"}
 )
@@ -89,8 +86,9 @@ def checked_call(
         step_id, error_type = get("step_id"), get("error_type")
         attempt, fallback_of = get("attempt", 1), get("fallback_of")
         started_at, finished_at = get("started_at"), get("finished_at")
+        # Ids in another spelling than the canonical one go to pydantic, which makes them so.
         if not (
-            (record_id is None or (type(record_id) is str and _is_uuid(record_id)))
+            (record_id is None or (type(record_id) is str and is_canonical_id(record_id)))
             and (step_id is None or (type(step_id) is str and len(step_id) <= 128))
             and (error_type is None or type(error_type) is ErrorType)
             and type(attempt) is int
@@ -117,7 +115,7 @@ def checked_call(
         return None
     if not (
         type(execution_id) is str
-        and _is_uuid(execution_id)
+        and is_canonical_id(execution_id)
         and type(tool_name) is str
         and 0 < len(tool_name) <= 200
         and type(success) is bool
@@ -137,13 +135,12 @@ def checked_call(
             started_at = finished_at - timedelta(0, 0, 0, duration_ms)
     except OverflowError:  # pydantic's path names the problem
         return None
-    if error is not None and ("\x00" in error or not error.isascii()):
+    tool_name = clean_text(tool_name)
+    if error is not None:
         error = clean_text(error)
-    if not tool_name.isascii() or "\x00" in tool_name:
-        tool_name = clean_text(tool_name)
-    if step_id is not None and ("\x00" in step_id or not step_id.isascii()):
+    if step_id is not None:
         step_id = clean_text(step_id)
-    if fallback_of is not None and ("\x00" in fallback_of or not fallback_of.isascii()):
+    if fallback_of is not None:
         fallback_of = clean_text(fallback_of)
     if error_type is None and not success:
         error_type = ErrorType.infer(error)

@@ -69,7 +69,7 @@ class _Record(BaseModel):
         surrogates become U+FFFD) rather than a record refused in the background."""
         values = self.__dict__
         for name, value in values.items():
-            if type(value) is str and ("\x00" in value or not value.isascii()):
+            if type(value) is str:
                 values[name] = clean_text(value)
         return self
 
