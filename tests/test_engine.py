@@ -550,3 +550,28 @@ def test_attempt_records_equal_the_validated_record_of_the_same_values(success: 
     validated = ToolExecutionRecord.model_validate(record._asdict())
     assert record == ToolCall.of(validated)
     assert [type(v) for v in record] == [type(v) for v in ToolCall.of(validated)]
+
+
+def test_a_candidate_passed_over_is_named_once_for_a_for_each_step():
+    registry = make_registry()
+
+    async def plus(a: int, b: int = 0) -> int:
+        return a + b
+
+    registry.register_function(plus)
+    registry.disable("add", "under maintenance")
+    engine = ExecutionEngine(registry)
+    plan = Plan(
+        goal="each",
+        steps=[
+            Step(id="n", tool="echo", params={"value": [1, 2, 3]}),
+            Step(
+                id="each", tool="add", params={"a": "${item}"}, fallbacks=["plus"], for_each="${n}"
+            ),
+        ],
+        output="${each}",
+    )
+    outcome, _ = run(engine, plan)
+    assert outcome.success and outcome.output == [1, 2, 3]
+    (why,) = outcome.steps["each"].not_tried
+    assert "'add'" in why and "under maintenance" in why

@@ -521,13 +521,15 @@ class ExecutionEngine:
             try:
                 tool = self.registry.require_available(name)
             except ToolError as error:
-                unavailable.append(str(error))
-                result.not_tried.append(str(error))
-                continue
-            if self.admit is not None and not self.admit(name):
-                why = f"tool {name!r} is on probation and another run is probing it"
+                why = str(error)
+            else:
+                why = None
+                if self.admit is not None and not self.admit(name):
+                    why = f"tool {name!r} is on probation and another run is probing it"
+            if why is not None:
                 unavailable.append(why)
-                result.not_tried.append(why)
+                if why not in result.not_tried:  # a for_each step comes here once per item
+                    result.not_tried.append(why)
                 continue
             tried.append(name)
             args = (
