@@ -18,6 +18,7 @@ from rich.console import Console
 from sqlalchemy import Engine
 
 from dendrite.config import database_url
+from dendrite.planning import PLANNERS
 from dendrite.store import StoreError, migrate
 from dendrite.store.engine import make_engine
 from dendrite.store.writer import is_connection_error
@@ -131,9 +132,6 @@ def demo(url: UrlOption = None) -> None:
         run_demo(console, database_url(url))
     except StoreError as error:
         raise _fail(str(error)) from None
-
-
-PLANNERS = ("dendrite", "semantic", "template", "llm", "single")
 
 
 @app.command()

@@ -40,6 +40,7 @@ from dendrite.learning.policies import QualityPolicies, QualityPolicy
 from dendrite.learning.router import Router, RouterError, RoutingChoice, TaskFeatures
 from dendrite.llm import ChatLLM
 from dendrite.llm.tools import register_llm_tools
+from dendrite.planning import PLANNERS
 from dendrite.planning.classify import classify
 from dendrite.planning.default import DendritePlanner, Strategy
 from dendrite.planning.llm_planner import LLMPlanner
@@ -377,9 +378,7 @@ class Orchestrator:
                     "DENDRITE_LLM_MODEL"
                 )
             return LLMPlanner(self.llm, retrievers=retrievers)
-        raise ValueError(
-            f"unknown planner {name!r}; choose one of dendrite, semantic, template, llm, single"
-        )
+        raise ValueError(f"unknown planner {name!r}; choose one of {', '.join(PLANNERS)}")
 
     # -- tool states ---------------------------------------------------------
 

@@ -32,7 +32,6 @@ from dendrite._ids import new_id
 from dendrite.api.guard import Guard
 from dendrite.api.metrics import CONTENT_TYPE_LATEST, ApiMetrics
 from dendrite.api.models import (
-    PLANNERS,
     ExecutionPage,
     ExecutionSummary,
     ExperimentList,
@@ -71,6 +70,7 @@ from dendrite.learning import experiments as ab
 from dendrite.learning.jobs import JOBS, JobContext, JobScheduler, describe, run_job
 from dendrite.orchestrator import ExecutionResult, Orchestrator
 from dendrite.planning import (
+    PLANNERS,
     DendritePlanner,
     LLMPlanner,
     Plan,

@@ -9,13 +9,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dendrite.learning.policies import QualityPolicy
+from dendrite.planning import PLANNERS
 from dendrite.planning.default import Strategy
 from dendrite.planning.plan import Plan
 from dendrite.store.analytics import PoolPerformance, SuccessRate, TierPerformance, ToolStatistics
 from dendrite.store.bookkeeping import JobRun
 from dendrite.store.store import StoreStatus
 
-PLANNERS = ("dendrite", "semantic", "template", "llm", "single")
 PlannerName = Literal["dendrite", "semantic", "template", "llm", "single"]
 
 

@@ -18,7 +18,12 @@ from dendrite.planning.planner import Planner, PlanningError, SingleToolPlanner
 from dendrite.planning.semantic import SemanticPlanner
 from dendrite.planning.templates import TemplatePlanner
 
+PLANNERS = ("dendrite", "semantic", "template", "llm", "single")
+"""The planners a run may ask for by name (``Orchestrator.make_planner``, ``dendrite run
+--planner``, the API's ``planner``)."""
+
 __all__ = [
+    "PLANNERS",
     "Classification",
     "ConditionError",
     "DendritePlanner",
