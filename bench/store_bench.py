@@ -161,6 +161,7 @@ class Workload:
         started at ``started_at`` or, by default, anywhere in the last 30 days."""
         rng = self.rng
         execution_id = new_id()
+        # Drawn either way, so that both ingest orders get the same goals from the seed.
         spread = self.now - HISTORY * rng.random()
         started_at = spread if started_at is None else started_at
         tools = []
