@@ -60,7 +60,13 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never touch the user's data directory or database, nor a model server set in the env."""
     monkeypatch.setenv("DENDRITE_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("DENDRITE_DATABASE_URL", raising=False)
-    for name in ("DENDRITE_LLM_BASE_URL", "DENDRITE_LLM_MODEL", "DENDRITE_LLM_API_KEY"):
+    for name in (
+        "DENDRITE_LLM_BASE_URL",
+        "DENDRITE_LLM_MODEL",
+        "DENDRITE_LLM_API_KEY",
+        "DENDRITE_LLM_TIERS",
+        "DENDRITE_LLM_COST_WEIGHT",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -229,8 +229,8 @@ async def _run_live(orch: Any, goal: str, session: str | None) -> Any:
 
 
 def _check_planner(name: str, strategy: str) -> None:
-    """Refuse an unknown planner or strategy before anything is opened."""
-    from dendrite.llm import ChatLLM
+    """Refuse an unknown planner or strategy, or a bad model setting, before anything is opened."""
+    from dendrite.llm import LLMConfig
     from dendrite.planning import Strategy
 
     if name not in PLANNERS:
@@ -240,7 +240,7 @@ def _check_planner(name: str, strategy: str) -> None:
     except ValueError:
         choices = ", ".join(s.value for s in Strategy)
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {choices}") from None
-    if name == "llm" and ChatLLM.from_env() is None:
+    if LLMConfig.from_env() is None and name == "llm":
         raise ValueError("--planner llm needs DENDRITE_LLM_BASE_URL and DENDRITE_LLM_MODEL")
 
 
@@ -777,12 +777,14 @@ def serve(
     """Serve the HTTP API (see docs/api.md) with the built-in tools."""
     from dendrite.api.server import check_bind
     from dendrite.api.server import serve as serve_api
+    from dendrite.llm import LLMConfig
     from dendrite.orchestrator import Orchestrator
     from dendrite.tools import ToolRegistry
     from dendrite.tools.builtin import register_builtin
 
     try:
         check_bind(host, token)
+        LLMConfig.from_env()  # a bad model setting is named before the server starts
     except ValueError as error:
         raise _fail(str(error)) from None
     registry = ToolRegistry()

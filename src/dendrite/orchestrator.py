@@ -38,7 +38,7 @@ from dendrite.learning.jobs import (
 from dendrite.learning.loop import FeedbackEffect, JudgedRun, LearningLoop, retrieval_shares
 from dendrite.learning.policies import QualityPolicies, QualityPolicy
 from dendrite.learning.router import Router, RouterError, RoutingChoice, TaskFeatures
-from dendrite.llm import ChatLLM
+from dendrite.llm import ChatLLM, llm_tier
 from dendrite.llm.tools import register_llm_tools
 from dendrite.planning import PLANNERS
 from dendrite.planning.classify import classify
@@ -60,6 +60,7 @@ _DEFAULT_STORE: Any = object()
 _LLM_FROM_ENV: Any = object()
 _LEARNING_FROM_CONFIG: Any = object()
 _POLICIES_FROM_CONFIG: Any = object()
+_ROUTER_FROM_TIERS: Any = object()
 
 
 class OrchestratorConfig(BaseModel):
@@ -282,9 +283,13 @@ class Orchestrator:
     defaults to :class:`DendritePlanner` with that model; a :class:`Plan`
     given to :meth:`run` bypasses the planner.
 
-    ``router`` (optional) picks a model tier or pool per top-level run and
-    learns from its outcome; ``experiment`` splits goals between planners;
-    ``policies`` (on with learning) holds each project's quality thresholds.
+    ``router`` picks a model tier or pool per top-level run and learns from
+    its outcome. It defaults, with learning on, to a router over the model's
+    tiers when ``llm`` has two or more (``DENDRITE_LLM_TIERS``), warm-started
+    from the decisions and outcomes in the store; a run sent to a tier asks
+    that tier's model for its plan and its tools' completions. ``experiment``
+    splits goals between planners; ``policies`` (on with learning) holds each
+    project's quality thresholds.
     """
 
     def __init__(
@@ -296,7 +301,7 @@ class Orchestrator:
         *,
         llm: ChatLLM | None = _LLM_FROM_ENV,
         learning: LearningLoop | None = _LEARNING_FROM_CONFIG,
-        router: Router | None = None,
+        router: Router | None = _ROUTER_FROM_TIERS,
         experiment: Experiment | None = None,
         policies: QualityPolicies | None = _POLICIES_FROM_CONFIG,
     ) -> None:
@@ -314,7 +319,9 @@ class Orchestrator:
         elif learning is not None and learning.state is None:
             learning.attach(self.state)  # health transitions are kept with the rest
         self.learning = learning
-        self.router = router
+        self.router: Router | None = (
+            self._router_for_tiers() if router is _ROUTER_FROM_TIERS else router
+        )
         self.experiment = experiment
         self.policies: QualityPolicies | None = (
             (QualityPolicies(self.state) if self.config.learning else None)
@@ -345,6 +352,24 @@ class Orchestrator:
         self._history: dict[str, tuple[float, tuple[int, int] | None]] = {}
         self._record_failures = 0
         self._closed = False
+
+    def _router_for_tiers(self) -> Router | None:
+        """A router over the model's tiers, which has learnt what the store remembers."""
+        if self.llm is None or len(self.llm.config.tiers) < 2 or not self.config.learning:
+            return None
+        config = self.llm.config
+        router = Router(
+            [tier.name for tier in config.tiers],
+            costs={tier.name: tier.cost for tier in config.tiers},
+            cost_weight=config.cost_weight,
+            store=self.store,
+        )
+        if self.store is not None:
+            try:
+                router.learn_from_store()
+            except Exception:
+                log.warning("the router could not read its history; starting cold", exc_info=True)
+        return router
 
     def make_planner(self, name: str, strategy: Strategy | str | None = None) -> Planner:
         """A planner by name (``dendrite``, ``semantic``, ``template``, ``llm``, ``single``),
@@ -528,7 +553,11 @@ class Orchestrator:
         goal = goal_or_plan.goal if isinstance(goal_or_plan, Plan) else str(goal_or_plan)
         decisions = await self._decide(goal_or_plan, goal, execution_id, session_id, context, depth)
         route = decisions.choice.option if decisions.choice else (parent.route if parent else None)
-        token = _current.set(_Frame(execution_id, depth, route))
+        scope = contextlib.ExitStack()
+        scope.callback(_current.reset, _current.set(_Frame(execution_id, depth, route)))
+        router, choice = self.router, decisions.choice
+        if router is not None and choice is not None and router.router_name == "model_tier":
+            scope.enter_context(llm_tier(choice.option))  # the run's LLM calls ask that tier
         if self.learning is not None:
             self.learning.before_run()
         try:
@@ -556,7 +585,7 @@ class Orchestrator:
                 },
             )
             self._learn_route(execution_id, decisions, success=False)
-            _current.reset(token)
+            scope.close()
             raise
         if emit:
             emit(
@@ -625,7 +654,7 @@ class Orchestrator:
             )
             raise
         finally:
-            _current.reset(token)
+            scope.close()
             self.state.clear_execution(execution_id)
         result = self._finish(
             execution_id,

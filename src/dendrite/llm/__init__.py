@@ -4,6 +4,6 @@ With nothing configured Dendrite stays offline and says so where a model
 would have been needed; it never pretends a model answered.
 """
 
-from dendrite.llm.client import ChatLLM, LLMConfig, LLMError, LLMFormatError
+from dendrite.llm.client import ChatLLM, LLMConfig, LLMError, LLMFormatError, LLMTier, llm_tier
 
-__all__ = ["ChatLLM", "LLMConfig", "LLMError", "LLMFormatError"]
+__all__ = ["ChatLLM", "LLMConfig", "LLMError", "LLMFormatError", "LLMTier", "llm_tier"]

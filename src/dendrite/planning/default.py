@@ -101,7 +101,7 @@ class DendritePlanner:
             classification=classification.to_dict(),
             strategy=self.strategy.value,
             declined=declined,
-            llm=self.llm.config.model if self.llm else None,
+            llm=self.llm.model if self.llm else None,
         )
         return plan
 

@@ -117,7 +117,7 @@ class LLMPlanner:
                 plan, problems = self._check(goal, text, registry)
             if plan is not None:
                 plan.metadata["repairs"] = attempt
-                plan.metadata["llm"] = self.llm.config.model
+                plan.metadata["llm"] = self.llm.model
                 return plan
             messages.append({"role": "assistant", "content": text})
             messages.append(
