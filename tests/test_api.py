@@ -614,6 +614,8 @@ def test_analytics(client: httpx.Client) -> None:
     assert tiers == {"days": 3, "tiers": []}  # no model tiers without a model
     assert_problem(client.get("/v1/analytics/tiers", params={"days": 0}), 422, "days")
     assert client.get("/v1/analytics/pools").json() == {"pools": []}
+    assert client.get("/v1/analytics/routing").json() == {"days": 7, "routes": []}
+    assert_problem(client.get("/v1/analytics/routing", params={"days": 0}), 422, "days")
 
     rate = client.get("/v1/analytics/success-rate").json()
     # The goal that could not be planned and the plan missing an argument count as failures.
@@ -699,16 +701,25 @@ def test_system_status_and_orchestrator(client: httpx.Client, store: ExecutionSt
     }
     assert info["strategies"] == ["simple", "parallel", "adaptive", "comprehensive"]
     assert "llm" not in info["planners"] and "single" in info["planners"]
-    assert info["llm"] == {"configured": False, "model": None, "base_url": None}
+    assert info["llm"] == {
+        "configured": False,
+        "model": None,
+        "base_url": None,
+        "tiers": [],
+        "cost_weight": None,
+    }
     assert info["config"]["max_parallel_steps"] == 16
     assert info["config"]["retry"]["max_attempts"] == 3
 
 
 def test_orchestrator_with_a_model_hides_its_secrets() -> None:
     from dendrite.llm import ChatLLM
-    from dendrite.llm.client import LLMConfig
+    from dendrite.llm.client import LLMConfig, LLMTier
 
-    llm = ChatLLM(LLMConfig("http://me:hunter2@127.0.0.1:9/v1", "tiny-model", api_key="sk-x"))
+    tiers = (LLMTier("tiny", "tiny-model", 0.0), LLMTier("huge", "huge-model", 2.5))
+    llm = ChatLLM(
+        LLMConfig("http://me:hunter2@127.0.0.1:9/v1", "tiny-model", api_key="sk-x", tiers=tiers)
+    )
     with (
         Orchestrator(make_registry(), store=None, llm=llm) as orch,
         serve_app(orch) as live,
@@ -720,6 +731,11 @@ def test_orchestrator_with_a_model_hides_its_secrets() -> None:
         "configured": True,
         "model": "tiny-model",
         "base_url": "http://127.0.0.1:9/v1",
+        "tiers": [
+            {"name": "tiny", "model": "tiny-model", "cost": 0.0},
+            {"name": "huge", "model": "huge-model", "cost": 2.5},
+        ],
+        "cost_weight": 0.1,
     }
     assert "llm" in info["planners"]
     assert "hunter2" not in json.dumps(info) and "sk-x" not in json.dumps(info)
@@ -890,6 +906,7 @@ def test_without_a_store_history_routes_answer_503() -> None:
             "/v1/analytics/tools",
             "/v1/analytics/tiers",
             "/v1/analytics/pools",
+            "/v1/analytics/routing",
             "/v1/analytics/success-rate",
         ):
             assert_problem(c.get(path), 503, "recording is off")
@@ -1021,7 +1038,7 @@ def test_openapi_fuzzing_finds_no_server_errors(tmp_path: Path) -> None:
                 )
             seen = statuses.setdefault(f"{operation.method.upper()} {operation.path}", set())
             fuzz(strategy, seen)
-    assert len(statuses) == 21, sorted(statuses)
+    assert len(statuses) == 22, sorted(statuses)
     # The fuzzing reached the routes' real work, not only their refusals.
     for route in (
         "POST /v1/goals",

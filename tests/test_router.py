@@ -21,6 +21,7 @@ from dendrite.learning import (
     RoutingChoice,
     TaskFeatures,
     UnknownDecisionError,
+    routing_accuracy,
 )
 from dendrite.store import ExecutionStore, InvalidRecordError
 
@@ -680,3 +681,68 @@ def test_choice_reports_what_it_predicted():
     assert choice.predicted_cost == pytest.approx(router.costs[choice.option])
     assert "reward = quality - 0.02 x cost" in choice.reason
     assert choice.explored == (choice.option != max(choice.expected, key=choice.expected.get))
+
+
+# -- how well the routers predicted ---------------------------------------------------------
+
+
+def test_routing_accuracy_sums_the_prediction_errors_per_router_and_option(
+    store: ExecutionStore,
+):
+    now = datetime.now(UTC)
+    # (router, chosen, predicted success, predicted cost, outcome success, actual cost)
+    decisions = [
+        ("model_tier", "small", 0.8, 1.0, True, 1.5),
+        ("model_tier", "small", 0.6, 1.0, False, 0.5),
+        ("model_tier", "large", 0.9, 10.0, True, 12.0),
+        ("model_tier", "large", 0.7, 10.0, True, None),
+        ("model_tier", "large", None, 10.0, True, 10.0),  # no success prediction
+        ("pool", "gpu", 0.5, None, False, None),
+    ]
+    for router, chosen, p, cost, success, actual in decisions:
+        eid = new_id()
+        store.store_routing_decision(
+            eid, chosen, router=router, predicted_success=p, predicted_cost=cost
+        )
+        store.store_execution(
+            id=eid, goal_text="g", success=success, duration_ms=1.0, actual_cost=actual
+        )
+    unrouted = new_id()  # decided, but its run was never recorded
+    store.store_routing_decision(unrouted, "small", router="model_tier", predicted_success=0.5)
+    store.store_routing_decision(  # outside the window
+        new_id(), "small", router="model_tier", created_at=now - timedelta(days=30)
+    )
+    store.flush()
+
+    rows = {(r.router, r.option): r for r in routing_accuracy(store, since=now - timedelta(1))}
+    assert list(rows) == [
+        ("model_tier", "large"),
+        ("model_tier", "small"),
+        ("model_tier", "*"),
+        ("pool", "gpu"),
+        ("pool", "*"),
+    ]
+    small = rows["model_tier", "small"]
+    assert (small.decisions, small.judged, small.share) == (3, 2, pytest.approx(3 / 6))
+    assert small.predicted_success == pytest.approx(0.7) and small.success_rate == 0.5
+    assert small.bias == pytest.approx(-0.2)  # it expected too much of the small tier
+    assert small.brier == pytest.approx((0.2**2 + 0.6**2) / 2)
+    assert small.base_brier == pytest.approx(0.25)
+    assert small.cost_error == pytest.approx(0.0)  # median of +0.5 and -0.5
+    large = rows["model_tier", "large"]
+    assert (large.decisions, large.judged, large.success_rate) == (3, 2, 1.0)
+    assert large.bias == pytest.approx(0.2) and large.brier == pytest.approx((0.01 + 0.09) / 2)
+    assert large.base_brier == 0.0 and large.cost_error == pytest.approx(0.1)  # 0.2, 0.0
+    everything = rows["model_tier", "*"]
+    assert (everything.decisions, everything.judged, everything.share) == (6, 4, 1.0)
+    assert everything.brier == pytest.approx((0.04 + 0.36 + 0.01 + 0.09) / 4)
+    assert everything.bias == pytest.approx(0.0)
+    gpu = rows["pool", "gpu"]
+    assert (gpu.judged, gpu.brier, gpu.cost_error) == (1, pytest.approx(0.25), None)
+    only_pools = routing_accuracy(store, "pool")
+    assert [r.option for r in only_pools] == ["gpu", "*"]
+    assert len(routing_accuracy(store)) == 5  # the old decision is in, with no outcome:
+    assert routing_accuracy(store)[1].decisions == 4  # small, all time
+    assert routing_accuracy(store, "nobody") == []
+    with pytest.raises(ValueError, match="limit must be a positive integer"):
+        routing_accuracy(store, limit=0)

@@ -225,6 +225,15 @@ def test_a_new_process_routes_by_what_earlier_ones_learnt(
             assert [r["model"] for r in server.requests[before:]] == ["maxi-70b"]
             assert result["output"] == 42.0
     assert routes == ["large"] * 5
+    done = runner.invoke(app, ["stats", "routing", "--json", "--url", store_url])
+    assert done.exit_code == 0, done.output
+    rows = {row["option"]: row for row in json.loads(done.output)}
+    assert set(rows) == {"small", "large", "*"}
+    assert rows["*"]["decisions"] == rows["*"]["judged"] == 35
+    assert rows["small"]["success_rate"] == 0.0 and rows["large"]["success_rate"] == 1.0
+    assert rows["small"]["bias"] < 0 < rows["large"]["bias"]  # it began expecting 0.5 of each
+    table = runner.invoke(app, ["stats", "routing", "--url", store_url])
+    assert table.exit_code == 0 and "model_tier" in table.output and "brier" in table.output
 
 
 def test_the_cli_names_a_bad_tier_setting_before_it_starts(

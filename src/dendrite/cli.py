@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -403,9 +404,9 @@ def trace(
 @app.command()
 def stats(
     kind: Annotated[
-        str, typer.Argument(help="tools, tiers, pools, intents or experiments.")
+        str, typer.Argument(help="tools, tiers, pools, intents, routing or experiments.")
     ] = "tools",
-    days: Annotated[int, typer.Option(help="Days of tier history.", min=1)] = 7,
+    days: Annotated[int, typer.Option(help="Days of tier or routing history.", min=1)] = 7,
     experiment: Annotated[
         str | None, typer.Option(help="Only this experiment (with 'experiments').")
     ] = None,
@@ -419,10 +420,12 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     url: UrlOption = None,
 ) -> None:
-    """Performance from the recorded history, and A/B experiment reports."""
+    """Performance from the recorded history, how well the routers predicted, and A/B reports."""
     from rich.table import Table
 
-    kinds = ("tools", "tiers", "pools", "intents", "experiments")
+    from dendrite.learning import routing_accuracy
+
+    kinds = ("tools", "tiers", "pools", "intents", "routing", "experiments")
     if kind not in kinds:
         raise _fail(f"unknown stats {kind!r}; choose one of {', '.join(kinds)}")
     if kind == "experiments":
@@ -435,6 +438,9 @@ def stats(
             rows = [r.model_dump(mode="json") for r in store.get_tier_performance(days)]
         elif kind == "pools":
             rows = [r.model_dump(mode="json") for r in store.get_pool_performance()]
+        elif kind == "routing":
+            since = datetime.now(UTC) - timedelta(days=days)
+            rows = [r.model_dump(mode="json") for r in routing_accuracy(store, since=since)]
         else:
             rows = [
                 {"intent": intent, **store.get_success_rate(intent=intent).model_dump()}

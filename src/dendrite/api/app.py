@@ -46,9 +46,11 @@ from dendrite.api.models import (
     PlannerInfo,
     PolicyList,
     PoolPerformanceList,
+    RouteAccuracyList,
     StoreHealth,
     SuccessRateOut,
     SystemStatus,
+    TierInfo,
     TierPerformanceList,
     ToolCounts,
     ToolDescription,
@@ -67,6 +69,7 @@ from dendrite.api.problems import (
 from dendrite.api.sse import KEEPALIVE, EventStreamResponse, sse
 from dendrite.execution.events import EventType
 from dendrite.learning import experiments as ab
+from dendrite.learning.calibration import routing_accuracy
 from dendrite.learning.jobs import JOBS, JobContext, JobScheduler, describe, run_job
 from dendrite.orchestrator import ExecutionResult, Orchestrator
 from dendrite.planning import (
@@ -687,6 +690,19 @@ def create_app(
         return _json({"days": days, "tiers": [r.model_dump(mode="json") for r in rows]})
 
     @app.get(
+        "/v1/analytics/routing",
+        tags=["analytics"],
+        summary="How well each router predicted its runs, per option, for the last `days` days",
+        response_model=RouteAccuracyList,
+        responses=responses(422, 503),
+    )
+    async def routing_analytics(days: Annotated[int, Query(ge=1, le=3650)] = 7) -> Response:
+        store = state.store()
+        since = datetime.now(UTC) - timedelta(days=days)
+        rows = await state.blocking(routing_accuracy, store, since=since)
+        return _json({"days": days, "routes": [r.model_dump(mode="json") for r in rows]})
+
+    @app.get(
         "/v1/analytics/pools",
         tags=["analytics"],
         summary="Per worker pool: runs, success rate, duration, cost, quality",
@@ -862,6 +878,11 @@ def create_app(
                 configured=llm is not None,
                 model=llm.config.model if llm else None,
                 base_url=_redacted(llm.config.base_url) if llm else None,
+                tiers=[
+                    TierInfo(name=tier.name, model=tier.model, cost=tier.cost)
+                    for tier in (llm.config.tiers if llm else ())
+                ],
+                cost_weight=llm.config.cost_weight if llm and llm.config.tiers else None,
             ),
             config=orch.config.model_dump(mode="json"),
         )

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dendrite.learning.calibration import RouteAccuracy
 from dendrite.learning.policies import QualityPolicy
 from dendrite.planning import PLANNERS
 from dendrite.planning.default import Strategy
@@ -254,6 +255,11 @@ class PoolPerformanceList(BaseModel):
     pools: list[PoolPerformance]
 
 
+class RouteAccuracyList(BaseModel):
+    days: int
+    routes: list[RouteAccuracy]
+
+
 class ArmOut(BaseModel):
     arm: str
     executions: int
@@ -335,10 +341,20 @@ class PlannerInfo(BaseModel):
     strategy: str | None = None
 
 
+class TierInfo(BaseModel):
+    name: str
+    model: str
+    cost: float
+
+
 class LLMInfo(BaseModel):
     configured: bool
     model: str | None = None
     base_url: str | None = None
+    tiers: list[TierInfo] = Field(
+        default_factory=list, description="models the router picks from, one per run"
+    )
+    cost_weight: float | None = None
 
 
 class OrchestratorInfo(BaseModel):

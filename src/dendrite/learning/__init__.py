@@ -1,5 +1,6 @@
 """Learning from the execution history: routing tasks to model tiers and pools."""
 
+from dendrite.learning.calibration import RouteAccuracy, accuracy_of, routing_accuracy
 from dendrite.learning.router import (
     DecisionExpiredError,
     FeatureVector,
@@ -21,9 +22,12 @@ __all__ = [
     "HashedFeaturiser",
     "OptionEstimate",
     "ReplayReport",
+    "RouteAccuracy",
     "Router",
     "RouterError",
     "RoutingChoice",
     "TaskFeatures",
     "UnknownDecisionError",
+    "accuracy_of",
+    "routing_accuracy",
 ]

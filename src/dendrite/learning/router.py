@@ -1035,11 +1035,10 @@ class Router:
         """
         if self.store is None:
             raise RouterError("learn_from_store needs a router created with store=...")
-        outcomes = self.store.get_routing_outcomes(router=self.router_name, limit=limit)
+        outcomes = self.store.get_routing_outcomes(
+            router=self.router_name, limit=limit, since=since
+        )
         outcomes.sort(key=lambda o: (o.decision.created_at, o.decision.id))
-        if since is not None:
-            since = _as_utc(since)
-            outcomes = [o for o in outcomes if _as_utc(o.decision.created_at) >= since]
         report = ReplayReport(decisions=len(outcomes))
         with self._lock:
             now = _as_utc(self._clock())

@@ -346,11 +346,15 @@ def get_tool_creations(
     return [_record(ToolCreationEvent, r) for r in conn.execute(query)]
 
 
-def get_routing_outcomes(conn: Connection, router: str | None, limit: int) -> list[RoutingOutcome]:
+def get_routing_outcomes(
+    conn: Connection, router: str | None, limit: int, since: datetime | None = None
+) -> list[RoutingOutcome]:
     rd, ex = s.routing_decisions, s.executions
     decisions = select(rd).order_by(rd.c.created_at.desc()).limit(limit)
     if router is not None:
         decisions = decisions.where(rd.c.router == router)
+    if since is not None:
+        decisions = decisions.where(rd.c.created_at >= since)
     rows = conn.execute(decisions).all()
     ids = {row.execution_id for row in rows}
     outcomes = (

@@ -458,11 +458,16 @@ class ExecutionStore:
             return analytics.get_tool_creations(conn, tool_name, limit)
 
     def get_routing_outcomes(
-        self, router: str | None = None, limit: int = 1000
+        self, router: str | None = None, limit: int = 1000, since: datetime | None = None
     ) -> list[RoutingOutcome]:
-        """Routing decisions joined to what happened, for offline evaluation of a policy."""
+        """Routing decisions joined to what happened, for offline evaluation of a policy.
+
+        Newest first: the ``limit`` newest decisions, made at or after ``since`` if given."""
+        _at_least_one("limit", limit)
+        if since is not None:
+            since = _moment("since", since)
         with self._read() as conn:
-            return analytics.get_routing_outcomes(conn, router, limit)
+            return analytics.get_routing_outcomes(conn, router, limit, since)
 
     # -- state ---------------------------------------------------------------
     #
