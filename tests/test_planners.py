@@ -278,3 +278,43 @@ def test_the_execution_record_shows_labels_planner_and_model(tmp_path):
     assert (record.intent, record.query_type) == ("tool_use", "comparison")
     assert record.metadata["planner"] == "template" and record.metadata["llm"] is None
     assert record.metadata["strategy"] == "adaptive"
+
+
+def test_the_llm_picks_among_candidates_ranked_by_history_and_sees_their_record():
+    registry = ToolRegistry()
+
+    def weather_now(city: str) -> str:
+        """Get the current weather for a city."""
+        raise ConnectionError("the old weather service is gone")
+
+    def weather_report(city: str) -> str:
+        """Get the weather report for a city."""
+        return f"sunny in {city}"
+
+    registry.register_function(weather_now)
+    registry.register_function(weather_report)
+    fallback = Plan(
+        goal="get the current weather for Paris",
+        steps=[Step(id="w", tool="weather_now", params={"city": "Paris"},
+                    fallbacks=["weather_report"])],
+    )  # fmt: skip
+    with chat_server() as server:
+        llm = ChatLLM(LLMConfig(base_url=server.url, model="stub"))
+        with Orchestrator(registry, store=None, llm=llm, config=NO_RETRY) as orch:
+            for city in ("Paris", "Oslo", "Lima", "Rome"):
+                step = fallback.steps[0].model_copy(update={"params": {"city": city}})
+                goal = f"get the current weather for {city}"
+                result = orch.process(fallback.model_copy(update={"goal": goal, "steps": [step]}))
+                assert result.success and result.steps[0].fallback_used == "weather_report"
+            server.say(json.dumps({"steps": [{"id": "w", "tool": "weather_report",
+                                              "params": {"city": "Kyiv"}}]}))  # fmt: skip
+            orch.planner = orch.make_planner("llm")
+            result = orch.process("get the current weather for Kyiv")
+        assert result.success and result.output == "sunny in Kyiv"
+        listed = json.loads(server.requests[0]["messages"][1]["content"].split("Tools:\n", 1)[1])
+    assert [t["name"] for t in listed] == ["weather_report", "weather_now", "generate_text"]
+    worked, failed = listed[0]["track_record"], listed[1]["track_record"]
+    assert "learned from 4 past goals +" in worked and "success overall 0.90" in worked
+    assert "learned from 4 past goals -" in failed and "success overall 0.40" in failed
+    assert "track_record" not in listed[2]  # filled in past retrieval's picks: no record
+    assert "track_record" in server.requests[0]["messages"][0]["content"]

@@ -35,7 +35,8 @@ reranking) plus every tool whose learned words alone reach ``recall_min``, or
 that answered a similar past goal, even if retrieval missed it. The reason
 for each position is kept, so a trace can say "picked X because ...". An
 optional third stage (the LLM choosing among the top few) belongs to the LLM
-planner, which receives the candidates in this order.
+planner, which receives the candidates in this order, each with its reason as
+its ``track_record``.
 
 On ``bench/learn_tools.py`` (BFCL, 1,645 tools, every tool call judged by the
 gold answer), first-choice accuracy in the last 200 queries of the stream is

@@ -53,6 +53,8 @@ Rules:
 - "when" (optional) is a condition such as "${search.count} > 0"; "for_each" (optional) is one
   reference to a list, and "${item}" is its current element.
 - "output" names the step whose output answers the goal.
+- Tools are listed best first. A "track_record" says how a tool has done on goals like this one;
+  of tools that fit the goal equally, prefer the one with the better record.
 - Keep plans short: as few steps as the goal needs."""
 
 
@@ -83,13 +85,20 @@ class LLMPlanner:
             raise PlanningError("no tool is available to plan with")
         ranked = self.retrievers.ranked(goal, registry, min(self.top_k, len(available)))
         tools = [registry.get(name) for name, _, _ in ranked]
+        # With a ranker, the model picks among the candidates knowing how each has done on
+        # goals like this one: words alone cannot tell look-alike tools apart, history can.
+        records = {name: why for name, _, why in ranked} if self.retrievers.ranker else {}
         # Lexical ranking stops at tools sharing a word with the goal; the model may see
         # a better fit among the rest, so the prompt is filled up to top_k.
         tools += [t for t in available if t not in tools][: self.top_k - len(tools)]
-        return [
-            {"name": t.name, "description": t.description, "parameters": t.parameters_schema}
-            for t in tools
-        ]
+        listed = []
+        for t in tools:
+            entry: dict[str, Any] = {"name": t.name, "description": t.description}
+            entry["parameters"] = t.parameters_schema
+            if t.name in records:
+                entry["track_record"] = records[t.name]
+            listed.append(entry)
+        return listed
 
     async def plan(self, goal: str, registry: ToolRegistry, context: Mapping[str, Any]) -> Plan:
         if not goal.strip():
