@@ -268,8 +268,9 @@ def _print_result(result: Any) -> None:
     console.print(Panel(body, title=title, expand=False))
     if result.error:
         console.print(f"[red]{result.error}[/red]", highlight=False)
+    routed = f"routed to {result.route} · " if result.route else ""
     console.print(
-        f"confidence {result.confidence:.2f} · planner {result.plan.planner} · "
+        f"confidence {result.confidence:.2f} · planner {result.plan.planner} · {routed}"
         f"execution {result.execution_id}",
         highlight=False,
     )
@@ -286,8 +287,6 @@ def _store(url: str | None) -> Any:
 
 def _since(value: str | None) -> Any:
     """An ISO date/time, or a span back from now: 30m, 12h, 7d."""
-    from datetime import UTC, datetime, timedelta
-
     if value is None:
         return None
     spans = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
