@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from dendrite import Orchestrator
+from dendrite import Orchestrator, OrchestratorConfig
 from dendrite.cli import app
 from dendrite.llm import ChatLLM, LLMConfig, LLMTier, llm_tier
 from dendrite.planning import PlanningError
@@ -156,8 +156,6 @@ def test_no_router_without_two_tiers_or_without_learning():
         assert orch.router is not None and orch.router.options == ("small", "large")
         assert orch.router.costs == {"small": 0.0, "large": 1.0}
         assert orch.router.cost_weight == 0.1
-    from dendrite import OrchestratorConfig
-
     off = OrchestratorConfig(learning=False)
     with Orchestrator(
         calculator(), store=None, llm=tiered("http://127.0.0.1:9/v1"), config=off
@@ -210,6 +208,13 @@ def test_a_new_process_routes_by_what_earlier_ones_learnt(
                 orch.planner = orch.make_planner("llm")
                 run_goals(orch, 30)
             wait_until_drained(store)
+            for limit, learnt in ((0, 0), (10, 10), (5_000, 30)):
+                config = OrchestratorConfig(warm_start=limit)
+                llm = tiered(server.url)
+                with Orchestrator(calculator(), store=store, llm=llm, config=config) as orch:
+                    assert orch.router is not None
+                    seen = orch.router.predict("calculate 6 * 7").values()
+                    assert sum(estimate.observations for estimate in seen) == learnt
         monkeypatch.setenv("DENDRITE_LLM_BASE_URL", server.url)
         monkeypatch.setenv("DENDRITE_LLM_TIERS", TIERS)
         monkeypatch.setenv("COLUMNS", "200")

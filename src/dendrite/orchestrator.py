@@ -88,7 +88,10 @@ class OrchestratorConfig(BaseModel):
         default=True, description="learn from every run: tool ranking, health, plan memory"
     )
     warm_start: int = Field(
-        default=5_000, ge=0, description="recorded executions the learning loop reads at start"
+        default=5_000,
+        ge=0,
+        description="recorded executions the learning loop, and routing decisions the router, "
+        "read at start",
     )
 
 
@@ -364,9 +367,9 @@ class Orchestrator:
             cost_weight=config.cost_weight,
             store=self.store,
         )
-        if self.store is not None:
+        if self.store is not None and self.config.warm_start:
             try:
-                router.learn_from_store()
+                router.learn_from_store(limit=self.config.warm_start)
             except Exception:
                 log.warning("the router could not read its history; starting cold", exc_info=True)
         return router
