@@ -26,7 +26,8 @@ class ChatServer:
     url: str
     replies: deque[Reply] = field(default_factory=deque)
     requests: list[dict[str, Any]] = field(default_factory=list)
-    reject_json_schema: bool = False
+    reject_json_schema: bool | frozenset[str] = False
+    """Refuse ``json_schema`` response formats: always, or for the models named."""
 
     def say(self, *replies: Reply) -> None:
         self.replies.extend(replies)
@@ -53,7 +54,10 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                 return
             server.requests.append(request)
             response_format = request.get("response_format", {})
-            if server.reject_json_schema and response_format.get("type") == "json_schema":
+            refused = server.reject_json_schema
+            if isinstance(refused, frozenset):
+                refused = request.get("model") in refused
+            if refused and response_format.get("type") == "json_schema":
                 self._send(
                     400,
                     {

@@ -23,6 +23,7 @@ from dendrite.learning import (
     UnknownDecisionError,
     routing_accuracy,
 )
+from dendrite.learning.router import ROUTE_UNUSED
 from dendrite.store import ExecutionStore, InvalidRecordError
 
 # Two contexts with a different best arm at cost_weight 0.02 and costs 1 / 10:
@@ -707,6 +708,11 @@ def test_routing_accuracy_sums_the_prediction_errors_per_router_and_option(
         store.store_execution(
             id=eid, goal_text="g", success=success, duration_ms=1.0, actual_cost=actual
         )
+    # Runs that say nothing about their option: cancelled, and sent to a tier left unused.
+    for extra in ({"status": "cancelled"}, {"metadata": {ROUTE_UNUSED: True}}):
+        eid = new_id()
+        store.store_routing_decision(eid, "small", router="model_tier", predicted_success=0.9)
+        store.store_execution(id=eid, goal_text="g", success=False, duration_ms=1.0, **extra)
     unrouted = new_id()  # decided, but its run was never recorded
     store.store_routing_decision(unrouted, "small", router="model_tier", predicted_success=0.5)
     store.store_routing_decision(  # outside the window
@@ -723,26 +729,28 @@ def test_routing_accuracy_sums_the_prediction_errors_per_router_and_option(
         ("pool", "*"),
     ]
     small = rows["model_tier", "small"]
-    assert (small.decisions, small.judged, small.share) == (3, 2, pytest.approx(3 / 6))
+    assert (small.decisions, small.judged, small.share) == (5, 2, pytest.approx(5 / 8))
     assert small.predicted_success == pytest.approx(0.7) and small.success_rate == 0.5
     assert small.bias == pytest.approx(-0.2)  # it expected too much of the small tier
     assert small.brier == pytest.approx((0.2**2 + 0.6**2) / 2)
     assert small.base_brier == pytest.approx(0.25)
-    assert small.cost_error == pytest.approx(0.0)  # median of +0.5 and -0.5
+    assert small.cost_error == pytest.approx(0.5)  # +0.5 and -0.5: off by half either way
     large = rows["model_tier", "large"]
     assert (large.decisions, large.judged, large.success_rate) == (3, 2, 1.0)
     assert large.bias == pytest.approx(0.2) and large.brier == pytest.approx((0.01 + 0.09) / 2)
-    assert large.base_brier == 0.0 and large.cost_error == pytest.approx(0.1)  # 0.2, 0.0
+    assert large.base_brier == 0.0 and large.cost_error == pytest.approx(0.1)  # 0.2 and 0.0
     everything = rows["model_tier", "*"]
-    assert (everything.decisions, everything.judged, everything.share) == (6, 4, 1.0)
+    assert (everything.decisions, everything.judged, everything.share) == (8, 4, 1.0)
     assert everything.brier == pytest.approx((0.04 + 0.36 + 0.01 + 0.09) / 4)
     assert everything.bias == pytest.approx(0.0)
+    # Against each option predicted at its own rate (0.5 and 1.0), not the pooled 0.75.
+    assert everything.base_brier == pytest.approx((2 * 0.25 + 2 * 0.0) / 4)
     gpu = rows["pool", "gpu"]
     assert (gpu.judged, gpu.brier, gpu.cost_error) == (1, pytest.approx(0.25), None)
     only_pools = routing_accuracy(store, "pool")
     assert [r.option for r in only_pools] == ["gpu", "*"]
     assert len(routing_accuracy(store)) == 5  # the old decision is in, with no outcome:
-    assert routing_accuracy(store)[1].decisions == 4  # small, all time
+    assert routing_accuracy(store)[1].decisions == 6  # small, all time
     assert routing_accuracy(store, "nobody") == []
     with pytest.raises(ValueError, match="limit must be a positive integer"):
         routing_accuracy(store, limit=0)

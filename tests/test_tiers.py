@@ -20,15 +20,19 @@ from typer.testing import CliRunner
 
 from dendrite import Orchestrator, OrchestratorConfig
 from dendrite.cli import app
+from dendrite.learning import Router, routing_accuracy
+from dendrite.learning.router import ROUTE_UNUSED
 from dendrite.llm import ChatLLM, LLMConfig, LLMTier, llm_tier
-from dendrite.planning import PlanningError
+from dendrite.orchestrator import current_route
+from dendrite.planning import Plan, PlanningError, Step
 from dendrite.store import ExecutionStore
 from dendrite.telemetry import ExecutionRecord
 from dendrite.tools import ToolRegistry
 from tests.conftest import wait_until_drained
 from tests.openai_server import chat_server
 
-TIERS = "small=mini-7b@0, large=maxi-70b@1"
+TIERS = "small=mini-7b, large=maxi-70b"
+COSTS = "large=1"
 PLAN = json.dumps(
     {"steps": [{"id": "calc", "tool": "calculate", "params": {"expression": "6 * 7"}}]}
 )
@@ -55,7 +59,7 @@ def always_plans(request: dict[str, Any]) -> str:
 
 
 def tiered(url: str, weight: float = 0.1) -> ChatLLM:
-    tiers = (LLMTier("small", "mini-7b", 0.0), LLMTier("large", "maxi-70b", 1.0))
+    tiers = (LLMTier("small", "mini-7b", 0.1), LLMTier("large", "maxi-70b", 1.0))
     return ChatLLM(LLMConfig(url, "mini-7b", tiers=tiers, cost_weight=weight))
 
 
@@ -74,21 +78,25 @@ def run_goals(orch: Orchestrator, count: int) -> list[ExecutionRecord]:
 
 def test_tiers_come_from_the_environment(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("DENDRITE_LLM_BASE_URL", "http://127.0.0.1:11434/v1")
-    monkeypatch.setenv("DENDRITE_LLM_TIERS", " small=qwen2.5:7b@0.1 ,large=qwen2.5:72b@1,mid=m ")
+    monkeypatch.setenv(
+        "DENDRITE_LLM_TIERS",
+        " small=qwen2.5:7b ,large=claude-3-5-haiku@20241022,mid=org/m=2@v2, ",
+    )  # model names keep their ':', '@', '/' and '='
+    monkeypatch.setenv("DENDRITE_LLM_TIER_COSTS", "small=0.1, large = 1")
     monkeypatch.setenv("DENDRITE_LLM_COST_WEIGHT", "0.25")
     config = LLMConfig.from_env()
     assert config is not None
     assert config.tiers == (
         LLMTier("small", "qwen2.5:7b", 0.1),
-        LLMTier("large", "qwen2.5:72b", 1.0),
-        LLMTier("mid", "m", 0.0),
+        LLMTier("large", "claude-3-5-haiku@20241022", 1.0),
+        LLMTier("mid", "org/m=2@v2", 0.0),  # no cost given
     )
     assert config.model == "qwen2.5:7b" and config.cost_weight == 0.25  # the first tier's
     monkeypatch.setenv("DENDRITE_LLM_MODEL", "llama3")
     config = LLMConfig.from_env()
     assert config is not None and config.model == "llama3"
     assert [config.model_for(t) for t in ("large", None, "unknown")] == [
-        "qwen2.5:72b",
+        "claude-3-5-haiku@20241022",
         "llama3",
         "llama3",
     ]
@@ -97,17 +105,22 @@ def test_tiers_come_from_the_environment(monkeypatch: pytest.MonkeyPatch):
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"DENDRITE_LLM_TIERS": "small"}, "'small' is not NAME=MODEL or NAME=MODEL@COST"),
-        ({"DENDRITE_LLM_TIERS": "small=@1"}, "'small=@1' is not NAME=MODEL"),
-        ({"DENDRITE_LLM_TIERS": "=m@1"}, "'=m@1' is not NAME=MODEL"),
-        ({"DENDRITE_LLM_TIERS": "a=m@cheap"}, "the cost in 'a=m@cheap' is not a number"),
-        ({"DENDRITE_LLM_TIERS": "a=m@-1"}, "the cost in 'a=m@-1' must be a number >= 0"),
-        ({"DENDRITE_LLM_TIERS": "a=m@nan"}, "the cost in 'a=m@nan' must be a number >= 0"),
+        ({"DENDRITE_LLM_TIERS": "small"}, "DENDRITE_LLM_TIERS: 'small' is not NAME=VALUE"),
+        ({"DENDRITE_LLM_TIERS": "small= "}, "'small=' is not NAME=VALUE"),
+        ({"DENDRITE_LLM_TIERS": "=m"}, "'=m' is not NAME=VALUE"),
+        ({"DENDRITE_LLM_TIER_COSTS": "a=1"}, "DENDRITE_LLM_TIER_COSTS: 'a' is not a tier"),
+        ({"DENDRITE_LLM_TIER_COSTS": "a"}, "DENDRITE_LLM_TIER_COSTS: 'a' is not NAME=VALUE"),
+        ({"DENDRITE_LLM_TIERS": "a=m", "DENDRITE_LLM_TIER_COSTS": "a=cheap"},
+         "the cost of 'a' is not a number"),
+        ({"DENDRITE_LLM_TIERS": "a=m", "DENDRITE_LLM_TIER_COSTS": "a=-1"},
+         "the cost of 'a' must be a number >= 0"),
+        ({"DENDRITE_LLM_TIERS": "a=m", "DENDRITE_LLM_TIER_COSTS": "a=nan"},
+         "the cost of 'a' must be a number >= 0"),
         ({"DENDRITE_LLM_TIERS": "a=m,a=n"}, "tier names must be distinct; repeated: a"),
         ({"DENDRITE_LLM_COST_WEIGHT": "lots"}, "DENDRITE_LLM_COST_WEIGHT must be a number"),
         ({"DENDRITE_LLM_COST_WEIGHT": "-0.5"}, "cost_weight must be a number >= 0"),
     ],
-)
+)  # fmt: skip
 def test_bad_tier_settings_are_named(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
 ):
@@ -154,7 +167,7 @@ def test_no_router_without_two_tiers_or_without_learning():
         assert orch.router is None
     with Orchestrator(calculator(), store=None, llm=tiered("http://127.0.0.1:9/v1")) as orch:
         assert orch.router is not None and orch.router.options == ("small", "large")
-        assert orch.router.costs == {"small": 0.0, "large": 1.0}
+        assert orch.router.costs == {"small": 0.1, "large": 1.0}
         assert orch.router.cost_weight == 0.1
     off = OrchestratorConfig(learning=False)
     with Orchestrator(
@@ -179,6 +192,11 @@ def test_runs_ask_the_routed_model_and_the_router_learns_the_one_that_plans(
     models = {"small": ["mini-7b"] * 3, "large": ["maxi-70b"]}
     assert asked == [model for route in routes for model in models[route]]
     assert all(run.success == (run.model_tier == "large") for run in runs)
+    # Charged per call: three to the small model (0.1 each), one to the large (1.0).
+    assert all(
+        run.actual_cost == pytest.approx({"small": 0.3, "large": 1.0}[run.model_tier])
+        for run in runs
+    )
     assert routes[-15:].count("large") >= 13, routes
     last = store.get_execution(runs[-1].id)
     assert last.metadata["why"]["route"].startswith(f"picked {last.model_tier} because")
@@ -196,6 +214,98 @@ def test_when_both_tiers_plan_the_router_settles_on_the_cheaper(store: Execution
     assert all(run.success for run in runs)
     routes = [run.model_tier for run in runs]
     assert routes[-20:].count("small") >= 15, routes  # Thompson sampling still explores a little
+
+
+def test_runs_that_never_call_the_model_teach_the_router_nothing(store: ExecutionStore):
+    plan = Plan(
+        goal="calculate 6 * 7",
+        steps=[Step(id="c", tool="calculate", params={"expression": "6 * 7"})],
+    )
+    with chat_server() as server:
+        with Orchestrator(calculator(), store=store, llm=tiered(server.url)) as orch:
+            assert orch.router is not None
+            results = [orch.process(plan) for _ in range(4)]  # a plan given: no model asked
+            assert orch.router.pending == []
+            assert sum(e.observations for e in orch.router.predict("x").values()) == 0
+        assert server.requests == []
+    assert all(r.success and r.route is None for r in results)
+    wait_until_drained(store)
+    runs = [store.get_execution(r.execution_id) for r in results]
+    assert all(run.model_tier is None and run.actual_cost is None for run in runs)
+    assert all(run.metadata[ROUTE_UNUSED] is True for run in runs)
+    assert all(run.metadata["why"]["route"].endswith("unused: the run did not call the model")
+               for run in runs)  # fmt: skip
+    assert store.get_tier_performance(1) == []  # no tier ran anything
+    fresh = Router(["small", "large"], store=store)
+    report = fresh.learn_from_store()
+    assert (report.decisions, report.discarded, report.learned) == (4, 4, 0)
+    assert [row.judged for row in routing_accuracy(store)] == [0, 0, 0]
+
+
+class SlowPlanner:
+    name = "slow"
+
+    async def plan(self, goal: str, registry: ToolRegistry, context: Any) -> Plan:
+        await asyncio.sleep(30)
+        raise AssertionError("cancelled before it plans")
+
+
+class BrokenPlanner:
+    name = "broken"
+
+    async def plan(self, goal: str, registry: ToolRegistry, context: Any) -> Plan:
+        raise RuntimeError("planner bug")
+
+
+def test_a_run_cancelled_or_crashing_while_it_plans_is_recorded_and_leaves_nothing_behind(
+    store: ExecutionStore, capfd: pytest.CaptureFixture[str]
+):
+    llm = tiered("http://127.0.0.1:9/v1")
+    with Orchestrator(calculator(), store=store, llm=llm, planner=SlowPlanner()) as orch:
+
+        async def cancelled() -> None:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(orch.run("calculate 1 + 1"), 0.2)
+            assert current_route() is None and llm.model == "mini-7b"  # frame and tier left
+
+        asyncio.run(cancelled())
+        orch.planner = BrokenPlanner()
+        with pytest.raises(RuntimeError, match="planner bug"):
+            orch.process("calculate 2 + 2")
+        assert orch.router is not None and orch.router.pending == []
+        orch.planner = orch.make_planner("single")
+        after = orch.process("calculate 3 + 3")
+    assert after.success and after.depth == 0 and after.parent_id is None
+    wait_until_drained(store)
+    gone, broken = store.get_recent_executions(3)[:0:-1]
+    assert (gone.status, gone.error_type, gone.error) == (
+        "cancelled", "cancelled", "the run was cancelled"
+    )  # fmt: skip
+    assert broken.status == "failed"
+    assert broken.error == "the planner failed: RuntimeError: planner bug"
+    assert "was created in a different Context" not in capfd.readouterr().err
+
+
+def test_one_tier_refusing_json_schema_leaves_the_others_asking_for_it():
+    with chat_server() as server:
+        server.reject_json_schema = frozenset({"mini-7b"})
+        server.say("{}", "{}", "{}")
+        llm = tiered(server.url)
+        messages = [{"role": "user", "content": "plan"}]
+
+        async def calls() -> None:
+            with llm_tier("small"):
+                await llm.complete(messages, json_schema={"type": "object"})
+            with llm_tier("large"):
+                await llm.complete(messages, json_schema={"type": "object"})
+
+        asyncio.run(calls())
+        asked = [(r["model"], r["response_format"]["type"]) for r in server.requests]
+    assert asked == [
+        ("mini-7b", "json_schema"),  # refused with a 400
+        ("mini-7b", "json_object"),
+        ("maxi-70b", "json_schema"),
+    ]
 
 
 def test_a_new_process_routes_by_what_earlier_ones_learnt(
@@ -217,6 +327,7 @@ def test_a_new_process_routes_by_what_earlier_ones_learnt(
                     assert sum(estimate.observations for estimate in seen) == learnt
         monkeypatch.setenv("DENDRITE_LLM_BASE_URL", server.url)
         monkeypatch.setenv("DENDRITE_LLM_TIERS", TIERS)
+        monkeypatch.setenv("DENDRITE_LLM_TIER_COSTS", COSTS)
         monkeypatch.setenv("COLUMNS", "200")
         runner = CliRunner()
         args = ["run", "calculate 6 * 7", "--planner", "llm", "--json", "--url", store_url]
@@ -258,10 +369,11 @@ def test_the_cli_names_a_bad_tier_setting_before_it_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setenv("DENDRITE_LLM_BASE_URL", "http://127.0.0.1:9/v1")
-    monkeypatch.setenv("DENDRITE_LLM_TIERS", "small=mini@free")
+    monkeypatch.setenv("DENDRITE_LLM_TIERS", "small=mini")
+    monkeypatch.setenv("DENDRITE_LLM_TIER_COSTS", "small=free")
     runner = CliRunner()
-    for args in (["run", "calculate 1"], ["serve", "--port", "8765"]):
+    for args in (["run", "calculate 1"], ["serve", "--port", "8765"], ["demo"]):
         done = runner.invoke(app, args)
         assert done.exit_code == 2
-        assert "DENDRITE_LLM_TIERS: the cost in 'small=mini@free' is not a number" in done.output
+        assert "DENDRITE_LLM_TIER_COSTS: the cost of 'small' is not a number" in done.output
     assert not (tmp_path / "home" / "dendrite.db").exists()  # nothing was opened

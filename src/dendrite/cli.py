@@ -128,7 +128,12 @@ def reset(
 def demo(url: UrlOption = None) -> None:
     """Run a scripted session of real goals on the shipped documents and show what was recorded."""
     from dendrite.demo import run_demo
+    from dendrite.llm import LLMConfig
 
+    try:
+        LLMConfig.from_env()  # a bad model setting is named before anything is opened
+    except ValueError as error:
+        raise _fail(str(error)) from None
     try:
         run_demo(console, database_url(url))
     except StoreError as error:

@@ -37,8 +37,14 @@ from dendrite.learning.jobs import (
 )
 from dendrite.learning.loop import FeedbackEffect, JudgedRun, LearningLoop, retrieval_shares
 from dendrite.learning.policies import QualityPolicies, QualityPolicy
-from dendrite.learning.router import Router, RouterError, RoutingChoice, TaskFeatures
-from dendrite.llm import ChatLLM, llm_tier
+from dendrite.learning.router import (
+    ROUTE_UNUSED,
+    Router,
+    RouterError,
+    RoutingChoice,
+    TaskFeatures,
+)
+from dendrite.llm import ChatLLM, TierUse, llm_tier
 from dendrite.llm.tools import register_llm_tools
 from dendrite.planning import PLANNERS
 from dendrite.planning.classify import classify
@@ -233,11 +239,20 @@ class _Decisions:
     arm: str | None = None
     unit: str = "session"
     planner: Planner | None = None
+    tier: TierUse | None = None
+    """The model tier the run was sent to, counting the calls made to its model."""
+
+    @property
+    def route_unused(self) -> bool:
+        """Sent to a model tier, the run never called the model: nothing to learn or charge."""
+        return self.tier is not None and self.tier.calls == 0
 
     def why(self) -> dict[str, str]:
         notes = {}
         if self.choice is not None:
             notes["route"] = f"picked {self.choice.option} because {self.choice.reason}"
+            if self.route_unused:
+                notes["route"] += "; unused: the run did not call the model"
         if self.arm is not None:
             notes["experiment"] = f"arm {self.arm}, assigned by hashing the {self.unit}"
         if self.policy is not None:
@@ -558,21 +573,54 @@ class Orchestrator:
         route = decisions.choice.option if decisions.choice else (parent.route if parent else None)
         scope = contextlib.ExitStack()
         scope.callback(_current.reset, _current.set(_Frame(execution_id, depth, route)))
-        router, choice = self.router, decisions.choice
-        if router is not None and choice is not None and router.router_name == "model_tier":
-            scope.enter_context(llm_tier(choice.option))  # the run's LLM calls ask that tier
+        if self._routes_tiers and decisions.choice is not None:
+            # The run's LLM calls ask the chosen tier's model, and are counted.
+            decisions.tier = scope.enter_context(llm_tier(decisions.choice.option))
+        with scope:
+            return await self._run_framed(
+                goal_or_plan, goal, execution_id, session_id, context, emit,
+                parent, depth, decisions, started_at, started, scope,
+            )  # fmt: skip
+
+    async def _run_framed(
+        self,
+        goal_or_plan: str | Plan,
+        goal: str,
+        execution_id: str,
+        session_id: str | None,
+        context: dict[str, Any],
+        emit: Any,
+        parent: _Frame | None,
+        depth: int,
+        decisions: _Decisions,
+        started_at: datetime,
+        started: float,
+        scope: contextlib.ExitStack,
+    ) -> ExecutionResult:
+        """The run inside its frame (``scope``), which the caller leaves however this ends."""
         if self.learning is not None:
             self.learning.before_run()
         try:
             plan = await self._plan(goal_or_plan, context, decisions)
-        except (PlanningError, PlanValidationError) as error:
+        except BaseException as error:
+            if isinstance(error, asyncio.CancelledError):
+                status, error_type, text = (
+                    ExecutionStatus.CANCELLED, ErrorType.CANCELLED, "the run was cancelled",
+                )  # fmt: skip
+            elif isinstance(error, PlanningError | PlanValidationError):
+                status, error_type, text = ExecutionStatus.FAILED, ErrorType.VALIDATION, str(error)
+            elif isinstance(error, Exception):
+                status, error_type = ExecutionStatus.FAILED, ErrorType.infer(error)
+                text = f"the planner failed: {type(error).__name__}: {error}"
+            else:  # KeyboardInterrupt, SystemExit: nothing to record, only to pass on
+                raise
             self._record_execution(
                 execution_id=execution_id,
                 goal=goal,
                 success=False,
-                status=ExecutionStatus.FAILED,
-                error=str(error),
-                error_type=ErrorType.VALIDATION,
+                status=status,
+                error=text,
+                error_type=error_type,
                 started_at=started_at,
                 duration_ms=(time.perf_counter() - started) * 1000,
                 session_id=session_id,
@@ -587,8 +635,12 @@ class Orchestrator:
                     "why": decisions.why(),
                 },
             )
-            self._learn_route(execution_id, decisions, success=False)
-            scope.close()
+            self._learn_route(
+                execution_id,
+                decisions,
+                success=False,
+                cancelled=status is ExecutionStatus.CANCELLED,
+            )
             raise
         if emit:
             emit(
@@ -779,11 +831,33 @@ class Orchestrator:
                     log.warning("could not record the experiment assignment", exc_info=True)
         return decisions
 
-    def _learn_route(self, execution_id: str, decisions: _Decisions, *, success: bool) -> None:
+    @property
+    def _routes_tiers(self) -> bool:
+        """The router picks among the model's tiers (rather than for tools to read)."""
+        router, llm = self.router, self.llm
+        if router is None or llm is None or router.router_name != "model_tier":
+            return False
+        return all(llm.config.tier(option) is not None for option in router.options)
+
+    def _route_cost(self, decisions: _Decisions) -> float | None:
+        """What the run's calls to its tier's model cost: calls x the tier's cost per call."""
+        if decisions.tier is None or self.llm is None:
+            return None
+        tier = self.llm.config.tier(decisions.tier.name)
+        return decisions.tier.calls * tier.cost if tier is not None else None
+
+    def _learn_route(
+        self, execution_id: str, decisions: _Decisions, *, success: bool, cancelled: bool = False
+    ) -> None:
+        """Teach the router the run's outcome, unless it says nothing about the option chosen:
+        a cancelled run, or one sent to a model tier that never called the model."""
         if self.router is None or decisions.choice is None:
             return
+        if cancelled or decisions.route_unused:
+            self.router.discard(execution_id)
+            return
         try:
-            self.router.learn(execution_id, success)
+            self.router.learn(execution_id, success, cost=self._route_cost(decisions))
         except (RouterError, LookupError, ValueError):
             log.warning("the router could not learn run %s", execution_id, exc_info=True)
 
@@ -884,7 +958,9 @@ class Orchestrator:
             session_id=session_id,
             parent_id=_id(parent),
             depth=depth,
-            route=decisions.choice.option if decisions.choice else None,
+            route=decisions.choice.option
+            if decisions.choice and not decisions.route_unused
+            else None,
             arm=decisions.arm,
             needs_review=needs_review,
             why={**plan.metadata.get("why", {}), **decisions.why()},
@@ -918,7 +994,9 @@ class Orchestrator:
                     ),
                     "remembered_goal": plan.metadata.get("remembered_goal"),
                     "strategy": plan.metadata.get("strategy"),
-                    "llm": self.llm.config.model if self.llm else None,
+                    "llm": self.llm.config.model_for(decisions.tier and decisions.tier.name)
+                    if self.llm
+                    else None,
                     "replans": plan.metadata.get("replans", []),
                     "plan": plan.model_dump(mode="json", exclude_defaults=True),
                     "output": stored_output,
@@ -934,8 +1012,7 @@ class Orchestrator:
                 self.learning.after_run(result)
             except Exception:
                 log.warning("learning could not take run %s", execution_id, exc_info=True)
-        if not cancelled:
-            self._learn_route(execution_id, decisions, success=success)
+        self._learn_route(execution_id, decisions, success=success, cancelled=cancelled)
         if self.config.keep_traces:
             self._traces[execution_id] = result
             while len(self._traces) > self.config.keep_traces:
@@ -965,12 +1042,15 @@ class Orchestrator:
             return
         labels = classification or classify(goal).to_dict()
         choice, routed = decisions.choice, {}
-        if choice is not None and self.router is not None:
+        if decisions.route_unused:
+            metadata = {**metadata, ROUTE_UNUSED: True}  # its tier did nothing: not a tier's run
+        elif choice is not None and self.router is not None:
             column = "pool" if self.router.router_name == "pool" else "model_tier"
             routed = {
                 column: choice.option,
                 "routing_confidence": choice.confidence,
                 "cost_estimate": choice.predicted_cost,
+                "actual_cost": self._route_cost(decisions),
             }
         try:
             self.store.store_execution(

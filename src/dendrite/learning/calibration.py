@@ -13,9 +13,13 @@ This module sums those differences per router and option:
   predicting 0.5 scores 0.25). It mixes calibration with sharpness, so compare it
   with ``base_brier``, the score of always predicting the option's own success
   rate, which knows nothing about the tasks: a router whose features help scores
-  below it.
-- ``cost_error``: the median relative error of the predicted cost, where the run
-  reported an actual cost.
+  below it. A router's overall row compares with each option predicted at its own
+  rate, so an overall score below it means the features help, not only the options.
+- ``cost_error``: the median absolute relative error of the predicted cost, where
+  the run reported an actual cost.
+
+Runs that say nothing about their option are left out of the judging (see
+``judges_route``): cancelled ones, and those that never used the option.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
+from dendrite.learning.router import judges_route
 from dendrite.store import ExecutionStore
 from dendrite.store.analytics import RoutingOutcome
 
@@ -60,10 +65,14 @@ def accuracy_of(outcomes: Iterable[RoutingOutcome]) -> list[RouteAccuracy]:
     for router in sorted(by_router):
         options = by_router[router]
         total = sum(len(items) for items in options.values())
-        for option in sorted(options):
-            rows.append(_accuracy(router, option, options[option], total))
+        per_option = [_accuracy(router, option, options[option], total) for option in options]
+        rows.extend(sorted(per_option, key=lambda row: row.option))
         every = [item for items in options.values() for item in items]
-        rows.append(_accuracy(router, ALL_OPTIONS, every, total))
+        overall = _accuracy(router, ALL_OPTIONS, every, total)
+        if overall.judged:
+            base = sum(row.base_brier * row.judged for row in per_option if row.judged)
+            overall.base_brier = base / overall.judged
+        rows.append(overall)
     return rows
 
 
@@ -81,14 +90,14 @@ def routing_accuracy(
 def _accuracy(router: str, option: str, items: list[RoutingOutcome], total: int) -> RouteAccuracy:
     predicted, actual, costs = [], [], []
     for item in items:
-        if item.outcome is None:
+        if item.outcome is None or not judges_route(item.outcome):
             continue
         error = item.decision.prediction_error(item.outcome)
         if error.success is not None:
             actual.append(float(item.outcome.success))
             predicted.append(actual[-1] - error.success)
         if error.cost is not None:
-            costs.append(error.cost)
+            costs.append(abs(error.cost))
     judged = len(actual)
     rate = sum(actual) / judged if judged else None
     return RouteAccuracy(

@@ -77,12 +77,23 @@ import numpy as np
 
 from dendrite.retrieval.embedding import Embedder
 from dendrite.retrieval.lexical import stem, tokenize
+from dendrite.telemetry.records import ExecutionStatus
 
 if TYPE_CHECKING:
     from dendrite.store import ExecutionStore
     from dendrite.telemetry.records import ExecutionRecord
 
 Policy = Literal["thompson", "ucb", "greedy"]
+
+ROUTE_UNUSED = "route_unused"
+"""Execution metadata key, true on a run that never acted on the option it was routed to
+(sent to a model tier, it did not call the model): its outcome says nothing about it."""
+
+
+def judges_route(outcome: ExecutionRecord) -> bool:
+    """Whether a run's outcome tells how the option it was routed to did: not when the run
+    was cancelled, nor when it never used the option (``ROUTE_UNUSED``)."""
+    return outcome.status != ExecutionStatus.CANCELLED and not outcome.metadata.get(ROUTE_UNUSED)
 
 
 class RouterError(Exception):
@@ -532,6 +543,8 @@ class ReplayReport:
     already_known: int = 0
     expired: int = 0
     unknown_option: int = 0
+    discarded: int = 0
+    """Decisions whose run was cancelled or never used the option (see ``judges_route``)."""
 
 
 @dataclass
@@ -1030,7 +1043,8 @@ class Router:
         made the decisions), picks up ratings recorded in the store since (``store_feedback``
         sets the execution's ``user_rating``, which revises the outcome already learned), and
         learns outcomes of decisions made by other processes. Decisions without an outcome
-        yet become pending again unless older than ``pending_ttl``. Idempotent. ``since``
+        yet become pending again unless older than ``pending_ttl``; those whose run was
+        cancelled or never used the option are skipped (``judges_route``). Idempotent. ``since``
         limits the replay to decisions made at or after it; ``limit`` to the newest ones.
         """
         if self.store is None:
@@ -1048,6 +1062,10 @@ class Router:
                 decision = item.decision
                 if decision.chosen not in self._arms:
                     report.unknown_option += 1
+                    continue
+                if item.outcome is not None and not judges_route(item.outcome):
+                    self._pending.pop(decision.execution_id, None)
+                    report.discarded += 1
                     continue
                 execution_id = decision.execution_id
                 decided_at = _as_utc(decision.created_at)
@@ -1121,6 +1139,12 @@ class Router:
             while len(self._pending) > self.max_pending:
                 self._drop_pending(next(iter(self._pending)))
         return report
+
+    def discard(self, execution_id: str) -> bool:
+        """Forget a decision nothing was learnt from: its run was cancelled, or never used
+        the option chosen. Returns whether the decision was waiting for its outcome."""
+        with self._lock:
+            return self._pending.pop(execution_id, None) is not None
 
     # -- inspection --------------------------------------------------------------------------
 

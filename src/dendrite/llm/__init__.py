@@ -4,6 +4,14 @@ With nothing configured Dendrite stays offline and says so where a model
 would have been needed; it never pretends a model answered.
 """
 
-from dendrite.llm.client import ChatLLM, LLMConfig, LLMError, LLMFormatError, LLMTier, llm_tier
+from dendrite.llm.client import (
+    ChatLLM,
+    LLMConfig,
+    LLMError,
+    LLMFormatError,
+    LLMTier,
+    TierUse,
+    llm_tier,
+)
 
-__all__ = ["ChatLLM", "LLMConfig", "LLMError", "LLMFormatError", "LLMTier", "llm_tier"]
+__all__ = ["ChatLLM", "LLMConfig", "LLMError", "LLMFormatError", "LLMTier", "TierUse", "llm_tier"]

@@ -6,12 +6,14 @@ asked for with a JSON schema; a server that refuses ``json_schema`` response
 formats is asked again with ``json_object`` and remembered, since older
 llama.cpp and Ollama builds only know the latter.
 
-Model tiers: ``DENDRITE_LLM_TIERS`` names several models on the same server,
-each with a relative cost per call (``small=qwen2.5:7b@0.1,large=qwen2.5:72b@1``).
-A call made inside :func:`llm_tier` uses that tier's model; the orchestrator
-enters it for each run its router sends to a tier, so the planner and the
-tools of the run all ask the model the router chose. ``DENDRITE_LLM_COST_WEIGHT``
-says how much success one unit of cost is worth to that router.
+Model tiers: ``DENDRITE_LLM_TIERS`` names several models on the same server
+(``small=qwen2.5:7b,large=qwen2.5:72b``) and ``DENDRITE_LLM_TIER_COSTS`` what one
+call to each costs, in any unit (``small=0.1,large=1``; a tier left out costs 0).
+A call made inside :func:`llm_tier` uses that tier's model and is counted; the
+orchestrator enters it for each run its router sends to a tier, so the planner
+and the tools of the run all ask the model the router chose, and the run is
+charged for the calls it made. ``DENDRITE_LLM_COST_WEIGHT`` says how much success
+one unit of cost is worth to that router.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import contextvars
 import json
 import math
 import os
+import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import openai
@@ -31,25 +34,47 @@ ENV_BASE_URL = "DENDRITE_LLM_BASE_URL"
 ENV_MODEL = "DENDRITE_LLM_MODEL"
 ENV_API_KEY = "DENDRITE_LLM_API_KEY"
 ENV_TIERS = "DENDRITE_LLM_TIERS"
+ENV_TIER_COSTS = "DENDRITE_LLM_TIER_COSTS"
 ENV_COST_WEIGHT = "DENDRITE_LLM_COST_WEIGHT"
 DEFAULT_COST_WEIGHT = 0.1
 
-_tier: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+
+@dataclass(slots=True)
+class TierUse:
+    """The calls made to a tier's model inside one :func:`llm_tier` block.
+
+    Counted so that the router learns only from runs that asked the model it
+    chose, and charges them per call. Shared by every task and thread the
+    block's context reaches, hence the lock.
+    """
+
+    name: str | None
+    calls: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self) -> None:
+        with self._lock:
+            self.calls += 1
+
+
+_tier: contextvars.ContextVar[TierUse | None] = contextvars.ContextVar(
     "dendrite_llm_tier", default=None
 )
 
 
 @contextlib.contextmanager
-def llm_tier(name: str | None) -> Iterator[None]:
+def llm_tier(name: str | None) -> Iterator[TierUse]:
     """Calls made in this block (and in tasks started from it) use tier ``name``'s model.
 
     A context variable rather than an argument, because the caller that knows
     the tier (the orchestrator) is not the one that calls the model (a planner,
-    a tool). ``None``, or a tier the client does not have, means its default model.
+    a tool). ``None``, or a tier the client does not have, means its default
+    model. The block yields the :class:`TierUse` that counts its calls.
     """
-    token = _tier.set(name)
+    use = TierUse(name)
+    token = _tier.set(use)
     try:
-        yield
+        yield use
     finally:
         _tier.reset(token)
 
@@ -68,7 +93,7 @@ class LLMFormatError(LLMError):
 
 @dataclass(frozen=True, slots=True)
 class LLMTier:
-    """One model a router may send a task to, and what a call to it costs (relative units)."""
+    """One model a router may send a run to, and what one call to it costs (any unit)."""
 
     name: str
     model: str
@@ -96,18 +121,22 @@ class LLMConfig:
         if not math.isfinite(self.cost_weight) or self.cost_weight < 0:
             raise ValueError(f"cost_weight must be a number >= 0, got {self.cost_weight}")
 
+    def tier(self, name: str | None) -> LLMTier | None:
+        for candidate in self.tiers:
+            if candidate.name == name:
+                return candidate
+        return None
+
     def model_for(self, tier: str | None) -> str:
         """The model of ``tier``; the default model for None or a tier not configured."""
-        for candidate in self.tiers:
-            if candidate.name == tier:
-                return candidate.model
-        return self.model
+        found = self.tier(tier)
+        return found.model if found is not None else self.model
 
     @classmethod
     def from_env(cls) -> LLMConfig | None:
         """The configured server, or None when ``DENDRITE_LLM_BASE_URL`` is unset."""
         base_url = os.environ.get(ENV_BASE_URL, "").strip()
-        tiers = _parse_tiers(os.environ.get(ENV_TIERS, ""))
+        tiers = _tiers_from_env()
         if not base_url:
             if tiers:
                 raise ValueError(f"{ENV_TIERS} is set but {ENV_BASE_URL} is not: name the server")
@@ -127,25 +156,37 @@ class LLMConfig:
         return cls(base_url, model, api_key, tiers=tiers, cost_weight=weight)
 
 
-def _parse_tiers(text: str) -> tuple[LLMTier, ...]:
-    """``name=model@cost`` items separated by commas; the cost is optional (0)."""
-    tiers = []
-    for item in (part.strip() for part in text.split(",")):
+def _pairs(variable: str) -> list[tuple[str, str]]:
+    """``NAME=VALUE`` items separated by commas; the value is everything after the first ``=``."""
+    pairs = []
+    for item in (part.strip() for part in os.environ.get(variable, "").split(",")):
         if not item:
             continue
-        name, equals, rest = item.partition("=")
-        model, at, cost_text = rest.rpartition("@") if "@" in rest else (rest, "", "")
-        name, model, cost_text = name.strip(), model.strip(), cost_text.strip()
-        if not equals or not name or not model:
-            raise ValueError(f"{ENV_TIERS}: {item!r} is not NAME=MODEL or NAME=MODEL@COST")
+        name, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not name or not value:
+            raise ValueError(f"{variable}: {item!r} is not NAME=VALUE")
+        pairs.append((name, value))
+    return pairs
+
+
+def _tiers_from_env() -> tuple[LLMTier, ...]:
+    """Model names may hold ``:``, ``@``, ``/`` or ``=`` (``claude-3-5-haiku@20241022``),
+    so costs come in a variable of their own rather than inside the model's name."""
+    tiers = _pairs(ENV_TIERS)
+    names = [name for name, _ in tiers]
+    costs: dict[str, float] = {}
+    for name, text in _pairs(ENV_TIER_COSTS):
+        if name not in names:
+            known = ", ".join(names) or f"none: {ENV_TIERS} is empty"
+            raise ValueError(f"{ENV_TIER_COSTS}: {name!r} is not a tier (tiers: {known})")
         try:
-            cost = float(cost_text) if at else 0.0
+            cost = float(text)
         except ValueError:
-            raise ValueError(f"{ENV_TIERS}: the cost in {item!r} is not a number") from None
+            raise ValueError(f"{ENV_TIER_COSTS}: the cost of {name!r} is not a number") from None
         if not math.isfinite(cost) or cost < 0:
-            raise ValueError(f"{ENV_TIERS}: the cost in {item!r} must be a number >= 0")
-        tiers.append(LLMTier(name, model, cost))
-    return tuple(tiers)
+            raise ValueError(f"{ENV_TIER_COSTS}: the cost of {name!r} must be a number >= 0")
+        costs[name] = cost
+    return tuple(LLMTier(name, model, costs.get(name, 0.0)) for name, model in tiers)
 
 
 class ChatLLM:
@@ -159,7 +200,7 @@ class ChatLLM:
             timeout=config.timeout,
             max_retries=config.max_retries,
         )
-        self._json_schema_supported = True
+        self._no_json_schema: set[str] = set()  # models whose server refused json_schema
 
     @property
     def name(self) -> str:
@@ -168,7 +209,8 @@ class ChatLLM:
     @property
     def model(self) -> str:
         """The model a call made here and now would ask: the current tier's, or the default."""
-        return self.config.model_for(_tier.get())
+        use = _tier.get()
+        return self.config.model_for(use.name if use is not None else None)
 
     @classmethod
     def from_env(cls) -> ChatLLM | None:
@@ -182,14 +224,20 @@ class ChatLLM:
         json_schema: dict[str, Any] | None = None,
         temperature: float = 0.0,
     ) -> str:
-        """The assistant's text; with ``json_schema``, text that parses as a JSON object."""
+        """The assistant's text; with ``json_schema``, text that parses as a JSON object.
+
+        Inside an :func:`llm_tier` block of one of this client's tiers, each answer
+        the model gives is counted on the block's :class:`TierUse`.
+        """
+        model = self.model
         kwargs: dict[str, Any] = {
-            "model": self.model,
+            "model": model,
             "messages": list(messages),
             "temperature": temperature,
         }
+        schema_ok = model not in self._no_json_schema
         if json_schema is not None:
-            if self._json_schema_supported:
+            if schema_ok:
                 kwargs["response_format"] = {
                     "type": "json_schema",
                     "json_schema": {"name": "response", "schema": json_schema},
@@ -199,12 +247,15 @@ class ChatLLM:
         try:
             response = await self._client.chat.completions.create(**kwargs)
         except openai.BadRequestError as error:
-            if json_schema is None or not self._json_schema_supported:
+            if json_schema is None or not schema_ok:
                 raise LLMError(f"{self.name} refused the request: {error}") from error
-            self._json_schema_supported = False
+            self._no_json_schema.add(model)
             return await self.complete(messages, json_schema=json_schema, temperature=temperature)
         except openai.APIError as error:
             raise LLMError(f"{self.name} failed: {error}") from error
+        use = _tier.get()
+        if use is not None and self.config.tier(use.name) is not None:
+            use.count()
         if not response.choices or response.choices[0].message.content is None:
             raise LLMError(f"{self.name} returned no message")
         text = response.choices[0].message.content
