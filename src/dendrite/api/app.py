@@ -28,7 +28,6 @@ from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from dendrite._ids import new_id
 from dendrite.api.guard import Guard
 from dendrite.api.metrics import CONTENT_TYPE_LATEST, ApiMetrics
 from dendrite.api.models import (
@@ -96,7 +95,7 @@ from dendrite.store.errors import (
 )
 from dendrite.store.serialize import dumps
 from dendrite.store.writer import is_connection_error
-from dendrite.telemetry import ErrorType, ExecutionStatus
+from dendrite.telemetry import ExecutionStatus
 from dendrite.telemetry.records import ExecutionRecord
 from dendrite.tools import ToolStatus, UnknownToolError
 
@@ -277,57 +276,13 @@ class _State:
         self.planners[key] = planner
         return planner
 
-    async def target(self, request: GoalRequest, planner: Planner | None) -> str | Plan:
-        """What to hand to the orchestrator: the goal, the given plan, or a plan made here."""
+    @staticmethod
+    def target(request: GoalRequest) -> str | Plan:
+        """What to hand to the orchestrator: the given plan, or the goal to plan."""
         if request.plan is not None:
             return request.plan
         assert request.goal is not None
-        if planner is None:
-            return request.goal
-        started_at = datetime.now(UTC)
-        started = time.perf_counter()
-        try:
-            return await planner.plan(request.goal, self.orch.registry, request.context)
-        except (PlanningError, PlanValidationError) as error:
-            self.record_planning_failure(request, planner, error, started_at, started)
-            raise
-
-    def record_planning_failure(
-        self,
-        request: GoalRequest,
-        planner: Planner,
-        error: Exception,
-        started_at: datetime,
-        started: float,
-    ) -> None:
-        """Record a goal the requested planner could not plan, as the orchestrator would."""
-        store = self.orch.store
-        if store is None:
-            return
-        goal = request.goal or ""
-        labels = classify(goal).to_dict()
-        try:
-            store.store_execution(
-                id=new_id(),
-                goal_text=goal,
-                intent=labels["intent"],
-                query_type=labels["query_type"],
-                success=False,
-                status=ExecutionStatus.FAILED,
-                error=str(error),
-                error_type=ErrorType.VALIDATION,
-                started_at=started_at,
-                duration_ms=(time.perf_counter() - started) * 1000,
-                session_id=request.session_id,
-                project=self.orch.config.project,
-                metadata={
-                    "planner": getattr(planner, "name", type(planner).__name__),
-                    "strategy": request.strategy.value if request.strategy else None,
-                    "problems": [str(p) for p in getattr(error, "problems", [])],
-                },
-            )
-        except Exception:
-            log.warning("could not record the planning failure of %r", goal, exc_info=True)
+        return request.goal
 
     # -- results -------------------------------------------------------------
 
@@ -491,9 +446,10 @@ def create_app(
         state.metrics.start()
         try:
             result = await orch.run(
-                await state.target(request, planner),
+                state.target(request),
                 session_id=request.session_id,
                 context=request.context,
+                planner=planner,
             )
         except (PlanningError, PlanValidationError) as error:
             state.metrics.planning_errors.inc()
@@ -953,9 +909,11 @@ async def _events(
 
     async def produce() -> None:
         try:
-            target = await state.target(request, planner)
             async for event in orch.stream(
-                target, session_id=request.session_id, context=request.context
+                state.target(request),
+                session_id=request.session_id,
+                context=request.context,
+                planner=planner,
             ):
                 await queue.put(("event", event))
             await queue.put(("end", None))

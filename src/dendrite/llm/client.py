@@ -226,8 +226,9 @@ class ChatLLM:
     ) -> str:
         """The assistant's text; with ``json_schema``, text that parses as a JSON object.
 
-        Inside an :func:`llm_tier` block of one of this client's tiers, each answer
-        the model gives is counted on the block's :class:`TierUse`.
+        Inside an :func:`llm_tier` block of one of this client's tiers, each request
+        sent to the model is counted on the block's :class:`TierUse`, answered or not
+        (a tier that fails every call has been tried, and failed).
         """
         model = self.model
         kwargs: dict[str, Any] = {
@@ -244,17 +245,23 @@ class ChatLLM:
                 }
             else:
                 kwargs["response_format"] = {"type": "json_object"}
+        use = _tier.get()
+        if use is not None and self.config.tier(use.name) is None:
+            use = None  # a tier this client does not have: its default model answers
         try:
             response = await self._client.chat.completions.create(**kwargs)
         except openai.BadRequestError as error:
             if json_schema is None or not schema_ok:
+                if use is not None:
+                    use.count()
                 raise LLMError(f"{self.name} refused the request: {error}") from error
-            self._no_json_schema.add(model)
+            self._no_json_schema.add(model)  # asked again, and counted then
             return await self.complete(messages, json_schema=json_schema, temperature=temperature)
         except openai.APIError as error:
+            if use is not None:
+                use.count()  # a tier whose calls fail was still used, and failed
             raise LLMError(f"{self.name} failed: {error}") from error
-        use = _tier.get()
-        if use is not None and self.config.tier(use.name) is not None:
+        if use is not None:
             use.count()
         if not response.choices or response.choices[0].message.content is None:
             raise LLMError(f"{self.name} returned no message")
