@@ -346,6 +346,12 @@ def test_requested_planner_and_strategy(client: httpx.Client, store: ExecutionSt
     assert_problem(response, 422, "no registered tool")
     [failed] = client.get("/v1/executions", params={"session_id": "p"}).json()["items"]
     assert failed["planner"] == "single_tool" and failed["error_type"] == "validation"
+    # The strategy asked for is on the record of a goal it could not plan, too.
+    body = {"goal": "nothing here zzz", "planner": "dendrite", "strategy": "simple"}
+    response = client.post("/v1/goals", json={**body, "session_id": "q"})
+    assert response.status_code == 422
+    [failed] = client.get("/v1/executions", params={"session_id": "q"}).json()["items"]
+    assert store.get_execution(failed["id"]).metadata["strategy"] == "simple"
 
 
 # -- streaming ---------------------------------------------------------------

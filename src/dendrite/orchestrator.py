@@ -222,6 +222,11 @@ def _planner_name(planner: Planner) -> str:
     return getattr(planner, "name", type(planner).__name__)
 
 
+def _strategy_of(planner: Planner) -> str | None:
+    strategy = getattr(planner, "strategy", None)
+    return getattr(strategy, "value", strategy)
+
+
 def current_route() -> str | None:
     """The option the router chose for the run this code is part of (tools call it).
 
@@ -650,6 +655,7 @@ class Orchestrator:
                     "planner": _planner_name(decisions.planner or self.planner)
                     if not isinstance(goal_or_plan, Plan)
                     else goal_or_plan.planner,
+                    "strategy": _strategy_of(decisions.planner or self.planner),
                     "problems": [str(p) for p in getattr(error, "problems", [])],
                     "why": decisions.why(),
                 },

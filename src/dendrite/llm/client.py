@@ -226,9 +226,10 @@ class ChatLLM:
     ) -> str:
         """The assistant's text; with ``json_schema``, text that parses as a JSON object.
 
-        Inside an :func:`llm_tier` block of one of this client's tiers, each request
-        sent to the model is counted on the block's :class:`TierUse`, answered or not
-        (a tier that fails every call has been tried, and failed).
+        Inside an :func:`llm_tier` block of one of this client's tiers, each call is
+        counted once on the block's :class:`TierUse`, answered or not (a tier that
+        fails every call has been tried, and failed); the SDK's own retries, and the
+        second request after a refused ``json_schema``, are part of the same call.
         """
         model = self.model
         kwargs: dict[str, Any] = {
