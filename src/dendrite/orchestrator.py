@@ -595,10 +595,10 @@ class Orchestrator:
         route = decisions.choice.option if decisions.choice else (parent.route if parent else None)
         scope = contextlib.ExitStack()
         scope.callback(_current.reset, _current.set(_Frame(execution_id, depth, route)))
-        if self._is_tier(decisions.choice):
-            assert decisions.choice is not None
+        choice = decisions.choice
+        if choice is not None and self._is_tier(choice):
             # The run's LLM calls ask the chosen tier's model, and are counted.
-            decisions.tier = scope.enter_context(llm_tier(decisions.choice.option))
+            decisions.tier = scope.enter_context(llm_tier(choice.option))
         decisions.model = self.llm.model if self.llm is not None else None  # nested: the parent's
         with scope:
             return await self._run_framed(
@@ -863,11 +863,11 @@ class Orchestrator:
                     log.warning("could not record the experiment assignment", exc_info=True)
         return decisions
 
-    def _is_tier(self, choice: RoutingChoice | None) -> bool:
+    def _is_tier(self, choice: RoutingChoice) -> bool:
         """The model-tier router chose one of the model's tiers (rather than an option
         only tools read, through :func:`current_route`)."""
         router, llm = self.router, self.llm
-        if choice is None or router is None or llm is None or router.router_name != "model_tier":
+        if router is None or llm is None or router.router_name != "model_tier":
             return False
         return llm.config.tier(choice.option) is not None
 
