@@ -282,6 +282,7 @@ def test_goal_that_cannot_be_planned_is_422_and_recorded(
     [failed] = page["items"]
     assert failed["success"] is False and failed["error_type"] == "validation"
     assert failed["goal_text"] == "hello there"
+    assert body["execution_id"] == failed["id"]  # the problem points at the record
 
 
 @SQLITE_ONLY

@@ -120,7 +120,7 @@ def test_tiers_come_from_the_environment(monkeypatch: pytest.MonkeyPatch):
          "the cost of 'a' must be a number >= 0"),
         ({"DENDRITE_LLM_TIERS": "a=m,a=n"}, "tier names must be distinct; repeated: a"),
         ({"DENDRITE_LLM_COST_WEIGHT": "lots"}, "DENDRITE_LLM_COST_WEIGHT must be a number"),
-        ({"DENDRITE_LLM_COST_WEIGHT": "-0.5"}, "cost_weight must be a number >= 0"),
+        ({"DENDRITE_LLM_COST_WEIGHT": "-0.5"}, "DENDRITE_LLM_COST_WEIGHT must be a number >= 0"),
     ],
 )  # fmt: skip
 def test_bad_tier_settings_are_named(
@@ -425,6 +425,10 @@ def test_a_new_process_routes_by_what_earlier_ones_learnt(
             assert done.exit_code == (0 if run.model_tier == "large" else 1), done.output
             if done.exit_code == 0:
                 assert json.loads(done.output)["route"] == "large"
+            else:  # the failed attempt is on the record, and the CLI says where
+                assert f"recorded as execution {run.id}" in done.output
+                shown = runner.invoke(app, ["trace", run.id, "--url", store_url])
+                assert "error: the LLM's plan still had problems" in shown.output
         # Thompson sampling may still try the small tier now and then, rarely.
         assert routes.count("large") >= 3, routes
         done = runner.invoke(app, ["stats", "routing", "--json", "--url", store_url])
@@ -441,6 +445,26 @@ def test_a_new_process_routes_by_what_earlier_ones_learnt(
         shown = runner.invoke(app, args[:-3] + args[-2:])  # without --json
         assert shown.exit_code == 0, shown.output
         assert re.search(r"routed to (small|large) · execution", shown.output), shown.output
+
+
+def test_the_cli_points_at_the_record_of_a_goal_it_could_not_plan(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    with chat_server() as server:
+        server.say(*["I would calculate it."] * 6)  # prose from both tiers: no plan
+        monkeypatch.setenv("DENDRITE_LLM_BASE_URL", server.url)
+        monkeypatch.setenv("DENDRITE_LLM_TIERS", TIERS)
+        monkeypatch.setenv("COLUMNS", "200")
+        runner = CliRunner()
+        args = ["run", "calculate 6 * 7", "--planner", "llm", "--url", store_url]
+        done = runner.invoke(app, args)
+    assert done.exit_code == 1
+    found = re.search(r"recorded as execution ([0-9a-f-]{36})", done.output)
+    assert found, done.output
+    shown = runner.invoke(app, ["trace", found[1], "--url", store_url])
+    assert shown.exit_code == 0
+    assert "error: the LLM's plan still had problems after 2 repair(s)" in shown.output
+    assert "route: picked" in shown.output
 
 
 def test_the_cli_names_a_bad_tier_setting_before_it_starts(
@@ -475,6 +499,10 @@ def test_api_goals_naming_a_planner_plan_under_their_route(store: ExecutionStore
                 models = {"small": ["mini-7b"] * 3, "large": ["maxi-70b"]}[run.model_tier]
                 assert [r["model"] for r in server.requests[before:]] == models
                 assert response.status_code == (200 if run.model_tier == "large" else 422)
+                body = response.json()
+                assert body["execution_id"] == run.id
+                if response.status_code == 200:
+                    assert body["route"] == "large"
             assert orch.router is not None
             learnt = orch.router.stats()
     assert learnt["small"]["observations"] + learnt["large"]["observations"] == 12

@@ -187,6 +187,8 @@ def run(
             else:
                 result = asyncio.run(_run_live(orch, goal, session))
         except (PlanningError, PlanValidationError) as error:
+            if error.execution_id is not None:  # recorded: say where, for trace and feedback
+                console.print(f"recorded as execution {error.execution_id}", highlight=False)
             raise _fail(str(error), 1) from None
     if as_json:
         console.print_json(json.dumps(result.to_dict(), default=str))
@@ -354,6 +356,7 @@ def trace(
     """Every step of one execution: attempts, errors, fallbacks, timing and confidence."""
     import uuid
 
+    from rich.markup import escape
     from rich.tree import Tree
 
     from dendrite.orchestrator import load_trace
@@ -375,6 +378,8 @@ def trace(
         f"{found.goal!r}: {status} in {found.duration_ms:.0f} ms{confidence}, "
         f"planner {found.planner}"
     )
+    if found.error:
+        root.add(f"[red]error: {escape(found.error)}[/red]")
     step_ids = {step["step_id"] for step in found.steps}
     for component, reason in found.why.items():
         if component not in step_ids:  # run-level choices: route, experiment arm, policy

@@ -633,6 +633,7 @@ class Orchestrator:
                 )  # fmt: skip
             elif isinstance(error, PlanningError | PlanValidationError):
                 status, error_type, text = ExecutionStatus.FAILED, ErrorType.VALIDATION, str(error)
+                error.execution_id = execution_id  # so the caller can point at the record
             elif isinstance(error, Exception):
                 status, error_type = ExecutionStatus.FAILED, ErrorType.infer(error)
                 text = f"the planner failed: {type(error).__name__}: {error}"
@@ -872,11 +873,12 @@ class Orchestrator:
         return llm.config.tier(choice.option) is not None
 
     def _route_cost(self, decisions: _Decisions) -> float | None:
-        """What the run's calls to its tier's model cost: calls x the tier's cost per call."""
+        """What the run's calls to its tier's model cost: calls x the tier's cost per call
+        (to the nano-unit the rollups keep, so 3 x 0.1 is 0.3)."""
         if decisions.tier is None or self.llm is None:
             return None
         tier = self.llm.config.tier(decisions.tier.name)
-        return decisions.tier.calls * tier.cost if tier is not None else None
+        return round(decisions.tier.calls * tier.cost, 9) if tier is not None else None
 
     def _learn_route(
         self, execution_id: str, decisions: _Decisions, *, success: bool, cancelled: bool = False

@@ -298,7 +298,7 @@ class _State:
         self.metrics.observe_run(status, time.perf_counter() - started, steps)
 
 
-def _planning_problem(error: Exception) -> ProblemError:
+def _planning_problem(error: PlanningError | PlanValidationError) -> ProblemError:
     problems = [str(p) for p in getattr(error, "problems", [])] or [str(error)]
     return ProblemError(
         422,
@@ -306,6 +306,7 @@ def _planning_problem(error: Exception) -> ProblemError:
         "The goal could not be planned",
         str(error),
         problems=problems,
+        execution_id=error.execution_id,  # the recorded attempt, for its trace and feedback
     )
 
 
@@ -330,6 +331,7 @@ def _result(result: ExecutionResult) -> dict[str, Any]:
         "query_type": labels.get("query_type"),
         "planner": result.plan.planner,
         "strategy": result.plan.metadata.get("strategy"),
+        "route": result.route,
         "error": result.error,
         "error_type": result.error_type.value if result.error_type else None,
         "duration_ms": result.duration_ms,

@@ -122,6 +122,9 @@ class GoalResult(BaseModel):
     query_type: str | None = None
     planner: str | None = None
     strategy: str | None = None
+    route: str | None = Field(
+        default=None, description="the model tier (or pool) the router sent the run to"
+    )
     error: str | None = None
     error_type: str | None = None
     duration_ms: float

@@ -6,7 +6,7 @@ validation, by the auth and body-size guard or by a bug, has the same shape:
 every problem of that type), ``status``, ``detail`` (what went wrong with this
 request, and what to do about it) and ``instance`` (the request's path), plus
 extension members where they help: ``errors`` for invalid fields, ``problems``
-for a plan that cannot run.
+and the recorded attempt's ``execution_id`` for a plan that cannot run.
 """
 
 from __future__ import annotations

@@ -152,6 +152,8 @@ class LLMConfig:
             weight = float(weight_text) if weight_text else DEFAULT_COST_WEIGHT
         except ValueError:
             raise ValueError(f"{ENV_COST_WEIGHT} must be a number, got {weight_text!r}") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"{ENV_COST_WEIGHT} must be a number >= 0, got {weight_text!r}")
         api_key = os.environ.get(ENV_API_KEY, "").strip() or "not-needed"
         return cls(base_url, model, api_key, tiers=tiers, cost_weight=weight)
 

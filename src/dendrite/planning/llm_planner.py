@@ -52,7 +52,7 @@ Rules:
   that makes the step wait for the earlier one. Steps without dependencies run in parallel.
 - "when" (optional) is a condition such as "${search.count} > 0"; "for_each" (optional) is one
   reference to a list, and "${item}" is its current element.
-- "output" names the step whose output answers the goal.
+- "output" is a reference to the step whose output answers the goal: "${step_id}", not the bare id.
 - Tools are listed best first. A "track_record" says how a tool has done on goals like this one;
   of tools that fit the goal equally, prefer the one with the better record.
 - Keep plans short: as few steps as the goal needs."""

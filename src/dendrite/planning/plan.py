@@ -124,6 +124,11 @@ class PlanProblem:
 
 
 class PlanValidationError(ValueError):
+    """The plan cannot run; ``execution_id`` names the recorded attempt when the
+    orchestrator ran it."""
+
+    execution_id: str | None = None
+
     def __init__(self, problems: list[PlanProblem]) -> None:
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)

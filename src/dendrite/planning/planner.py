@@ -17,7 +17,12 @@ from dendrite.tools import ToolRegistry
 
 
 class PlanningError(ValueError):
-    """The planner could not make a plan for the goal."""
+    """The planner could not make a plan for the goal.
+
+    ``execution_id`` names the recorded attempt when the orchestrator ran it.
+    """
+
+    execution_id: str | None = None
 
 
 @runtime_checkable
