@@ -464,7 +464,7 @@ def stats(
         return
     table = Table(title=f"{kind}")
     for column in rows[0]:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # wrapped, not cut, on a narrow terminal
     for row in rows:
         table.add_row(*(_cell(v) for v in row.values()))
     console.print(table)
@@ -505,7 +505,7 @@ def _experiments(
             "p (duration)",
             "rating",
         ):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")  # wrapped, not cut, on a narrow terminal
         for arm in found.arms:
             low_high = arm.success_interval
             table.add_row(
