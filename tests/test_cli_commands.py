@@ -70,6 +70,14 @@ def test_run_answers_from_documents_and_the_history_commands_see_it(home: Path, 
     assert all(s["attempts"] for s in trace["steps"])
     text = runner.invoke(app, ["trace", result["execution_id"]])
     assert text.exit_code == 0 and "compare: compare_documents (succeeded)" in text.output
+    # The goal id history shows names the execution as well as its UUID does.
+    goal_id = history[1]["goal_id"]
+    by_goal = _json(runner.invoke(app, ["trace", goal_id, "--json"]))
+    assert by_goal["execution_id"] == result["execution_id"]
+    rated = runner.invoke(app, ["feedback", goal_id, "--rating", "4"])
+    assert rated.exit_code == 0 and result["execution_id"] in rated.output
+    missing = runner.invoke(app, ["trace", "goal_999"])
+    assert missing.exit_code == 1 and "no execution has goal id 'goal_999'" in missing.output
     tools = _json(runner.invoke(app, ["stats", "tools", "--json"]))
     assert {t["tool_name"] for t in tools} >= {"search_documents", "compare_documents", "calculate"}
     intents = _json(runner.invoke(app, ["stats", "intents", "--json"]))
@@ -106,7 +114,8 @@ def test_tool_states_persist_between_processes(home: Path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["trace", "not-a-uuid"], "is not an execution id"),
+        (["trace", "not-a-uuid"], "is not an execution id (a UUID) or a goal id (goal_N)"),
+        (["feedback", "nope", "--rating", "3"], "is not an execution id (a UUID) or a goal id"),
         (["stats", "moods"], "unknown stats 'moods'"),
         (["tools", "show", "nope"], "unknown tool 'nope'"),
         (["feedback", "01a20a0a-f9f5-7000-bd29-f97ca0ef4df2"], "give at least one of"),

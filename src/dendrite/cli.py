@@ -349,23 +349,21 @@ def history(
 
 @app.command()
 def trace(
-    execution_id: Annotated[str, typer.Argument(help="The execution's id.")],
+    execution_id: Annotated[
+        str, typer.Argument(help="The execution's id, or its goal id (goal_N, as history shows).")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     url: UrlOption = None,
 ) -> None:
     """Every step of one execution: attempts, errors, fallbacks, timing and confidence."""
-    import uuid
-
     from rich.markup import escape
     from rich.tree import Tree
 
     from dendrite.orchestrator import load_trace
 
-    try:
-        uuid.UUID(execution_id)
-    except ValueError:
-        raise _fail(f"{execution_id!r} is not an execution id (a UUID)") from None
+    _check_execution_ref(execution_id)
     with _store(url) as store:
+        execution_id = _execution_id(store, execution_id)
         found = load_trace(store, execution_id)
     if found is None:
         raise _fail(f"no execution {execution_id}", 1)
@@ -701,7 +699,9 @@ def jobs_history(
 
 @app.command()
 def feedback(
-    execution_id: Annotated[str, typer.Argument(help="The execution's id.")],
+    execution_id: Annotated[
+        str, typer.Argument(help="The execution's id, or its goal id (goal_N, as history shows).")
+    ],
     rating: Annotated[int | None, typer.Option(help="1 (bad) to 5 (excellent).")] = None,
     accepted: Annotated[
         bool | None, typer.Option("--accepted/--rejected", help="Was the answer used?")
@@ -714,12 +714,36 @@ def feedback(
 
     if rating is None and accepted is None and not comment:
         raise _fail("give at least one of --rating, --accepted/--rejected or --comment")
+    _check_execution_ref(execution_id)
     with _store(url) as store:
+        execution_id = _execution_id(store, execution_id)
         try:
             store.store_feedback(execution_id, rating, comment, accepted=accepted)
         except (InvalidRecordError, UnknownExecutionError) as error:
             raise _fail(str(error)) from None
     console.print(f"feedback recorded for {execution_id}", highlight=False)
+
+
+def _check_execution_ref(given: str) -> None:
+    """Refuse what is neither an execution id nor a goal id, before a store is opened."""
+    import uuid
+
+    if given.startswith("goal_"):
+        return
+    try:
+        uuid.UUID(given)
+    except ValueError:
+        raise _fail(f"{given!r} is not an execution id (a UUID) or a goal id (goal_N)") from None
+
+
+def _execution_id(store: Any, given: str) -> str:
+    """The execution id ``given`` names: itself, or that of the goal id (``goal_N``)."""
+    if not given.startswith("goal_"):
+        return given
+    found = store.get_recent_executions(1, goal_id=given)
+    if not found:
+        raise _fail(f"no execution has goal id {given!r}", 1)
+    return str(found[0].id)
 
 
 @app.command()

@@ -142,12 +142,14 @@ def get_recent_executions(
     session_id: str | None = None,
     model_tier: str | None = None,
     pool: str | None = None,
+    goal_id: str | None = None,
     since: datetime | None = None,
     before: datetime | None = None,
 ) -> list[ExecutionRecord]:
     ex = s.executions
     query = select(ex).order_by(ex.c.started_at.desc(), ex.c.id.desc()).limit(limit)
     for column, value in (
+        (ex.c.goal_id, goal_id),
         (ex.c.intent, intent),
         (ex.c.success, success),
         (ex.c.project, project),

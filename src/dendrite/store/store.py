@@ -402,8 +402,8 @@ class ExecutionStore:
             return analytics.get_execution(conn, execution_id)
 
     def get_recent_executions(self, limit: int = 20, **filters: Any) -> list[ExecutionRecord]:
-        """Newest first. Filters: intent, success, project, session_id, model_tier, pool,
-        since, before (``before`` is the cursor for the next page)."""
+        """Newest first. Filters: goal_id, intent, success, project, session_id, model_tier,
+        pool, since, before (``before`` is the cursor for the next page)."""
         _at_least_one("limit", limit)
         for name in ("since", "before"):
             if filters.get(name) is not None:
