@@ -77,7 +77,7 @@ import numpy as np
 
 from dendrite.retrieval.embedding import Embedder
 from dendrite.retrieval.lexical import stem, tokenize
-from dendrite.telemetry.records import ExecutionStatus
+from dendrite.telemetry.records import ExecutionStatus, as_utc
 
 if TYPE_CHECKING:
     from dendrite.store import ExecutionStore
@@ -570,10 +570,6 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _phi(z: float) -> float:
     return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
 
@@ -871,7 +867,7 @@ class Router:
             raise ValueError(f"execution_id must be a non-empty string, got {execution_id!r}")
         x = self.featuriser.vectorise(features)
         with self._lock:
-            now = _as_utc(self._clock())
+            now = as_utc(self._clock())
             self._expire(now)
             if execution_id in self._pending or execution_id in self._learned:
                 raise ValueError(
@@ -997,7 +993,7 @@ class Router:
         if cost is not None:
             cost = _check_number("cost", cost)
         with self._lock:
-            self._expire(_as_utc(self._clock()))
+            self._expire(as_utc(self._clock()))
             pending = self._pending.pop(execution_id, None)
             if pending is not None:
                 if rating is None:
@@ -1022,7 +1018,7 @@ class Router:
         if rating is None:
             raise ValueError("feedback needs a rating from 1 to 5")
         with self._lock:
-            self._expire(_as_utc(self._clock()))
+            self._expire(as_utc(self._clock()))
             pending = self._pending.get(execution_id)
             if pending is not None:
                 pending.rating = rating
@@ -1055,7 +1051,7 @@ class Router:
         outcomes.sort(key=lambda o: (o.decision.created_at, o.decision.id))
         report = ReplayReport(decisions=len(outcomes))
         with self._lock:
-            now = _as_utc(self._clock())
+            now = as_utc(self._clock())
             self._expire(now)
             todo = []
             for item in outcomes:
@@ -1068,7 +1064,7 @@ class Router:
                     report.discarded += 1
                     continue
                 execution_id = decision.execution_id
-                decided_at = _as_utc(decision.created_at)
+                decided_at = as_utc(decision.created_at)
                 observation = self._learned.get(execution_id)
                 if observation is not None:
                     outcome = item.outcome
@@ -1152,7 +1148,7 @@ class Router:
     def pending(self) -> list[str]:
         """Execution ids of the decisions waiting for their outcome, oldest first."""
         with self._lock:
-            self._expire(_as_utc(self._clock()))
+            self._expire(as_utc(self._clock()))
             return list(self._pending)
 
     def stats(self) -> dict[str, dict[str, float]]:

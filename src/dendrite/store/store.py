@@ -54,6 +54,7 @@ from dendrite.telemetry.records import (
     SolutionRecord,
     ToolCreationEvent,
     ToolExecutionRecord,
+    as_utc,
 )
 
 log = logging.getLogger("dendrite.store")
@@ -688,7 +689,7 @@ def _moment(name: str, value: Any, also: str = "") -> datetime:
     """A point in time given to a read or to ``prune``, in UTC (naive is taken as UTC)."""
     if not isinstance(value, datetime):
         raise TypeError(f"{name} must be {also}a datetime, got {type(value).__name__} {value!r}")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return as_utc(value)
 
 
 def _at_least_one(name: str, value: int) -> None:

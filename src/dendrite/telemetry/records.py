@@ -89,10 +89,11 @@ def _fill_times(
         raise ValueError(
             f"duration_ms={duration_ms} puts the other end of the run outside the years 1 to 9999"
         ) from None
-    return _as_utc(started_at), _as_utc(finished_at)
+    return as_utc(started_at), as_utc(finished_at)
 
 
-def _as_utc(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
+    """The same moment in UTC; a naive datetime is taken to be UTC already."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
