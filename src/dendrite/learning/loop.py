@@ -72,15 +72,13 @@ class JudgedRun:
 
     @classmethod
     def of_result(cls, result: ExecutionResult) -> JudgedRun:
-        described = {s.id: s.description for s in result.plan.steps}
+        texts = step_texts(result.plan, result.goal)
         return cls(
             execution_id=result.execution_id,
             goal=result.goal,
             finished_at=result.started_at + timedelta(milliseconds=result.duration_ms),
             answered=tuple(
-                (described.get(r.step_id) or result.goal, r.tool, None)
-                for r in result.steps
-                if r.ok
+                (texts.get(r.step_id, result.goal), r.tool, None) for r in result.steps if r.ok
             ),
             remembered_from=result.plan.metadata.get("remembered_from"),
         )
@@ -193,11 +191,10 @@ class LearningLoop:
         self.health.tick()
 
     def after_run(self, result: ExecutionResult) -> None:
-        steps = {s.id: s for s in result.plan.steps}
+        texts = step_texts(result.plan, result.goal)
         seen: Counter[tuple[str, str, bool]] = Counter()
         for step_result in result.steps:
-            step = steps.get(step_result.step_id)
-            text = (step.description if step is not None else "") or result.goal
+            text = texts.get(step_result.step_id, result.goal)
             for attempt in step_result.attempts:
                 if attempt.error_type is not None and attempt.error_type.value == "cancelled":
                     continue
@@ -267,11 +264,11 @@ class LearningLoop:
                 plan: Plan = parse_plan({**plan_data, "goal": record.goal_text})
             except ValueError:
                 continue
-            described = {s.id: s.description for s in plan.steps}
+            texts = step_texts(plan, record.goal_text)
             shares = recorded_shares(record.metadata)
             for step in steps:
                 if step.get("status") in ("succeeded", "failed") and step.get("tool"):
-                    text = described.get(step.get("step_id")) or record.goal_text
+                    text = texts.get(step.get("step_id"), record.goal_text)
                     self.ranker.observe(
                         text,
                         step["tool"],
@@ -310,16 +307,22 @@ class LearningLoop:
                 return
 
 
+def step_texts(plan: Plan, goal: str) -> dict[str, str]:
+    """What each step stands for when the ranker learns from it: its description, else the
+    goal's text (the same key at run time, at warm start and for feedback)."""
+    return {step.id: step.description or goal for step in plan.steps}
+
+
 def retrieval_shares(ranker: ToolRanker, result: ExecutionResult) -> dict[str, dict[str, float]]:
     """Per step, the retrieval share of each tool it tried, as recorded with the run.
 
     A later process learning from the record (warm start, feedback given from
     the command line) needs them to learn what the process that ran it learned.
     """
-    described = {s.id: s.description for s in result.plan.steps}
+    texts = step_texts(result.plan, result.goal)
     out: dict[str, dict[str, float]] = {}
     for step in result.steps:
-        text = described.get(step.step_id) or result.goal
+        text = texts.get(step.step_id, result.goal)
         for tool in dict.fromkeys(a.tool for a in step.attempts):
             share = ranker.retrieval_share(text, tool)
             if share is not None:
