@@ -603,7 +603,7 @@ class Orchestrator:
         with scope:
             return await self._run_framed(
                 goal_or_plan, goal, execution_id, session_id, context, emit,
-                parent, depth, decisions, started_at, started, scope,
+                parent, depth, decisions, started_at, started,
             )  # fmt: skip
 
     async def _run_framed(
@@ -619,9 +619,8 @@ class Orchestrator:
         decisions: _Decisions,
         started_at: datetime,
         started: float,
-        scope: contextlib.ExitStack,
     ) -> ExecutionResult:
-        """The run inside its frame (``scope``), which the caller leaves however this ends."""
+        """The run inside its frame, which the caller leaves however this ends."""
         if self.learning is not None:
             self.learning.before_run()
         try:
@@ -736,7 +735,6 @@ class Orchestrator:
             )
             raise
         finally:
-            scope.close()
             self.state.clear_execution(execution_id)
         result = self._finish(
             execution_id,
