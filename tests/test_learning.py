@@ -148,6 +148,35 @@ def test_ranker_recalls_a_tool_by_learned_words_and_asks_for_depth():
         ToolRanker(learning_rate=-1)
 
 
+def test_a_recalled_tool_is_weighed_by_its_own_retrieval_score_when_given():
+    """History lifts a tool from below the candidates; how far retrieval ranked it still counts."""
+
+    def trained() -> ToolRanker:
+        ranker = ToolRanker()
+        for city in ("Oslo", "Rome", "Lima"):
+            goal = f"weather forecast for {city} this weekend"
+            ranker.rerank(goal, [("forecast_api", 1.0)])
+            ranker.observe(goal, "forecast_api", False)
+            ranker.observe(goal, "Weather_1_GetWeather", True)
+        return ranker
+
+    goal = "weather forecast for Kyiv this weekend"
+    candidates = [("forecast_api", 2.0), ("climate_stats", 1.0)]
+    blind = {r.name: r for r in trained().rerank(goal, candidates)}
+    scored = {
+        r.name: r for r in trained().rerank(goal, candidates, scores={"Weather_1_GetWeather": 1.6})
+    }
+    assert "retrieval 0.00" in blind["Weather_1_GetWeather"].reason
+    assert "retrieval 0.80" in scored["Weather_1_GetWeather"].reason  # 1.6 of the best 2.0
+    assert scored["Weather_1_GetWeather"].score > blind["Weather_1_GetWeather"].score
+    # A score above the best candidate's (a tool that did not fit) counts as the best's.
+    capped = trained().rerank(goal, candidates, scores={"Weather_1_GetWeather": 9.0})
+    assert "retrieval 1.00" in {r.name: r for r in capped}["Weather_1_GetWeather"].reason
+    # With no candidates at all, shares are taken against the best score given.
+    alone = trained().rerank(goal, [], scores={"Weather_1_GetWeather": 3.0, "other": 6.0})
+    assert "retrieval 0.50" in alone[0].reason and alone[0].name == "Weather_1_GetWeather"
+
+
 class ConceptEmbedder:
     """A stand-in for a sentence embedder: one axis per concept, whatever words name it."""
 

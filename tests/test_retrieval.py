@@ -246,6 +246,17 @@ def test_rank_returns_at_most_k_tools_that_share_a_word_with_the_goal() -> None:
     assert ranked[0].score >= ranked[1].score
 
 
+def test_rank_scored_adds_the_score_of_every_tool_with_evidence() -> None:
+    retriever = ToolRetriever(CATALOGUE)
+    top, scores = retriever.rank_scored("weather", k=1)
+    assert top == retriever.rank("weather", k=1)
+    assert set(scores) == {"get_current_weather", "getWeatherForecast"}  # no word, no score
+    assert scores["get_current_weather"] == top[0].score
+    assert 0 < scores["getWeatherForecast"] <= top[0].score
+    with pytest.raises(ValueError, match="at least 1"):
+        retriever.rank_scored("weather", k=0)
+
+
 def test_no_tool_fits_an_unrelated_goal() -> None:
     retriever = ToolRetriever(CATALOGUE)
     assert retriever.fitting("bake a chocolate cake for twelve people") == []

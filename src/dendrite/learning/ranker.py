@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dendrite.learning.similar import SimilarTexts, SimilarVectors, terms
@@ -303,28 +303,36 @@ class ToolRanker:
         return evidence
 
     def rerank(
-        self, goal: str, candidates: Sequence[tuple[str, float]], *, recall: bool = True
+        self,
+        goal: str,
+        candidates: Sequence[tuple[str, float]],
+        *,
+        recall: bool = True,
+        scores: Mapping[str, float] | None = None,
     ) -> list[Ranked]:
         """``candidates`` (name, retrieval score) reordered by history, best first.
 
         ``score`` is the logit of the tool succeeding for this goal. With ``recall``,
         tools whose learned words fit the goal, or that succeeded on similar goals,
-        join the candidates even if retrieval missed them.
+        join the candidates even if retrieval ranked them below the candidates; ``scores``
+        (retrieval's score of any tool, by name) gives them their own retrieval score,
+        without which they count as retrieval's least likely (zero).
         """
         evidence = self.similar_evidence(goal)
-        scores = dict(candidates)
-        top = max(scores.values(), default=0.0) or 1.0
+        retrieval = dict(candidates)
+        lower = scores or {}
+        top = max(retrieval.values(), default=0.0) or max(lower.values(), default=0.0) or 1.0
         with self._lock:
             x = self._vector(goal)
             learned = self._learned(x)
             if recall:
                 for tool, value in learned.items():
                     if value >= self.recall_min:
-                        scores.setdefault(tool, 0.0)
+                        retrieval.setdefault(tool, min(lower.get(tool, 0.0), top))
                 for tool, (good, _) in evidence.items():
                     if good > 0:
-                        scores.setdefault(tool, 0.0)
-            shares = {name: retrieval / top for name, retrieval in scores.items()}
+                        retrieval.setdefault(tool, min(lower.get(tool, 0.0), top))
+            shares = {name: score / top for name, score in retrieval.items()}
             self._context[goal] = shares
             self._context.move_to_end(goal)
             while len(self._context) > self.context_size:

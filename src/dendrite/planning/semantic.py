@@ -54,7 +54,13 @@ class Reranker(Protocol):
     An optional ``recall_depth`` attribute asks for that many of retrieval's candidates.
     """
 
-    def rerank(self, goal: str, candidates: Sequence[tuple[str, float]]) -> Sequence[Any]: ...
+    def rerank(
+        self,
+        goal: str,
+        candidates: Sequence[tuple[str, float]],
+        *,
+        scores: Mapping[str, float] | None = None,
+    ) -> Sequence[Any]: ...
 
     def order(self, names: Sequence[str]) -> list[str]: ...
 
@@ -81,8 +87,10 @@ class RetrieverCache:
         # History can lift a tool retrieval ranks below the first k: give the ranker the
         # depth it asks for (``recall_depth``), keep k after it reorders.
         depth = max(k, getattr(self.ranker, "recall_depth", k))
-        ranked = [(r.name, r.score) for r in self.get(registry).rank(text, k=depth) if r.fits]
-        return [(r.name, r.score, r.reason) for r in self.ranker.rerank(text, ranked)][:k]
+        top, scores = self.get(registry).rank_scored(text, k=depth)
+        ranked = [(r.name, r.score) for r in top if r.fits]
+        reranked = self.ranker.rerank(text, ranked, scores=scores)
+        return [(r.name, r.score, r.reason) for r in reranked][:k]
 
     def get(self, registry: ToolRegistry) -> ToolRetriever:
         key = tuple((t.name, t.version, t.state.status) for t in registry)
