@@ -29,6 +29,8 @@ class ChatServer:
     requests: list[dict[str, Any]] = field(default_factory=list)
     reject_json_schema: bool | frozenset[str] = False
     """Refuse ``json_schema`` response formats: always, or for the models named."""
+    report_usage: bool = True
+    """Report token usage: the words of the request's messages, and of the answer."""
 
     def say(self, *replies: Reply) -> None:
         self.replies.extend(replies)
@@ -77,25 +79,35 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
             if isinstance(content, int):
                 self._send(content, {"error": {"message": f"the test answered {content}"}})
                 return
-            self._send(
-                200,
-                {
-                    "id": f"chatcmpl-{len(server.requests)}",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": request.get("model", "stub"),
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": content},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                },
-            )
+            body: dict[str, Any] = {
+                "id": f"chatcmpl-{len(server.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": request.get("model", "stub"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+            if server.report_usage:
+                prompt, completion = usage_of(request, content)
+                body["usage"] = {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                }
+            self._send(200, body)
 
     return Handler
+
+
+def usage_of(request: dict[str, Any], answer: str) -> tuple[int, int]:
+    """The tokens this server reports for a request and its answer: their words, counted."""
+    prompt = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+    return prompt, len(answer.split())
 
 
 @contextmanager

@@ -104,6 +104,7 @@ def test_tier_and_pool_performance_with_costs_quality_and_ratings(store: Executi
         pool="p1",
         duration_ms=300,
         actual_cost=0.003,
+        tokens_used=1_200,
         started_at=yesterday,
     )
     b = _exec(
@@ -133,8 +134,9 @@ def test_tier_and_pool_performance_with_costs_quality_and_ratings(store: Executi
     assert small.avg_cost == pytest.approx(0.002)
     assert small.avg_quality == pytest.approx(0.5)
     assert small.avg_rating == pytest.approx(3.5)
+    assert small.tokens_used == 1_200  # one run reported none: it adds nothing
     large = rows[(yesterday.date(), "large")]
-    assert large.avg_cost is None and large.avg_rating == 4.0
+    assert large.avg_cost is None and large.avg_rating == 4.0 and large.tokens_used == 0
     assert len(store.get_tier_performance(days=1)) == 1
 
     pools = {p.pool: p for p in store.get_pool_performance()}

@@ -345,9 +345,14 @@ def test_only_options_that_are_tiers_change_the_model(store: ExecutionStore):
     models = {"small": "mini-7b", "large": "maxi-70b", "offline": "mini-7b"}  # the default
     assert asked == [models[run.model_tier] for run in runs]
     assert {run.model_tier for run in runs} == {"small", "large", "offline"}
-    # "offline" is the tools' to read: it is learnt like any route, charged nothing.
+    # "offline" is the tools' to read: it is learnt like any route, and its route is charged
+    # nothing (the router predicts its configured cost, 0). The run's own record still
+    # holds what its call to the default model cost: that model is the small tier's.
     assert router.stats()["offline"]["observations"] == routes_count(runs, "offline")
-    assert all(run.actual_cost is None for run in runs if run.model_tier == "offline")
+    offline = [run for run in runs if run.model_tier == "offline"]
+    assert all(run.metadata["llm_usage"]["calls"] == 1 for run in offline)
+    assert all(run.actual_cost == pytest.approx(0.1) for run in offline)
+    assert router.predict("calculate 6 * 7")["offline"].cost == pytest.approx(0.0, abs=0.05)
 
 
 def routes_count(runs: list[ExecutionRecord], route: str) -> int:

@@ -347,6 +347,19 @@ def history(
     console.print(table)
 
 
+def _usage_line(usage: dict[str, Any]) -> str:
+    calls = usage.get("calls", 0)
+    line = f"model: {calls} call{'s' if calls != 1 else ''}"
+    prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+    if prompt or completion:
+        line += f", {prompt + completion:,} tokens ({prompt:,} prompt, {completion:,} completion)"
+    if usage.get("unreported"):
+        line += f", {usage['unreported']} without reported usage"
+    if usage.get("cost") is not None:
+        line += f", cost {usage['cost']:g}"
+    return line
+
+
 @app.command()
 def trace(
     execution_id: Annotated[
@@ -378,6 +391,8 @@ def trace(
     )
     if found.error:
         root.add(f"[red]error: {escape(found.error)}[/red]")
+    if found.llm_usage:
+        root.add(_usage_line(found.llm_usage))
     step_ids = {step["step_id"] for step in found.steps}
     for component, reason in found.why.items():
         if component not in step_ids:  # run-level choices: route, experiment arm, policy

@@ -44,7 +44,7 @@ from dendrite.learning.router import (
     RoutingChoice,
     TaskFeatures,
 )
-from dendrite.llm import ChatLLM, TierUse, llm_tier
+from dendrite.llm import ChatLLM, LLMUsage, llm_tier, llm_usage
 from dendrite.llm.tools import register_llm_tools
 from dendrite.planning import PLANNERS
 from dendrite.planning.classify import classify
@@ -182,6 +182,8 @@ class ExecutionTrace:
     replans: list[dict[str, Any]] = field(default_factory=list)
     why: dict[str, str] = field(default_factory=dict)
     """Per step, why its tool was chosen (the ranker's or the planner's reason)."""
+    llm_usage: dict[str, Any] | None = None
+    """The model calls the run made (nested runs' included): tokens and cost."""
 
     @property
     def fallbacks(self) -> list[str]:
@@ -203,6 +205,7 @@ class ExecutionTrace:
             "steps": self.steps,
             "replans": self.replans,
             "why": self.why,
+            "llm_usage": self.llm_usage,
         }
 
 
@@ -248,15 +251,17 @@ class _Decisions:
     arm: str | None = None
     unit: str = "session"
     planner: Planner | None = None
-    tier: TierUse | None = None
-    """The model tier the run was sent to, counting the calls made to its model."""
+    tier: str | None = None
+    """The model tier the run was sent to."""
+    usage: LLMUsage | None = None
+    """The calls the run made to the model, its nested runs' included: tokens and cost."""
     model: str | None = None
     """The model the run's LLM calls ask: its tier's, a parent run's tier's, or the default."""
 
     @property
     def route_unused(self) -> bool:
         """Sent to a model tier, the run never called the model: nothing to learn or charge."""
-        return self.tier is not None and self.tier.calls == 0
+        return self.tier is not None and (self.usage is None or self.usage.calls == 0)
 
     def why(self) -> dict[str, str]:
         notes = {}
@@ -597,9 +602,11 @@ class Orchestrator:
         scope.callback(_current.reset, _current.set(_Frame(execution_id, depth, route)))
         choice = decisions.choice
         if choice is not None and self._is_tier(choice):
-            # The run's LLM calls ask the chosen tier's model, and are counted.
-            decisions.tier = scope.enter_context(llm_tier(choice.option))
+            # The run's LLM calls ask the chosen tier's model.
+            scope.enter_context(llm_tier(choice.option))
+            decisions.tier = choice.option
         decisions.model = self.llm.model if self.llm is not None else None  # nested: the parent's
+        decisions.usage = scope.enter_context(llm_usage())
         with scope:
             return await self._run_framed(
                 goal_or_plan, goal, execution_id, session_id, context, emit,
@@ -870,13 +877,12 @@ class Orchestrator:
             return False
         return llm.config.tier(choice.option) is not None
 
-    def _route_cost(self, decisions: _Decisions) -> float | None:
-        """What the run's calls to its tier's model cost: calls x the tier's cost per call
-        (to the nano-unit the rollups keep, so 3 x 0.1 is 0.3)."""
-        if decisions.tier is None or self.llm is None:
+    @staticmethod
+    def _route_cost(decisions: _Decisions) -> float | None:
+        """What the calls of a run sent to a tier cost, as recorded on the run."""
+        if decisions.tier is None or decisions.usage is None:
             return None
-        tier = self.llm.config.tier(decisions.tier.name)
-        return round(decisions.tier.calls * tier.cost, 9) if tier is not None else None
+        return decisions.usage.summary()["cost"]
 
     def _learn_route(
         self, execution_id: str, decisions: _Decisions, *, success: bool, cancelled: bool = False
@@ -1071,17 +1077,20 @@ class Orchestrator:
         if self.store is None:
             return
         labels = classification or classify(goal).to_dict()
-        choice, routed = decisions.choice, {}
+        choice, columns, usage = decisions.choice, {}, decisions.usage
+        if usage is not None and usage.calls:  # like its duration, its nested runs' included
+            llm = usage.summary()
+            metadata = {**metadata, "llm_usage": llm}
+            columns = {"tokens_used": usage.tokens, "actual_cost": llm["cost"]}
         if decisions.route_unused:
             metadata = {**metadata, ROUTE_UNUSED: True}  # its tier did nothing: not a tier's run
         elif choice is not None and self.router is not None:
-            routed = {
+            columns |= {
                 "routing_confidence": choice.confidence,
                 "cost_estimate": choice.predicted_cost,
-                "actual_cost": self._route_cost(decisions),
             }
             if self.router.router_name in ("model_tier", "pool"):  # the columns that exist
-                routed[self.router.router_name] = choice.option
+                columns[self.router.router_name] = choice.option
         try:
             self.store.store_execution(
                 id=execution_id,
@@ -1100,7 +1109,7 @@ class Orchestrator:
                 project=decisions.project,
                 confidence_score=confidence_score,
                 metadata=metadata,
-                **routed,
+                **columns,
             )
         except Exception:
             self._record_failures += 1
@@ -1328,4 +1337,5 @@ def load_trace(store: ExecutionStore, execution_id: str) -> ExecutionTrace | Non
         steps=steps,
         replans=list(detail.metadata.get("replans", [])),
         why=dict(detail.metadata.get("why") or {}),
+        llm_usage=detail.metadata.get("llm_usage"),
     )

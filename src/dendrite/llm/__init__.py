@@ -10,8 +10,18 @@ from dendrite.llm.client import (
     LLMError,
     LLMFormatError,
     LLMTier,
-    TierUse,
+    LLMUsage,
     llm_tier,
+    llm_usage,
 )
 
-__all__ = ["ChatLLM", "LLMConfig", "LLMError", "LLMFormatError", "LLMTier", "TierUse", "llm_tier"]
+__all__ = [
+    "ChatLLM",
+    "LLMConfig",
+    "LLMError",
+    "LLMFormatError",
+    "LLMTier",
+    "LLMUsage",
+    "llm_tier",
+    "llm_usage",
+]

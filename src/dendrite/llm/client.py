@@ -7,13 +7,19 @@ formats is asked again with ``json_object`` and remembered, since older
 llama.cpp and Ollama builds only know the latter.
 
 Model tiers: ``DENDRITE_LLM_TIERS`` names several models on the same server
-(``small=qwen2.5:7b,large=qwen2.5:72b``) and ``DENDRITE_LLM_TIER_COSTS`` what one
-call to each costs, in any unit (``small=0.1,large=1``; a tier left out costs 0).
-A call made inside :func:`llm_tier` uses that tier's model and is counted; the
-orchestrator enters it for each run its router sends to a tier, so the planner
-and the tools of the run all ask the model the router chose, and the run is
-charged for the calls it made. ``DENDRITE_LLM_COST_WEIGHT`` says how much success
+(``small=qwen2.5:7b,large=qwen2.5:72b``). What a call costs is set per tier, in any
+one unit: ``DENDRITE_LLM_TIER_COSTS`` a price per call (``small=0.1,large=1``) and
+``DENDRITE_LLM_TIER_PRICES`` a price per million tokens, prompt/completion
+(``small=0.15/0.6,large=2.5/10``; one number prices both), read from the usage the
+server reports; a call costs the sum, and a tier left out of both costs 0. A call
+made inside :func:`llm_tier` uses that tier's model; the orchestrator enters it for
+each run its router sends to a tier, so the planner and the tools of the run all
+ask the model the router chose. ``DENDRITE_LLM_COST_WEIGHT`` says how much success
 one unit of cost is worth to that router.
+
+Every call is counted, with its tokens and cost, in the :func:`llm_usage` blocks it
+is made in: the orchestrator opens one per run, records the run's tokens and cost
+from it, and charges the run's route with them.
 """
 
 from __future__ import annotations
@@ -35,48 +41,102 @@ ENV_MODEL = "DENDRITE_LLM_MODEL"
 ENV_API_KEY = "DENDRITE_LLM_API_KEY"
 ENV_TIERS = "DENDRITE_LLM_TIERS"
 ENV_TIER_COSTS = "DENDRITE_LLM_TIER_COSTS"
+ENV_TIER_PRICES = "DENDRITE_LLM_TIER_PRICES"
 ENV_COST_WEIGHT = "DENDRITE_LLM_COST_WEIGHT"
 DEFAULT_COST_WEIGHT = 0.1
 
 
 @dataclass(slots=True)
-class TierUse:
-    """The calls made to a tier's model inside one :func:`llm_tier` block.
+class LLMUsage:
+    """The calls made to the model inside one :func:`llm_usage` block: how many, the
+    tokens they used and what they cost, nested blocks' calls included.
 
-    Counted so that the router learns only from runs that asked the model it
-    chose, and charges them per call. Shared by every task and thread the
+    ``cost`` stays ``None`` until a call to a priced model (one of the configured
+    tiers' models) is made: an unpriced call costs something unknown, not 0.
+    ``unreported`` counts the answered calls whose server reported no token usage,
+    so a total that misses them can say so. Shared by every task and thread the
     block's context reaches, hence the lock.
     """
 
-    name: str | None
     calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    unreported: int = 0
+    cost: float | None = None
+    parent: LLMUsage | None = field(default=None, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def count(self) -> None:
-        with self._lock:
-            self.calls += 1
+    @property
+    def tokens(self) -> int | None:
+        """Prompt and completion tokens, or None when no call reported any."""
+        if self.prompt_tokens or self.completion_tokens:
+            return self.prompt_tokens + self.completion_tokens
+        return None
+
+    def add(
+        self, prompt_tokens: int, completion_tokens: int, reported: bool, cost: float | None
+    ) -> None:
+        """One call, counted here and in every enclosing block."""
+        usage: LLMUsage | None = self
+        while usage is not None:
+            with usage._lock:
+                usage.calls += 1
+                usage.prompt_tokens += prompt_tokens
+                usage.completion_tokens += completion_tokens
+                usage.unreported += 0 if reported else 1
+                if cost is not None:
+                    usage.cost = (usage.cost or 0.0) + cost
+            usage = usage.parent
+
+    def summary(self) -> dict[str, Any]:
+        """What a run's record keeps of it (``metadata.llm_usage``)."""
+        return {
+            "calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "unreported": self.unreported,
+            "cost": None if self.cost is None else round(self.cost, 9),
+        }
 
 
-_tier: contextvars.ContextVar[TierUse | None] = contextvars.ContextVar(
+_tier: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "dendrite_llm_tier", default=None
+)
+_usage: contextvars.ContextVar[LLMUsage | None] = contextvars.ContextVar(
+    "dendrite_llm_usage", default=None
 )
 
 
 @contextlib.contextmanager
-def llm_tier(name: str | None) -> Iterator[TierUse]:
+def llm_tier(name: str | None) -> Iterator[None]:
     """Calls made in this block (and in tasks started from it) use tier ``name``'s model.
 
     A context variable rather than an argument, because the caller that knows
     the tier (the orchestrator) is not the one that calls the model (a planner,
     a tool). ``None``, or a tier the client does not have, means its default
-    model. The block yields the :class:`TierUse` that counts its calls.
+    model.
     """
-    use = TierUse(name)
-    token = _tier.set(use)
+    token = _tier.set(name)
     try:
-        yield use
+        yield
     finally:
         _tier.reset(token)
+
+
+@contextlib.contextmanager
+def llm_usage() -> Iterator[LLMUsage]:
+    """Counts the calls made in this block (and in tasks started from it).
+
+    Blocks nest: a call is counted in the innermost block and in every block
+    around it, as a run's duration includes its nested runs'. The orchestrator
+    opens one per run.
+    """
+    usage = LLMUsage(parent=_usage.get())
+    token = _usage.set(usage)
+    try:
+        yield usage
+    finally:
+        _usage.reset(token)
 
 
 class LLMError(RuntimeError):
@@ -93,11 +153,18 @@ class LLMFormatError(LLMError):
 
 @dataclass(frozen=True, slots=True)
 class LLMTier:
-    """One model a router may send a run to, and what one call to it costs (any unit)."""
+    """One model a router may send a run to, and what a call to it costs (any one unit):
+    ``cost`` per call, plus ``prompt_price`` and ``completion_price`` per million tokens."""
 
     name: str
     model: str
     cost: float = 0.0
+    prompt_price: float = 0.0
+    completion_price: float = 0.0
+
+    def call_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        tokens = prompt_tokens * self.prompt_price + completion_tokens * self.completion_price
+        return self.cost + tokens / 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +183,15 @@ class LLMConfig:
         if repeated:
             raise ValueError(f"tier names must be distinct; repeated: {', '.join(repeated)}")
         for tier in self.tiers:
-            if not math.isfinite(tier.cost) or tier.cost < 0:
-                raise ValueError(f"tier {tier.name!r}: cost must be a number >= 0, got {tier.cost}")
+            for label, value in (
+                ("cost", tier.cost),
+                ("prompt_price", tier.prompt_price),
+                ("completion_price", tier.completion_price),
+            ):
+                if not math.isfinite(value) or value < 0:
+                    raise ValueError(
+                        f"tier {tier.name!r}: {label} must be a number >= 0, got {value}"
+                    )
         if not math.isfinite(self.cost_weight) or self.cost_weight < 0:
             raise ValueError(f"cost_weight must be a number >= 0, got {self.cost_weight}")
 
@@ -126,6 +200,14 @@ class LLMConfig:
             if candidate.name == name:
                 return candidate
         return None
+
+    def priced(self, tier: str | None, model: str) -> LLMTier | None:
+        """The tier whose prices a call to ``model`` pays: ``tier`` when configured, else
+        the first tier of that model (the default model may be one of them)."""
+        found = self.tier(tier)
+        if found is not None:
+            return found
+        return next((t for t in self.tiers if t.model == model), None)
 
     def model_for(self, tier: str | None) -> str:
         """The model of ``tier``; the default model for None or a tier not configured."""
@@ -176,19 +258,43 @@ def _tiers_from_env() -> tuple[LLMTier, ...]:
     so costs come in a variable of their own rather than inside the model's name."""
     tiers = _pairs(ENV_TIERS)
     names = [name for name, _ in tiers]
-    costs: dict[str, float] = {}
-    for name, text in _pairs(ENV_TIER_COSTS):
+    costs = {
+        name: _price(ENV_TIER_COSTS, name, text)
+        for name, text in _tier_pairs(ENV_TIER_COSTS, names)
+    }
+    prices: dict[str, tuple[float, float]] = {}
+    for name, text in _tier_pairs(ENV_TIER_PRICES, names):
+        prompt, slash, completion = text.partition("/")
+        prices[name] = (
+            _price(ENV_TIER_PRICES, name, prompt),
+            _price(ENV_TIER_PRICES, name, completion)
+            if slash
+            else _price(ENV_TIER_PRICES, name, prompt),
+        )
+    return tuple(
+        LLMTier(name, model, costs.get(name, 0.0), *prices.get(name, (0.0, 0.0)))
+        for name, model in tiers
+    )
+
+
+def _tier_pairs(variable: str, names: list[str]) -> list[tuple[str, str]]:
+    pairs = _pairs(variable)
+    for name, _ in pairs:
         if name not in names:
             known = ", ".join(names) or f"none: {ENV_TIERS} is empty"
-            raise ValueError(f"{ENV_TIER_COSTS}: {name!r} is not a tier (tiers: {known})")
-        try:
-            cost = float(text)
-        except ValueError:
-            raise ValueError(f"{ENV_TIER_COSTS}: the cost of {name!r} is not a number") from None
-        if not math.isfinite(cost) or cost < 0:
-            raise ValueError(f"{ENV_TIER_COSTS}: the cost of {name!r} must be a number >= 0")
-        costs[name] = cost
-    return tuple(LLMTier(name, model, costs.get(name, 0.0)) for name, model in tiers)
+            raise ValueError(f"{variable}: {name!r} is not a tier (tiers: {known})")
+    return pairs
+
+
+def _price(variable: str, name: str, text: str) -> float:
+    what = "cost" if variable == ENV_TIER_COSTS else "price"
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{variable}: the {what} of {name!r} is not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{variable}: the {what} of {name!r} must be a number >= 0, got {text!r}")
+    return value
 
 
 class ChatLLM:
@@ -211,8 +317,7 @@ class ChatLLM:
     @property
     def model(self) -> str:
         """The model a call made here and now would ask: the current tier's, or the default."""
-        use = _tier.get()
-        return self.config.model_for(use.name if use is not None else None)
+        return self.config.model_for(_tier.get())
 
     @classmethod
     def from_env(cls) -> ChatLLM | None:
@@ -228,10 +333,10 @@ class ChatLLM:
     ) -> str:
         """The assistant's text; with ``json_schema``, text that parses as a JSON object.
 
-        Inside an :func:`llm_tier` block of one of this client's tiers, each call is
-        counted once on the block's :class:`TierUse`, answered or not (a tier that
-        fails every call has been tried, and failed); the SDK's own retries, and the
-        second request after a refused ``json_schema``, are part of the same call.
+        Inside an :func:`llm_usage` block each call is counted once, answered or
+        not (a tier that fails every call has been tried, and failed); the SDK's own
+        retries, and the second request after a refused ``json_schema``, are part of
+        the same call.
         """
         model = self.model
         kwargs: dict[str, Any] = {
@@ -248,24 +353,18 @@ class ChatLLM:
                 }
             else:
                 kwargs["response_format"] = {"type": "json_object"}
-        use = _tier.get()
-        if use is not None and self.config.tier(use.name) is None:
-            use = None  # a tier this client does not have: its default model answers
         try:
             response = await self._client.chat.completions.create(**kwargs)
         except openai.BadRequestError as error:
             if json_schema is None or not schema_ok:
-                if use is not None:
-                    use.count()
+                self._count(model, None)
                 raise LLMError(f"{self.name} refused the request: {error}") from error
             self._no_json_schema.add(model)  # asked again, and counted then
             return await self.complete(messages, json_schema=json_schema, temperature=temperature)
         except openai.APIError as error:
-            if use is not None:
-                use.count()  # a tier whose calls fail was still used, and failed
+            self._count(model, None)  # a tier whose calls fail was still used, and failed
             raise LLMError(f"{self.name} failed: {error}") from error
-        if use is not None:
-            use.count()
+        self._count(model, response)
         if not response.choices or response.choices[0].message.content is None:
             raise LLMError(f"{self.name} returned no message")
         text = response.choices[0].message.content
@@ -278,6 +377,26 @@ class ChatLLM:
                 raise LLMFormatError("the answer is JSON but not an object", text)
             return json.dumps(parsed)
         return text
+
+    def _count(self, model: str, response: Any) -> None:
+        """Adds one call to the current :func:`llm_usage` blocks.
+
+        A failed call (``response`` None) costs its tier's price per call and no
+        tokens; an answer whose server reported no usage is counted as unreported.
+        """
+        usage = _usage.get()
+        if usage is None:
+            return
+        reported = getattr(response, "usage", None)
+        prompt = int(getattr(reported, "prompt_tokens", None) or 0)
+        completion = int(getattr(reported, "completion_tokens", None) or 0)
+        tier = self.config.priced(_tier.get(), model)
+        usage.add(
+            prompt,
+            completion,
+            reported=response is None or reported is not None,
+            cost=tier.call_cost(prompt, completion) if tier is not None else None,
+        )
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -54,6 +54,8 @@ class TierPerformance(BaseModel):
     avg_cost: float | None
     avg_quality: float | None
     avg_rating: float | None
+    tokens_used: int
+    """Tokens the day's runs on this tier used, as their servers reported them."""
 
 
 class PoolPerformance(BaseModel):
@@ -284,6 +286,7 @@ def get_tier_performance(conn: Connection, days: int) -> list[TierPerformance]:
                 avg_cost=_ratio(row.cost_nano_sum, row.cost_n, 1e9),
                 avg_quality=_ratio(row.quality_micro_sum, row.quality_n, 1e6),
                 avg_rating=_ratio(row.rating_sum, row.rating_n),
+                tokens_used=row.tokens_sum,
             )
         )
     return out

@@ -1,0 +1,266 @@
+"""What the model's calls used and cost: tokens as the server reports them, priced per tier.
+
+The server is the local one that speaks the OpenAI protocol (``tests/openai_server.py``);
+it reports the words of a request's messages and of its answer as their tokens, so every
+figure below can be computed by hand from the requests it received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from dendrite import Orchestrator
+from dendrite.cli import app
+from dendrite.learning import Router
+from dendrite.llm import ChatLLM, LLMConfig, LLMError, LLMTier, llm_tier, llm_usage
+from dendrite.planning import Plan, Step
+from dendrite.store import ExecutionStore
+from dendrite.tools import ToolRegistry
+from tests.conftest import wait_until_drained
+from tests.openai_server import ChatServer, chat_server, usage_of
+
+PLAN = json.dumps(
+    {"steps": [{"id": "calc", "tool": "calculate", "params": {"expression": "6 * 7"}}]}
+)
+SMALL = LLMTier("small", "mini-7b", cost=0.01, prompt_price=100.0, completion_price=400.0)
+LARGE = LLMTier("large", "maxi-70b", cost=0.1, prompt_price=1_000.0, completion_price=3_000.0)
+
+
+def priced(url: str, model: str = "mini-7b") -> ChatLLM:
+    return ChatLLM(LLMConfig(url, model, tiers=(SMALL, LARGE)))
+
+
+def reported(server: ChatServer, answers: list[str], tier: LLMTier) -> tuple[int, int, float]:
+    """Prompt tokens, completion tokens and cost of the server's requests, by hand."""
+    prompt = completion = 0
+    for request, answer in zip(server.requests, answers, strict=True):
+        p, c = usage_of(request, answer)
+        prompt, completion = prompt + p, completion + c
+    cost = len(answers) * tier.cost
+    cost += (prompt * tier.prompt_price + completion * tier.completion_price) / 1e6
+    return prompt, completion, cost
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_token_prices_come_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("DENDRITE_LLM_BASE_URL", "http://127.0.0.1:11434/v1")
+    monkeypatch.setenv("DENDRITE_LLM_TIERS", "small=qwen2.5:7b, large=org/m:70b, free=m")
+    monkeypatch.setenv("DENDRITE_LLM_TIER_COSTS", "large=0.5")
+    monkeypatch.setenv("DENDRITE_LLM_TIER_PRICES", "small=0.15/0.6, large = 2.5")
+    config = LLMConfig.from_env()
+    assert config is not None
+    assert config.tiers == (
+        LLMTier("small", "qwen2.5:7b", 0.0, 0.15, 0.6),
+        LLMTier("large", "org/m:70b", 0.5, 2.5, 2.5),  # one number prices both
+        LLMTier("free", "m"),
+    )
+    assert config.tiers[1].call_cost(1_000_000, 2_000_000) == pytest.approx(0.5 + 2.5 + 5.0)
+
+
+@pytest.mark.parametrize(
+    ("prices", "message"),
+    [
+        ("small", "DENDRITE_LLM_TIER_PRICES: 'small' is not NAME=VALUE"),
+        ("tiny=1", "DENDRITE_LLM_TIER_PRICES: 'tiny' is not a tier"),
+        ("small=cheap", "the price of 'small' is not a number: 'cheap'"),
+        ("small=1/", "the price of 'small' is not a number: ''"),
+        ("small=1/x", "the price of 'small' is not a number: 'x'"),
+        ("small=-1", "the price of 'small' must be a number >= 0"),
+        ("small=1/inf", "the price of 'small' must be a number >= 0"),
+    ],
+)
+def test_bad_token_prices_are_named(monkeypatch: pytest.MonkeyPatch, prices: str, message: str):
+    monkeypatch.setenv("DENDRITE_LLM_BASE_URL", "http://127.0.0.1:11434/v1")
+    monkeypatch.setenv("DENDRITE_LLM_TIERS", "small=m")
+    monkeypatch.setenv("DENDRITE_LLM_TIER_PRICES", prices)
+    with pytest.raises(ValueError, match=message):
+        LLMConfig.from_env()
+    with pytest.raises(ValueError, match="completion_price must be a number >= 0"):
+        LLMConfig("http://x", "m", tiers=(LLMTier("t", "m", completion_price=-1.0),))
+
+
+# -- counting --------------------------------------------------------------------------------
+
+
+def test_each_call_is_counted_with_its_tokens_and_its_tiers_prices_in_every_enclosing_block():
+    answers = ["forty two", "six times seven is forty two", "seven"]
+    with chat_server() as server:
+        server.say(*answers)
+        llm = priced(server.url)
+        messages = [{"role": "user", "content": "what is six times seven"}]
+
+        async def calls() -> tuple[Any, ...]:
+            with llm_tier("large"), llm_usage() as run:
+                await llm.complete(messages)
+                with llm_usage() as nested:  # a nested run's block
+                    await llm.complete(messages)
+                await llm.complete(messages)
+            return run, nested
+
+        run, nested = asyncio.run(calls())
+        prompt, completion, cost = reported(server, answers, LARGE)
+        _, _, nested_cost = reported(
+            ChatServer("", requests=server.requests[1:2]), answers[1:2], LARGE
+        )
+    assert [r["model"] for r in server.requests] == ["maxi-70b"] * 3
+    assert (run.calls, run.prompt_tokens, run.completion_tokens) == (3, prompt, completion)
+    assert run.cost == pytest.approx(cost) and run.tokens == prompt + completion
+    assert nested.calls == 1 and nested.cost == pytest.approx(nested_cost)
+    assert run.summary() == {
+        "calls": 3,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "unreported": 0,
+        "cost": round(run.cost, 9),
+    }
+
+
+def test_failed_and_unreported_calls_are_counted_without_tokens():
+    with chat_server() as server:
+        server.say(503, "fine", "fine")
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", tiers=(SMALL,), max_retries=0))
+        messages = [{"role": "user", "content": "hello there"}]
+
+        async def calls() -> Any:
+            with llm_usage() as run:
+                with pytest.raises(LLMError):
+                    await llm.complete(messages)  # failed: charged per call, no tokens
+                server.report_usage = False
+                await llm.complete(messages)  # answered, no usage reported
+                server.report_usage = True
+                await llm.complete(messages)
+            return run
+
+        run = asyncio.run(calls())
+    p, c = usage_of(server.requests[-1], "fine")
+    assert (run.calls, run.unreported, run.tokens) == (3, 1, p + c)
+    assert run.cost == pytest.approx(3 * SMALL.cost + (p * 100.0 + c * 400.0) / 1e6)
+
+
+def test_calls_to_a_model_no_tier_prices_cost_nothing_known():
+    with chat_server() as server:
+        server.say("hi")
+        llm = priced(server.url, model="other-model")  # the default is no tier's model
+
+        async def call() -> Any:
+            with llm_usage() as run:
+                await llm.complete([{"role": "user", "content": "hello"}])
+            return run
+
+        run = asyncio.run(call())
+    assert run.calls == 1 and run.tokens == 2 and run.cost is None  # unknown, not 0
+
+
+# -- through the orchestrator, on a real store -----------------------------------------------
+
+
+def calculator(holder: dict[str, Orchestrator]) -> ToolRegistry:
+    registry = ToolRegistry()
+
+    def calculate(expression: str) -> float:
+        """Calculate the value of an arithmetic expression."""
+        return float(eval(expression, {"__builtins__": {}}))  # digits and operators only
+
+    async def recalculate(expression: str) -> float:
+        """Ask a nested run, planned by the model too, for the value of an expression."""
+        inner = await holder["o"].run(f"calculate {expression}")
+        return float(inner.output)
+
+    registry.register_function(calculate)
+    registry.register_function(recalculate)
+    return registry
+
+
+def test_a_run_records_its_tokens_and_cost_nested_runs_included_and_its_route_learns_them(
+    store: ExecutionStore,
+):
+    outer_plan = json.dumps(
+        {"steps": [{"id": "re", "tool": "recalculate", "params": {"expression": "6 * 7"}}]}
+    )
+    holder: dict[str, Orchestrator] = {}
+    router = Router(["small", "large"], costs={"small": 0.0, "large": 0.0}, store=store, seed=3)
+    with chat_server() as server:
+        server.say(outer_plan, PLAN)  # the outer run's plan, then the nested run's
+        with Orchestrator(
+            calculator(holder), store=store, llm=priced(server.url), router=router
+        ) as orch:
+            holder["o"] = orch
+            orch.planner = orch.make_planner("llm")
+            top = orch.process("recalculate 6 * 7 with a nested run")
+        assert top.success and top.output == 42.0
+        wait_until_drained(store)
+        outer = store.get_execution(top.execution_id)
+        inner = next(r for r in store.get_recent_executions(5) if r.parent_id == outer.id)
+        tier = SMALL if outer.model_tier == "small" else LARGE
+        both = reported(server, [outer_plan, PLAN], tier)
+        theirs = reported(ChatServer("", requests=server.requests[1:]), [PLAN], tier)
+    assert [r["model"] for r in server.requests] == [tier.model] * 2  # the nested run's too
+    # Like its duration, a run's tokens and cost include its nested runs'.
+    assert outer.tokens_used == both[0] + both[1] and inner.tokens_used == theirs[0] + theirs[1]
+    assert outer.actual_cost == pytest.approx(both[2])
+    assert inner.actual_cost == pytest.approx(theirs[2])
+    assert (outer.metadata["llm_usage"]["calls"], inner.metadata["llm_usage"]["calls"]) == (2, 1)
+    assert inner.model_tier is None  # only the top run is routed
+    day = {r.model_tier: r for r in store.get_tier_performance(1)}[tier.name]
+    assert day.tokens_used == outer.tokens_used  # the nested run has no tier of its own
+    # The route was charged what the store holds, so a router that starts from the store
+    # expects the same cost of the tier as the one that learnt it live.
+    again = Router(["small", "large"], costs={"small": 0.0, "large": 0.0}, store=store)
+    assert again.learn_from_store().learned == 1
+    goal = "recalculate 6 * 7 with a nested run"
+    assert again.predict(goal)[tier.name].cost == pytest.approx(
+        router.predict(goal)[tier.name].cost
+    )
+    assert router.predict(goal)[tier.name].cost > 0
+
+
+def test_a_run_that_never_calls_the_model_records_no_tokens_or_cost(store: ExecutionStore):
+    with chat_server() as server:
+        with Orchestrator(calculator({}), store=store, llm=priced(server.url)) as orch:
+            plan = Plan(
+                goal="six times seven",
+                steps=[Step(id="c", tool="calculate", params={"expression": "6 * 7"})],
+            )
+            result = orch.process(plan)
+        wait_until_drained(store)
+        record = store.get_execution(result.execution_id)
+    assert not server.requests
+    assert (record.tokens_used, record.actual_cost) == (None, None)
+    assert "llm_usage" not in record.metadata
+
+
+def test_the_cli_prices_a_run_from_the_environment_and_its_trace_shows_it(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    with chat_server() as server:
+        server.say(PLAN)
+        monkeypatch.setenv("DENDRITE_LLM_BASE_URL", server.url)
+        monkeypatch.setenv("DENDRITE_LLM_TIERS", "main=mini-7b")  # one tier: no router
+        monkeypatch.setenv("DENDRITE_LLM_TIER_PRICES", "main=100/400")
+        monkeypatch.setenv("COLUMNS", "200")
+        runner = CliRunner()
+        args = ["run", "calculate 6 * 7", "--planner", "llm", "--url", store_url]
+        done = runner.invoke(app, args)
+        assert done.exit_code == 0, done.output
+        prompt, completion = usage_of(server.requests[0], PLAN)
+    with ExecutionStore(store_url) as store:
+        run = store.get_recent_executions(1)[0]
+    cost = (prompt * 100 + completion * 400) / 1e6
+    assert run.tokens_used == prompt + completion
+    assert run.actual_cost == pytest.approx(cost)
+    shown = runner.invoke(app, ["trace", run.id, "--url", store_url])
+    assert shown.exit_code == 0, shown.output
+    expected = (
+        f"model: 1 call, {prompt + completion:,} tokens ({prompt:,} prompt, "
+        f"{completion:,} completion), cost {round(cost, 9):g}"
+    )
+    assert expected in shown.output, shown.output
+    as_json = json.loads(runner.invoke(app, ["trace", run.id, "--json", "--url", store_url]).output)
+    assert as_json["llm_usage"]["calls"] == 1
