@@ -717,13 +717,14 @@ def test_system_status_and_orchestrator(client: httpx.Client, store: ExecutionSt
     }
     assert info["config"]["max_parallel_steps"] == 16
     assert info["config"]["retry"]["max_attempts"] == 3
+    assert info["router"] is None  # no model tiers, no router
 
 
 def test_orchestrator_with_a_model_hides_its_secrets() -> None:
     from dendrite.llm import ChatLLM
     from dendrite.llm.client import LLMConfig, LLMTier
 
-    tiers = (LLMTier("tiny", "tiny-model", 0.0), LLMTier("huge", "huge-model", 2.5))
+    tiers = (LLMTier("tiny", "tiny-model", 0.0), LLMTier("huge", "huge-model", 2.5, 3.0, 15.0))
     llm = ChatLLM(
         LLMConfig("http://me:hunter2@127.0.0.1:9/v1", "tiny-model", api_key="sk-x", tiers=tiers)
     )
@@ -739,10 +740,29 @@ def test_orchestrator_with_a_model_hides_its_secrets() -> None:
         "model": "tiny-model",
         "base_url": "http://127.0.0.1:9/v1",
         "tiers": [
-            {"name": "tiny", "model": "tiny-model", "cost": 0.0},
-            {"name": "huge", "model": "huge-model", "cost": 2.5},
+            {
+                "name": "tiny",
+                "model": "tiny-model",
+                "cost": 0.0,
+                "prompt_price": 0.0,
+                "completion_price": 0.0,
+            },
+            {
+                "name": "huge",
+                "model": "huge-model",
+                "cost": 2.5,
+                "prompt_price": 3.0,
+                "completion_price": 15.0,
+            },
         ],
         "cost_weight": 0.1,
+    }
+    assert info["router"] == {  # two tiers: the orchestrator routes between them
+        "name": "model_tier",
+        "options": ["tiny", "huge"],
+        "policy": "thompson",
+        "cost_weight": 0.1,
+        "observations": {"tiny": 0, "huge": 0},
     }
     assert "llm" in info["planners"]
     assert "hunter2" not in json.dumps(info) and "sk-x" not in json.dumps(info)

@@ -221,8 +221,9 @@ _current: contextvars.ContextVar[_Frame | None] = contextvars.ContextVar(
 )
 
 
-def _planner_name(planner: Planner) -> str:
-    return getattr(planner, "name", type(planner).__name__)
+def planner_name(planner: Planner) -> str:
+    """A planner's name as records and the API show it: its ``name``, else its class's."""
+    return str(getattr(planner, "name", type(planner).__name__))
 
 
 def _strategy_of(planner: Planner) -> str | None:
@@ -659,7 +660,7 @@ class Orchestrator:
                 depth=depth,
                 decisions=decisions,
                 metadata={
-                    "planner": _planner_name(decisions.planner or self.planner)
+                    "planner": planner_name(decisions.planner or self.planner)
                     if not isinstance(goal_or_plan, Plan)
                     else goal_or_plan.planner,
                     "strategy": _strategy_of(decisions.planner or self.planner),

@@ -46,6 +46,7 @@ from dendrite.api.models import (
     PolicyList,
     PoolPerformanceList,
     RouteAccuracyList,
+    RouterInfo,
     StoreHealth,
     SuccessRateOut,
     SystemStatus,
@@ -70,7 +71,7 @@ from dendrite.execution.events import EventType
 from dendrite.learning import experiments as ab
 from dendrite.learning.calibration import routing_accuracy
 from dendrite.learning.jobs import JOBS, JobContext, JobScheduler, describe, run_job
-from dendrite.orchestrator import ExecutionResult, Orchestrator
+from dendrite.orchestrator import ExecutionResult, Orchestrator, planner_name
 from dendrite.planning import (
     PLANNERS,
     DendritePlanner,
@@ -819,12 +820,12 @@ def create_app(
         response_model=OrchestratorInfo,
     )
     async def system_orchestrator() -> Response:
-        planner = orch.planner
+        planner, router = orch.planner, orch.router
         strategy = getattr(planner, "strategy", None)
         llm = orch.llm
         body = OrchestratorInfo(
             planner=PlannerInfo(
-                name=str(getattr(planner, "name", type(planner).__name__)),
+                name=planner_name(planner),
                 kind=type(planner).__name__,
                 strategy=str(strategy.value if isinstance(strategy, Strategy) else strategy)
                 if strategy is not None
@@ -837,10 +838,27 @@ def create_app(
                 model=llm.config.model if llm else None,
                 base_url=_redacted(llm.config.base_url) if llm else None,
                 tiers=[
-                    TierInfo(name=tier.name, model=tier.model, cost=tier.cost)
+                    TierInfo(
+                        name=tier.name,
+                        model=tier.model,
+                        cost=tier.cost,
+                        prompt_price=tier.prompt_price,
+                        completion_price=tier.completion_price,
+                    )
                     for tier in (llm.config.tiers if llm else ())
                 ],
                 cost_weight=llm.config.cost_weight if llm and llm.config.tiers else None,
+            ),
+            router=None
+            if router is None
+            else RouterInfo(
+                name=router.router_name,
+                options=list(router.options),
+                policy=router.policy,
+                cost_weight=router.cost_weight,
+                observations={
+                    name: int(stats["observations"]) for name, stats in router.stats().items()
+                },
             ),
             config=orch.config.model_dump(mode="json"),
         )

@@ -347,7 +347,9 @@ class PlannerInfo(BaseModel):
 class TierInfo(BaseModel):
     name: str
     model: str
-    cost: float
+    cost: float = Field(description="per call")
+    prompt_price: float = Field(0.0, description="per million prompt tokens")
+    completion_price: float = Field(0.0, description="per million completion tokens")
 
 
 class LLMInfo(BaseModel):
@@ -360,9 +362,20 @@ class LLMInfo(BaseModel):
     cost_weight: float | None = None
 
 
+class RouterInfo(BaseModel):
+    name: str = Field(description="what it routes: model_tier, pool, or a name of its own")
+    options: list[str]
+    policy: str
+    cost_weight: float
+    observations: dict[str, int] = Field(description="outcomes learned, per option")
+
+
 class OrchestratorInfo(BaseModel):
     planner: PlannerInfo
     planners: list[str]
     strategies: list[str]
     llm: LLMInfo
+    router: RouterInfo | None = Field(
+        None, description="the router that picks each top-level run's option; none when off"
+    )
     config: dict[str, Any]
