@@ -264,3 +264,8 @@ def test_the_cli_prices_a_run_from_the_environment_and_its_trace_shows_it(
     assert expected in shown.output, shown.output
     as_json = json.loads(runner.invoke(app, ["trace", run.id, "--json", "--url", store_url]).output)
     assert as_json["llm_usage"]["calls"] == 1
+    listed = runner.invoke(app, ["history", "--url", store_url])
+    assert listed.exit_code == 0, listed.output
+    header = next(line for line in listed.output.splitlines() if "goal text" in line)
+    assert "tokens" in header and "cost" in header and "tier" not in header  # never routed
+    assert f"{prompt + completion:,}" in listed.output and f"{round(cost, 9):g}" in listed.output

@@ -450,6 +450,9 @@ def test_a_new_process_routes_by_what_earlier_ones_learnt(
         shown = runner.invoke(app, args[:-3] + args[-2:])  # without --json
         assert shown.exit_code == 0, shown.output
         assert re.search(r"routed to (small|large) · execution", shown.output), shown.output
+        listed = runner.invoke(app, ["history", "--limit", "3", "--url", store_url])
+        header = next(line for line in listed.output.splitlines() if "goal text" in line)
+        assert "tier" in header and re.search(r"│ (small|large) +│", listed.output)
 
 
 def test_the_cli_points_at_the_record_of_a_goal_it_could_not_plan(

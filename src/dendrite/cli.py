@@ -332,18 +332,28 @@ def history(
         _dump([r.model_dump(mode="json", exclude={"metadata"}) for r in records])
         return
     table = Table(title=f"{len(records)} execution(s)")
-    for column in ("goal", "started (UTC)", "intent / type", "status", "ms", "conf.", "goal text"):
+    # Tier, tokens and cost only when some run has them: most stores never route a run.
+    routed = any(r.model_tier for r in records)
+    spent = any(r.tokens_used is not None or r.actual_cost is not None for r in records)
+    columns = ["goal", "started (UTC)", "intent / type", "status", "ms", "conf."]
+    columns += ["tier"] * routed + ["tokens", "cost"] * spent + ["goal text"]
+    for column in columns:
         table.add_column(column, overflow="fold")
     for r in records:
-        table.add_row(
+        row = [
             r.goal_id or "",
             r.started_at.strftime("%Y-%m-%d %H:%M:%S") if r.started_at else "",
             f"{r.intent or '-'} / {r.query_type or '-'}",
             str(r.status),
             f"{r.duration_ms:.0f}",
             "" if r.confidence_score is None else f"{r.confidence_score:.2f}",
-            r.goal_text[:80],
-        )
+        ]
+        if routed:
+            row.append(r.model_tier or "")
+        if spent:
+            row.append("" if r.tokens_used is None else f"{r.tokens_used:,}")
+            row.append("" if r.actual_cost is None else f"{r.actual_cost:g}")
+        table.add_row(*row, r.goal_text[:80])
     console.print(table)
 
 
