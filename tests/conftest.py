@@ -66,6 +66,7 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "DENDRITE_LLM_API_KEY",
         "DENDRITE_LLM_TIERS",
         "DENDRITE_LLM_TIER_COSTS",
+        "DENDRITE_LLM_TIER_PRICES",
         "DENDRITE_LLM_COST_WEIGHT",
     ):
         monkeypatch.delenv(name, raising=False)

@@ -31,6 +31,8 @@ class ChatServer:
     """Refuse ``json_schema`` response formats: always, or for the models named."""
     report_usage: bool = True
     """Report token usage: the words of the request's messages, and of the answer."""
+    usage: dict[str, Any] | None = None
+    """Report this ``usage`` object instead, as it is (servers send odd ones)."""
 
     def say(self, *replies: Reply) -> None:
         self.replies.extend(replies)
@@ -92,7 +94,9 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                     }
                 ],
             }
-            if server.report_usage:
+            if server.usage is not None:
+                body["usage"] = server.usage
+            elif server.report_usage:
                 prompt, completion = usage_of(request, content)
                 body["usage"] = {
                     "prompt_tokens": prompt,

@@ -10,7 +10,7 @@ import pytest
 from dendrite import Orchestrator, OrchestratorConfig
 from dendrite.learning.health import HEALTH_LOG_KEY, Health, HealthMonitor, HealthPolicy
 from dendrite.learning.memory import PlanMemory
-from dendrite.learning.ranker import ToolRanker
+from dendrite.learning.ranker import Ranked, ToolRanker
 from dendrite.planning import Plan, RetryPolicy, Step
 from dendrite.store import ExecutionStore
 from dendrite.tools import ToolRegistry, ToolStatus
@@ -248,6 +248,27 @@ def test_retriever_cache_gives_the_ranker_its_recall_depth():
     ranked = cache.ranked("look up a record for Ed", registry, 3)
     assert ranked[0][0] == "lookup_7"
     assert len(ranked) == 3
+
+
+def test_retriever_cache_keeps_a_reranker_that_takes_no_scores_working():
+    from dendrite.planning.semantic import RetrieverCache
+
+    class OldReranker:
+        """Written before ``scores`` existed: reverses retrieval's order."""
+
+        def rerank(self, goal: str, candidates):
+            return [Ranked(name, score, "old") for name, score in reversed(candidates)]
+
+        def order(self, names):
+            return list(names)
+
+    registry = ToolRegistry()
+    for index in range(3):
+        registry.register_function(
+            lambda query: query, name=f"lookup_{index}", description="look up " * (3 - index)
+        )
+    ranked = RetrieverCache(ranker=OldReranker()).ranked("look up", registry, 3)
+    assert [name for name, _, _ in ranked] == ["lookup_2", "lookup_1", "lookup_0"]
 
 
 def test_plan_memory_reuses_and_rebinds_or_declines():

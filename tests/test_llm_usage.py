@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -144,6 +145,53 @@ def test_failed_and_unreported_calls_are_counted_without_tokens():
     assert run.cost == pytest.approx(3 * SMALL.cost + (p * 100.0 + c * 400.0) / 1e6)
 
 
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None},
+        {},
+        {"total_tokens": 57},
+        {"prompt_tokens": "n/a", "completion_tokens": 3},
+        {"prompt_tokens": -50, "completion_tokens": 3},
+        {"prompt_tokens": 5, "completion_tokens": 2.5},
+    ],
+)
+def test_usage_that_is_not_two_counts_is_unreported_not_zero(usage: dict[str, Any]):
+    with chat_server() as server:
+        server.usage = usage
+        server.say("fine")
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", tiers=(SMALL,)))
+
+        async def call() -> Any:
+            with llm_usage() as run:
+                assert await llm.complete([{"role": "user", "content": "hello"}]) == "fine"
+            return run
+
+        run = asyncio.run(call())
+    assert (run.calls, run.unreported, run.tokens) == (1, 1, None)
+    assert run.cost == pytest.approx(SMALL.cost)  # the price per call: all that is known
+
+
+def test_a_call_cancelled_while_the_server_works_is_counted():
+    def slow(request: dict[str, Any]) -> str:
+        time.sleep(1.0)
+        return "too late"
+
+    with chat_server() as server:
+        server.say(slow)
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", tiers=(SMALL,), max_retries=0))
+
+        async def call() -> Any:
+            with llm_usage() as run, pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await llm.complete([{"role": "user", "content": "hello"}])
+            return run
+
+        run = asyncio.run(call())
+        assert len(server.requests) == 1
+    assert (run.calls, run.tokens) == (1, None) and run.cost == pytest.approx(SMALL.cost)
+
+
 def test_calls_to_a_model_no_tier_prices_cost_nothing_known():
     with chat_server() as server:
         server.say("hi")
@@ -269,3 +317,28 @@ def test_the_cli_prices_a_run_from_the_environment_and_its_trace_shows_it(
     header = next(line for line in listed.output.splitlines() if "goal text" in line)
     assert "tokens" in header and "cost" in header and "tier" not in header  # never routed
     assert f"{prompt + completion:,}" in listed.output and f"{round(cost, 9):g}" in listed.output
+
+
+def test_a_router_that_is_not_a_tier_router_learns_the_cost_the_store_keeps(
+    store: ExecutionStore,
+):
+    """A pool router's runs ask the default model: what they spent is their cost, live and
+    on replay alike (otherwise a restarted router would expect other costs)."""
+    router = Router(["fast", "slow"], store=store, router_name="pool", seed=5)
+    with chat_server() as server:
+        server.say(*[PLAN] * 6)
+        with Orchestrator(
+            calculator({}), store=store, llm=priced(server.url), router=router
+        ) as orch:
+            orch.planner = orch.make_planner("llm")
+            for _ in range(6):
+                orch.process("calculate 6 * 7")
+        wait_until_drained(store)
+    runs = store.get_recent_executions(6)
+    assert all(run.pool in ("fast", "slow") and run.actual_cost for run in runs)
+    assert router.learn_from_store().corrected == 0  # nothing it learnt differs from the store
+    again = Router(["fast", "slow"], store=store, router_name="pool")
+    assert again.learn_from_store().learned == 6
+    live, replayed = router.predict("calculate 6 * 7"), again.predict("calculate 6 * 7")
+    for option in ("fast", "slow"):
+        assert replayed[option].cost == pytest.approx(live[option].cost)

@@ -126,6 +126,8 @@ class ExecutionResult:
     """Confidence fell below the project's quality policy's ``min_confidence``."""
     why: dict[str, str] = field(default_factory=dict)
     """Why each choice was made: per step id, and per run-level component (route, ...)."""
+    llm_usage: dict[str, Any] | None = None
+    """The model calls the run made (nested runs' included): tokens and cost."""
 
     def __repr__(self) -> str:
         # Short on purpose: asyncio and loggers repr results, and a 1,000-step one is long.
@@ -159,6 +161,7 @@ class ExecutionResult:
             "route": self.route,
             "arm": self.arm,
             "needs_review": self.needs_review,
+            "llm_usage": self.llm_usage,
             "steps": [s.to_dict() for s in self.steps],
         }
 
@@ -880,8 +883,9 @@ class Orchestrator:
 
     @staticmethod
     def _route_cost(decisions: _Decisions) -> float | None:
-        """What the calls of a run sent to a tier cost, as recorded on the run."""
-        if decisions.tier is None or decisions.usage is None:
+        """What the run's model calls cost, as its record keeps it (``actual_cost``): the
+        router learns the number it will read back from the store after a restart."""
+        if decisions.usage is None or not decisions.usage.calls:
             return None
         return decisions.usage.summary()["cost"]
 
@@ -1003,6 +1007,9 @@ class Orchestrator:
             arm=decisions.arm,
             needs_review=needs_review,
             why={**plan.metadata.get("why", {}), **decisions.why()},
+            llm_usage=decisions.usage.summary()
+            if decisions.usage is not None and decisions.usage.calls
+            else None,
         )
         why = result.why
         if self.store is not None:
@@ -1205,6 +1212,7 @@ class Orchestrator:
                 steps=[s.to_dict(include_output=False) for s in result.steps],
                 replans=list(result.plan.metadata.get("replans", [])),
                 why=dict(result.why),
+                llm_usage=result.llm_usage,
             )
         return load_trace(self.store, execution_id) if self.store is not None else None
 

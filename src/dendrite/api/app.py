@@ -333,6 +333,7 @@ def _result(result: ExecutionResult) -> dict[str, Any]:
         "planner": result.plan.planner,
         "strategy": result.plan.metadata.get("strategy"),
         "route": result.route,
+        "llm_usage": result.llm_usage,
         "error": result.error,
         "error_type": result.error_type.value if result.error_type else None,
         "duration_ms": result.duration_ms,

@@ -125,6 +125,11 @@ class GoalResult(BaseModel):
     route: str | None = Field(
         default=None, description="the model tier (or pool) the router sent the run to"
     )
+    llm_usage: dict[str, Any] | None = Field(
+        default=None,
+        description="the model calls the run made, nested runs' included: calls, prompt and "
+        "completion tokens, answers without reported usage, cost",
+    )
     error: str | None = None
     error_type: str | None = None
     duration_ms: float
@@ -177,6 +182,11 @@ class TraceOut(BaseModel):
     steps: list[dict[str, Any]] = Field(
         description="each step: status, tool, timing, error, skip reason, fallback, confidence "
         "and every attempt"
+    )
+    llm_usage: dict[str, Any] | None = Field(
+        None,
+        description="the model calls the run made, nested runs' included: calls, prompt and "
+        "completion tokens, answers without reported usage, cost",
     )
 
 

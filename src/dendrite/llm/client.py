@@ -24,6 +24,7 @@ from it, and charges the run's route with them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import json
@@ -333,10 +334,10 @@ class ChatLLM:
     ) -> str:
         """The assistant's text; with ``json_schema``, text that parses as a JSON object.
 
-        Inside an :func:`llm_usage` block each call is counted once, answered or
-        not (a tier that fails every call has been tried, and failed); the SDK's own
-        retries, and the second request after a refused ``json_schema``, are part of
-        the same call.
+        Inside an :func:`llm_usage` block each call is counted once, answered,
+        failed or cancelled (a tier that fails every call has been tried, and
+        failed); the SDK's own retries, and the second request after a refused
+        ``json_schema``, are part of the same call.
         """
         model = self.model
         kwargs: dict[str, Any] = {
@@ -364,6 +365,9 @@ class ChatLLM:
         except openai.APIError as error:
             self._count(model, None)  # a tier whose calls fail was still used, and failed
             raise LLMError(f"{self.name} failed: {error}") from error
+        except asyncio.CancelledError:  # a timeout or a cancelled run: it was asked all the same
+            self._count(model, None)
+            raise
         self._count(model, response)
         if not response.choices or response.choices[0].message.content is None:
             raise LLMError(f"{self.name} returned no message")
@@ -381,25 +385,35 @@ class ChatLLM:
     def _count(self, model: str, response: Any) -> None:
         """Adds one call to the current :func:`llm_usage` blocks.
 
-        A failed call (``response`` None) costs its tier's price per call and no
-        tokens; an answer whose server reported no usage is counted as unreported.
+        A call that got no answer (``response`` None: it failed, or was cancelled)
+        costs its tier's price per call and no tokens; an answer whose usage is
+        missing or not two counts is counted as unreported, with no tokens.
         """
         usage = _usage.get()
         if usage is None:
             return
-        reported = getattr(response, "usage", None)
-        prompt = int(getattr(reported, "prompt_tokens", None) or 0)
-        completion = int(getattr(reported, "completion_tokens", None) or 0)
+        tokens = _reported_tokens(getattr(response, "usage", None))
+        prompt, completion = tokens or (0, 0)
         tier = self.config.priced(_tier.get(), model)
         usage.add(
             prompt,
             completion,
-            reported=response is None or reported is not None,
+            reported=response is None or tokens is not None,
             cost=tier.call_cost(prompt, completion) if tier is not None else None,
         )
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _reported_tokens(usage: Any) -> tuple[int, int] | None:
+    """Prompt and completion tokens of a server's ``usage``, or None unless both are
+    counts: servers leave them out, or send null (the SDK does not check them)."""
+    prompt = getattr(usage, "prompt_tokens", None)
+    completion = getattr(usage, "completion_tokens", None)
+    if type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0:
+        return prompt, completion
+    return None
 
 
 def _strip_fence(text: str) -> str:

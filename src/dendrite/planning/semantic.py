@@ -9,6 +9,7 @@ its fallbacks.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ class Reranker(Protocol):
     """Reorders retrieval's candidates by what history says (``dendrite.learning.ToolRanker``).
 
     An optional ``recall_depth`` attribute asks for that many of retrieval's candidates.
+    ``scores`` (retrieval's score of every tool with any evidence) is passed only to a
+    ``rerank`` that takes it.
     """
 
     def rerank(
@@ -74,6 +77,8 @@ class RetrieverCache:
     def __init__(self, embedder: Embedder | None = None, ranker: Reranker | None = None) -> None:
         self.embedder = embedder
         self.ranker = ranker
+        # A reranker written before ``scores`` existed takes (goal, candidates) only.
+        self._pass_scores = ranker is not None and _accepts(ranker.rerank, "scores")
         self._key: tuple[Any, ...] | None = None
         self._retriever: ToolRetriever | None = None
 
@@ -89,7 +94,10 @@ class RetrieverCache:
         depth = max(k, getattr(self.ranker, "recall_depth", k))
         top, scores = self.get(registry).rank_scored(text, k=depth)
         ranked = [(r.name, r.score) for r in top if r.fits]
-        reranked = self.ranker.rerank(text, ranked, scores=scores)
+        if self._pass_scores:
+            reranked = self.ranker.rerank(text, ranked, scores=scores)
+        else:
+            reranked = self.ranker.rerank(text, ranked)
         return [(r.name, r.score, r.reason) for r in reranked][:k]
 
     def get(self, registry: ToolRegistry) -> ToolRetriever:
@@ -98,6 +106,17 @@ class RetrieverCache:
             self._retriever = ToolRetriever.from_registry(registry, embedder=self.embedder)
             self._key = key
         return self._retriever
+
+
+def _accepts(function: Any, keyword: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: call it the old way
+        return False
+    return any(
+        (p.name == keyword and p.kind is not p.POSITIONAL_ONLY) or p.kind is p.VAR_KEYWORD
+        for p in parameters
+    )
 
 
 @dataclass(frozen=True, slots=True)
