@@ -27,6 +27,8 @@ class ChatServer:
     url: str
     replies: deque[Reply] = field(default_factory=deque)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    """The bearer token of each request, in order."""
     reject_json_schema: bool | frozenset[str] = False
     """Refuse ``json_schema`` response formats: always, or for the models named."""
     report_usage: bool = True
@@ -58,6 +60,7 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
                 return
             server.requests.append(request)
+            server.keys.append(self.headers.get("Authorization", "").removeprefix("Bearer "))
             response_format = request.get("response_format", {})
             refused = server.reject_json_schema
             if isinstance(refused, frozenset):

@@ -724,7 +724,18 @@ def test_orchestrator_with_a_model_hides_its_secrets() -> None:
     from dendrite.llm import ChatLLM
     from dendrite.llm.client import LLMConfig, LLMTier
 
-    tiers = (LLMTier("tiny", "tiny-model", 0.0), LLMTier("huge", "huge-model", 2.5, 3.0, 15.0))
+    tiers = (
+        LLMTier("tiny", "tiny-model", 0.0),
+        LLMTier(
+            "huge",
+            "huge-model",
+            2.5,
+            3.0,
+            15.0,
+            base_url="https://bob:pa55@api.example.com/v1",
+            api_key="sk-huge",
+        ),
+    )
     llm = ChatLLM(
         LLMConfig("http://me:hunter2@127.0.0.1:9/v1", "tiny-model", api_key="sk-x", tiers=tiers)
     )
@@ -746,6 +757,7 @@ def test_orchestrator_with_a_model_hides_its_secrets() -> None:
                 "cost": 0.0,
                 "prompt_price": 0.0,
                 "completion_price": 0.0,
+                "base_url": None,
             },
             {
                 "name": "huge",
@@ -753,6 +765,7 @@ def test_orchestrator_with_a_model_hides_its_secrets() -> None:
                 "cost": 2.5,
                 "prompt_price": 3.0,
                 "completion_price": 15.0,
+                "base_url": "https://api.example.com/v1",
             },
         ],
         "cost_weight": 0.1,
@@ -766,6 +779,7 @@ def test_orchestrator_with_a_model_hides_its_secrets() -> None:
     }
     assert "llm" in info["planners"]
     assert "hunter2" not in json.dumps(info) and "sk-x" not in json.dumps(info)
+    assert "pa55" not in json.dumps(info) and "sk-huge" not in json.dumps(info)
     planner = schema["components"]["schemas"]["GoalRequest"]["properties"]["planner"]
     assert "llm" in json.dumps(planner)
 

@@ -134,6 +134,76 @@ def test_bad_tier_settings_are_named(
         LLMConfig.from_env()
 
 
+def test_a_tier_may_live_on_a_server_of_its_own(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("DENDRITE_LLM_BASE_URL", "http://127.0.0.1:11434/v1")
+    monkeypatch.setenv("DENDRITE_LLM_API_KEY", "local-key")
+    monkeypatch.setenv("DENDRITE_LLM_TIERS", TIERS)
+    monkeypatch.setenv("DENDRITE_LLM_TIER_URLS", "large=https://api.example.com/v1")
+    monkeypatch.setenv("DENDRITE_LLM_TIER_API_KEYS", "large=sk-large=x")  # keys may hold '='
+    config = LLMConfig.from_env()
+    assert config is not None
+    small, large = config.tiers
+    assert (small.base_url, small.api_key) == (None, None)
+    assert (large.base_url, large.api_key) == ("https://api.example.com/v1", "sk-large=x")
+    assert "sk-large" not in repr(config)
+    assert config.server_for("large") == ("https://api.example.com/v1", "sk-large=x")
+    assert config.server_for("small") == ("http://127.0.0.1:11434/v1", "local-key")
+    assert config.server_for(None) == ("http://127.0.0.1:11434/v1", "local-key")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DENDRITE_LLM_TIER_URLS": "huge=http://x"}, "DENDRITE_LLM_TIER_URLS: 'huge' is not"),
+        ({"DENDRITE_LLM_TIER_URLS": "large=api.example.com"}, "must start with http"),
+        ({"DENDRITE_LLM_TIER_API_KEYS": "huge=k"}, "DENDRITE_LLM_TIER_API_KEYS: 'huge' is not"),
+    ],
+)
+def test_bad_tier_servers_are_named(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+):
+    monkeypatch.setenv("DENDRITE_LLM_BASE_URL", "http://127.0.0.1:11434/v1")
+    monkeypatch.setenv("DENDRITE_LLM_TIERS", TIERS)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        LLMConfig.from_env()
+    with pytest.raises(ValueError, match="base_url must be an http:// or https:// URL"):
+        LLMConfig("http://x/v1", "m", tiers=(LLMTier("t", "m", base_url="ftp://x"),))
+
+
+def test_each_tier_is_asked_on_its_own_server_with_its_own_key():
+    with chat_server() as local, chat_server() as hosted:
+        local.say("local answer", json.dumps({"ok": "local"}))
+        hosted.reject_json_schema = True  # remembered for that server, not for the local one
+        hosted.say("hosted answer", json.dumps({"ok": True}))
+        tiers = (
+            LLMTier("small", "mini-7b"),
+            LLMTier("large", "mini-7b", base_url=hosted.url, api_key="sk-hosted"),
+        )  # one model name on two servers
+        llm = ChatLLM(LLMConfig(local.url, "mini-7b", api_key="local-key", tiers=tiers))
+        messages = [{"role": "user", "content": "hi"}]
+
+        async def calls() -> list[str]:
+            answers = [await llm.complete(messages)]  # no tier: the configured server
+            with llm_tier("large"):
+                assert llm.name == f"mini-7b at {hosted.url}"
+                answers.append(await llm.complete(messages))
+                answers.append(await llm.complete(messages, json_schema={"type": "object"}))
+            with llm_tier("small"):
+                answers.append(await llm.complete(messages, json_schema={"type": "object"}))
+            await llm.aclose()
+            return answers
+
+        answers = asyncio.run(calls())
+    assert answers[:2] == ["local answer", "hosted answer"]
+    assert [r["model"] for r in hosted.requests] == ["mini-7b"] * 3
+    assert hosted.keys == ["sk-hosted"] * 3 and set(local.keys) == {"local-key"}
+    formats = [r.get("response_format", {}).get("type") for r in hosted.requests[1:]]
+    assert formats == ["json_schema", "json_object"]  # refused, then asked again
+    assert local.requests[-1]["response_format"]["type"] == "json_schema"  # still asked
+
+
 def test_tiers_without_a_server_are_refused(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("DENDRITE_LLM_TIERS", TIERS)
     with pytest.raises(ValueError, match="DENDRITE_LLM_TIERS is set but DENDRITE_LLM_BASE_URL"):

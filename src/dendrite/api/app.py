@@ -845,6 +845,7 @@ def create_app(
                         cost=tier.cost,
                         prompt_price=tier.prompt_price,
                         completion_price=tier.completion_price,
+                        base_url=_redacted(tier.base_url) if tier.base_url else None,
                     )
                     for tier in (llm.config.tiers if llm else ())
                 ],

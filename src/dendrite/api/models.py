@@ -360,6 +360,9 @@ class TierInfo(BaseModel):
     cost: float = Field(description="per call")
     prompt_price: float = Field(0.0, description="per million prompt tokens")
     completion_price: float = Field(0.0, description="per million completion tokens")
+    base_url: str | None = Field(
+        None, description="the tier's own server (no credentials); none: the model's server"
+    )
 
 
 class LLMInfo(BaseModel):

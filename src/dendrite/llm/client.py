@@ -6,8 +6,10 @@ asked for with a JSON schema; a server that refuses ``json_schema`` response
 formats is asked again with ``json_object`` and remembered, since older
 llama.cpp and Ollama builds only know the latter.
 
-Model tiers: ``DENDRITE_LLM_TIERS`` names several models on the same server
-(``small=qwen2.5:7b,large=qwen2.5:72b``). What a call costs is set per tier, in any
+Model tiers: ``DENDRITE_LLM_TIERS`` names several models (``small=qwen2.5:7b,
+large=qwen2.5:72b``), on the configured server unless ``DENDRITE_LLM_TIER_URLS``
+(``large=https://api.example.com/v1``) and ``DENDRITE_LLM_TIER_API_KEYS`` put a tier
+on a server of its own. What a call costs is set per tier, in any
 one unit: ``DENDRITE_LLM_TIER_COSTS`` a price per call (``small=0.1,large=1``) and
 ``DENDRITE_LLM_TIER_PRICES`` a price per million tokens, prompt/completion
 (``small=0.15/0.6,large=2.5/10``; one number prices both), read from the usage the
@@ -43,6 +45,8 @@ ENV_API_KEY = "DENDRITE_LLM_API_KEY"
 ENV_TIERS = "DENDRITE_LLM_TIERS"
 ENV_TIER_COSTS = "DENDRITE_LLM_TIER_COSTS"
 ENV_TIER_PRICES = "DENDRITE_LLM_TIER_PRICES"
+ENV_TIER_URLS = "DENDRITE_LLM_TIER_URLS"
+ENV_TIER_API_KEYS = "DENDRITE_LLM_TIER_API_KEYS"
 ENV_COST_WEIGHT = "DENDRITE_LLM_COST_WEIGHT"
 DEFAULT_COST_WEIGHT = 0.1
 
@@ -155,13 +159,17 @@ class LLMFormatError(LLMError):
 @dataclass(frozen=True, slots=True)
 class LLMTier:
     """One model a router may send a run to, and what a call to it costs (any one unit):
-    ``cost`` per call, plus ``prompt_price`` and ``completion_price`` per million tokens."""
+    ``cost`` per call, plus ``prompt_price`` and ``completion_price`` per million tokens.
+    ``base_url`` and ``api_key`` put it on a server of its own (a local small model, a
+    hosted large one); ``None`` means the configuration's."""
 
     name: str
     model: str
     cost: float = 0.0
     prompt_price: float = 0.0
     completion_price: float = 0.0
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
 
     def call_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         tokens = prompt_tokens * self.prompt_price + completion_tokens * self.completion_price
@@ -184,6 +192,11 @@ class LLMConfig:
         if repeated:
             raise ValueError(f"tier names must be distinct; repeated: {', '.join(repeated)}")
         for tier in self.tiers:
+            if tier.base_url is not None and not _is_http_url(tier.base_url):
+                raise ValueError(
+                    f"tier {tier.name!r}: base_url must be an http:// or https:// URL, "
+                    f"got {tier.base_url!r}"
+                )
             for label, value in (
                 ("cost", tier.cost),
                 ("prompt_price", tier.prompt_price),
@@ -209,6 +222,14 @@ class LLMConfig:
         if found is not None:
             return found
         return next((t for t in self.tiers if t.model == model), None)
+
+    def server_for(self, tier: str | None) -> tuple[str, str]:
+        """(base URL, API key) of the server a call in ``tier`` goes to: the tier's own when
+        it has one, else the configuration's (always, outside a tier)."""
+        found = self.tier(tier)
+        if found is None:
+            return self.base_url, self.api_key
+        return found.base_url or self.base_url, found.api_key or self.api_key
 
     def model_for(self, tier: str | None) -> str:
         """The model of ``tier``; the default model for None or a tier not configured."""
@@ -272,10 +293,29 @@ def _tiers_from_env() -> tuple[LLMTier, ...]:
             if slash
             else _price(ENV_TIER_PRICES, name, prompt),
         )
+    urls = dict(_tier_pairs(ENV_TIER_URLS, names))
+    for name, url in urls.items():
+        if not _is_http_url(url):
+            raise ValueError(
+                f"{ENV_TIER_URLS}: the URL of {name!r} must start with http:// "
+                f"or https://, got {url!r}"
+            )
+    keys = dict(_tier_pairs(ENV_TIER_API_KEYS, names))
     return tuple(
-        LLMTier(name, model, costs.get(name, 0.0), *prices.get(name, (0.0, 0.0)))
+        LLMTier(
+            name,
+            model,
+            costs.get(name, 0.0),
+            *prices.get(name, (0.0, 0.0)),
+            base_url=urls.get(name),
+            api_key=keys.get(name),
+        )
         for name, model in tiers
     )
+
+
+def _is_http_url(text: str) -> bool:
+    return text.startswith(("http://", "https://")) and len(text) > len("https://")
 
 
 def _tier_pairs(variable: str, names: list[str]) -> list[tuple[str, str]]:
@@ -299,21 +339,34 @@ def _price(variable: str, name: str, text: str) -> float:
 
 
 class ChatLLM:
-    """One OpenAI-compatible server: its default model, and its tiers' models if configured."""
+    """An OpenAI-compatible server and its default model, and the tiers' models if
+    configured (on that server, or on servers of their own)."""
 
     def __init__(self, config: LLMConfig) -> None:
         self.config = config
-        self._client = openai.AsyncOpenAI(
-            base_url=config.base_url,
-            api_key=config.api_key,
-            timeout=config.timeout,
-            max_retries=config.max_retries,
-        )
-        self._no_json_schema: set[str] = set()  # models whose server refused json_schema
+        self._clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
+        self._clients_lock = threading.Lock()
+        self._client_for(None)  # the default server's, at once
+        # (server, model) pairs whose server refused json_schema
+        self._no_json_schema: set[tuple[str, str]] = set()
+
+    def _client_for(self, tier: str | None) -> tuple[str, openai.AsyncOpenAI]:
+        """The server a call in ``tier`` goes to, and one client per server and key."""
+        url, key = self.config.server_for(tier)
+        with self._clients_lock:
+            client = self._clients.get((url, key))
+            if client is None:
+                client = self._clients[(url, key)] = openai.AsyncOpenAI(
+                    base_url=url,
+                    api_key=key,
+                    timeout=self.config.timeout,
+                    max_retries=self.config.max_retries,
+                )
+        return url, client
 
     @property
     def name(self) -> str:
-        return f"{self.model} at {self.config.base_url}"
+        return f"{self.model} at {self.config.server_for(_tier.get())[0]}"
 
     @property
     def model(self) -> str:
@@ -340,12 +393,13 @@ class ChatLLM:
         ``json_schema``, are part of the same call.
         """
         model = self.model
+        url, client = self._client_for(_tier.get())
         kwargs: dict[str, Any] = {
             "model": model,
             "messages": list(messages),
             "temperature": temperature,
         }
-        schema_ok = model not in self._no_json_schema
+        schema_ok = (url, model) not in self._no_json_schema
         if json_schema is not None:
             if schema_ok:
                 kwargs["response_format"] = {
@@ -355,12 +409,12 @@ class ChatLLM:
             else:
                 kwargs["response_format"] = {"type": "json_object"}
         try:
-            response = await self._client.chat.completions.create(**kwargs)
+            response = await client.chat.completions.create(**kwargs)
         except openai.BadRequestError as error:
             if json_schema is None or not schema_ok:
                 self._count(model, None)
                 raise LLMError(f"{self.name} refused the request: {error}") from error
-            self._no_json_schema.add(model)  # asked again, and counted then
+            self._no_json_schema.add((url, model))  # asked again, and counted then
             return await self.complete(messages, json_schema=json_schema, temperature=temperature)
         except openai.APIError as error:
             self._count(model, None)  # a tier whose calls fail was still used, and failed
@@ -403,7 +457,10 @@ class ChatLLM:
         )
 
     async def aclose(self) -> None:
-        await self._client.close()
+        with self._clients_lock:
+            clients = list(self._clients.values())
+        for client in clients:
+            await client.close()
 
 
 def _reported_tokens(usage: Any) -> tuple[int, int] | None:
