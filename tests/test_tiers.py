@@ -149,6 +149,21 @@ def test_a_tier_may_live_on_a_server_of_its_own(monkeypatch: pytest.MonkeyPatch)
     assert config.server_for("large") == ("https://api.example.com/v1", "sk-large=x")
     assert config.server_for("small") == ("http://127.0.0.1:11434/v1", "local-key")
     assert config.server_for(None) == ("http://127.0.0.1:11434/v1", "local-key")
+    # With no DENDRITE_LLM_MODEL the first tier stands in for calls made outside any tier:
+    # its model, on its own server, at its prices.
+    monkeypatch.setenv("DENDRITE_LLM_TIER_URLS", "small=http://10.0.0.7:8000/v1")
+    monkeypatch.setenv("DENDRITE_LLM_TIER_PRICES", "small=1/2")
+    config = LLMConfig.from_env()
+    assert config is not None and config.default_tier == "small"
+    assert config.model_for(None) == "mini-7b"
+    assert config.server_for(None) == ("http://10.0.0.7:8000/v1", "local-key")
+    assert config.priced(None, "mini-7b") == config.tiers[0]
+    monkeypatch.setenv("DENDRITE_LLM_MODEL", "llama3")  # named: the configured server's
+    config = LLMConfig.from_env()
+    assert config is not None and config.default_tier is None
+    assert config.server_for(None) == ("http://127.0.0.1:11434/v1", "local-key")
+    with pytest.raises(ValueError, match="default_tier 'nope' is not a tier"):
+        LLMConfig("http://x/v1", "m", default_tier="nope")
 
 
 @pytest.mark.parametrize(

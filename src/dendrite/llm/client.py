@@ -185,12 +185,17 @@ class LLMConfig:
     max_retries: int = 2
     tiers: tuple[LLMTier, ...] = ()
     cost_weight: float = DEFAULT_COST_WEIGHT
+    default_tier: str | None = None
+    """The tier whose model, server and prices calls made outside any tier use: the first
+    tier when ``DENDRITE_LLM_MODEL`` is unset. None: ``model`` on ``base_url``."""
 
     def __post_init__(self) -> None:
         names = [tier.name for tier in self.tiers]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"tier names must be distinct; repeated: {', '.join(repeated)}")
+        if self.default_tier is not None and self.default_tier not in names:
+            raise ValueError(f"default_tier {self.default_tier!r} is not a tier")
         for tier in self.tiers:
             if tier.base_url is not None and not _is_http_url(tier.base_url):
                 raise ValueError(
@@ -215,25 +220,30 @@ class LLMConfig:
                 return candidate
         return None
 
-    def priced(self, tier: str | None, model: str) -> LLMTier | None:
-        """The tier whose prices a call to ``model`` pays: ``tier`` when configured, else
-        the first tier of that model (the default model may be one of them)."""
+    def _in_effect(self, tier: str | None) -> LLMTier | None:
+        """``tier`` when configured, else (outside any tier) the default tier, if any."""
         found = self.tier(tier)
+        return found if found is not None else self.tier(self.default_tier)
+
+    def priced(self, tier: str | None, model: str) -> LLMTier | None:
+        """The tier whose prices a call to ``model`` pays: the tier in effect, else the
+        first tier of that model (the default model may be one of them)."""
+        found = self._in_effect(tier)
         if found is not None:
             return found
         return next((t for t in self.tiers if t.model == model), None)
 
     def server_for(self, tier: str | None) -> tuple[str, str]:
         """(base URL, API key) of the server a call in ``tier`` goes to: the tier's own when
-        it has one, else the configuration's (always, outside a tier)."""
-        found = self.tier(tier)
+        it has one (outside any tier, the default tier's), else the configuration's."""
+        found = self._in_effect(tier)
         if found is None:
             return self.base_url, self.api_key
         return found.base_url or self.base_url, found.api_key or self.api_key
 
     def model_for(self, tier: str | None) -> str:
         """The model of ``tier``; the default model for None or a tier not configured."""
-        found = self.tier(tier)
+        found = self._in_effect(tier)
         return found.model if found is not None else self.model
 
     @classmethod
@@ -245,7 +255,10 @@ class LLMConfig:
             if tiers:
                 raise ValueError(f"{ENV_TIERS} is set but {ENV_BASE_URL} is not: name the server")
             return None
-        model = os.environ.get(ENV_MODEL, "").strip() or (tiers[0].model if tiers else "")
+        model = os.environ.get(ENV_MODEL, "").strip()
+        default_tier = None
+        if not model and tiers:  # the first tier stands in: its model, server and prices
+            model, default_tier = tiers[0].model, tiers[0].name
         if not model:
             raise ValueError(
                 f"{ENV_BASE_URL} is set but {ENV_MODEL} is not: name the model to use "
@@ -259,7 +272,9 @@ class LLMConfig:
         if not math.isfinite(weight) or weight < 0:
             raise ValueError(f"{ENV_COST_WEIGHT} must be a number >= 0, got {weight_text!r}")
         api_key = os.environ.get(ENV_API_KEY, "").strip() or "not-needed"
-        return cls(base_url, model, api_key, tiers=tiers, cost_weight=weight)
+        return cls(
+            base_url, model, api_key, tiers=tiers, cost_weight=weight, default_tier=default_tier
+        )
 
 
 def _pairs(variable: str) -> list[tuple[str, str]]:
