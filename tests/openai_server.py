@@ -40,8 +40,11 @@ class ChatServer:
         self.replies.extend(replies)
 
 
-def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
+def _handler(server: ChatServer, keep_alive: bool) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # HTTP/1.1 keeps connections open between requests, as real servers do.
+        protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
         def log_message(self, format: str, *args: Any) -> None:
             return
 
@@ -118,10 +121,10 @@ def usage_of(request: dict[str, Any], answer: str) -> tuple[int, int]:
 
 
 @contextmanager
-def chat_server() -> Iterator[ChatServer]:
+def chat_server(*, keep_alive: bool = False) -> Iterator[ChatServer]:
     """A scripted chat server on a free port of 127.0.0.1, stopped on exit."""
     state = ChatServer(url="")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state, keep_alive))
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

@@ -712,6 +712,7 @@ def test_system_status_and_orchestrator(client: httpx.Client, store: ExecutionSt
         "configured": False,
         "model": None,
         "base_url": None,
+        "default_tier": None,
         "tiers": [],
         "cost_weight": None,
     }
@@ -750,6 +751,7 @@ def test_orchestrator_with_a_model_hides_its_secrets() -> None:
         "configured": True,
         "model": "tiny-model",
         "base_url": "http://127.0.0.1:9/v1",
+        "default_tier": "tiny",  # the default model is the tiny tier's
         "tiers": [
             {
                 "name": "tiny",

@@ -23,7 +23,7 @@ from dendrite import Orchestrator, OrchestratorConfig
 from dendrite.cli import app
 from dendrite.learning import Router, routing_accuracy
 from dendrite.learning.router import ROUTE_UNUSED
-from dendrite.llm import ChatLLM, LLMConfig, LLMTier, llm_tier
+from dendrite.llm import ChatLLM, LLMConfig, LLMError, LLMTier, llm_tier
 from dendrite.orchestrator import current_route
 from dendrite.planning import Plan, PlanningError, Step
 from dendrite.store import ExecutionStore
@@ -151,17 +151,25 @@ def test_a_tier_may_live_on_a_server_of_its_own(monkeypatch: pytest.MonkeyPatch)
     assert config.server_for(None) == ("http://127.0.0.1:11434/v1", "local-key")
     # With no DENDRITE_LLM_MODEL the first tier stands in for calls made outside any tier:
     # its model, on its own server, at its prices.
-    monkeypatch.setenv("DENDRITE_LLM_TIER_URLS", "small=http://10.0.0.7:8000/v1")
+    monkeypatch.setenv(
+        "DENDRITE_LLM_TIER_URLS", "small=http://10.0.0.7:8000/v1, large=https://api.example.com/v1"
+    )
     monkeypatch.setenv("DENDRITE_LLM_TIER_PRICES", "small=1/2")
     config = LLMConfig.from_env()
     assert config is not None and config.default_tier == "small"
     assert config.model_for(None) == "mini-7b"
     assert config.server_for(None) == ("http://10.0.0.7:8000/v1", "local-key")
-    assert config.priced(None, "mini-7b") == config.tiers[0]
-    monkeypatch.setenv("DENDRITE_LLM_MODEL", "llama3")  # named: the configured server's
+    assert config.priced(None) == config.tiers[0]
+    monkeypatch.setenv("DENDRITE_LLM_MODEL", "maxi-70b")  # a tier's model: that tier's
+    config = LLMConfig.from_env()
+    assert config is not None and config.default_tier == "large"
+    assert config.server_for(None) == ("https://api.example.com/v1", "sk-large=x")
+    monkeypatch.setenv("DENDRITE_LLM_MODEL", "llama3")  # no tier's: the configured server's
     config = LLMConfig.from_env()
     assert config is not None and config.default_tier is None
     assert config.server_for(None) == ("http://127.0.0.1:11434/v1", "local-key")
+    assert config.priced(None) is None  # unpriced
+    assert "local-key" not in repr(config)
     with pytest.raises(ValueError, match="default_tier 'nope' is not a tier"):
         LLMConfig("http://x/v1", "m", default_tier="nope")
 
@@ -172,8 +180,13 @@ def test_a_tier_may_live_on_a_server_of_its_own(monkeypatch: pytest.MonkeyPatch)
         ({"DENDRITE_LLM_TIER_URLS": "huge=http://x"}, "DENDRITE_LLM_TIER_URLS: 'huge' is not"),
         ({"DENDRITE_LLM_TIER_URLS": "large=api.example.com"}, "must start with http"),
         ({"DENDRITE_LLM_TIER_API_KEYS": "huge=k"}, "DENDRITE_LLM_TIER_API_KEYS: 'huge' is not"),
+        # A key given without its tier's name is not quoted back, nor a URL's password.
+        ({"DENDRITE_LLM_TIER_API_KEYS": "large=k, sk-SECRET"},
+         r"^DENDRITE_LLM_TIER_API_KEYS: item 2 is not NAME=VALUE$"),
+        ({"DENDRITE_LLM_TIER_URLS": "large=me:SECRET@api.example.com/v1"},
+         r"got 'api.example.com/v1'$"),
     ],
-)
+)  # fmt: skip
 def test_bad_tier_servers_are_named(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
 ):
@@ -217,6 +230,35 @@ def test_each_tier_is_asked_on_its_own_server_with_its_own_key():
     formats = [r.get("response_format", {}).get("type") for r in hosted.requests[1:]]
     assert formats == ["json_schema", "json_object"]  # refused, then asked again
     assert local.requests[-1]["response_format"]["type"] == "json_schema"  # still asked
+
+
+def test_clients_follow_the_event_loop_and_errors_name_no_password():
+    """``Orchestrator.process`` runs each goal in an event loop of its own: a client whose
+    kept-alive connections belong to a closed loop must not be reused."""
+    with chat_server(keep_alive=True) as server:
+        server.say(*["hello"] * 4)
+        tiers = (LLMTier("small", "mini-7b"), LLMTier("large", "maxi-70b"))
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", tiers=tiers))
+        messages = [{"role": "user", "content": "hi"}]
+
+        async def both() -> list[str]:
+            with llm_tier("large"):
+                large = await llm.complete(messages)
+            return [await llm.complete(messages), large]
+
+        assert asyncio.run(both()) == ["hello", "hello"]
+        assert asyncio.run(both()) == ["hello", "hello"]  # a new loop: new clients
+        asyncio.run(llm.aclose())  # nothing of this loop's to close; no error
+    secret = ChatLLM(LLMConfig("http://me:pw-SECRET@127.0.0.1:9/v1", "m", max_retries=0))
+
+    async def fail() -> str:
+        with pytest.raises(LLMError) as raised:
+            await secret.complete(messages)
+        await secret.aclose()
+        return str(raised.value)
+
+    text = asyncio.run(fail())
+    assert "pw-SECRET" not in text and "m at http://127.0.0.1:9/v1 failed" in text
 
 
 def test_tiers_without_a_server_are_refused(monkeypatch: pytest.MonkeyPatch):

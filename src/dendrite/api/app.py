@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import Body, FastAPI, Path, Query
 from fastapi.openapi.utils import get_openapi
@@ -71,6 +70,7 @@ from dendrite.execution.events import EventType
 from dendrite.learning import experiments as ab
 from dendrite.learning.calibration import routing_accuracy
 from dendrite.learning.jobs import JOBS, JobContext, JobScheduler, describe, run_job
+from dendrite.llm.client import redacted_url
 from dendrite.orchestrator import ExecutionResult, Orchestrator, planner_name
 from dendrite.planning import (
     PLANNERS,
@@ -126,17 +126,6 @@ def _version() -> str:
 def _json(content: Any, status: int = 200) -> Response:
     """JSON that never fails to encode: tool outputs are whatever Python objects tools return."""
     return Response(dumps(content), status_code=status, media_type="application/json")
-
-
-def _redacted(url: str) -> str:
-    """``url`` without user name or password."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 # -- cursors -----------------------------------------------------------------
@@ -836,8 +825,9 @@ def create_app(
             strategies=[s.value for s in Strategy],
             llm=LLMInfo(
                 configured=llm is not None,
-                model=llm.config.model if llm else None,
-                base_url=_redacted(llm.config.base_url) if llm else None,
+                model=llm.config.model_for(None) if llm else None,
+                base_url=redacted_url(llm.config.server_for(None)[0]) if llm else None,
+                default_tier=llm.config.default_tier if llm else None,
                 tiers=[
                     TierInfo(
                         name=tier.name,
@@ -845,7 +835,7 @@ def create_app(
                         cost=tier.cost,
                         prompt_price=tier.prompt_price,
                         completion_price=tier.completion_price,
-                        base_url=_redacted(tier.base_url) if tier.base_url else None,
+                        base_url=redacted_url(tier.base_url) if tier.base_url else None,
                     )
                     for tier in (llm.config.tiers if llm else ())
                 ],

@@ -367,8 +367,11 @@ class TierInfo(BaseModel):
 
 class LLMInfo(BaseModel):
     configured: bool
-    model: str | None = None
-    base_url: str | None = None
+    model: str | None = Field(None, description="what calls made outside any tier ask")
+    base_url: str | None = Field(None, description="where those calls go (no credentials)")
+    default_tier: str | None = Field(
+        None, description="the tier those calls stand for (its model, server and prices)"
+    )
     tiers: list[TierInfo] = Field(
         default_factory=list, description="models the router picks from, one per run"
     )

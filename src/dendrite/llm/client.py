@@ -33,9 +33,11 @@ import json
 import math
 import os
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
@@ -180,14 +182,15 @@ class LLMTier:
 class LLMConfig:
     base_url: str
     model: str
-    api_key: str = "not-needed"
+    api_key: str = field(default="not-needed", repr=False)
     timeout: float = 60.0
     max_retries: int = 2
     tiers: tuple[LLMTier, ...] = ()
     cost_weight: float = DEFAULT_COST_WEIGHT
     default_tier: str | None = None
-    """The tier whose model, server and prices calls made outside any tier use: the first
-    tier when ``DENDRITE_LLM_MODEL`` is unset. None: ``model`` on ``base_url``."""
+    """The tier whose model, server and prices calls made outside any tier use; when not
+    given, the first tier whose model is ``model`` (with ``DENDRITE_LLM_MODEL`` unset,
+    ``model`` is the first tier's), if any. No such tier: ``model`` on ``base_url``."""
 
     def __post_init__(self) -> None:
         names = [tier.name for tier in self.tiers]
@@ -196,6 +199,9 @@ class LLMConfig:
             raise ValueError(f"tier names must be distinct; repeated: {', '.join(repeated)}")
         if self.default_tier is not None and self.default_tier not in names:
             raise ValueError(f"default_tier {self.default_tier!r} is not a tier")
+        if self.default_tier is None:
+            same = next((tier.name for tier in self.tiers if tier.model == self.model), None)
+            object.__setattr__(self, "default_tier", same)
         for tier in self.tiers:
             if tier.base_url is not None and not _is_http_url(tier.base_url):
                 raise ValueError(
@@ -225,13 +231,10 @@ class LLMConfig:
         found = self.tier(tier)
         return found if found is not None else self.tier(self.default_tier)
 
-    def priced(self, tier: str | None, model: str) -> LLMTier | None:
-        """The tier whose prices a call to ``model`` pays: the tier in effect, else the
-        first tier of that model (the default model may be one of them)."""
-        found = self._in_effect(tier)
-        if found is not None:
-            return found
-        return next((t for t in self.tiers if t.model == model), None)
+    def priced(self, tier: str | None) -> LLMTier | None:
+        """The tier whose prices a call in ``tier`` pays: the tier in effect (outside any
+        tier, the default tier); None: a model no tier prices."""
+        return self._in_effect(tier)
 
     def server_for(self, tier: str | None) -> tuple[str, str]:
         """(base URL, API key) of the server a call in ``tier`` goes to: the tier's own when
@@ -255,10 +258,7 @@ class LLMConfig:
             if tiers:
                 raise ValueError(f"{ENV_TIERS} is set but {ENV_BASE_URL} is not: name the server")
             return None
-        model = os.environ.get(ENV_MODEL, "").strip()
-        default_tier = None
-        if not model and tiers:  # the first tier stands in: its model, server and prices
-            model, default_tier = tiers[0].model, tiers[0].name
+        model = os.environ.get(ENV_MODEL, "").strip() or (tiers[0].model if tiers else "")
         if not model:
             raise ValueError(
                 f"{ENV_BASE_URL} is set but {ENV_MODEL} is not: name the model to use "
@@ -272,20 +272,20 @@ class LLMConfig:
         if not math.isfinite(weight) or weight < 0:
             raise ValueError(f"{ENV_COST_WEIGHT} must be a number >= 0, got {weight_text!r}")
         api_key = os.environ.get(ENV_API_KEY, "").strip() or "not-needed"
-        return cls(
-            base_url, model, api_key, tiers=tiers, cost_weight=weight, default_tier=default_tier
-        )
+        return cls(base_url, model, api_key, tiers=tiers, cost_weight=weight)
 
 
 def _pairs(variable: str) -> list[tuple[str, str]]:
-    """``NAME=VALUE`` items separated by commas; the value is everything after the first ``=``."""
+    """``NAME=VALUE`` items separated by commas; the value is everything after the first ``=``.
+
+    A malformed item of a variable of keys is not quoted back: it may be a bare key."""
     pairs = []
-    for item in (part.strip() for part in os.environ.get(variable, "").split(",")):
-        if not item:
-            continue
+    items = [part.strip() for part in os.environ.get(variable, "").split(",")]
+    for number, item in enumerate((i for i in items if i), start=1):
         name, equals, value = (part.strip() for part in item.partition("="))
         if not equals or not name or not value:
-            raise ValueError(f"{variable}: {item!r} is not NAME=VALUE")
+            shown = f"item {number}" if variable == ENV_TIER_API_KEYS else repr(item)
+            raise ValueError(f"{variable}: {shown} is not NAME=VALUE")
         pairs.append((name, value))
     return pairs
 
@@ -313,7 +313,7 @@ def _tiers_from_env() -> tuple[LLMTier, ...]:
         if not _is_http_url(url):
             raise ValueError(
                 f"{ENV_TIER_URLS}: the URL of {name!r} must start with http:// "
-                f"or https://, got {url!r}"
+                f"or https://, got {redacted_url(url)!r}"
             )
     keys = dict(_tier_pairs(ENV_TIER_API_KEYS, names))
     return tuple(
@@ -327,6 +327,21 @@ def _tiers_from_env() -> tuple[LLMTier, ...]:
         )
         for name, model in tiers
     )
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without a user name or password, for messages and status pages."""
+    try:
+        parts = urlsplit(url if "://" in url else f"//{url}")
+        host = parts.hostname or ""
+        if parts.username is None and parts.password is None:
+            return url
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:  # not a URL at all: say nothing of it
+        return "<unreadable URL>"
+    text = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return text if "://" in url else text.removeprefix("//")
 
 
 def _is_http_url(text: str) -> bool:
@@ -359,19 +374,25 @@ class ChatLLM:
 
     def __init__(self, config: LLMConfig) -> None:
         self.config = config
-        self._clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
+        # One client per event loop, server and key: an httpx client's pooled connections
+        # belong to the loop that opened them, and ``Orchestrator.process`` (or a sync tool
+        # starting a nested run) runs each call in a loop of its own.
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[str, str], openai.AsyncOpenAI]
+        ] = weakref.WeakKeyDictionary()
         self._clients_lock = threading.Lock()
-        self._client_for(None)  # the default server's, at once
         # (server, model) pairs whose server refused json_schema
         self._no_json_schema: set[tuple[str, str]] = set()
 
     def _client_for(self, tier: str | None) -> tuple[str, openai.AsyncOpenAI]:
-        """The server a call in ``tier`` goes to, and one client per server and key."""
+        """The server a call in ``tier`` goes to, and this loop's client for it."""
         url, key = self.config.server_for(tier)
+        loop = asyncio.get_running_loop()
         with self._clients_lock:
-            client = self._clients.get((url, key))
+            clients = self._clients.setdefault(loop, {})
+            client = clients.get((url, key))
             if client is None:
-                client = self._clients[(url, key)] = openai.AsyncOpenAI(
+                client = clients[(url, key)] = openai.AsyncOpenAI(
                     base_url=url,
                     api_key=key,
                     timeout=self.config.timeout,
@@ -381,7 +402,7 @@ class ChatLLM:
 
     @property
     def name(self) -> str:
-        return f"{self.model} at {self.config.server_for(_tier.get())[0]}"
+        return f"{self.model} at {redacted_url(self.config.server_for(_tier.get())[0])}"
 
     @property
     def model(self) -> str:
@@ -463,7 +484,7 @@ class ChatLLM:
             return
         tokens = _reported_tokens(getattr(response, "usage", None))
         prompt, completion = tokens or (0, 0)
-        tier = self.config.priced(_tier.get(), model)
+        tier = self.config.priced(_tier.get())
         usage.add(
             prompt,
             completion,
@@ -472,9 +493,10 @@ class ChatLLM:
         )
 
     async def aclose(self) -> None:
+        """Closes this loop's clients; those of loops already closed went with them."""
         with self._clients_lock:
-            clients = list(self._clients.values())
-        for client in clients:
+            clients = self._clients.pop(asyncio.get_running_loop(), {})
+        for client in clients.values():
             await client.close()
 
 
