@@ -159,7 +159,7 @@ def test_a_tier_may_live_on_a_server_of_its_own(monkeypatch: pytest.MonkeyPatch)
     assert config is not None and config.default_tier == "small"
     assert config.model_for(None) == "mini-7b"
     assert config.server_for(None) == ("http://10.0.0.7:8000/v1", "local-key")
-    assert config.priced(None) == config.tiers[0]
+    assert config.in_effect(None) == config.tiers[0]
     monkeypatch.setenv("DENDRITE_LLM_MODEL", "maxi-70b")  # a tier's model: that tier's
     config = LLMConfig.from_env()
     assert config is not None and config.default_tier == "large"
@@ -168,7 +168,7 @@ def test_a_tier_may_live_on_a_server_of_its_own(monkeypatch: pytest.MonkeyPatch)
     config = LLMConfig.from_env()
     assert config is not None and config.default_tier is None
     assert config.server_for(None) == ("http://127.0.0.1:11434/v1", "local-key")
-    assert config.priced(None) is None  # unpriced
+    assert config.in_effect(None) is None  # unpriced
     assert "local-key" not in repr(config)
     with pytest.raises(ValueError, match="default_tier 'nope' is not a tier"):
         LLMConfig("http://x/v1", "m", default_tier="nope")

@@ -206,7 +206,7 @@ class LLMConfig:
             if tier.base_url is not None and not _is_http_url(tier.base_url):
                 raise ValueError(
                     f"tier {tier.name!r}: base_url must be an http:// or https:// URL, "
-                    f"got {tier.base_url!r}"
+                    f"got {redacted_url(tier.base_url)!r}"
                 )
             for label, value in (
                 ("cost", tier.cost),
@@ -226,27 +226,24 @@ class LLMConfig:
                 return candidate
         return None
 
-    def _in_effect(self, tier: str | None) -> LLMTier | None:
-        """``tier`` when configured, else (outside any tier) the default tier, if any."""
+    def in_effect(self, tier: str | None) -> LLMTier | None:
+        """The tier whose model, server and prices a call in ``tier`` uses: ``tier`` when
+        configured, else (outside any tier) the default tier; None: the configuration's
+        model and server, at no known price."""
         found = self.tier(tier)
         return found if found is not None else self.tier(self.default_tier)
-
-    def priced(self, tier: str | None) -> LLMTier | None:
-        """The tier whose prices a call in ``tier`` pays: the tier in effect (outside any
-        tier, the default tier); None: a model no tier prices."""
-        return self._in_effect(tier)
 
     def server_for(self, tier: str | None) -> tuple[str, str]:
         """(base URL, API key) of the server a call in ``tier`` goes to: the tier's own when
         it has one (outside any tier, the default tier's), else the configuration's."""
-        found = self._in_effect(tier)
+        found = self.in_effect(tier)
         if found is None:
             return self.base_url, self.api_key
         return found.base_url or self.base_url, found.api_key or self.api_key
 
     def model_for(self, tier: str | None) -> str:
         """The model of ``tier``; the default model for None or a tier not configured."""
-        found = self._in_effect(tier)
+        found = self.in_effect(tier)
         return found.model if found is not None else self.model
 
     @classmethod
@@ -448,17 +445,17 @@ class ChatLLM:
             response = await client.chat.completions.create(**kwargs)
         except openai.BadRequestError as error:
             if json_schema is None or not schema_ok:
-                self._count(model, None)
+                self._count(None)
                 raise LLMError(f"{self.name} refused the request: {error}") from error
             self._no_json_schema.add((url, model))  # asked again, and counted then
             return await self.complete(messages, json_schema=json_schema, temperature=temperature)
         except openai.APIError as error:
-            self._count(model, None)  # a tier whose calls fail was still used, and failed
+            self._count(None)  # a tier whose calls fail was still used, and failed
             raise LLMError(f"{self.name} failed: {error}") from error
         except asyncio.CancelledError:  # a timeout or a cancelled run: it was asked all the same
-            self._count(model, None)
+            self._count(None)
             raise
-        self._count(model, response)
+        self._count(response)
         if not response.choices or response.choices[0].message.content is None:
             raise LLMError(f"{self.name} returned no message")
         text = response.choices[0].message.content
@@ -472,7 +469,7 @@ class ChatLLM:
             return json.dumps(parsed)
         return text
 
-    def _count(self, model: str, response: Any) -> None:
+    def _count(self, response: Any) -> None:
         """Adds one call to the current :func:`llm_usage` blocks.
 
         A call that got no answer (``response`` None: it failed, or was cancelled)
@@ -484,7 +481,7 @@ class ChatLLM:
             return
         tokens = _reported_tokens(getattr(response, "usage", None))
         prompt, completion = tokens or (0, 0)
-        tier = self.config.priced(_tier.get())
+        tier = self.config.in_effect(_tier.get())
         usage.add(
             prompt,
             completion,
