@@ -326,12 +326,10 @@ class ToolRanker:
             x = self._vector(goal)
             learned = self._learned(x)
             if recall:
-                for tool, value in learned.items():
-                    if value >= self.recall_min:
-                        retrieval.setdefault(tool, min(lower.get(tool, 0.0), top))
-                for tool, (good, _) in evidence.items():
-                    if good > 0:
-                        retrieval.setdefault(tool, min(lower.get(tool, 0.0), top))
+                recalled = [tool for tool, value in learned.items() if value >= self.recall_min]
+                recalled += [tool for tool, (good, _) in evidence.items() if good > 0]
+                for tool in recalled:
+                    retrieval.setdefault(tool, min(lower.get(tool, 0.0), top))
             shares = {name: score / top for name, score in retrieval.items()}
             self._context[goal] = shares
             self._context.move_to_end(goal)

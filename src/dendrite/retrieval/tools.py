@@ -309,7 +309,7 @@ class ToolRetriever:
         ranked tool is not necessarily a fitting one: check :attr:`RankedTool.fits`, or use
         :meth:`fitting`, before calling it.
         """
-        return self.rank_scored(goal, k)[0]
+        return self._ranked(goal, k)[0]
 
     def rank_scored(self, goal: str, k: int = 10) -> tuple[list[RankedTool], dict[str, float]]:
         """:meth:`rank`, and the score of every tool with any evidence, by name.
@@ -317,6 +317,11 @@ class ToolRetriever:
         A reranker that lifts a tool from below the first ``k`` (because history says it
         answers goals like this one) needs that tool's own score to weigh it, not zero.
         """
+        ranked, fused = self._ranked(goal, k)
+        return ranked, {self.tools[i].name: float(fused[i]) for i in np.flatnonzero(fused > 0)}
+
+    def _ranked(self, goal: str, k: int) -> tuple[list[RankedTool], np.ndarray]:
+        """The ``k`` best tools, and every tool's fused score."""
         if isinstance(k, bool) or not isinstance(k, int):
             raise TypeError(f"k must be an int, got {type(k).__name__}")
         if k < 1:
@@ -326,7 +331,6 @@ class ToolRetriever:
         order = np.lexsort((np.arange(len(fused)), -fused))
         if semantic is None:
             order = order[lexical[order] > 0]
-        scored = {self.tools[i].name: float(fused[i]) for i in np.flatnonzero(fused > 0)}
         ranked = [
             RankedTool(
                 name=self.tools[i].name,
@@ -339,7 +343,7 @@ class ToolRetriever:
             )
             for i in order[:k]
         ]
-        return ranked, scored
+        return ranked, fused
 
     def fitting(self, goal: str, k: int = 10) -> list[RankedTool]:
         """:meth:`rank` keeping only the tools that fit; an empty list means: call no tool."""
