@@ -215,7 +215,7 @@ def test_batches_shrink_when_writing_is_slow_so_a_waiting_caller_is_not_left_pas
 ):
     """A caller waiting for room waits for the batch being written: a batch that took over
     half of ``block_timeout`` halves the next (to 200 at least); a full one that took under
-    an eighth doubles it (to ``batch_size`` at most)."""
+    a quarter doubles it (to ``batch_size`` at most)."""
     url = f"sqlite:///{tmp_path / 'h.db'}"
     with ExecutionStore(url, state_dir=tmp_path / "s", batch_size=5000, block_timeout=1.0) as st:
         writer = st._writer
@@ -227,6 +227,8 @@ def test_batches_shrink_when_writing_is_slow_so_a_waiting_caller_is_not_left_pas
         assert writer._batch_limit == 200
         writer._pace(150, 0.01)  # not a full batch: says nothing of a bigger one
         assert writer._batch_limit == 200
+        writer._pace(writer._batch_limit, 0.3)  # over a quarter: stays
+        assert writer._batch_limit == 200
         for _ in range(6):
-            writer._pace(writer._batch_limit, 0.1)
+            writer._pace(writer._batch_limit, 0.2)
         assert writer._batch_limit == 5000
