@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import shutil
 import sqlite3
@@ -232,3 +233,38 @@ def test_batches_shrink_when_writing_is_slow_so_a_waiting_caller_is_not_left_pas
         for _ in range(6):
             writer._pace(writer._batch_limit, 0.2)
         assert writer._batch_limit == 5000
+
+
+UNREACHABLE_URL = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"  # nothing listens there
+
+
+def test_a_value_that_refers_back_to_itself_survives_the_journal_and_the_rejected_file(
+    store_url: str, tmp_path: Path
+):
+    """Journaled and rejected records are encoded field by field: a value that contains
+    itself becomes that field's marker, as in its column, and the rest of the record is
+    kept. (Encoded whole, the record became one marker that replay could not read: lost.)"""
+    loop: dict[str, object] = {"a": 1}
+    loop["self"] = loop
+    state = tmp_path / "s"
+    down = ExecutionStore(UNREACHABLE_URL, state_dir=state)
+    eid = down.store_execution(goal_id="goal_1", goal_text="g", success=True, duration_ms=1)
+    down.store_tool_execution(eid, "circular", loop, loop, True, 2.0)
+    clash = down.store_execution(goal_id="goal_1", goal_text="c", success=True, duration_ms=1)
+    down.store_execution(goal_text="m", success=False, duration_ms=3, metadata=loop)
+    down.close()
+    assert len(Journal(state / "journal").segments()) == 1
+    with ExecutionStore(store_url, state_dir=state) as up:
+        up.flush()
+        status = up.status()
+        assert (status.journal_records, status.rejected_records) == (0, 1)
+        (step,) = up.get_execution(eid).steps
+        marker = {"$error": "circular or too deeply nested", "$type": "builtins.dict"}
+        assert step.tool_name == "circular" and step.duration_ms == 2.0
+        assert step.parameters.items() >= marker.items() and step.result.items() >= marker.items()
+        (failed,) = up.get_recent_executions(success=False)
+        assert failed.goal_text == "m" and failed.metadata.items() >= marker.items()
+    (line,) = (state / "rejected.jsonl").read_text().splitlines()
+    entry = json.loads(line)
+    assert entry["kind"] == "execution" and entry["record"]["id"] == clash
+    assert entry["record"]["goal_text"] == "c" and "duplicate" in entry["reason"]

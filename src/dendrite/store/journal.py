@@ -40,7 +40,8 @@ class Journal:
         if not entries:
             return
         payload = "".join(
-            serialize.dumps({"kind": kind, "record": record}) + "\n" for kind, record in entries
+            f'{{"kind":{serialize.dumps(kind)},"record":{serialize.dumps_fields(record)}}}\n'
+            for kind, record in entries
         )
         with self._lock:
             handle = self._open()

@@ -27,6 +27,7 @@ import json
 import math
 import re
 import reprlib
+from collections.abc import Mapping
 from decimal import Decimal
 from enum import Enum
 from pathlib import PurePath
@@ -169,6 +170,17 @@ def to_jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (str, bool, int)):
         return value
     return json.loads(dumps(value))
+
+
+def dumps_fields(fields: Mapping[str, Any]) -> str:
+    """A JSON object whose values are encoded one by one.
+
+    A value JSON cannot hold whole (one that contains itself) becomes its own
+    marker, as in the record's column, instead of turning the whole object
+    into one: the journal and ``rejected.jsonl`` keep records this way, and a
+    record reduced to a marker could not be read back.
+    """
+    return "{" + ",".join(f"{_encode_str(str(k))}:{dumps(v)}" for k, v in fields.items()) + "}"
 
 
 def capped(value: Any, max_bytes: int) -> tuple[Any, bool]:

@@ -417,11 +417,15 @@ class BatchWriter:
 
     def _reject(self, kind: str, data: dict[str, Any], reason: str) -> None:
         log.error("store rejected a %s record (id %s): %s", kind, data.get("id"), reason)
-        entry = {"kind": kind, "reason": reason, "at": datetime.now(UTC), "record": data}
+        dumps = serialize.dumps
+        line = (
+            f'{{"kind":{dumps(kind)},"reason":{dumps(reason)},"at":{dumps(datetime.now(UTC))},'
+            f'"record":{serialize.dumps_fields(data)}}}'
+        )
         with self._reject_lock:
             self.rejected_path.parent.mkdir(parents=True, exist_ok=True)
             with self.rejected_path.open("a", encoding="utf-8") as handle:
-                handle.write(serialize.dumps(entry) + "\n")
+                handle.write(line + "\n")
         self.stats.rejected += 1
 
 
