@@ -18,7 +18,7 @@ from dendrite._ids import new_id
 from dendrite.store import ExecutionStore, InvalidRecordError, UnknownExecutionError, schema
 from dendrite.store.toolcall import ToolCall, checked_call
 from dendrite.store.writer import _tool_row_encoder
-from dendrite.telemetry import ErrorType, ExecutionStatus, ToolExecutionRecord
+from dendrite.telemetry import ErrorType, ExecutionStatus, FeedbackRecord, ToolExecutionRecord
 from tests.conftest import pg_database
 
 
@@ -312,6 +312,31 @@ def test_replaying_the_same_id_twice_keeps_one_row(store: ExecutionStore):
     assert store.get_tool_statistics("t").total_executions == 1
     assert len(store.get_execution(eid).steps) == 1
     assert store.status().rejected_records == 0
+
+
+def test_a_record_sent_twice_in_one_batch_is_counted_once(store_url: str, tmp_path: Path):
+    """A client's retry can put the same record in one batch twice: one row, and rollups
+    that ``update_statistics()`` agrees with (the rating was counted twice)."""
+    with ExecutionStore(store_url, state_dir=tmp_path / "s", flush_interval=60) as store:
+        eid = store.store_execution(goal_text="g", success=True, duration_ms=5, model_tier="small")
+        store.flush()
+        twice = FeedbackRecord(execution_id=eid, rating=1)
+        step = ToolExecutionRecord(
+            execution_id=eid, tool_name="t", parameters={}, success=True, duration_ms=4
+        )
+        store.record(twice)
+        store.record(twice)
+        store.store_feedback(eid, rating=5)
+        store.record(step)
+        store.record(step)
+        detail = store.get_execution(eid)
+        assert len(detail.feedback) == 2 and len(detail.steps) == 1
+        assert store.get_tier_performance(1)[0].avg_rating == 3.0
+        assert store.get_tool_statistics("t").total_executions == 1
+        store.update_statistics()
+        assert store.get_tier_performance(1)[0].avg_rating == 3.0
+        assert store.get_tool_statistics("t").total_executions == 1
+        assert store.status().rejected_records == 0
 
 
 def test_close_drains_pending_writes(store_url: str, tmp_path: Path):

@@ -450,19 +450,25 @@ def _describe(error: BaseException) -> str:
 
 def write_batch(conn: Connection, batch: Iterable[Queued], max_result_bytes: int) -> None:
     """Insert a batch and update the rollups it changes, idempotently by record id."""
-    groups: dict[type, list[Any]] = {}
+    groups: dict[type, dict[str, Any]] = {}
     for record in batch:
         kind = type(record)
         if kind is ToolExecutionRecord:  # from ``record()`` or a journal replay
             kind, record = ToolCall, ToolCall.of(record)
-        groups.setdefault(kind, []).append(record)
+        # A record sent twice (a client's retry) is written once, as the database would
+        # keep it: the first. Counted twice, the rollups would disagree with the rows.
+        groups.setdefault(kind, {}).setdefault(record.id, record)
     now = datetime.now(UTC)
-    new_execs = _insert_executions(conn, groups.get(ExecutionRecord, []), now)
-    new_tools = _insert_tool_executions(conn, groups.get(ToolCall, []), max_result_bytes)
-    _insert_plain(conn, s.routing_decisions, groups.get(RoutingDecision, []))
-    new_feedback = _insert_feedback(conn, groups.get(FeedbackRecord, []))
-    _insert_plain(conn, s.solutions, groups.get(SolutionRecord, []))
-    _insert_plain(conn, s.tool_creation_events, groups.get(ToolCreationEvent, []))
+
+    def of(kind: type) -> list[Any]:
+        return list(groups[kind].values()) if kind in groups else []
+
+    new_execs = _insert_executions(conn, of(ExecutionRecord), now)
+    new_tools = _insert_tool_executions(conn, of(ToolCall), max_result_bytes)
+    _insert_plain(conn, s.routing_decisions, of(RoutingDecision))
+    new_feedback = _insert_feedback(conn, of(FeedbackRecord))
+    _insert_plain(conn, s.solutions, of(SolutionRecord))
+    _insert_plain(conn, s.tool_creation_events, of(ToolCreationEvent))
 
     sums = rollups.aggregate_executions(new_execs)
     rollups.aggregate_feedback(new_feedback, into=sums)
