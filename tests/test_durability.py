@@ -6,9 +6,12 @@ import json
 import multiprocessing
 import shutil
 import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 
 from dendrite._ids import new_id
@@ -268,3 +271,46 @@ def test_a_value_that_refers_back_to_itself_survives_the_journal_and_the_rejecte
     entry = json.loads(line)
     assert entry["kind"] == "execution" and entry["record"]["id"] == clash
     assert entry["record"]["goal_text"] == "c" and "duplicate" in entry["reason"]
+
+
+@pytest.mark.parametrize("work", ["rebuild", "prune"])
+def test_a_batch_committed_in_the_middle_of_whole_history_work_is_counted_once(
+    work: str, tmp_path: Path
+):
+    """PostgreSQL, read committed: a batch committed between a rebuild's deletes and its
+    scan of the raw rows was counted twice (by its own upsert, then by the scan); one
+    committed between a prune's archiving and its deletes was deleted unarchived, and the
+    next rebuild lost it. The scheduled jobs do both while the orchestrator records, so a
+    batch now waits for them. It is sent from inside the work, at the statement between."""
+    now = datetime.now(UTC)
+    started = now - timedelta(days=60) if work == "prune" else now
+    between = "SELECT" if work == "rebuild" else "DELETE FROM tool_executions"
+    with pg_database() as url:
+        store = ExecutionStore(url, state_dir=tmp_path / "s", flush_interval=0.01)
+        eid = new_id()
+        store.store_tool_execution(eid, "before", {}, None, True, 1.0)
+        store.flush()
+        flushed_during_work: list[bool] = []
+
+        @event.listens_for(store.engine, "before_cursor_execute")
+        def record_in_between(_conn, _cursor, statement: str, *_args) -> None:
+            working = threading.current_thread() is threading.main_thread()
+            there = statement.lstrip().startswith(between) and "tool_executions" in statement
+            if working and there and not flushed_during_work:
+                store.store_tool_execution(
+                    eid, "during", {}, None, True, 1.0, started_at=started, finished_at=started
+                )
+                flushed_during_work.append(store.flush(timeout=1.0))
+
+        if work == "rebuild":
+            store.update_statistics()
+        else:
+            store.prune(timedelta(days=30))
+        event.remove(store.engine, "before_cursor_execute", record_in_between)
+        store.flush()
+        incremental = {t.tool_name: t.total_executions for t in store.get_tool_performance()}
+        store.update_statistics()
+        rebuilt = {t.tool_name: t.total_executions for t in store.get_tool_performance()}
+        store.close()
+    assert incremental == rebuilt == {"before": 1, "during": 1}
+    assert flushed_during_work == [False]  # the batch waited for the work to commit

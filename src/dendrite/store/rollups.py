@@ -33,6 +33,29 @@ BUCKETS_PER_DOUBLING = 32
 MIN_BUCKET = -10 * BUCKETS_PER_DOUBLING  # ~1 microsecond; shorter durations share it
 
 
+WRITERS_LOCK = 0x646E647274526C70
+"""PostgreSQL advisory lock (any constant key) between writer batches and whole-history work."""
+
+
+def as_writer(conn: Connection) -> None:
+    """Open a writer's batch transaction: alongside other writers, never inside a rebuild.
+
+    ``update_statistics()`` and ``prune()`` read raw rows and change rollups
+    (or delete rows) in several statements; under PostgreSQL's read committed,
+    a batch committed between them was counted twice by a rebuild, or deleted
+    by a prune without being archived. SQLite needs nothing: ``BEGIN
+    IMMEDIATE`` admits one writing transaction at a time.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock_shared({WRITERS_LOCK})")
+
+
+def hold_writers(conn: Connection) -> None:
+    """Make writer batches wait until this transaction ends (see :func:`as_writer`)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITERS_LOCK})")
+
+
 def duration_bucket(duration_ms: float) -> int:
     if duration_ms <= 0:
         return MIN_BUCKET
@@ -438,7 +461,11 @@ def _aggregate_live(conn: Connection, exec_where: Any, tool_where: Any) -> tuple
 
 
 def archive_before(conn: Connection, cutoff: datetime) -> None:
-    """Fold the rows that retention is about to delete into the archive rollups."""
+    """Fold the rows that retention is about to delete into the archive rollups.
+
+    Writers wait until the caller's transaction, which deletes those rows, ends.
+    """
+    hold_writers(conn)
     tools, sums = _aggregate_live(
         conn,
         s.executions.c.started_at < cutoff,
@@ -450,6 +477,7 @@ def archive_before(conn: Connection, cutoff: datetime) -> None:
 
 def rebuild(conn: Connection) -> None:
     """Rebuild every rollup from the archive plus all live raw rows."""
+    hold_writers(conn)
     for table in (s.tool_statistics, s.tool_duration_histogram, s.execution_rollup):
         conn.execute(delete(table))
     conn.execute(

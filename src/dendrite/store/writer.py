@@ -398,6 +398,7 @@ class BatchWriter:
             with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
                 if conn.dialect.name == "sqlite":
                     conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+                rollups.as_writer(conn)
                 write_batch(conn, batch, self.max_result_bytes)
         except Exception as error:
             if is_connection_error(error) and not _is_data_error(error):
