@@ -7,6 +7,7 @@ import multiprocessing
 import shutil
 import sqlite3
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from dendrite._ids import new_id
 from dendrite.store import ExecutionStore
+from dendrite.store import journal as journal_module
 from dendrite.store import schema as s
 from dendrite.store.journal import Journal
 from dendrite.telemetry import ToolExecutionRecord
@@ -314,3 +316,34 @@ def test_a_batch_committed_in_the_middle_of_whole_history_work_is_counted_once(
         store.close()
     assert incremental == rebuilt == {"before": 1, "during": 1}
     assert flushed_during_work == [False]  # the batch waited for the work to commit
+
+
+def test_a_segment_being_opened_is_not_replayed_from_under_its_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A replayer (another process) that found a new segment before its writer locked it
+    took it for a finished one: empty, so it replayed nothing and deleted it, and the
+    writer's records, fsync'd into the deleted file, were gone. The window is widened
+    here by slowing the writer's ``flock``."""
+    flock = journal_module.fcntl.flock
+    writer_thread: list[threading.Thread] = []
+
+    def slow_flock(fd: int, operation: int) -> None:
+        if threading.current_thread() in writer_thread:
+            time.sleep(0.3)
+        flock(fd, operation)
+
+    monkeypatch.setattr(journal_module.fcntl, "flock", slow_flock)
+    owner, replayer = Journal(tmp_path / "j"), Journal(tmp_path / "j")
+
+    def append() -> None:
+        writer_thread.append(threading.current_thread())
+        owner.append([("tool_execution", {"id": str(i)}) for i in range(3)])
+
+    appending = threading.Thread(target=append)
+    appending.start()
+    time.sleep(0.1)
+    assert [entries for _path, entries in replayer.claim()] == []
+    appending.join()
+    owner.seal()
+    assert [len(entries) for _path, entries in replayer.claim()] == [3]

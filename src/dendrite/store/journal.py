@@ -54,8 +54,13 @@ class Journal:
             self.directory.mkdir(parents=True, exist_ok=True)
             name = f"{time.time_ns():020d}-{os.getpid()}-{threading.get_ident()}{SUFFIX}"
             path = self.directory / name
-            handle = path.open("a", encoding="utf-8")
+            # Locked before it gets a name that replay looks for: a replayer that found
+            # it unlocked would take it for a finished segment, find it empty, and delete
+            # it under the records about to be written to it.
+            opening = path.with_name(f"{name}.opening")
+            handle = opening.open("a", encoding="utf-8")
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            opening.rename(path)
             self._file, self._path = handle, path
         return self._file
 
