@@ -347,3 +347,17 @@ def test_a_segment_being_opened_is_not_replayed_from_under_its_writer(
     appending.join()
     owner.seal()
     assert [len(entries) for _path, entries in replayer.claim()] == [3]
+
+
+def test_a_database_keeps_its_journal_however_its_url_is_spelled():
+    """The journal of a PostgreSQL store lives in a folder named after its database: records
+    journaled under ``postgresql://`` were not replayed by ``postgresql+psycopg://``."""
+    down = ExecutionStore("postgresql://postgres@LocalHost:1/nothing")
+    down.store_execution(goal_text="g", success=True, duration_ms=1)
+    down.close()
+    for url, journaled in (
+        ("postgresql+psycopg://postgres@localhost:1/nothing", 1),
+        ("postgresql://postgres@localhost:1/other", 0),
+    ):
+        with ExecutionStore(url) as again:
+            assert again.status().journal_records == journaled

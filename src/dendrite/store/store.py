@@ -91,7 +91,14 @@ def _state_dir(url: str) -> Path:
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         db = Path(parsed.database).expanduser().resolve()
         return db.with_name(db.name + ".dendrite")
-    digest = hashlib.sha256(parsed.render_as_string(hide_password=True).encode()).hexdigest()
+    # One database, one folder, however its URL is spelled: a journal kept under
+    # ``postgresql://`` must be replayed by a store opened with ``postgresql+psycopg://``.
+    same = parsed.set(
+        drivername=parsed.get_backend_name(),
+        host=parsed.host.lower() if parsed.host else parsed.host,
+        port=parsed.port or (5432 if parsed.host else None),
+    )
+    digest = hashlib.sha256(same.render_as_string(hide_password=True).encode()).hexdigest()
     return data_dir() / "stores" / digest[:16]
 
 
