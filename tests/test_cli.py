@@ -63,6 +63,25 @@ def test_user_mistakes_get_one_line_and_exit_2(tmp_path: Path):
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def test_a_database_in_a_state_no_migration_expects_gets_one_line(store_url: str):
+    """Tables without a version, and a table dropped by hand: a message naming what to do,
+    or what the database refused, not a traceback (nor "cannot reach the database")."""
+    engine = make_engine(store_url)
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE job_runs"))
+    result = runner.invoke(app, ["db", "downgrade", "--url", store_url])
+    assert result.exit_code == 1 and "the database refused it" in result.output
+    assert "job_runs" in result.output and len(result.output.strip().splitlines()) <= 3
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE dendrite_schema_version"))
+    result = runner.invoke(app, ["db", "upgrade", "--url", store_url])
+    assert result.exit_code == 2 and "no schema version" in result.output
+    result = runner.invoke(app, ["db", "reset", "--yes", "--url", store_url])
+    assert result.exit_code == 0 and "schema reset to 0004" in result.output
+    engine.dispose()
+
+
 def test_an_unreachable_database_exits_1(tmp_path: Path):
     url = "postgresql+psycopg://postgres@127.0.0.1:1/none"
     result = runner.invoke(app, ["db", "current", "--url", url])

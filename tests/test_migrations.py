@@ -81,4 +81,25 @@ def test_an_unknown_revision_or_unversioned_tables_are_refused(store_url: str, t
         conn.execute(text("DROP TABLE dendrite_schema_version"))
     with pytest.raises(SchemaError, match="Dendrite tables but no schema version"):
         ExecutionStore(store_url, state_dir=tmp_path / "s")
+    # The way out the message names: upgrade cannot tell where to start, reset can.
+    with pytest.raises(SchemaError, match=r"no schema version.*`dendrite db reset --yes` drops"):
+        migrate.upgrade(engine)
+    migrate.reset(engine)
+    assert migrate.current_revision(engine) == "0004"
+    assert migrate.validate(engine) == []
+    engine.dispose()
+
+
+def test_validate_leaves_an_applications_own_tables_alone(store_url: str):
+    """The version table has a name of its own so that a database can be shared with an
+    application (and its Alembic history): its tables are not differences."""
+    engine = make_engine(store_url)
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE app_users (id INTEGER PRIMARY KEY, name TEXT)"))
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)"))
+    assert migrate.validate(engine) == []
+    migrate.reset(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM app_users")).scalar() == 0
     engine.dispose()

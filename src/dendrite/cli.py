@@ -17,6 +17,7 @@ import typer
 from alembic.util import CommandError
 from rich.console import Console
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from dendrite.config import database_url
 from dendrite.planning import PLANNERS
@@ -57,16 +58,28 @@ def _engine(url: str | None) -> Engine:
         raise _fail(str(error)) from None
 
 
-def _run_db(action: Callable[..., Any], *args: Any) -> Any:
+def _run_db(action: Callable[..., Any], engine: Engine, *args: Any) -> Any:
     """Run a schema action, turning the errors a user can cause into one-line messages."""
     try:
-        return action(*args)
+        return action(engine, *args)
     except (StoreError, CommandError) as error:
         raise _fail(str(error)) from None
-    except Exception as error:
-        if is_connection_error(error):
-            raise _fail(f"cannot reach the database: {str(error).splitlines()[0]}", 1) from None
-        raise
+    except DBAPIError as error:
+        first_line = str(error.orig or error).splitlines()[0]
+        if is_connection_error(error) and not _answers(engine):
+            raise _fail(f"cannot reach the database: {first_line}", 1) from None
+        # SQLite reports a missing table as an OperationalError too: only a database
+        # that does not answer is unreachable.
+        raise _fail(f"the database refused it: {first_line}", 1) from None
+
+
+def _answers(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except DBAPIError:
+        return False
+    return True
 
 
 @db_app.command()

@@ -83,7 +83,23 @@ def _run(engine: Engine, action: Any, *args: Any) -> None:
         conn.commit()
 
 
+def _unversioned(engine: Engine) -> bool:
+    """Whether Dendrite's tables are there without the revision that says what they are."""
+    if current_revision(engine) is not None:
+        return False
+    with engine.connect() as conn:
+        return "executions" in inspect(conn).get_table_names()
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    if _unversioned(engine):
+        where = engine.url.render_as_string(hide_password=True)
+        raise SchemaError(
+            f"{where} has Dendrite tables but no schema version, so there is no telling "
+            "which migrations they need: `dendrite db validate` compares them with this "
+            "version, and `dendrite db reset --yes` drops them and starts again (their "
+            "history is lost)"
+        )
     _run(engine, command.upgrade, revision)
 
 
@@ -92,8 +108,19 @@ def downgrade(engine: Engine, revision: str = "-1") -> None:
 
 
 def reset(engine: Engine) -> None:
-    """Drop everything Dendrite created and build the current schema again (data is lost)."""
-    downgrade(engine, "base")
+    """Drop everything Dendrite created and build the current schema again (data is lost).
+
+    Tables without a schema version (their version table dropped by hand, or made
+    by something else) have no migrations to go down by, and are dropped directly.
+    """
+    if _unversioned(engine):
+        with _migration_lock(engine), engine.connect().execution_options(**WRITE) as conn:
+            for view in VIEW_NAMES:
+                conn.execute(text(f"DROP VIEW IF EXISTS {view}"))
+            metadata.drop_all(conn)
+            conn.commit()
+    else:
+        downgrade(engine, "base")
     upgrade(engine, "head")
 
 
@@ -106,7 +133,13 @@ def validate(engine: Engine) -> list[str]:
         problems.append(f"schema revision is {current or 'none'}, the code expects {head}")
     with engine.connect() as conn:
         context = MigrationContext.configure(
-            conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
+            conn,
+            opts={
+                "version_table": VERSION_TABLE,
+                "compare_type": True,
+                # A database shared with an application holds its tables too.
+                "include_name": _ours,
+            },
         )
         diffs = compare_metadata(context, metadata)
         missing = {d[1].name for d in diffs if isinstance(d, tuple) and d[0] == "add_table"}
@@ -117,6 +150,10 @@ def validate(engine: Engine) -> list[str]:
         views = set(inspect(conn).get_view_names())
     problems.extend(f"missing view {name}" for name in VIEW_NAMES if name not in views)
     return problems
+
+
+def _ours(name: str | None, kind: str, _parents: Any) -> bool:
+    return kind != "table" or name in metadata.tables
 
 
 def _describe_diff(diff: Any) -> str:
