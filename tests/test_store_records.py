@@ -356,6 +356,34 @@ def test_reads_refuse_nonsense_limits(store: ExecutionStore):
         store.get_top_tools(-3)
     with pytest.raises(ValueError, match="days must be a positive integer"):
         store.get_tier_performance(0)
+    with pytest.raises(ValueError, match="limit must be a positive integer, got True"):
+        store.get_recent_executions(True)
+    with pytest.raises(ValueError, match=r"days must be at most [\d,]+ \(back to the year 1\)"):
+        store.get_tier_performance(10**6)
+    with pytest.raises(ValueError, match="older_than goes back before the year 1"):
+        store.prune(timedelta(days=10**6))
+
+
+def test_reads_refuse_filters_of_the_wrong_type_instead_of_matching_nothing(
+    store: ExecutionStore,
+):
+    store.store_execution(goal_text="g", success=True, duration_ms=1, intent="research")
+    store.store_tool_execution(new_id(), "t", {}, None, True, 1)
+    assert len(store.get_recent_executions(5, success=True, intent="research")) == 1
+    with pytest.raises(TypeError, match="success must be True or False, got str 'no'"):
+        store.get_recent_executions(5, success="no")
+    with pytest.raises(TypeError, match="intent must be a string, got int 5"):
+        store.get_recent_executions(5, intent=5)
+    with pytest.raises(TypeError, match="intent must be a string, got int 5"):
+        store.get_success_rate(intent=5)
+    with pytest.raises(TypeError, match="unknown filter 'succes'; filters are before, goal_id"):
+        store.get_recent_executions(5, succes=True)
+    with pytest.raises(TypeError, match="min_executions must be an integer, got str '3'"):
+        store.get_top_tools(5, min_executions="3")
+    for read in (store.get_feedback, store.get_recent_tool_outcomes):
+        with pytest.raises(TypeError, match="since must be a datetime, got str '2020-01-01'"):
+            read(since="2020-01-01")
+    assert store.get_recent_tool_outcomes(datetime.now(UTC) - timedelta(hours=1))[0].attempts == 1
 
 
 def test_in_memory_sqlite_is_refused_with_a_reason():

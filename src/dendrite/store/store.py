@@ -13,7 +13,7 @@ import hashlib
 import logging
 import weakref
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -413,9 +413,20 @@ class ExecutionStore:
         """Newest first. Filters: goal_id, intent, success, project, session_id, model_tier,
         pool, since, before (``before`` is the cursor for the next page)."""
         _at_least_one("limit", limit)
-        for name in ("since", "before"):
-            if filters.get(name) is not None:
-                filters[name] = _moment(name, filters[name])
+        for name, value in filters.items():
+            if value is None:
+                continue
+            if name in ("since", "before"):
+                filters[name] = _moment(name, value)
+            elif name == "success":
+                _of_type(name, value, bool)
+            elif name in _TEXT_FILTERS:
+                _of_type(name, value, str)
+            else:
+                raise TypeError(
+                    f"get_recent_executions() got an unknown filter {name!r}; filters are "
+                    f"{', '.join(sorted({'since', 'before', 'success', *_TEXT_FILTERS}))}"
+                )
         with self._read() as conn:
             return analytics.get_recent_executions(conn, limit, **filters)
 
@@ -424,6 +435,8 @@ class ExecutionStore:
     ) -> SuccessRate:
         if since is not None:
             since = _moment("since", since)
+        if intent is not None:
+            _of_type("intent", intent, str)
         with self._read() as conn:
             return analytics.get_success_rate(conn, intent, since)
 
@@ -434,6 +447,7 @@ class ExecutionStore:
     def get_top_tools(self, limit: int = 10, min_executions: int = 1) -> list[ToolStatistics]:
         """Best success rate first (ties: more executions first)."""
         _at_least_one("limit", limit)
+        _of_type("min_executions", min_executions, int)
         with self._read() as conn:
             return analytics.get_top_tools(conn, limit, min_executions)
 
@@ -444,6 +458,9 @@ class ExecutionStore:
     def get_tier_performance(self, days: int = 7) -> list[TierPerformance]:
         """Per model tier per UTC day, for the last ``days`` days including today."""
         _at_least_one("days", days)
+        furthest = (datetime.now(UTC).date() - date.min).days + 1
+        if days > furthest:
+            raise ValueError(f"days must be at most {furthest:,} (back to the year 1), got {days}")
         with self._read() as conn:
             return analytics.get_tier_performance(conn, days)
 
@@ -593,6 +610,7 @@ class ExecutionStore:
 
     def get_recent_tool_outcomes(self, since: datetime) -> list[RecentToolOutcomes]:
         """Per tool, attempts and successes since ``since`` (what a tool does lately)."""
+        since = _moment("since", since)
         with self._read() as conn:
             return bookkeeping.recent_tool_outcomes(conn, since)
 
@@ -601,6 +619,8 @@ class ExecutionStore:
     ) -> list[FeedbackRecord]:
         """Feedback recorded after ``since`` (any process), oldest first."""
         _at_least_one("limit", limit)
+        if since is not None:
+            since = _moment("since", since)
         with self._read() as conn:
             return analytics.get_feedback(conn, since, limit)
 
@@ -626,7 +646,10 @@ class ExecutionStore:
         if isinstance(older_than, timedelta):
             if older_than < timedelta(0):
                 raise ValueError(f"older_than must not be negative, got {older_than}")
-            cutoff = datetime.now(UTC) - older_than
+            now = datetime.now(UTC)
+            if older_than > now - datetime.min.replace(tzinfo=UTC):
+                raise ValueError(f"older_than goes back before the year 1, got {older_than}")
+            cutoff = now - older_than
         else:
             cutoff = _moment("older_than", older_than, "a timedelta (an age) or ")
         ex, te, fb, rd = s.executions, s.tool_executions, s.execution_feedback, s.routing_decisions
@@ -700,8 +723,18 @@ def _moment(name: str, value: Any, also: str = "") -> datetime:
 
 
 def _at_least_one(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+_TEXT_FILTERS = ("goal_id", "intent", "project", "session_id", "model_tier", "pool")
+
+
+def _of_type(name: str, value: Any, kind: type) -> None:
+    """A filter of the wrong type matches nothing in SQL: say so instead of answering []."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        what = {bool: "True or False", str: "a string", int: "an integer"}[kind]
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
 
 
 def _validated(kind: str, model: type[R], **values: Any) -> R:
