@@ -7,6 +7,7 @@ happen before others), never through wall-clock durations.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from dendrite.execution import Attempt, Event, EventType, ExecutionEngine, StepS
 from dendrite.execution.engine import YIELD_EVERY
 from dendrite.execution.records import attempt_record
 from dendrite.planning import Plan, RetryPolicy, Step
+from dendrite.store import serialize
 from dendrite.store.toolcall import ToolCall
 from dendrite.telemetry import ErrorType, ToolExecutionRecord
 from dendrite.tools import ToolContext, ToolRegistry
@@ -545,9 +547,11 @@ def test_attempt_records_equal_the_validated_record_of_the_same_values(success: 
         None if success else ErrorType.TIMEOUT,
         "primary",
     )
-    record = attempt_record(new_id(), "s1", attempt, {"q": "x", "n": [1, 2]}, {"hits": 3})
+    params = serialize.dumps({"q": "x", "n": [1, 2]})
+    record = attempt_record(new_id(), "s1", attempt, params, {"hits": 3})
     assert record.finished_at == started + timedelta(milliseconds=12.5)
-    validated = ToolExecutionRecord.model_validate(record._asdict())
+    as_journaled = json.loads(serialize.dumps_fields(record.fields()))
+    validated = ToolExecutionRecord.model_validate(as_journaled)
     assert record == ToolCall.of(validated)
     assert [type(v) for v in record] == [type(v) for v in ToolCall.of(validated)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -109,6 +110,39 @@ def test_every_run_and_attempt_lands_in_the_store(orch: Orchestrator, store: Exe
     assert detail.metadata["output"] == ["dendrite-1", "dendrite-2"]
     stats = store.get_tool_statistics("flaky")
     assert (stats.total_executions, stats.successful_executions) == (3, 1)
+
+
+def test_a_step_that_changes_its_input_in_place_leaves_the_recorded_result_alone(
+    store: ExecutionStore,
+):
+    """The next step gets the very list the first returned: its history must not change."""
+    registry = ToolRegistry()
+
+    def numbers() -> list[int]:
+        return [3, 1, 2]
+
+    def sort_in_place(values: Any) -> int:  # ``Any``: validation passes the very object on
+        values.sort()
+        values.append(99)
+        return len(values)
+
+    registry.register_function(numbers)
+    registry.register_function(sort_in_place)
+    plan = Plan(
+        goal="sort",
+        steps=[
+            Step(id="n", tool="numbers", params={}),
+            Step(id="s", tool="sort_in_place", params={"values": "${n}"}),
+        ],
+        output="${s}",
+    )
+    with Orchestrator(registry, store=store) as orchestrator:
+        result = orchestrator.process(plan)
+    assert result.output == 4
+    store.flush()
+    steps = {a.step_id: a for a in store.get_execution(result.execution_id).steps}
+    assert steps["n"].result == [3, 1, 2]
+    assert steps["s"].parameters == {"values": [3, 1, 2]}
 
 
 def test_failed_and_partial_runs_are_recorded_with_their_status(

@@ -339,6 +339,39 @@ def test_a_record_sent_twice_in_one_batch_is_counted_once(store_url: str, tmp_pa
         assert store.status().rejected_records == 0
 
 
+def test_a_tool_call_is_stored_as_it_was_when_recorded(store_url: str, tmp_path: Path):
+    """Parameters and results are the caller's objects: one changed after the call (by the
+    next step of a plan, say) was stored as changed if the writer had not got to it yet."""
+    with ExecutionStore(store_url, state_dir=tmp_path / "s", flush_interval=60) as store:
+        eid = store.store_execution(goal_text="g", success=True, duration_ms=5)
+        calls = []
+        for how in ("hot path", "pydantic", "record"):
+            parameters, result = {"filters": {"lang": "en"}}, [1, 2, 3]
+            if how == "hot path":
+                store.store_tool_execution(eid, "t", parameters, result, True, 1.0, step_id=how)
+            elif how == "pydantic":  # a float attempt: pydantic coerces it
+                store.store_tool_execution(eid, "t", parameters, result, True, 1.0, attempt=1.0)
+            else:
+                store.record(
+                    ToolExecutionRecord(
+                        execution_id=eid,
+                        tool_name="t",
+                        parameters=parameters,
+                        result=result,
+                        success=True,
+                        duration_ms=1.0,
+                    )
+                )
+            parameters["filters"]["lang"] = "fr"
+            result.append(999)
+            calls.append(how)
+        store.flush()
+        steps = store.get_execution(eid).steps
+    assert len(steps) == len(calls) == 3
+    assert all(s.parameters == {"filters": {"lang": "en"}} for s in steps)
+    assert all(s.result == [1, 2, 3] for s in steps)
+
+
 def test_close_drains_pending_writes(store_url: str, tmp_path: Path):
     store = ExecutionStore(store_url, state_dir=tmp_path / "s", flush_interval=60, batch_size=10**6)
     eid = store.store_execution(goal_text="g", success=True, duration_ms=1)

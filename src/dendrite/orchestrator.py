@@ -300,7 +300,7 @@ class _StoreRecorder:
         execution_id: str,
         step_id: str,
         attempt: Attempt,
-        params: Mapping[str, Any],
+        params: str,
         result: Any,
     ) -> None:
         try:

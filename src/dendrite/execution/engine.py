@@ -41,6 +41,7 @@ from dendrite.execution.events import Attempt, Event, EventType, StepResult, Ste
 from dendrite.planning import references
 from dendrite.planning.conditions import ConditionError, compile_condition
 from dendrite.planning.plan import Plan, RetryPolicy, Step
+from dendrite.store.serialize import dumps
 from dendrite.telemetry import ErrorType
 from dendrite.tools import (
     StateAccess,
@@ -60,14 +61,18 @@ Emit = Callable[[Event], None]
 
 
 class AttemptRecorder(Protocol):
-    """Where each attempt goes as soon as it ends (the store, in the orchestrator)."""
+    """Where each attempt goes as soon as it ends (the store, in the orchestrator).
+
+    ``params`` are the JSON text of the arguments as the tool got them: encoded
+    before the call, since a tool may change the objects it was given.
+    """
 
     def record_attempt(
         self,
         execution_id: str,
         step_id: str,
         attempt: Attempt,
-        params: Mapping[str, Any],
+        params: str,
         result: Any,
     ) -> None: ...
 
@@ -604,6 +609,7 @@ class ExecutionEngine:
 
         Returns (ok, output or exception, attempt); raises only on cancellation.
         """
+        given = dumps(params) if self.recorder is not None else None
         started_at = datetime.now(UTC)
         started = time.perf_counter()
         ctx: ToolContext | None = None
@@ -672,9 +678,9 @@ class ExecutionEngine:
                 item,
             )
             result.attempts.append(attempt)
-            if self.recorder is not None:
+            if given is not None:
                 self.recorder.record_attempt(
-                    run.execution_id, step.id, attempt, params, value if ok else None
+                    run.execution_id, step.id, attempt, given, value if ok else None
                 )
         return ok, value, attempt
 

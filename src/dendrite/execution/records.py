@@ -10,12 +10,12 @@ so the record is built as the store's own hot-path form, a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 from dendrite._ids import new_id
 from dendrite.execution.events import Attempt
+from dendrite.store.serialize import dumps
 from dendrite.store.toolcall import ToolCall
 
 _new = tuple.__new__  # ``ToolCall(...)`` would run a Python frame for the same tuple
@@ -25,10 +25,14 @@ def attempt_record(
     execution_id: str,
     step_id: str,
     attempt: Attempt,
-    params: Mapping[str, Any],
+    params: str,
     result: Any,
 ) -> ToolCall:
-    """The ``tool_executions`` record of one attempt, with a new id."""
+    """The ``tool_executions`` record of one attempt, with a new id.
+
+    ``params`` is the JSON text of the arguments, encoded before the call; the result
+    is encoded now, before a later step can change it.
+    """
     return _new(
         ToolCall,
         (
@@ -36,8 +40,8 @@ def attempt_record(
             execution_id,
             step_id,
             attempt.tool,
-            dict(params),
-            result,
+            params,
+            dumps(result),
             attempt.success,
             attempt.error,
             attempt.error_type,

@@ -187,13 +187,12 @@ def capped(value: Any, max_bytes: int) -> tuple[Any, bool]:
     """``value`` made JSON-safe, or a truncation marker when its encoding exceeds ``max_bytes``."""
     if value is None or isinstance(value, (bool, int)):
         return value, False
-    text, truncated = capped_text(value, max_bytes)
+    text, truncated = capped_json(dumps(value), max_bytes)
     return json.loads(text), truncated
 
 
-def capped_text(value: Any, max_bytes: int) -> tuple[str, bool]:
-    """Like :func:`capped`, as JSON text: the writer's bulk path encodes each value once."""
-    text = dumps(value)
+def capped_json(text: str, max_bytes: int) -> tuple[str, bool]:
+    """JSON text as it is, or the truncation marker when it is over ``max_bytes``."""
     if len(text) * 4 <= max_bytes:  # no UTF-8 character takes more than four bytes
         return text, False
     size = len(text.encode())

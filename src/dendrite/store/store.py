@@ -191,6 +191,8 @@ class ExecutionStore:
         """Queue an already-built record of any kind; returns its id."""
         if type(record) not in KIND_OF:
             raise InvalidRecordError(f"not a Dendrite record: {type(record).__name__}")
+        if type(record) is ToolExecutionRecord:
+            record = ToolCall.of(record)  # as it is now, whatever the caller does next
         self._writer.submit(record)
         return record.id
 

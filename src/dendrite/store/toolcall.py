@@ -8,16 +8,21 @@ checks by hand for that common case (exact types, the same bounds, the same
 derived fields) and returns ``None`` for anything else, so the caller falls
 back to pydantic, which then coerces or raises exactly as before. Either way
 the queue holds a :class:`ToolCall` whose values are those of the validated
-record, field for field.
+record, field for field, except that the parameters and the result are held as
+their JSON text. They are the caller's objects, and encoded only when the
+writer got to them, a dict or list changed in between (by the next step of a
+plan, say) was stored as changed, not as it was when the call was recorded.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from dendrite._ids import is_canonical_id, new_id
 from dendrite._text import clean_text
+from dendrite.store.serialize import dumps
 from dendrite.telemetry.errors import ErrorType
 from dendrite.telemetry.records import MAX_DURATION_MS, ToolExecutionRecord
 
@@ -33,8 +38,8 @@ class ToolCall(NamedTuple):
     execution_id: str
     step_id: str | None
     tool_name: str
-    parameters: dict[str, Any]
-    result: Any
+    parameters: str  # JSON text
+    result: str  # JSON text
     success: bool
     error: str | None
     error_type: ErrorType | None
@@ -46,12 +51,18 @@ class ToolCall(NamedTuple):
 
     @classmethod
     def of(cls, record: ToolExecutionRecord) -> ToolCall:
-        d = record.__dict__
+        d = record.__dict__ | {
+            "parameters": dumps(record.parameters),
+            "result": dumps(record.result),
+        }
         return cls(*[d[name] for name in cls._fields])
 
-    def to_record(self) -> ToolExecutionRecord:
-        """The pydantic record (no validation: the values already are a validated record's)."""
-        return ToolExecutionRecord.model_construct(**self._asdict())
+    def fields(self) -> dict[str, Any]:
+        """The record's fields, as ``ToolExecutionRecord`` validates them (for the journal)."""
+        return self._asdict() | {
+            "parameters": json.loads(self.parameters),
+            "result": json.loads(self.result),
+        }
 
 
 if ToolCall._fields != tuple(ToolExecutionRecord.model_fields):
@@ -105,12 +116,12 @@ def checked_call(
         started_at = finished_at = None
     kind = type(duration_ms)
     if parameters is None:
-        parameters = {}
+        parameters = "{}"
     elif type(parameters) is dict:
         for key in parameters:
             if type(key) is not str:
                 return None
-        parameters = parameters.copy()  # pydantic's copy: a later change by the caller is not seen
+        parameters = dumps(parameters)
     else:
         return None
     if not (
@@ -152,7 +163,7 @@ def checked_call(
             step_id,
             tool_name,
             parameters,
-            result,
+            dumps(result),
             success,
             error,
             error_type,

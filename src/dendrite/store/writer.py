@@ -83,7 +83,7 @@ Queued = AnyRecord | ToolCall
 
 def dump(record: Queued) -> dict[str, Any]:
     """A queued record as the field dictionary the journal and ``rejected.jsonl`` keep."""
-    return record._asdict() if type(record) is ToolCall else record.model_dump()
+    return record.fields() if type(record) is ToolCall else record.model_dump()
 
 
 MIN_BATCH = 200
@@ -683,18 +683,14 @@ class _ToolRowEncoder:
             started_at,
             finished_at,
         ) = r
-        result, truncated = (
-            serialize.capped_text(result, max_result_bytes)
-            if result is not None
-            else ("null", False)
-        )
+        result, truncated = serialize.capped_json(result, max_result_bytes)
         boolean, timestamp = self.boolean, self.timestamp
         return (
             self.uuid(id_),
             self.uuid(execution_id),
             step_id,
             tool_name,
-            serialize.dumps(parameters),
+            parameters,
             result,
             boolean(truncated),
             boolean(success),
