@@ -82,6 +82,15 @@ def test_a_database_in_a_state_no_migration_expects_gets_one_line(store_url: str
     engine.dispose()
 
 
+def test_commands_that_only_read_do_not_create_a_sqlite_file(tmp_path: Path):
+    missing = tmp_path / "typo" / "histroy.db"
+    for command in ("current", "validate"):
+        result = runner.invoke(app, ["db", command, "--url", f"sqlite:///{missing}"])
+        assert result.exit_code == 2 and "no SQLite database at" in result.output
+        assert str(missing) in result.output.replace("\n", "")  # Rich wraps long lines
+    assert not (tmp_path / "typo").exists()
+
+
 def test_an_unreachable_database_exits_1(tmp_path: Path):
     url = "postgresql+psycopg://postgres@127.0.0.1:1/none"
     result = runner.invoke(app, ["db", "current", "--url", url])

@@ -17,6 +17,7 @@ import typer
 from alembic.util import CommandError
 from rich.console import Console
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from dendrite.config import database_url
@@ -51,9 +52,17 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _engine(url: str | None) -> Engine:
+def _engine(url: str | None, *, existing: bool = False) -> Engine:
+    """The database's engine; with ``existing``, a SQLite file that is not there is an
+    error (a command that only reads would otherwise create it, and its folders)."""
+    url = database_url(url)
+    parsed = make_url(url)
+    if existing and parsed.get_backend_name() == "sqlite" and parsed.database:
+        path = Path(parsed.database).expanduser()
+        if not path.exists():
+            raise _fail(f"no SQLite database at {path}")
     try:
-        return make_engine(database_url(url))
+        return make_engine(url)
     except ValueError as error:
         raise _fail(str(error)) from None
 
@@ -107,14 +116,14 @@ def downgrade(
 @db_app.command()
 def current(url: UrlOption = None) -> None:
     """Print the schema revision of the database and the one this version needs."""
-    revision = _run_db(migrate.current_revision, _engine(url))
+    revision = _run_db(migrate.current_revision, _engine(url, existing=True))
     console.print(f"database: {revision or 'none'}  code: {migrate.head_revision()}")
 
 
 @db_app.command()
 def validate(url: UrlOption = None) -> None:
     """Compare the live schema with the code's; exit 1 naming each difference."""
-    problems = _run_db(migrate.validate, _engine(url))
+    problems = _run_db(migrate.validate, _engine(url, existing=True))
     if problems:
         for problem in problems:
             console.print(f"[red]✗[/red] {problem}", highlight=False)
