@@ -245,6 +245,12 @@ def test_replanning_after_an_injected_failure(tmp_path):
         assert record.metadata["replans"][0]["error"].endswith("RuntimeError: index corrupted")
         attempts = sorted((a.tool_name, a.success) for a in store.get_execution(record.id).steps)
         assert attempts == [("search_archive", True), ("search_notes", False)]
+        # The first round's failed attempt stays in the run (its trace, what learning sees).
+        trace = orch.get_execution_trace(record.id)
+        tried = [(a["tool"], a["success"]) for step in trace.steps for a in step["attempts"]]
+        assert tried == [("search_notes", False), ("search_archive", True)]
+        assert [s["tool"] for s in record.metadata["steps"]] == ["search_archive"]
+        assert orch.learning.health.summary()["search_notes"]["recent"] == [False]
         orch.close()
 
 

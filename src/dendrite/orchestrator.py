@@ -724,7 +724,7 @@ class Orchestrator:
                 replans.append(note)
                 if emit:
                     emit(Event(EventType.REPLANNED, execution_id, note["step"], note))
-                earlier = outcome.steps
+                earlier = dict(outcome.steps)  # execute() empties the dict it fills
                 outcome = await execute(plan, {k: r for k, r in earlier.items() if r.ok})
                 for step_id, result in outcome.steps.items():
                     before = earlier.get(step_id)
