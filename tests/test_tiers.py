@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +299,8 @@ def test_no_router_without_two_tiers_or_without_learning():
         assert orch.router is not None and orch.router.options == ("small", "large")
         assert orch.router.costs == {"small": 0.1, "large": 1.0}
         assert orch.router.cost_weight == 0.1
+        assert orch.learning is not None  # recency weighs as the rest of learning's does
+        assert orch.router.half_life == orch.learning.feedback_half_life == timedelta(days=14)
     off = OrchestratorConfig(learning=False)
     with Orchestrator(
         calculator(), store=None, llm=tiered("http://127.0.0.1:9/v1"), config=off

@@ -401,6 +401,9 @@ class Orchestrator:
             costs={tier.name: tier.cost for tier in config.tiers},
             cost_weight=config.cost_weight,
             store=self.store,
+            # Outcomes and late ratings count by their recency, as the ranker's and plan
+            # memory's do: a rating of last month's run moves the router half as much.
+            half_life=self.learning.feedback_half_life if self.learning else None,
         )
         if self.store is not None and self.config.warm_start:
             try:
