@@ -512,6 +512,39 @@ def test_of_tools_equally_likely_to_answer_the_quicker_ranks_first():
         ToolRanker(latency_weight=-1)
 
 
+def test_enabling_a_quarantined_tool_by_hand_ends_its_health_quarantine_for_good(
+    store: ExecutionStore,
+):
+    """``dendrite tools enable`` / ``POST /v1/tools/X/enable``: the monitor went on ignoring
+    the tool's outcomes, and the next process restored the quarantine from the health log."""
+    from dendrite.learning.loop import LearningLoop
+
+    calls: list[str] = []
+    policy = HealthPolicy(min_samples=4, window=4, cooldown=3600, max_cooldown=7200)
+
+    def orchestrator() -> Orchestrator:
+        registry = _fallback_registry(calls)
+        loop = LearningLoop(registry, health_policy=policy)
+        return Orchestrator(registry, store=store, llm=None, learning=loop)
+
+    with orchestrator() as first:
+        for _ in range(4):
+            first.learning.health.observe("search_index", False)
+        assert first.registry.state("search_index").status is ToolStatus.QUARANTINED
+        first.set_tool_status("search_index", "enabled")
+        assert first.learning.health.health("search_index") is Health.HEALTHY
+        assert first.learning.health.summary()["search_index"]["recent"] == []
+        last = first.learning.health.transitions[-1]
+        assert (last.before, last.after, last.reason) == (
+            Health.QUARANTINED,
+            Health.HEALTHY,
+            "enabled by hand",
+        )
+    with orchestrator() as second:
+        assert second.registry.state("search_index").status is ToolStatus.ENABLED
+        assert second.learning.health.health("search_index") is Health.HEALTHY
+
+
 def test_a_probe_does_not_lift_a_quarantine_set_since_by_hand_or_by_the_lifecycle_job():
     registry = _fallback_registry([])
     now = [0.0]

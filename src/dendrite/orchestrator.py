@@ -470,6 +470,8 @@ class Orchestrator:
             state = self.registry.disable(name, reason)
         else:
             state = self.registry.enable(name)
+            if self.learning is not None:  # a health quarantine ends too, here and later
+                self.learning.health.reset(name, reason or "enabled by hand")
         save_tool_state(self.state, name, state.status.value, state.reason, state.since)
         return state
 

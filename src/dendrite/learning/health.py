@@ -191,6 +191,22 @@ class HealthMonitor:
             entry.probe_started = now
             return True
 
+    def reset(self, tool: str, reason: str) -> Transition | None:
+        """Start ``tool`` afresh: healthy, its recent outcomes forgotten (a person enabled it).
+
+        Left as they were, the monitor would go on ignoring a quarantined tool's
+        outcomes, and the next process would restore the quarantine from the log.
+        """
+        with self._lock:
+            entry = self._tools.get(tool)
+            if entry is None:
+                return None
+            entry.window.clear()
+            entry.cooldown = 0.0
+            if entry.health is Health.HEALTHY:
+                return None
+            return self._move(tool, entry, Health.HEALTHY, reason)
+
     def tick(self) -> list[Transition]:
         """Let a probe through for every tool whose cooldown is over (call before planning)."""
         now = self.clock()
