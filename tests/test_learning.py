@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -64,6 +65,25 @@ def test_quarantine_probe_restore_and_extend():
         Health.PROBING,
         Health.HEALTHY,
     ]
+
+
+def test_only_the_admitted_probe_ends_a_probe():
+    """Outcomes arrive when their run ends: a call that started before the probe was let
+    through (its run outlasted the cooldown) restored a tool that was still down."""
+    registry = registry_with("primary", "backup", alternatives={"primary": ["backup"]})
+    clock = Clock()
+    monitor = HealthMonitor(registry, HealthPolicy(window=4, min_samples=4), clock=clock)
+    long_ago = datetime.now(UTC) - timedelta(minutes=5)
+    for _ in range(4):
+        monitor.observe("primary", False)
+    clock.now += 30
+    monitor.tick()
+    assert monitor.observe("primary", True, started_at=long_ago) is None  # no probe yet
+    assert monitor.admit("primary") and not monitor.admit("primary")
+    assert monitor.observe("primary", True, started_at=long_ago) is None  # not the probe
+    assert monitor.health("primary") is Health.PROBING
+    failed = monitor.observe("primary", False, started_at=datetime.now(UTC))
+    assert failed is not None and failed.after is Health.QUARANTINED
 
 
 def test_a_tool_without_a_stand_in_is_flagged_not_removed():

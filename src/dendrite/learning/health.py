@@ -68,6 +68,7 @@ class _ToolHealth:
     cooldown: float = 0.0
     reopen_at: float = 0.0
     probe_started: float | None = None
+    probe_admitted_at: datetime | None = None  # wall time, to compare with attempts' starts
     quarantined_as: str | None = None  # the reason this monitor put on the registry
 
 
@@ -133,13 +134,23 @@ class HealthMonitor:
             return True
         return any(tool in other.alternatives and other.available for other in self.registry)
 
-    def observe(self, tool: str, success: bool) -> Transition | None:
-        """Take one outcome of ``tool``; returns the transition it caused, if any."""
+    def observe(
+        self, tool: str, success: bool, started_at: datetime | None = None
+    ) -> Transition | None:
+        """Take one outcome of ``tool``; returns the transition it caused, if any.
+
+        Outcomes arrive when their run ends, so one of a call that started before
+        the probe was let through (in a run that outlasted the cooldown) is not
+        the probe's: given its ``started_at``, it is ignored while probing.
+        """
         if tool not in self.registry:
             return None
         with self._lock:
             entry = self._entry(tool)
             if entry.health is Health.PROBING:
+                admitted = entry.probe_admitted_at
+                if started_at is not None and (admitted is None or started_at < admitted):
+                    return None
                 if success:
                     entry.window.clear()
                     entry.cooldown = 0.0
@@ -189,6 +200,7 @@ class HealthMonitor:
             if entry.probe_started is not None and now < entry.probe_started + patience:
                 return False
             entry.probe_started = now
+            entry.probe_admitted_at = datetime.now(UTC)
             return True
 
     def reset(self, tool: str, reason: str) -> Transition | None:
@@ -259,7 +271,7 @@ class HealthMonitor:
         cooldown = entry.cooldown if after is Health.QUARANTINED else 0.0
         transition = Transition(tool, entry.health, after, reason, datetime.now(UTC), cooldown)
         entry.health = after
-        entry.probe_started = None
+        entry.probe_started = entry.probe_admitted_at = None
         if after is Health.QUARANTINED:
             self.registry.quarantine(tool, reason)
             entry.quarantined_as = reason

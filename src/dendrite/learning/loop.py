@@ -199,7 +199,7 @@ class LearningLoop:
                 if attempt.error_type is not None and attempt.error_type.value == "cancelled":
                     continue
                 seen[(text, attempt.tool, attempt.success)] += 1
-                self.health.observe(attempt.tool, attempt.success)
+                self.health.observe(attempt.tool, attempt.success, attempt.started_at)
                 if attempt.success:
                     self.ranker.observe_latency(attempt.tool, attempt.duration_ms)
         for (text, tool, success), count in seen.items():
