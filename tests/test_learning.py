@@ -10,10 +10,11 @@ import pytest
 
 from dendrite import Orchestrator, OrchestratorConfig
 from dendrite.learning.health import HEALTH_LOG_KEY, Health, HealthMonitor, HealthPolicy
+from dendrite.learning.loop import LearningLoop
 from dendrite.learning.memory import PlanMemory
 from dendrite.learning.ranker import Ranked, ToolRanker
 from dendrite.planning import Plan, RetryPolicy, Step
-from dendrite.store import ExecutionStore
+from dendrite.store import ExecutionStore, InvalidRecordError
 from dendrite.tools import ToolRegistry, ToolStatus
 
 ONCE = RetryPolicy(max_attempts=1)
@@ -389,6 +390,43 @@ def test_end_to_end_plan_memory_and_warm_start_from_the_store(store: ExecutionSt
     record = store.get_execution(third.execution_id)
     assert record.metadata["planner"] == "memory"
     assert record.metadata["remembered_goal"] in ("convert 5 km to miles", "convert 12 km to miles")
+
+
+def test_a_restart_learns_the_failures_that_a_fallback_rescued(store: ExecutionStore):
+    """A step's summary names only the tool that answered: warm start replays every
+    attempt, as the live loop learned them, or a restart trusts the broken first choice."""
+    calls: list[str] = []
+    plan = Plan(
+        goal="search the index for x",
+        steps=[Step(id="s", tool="search_index", params={"query": "x"})],
+    )
+    config = OrchestratorConfig(retry=ONCE)
+    policy = HealthPolicy(min_samples=50, window=50)  # no quarantine: fallbacks answer
+    registry = _fallback_registry(calls)
+    with Orchestrator(
+        registry,
+        store=store,
+        config=config,
+        llm=None,
+        learning=LearningLoop(registry, health_policy=policy),
+    ) as live:
+        for _ in range(6):
+            assert live.process(plan).output == "replica: x"
+        learned = live.learning.ranker.posterior("search_index")
+    assert calls.count("search_index") == 6
+    store.flush()
+    with Orchestrator(_fallback_registry(calls), store=store, config=config, llm=None) as fresh:
+        restarted = fresh.learning.ranker.posterior("search_index")
+        replica = fresh.learning.ranker.posterior("search_replica")
+    assert restarted == pytest.approx(learned) and restarted < 0.5 < replica
+    execution_ids = [r.id for r in store.get_recent_executions(6)]
+    outcomes = store.get_attempt_outcomes(execution_ids)
+    assert [(o.tool_name, o.success) for o in outcomes] == [
+        ("search_index", False),
+        ("search_replica", True),
+    ] * 6
+    with pytest.raises(InvalidRecordError, match="execution id must be a UUID, got 'goal_1'"):
+        store.get_attempt_outcomes(["goal_1"])
 
 
 def test_a_planner_or_strategy_asked_for_keeps_the_ranker_and_plan_memory(store: ExecutionStore):

@@ -29,6 +29,7 @@ from dendrite.learning.health import HEALTH_LOG_KEY, HealthMonitor, HealthPolicy
 from dendrite.learning.memory import PlanMemory
 from dendrite.learning.ranker import ToolRanker
 from dendrite.planning.plan import Plan, parse_plan
+from dendrite.telemetry import ErrorType
 from dendrite.tools import ToolRegistry
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from dendrite.state import StateManager
     from dendrite.store import ExecutionStore
     from dendrite.store.analytics import ExecutionDetail
+    from dendrite.store.bookkeeping import AttemptOutcome
     from dendrite.telemetry.records import ExecutionRecord
 
 log = logging.getLogger("dendrite.learning")
@@ -255,10 +257,15 @@ class LearningLoop:
     def warm_start(self, store: ExecutionStore, limit: int = 5_000) -> int:
         """Learn from the last ``limit`` recorded executions; returns how many were read."""
         records = store.get_recent_executions(limit)
+        # Every attempt, as ``after_run`` learned them: a step's summary names only the
+        # tool that answered, and a first choice that a fallback rescued would be trusted
+        # again after a restart.
+        attempts: dict[str, list[AttemptOutcome]] = {}
+        for attempt in store.get_attempt_outcomes([r.id for r in records]):
+            attempts.setdefault(attempt.execution_id, []).append(attempt)
         for record in reversed(records):
             plan_data = record.metadata.get("plan")
-            steps = record.metadata.get("steps")
-            if not isinstance(plan_data, dict) or not isinstance(steps, list):
+            if not isinstance(plan_data, dict):
                 continue
             try:
                 plan: Plan = parse_plan({**plan_data, "goal": record.goal_text})
@@ -266,23 +273,17 @@ class LearningLoop:
                 continue
             texts = step_texts(plan, record.goal_text)
             shares = recorded_shares(record.metadata)
-            for step in steps:
-                if step.get("status") in ("succeeded", "failed") and step.get("tool"):
-                    text = texts.get(step.get("step_id"), record.goal_text)
-                    self.ranker.observe(
-                        text,
-                        step["tool"],
-                        step["status"] == "succeeded",
-                        retrieval=shares.get((step.get("step_id"), step["tool"])),
-                    )
-                    duration = step.get("duration_ms")
-                    # A step a fallback answered also timed the tools that failed before it.
-                    if (
-                        step["status"] == "succeeded"
-                        and not step.get("fallback_used")
-                        and isinstance(duration, int | float)
-                    ):
-                        self.ranker.observe_latency(step["tool"], float(duration))
+            for attempt in attempts.get(record.id, ()):
+                if attempt.error_type == ErrorType.CANCELLED.value:
+                    continue
+                self.ranker.observe(
+                    texts.get(attempt.step_id, record.goal_text),
+                    attempt.tool_name,
+                    attempt.success,
+                    retrieval=shares.get((attempt.step_id, attempt.tool_name)),
+                )
+                if attempt.success:
+                    self.ranker.observe_latency(attempt.tool_name, attempt.duration_ms)
             if record.success and plan.planner not in NOT_REMEMBERED:
                 self.memory.remember(record.goal_text, plan, record.id)
         self._warm_feedback(store, records)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy import case as sql_case
 
 from dendrite.store import schema as s
@@ -198,3 +198,39 @@ def recent_tool_outcomes(conn: Connection, since: datetime) -> list[RecentToolOu
         data["last_used"] = _aggregate_ts(data["last_used"])
         rows.append(RecentToolOutcomes.model_validate(data))
     return rows
+
+
+class AttemptOutcome(BaseModel):
+    """One tool call attempt without its parameters and result: what learning replays."""
+
+    execution_id: str
+    step_id: str | None
+    tool_name: str
+    success: bool
+    error_type: str | None
+    duration_ms: float
+    started_at: datetime
+
+
+def attempt_outcomes(conn: Connection, execution_ids: list[str]) -> list[AttemptOutcome]:
+    """The attempts of the given executions, in the order they started."""
+    te = s.tool_executions
+    query = (
+        select(
+            te.c.execution_id,
+            te.c.step_id,
+            te.c.tool_name,
+            te.c.success,
+            te.c.error_type,
+            te.c.duration_ms,
+            te.c.started_at,
+        )
+        .where(te.c.execution_id.in_(bindparam("ids", expanding=True)))
+        .order_by(te.c.started_at, te.c.id)
+    )
+    found = []
+    for start in range(0, len(execution_ids), 500):
+        rows = conn.execute(query, {"ids": execution_ids[start : start + 500]})
+        found.extend(AttemptOutcome.model_validate(dict(row._mapping)) for row in rows)
+    found.sort(key=lambda a: a.started_at)
+    return found

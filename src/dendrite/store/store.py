@@ -34,7 +34,7 @@ from dendrite.store.analytics import (
     TierPerformance,
     ToolStatistics,
 )
-from dendrite.store.bookkeeping import ArmOutcomes, JobRun, RecentToolOutcomes
+from dendrite.store.bookkeeping import ArmOutcomes, AttemptOutcome, JobRun, RecentToolOutcomes
 from dendrite.store.engine import WRITE, make_engine
 from dendrite.store.errors import (
     InvalidRecordError,
@@ -615,6 +615,19 @@ class ExecutionStore:
         since = _moment("since", since)
         with self._read() as conn:
             return bookkeeping.recent_tool_outcomes(conn, since)
+
+    def get_attempt_outcomes(self, execution_ids: Sequence[str]) -> list[AttemptOutcome]:
+        """Every tool call attempt of these executions, in the order they started."""
+        ids = []
+        for execution_id in execution_ids:
+            try:
+                ids.append(canonical_id(execution_id))
+            except (ValueError, TypeError, AttributeError):
+                raise InvalidRecordError(
+                    f"execution id must be a UUID, got {execution_id!r}"
+                ) from None
+        with self._read() as conn:
+            return bookkeeping.attempt_outcomes(conn, ids)
 
     def get_feedback(
         self, since: datetime | None = None, limit: int = 1000
