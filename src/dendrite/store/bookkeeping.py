@@ -212,25 +212,22 @@ class AttemptOutcome(BaseModel):
     started_at: datetime
 
 
+_ATTEMPT = tuple(AttemptOutcome.model_fields)
+
+
 def attempt_outcomes(conn: Connection, execution_ids: list[str]) -> list[AttemptOutcome]:
     """The attempts of the given executions, in the order they started."""
     te = s.tool_executions
     query = (
-        select(
-            te.c.execution_id,
-            te.c.step_id,
-            te.c.tool_name,
-            te.c.success,
-            te.c.error_type,
-            te.c.duration_ms,
-            te.c.started_at,
-        )
+        select(*(te.c[name] for name in _ATTEMPT))
         .where(te.c.execution_id.in_(bindparam("ids", expanding=True)))
         .order_by(te.c.started_at, te.c.id)
     )
     found = []
     for start in range(0, len(execution_ids), 500):
         rows = conn.execute(query, {"ids": execution_ids[start : start + 500]})
-        found.extend(AttemptOutcome.model_validate(dict(row._mapping)) for row in rows)
+        found.extend(
+            AttemptOutcome.model_validate(dict(zip(_ATTEMPT, row, strict=True))) for row in rows
+        )
     found.sort(key=lambda a: a.started_at)
     return found
