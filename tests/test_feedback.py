@@ -175,6 +175,25 @@ def test_quality_policy_adapts_to_measured_success_and_persists(store: Execution
     assert unassigned.project == "default" and unassigned.samples == 0
 
 
+def test_the_default_projects_policy_is_measured_on_its_own_runs(store: ExecutionStore):
+    """Runs without a project, and only goals (depth 0): another project's later runs and
+    nested runs used to fill the window before the filter, leaving the default unmeasured."""
+    earlier = datetime.now(UTC) - timedelta(hours=2)
+    for i in range(20):
+        store.store_execution(
+            goal_text=f"g{i}",
+            success=i % 2 == 0,
+            started_at=earlier + timedelta(seconds=i),
+        )
+    for i in range(60):
+        later = earlier + timedelta(minutes=10, seconds=i)
+        store.store_execution(goal_text=f"p{i}", success=True, project="p", started_at=later)
+        store.store_execution(goal_text=f"n{i}", success=True, depth=1, started_at=later)
+    wait_until_drained(store)
+    default = QualityPolicies(StateManager(store), min_samples=10, window=20).adapt(store, None)
+    assert default.samples == 20 and default.measured_success == 0.5
+
+
 def test_quality_policy_flags_low_confidence_and_controls_replanning(store: ExecutionStore):
     registry = ToolRegistry()
 

@@ -409,7 +409,7 @@ def test_reads_refuse_filters_of_the_wrong_type_instead_of_matching_nothing(
         store.get_recent_executions(5, intent=5)
     with pytest.raises(TypeError, match="intent must be a string, got int 5"):
         store.get_success_rate(intent=5)
-    with pytest.raises(TypeError, match="unknown filter 'succes'; filters are before, goal_id"):
+    with pytest.raises(TypeError, match="unknown filter 'succes'; filters are before, depth"):
         store.get_recent_executions(5, succes=True)
     with pytest.raises(TypeError, match="min_executions must be an integer, got str '3'"):
         store.get_top_tools(5, min_executions="3")

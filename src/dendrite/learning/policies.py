@@ -126,9 +126,10 @@ class QualityPolicies:
     def adapt(self, store: ExecutionStore, project: str | None) -> QualityPolicy:
         """Re-measure a project's success over its last ``window`` runs and move its policy."""
         name = project or DEFAULT_PROJECT
-        recent = store.get_recent_executions(self.window, project=project)
-        # Without a project the store does not filter: keep the runs that have none.
-        top = [r for r in recent if r.depth == 0 and (project is not None or r.project is None)]
+        # Filtered by the store, not after its limit: other projects' runs and nested runs
+        # would otherwise take the window's places.
+        mine = {"project": project} if project is not None else {"no_project": True}
+        top = store.get_recent_executions(self.window, depth=0, **mine)
         with self._lock:
             policies = self._all()
             current = policies.get(name) or QualityPolicy(project=name)

@@ -145,6 +145,8 @@ def get_recent_executions(
     model_tier: str | None = None,
     pool: str | None = None,
     goal_id: str | None = None,
+    depth: int | None = None,
+    no_project: bool = False,
     since: datetime | None = None,
     before: datetime | None = None,
 ) -> list[ExecutionRecord]:
@@ -158,9 +160,12 @@ def get_recent_executions(
         (ex.c.session_id, session_id),
         (ex.c.model_tier, model_tier),
         (ex.c.pool, pool),
+        (ex.c.depth, depth),
     ):
         if value is not None:
             query = query.where(column == value)
+    if no_project:
+        query = query.where(ex.c.project.is_(None))
     if since is not None:
         query = query.where(ex.c.started_at >= since)
     if before is not None:

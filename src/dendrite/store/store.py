@@ -412,22 +412,25 @@ class ExecutionStore:
             return analytics.get_execution(conn, execution_id)
 
     def get_recent_executions(self, limit: int = 20, **filters: Any) -> list[ExecutionRecord]:
-        """Newest first. Filters: goal_id, intent, success, project, session_id, model_tier,
-        pool, since, before (``before`` is the cursor for the next page)."""
+        """Newest first. Filters: goal_id, intent, success, project, no_project (True: runs
+        without one), session_id, model_tier, pool, depth (0: goals, not nested runs), since,
+        before (``before`` is the cursor for the next page)."""
         _at_least_one("limit", limit)
         for name, value in filters.items():
             if value is None:
                 continue
             if name in ("since", "before"):
                 filters[name] = _moment(name, value)
-            elif name == "success":
+            elif name in ("success", "no_project"):
                 _of_type(name, value, bool)
+            elif name == "depth":
+                _of_type(name, value, int)
             elif name in _TEXT_FILTERS:
                 _of_type(name, value, str)
             else:
                 raise TypeError(
                     f"get_recent_executions() got an unknown filter {name!r}; filters are "
-                    f"{', '.join(sorted({'since', 'before', 'success', *_TEXT_FILTERS}))}"
+                    f"{', '.join(sorted({*_OTHER_FILTERS, *_TEXT_FILTERS}))}"
                 )
         with self._read() as conn:
             return analytics.get_recent_executions(conn, limit, **filters)
@@ -743,6 +746,7 @@ def _at_least_one(name: str, value: int) -> None:
 
 
 _TEXT_FILTERS = ("goal_id", "intent", "project", "session_id", "model_tier", "pool")
+_OTHER_FILTERS = ("since", "before", "success", "no_project", "depth")
 
 
 def _of_type(name: str, value: Any, kind: type) -> None:
