@@ -429,6 +429,37 @@ def test_a_restart_learns_the_failures_that_a_fallback_rescued(store: ExecutionS
         store.get_attempt_outcomes(["goal_1"])
 
 
+def test_a_remembered_plan_that_fails_on_reuse_gives_way_to_its_repair(store: ExecutionStore):
+    """Reuse is judged by the first round: a plan whose tool broke was replayed (and
+    repaired) on every later goal, and the repaired plan, planned by "memory", was never
+    remembered. Now the broken plan is set aside and the repair is what memory reuses."""
+    broken = {"on": False, "calls": 0}
+    registry = ToolRegistry()
+
+    def weather_lookup(zip: int) -> str:
+        """Get the weather forecast for a zip code."""
+        if broken["on"]:
+            broken["calls"] += 1
+            raise ValueError("this tool no longer answers zip codes")
+        return f"sunny at {zip}"
+
+    def zip_weather(zip: int) -> str:
+        """Weather forecast by postal zip code."""
+        return f"cloudy at {zip}"
+
+    registry.register_function(weather_lookup)
+    with Orchestrator(registry, store=store, llm=None) as orch:
+        assert orch.process("weather forecast for zip 10001").output == "sunny at 10001"
+        broken["on"] = True
+        registry.register_function(zip_weather)
+        runs = [orch.process(f"weather forecast for zip {z}") for z in (94105, 60601, 73301)]
+    assert [r.output for r in runs] == ["cloudy at 94105", "cloudy at 60601", "cloudy at 73301"]
+    assert [r.plan.planner for r in runs] == ["memory"] * 3
+    assert [len(r.plan.metadata.get("replans", [])) for r in runs] == [1, 0, 0]
+    assert broken["calls"] == 1  # only the first reuse tried the broken plan
+    assert runs[1].plan.metadata["remembered_from"] == runs[0].execution_id
+
+
 def test_a_planner_or_strategy_asked_for_keeps_the_ranker_and_plan_memory(store: ExecutionStore):
     """``--planner``/``--strategy`` (CLI) and ``planner``/``strategy`` (API) go through
     ``make_planner``: the planner asked for still ranks by history and reuses past plans."""

@@ -822,6 +822,8 @@ class Orchestrator:
             "new_tools": sorted({s.tool for s in repaired.steps} - {s.tool for s in plan.steps}),
         }
         repaired.metadata["replans"] = [*plan.metadata.get("replans", []), note]
+        if "remembered_from" in plan.metadata:  # learning judges the plan memory gave
+            repaired.metadata.setdefault("remembered_from", plan.metadata["remembered_from"])
         return repaired, note
 
     async def _decide(

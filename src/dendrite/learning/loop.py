@@ -206,7 +206,13 @@ class LearningLoop:
                     self.ranker.observe_latency(attempt.tool, attempt.duration_ms)
         for (text, tool, success), count in seen.items():
             self.ranker.observe(text, tool, success, count)
-        if result.success and result.plan.planner not in NOT_REMEMBERED:
+        replanned = bool(result.plan.metadata.get("replans"))
+        source = result.plan.metadata.get("remembered_from")
+        if source:  # a reused plan is judged by how it did before any repair
+            self.memory.judge(source, 1.0 if result.success and not replanned else 0.0)
+        if result.success and (replanned or result.plan.planner not in NOT_REMEMBERED):
+            # A repaired plan is remembered even when memory planned the first round:
+            # it is the plan that worked.
             self.memory.remember(result.goal, _as_answered(result), result.execution_id)
 
     def recency(self, finished_at: datetime, now: datetime | None = None) -> float:
