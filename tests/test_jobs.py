@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from dendrite.cli import app
 from dendrite.learning import jobs as jobs_module
 from dendrite.learning.experiments import (
     Experiment,
+    clustered_t,
     fisher_exact,
     report,
     two_proportion_z,
@@ -33,6 +35,7 @@ from dendrite.learning.policies import QualityPolicies
 from dendrite.planning import SemanticPlanner, TemplatePlanner
 from dendrite.state import StateManager
 from dendrite.store import ExecutionStore, InvalidRecordError
+from dendrite.store.bookkeeping import ArmOutcomes
 from dendrite.tools import Reliability, ToolRegistry, ToolStatus
 
 from .conftest import wait_until_drained
@@ -136,6 +139,71 @@ def test_experiment_report_from_the_store(store: ExecutionStore):
         store.store_assignment("ab", "nope", "a", "u")
     with pytest.raises(InvalidRecordError, match="arm must be a non-empty string"):
         store.store_assignment("ab", few, "", "u")
+
+
+def test_runs_of_one_session_are_tested_as_a_cluster(store: ExecutionStore):
+    """Sessions are assigned whole, and a session's goals succeed or fail together more
+    than strangers' do: the store sums per unit, and the report tests over units."""
+    sessions = {
+        "a": [(4, 4), (4, 2), (2, 0)],  # (runs, successes) of each session
+        "b": [(3, 3), (3, 3), (4, 1)],
+    }
+    for arm, units in sessions.items():
+        for number, (runs, successes) in enumerate(units):
+            for i in range(runs):
+                execution = store.store_execution(
+                    goal_text=f"g{i}", success=i < successes, duration_ms=5.0
+                )
+                store.store_assignment("clustered", execution, arm, f"session:{arm}{number}")
+    wait_until_drained(store)
+    rows = {r.arm: r for r in store.get_arm_outcomes("clustered")}
+    a = rows["a"]
+    assert (a.executions, a.successes, a.units) == (10, 6, 3)
+    assert (a.unit_success_sq, a.unit_cross, a.unit_runs_sq) == (20, 24, 36)
+    (found,) = report(store, "clustered", control="a")
+    other = found.arms[1]
+    assert other.success_test == "cluster" and 0.05 < other.p_success < 1
+
+
+def _clustered_arm(rng: random.Random, sessions: int, runs: int, shift: float) -> ArmOutcomes:
+    successes = []
+    for _ in range(sessions):
+        rate = min(1.0, rng.betavariate(0.5, 0.5) + shift)  # some sessions' goals are harder
+        successes.append(sum(rng.random() < rate for _ in range(runs)))
+    return ArmOutcomes(
+        experiment="aa",
+        arm=f"shift {shift}",
+        executions=sessions * runs,
+        successes=sum(successes),
+        duration_sum_ms=0.0,
+        duration_sq_sum=0.0,
+        rated=0,
+        rating_sum=0,
+        first_at=None,
+        last_at=None,
+        units=sessions,
+        unit_success_sq=sum(y * y for y in successes),
+        unit_cross=sum(y * runs for y in successes),
+        unit_runs_sq=sessions * runs * runs,
+    )
+
+
+def test_the_clustered_test_holds_its_false_positive_rate():
+    """A/A experiments of 20 sessions of 10 runs: tested run by run, 41% were called
+    significant at 0.05; over units, about the 5% a test at 0.05 should."""
+    rng = random.Random(7)
+    trials = 1000
+
+    def called(shift: float) -> float:
+        hits = 0
+        for _ in range(trials):
+            p = clustered_t(_clustered_arm(rng, 20, 10, 0.0), _clustered_arm(rng, 20, 10, shift))
+            assert p is not None
+            hits += p < 0.05
+        return hits / trials
+
+    assert 0.03 < called(0.0) < 0.07
+    assert called(0.3) > 0.4  # and it still finds a difference that is there
 
 
 def test_an_experiment_splits_goals_between_planners_end_to_end(store: ExecutionStore):

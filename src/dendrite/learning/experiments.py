@@ -6,8 +6,11 @@ user never flips between arms mid-session and a replayed goal lands where it
 did. Each assignment is recorded beside the execution; the report joins the
 two in SQL and tests the difference in success rate (Fisher's exact test when
 counts are small, a two-proportion z-test otherwise) and in duration (Welch's
-t-test). Arms are compared with a control: the arm named when reporting, else the one
-with the most runs.
+t-test). When a unit ran more than once (a session's goals), its runs are not
+independent (some users' goals are harder than others'), and testing them as
+if they were finds differences that are not there: success is then compared
+with a cluster-robust t-test over the units. Arms are compared with a control:
+the arm named when reporting, else the one with the most runs.
 """
 
 from __future__ import annotations
@@ -218,6 +221,8 @@ def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] |
 def _compare_success(a: ArmOutcomes, b: ArmOutcomes) -> tuple[float | None, str | None]:
     if a.executions == 0 or b.executions == 0:
         return None, None
+    if a.units < a.executions or b.units < b.executions:
+        return clustered_t(a, b), "cluster"
     table = (a.successes, a.executions - a.successes, b.successes, b.executions - b.successes)
     n = a.executions + b.executions
     successes = a.successes + b.successes
@@ -243,6 +248,30 @@ def two_proportion_z(s1: int, n1: int, s2: int, n2: int) -> float:
         return 1.0
     z = (s1 / n1 - s2 / n2) / se
     return math.erfc(abs(z) / math.sqrt(2))
+
+
+def clustered_t(a: ArmOutcomes, b: ArmOutcomes) -> float | None:
+    """Two-sided p-value of equal success rates when each arm's runs come in units.
+
+    Each rate's variance is the cluster-robust (sandwich) one of a ratio of sums,
+    ``k/(k-1) · Σ (y_i - p·m_i)² / (Σ m_i)²`` over an arm's ``k`` units of ``m_i``
+    runs and ``y_i`` successes (the usual unpooled variance when every unit ran
+    once), and the difference is referred to Student's t with ``k_a + k_b - 2``
+    degrees of freedom. ``None`` when an arm has fewer than two units.
+    """
+    variances = []
+    for row in (a, b):
+        if row.units < 2:
+            return None
+        p = row.successes / row.executions
+        spread = row.unit_success_sq - 2 * p * row.unit_cross + p * p * row.unit_runs_sq
+        variances.append(row.units / (row.units - 1) * max(spread, 0.0) / row.executions**2)
+    difference = a.successes / a.executions - b.successes / b.executions
+    se2 = sum(variances)
+    if se2 == 0:
+        return 1.0 if difference == 0 else 0.0
+    df = a.units + b.units - 2
+    return _regularized_beta(df / (df + difference * difference / se2), df / 2, 0.5)
 
 
 def fisher_exact(a: int, b: int, c: int, d: int) -> float:

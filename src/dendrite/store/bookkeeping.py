@@ -52,6 +52,12 @@ class ArmOutcomes(BaseModel):
     rating_sum: float
     first_at: datetime | None
     last_at: datetime | None
+    units: int
+    """Units assigned (sessions, goals or runs); with their sums below, what a test needs
+    when a unit's runs are not independent of each other."""
+    unit_success_sq: float  # Σ over units of (its successes)²
+    unit_cross: float  # Σ of its successes times its runs
+    unit_runs_sq: float  # Σ of (its runs)²
 
 
 def _name(kind: str, value: Any, width: int) -> str:
@@ -128,25 +134,45 @@ def arm_outcomes(conn: Connection, experiment: str | None) -> list[ArmOutcomes]:
     ea, ex = s.experiment_assignments, s.executions
     success = func.sum(sql_case((ex.c.success.is_(True), 1), else_=0))
     duration = func.coalesce(ex.c.duration_ms, 0.0)
-    query = (
+    per_unit = (
         select(
             ea.c.experiment,
             ea.c.arm,
-            func.count().label("executions"),
+            func.count().label("runs"),
             func.coalesce(success, 0).label("successes"),
-            func.coalesce(func.sum(duration), 0.0).label("duration_sum_ms"),
-            func.coalesce(func.sum(duration * duration), 0.0).label("duration_sq_sum"),
+            func.coalesce(func.sum(duration), 0.0).label("duration"),
+            func.coalesce(func.sum(duration * duration), 0.0).label("duration_sq"),
             func.count(ex.c.user_rating).label("rated"),
-            func.coalesce(func.sum(ex.c.user_rating), 0).label("rating_sum"),
+            func.coalesce(func.sum(ex.c.user_rating), 0).label("ratings"),
             func.min(ea.c.assigned_at).label("first_at"),
             func.max(ea.c.assigned_at).label("last_at"),
         )
         .join(ex, ex.c.id == ea.c.execution_id)
-        .group_by(ea.c.experiment, ea.c.arm)
-        .order_by(ea.c.experiment, ea.c.arm)
+        .group_by(ea.c.experiment, ea.c.arm, ea.c.unit)
     )
     if experiment is not None:
-        query = query.where(ea.c.experiment == experiment)
+        per_unit = per_unit.where(ea.c.experiment == experiment)
+    u = per_unit.subquery()
+    query = (
+        select(
+            u.c.experiment,
+            u.c.arm,
+            func.sum(u.c.runs).label("executions"),
+            func.sum(u.c.successes).label("successes"),
+            func.sum(u.c.duration).label("duration_sum_ms"),
+            func.sum(u.c.duration_sq).label("duration_sq_sum"),
+            func.sum(u.c.rated).label("rated"),
+            func.sum(u.c.ratings).label("rating_sum"),
+            func.min(u.c.first_at).label("first_at"),
+            func.max(u.c.last_at).label("last_at"),
+            func.count().label("units"),
+            func.sum(u.c.successes * u.c.successes).label("unit_success_sq"),
+            func.sum(u.c.successes * u.c.runs).label("unit_cross"),
+            func.sum(u.c.runs * u.c.runs).label("unit_runs_sq"),
+        )
+        .group_by(u.c.experiment, u.c.arm)
+        .order_by(u.c.experiment, u.c.arm)
+    )
     rows = []
     for row in conn.execute(query):
         data = dict(row._mapping)
