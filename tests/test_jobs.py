@@ -243,6 +243,35 @@ def test_an_experiment_splits_goals_between_planners_end_to_end(store: Execution
     assert nope.exit_code == 2 and "no experiment 'nope' recorded" in nope.output
 
 
+def test_arms_named_by_planner_learn_as_the_orchestrators_own_planner_does(
+    store: ExecutionStore,
+):
+    """Planner objects given to arms are used as they are (a bare DendritePlanner has no
+    ranker and no plan memory); arms given by name get the orchestrator's, so a broken
+    first choice stops being tried under an experiment as it does without one."""
+    registry = ToolRegistry()
+
+    def weather_lookup(zip: int) -> str:
+        """Get the weather forecast for a zip code."""
+        return f"sunny at {zip}"
+
+    def zip_weather(zip: int) -> str:
+        """Weather forecast by postal zip code."""
+        raise ValueError("broken")
+
+    registry.register_function(weather_lookup)
+    registry.register_function(zip_weather)
+    arms = {"dendrite": "dendrite", "semantic": "semantic"}
+    experiment = Experiment("named", arms, unit="execution")
+    with Orchestrator(registry, store=store, llm=None, experiment=experiment) as orch:
+        runs = [orch.process(f"weather forecast for zip {z}") for z in range(10001, 10021)]
+    assert {r.arm for r in runs} == {"dendrite", "semantic"}
+    assert all(r.output.startswith("sunny") for r in runs)
+    assert [r.steps[0].attempts[0].tool for r in runs[-8:]] == ["weather_lookup"] * 8
+    with pytest.raises(ValueError, match="arm 'b' names planner 'fancy'; planners are dendrite"):
+        Experiment("bad", {"a": "dendrite", "b": "fancy"})
+
+
 # -- jobs ---------------------------------------------------------------------------------
 
 

@@ -361,6 +361,17 @@ class Orchestrator:
             self._router_for_tiers() if router is _ROUTER_FROM_TIERS else router
         )
         self.experiment = experiment
+        # Arms named by planner (``"dendrite"``, ``"semantic"``, …) get this orchestrator's
+        # ranker and plan memory, as any planner asked for by name does: an experiment
+        # compares planners, and must not compare them with learning switched off.
+        self._arm_planners: dict[str, Planner] = (
+            {
+                arm: self.make_planner(given) if isinstance(given, str) else given
+                for arm, given in experiment.arms.items()
+            }
+            if experiment is not None
+            else {}
+        )
         self.policies: QualityPolicies | None = (
             (QualityPolicies(self.state) if self.config.learning else None)
             if policies is _POLICIES_FROM_CONFIG
@@ -866,7 +877,7 @@ class Orchestrator:
             unit = self.experiment.unit_of(goal, session_id, execution_id)
             decisions.arm = self.experiment.assign(unit)
             decisions.unit = unit.split(":", 1)[0] if ":" in unit else "execution"
-            decisions.planner = self.experiment.arms[decisions.arm]
+            decisions.planner = self._arm_planners[decisions.arm]
             if self.store is not None:
                 try:
                     await asyncio.to_thread(

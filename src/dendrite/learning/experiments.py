@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from dendrite.planning import PLANNERS
 from dendrite.planning.planner import Planner
 
 if TYPE_CHECKING:
@@ -31,14 +32,16 @@ Unit = Literal["session", "goal", "execution"]
 
 
 class Experiment:
-    """``arms`` maps an arm's name to its planner. Reports compare every arm with a
-    control: the arm named when reporting, else the one with the most runs (the store
-    keeps outcomes, not the order the arms were declared in)."""
+    """``arms`` maps an arm's name to its planner: a planner's name (``"dendrite"``,
+    ``"semantic"``, …; the orchestrator makes it, with its ranker and plan memory, as
+    ``Orchestrator.make_planner`` does) or a planner object, used as it is. Reports
+    compare every arm with a control: the arm named when reporting, else the one with
+    the most runs (the store keeps outcomes, not the order the arms were declared in)."""
 
     def __init__(
         self,
         name: str,
-        arms: Mapping[str, Planner],
+        arms: Mapping[str, Planner | str],
         *,
         weights: Mapping[str, float] | None = None,
         unit: Unit = "session",
@@ -47,9 +50,13 @@ class Experiment:
             raise ValueError(f"experiment name must be 1-128 characters, got {name!r}")
         if len(arms) < 2:
             raise ValueError(f"experiment {name!r} needs at least two arms, got {list(arms)}")
-        for arm in arms:
+        for arm, planner in arms.items():
             if not arm or len(arm) > 64:
                 raise ValueError(f"arm names must be 1-64 characters, got {arm!r}")
+            if isinstance(planner, str) and planner not in PLANNERS:
+                raise ValueError(
+                    f"arm {arm!r} names planner {planner!r}; planners are {', '.join(PLANNERS)}"
+                )
         weights = dict(weights or dict.fromkeys(arms, 1.0))
         unknown = sorted(set(weights) - set(arms))
         if unknown:
