@@ -194,6 +194,15 @@ def test_the_default_projects_policy_is_measured_on_its_own_runs(store: Executio
     assert default.samples == 20 and default.measured_success == 0.5
 
 
+def test_two_processes_keep_each_others_project_policies(store: ExecutionStore):
+    first, second = QualityPolicies(StateManager(store)), QualityPolicies(StateManager(store))
+    first.all(), second.all()  # both have read the saved policies
+    first.set(QualityPolicy(project="ops", min_confidence=0.7, adaptive=False))
+    second.set(QualityPolicy(project="web", min_confidence=0.3, adaptive=False))
+    later = QualityPolicies(StateManager(store))
+    assert (later.get("ops").min_confidence, later.get("web").min_confidence) == (0.7, 0.3)
+
+
 def test_quality_policy_flags_low_confidence_and_controls_replanning(store: ExecutionStore):
     registry = ToolRegistry()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -632,6 +633,46 @@ def test_enabling_a_quarantined_tool_by_hand_ends_its_health_quarantine_for_good
     with orchestrator() as second:
         assert second.registry.state("search_index").status is ToolStatus.ENABLED
         assert second.learning.health.health("search_index") is Health.HEALTHY
+
+
+def test_two_processes_on_one_store_keep_each_others_quarantines_and_tool_states(
+    store_url: str, tmp_path: Path
+):
+    """A ``dendrite serve`` beside a ``dendrite run``: each wrote back the health log and
+    the tools' states as it had read them, and the last one erased the other's."""
+
+    def registry() -> ToolRegistry:
+        tools = ToolRegistry()
+        for name, alternative in (("x", "x2"), ("x2", None), ("y", "y2"), ("y2", None)):
+            tools.register_function(
+                lambda query: query, name=name, alternatives=[alternative] if alternative else []
+            )
+        return tools
+
+    def process(folder: str) -> Orchestrator:
+        tools = registry()
+        loop = LearningLoop(tools, health_policy=HealthPolicy(window=4, min_samples=4))
+        store = ExecutionStore(store_url, state_dir=tmp_path / folder)
+        return Orchestrator(tools, store=store, llm=None, learning=loop)
+
+    a, b = process("a"), process("b")
+    for _ in range(4):
+        a.learning.health.observe("x", False)
+        b.learning.health.observe("y", False)
+    a.set_tool_status("x2", "disabled", "maintenance")
+    b.set_tool_status("y2", "disabled", "maintenance")
+    for orchestrator in (a, b):
+        orchestrator.close()
+        orchestrator.store.close()
+    with process("c") as restarted:
+        states = {n: restarted.registry.state(n).status for n in ("x", "x2", "y", "y2")}
+        restarted.store.close()
+    assert states == {
+        "x": ToolStatus.QUARANTINED,
+        "x2": ToolStatus.DISABLED,
+        "y": ToolStatus.QUARANTINED,
+        "y2": ToolStatus.DISABLED,
+    }
 
 
 def test_a_probe_does_not_lift_a_quarantine_set_since_by_hand_or_by_the_lifecycle_job():

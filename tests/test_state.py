@@ -532,3 +532,48 @@ def test_threads_share_one_manager(store: ExecutionStore):
     assert len(manager.items("session", "sess")) == 200
     assert len(store.get_state_entries("session", "sess")) == 200
     assert manager.get_state_summary()["store_write_failures"] == 0
+
+
+def _append_from_a_process(url: str, state_dir: str, worker: int, count: int) -> None:
+    with ExecutionStore(url, state_dir=state_dir) as store:
+        manager = StateManager(store)
+        manager.get("global", "log")  # every process has read the value before it adds
+        for i in range(count):
+            manager.update("global", "log", lambda log, i=i: [*(log or []), f"{worker}-{i}"])
+
+
+def test_updates_from_several_processes_all_land(store_url: str, tmp_path: Path):
+    """Read, change, write back by each process, the last writer undid the others'
+    changes (the health log, the tools' states): ``update`` does all three in the store."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(
+            target=_append_from_a_process, args=(store_url, str(tmp_path / f"s{n}"), n, 10)
+        )
+        for n in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
+        (entry,) = store.get_state_entries("global")
+        assert sorted(entry.value) == sorted(f"{w}-{i}" for w in range(3) for i in range(10))
+        assert store.update_state("global", "", "log", len) == 30
+        with pytest.raises(InvalidRecordError, match="JSON"):
+            store.update_state("global", "", "log", lambda _: {1, 2})
+        assert store.get_state_entries("global")[0].value == 30  # a refused change changes nothing
+
+
+def test_an_update_without_a_store_or_with_one_down_changes_the_local_value(tmp_path: Path):
+    local = StateManager()
+    assert local.update("session", "n", lambda n: (n or 0) + 1, scope_id="s") == 1
+    assert local.update("session", "n", lambda n: (n or 0) + 1, scope_id="s") == 2
+    down = ExecutionStore("postgresql+psycopg://postgres@127.0.0.1:1/nothing", state_dir=tmp_path)
+    manager = StateManager(down)
+    assert manager.update("global", "n", lambda n: (n or 0) + 5) == 5
+    assert manager.get("global", "n") == 5
+    down.close()

@@ -137,6 +137,48 @@ class StateManager:
                 with self._lock:
                     entry.in_store = True
 
+    def update(
+        self,
+        scope: StateScope | str,
+        key: str,
+        change: Callable[[Any], Any],
+        *,
+        scope_id: str = "",
+        ttl: float | None = None,
+    ) -> Any:
+        """Set ``key`` to ``change(its value)`` (``None`` when there is none); returns it.
+
+        With a store, the read and the write are one transaction there, against the
+        store's value rather than this process's copy: processes adding to one value
+        (the health log, the tools' states) would otherwise undo each other's changes.
+        Should the store fail, this process's copy is changed instead, as ``set`` does.
+        """
+        pair = _pair(scope, scope_id)
+        key = checks.check_key(key)
+        expires_at = _expiry(self.default_ttl if ttl is None else _check_ttl(ttl, "ttl"))
+        with self._store_lock:
+            stored: Any = _FAILED
+            if self._persists(pair[0]):
+                self._ensure_loaded(pair)
+                assert self.store is not None
+                update = self.store.update_state
+                stored = self._call_store(
+                    "write", lambda: (update(*pair, key, change, expires_at),)
+                )
+            if stored is _FAILED:
+                value = change(self.get(scope, key, scope_id=scope_id))
+                if pair[0] in PERSISTED_SCOPES:
+                    value = checks.check_value(key, value)
+            else:
+                (value,) = stored
+            with self._lock:
+                self._entries.setdefault(pair, {})[key] = _Entry(
+                    value, expires_at, stored is not _FAILED
+                )
+                if self._persists(pair[0]):
+                    self._touch(pair, key)
+            return value
+
     def delete(self, scope: StateScope | str, key: str, *, scope_id: str = "") -> bool:
         """Remove one entry; True when a live value was there."""
         pair = _pair(scope, scope_id)

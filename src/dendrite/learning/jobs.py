@@ -156,7 +156,13 @@ def lifecycle(ctx: JobContext) -> dict[str, Any]:
             saved[name] = {"stage": "promoted", "reason": reason, "since": ctx.now.isoformat()}
             promoted.append(name)
             apply_promotion(ctx.orchestrator, name)
-    state.set("global", LIFECYCLE_KEY, saved)
+    changed = {name: saved[name] for name in (*archived, *deprecated, *promoted)}
+    if changed:  # merged into the stages other processes may have saved meanwhile
+        state.update(
+            "global",
+            LIFECYCLE_KEY,
+            lambda now: {**(now if isinstance(now, dict) else {}), **changed},
+        )
     return {"archived": archived, "deprecated": deprecated, "promoted": promoted}
 
 
@@ -182,9 +188,12 @@ def save_tool_state(
     state: StateManager, name: str, status: str, reason: str | None, since: datetime
 ) -> None:
     """Keep a tool's status in global state, where every later orchestrator reads it at start."""
-    saved = dict(state.get("global", TOOL_STATES_KEY, {}) or {})
-    saved[name] = {"status": status, "reason": reason, "since": since.isoformat()}
-    state.set("global", TOOL_STATES_KEY, saved)
+    entry = {"status": status, "reason": reason, "since": since.isoformat()}
+    state.update(
+        "global",
+        TOOL_STATES_KEY,
+        lambda saved: {**(saved if isinstance(saved, dict) else {}), name: entry},
+    )
 
 
 def retention(ctx: JobContext) -> dict[str, Any]:

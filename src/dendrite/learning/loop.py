@@ -186,8 +186,9 @@ class LearningLoop:
 
     def _persist(self, transition: Any) -> None:
         if self.state is not None:
-            previous = self.state.get("global", HEALTH_LOG_KEY, [])
-            self.state.set("global", HEALTH_LOG_KEY, transition_log(previous, transition))
+            self.state.update(
+                "global", HEALTH_LOG_KEY, lambda previous: transition_log(previous, transition)
+            )
 
     def before_run(self) -> None:
         self.health.tick()

@@ -104,14 +104,17 @@ class QualityPolicies:
     def set(self, policy: QualityPolicy) -> None:
         """Set a project's policy by hand (``adaptive=False`` keeps the jobs off it)."""
         with self._lock:
-            policies = self._all()
-            policies[policy.project] = policy
-            self._save(policies)
+            self._all()[policy.project] = policy
+            self._save(policy)
 
-    def _save(self, policies: dict[str, QualityPolicy]) -> None:
+    def _save(self, policy: QualityPolicy) -> None:
+        """Keep one project's policy; other processes' policies of other projects stay."""
         if self.state is not None:
-            self.state.set(
-                "global", POLICIES_KEY, {n: p.model_dump(mode="json") for n, p in policies.items()}
+            data = policy.model_dump(mode="json")
+            self.state.update(
+                "global",
+                POLICIES_KEY,
+                lambda saved: {**(saved if isinstance(saved, dict) else {}), policy.project: data},
             )
 
     def ran(self, project: str | None) -> bool:
@@ -137,7 +140,7 @@ class QualityPolicies:
                 return current
             updated = self._moved(current, top)
             policies[name] = updated
-            self._save(policies)
+            self._save(updated)
             return updated
 
     def adapt_all(self, store: ExecutionStore) -> list[QualityPolicy]:

@@ -10,11 +10,12 @@ store, and count only genuine store failures as failures.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, and_, delete, or_, select
+from sqlalchemy import Connection, and_, delete, or_, select, text
 
 from dendrite.store import schema as s
 from dendrite.store.engine import dialect_insert
@@ -128,6 +129,26 @@ def put(
             },
         )
     )
+
+
+def locked_value(conn: Connection, scope: str, scope_id: str, key: str) -> Any:
+    """The entry's live value (``None`` when there is none or it expired), held until the
+    transaction ends: other writers of the entry wait (SQLite: ``BEGIN IMMEDIATE`` holds
+    the whole file already; PostgreSQL: an advisory lock per entry, which also covers
+    an entry that does not exist yet, where a row lock would have no row to hold)."""
+    if conn.dialect.name == "postgresql":
+        digest = hashlib.blake2b(f"{scope}\x00{scope_id}\x00{key}".encode(), digest_size=8)
+        lock = int.from_bytes(digest.digest(), "big", signed=True)
+        conn.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
+    table = s.state_entries
+    row = conn.execute(
+        select(table.c.value, table.c.expires_at).where(
+            table.c.scope == scope, table.c.scope_id == scope_id, table.c.key == key
+        )
+    ).first()
+    if row is None or (row.expires_at is not None and row.expires_at <= datetime.now(UTC)):
+        return None
+    return row.value
 
 
 def entries(

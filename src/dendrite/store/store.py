@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import logging
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -543,6 +543,31 @@ class ExecutionStore:
         expiry = state_entries.check_expiry(expires_at)
         with self._state(write=True) as conn:
             state_entries.put(conn, scope, scope_id, key, stored, expiry)
+
+    def update_state(
+        self,
+        scope: str,
+        scope_id: str,
+        key: str,
+        change: Callable[[Any], Any],
+        expires_at: datetime | None = None,
+    ) -> Any:
+        """Replace one entry by ``change(its value)`` (``None`` when it has none), in one
+        transaction that other writers of the entry wait for; returns the new value.
+
+        For a value several processes add to (a log, a table by tool): read, change and
+        write back by each, the last writer would silently undo the others' changes.
+        ``change`` runs while the entry is held, so it should be quick and pure.
+        """
+        scope = state_entries.check_scope(scope)
+        scope_id = state_entries.check_scope_id(scope, scope_id)
+        key = state_entries.check_key(key)
+        expiry = state_entries.check_expiry(expires_at)
+        with self._state(write=True) as conn:
+            current = state_entries.locked_value(conn, scope, scope_id, key)
+            value = state_entries.check_value(key, change(current))
+            state_entries.put(conn, scope, scope_id, key, value, expiry)
+        return value
 
     def get_state_entries(
         self,
