@@ -459,6 +459,11 @@ def test_a_remembered_plan_that_fails_on_reuse_gives_way_to_its_repair(store: Ex
     assert [len(r.plan.metadata.get("replans", [])) for r in runs] == [1, 0, 0]
     assert broken["calls"] == 1  # only the first reuse tried the broken plan
     assert runs[1].plan.metadata["remembered_from"] == runs[0].execution_id
+    store.flush()
+    with Orchestrator(registry, store=store, llm=None) as restarted:  # learns it all again
+        again = restarted.process("weather forecast for zip 2108")
+    assert again.output == "cloudy at 2108" and again.plan.planner == "memory"
+    assert broken["calls"] == 1
 
 
 def test_a_planner_or_strategy_asked_for_keeps_the_ranker_and_plan_memory(store: ExecutionStore):

@@ -207,14 +207,30 @@ class LearningLoop:
                     self.ranker.observe_latency(attempt.tool, attempt.duration_ms)
         for (text, tool, success), count in seen.items():
             self.ranker.observe(text, tool, success, count)
-        replanned = bool(result.plan.metadata.get("replans"))
-        source = result.plan.metadata.get("remembered_from")
-        if source:  # a reused plan is judged by how it did before any repair
-            self.memory.judge(source, 1.0 if result.success and not replanned else 0.0)
-        if result.success and (replanned or result.plan.planner not in NOT_REMEMBERED):
-            # A repaired plan is remembered even when memory planned the first round:
-            # it is the plan that worked.
-            self.memory.remember(result.goal, _as_answered(result), result.execution_id)
+        self._learn_plan(result.goal, result.plan, result.success, result.execution_id, result)
+
+    def _learn_plan(
+        self,
+        goal: str,
+        plan: Plan,
+        success: bool,
+        execution_id: str,
+        result: ExecutionResult | None = None,
+    ) -> None:
+        """Judge the remembered plan a run reused, and remember the plan of a run that worked.
+
+        A reuse is judged by its first round: good when it succeeded without a repair.
+        A repaired plan that then worked is remembered even when memory planned the first
+        round. ``result``, in this process, remembers the plan led by the tools that
+        answered; a run read back from the store is remembered as it was recorded.
+        """
+        replanned = bool(plan.metadata.get("replans"))
+        source = plan.metadata.get("remembered_from")
+        if source:
+            self.memory.judge(source, 1.0 if success and not replanned else 0.0)
+        if success and (replanned or plan.planner not in NOT_REMEMBERED):
+            remembered = _as_answered(result) if result is not None else plan
+            self.memory.remember(goal, remembered, execution_id)
 
     def recency(self, finished_at: datetime, now: datetime | None = None) -> float:
         """The weight of a judgement of a run that finished at ``finished_at``."""
@@ -291,8 +307,7 @@ class LearningLoop:
                 )
                 if attempt.success:
                     self.ranker.observe_latency(attempt.tool_name, attempt.duration_ms)
-            if record.success and plan.planner not in NOT_REMEMBERED:
-                self.memory.remember(record.goal_text, plan, record.id)
+            self._learn_plan(record.goal_text, plan, record.success, record.id)
         self._warm_feedback(store, records)
         return len(records)
 
