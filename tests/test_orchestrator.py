@@ -145,6 +145,41 @@ def test_a_step_that_changes_its_input_in_place_leaves_the_recorded_result_alone
     assert steps["s"].parameters == {"values": [3, 1, 2]}
 
 
+def test_a_value_whose_repr_raises_is_recorded_and_does_not_fail_the_step(
+    store: ExecutionStore,
+):
+    """Arguments are encoded before the call: an object that cannot even be named (its
+    ``repr`` raises, a closed handle say) is stored as its type and address instead."""
+
+    class Handle:
+        def __repr__(self) -> str:
+            raise RuntimeError("repr of a closed handle")
+
+    registry = ToolRegistry()
+
+    def make() -> Any:
+        return Handle()
+
+    def use(handle: Any) -> str:
+        return "used"
+
+    registry.register_function(make)
+    registry.register_function(use)
+    plan = Plan(
+        goal="use a handle",
+        steps=[Step(id="a", tool="make"), Step(id="b", tool="use", params={"handle": "${a}"})],
+        output="${b}",
+    )
+    with Orchestrator(registry, store=store, learning=None) as orchestrator:
+        result = orchestrator.process(plan)
+    assert result.success and result.output == "used"
+    store.flush()
+    steps = {a.step_id: a for a in store.get_execution(result.execution_id).steps}
+    handle = steps["b"].parameters["handle"]
+    assert handle["$type"].endswith("Handle") and handle["$error"].startswith("RuntimeError")
+    assert steps["a"].result["$repr"].startswith("<") and store.status().rejected_records == 0
+
+
 def test_failed_and_partial_runs_are_recorded_with_their_status(
     orch: Orchestrator, store: ExecutionStore
 ):

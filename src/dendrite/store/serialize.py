@@ -41,6 +41,20 @@ PREVIEW_CHARS = 2000
 
 
 def _fallback(value: Any) -> Any:
+    """What JSON holds of ``value``; never raises, since recording must not fail a run (a
+    value whose ``repr`` or ``model_dump`` raises is named by type and address)."""
+    try:
+        return _converted(value)
+    except Exception as error:
+        kind = type(value)
+        return {
+            "$repr": object.__repr__(value),
+            "$type": f"{kind.__module__}.{kind.__qualname__}",
+            "$error": f"{type(error).__name__}: {error}"[:REPR_LIMIT],
+        }
+
+
+def _converted(value: Any) -> Any:
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, (UUID, PurePath)):
