@@ -15,6 +15,7 @@ from dendrite.cli import app
 from dendrite.learning import jobs as jobs_module
 from dendrite.learning.experiments import (
     Experiment,
+    _compare_success,
     clustered_t,
     fisher_exact,
     report,
@@ -165,27 +166,43 @@ def test_runs_of_one_session_are_tested_as_a_cluster(store: ExecutionStore):
     assert other.success_test == "cluster" and 0.05 < other.p_success < 1
 
 
-def _clustered_arm(rng: random.Random, sessions: int, runs: int, shift: float) -> ArmOutcomes:
-    successes = []
-    for _ in range(sessions):
-        rate = min(1.0, rng.betavariate(0.5, 0.5) + shift)  # some sessions' goals are harder
-        successes.append(sum(rng.random() < rate for _ in range(runs)))
+def test_units_that_all_agree_are_not_taken_as_certainty():
+    """Three sessions of 10 runs at 100% against three at 90%: the units' spread is zero,
+    which called the difference certain (p 1e-28); the run-level test answers instead."""
+
+    def arm(name: str, per_session: int) -> ArmOutcomes:
+        return _arm(name, [(10, per_session)] * 3)
+
+    p, test = _compare_success(arm("control", 10), arm("other", 9))
+    assert test == "fisher" and p == pytest.approx(0.237, abs=1e-3)
+
+
+def _arm(name: str, units: list[tuple[int, int]]) -> ArmOutcomes:
+    """An arm's sums from its units' (runs, successes)."""
     return ArmOutcomes(
-        experiment="aa",
-        arm=f"shift {shift}",
-        executions=sessions * runs,
-        successes=sum(successes),
+        experiment="x",
+        arm=name,
+        executions=sum(m for m, _ in units),
+        successes=sum(y for _, y in units),
         duration_sum_ms=0.0,
         duration_sq_sum=0.0,
         rated=0,
         rating_sum=0,
         first_at=None,
         last_at=None,
-        units=sessions,
-        unit_success_sq=sum(y * y for y in successes),
-        unit_cross=sum(y * runs for y in successes),
-        unit_runs_sq=sessions * runs * runs,
+        units=len(units),
+        unit_success_sq=sum(y * y for _, y in units),
+        unit_cross=sum(y * m for m, y in units),
+        unit_runs_sq=sum(m * m for m, _ in units),
     )
+
+
+def _clustered_arm(rng: random.Random, sessions: int, runs: int, shift: float) -> ArmOutcomes:
+    units = []
+    for _ in range(sessions):
+        rate = min(1.0, rng.betavariate(0.5, 0.5) + shift)  # some sessions' goals are harder
+        units.append((runs, sum(rng.random() < rate for _ in range(runs))))
+    return _arm(f"shift {shift}", units)
 
 
 def test_the_clustered_test_holds_its_false_positive_rate():

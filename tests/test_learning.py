@@ -430,6 +430,27 @@ def test_a_restart_learns_the_failures_that_a_fallback_rescued(store: ExecutionS
         store.get_attempt_outcomes(["goal_1"])
 
 
+def test_a_restart_counts_a_for_each_steps_items_as_the_live_loop_did(store: ExecutionStore):
+    registry = ToolRegistry()
+
+    def echo(x: int) -> int:
+        """Echo a number."""
+        return x
+
+    registry.register_function(echo)
+    plan = Plan(
+        goal="echo every number",
+        steps=[Step(id="s", tool="echo", for_each="${context.items}", params={"x": "${item}"})],
+    )
+    with Orchestrator(registry, store=store, llm=None) as live:
+        assert live.process(plan, context={"items": list(range(200))}).success
+        learned = live.learning.ranker.posterior("echo")
+    store.flush()
+    warm = LearningLoop(registry)
+    warm.warm_start(store)
+    assert warm.ranker.posterior("echo") == pytest.approx(learned)
+
+
 def test_a_remembered_plan_that_fails_on_reuse_gives_way_to_its_repair(store: ExecutionStore):
     """Reuse is judged by the first round: a plan whose tool broke was replayed (and
     repaired) on every later goal, and the repaired plan, planned by "memory", was never

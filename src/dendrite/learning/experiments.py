@@ -229,7 +229,9 @@ def _compare_success(a: ArmOutcomes, b: ArmOutcomes) -> tuple[float | None, str 
     if a.executions == 0 or b.executions == 0:
         return None, None
     if a.units < a.executions or b.units < b.executions:
-        return clustered_t(a, b), "cluster"
+        p = clustered_t(a, b)
+        if p is not None:
+            return p, "cluster"
     table = (a.successes, a.executions - a.successes, b.successes, b.executions - b.successes)
     n = a.executions + b.executions
     successes = a.successes + b.successes
@@ -264,7 +266,11 @@ def clustered_t(a: ArmOutcomes, b: ArmOutcomes) -> float | None:
     ``k/(k-1) · Σ (y_i - p·m_i)² / (Σ m_i)²`` over an arm's ``k`` units of ``m_i``
     runs and ``y_i`` successes (the usual unpooled variance when every unit ran
     once), and the difference is referred to Student's t with ``k_a + k_b - 2``
-    degrees of freedom. ``None`` when an arm has fewer than two units.
+    degrees of freedom. ``None`` when an arm has fewer than two units, or when the units
+    of both arms agree so closely that the spread between them is no more than the runs'
+    own binomial spread would give (a handful of identical sessions, or all runs alike):
+    an estimate of zero would call any difference certain, and the run-level test is the
+    fairer one.
     """
     variances = []
     for row in (a, b):
@@ -275,8 +281,10 @@ def clustered_t(a: ArmOutcomes, b: ArmOutcomes) -> float | None:
         variances.append(row.units / (row.units - 1) * max(spread, 0.0) / row.executions**2)
     difference = a.successes / a.executions - b.successes / b.executions
     se2 = sum(variances)
-    if se2 == 0:
-        return 1.0 if difference == 0 else 0.0
+    pooled = (a.successes + b.successes) / (a.executions + b.executions)
+    binomial = pooled * (1 - pooled) * (1 / a.executions + 1 / b.executions)
+    if se2 <= binomial:  # no more spread than the runs' own (zero when all agree)
+        return None
     df = a.units + b.units - 2
     return _regularized_beta(df / (df + difference * difference / se2), df / 2, 0.5)
 

@@ -296,17 +296,26 @@ class LearningLoop:
                 continue
             texts = step_texts(plan, record.goal_text)
             shares = recorded_shares(record.metadata)
+            # Counted as ``after_run`` counts them: a for_each step's items are one
+            # observation of their number, not one each.
+            seen: Counter[tuple[str, str, bool]] = Counter()
+            share: dict[tuple[str, str, bool], float | None] = {}
             for attempt in attempts.get(record.id, ()):
                 if attempt.error_type == ErrorType.CANCELLED.value:
                     continue
-                self.ranker.observe(
+                key = (
                     texts.get(attempt.step_id, record.goal_text),
                     attempt.tool_name,
                     attempt.success,
-                    retrieval=shares.get((attempt.step_id, attempt.tool_name)),
                 )
+                seen[key] += 1
+                share.setdefault(key, shares.get((attempt.step_id, attempt.tool_name)))
                 if attempt.success:
                     self.ranker.observe_latency(attempt.tool_name, attempt.duration_ms)
+            for (text, tool, success), count in seen.items():
+                self.ranker.observe(
+                    text, tool, success, count, retrieval=share[(text, tool, success)]
+                )
             self._learn_plan(record.goal_text, plan, record.success, record.id)
         self._warm_feedback(store, records)
         return len(records)
