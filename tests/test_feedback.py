@@ -201,6 +201,13 @@ def test_two_processes_keep_each_others_project_policies(store: ExecutionStore):
     second.set(QualityPolicy(project="web", min_confidence=0.3, adaptive=False))
     later = QualityPolicies(StateManager(store))
     assert (later.get("ops").min_confidence, later.get("web").min_confidence) == (0.7, 0.3)
+    # A pin set by hand in another process is not undone by this one's adapting.
+    third = QualityPolicies(StateManager(store))
+    third.all()
+    later.set(QualityPolicy(project="default", min_confidence=0.9, adaptive=False))
+    kept = third.adapt(store, None)
+    assert kept.min_confidence == 0.9 and not kept.adaptive
+    assert QualityPolicies(StateManager(store)).get(None).min_confidence == 0.9
 
 
 def test_quality_policy_flags_low_confidence_and_controls_replanning(store: ExecutionStore):

@@ -107,15 +107,25 @@ class QualityPolicies:
             self._all()[policy.project] = policy
             self._save(policy)
 
-    def _save(self, policy: QualityPolicy) -> None:
-        """Keep one project's policy; other processes' policies of other projects stay."""
-        if self.state is not None:
-            data = policy.model_dump(mode="json")
-            self.state.update(
-                "global",
-                POLICIES_KEY,
-                lambda saved: {**(saved if isinstance(saved, dict) else {}), policy.project: data},
-            )
+    def _save(self, policy: QualityPolicy, *, over_a_pin: bool = True) -> QualityPolicy:
+        """Keep one project's policy; other processes' policies of other projects stay.
+
+        An adapted policy (``over_a_pin=False``) does not replace one that another
+        process pinned by hand since this one read it; the pin is returned instead.
+        """
+        if self.state is None:
+            return policy
+        data = policy.model_dump(mode="json")
+
+        def merged(saved: Any) -> dict[str, Any]:
+            saved = saved if isinstance(saved, dict) else {}
+            stored = saved.get(policy.project)
+            if not over_a_pin and isinstance(stored, dict) and stored.get("adaptive") is False:
+                return saved
+            return {**saved, policy.project: data}
+
+        now = self.state.update("global", POLICIES_KEY, merged)
+        return QualityPolicy.model_validate(now[policy.project])
 
     def ran(self, project: str | None) -> bool:
         """Count a finished run; True when the project is due to be re-measured."""
@@ -138,9 +148,8 @@ class QualityPolicies:
             current = policies.get(name) or QualityPolicy(project=name)
             if not current.adaptive:
                 return current
-            updated = self._moved(current, top)
+            updated = self._save(self._moved(current, top), over_a_pin=False)
             policies[name] = updated
-            self._save(updated)
             return updated
 
     def adapt_all(self, store: ExecutionStore) -> list[QualityPolicy]:
