@@ -659,6 +659,14 @@ def test_enabling_a_quarantined_tool_by_hand_ends_its_health_quarantine_for_good
     with orchestrator() as second:
         assert second.registry.state("search_index").status is ToolStatus.ENABLED
         assert second.learning.health.health("search_index") is Health.HEALTHY
+    # Quarantined by a process started after this one read the log: enabling it here
+    # still ends the quarantine for the processes that come next.
+    with orchestrator() as earlier, orchestrator() as later:
+        for _ in range(4):
+            later.learning.health.observe("search_index", False)
+        earlier.set_tool_status("search_index", "enabled")
+    with orchestrator() as third:
+        assert third.registry.state("search_index").status is ToolStatus.ENABLED
 
 
 def test_two_processes_on_one_store_keep_each_others_quarantines_and_tool_states(

@@ -203,20 +203,18 @@ class HealthMonitor:
             entry.probe_admitted_at = datetime.now(UTC)
             return True
 
-    def reset(self, tool: str, reason: str) -> Transition | None:
+    def reset(self, tool: str, reason: str) -> Transition:
         """Start ``tool`` afresh: healthy, its recent outcomes forgotten (a person enabled it).
 
         Left as they were, the monitor would go on ignoring a quarantined tool's
         outcomes, and the next process would restore the quarantine from the log.
+        The move is logged even when this monitor saw no quarantine: another process
+        may have logged one since this one read the log.
         """
         with self._lock:
-            entry = self._tools.get(tool)
-            if entry is None:
-                return None
+            entry = self._entry(tool)
             entry.window.clear()
             entry.cooldown = 0.0
-            if entry.health is Health.HEALTHY:
-                return None
             return self._move(tool, entry, Health.HEALTHY, reason)
 
     def tick(self) -> list[Transition]:
