@@ -18,7 +18,13 @@ from sqlalchemy import inspect
 
 from dendrite import state as state_module
 from dendrite.state import StateManager, StateScope, StateView
-from dendrite.store import ExecutionStore, InvalidRecordError, StateEntry, migrate
+from dendrite.store import (
+    ExecutionStore,
+    InvalidRecordError,
+    StateEntry,
+    StoreUnavailableError,
+    migrate,
+)
 from dendrite.store.state_entries import STATE_SCOPES
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -577,3 +583,41 @@ def test_an_update_without_a_store_or_with_one_down_changes_the_local_value(tmp_
     assert manager.update("global", "n", lambda n: (n or 0) + 5) == 5
     assert manager.get("global", "n") == 5
     down.close()
+
+
+def test_an_update_made_while_the_store_failed_reaches_it_with_the_next(
+    store: ExecutionStore, monkeypatch: pytest.MonkeyPatch
+):
+    manager = StateManager(store)
+    add = [lambda tools, n=n: {**(tools or {}), n: "disabled"} for n in ("a", "b", "c")]
+    manager.update("global", "tools", add[0])
+    real = store.update_state
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailableError("the database went away")
+
+    monkeypatch.setattr(store, "update_state", down)
+    assert manager.update("global", "tools", add[1]) == {"a": "disabled", "b": "disabled"}
+    monkeypatch.setattr(store, "update_state", real)
+    manager.update("global", "tools", add[2])
+    (entry,) = store.get_state_entries("global")
+    assert entry.value == {"a": "disabled", "b": "disabled", "c": "disabled"}
+
+
+def test_an_updates_own_error_is_raised_not_taken_for_a_store_failure(store: ExecutionStore):
+    manager = StateManager(store)
+    calls: list[int] = []
+
+    def not_json(value: Any) -> Any:
+        calls.append(1)
+        return {"when": object()}
+
+    def broken(value: Any) -> Any:
+        raise KeyError("missing")
+
+    with pytest.raises(InvalidRecordError, match="not JSON"):
+        manager.update("global", "k", not_json)
+    with pytest.raises(KeyError, match="missing"):
+        manager.update("global", "k", broken)
+    assert calls == [1] and manager.get_state_summary()["store_write_failures"] == 0
+    assert store.get_state_entries("global") == []

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from dendrite.store import ExecutionStore
+from dendrite.store import ExecutionStore, InvalidRecordError
 from dendrite.store import state_entries as checks
 
 log = logging.getLogger("dendrite.state")
@@ -66,6 +66,14 @@ class _Entry:
 _Pair = tuple[StateScope, str]
 
 
+class _CallerError(Exception):
+    """An error raised by an ``update``'s change: the caller's, not the store's."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class StateManager:
     """All state of one orchestrator process, optionally backed by an ``ExecutionStore``.
 
@@ -89,6 +97,8 @@ class StateManager:
         # Keys set or deleted here while a scope id could not be loaded: a
         # later load must not bring back the store's older value for them.
         self._touched: dict[_Pair, set[str]] = {}
+        # Changes ``update`` made here while the store failed, made again on its value later.
+        self._unsent: dict[tuple[_Pair, str], list[Callable[[Any], Any]]] = {}
         self._expired_removed = 0
         self._store_read_failures = 0
         self._store_write_failures = 0
@@ -151,7 +161,10 @@ class StateManager:
         With a store, the read and the write are one transaction there, against the
         store's value rather than this process's copy: processes adding to one value
         (the health log, the tools' states) would otherwise undo each other's changes.
-        Should the store fail, this process's copy is changed instead, as ``set`` does.
+        Should the store fail, this process's copy is changed instead, and the change
+        is kept to be made again on the store's value by the next ``update`` that
+        reaches it. An error of ``change`` itself, or a value that is not JSON, is
+        the caller's and is raised.
         """
         pair = _pair(scope, scope_id)
         key = checks.check_key(key)
@@ -161,16 +174,34 @@ class StateManager:
             if self._persists(pair[0]):
                 self._ensure_loaded(pair)
                 assert self.store is not None
+                changes = [*self._unsent.get((pair, key), ()), change]
+
+                def changed(value: Any) -> Any:
+                    try:
+                        for each in changes:
+                            value = each(value)
+                    except Exception as error:
+                        raise _CallerError(error) from error
+                    return value
+
                 update = self.store.update_state
-                stored = self._call_store(
-                    "write", lambda: (update(*pair, key, change, expires_at),)
-                )
+                try:
+                    stored = self._call_store(
+                        "write",
+                        lambda: (update(*pair, key, changed, expires_at),),
+                        passthrough=(_CallerError, InvalidRecordError),
+                    )
+                except _CallerError as error:
+                    raise error.error from None
             if stored is _FAILED:
                 value = change(self.get(scope, key, scope_id=scope_id))
                 if pair[0] in PERSISTED_SCOPES:
                     value = checks.check_value(key, value)
+                if self._persists(pair[0]):
+                    self._unsent.setdefault((pair, key), []).append(change)
             else:
                 (value,) = stored
+                self._unsent.pop((pair, key), None)
             with self._lock:
                 self._entries.setdefault(pair, {})[key] = _Entry(
                     value, expires_at, stored is not _FAILED
@@ -351,13 +382,23 @@ class StateManager:
                 self._loaded.add(pair)
                 self._load_failed_at.pop(pair, None)
 
-    def _call_store(self, kind: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _call_store(
+        self,
+        kind: str,
+        method: Callable[..., Any],
+        *args: Any,
+        passthrough: tuple[type[BaseException], ...] = (),
+        **kwargs: Any,
+    ) -> Any:
         """Call the store; on any failure log, count, and return ``_FAILED`` instead of raising.
 
-        Success returns what the store returned, or True where that is None.
+        Success returns what the store returned, or True where that is None. Errors of
+        the ``passthrough`` types are the caller's, not the store's, and are raised.
         """
         try:
             result = method(*args, **kwargs)
+        except passthrough:
+            raise
         except Exception as error:
             text = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             with self._lock:
