@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import shutil
@@ -20,7 +21,7 @@ from dendrite.store import ExecutionStore
 from dendrite.store import journal as journal_module
 from dendrite.store import schema as s
 from dendrite.store.journal import Journal
-from dendrite.telemetry import ToolExecutionRecord
+from dendrite.telemetry import ExecutionRecord, ToolExecutionRecord
 from tests.conftest import pg_admin, pg_database, wait_until_drained
 
 TOTAL = 10_000
@@ -361,3 +362,19 @@ def test_a_database_keeps_its_journal_however_its_url_is_spelled():
     ):
         with ExecutionStore(url) as again:
             assert again.status().journal_records == journaled
+
+
+def test_a_journal_kept_under_the_urls_spelling_by_an_earlier_version_is_taken_over(
+    tmp_path: Path,
+):
+    """Earlier versions named the folder after the URL as spelled: segments left there
+    (the database was down when that version stopped) move to the database's folder."""
+    url = "postgresql://postgres@LocalHost:1/nothing"
+    spelled = hashlib.sha256(url.encode()).hexdigest()[:16]
+    earlier = Journal(tmp_path / "home" / "stores" / spelled / "journal")
+    record = ExecutionRecord(goal_text="kept", success=True, duration_ms=1)
+    earlier.append([("execution", record.model_dump())])
+    earlier.seal()
+    with ExecutionStore(url) as store:
+        assert store.status().journal_records == 1
+        assert not list((tmp_path / "home" / "stores" / spelled / "journal").iterdir())

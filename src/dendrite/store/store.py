@@ -41,6 +41,7 @@ from dendrite.store.errors import (
     StoreUnavailableError,
     UnknownExecutionError,
 )
+from dendrite.store.journal import SUFFIX as JOURNAL_SUFFIX
 from dendrite.store.journal import Journal
 from dendrite.store.state_entries import StateEntry
 from dendrite.store.toolcall import ToolCall, checked_call
@@ -98,8 +99,25 @@ def _state_dir(url: str) -> Path:
         host=parsed.host.lower() if parsed.host else parsed.host,
         port=parsed.port or (5432 if parsed.host else None),
     )
-    digest = hashlib.sha256(same.render_as_string(hide_password=True).encode()).hexdigest()
-    return data_dir() / "stores" / digest[:16]
+    folder = data_dir() / "stores" / _digest(same)
+    _take_over(data_dir() / "stores" / _digest(parsed), folder)
+    return folder
+
+
+def _digest(url: Any) -> str:
+    return hashlib.sha256(url.render_as_string(hide_password=True).encode()).hexdigest()[:16]
+
+
+def _take_over(earlier: Path, folder: Path) -> None:
+    """Move the journal segments of the folder an earlier version named after the URL
+    as spelled into the database's folder, where replay looks for them."""
+    old_journal = earlier / "journal"
+    if earlier == folder or not old_journal.is_dir():
+        return
+    journal = folder / "journal"
+    journal.mkdir(parents=True, exist_ok=True)
+    for segment in old_journal.glob(f"*{JOURNAL_SUFFIX}"):
+        segment.rename(journal / segment.name)
 
 
 class ExecutionStore:
