@@ -157,12 +157,8 @@ def lifecycle(ctx: JobContext) -> dict[str, Any]:
             promoted.append(name)
             apply_promotion(ctx.orchestrator, name)
     changed = {name: saved[name] for name in (*archived, *deprecated, *promoted)}
-    if changed:  # merged into the stages other processes may have saved meanwhile
-        state.update(
-            "global",
-            LIFECYCLE_KEY,
-            lambda now: {**(now if isinstance(now, dict) else {}), **changed},
-        )
+    if changed:
+        _merge(state, LIFECYCLE_KEY, changed)
     return {"archived": archived, "deprecated": deprecated, "promoted": promoted}
 
 
@@ -188,12 +184,17 @@ def save_tool_state(
     state: StateManager, name: str, status: str, reason: str | None, since: datetime
 ) -> None:
     """Keep a tool's status in global state, where every later orchestrator reads it at start."""
-    entry = {"status": status, "reason": reason, "since": since.isoformat()}
-    state.update(
-        "global",
+    _merge(
+        state,
         TOOL_STATES_KEY,
-        lambda saved: {**(saved if isinstance(saved, dict) else {}), name: entry},
+        {name: {"status": status, "reason": reason, "since": since.isoformat()}},
     )
+
+
+def _merge(state: StateManager, key: str, entries: dict[str, Any]) -> None:
+    """Add ``entries`` by name to the table kept under ``key`` in global state, in the
+    store's copy: what other processes added to it meanwhile stays."""
+    state.update("global", key, lambda now: {**(now if isinstance(now, dict) else {}), **entries})
 
 
 def retention(ctx: JobContext) -> dict[str, Any]:

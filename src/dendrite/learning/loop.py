@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -195,19 +195,33 @@ class LearningLoop:
 
     def after_run(self, result: ExecutionResult) -> None:
         texts = step_texts(result.plan, result.goal)
-        seen: Counter[tuple[str, str, bool]] = Counter()
+        outcomes = []
         for step_result in result.steps:
             text = texts.get(step_result.step_id, result.goal)
             for attempt in step_result.attempts:
-                if attempt.error_type is not None and attempt.error_type.value == "cancelled":
+                if attempt.error_type is ErrorType.CANCELLED:
                     continue
-                seen[(text, attempt.tool, attempt.success)] += 1
                 self.health.observe(attempt.tool, attempt.success, attempt.started_at)
-                if attempt.success:
-                    self.ranker.observe_latency(attempt.tool, attempt.duration_ms)
-        for (text, tool, success), count in seen.items():
-            self.ranker.observe(text, tool, success, count)
+                outcomes.append((text, attempt.tool, attempt.success, attempt.duration_ms, None))
+        self._observe_outcomes(outcomes)
         self._learn_plan(result.goal, result.plan, result.success, result.execution_id, result)
+
+    def _observe_outcomes(
+        self, outcomes: Iterable[tuple[str, str, bool, float, float | None]]
+    ) -> None:
+        """Teach the ranker one run's attempts: (the step's text, the tool, success, duration,
+        the tool's retrieval share when known). Repeats of one outcome for one text are one
+        observation of their number (a for_each step's items), live and at warm start alike.
+        """
+        seen: Counter[tuple[str, str, bool]] = Counter()
+        shares: dict[tuple[str, str, bool], float | None] = {}
+        for text, tool, success, duration_ms, share in outcomes:
+            seen[(text, tool, success)] += 1
+            shares.setdefault((text, tool, success), share)
+            if success:
+                self.ranker.observe_latency(tool, duration_ms)
+        for (text, tool, success), count in seen.items():
+            self.ranker.observe(text, tool, success, count, retrieval=shares[(text, tool, success)])
 
     def _learn_plan(
         self,
@@ -296,26 +310,17 @@ class LearningLoop:
                 continue
             texts = step_texts(plan, record.goal_text)
             shares = recorded_shares(record.metadata)
-            # Counted as ``after_run`` counts them: a for_each step's items are one
-            # observation of their number, not one each.
-            seen: Counter[tuple[str, str, bool]] = Counter()
-            share: dict[tuple[str, str, bool], float | None] = {}
-            for attempt in attempts.get(record.id, ()):
-                if attempt.error_type == ErrorType.CANCELLED.value:
-                    continue
-                key = (
-                    texts.get(attempt.step_id, record.goal_text),
-                    attempt.tool_name,
-                    attempt.success,
+            self._observe_outcomes(
+                (
+                    texts.get(a.step_id, record.goal_text),
+                    a.tool_name,
+                    a.success,
+                    a.duration_ms,
+                    shares.get((a.step_id, a.tool_name)),
                 )
-                seen[key] += 1
-                share.setdefault(key, shares.get((attempt.step_id, attempt.tool_name)))
-                if attempt.success:
-                    self.ranker.observe_latency(attempt.tool_name, attempt.duration_ms)
-            for (text, tool, success), count in seen.items():
-                self.ranker.observe(
-                    text, tool, success, count, retrieval=share[(text, tool, success)]
-                )
+                for a in attempts.get(record.id, ())
+                if a.error_type != ErrorType.CANCELLED.value
+            )
             self._learn_plan(record.goal_text, plan, record.success, record.id)
         self._warm_feedback(store, records)
         return len(records)

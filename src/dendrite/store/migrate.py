@@ -83,12 +83,14 @@ def _run(engine: Engine, action: Any, *args: Any) -> None:
         conn.commit()
 
 
-def _unversioned(engine: Engine) -> bool:
-    """Whether Dendrite's tables are there without the revision that says what they are."""
-    if current_revision(engine) is not None:
-        return False
+def _has_tables(engine: Engine) -> bool:
     with engine.connect() as conn:
         return "executions" in inspect(conn).get_table_names()
+
+
+def _unversioned(engine: Engine) -> bool:
+    """Whether Dendrite's tables are there without the revision that says what they are."""
+    return current_revision(engine) is None and _has_tables(engine)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
@@ -193,12 +195,11 @@ def ensure_schema(engine: Engine, auto_upgrade: bool | None = None) -> None:
             return
         where = engine.url.render_as_string(hide_password=True)
         if current is None:
-            with engine.connect() as conn:
-                if "executions" in inspect(conn).get_table_names():
-                    raise SchemaError(
-                        f"{where} has Dendrite tables but no schema version; "
-                        "run `dendrite db validate` to compare it with this version"
-                    )
+            if _has_tables(engine):
+                raise SchemaError(
+                    f"{where} has Dendrite tables but no schema version; "
+                    "run `dendrite db validate` to compare it with this version"
+                )
         else:
             known = {
                 rev.revision for rev in ScriptDirectory.from_config(_config()).walk_revisions()

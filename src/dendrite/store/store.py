@@ -422,10 +422,7 @@ class ExecutionStore:
 
     def get_execution(self, execution_id: str) -> ExecutionDetail | None:
         """An execution with its steps, feedback and routing decisions, or ``None``."""
-        try:
-            execution_id = canonical_id(execution_id)
-        except (ValueError, TypeError, AttributeError):
-            raise InvalidRecordError(f"execution id must be a UUID, got {execution_id!r}") from None
+        execution_id = _execution_id(execution_id)
         with self._read() as conn:
             return analytics.get_execution(conn, execution_id)
 
@@ -664,14 +661,7 @@ class ExecutionStore:
 
     def get_attempt_outcomes(self, execution_ids: Sequence[str]) -> list[AttemptOutcome]:
         """Every tool call attempt of these executions, in the order they started."""
-        ids = []
-        for execution_id in execution_ids:
-            try:
-                ids.append(canonical_id(execution_id))
-            except (ValueError, TypeError, AttributeError):
-                raise InvalidRecordError(
-                    f"execution id must be a UUID, got {execution_id!r}"
-                ) from None
+        ids = [_execution_id(execution_id) for execution_id in execution_ids]
         with self._read() as conn:
             return bookkeeping.attempt_outcomes(conn, ids)
 
@@ -781,6 +771,14 @@ def _moment(name: str, value: Any, also: str = "") -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"{name} must be {also}a datetime, got {type(value).__name__} {value!r}")
     return as_utc(value)
+
+
+def _execution_id(value: Any) -> str:
+    """An execution id in its canonical spelling, or ``InvalidRecordError`` naming it."""
+    try:
+        return canonical_id(value)
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidRecordError(f"execution id must be a UUID, got {value!r}") from None
 
 
 def _at_least_one(name: str, value: int) -> None:
