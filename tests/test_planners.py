@@ -9,6 +9,7 @@ import pytest
 
 from dendrite import EventType, Orchestrator, OrchestratorConfig
 from dendrite.llm import ChatLLM, LLMConfig
+from dendrite.orchestrator import load_trace
 from dendrite.planning import (
     DendritePlanner,
     LLMPlanner,
@@ -252,6 +253,61 @@ def test_replanning_after_an_injected_failure(tmp_path):
         assert [s["tool"] for s in record.metadata["steps"]] == ["search_archive"]
         assert orch.learning.health.summary()["search_notes"]["recent"] == [False]
         orch.close()
+
+
+class RenamingPlanner(DendritePlanner):
+    """Repairs a plan as a model may: the failed step comes back under a new id."""
+
+    async def replan(self, goal, plan, failed_step, error, registry, context):
+        return Plan(
+            goal=goal,
+            steps=[Step(id="find_again", tool="search_archive", params={"query": "jitter"})],
+            planner="llm",
+        )
+
+
+def test_a_repair_that_renames_the_failed_step_keeps_its_attempts(tmp_path):
+    registry = make_registry()
+
+    def search_archive(query: str) -> list[dict]:
+        """Search the archived notes for a query."""
+        return [{"document": "archive.md", "snippet": query}]
+
+    registry.register_function(search_archive)
+    registry.register_function(
+        lambda query: (_ for _ in ()).throw(RuntimeError("index corrupted")),
+        name="search_notes",
+        description="Search the notes for a query and return the matching documents.",
+        replace=True,
+    )
+    plan = Plan(
+        goal="search the notes for jitter",
+        steps=[Step(id="find", tool="search_notes", params={"query": "jitter"})],
+    )
+    with (
+        ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}") as store,
+        Orchestrator(
+            registry, store=store, config=NO_RETRY, llm=None, planner=RenamingPlanner()
+        ) as orch,
+    ):
+        result = asyncio.run(orch.run(plan))
+        assert result.success and result.output[0]["document"] == "archive.md"
+        assert [(s.step_id, s.status.value) for s in result.steps] == [
+            ("find", "failed"),
+            ("find_again", "succeeded"),
+        ]
+        store.flush()
+        trace = orch.get_execution_trace(result.execution_id)
+        tried = [
+            (s["step_id"], a["tool"], a["success"]) for s in trace.steps for a in s["attempts"]
+        ]
+        assert tried == [("find", "search_notes", False), ("find_again", "search_archive", True)]
+        assert orch.learning.health.summary()["search_notes"]["recent"] == [False]
+        stored = load_trace(store, result.execution_id)  # as another process reads it
+        assert [(s["step_id"], [a["tool"] for a in s["attempts"]]) for s in stored.steps] == [
+            ("find", ["search_notes"]),
+            ("find_again", ["search_archive"]),
+        ]
 
 
 def test_generative_goals_use_the_model_or_the_documents_or_say_no():

@@ -703,6 +703,8 @@ class Orchestrator:
                 )
             )
         steps: dict[str, StepResult] = {}
+        # Failed steps that a repair renamed or never reached again: their attempts happened.
+        superseded: dict[str, StepResult] = {}
         replans: list[dict[str, Any]] = []
         history: dict[str, tuple[int, int]] = {}
 
@@ -742,16 +744,18 @@ class Orchestrator:
                     emit(Event(EventType.REPLANNED, execution_id, note["step"], note))
                 earlier = dict(outcome.steps)  # execute() empties the dict it fills
                 outcome = await execute(plan, {k: r for k, r in earlier.items() if r.ok})
-                for step_id, result in outcome.steps.items():
-                    before = earlier.get(step_id)
-                    if before is not None and before is not result:
+                for step_id, before in earlier.items():
+                    result = outcome.steps.get(step_id)
+                    if result is None:
+                        superseded[step_id] = before
+                    elif before is not result:
                         result.attempts[:0] = before.attempts  # the trace keeps the first round
         except asyncio.CancelledError:
             self._finish(
                 execution_id,
                 plan,
                 None,
-                list(steps.values()),
+                [*superseded.values(), *steps.values()],
                 started_at,
                 started,
                 session_id,
@@ -767,7 +771,7 @@ class Orchestrator:
             execution_id,
             plan,
             outcome,
-            list(outcome.steps.values()),
+            [*superseded.values(), *outcome.steps.values()],
             started_at,
             started,
             session_id,
