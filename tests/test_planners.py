@@ -331,6 +331,29 @@ def test_generative_goals_use_the_model_or_the_documents_or_say_no():
         assert server.requests[0]["messages"][-1]["content"] == "write a poem about autumn"
 
 
+def test_a_generative_goal_is_the_call_of_a_tool_made_for_its_act():
+    registry = make_registry()
+
+    def generate_melody(key: str = "C", bars: int = 4) -> dict:
+        """Generate a melody in a key, as notes."""
+        return {"key": key, "notes": ["C4", "E4", "G4"] * bars}
+
+    registry.register_function(generate_melody)
+    with Orchestrator(registry, store=None, llm=None) as orch:
+        result = orch.process("generate a melody in C major")
+        assert result.success and result.plan.planner == "semantic"
+        assert result.steps[0].tool == "generate_melody"
+        assert "made for the goal's act ('generate')" in result.why["step1"]
+        # A tool that merely shares a word is not made for the act: the documents answer.
+        plan = asyncio.run(orch.planner.plan("write a poem about notes", orch.registry, {}))
+        assert plan.planner == "documents" and plan.steps[0].tool == "search_notes"
+    with chat_server() as server:  # with a model too: the tool does it, not free text
+        llm = ChatLLM(LLMConfig(base_url=server.url, model="poet"))
+        with Orchestrator(registry, store=None, llm=llm) as orch:
+            result = orch.process("generate a melody in C major")
+        assert result.steps[0].tool == "generate_melody" and server.requests == []
+
+
 def test_the_execution_record_shows_labels_planner_and_model(tmp_path):
     with ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}") as store:
         with Orchestrator(make_registry(), store=store, llm=None) as orch:

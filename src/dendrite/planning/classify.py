@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from dendrite.retrieval.lexical import tokenize
+
 
 class Intent(StrEnum):
     TOOL_USE = "tool_use"
@@ -177,6 +179,18 @@ _QUERY_CUES: dict[QueryType, list[tuple[re.Pattern[str], float, str]]] = {
 }
 
 _GENERATIVE_TYPES = {QueryType.GENERATION}
+
+
+def act_named_by(goal: str, tool_text: str) -> str | None:
+    """The goal's generative cue that ``tool_text`` (a tool's name and description) names
+    too, if any: "generate a melody" and ``generate_melody``, "draft an email" and a tool
+    that drafts emails. Such a tool is made for what the goal asks, so the goal is its call,
+    not free text for a model to write (nor, offline, a refusal)."""
+    words = " ".join(tokenize(tool_text, drop_stop_words=False, stemming=False))
+    for pattern, _, label in _QUERY_CUES[QueryType.GENERATION]:
+        if pattern.search(goal) and pattern.search(words):
+            return label
+    return None
 
 
 def classify(goal: str) -> Classification:

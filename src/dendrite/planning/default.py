@@ -18,12 +18,18 @@ from dendrite.learning.memory import PlanMemory
 from dendrite.llm import ChatLLM
 from dendrite.llm.tools import GENERATE_TOOL
 from dendrite.planning.arguments import extract_arguments
-from dendrite.planning.classify import Classification, Intent, classify
+from dendrite.planning.classify import Classification, Intent, act_named_by, classify
 from dendrite.planning.llm_planner import LLMPlanner
 from dendrite.planning.plan import Plan, Step
 from dendrite.planning.planner import Planner, PlanningError
 from dendrite.planning.references import has_references
-from dendrite.planning.semantic import Reranker, RetrieverCache, SemanticPlanner, candidates_for
+from dendrite.planning.semantic import (
+    Reranker,
+    RetrieverCache,
+    SemanticPlanner,
+    candidates_for,
+    step_from,
+)
 from dendrite.planning.templates import TemplatePlanner
 from dendrite.retrieval import Embedder
 from dendrite.tools import ToolRegistry
@@ -94,7 +100,7 @@ class DendritePlanner:
                 for s in plan.steps
             }
         elif classification.intent is Intent.GENERATIVE:
-            plan = self._generative(goal, registry)
+            plan = self._made_for(goal, registry) or self._generative(goal, registry)
         else:
             plan, declined = await self._first_that_plans(goal, registry, context, classification)
         plan.metadata.update(
@@ -140,6 +146,28 @@ class DendritePlanner:
             names = [r.name for r in ranked if r.name in names]
             steps.append(step.model_copy(update={"tool": names[0], "fallbacks": names[1:]}))
         return plan.model_copy(update={"steps": steps})
+
+    def _made_for(self, goal: str, registry: ToolRegistry) -> Plan | None:
+        """A generative goal as the call of a tool made for its act, if one fits.
+
+        A registered tool that generates melodies does what "generate a melody" asks,
+        with or without a model; the others among the candidates stay as fallbacks.
+        """
+        fits, _ = candidates_for(goal, registry, self.simple.retrievers, k=self.simple.candidates)
+        named = [
+            (fit, act)
+            for fit in fits
+            if fit.tool.name != GENERATE_TOOL
+            and (act := act_named_by(goal, f"{fit.tool.name} {fit.tool.description}"))
+        ]
+        if not named:
+            return None
+        best, act = named[0]
+        why: dict[str, str] = {}
+        rest = [f for f in fits if f is not best and f.tool.name != GENERATE_TOOL]
+        step = step_from([best, *rest], "step1", goal, why)
+        why[step.id] += f"; made for the goal's act ({act!r})"
+        return Plan(goal=goal, steps=[step], planner="semantic", metadata={"why": why})
 
     def _generative(self, goal: str, registry: ToolRegistry) -> Plan:
         """Writing needs a model; offline, the session's documents answer, or nothing does."""
