@@ -416,6 +416,18 @@ def test_stream_rejects_a_bad_body_before_streaming(client: httpx.Client) -> Non
     assert_problem(client.post("/v1/goals/stream", json={"goal": ""}), 422)
 
 
+def test_a_session_or_project_the_history_cannot_keep_is_422(
+    client: httpx.Client, store: ExecutionStore
+) -> None:
+    goal = "calculate 1 + 1"
+    too_long = {"goal": goal, "session_id": "s" * 129}
+    assert_problem(client.post("/v1/goals", json=too_long), 422, "session_id")
+    too_long = {"goal": goal, "context": {"project": "p" * 256}}
+    assert_problem(client.post("/v1/goals", json=too_long), 422, "context.project")
+    kept = run_goal(client, goal=goal, session_id="s" * 128)["execution_id"]
+    assert client.get(f"/v1/executions/{kept}").status_code == 200
+
+
 def test_stream_disconnect_cancels_the_run(client: httpx.Client, store: ExecutionStore) -> None:
     plan = {
         "goal": "look up a key slowly",
@@ -564,6 +576,8 @@ def test_feedback(client: httpx.Client, store: ExecutionStore) -> None:
     assert_problem(client.post(path, json={"rating": 6}), 422, "rating")
     assert_problem(client.post(path, json={"rating": 0}), 422, "rating")
     assert_problem(client.post(path, json={"rating": "great"}), 422, "rating")
+    assert_problem(client.post(path, json={"rating": True}), 422, "rating")  # not a 1
+    assert_problem(client.post(path, json={"accepted": "yes"}), 422, "accepted")
     assert_problem(client.post(path, json={}), 422, "at least one")
     assert_problem(client.post(path, json={"stars": 5}), 422, "extra")
     unknown = str(uuid.uuid4())

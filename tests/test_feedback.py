@@ -41,7 +41,7 @@ def test_reward_of_judgements():
     assert reward_of(1, None) == 0.0 and reward_of(5, None) == 1.0 and reward_of(3, None) == 0.5
     assert reward_of(None, True) == 1.0 and reward_of(None, False) == 0.0
     assert reward_of(5, False) == 0.5 and reward_of(None, None) is None
-    with pytest.raises(ValueError, match="rating must be 1-5, got 0"):
+    with pytest.raises(ValueError, match="rating must be an integer from 1 to 5, got 0"):
         reward_of(0, None)
 
 
@@ -118,6 +118,75 @@ def test_feedback_for_an_unknown_execution_is_refused(store: ExecutionStore):
             orch.feedback("00000000-0000-4000-8000-000000000000", 5)
         with pytest.raises(ValueError):
             orch.feedback("00000000-0000-4000-8000-000000000000", 9)
+
+
+def test_a_judgement_of_the_wrong_type_is_refused_and_not_recorded(store: ExecutionStore):
+    registry = two_converters()
+    with Orchestrator(registry, store=store, llm=None) as orch:
+        run = orch.process("convert 10 km to miles")
+        for rating, accepted in (("5", None), (True, None), (4.0, None), (None, "yes")):
+            with pytest.raises(ValueError, match="rating must be|accepted must be"):
+                orch.feedback(run.execution_id, rating, accepted=accepted)
+        with pytest.raises(ValueError, match="rating"):
+            store.store_feedback(run.execution_id, True)  # not read as rating 1
+    wait_until_drained(store)
+    assert store.get_execution(run.execution_id).feedback == []
+
+
+def test_without_a_store_feedback_for_no_known_run_is_refused():
+    with Orchestrator(two_converters(), store=None, llm=None) as orch:
+        with pytest.raises(UnknownExecutionError):
+            orch.feedback("00000000-0000-4000-8000-000000000000", 5)
+        with pytest.raises(ValueError, match="rating"):
+            orch.feedback(orch.process("convert 3 km to miles").execution_id, "great")
+
+
+def test_the_router_takes_a_judgement_as_the_loop_does_live_and_after_a_restart(
+    store: ExecutionStore,
+):
+    registry = ToolRegistry()
+
+    def answer(question: str) -> str:
+        """Answer a question at the model tier the router chose."""
+        return question
+
+    registry.register_function(answer)
+
+    def router() -> Router:
+        return Router(["small", "large"], costs={"small": 1, "large": 10}, store=store)
+
+    plan = Plan(goal="answer hi", steps=[Step(id="a", tool="answer", params={"question": "hi"})])
+    live = router()
+    with Orchestrator(registry, store=store, llm=None, router=live) as orch:
+        rejected = [orch.process(plan).execution_id for _ in range(4)]
+        for execution_id in rejected:
+            assert orch.feedback(execution_id, accepted=False).router is True
+        three_rejected = orch.process(plan).execution_id
+        orch.feedback(three_rejected, 3, accepted=False)
+    assert [live._learned[e].rating for e in rejected] == [1] * 4
+    assert live._learned[three_rejected].rating == 2  # the mean of 3 and a rejection
+    wait_until_drained(store)
+    restarted = router()
+    restarted.learn_from_store()
+    for execution_id in [*rejected, three_rejected]:
+        assert restarted._learned[execution_id].rating == live._learned[execution_id].rating
+    assert restarted.predict("answer hi") == live.predict("answer hi")
+
+
+def test_a_session_id_or_project_too_long_to_keep_is_refused_before_the_run(
+    store: ExecutionStore,
+):
+    with Orchestrator(two_converters(), store=store, llm=None) as orch:
+        with pytest.raises(ValueError, match="session_id is 129 characters long; at most 128"):
+            orch.process("convert 1 km to miles", session_id="s" * 129)
+        with pytest.raises(ValueError, match="project is 256 characters long; at most 255"):
+            orch.process("convert 1 km to miles", context={"project": "p" * 256})
+        with pytest.raises(TypeError, match="session_id must be a string"):
+            orch.process("convert 1 km to miles", session_id=7)
+        kept = orch.process("convert 1 km to miles", session_id="s" * 128)
+    wait_until_drained(store)
+    assert [r.id for r in store.get_recent_executions(10)] == [kept.execution_id]
+    assert orch.get_execution_summary()["recording_failures"] == 0
 
 
 def test_the_router_picks_a_tier_per_run_records_it_and_learns(store: ExecutionStore):

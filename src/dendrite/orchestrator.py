@@ -35,7 +35,13 @@ from dendrite.learning.jobs import (
     apply_promotion,
     save_tool_state,
 )
-from dendrite.learning.loop import FeedbackEffect, JudgedRun, LearningLoop, retrieval_shares
+from dendrite.learning.loop import (
+    FeedbackEffect,
+    JudgedRun,
+    LearningLoop,
+    check_judgement,
+    retrieval_shares,
+)
 from dendrite.learning.policies import QualityPolicies, QualityPolicy
 from dendrite.learning.router import (
     ROUTE_UNUSED,
@@ -43,6 +49,7 @@ from dendrite.learning.router import (
     RouterError,
     RoutingChoice,
     TaskFeatures,
+    judged_rating,
 )
 from dendrite.llm import ChatLLM, LLMUsage, llm_tier, llm_usage
 from dendrite.llm.tools import register_llm_tools
@@ -55,9 +62,10 @@ from dendrite.planning.planner import Planner, PlanningError, SingleToolPlanner
 from dendrite.planning.semantic import RetrieverCache, SemanticPlanner
 from dendrite.planning.templates import TemplatePlanner
 from dendrite.state import StateManager, StateView
-from dendrite.store import ExecutionStore
+from dendrite.store import ExecutionStore, UnknownExecutionError
 from dendrite.store.serialize import capped
 from dendrite.telemetry import ErrorType, ExecutionStatus
+from dendrite.telemetry.records import MAX_PROJECT, MAX_SESSION_ID
 from dendrite.tools import ToolRegistry, ToolState, ToolStatus
 
 log = logging.getLogger("dendrite.orchestrator")
@@ -609,10 +617,11 @@ class Orchestrator:
             raise RecursionError(
                 f"run nesting is {depth} deep, more than max_depth={self.config.max_depth}"
             )
+        context = dict(context or {})
+        _check_labels(session_id, context.get("project"))
         execution_id = new_id()
         started_at = datetime.now(UTC)
         started = time.perf_counter()
-        context = dict(context or {})
         goal = goal_or_plan.goal if isinstance(goal_or_plan, Plan) else str(goal_or_plan)
         decisions = await self._decide(
             goal_or_plan, goal, execution_id, session_id, context, depth, planner
@@ -1164,6 +1173,9 @@ class Orchestrator:
         outcome of the option it chose. Feedback recorded by another process is
         learned by the ``feedback`` job instead.
         """
+        check_judgement(rating, accepted)
+        if self.store is None and execution_id not in self._traces:
+            raise UnknownExecutionError(execution_id)  # nothing to judge, nowhere to keep it
         feedback_id = None
         if self.store is not None:
             feedback_id = self.store.store_feedback(
@@ -1199,11 +1211,10 @@ class Orchestrator:
             else FeedbackEffect(execution_id)
         )
         routed = False
-        if self.router is not None and (rating is not None or accepted is not None):
+        judged = judged_rating(rating, accepted)
+        if self.router is not None and judged is not None:
             try:
-                self.router.feedback(
-                    execution_id, rating if rating is not None else (5 if accepted else 1)
-                )
+                self.router.feedback(execution_id, judged)
                 routed = True
             except LookupError:
                 pass  # the router did not decide this run (or forgot it)
@@ -1282,6 +1293,19 @@ class Orchestrator:
 
     def get_state_summary(self) -> dict[str, Any]:
         return self.state.get_state_summary()
+
+
+def _check_labels(session_id: object, project: object) -> None:
+    """Refuse a session id or project the history cannot keep, before the run: after it,
+    the store would refuse the execution's record and the run would be lost to history."""
+    if session_id is not None and type(session_id) is not str:
+        raise TypeError(f"session_id must be a string, got {type(session_id).__name__}")
+    for name, value, limit in (
+        ("session_id", session_id, MAX_SESSION_ID),
+        ("project", project, MAX_PROJECT),
+    ):
+        if isinstance(value, str) and len(value) > limit:
+            raise ValueError(f"{name} is {len(value)} characters long; at most {limit} are kept")
 
 
 def _id(frame: _Frame | None) -> str | None:

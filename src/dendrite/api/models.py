@@ -16,6 +16,7 @@ from dendrite.planning.plan import Plan
 from dendrite.store.analytics import PoolPerformance, SuccessRate, TierPerformance, ToolStatistics
 from dendrite.store.bookkeeping import JobRun
 from dendrite.store.store import StoreStatus
+from dendrite.telemetry.records import MAX_PROJECT, MAX_SESSION_ID
 
 PlannerName = Literal["dendrite", "semantic", "template", "llm", "single"]
 
@@ -68,7 +69,7 @@ class GoalRequest(BaseModel):
         description="an explicit plan (a DAG of tool calls) to validate and run",
         json_schema_extra=_optional(),
     )
-    session_id: str | None = Field(default=None, min_length=1, max_length=255)
+    session_id: str | None = Field(default=None, min_length=1, max_length=MAX_SESSION_ID)
     context: dict[str, Any] = Field(
         default_factory=dict, description="values plans may reference as ${context.key}"
     )
@@ -91,6 +92,9 @@ class GoalRequest(BaseModel):
             raise ValueError(f"'strategy' applies to the 'dendrite' planner, not {self.planner!r}")
         if self.goal is not None and not self.goal.strip():
             raise ValueError("'goal' is blank")
+        project = self.context.get("project")
+        if isinstance(project, str) and len(project) > MAX_PROJECT:
+            raise ValueError(f"'context.project' is longer than {MAX_PROJECT} characters")
         return self
 
 
@@ -202,8 +206,8 @@ class FeedbackRequest(BaseModel):
         },
     )
 
-    rating: int | None = Field(default=None, ge=1, le=5, json_schema_extra=_optional())
-    accepted: bool | None = Field(default=None, json_schema_extra=_optional())
+    rating: int | None = Field(default=None, ge=1, le=5, strict=True, json_schema_extra=_optional())
+    accepted: bool | None = Field(default=None, strict=True, json_schema_extra=_optional())
     comment: str | None = Field(
         default=None, min_length=1, max_length=10_000, json_schema_extra=_optional()
     )

@@ -45,15 +45,23 @@ log = logging.getLogger("dendrite.learning")
 NOT_REMEMBERED = {"memory", "explicit"}  # plans memory did not need to learn
 
 
+def check_judgement(rating: object, accepted: object) -> None:
+    """Refuse a rating that is not an integer 1-5, or an acceptance that is not a bool,
+    before anything is recorded or learned ("5" and True are not ratings)."""
+    if rating is not None and (type(rating) is not int or not 1 <= rating <= 5):
+        raise ValueError(f"rating must be an integer from 1 to 5, got {rating!r}")
+    if accepted is not None and type(accepted) is not bool:
+        raise ValueError(f"accepted must be true or false, got {accepted!r}")
+
+
 def reward_of(rating: int | None, accepted: bool | None) -> float | None:
     """A judgement as a reward in [0, 1]: rating 1 is 0, 5 is 1; accepted 1, rejected 0.
 
     Both given: their mean. Neither (a comment alone): None, nothing to learn.
     """
+    check_judgement(rating, accepted)
     parts = []
     if rating is not None:
-        if not 1 <= rating <= 5:
-            raise ValueError(f"rating must be 1-5, got {rating}")
         parts.append((rating - 1) / 4)
     if accepted is not None:
         parts.append(1.0 if accepted else 0.0)

@@ -584,6 +584,20 @@ def _check_number(label: str, value: Any, *, minimum: float = 0.0, strict: bool 
     return number
 
 
+def judged_rating(rating: int | None, accepted: bool | None) -> int | None:
+    """A user's judgement as the one rating (1-5) the router learns from.
+
+    The learning loop rewards a rating and an acceptance given together by their mean
+    (``reward_of``); the router takes the rating nearest that mean, so one judgement is the
+    same judgement to both: accepted alone is 5, rejected alone 1, a 3 that was rejected 2.
+    """
+    if accepted is None:
+        return rating
+    if rating is None:
+        return 5 if accepted else 1
+    return math.floor((rating + (5 if accepted else 1)) / 2 + 0.5)
+
+
 def _check_rating(rating: Any) -> int | None:
     if rating is None:
         return None
@@ -1073,7 +1087,7 @@ class Router:
                         continue
                     # The store adds what it knows; it never erases a rating or a cost
                     # that was reported to learn() directly.
-                    rating = outcome.user_rating
+                    rating = judged_rating(outcome.user_rating, outcome.user_accepted)
                     rating = observation.rating if rating is None else rating
                     cost = outcome.actual_cost
                     cost = observation.cost if cost is None else cost
@@ -1121,7 +1135,7 @@ class Router:
                     report.pending += 1
                     continue
                 outcome = item.outcome
-                rating = outcome.user_rating
+                rating = judged_rating(outcome.user_rating, outcome.user_accepted)
                 if rating is None and pending is not None:
                     rating = pending.rating
                 self._learn_new(

@@ -44,6 +44,11 @@ MAX_TOKENS = 10**12
 MAX_COST = 1e9
 """Per run, in the caller's currency: the rollups sum costs as 64-bit nano-units."""
 INT32 = 2**31 - 1
+MAX_PROJECT = 255
+MAX_SESSION_ID = 128
+"""The longest project and session id an execution keeps: callers that take them from
+users (the API, the orchestrator's context) refuse longer ones before a run, whose record
+the store would otherwise refuse after it."""
 
 
 def utcnow() -> datetime:
@@ -131,8 +136,8 @@ class ExecutionRecord(_Record):
     intent: str | None = Field(default=None, max_length=64)
     query_type: str | None = Field(default=None, max_length=64)
     task_type: str | None = Field(default=None, max_length=128)
-    project: str | None = Field(default=None, max_length=255)
-    session_id: str | None = Field(default=None, max_length=128)
+    project: str | None = Field(default=None, max_length=MAX_PROJECT)
+    session_id: str | None = Field(default=None, max_length=MAX_SESSION_ID)
     parent_id: RecordId | None = None
     depth: int = Field(default=0, ge=0, le=INT32)
     success: bool
@@ -272,8 +277,9 @@ class FeedbackRecord(_Record):
     """A judgement of one execution; several per execution are kept."""
 
     execution_id: RecordId
-    rating: int | None = Field(default=None, ge=1, le=5)
-    accepted: bool | None = None
+    # Strict: "5" or True read as a rating is a caller's mistake, not a judgement of 5 or 1.
+    rating: int | None = Field(default=None, ge=1, le=5, strict=True)
+    accepted: bool | None = Field(default=None, strict=True)
     feedback_text: str | None = None
     source: Literal["human", "llm", "code"] = "human"
     created_at: datetime = Field(default_factory=utcnow)
