@@ -8,6 +8,7 @@ import json
 import pytest
 
 from dendrite import EventType, Orchestrator, OrchestratorConfig
+from dendrite.learning.policies import QualityPolicy
 from dendrite.llm import ChatLLM, LLMConfig
 from dendrite.orchestrator import load_trace
 from dendrite.planning import (
@@ -403,3 +404,27 @@ def test_the_llm_picks_among_candidates_ranked_by_history_and_sees_their_record(
     assert "learned from 4 past goals -" in failed and "success overall 0.40" in failed
     assert "track_record" not in listed[2]  # filled in past retrieval's picks: no record
     assert "track_record" in server.requests[0]["messages"][0]["content"]
+
+
+def test_a_project_whose_policy_turns_the_model_off_is_repaired_offline(tmp_path):
+    registry = ToolRegistry()
+
+    def convert_currency(amount: float) -> float:
+        """Convert an amount of money from euros to dollars."""
+        raise RuntimeError("rates service down")
+
+    def spare(amount: float) -> float:
+        """Spare routine."""
+        return amount * 1.1
+
+    registry.register_function(convert_currency)
+    registry.register_function(spare)
+    with chat_server() as server, ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}") as store:
+        server.say(json.dumps({"steps": [{"id": "s", "tool": "spare", "params": {"amount": 5}}]}))
+        llm = ChatLLM(LLMConfig(base_url=server.url, model="stub"))
+        with Orchestrator(registry, store=store, llm=llm, config=NO_RETRY) as orch:
+            orch.policies.set(QualityPolicy(project="p", use_llm=False, adaptive=False))
+            result = orch.process("convert 5 euros to dollars", context={"project": "p"})
+        assert "LLM off" in result.why["policy"]
+        assert [r["planner"] for r in result.plan.metadata["replans"]] != ["llm"]
+        assert server.requests == [] and result.llm_usage is None

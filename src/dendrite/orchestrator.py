@@ -744,7 +744,7 @@ class Orchestrator:
                 else 0
             )
             while not outcome.success and len(replans) < max_replans:
-                repair = await self._replan(plan, outcome, context)
+                repair = await self._replan(plan, outcome, _planning(context, decisions))
                 if repair is None:
                     break
                 plan, note = repair
@@ -942,9 +942,7 @@ class Orchestrator:
             plan = goal_or_plan
         else:
             planner = decisions.planner or self.planner
-            if decisions.policy is not None and not decisions.policy.use_llm:
-                context = {**context, "use_llm": False}
-            plan = await planner.plan(goal_or_plan, self.registry, context)
+            plan = await planner.plan(goal_or_plan, self.registry, _planning(context, decisions))
         problems = validate(plan, self.registry)
         if problems:
             raise PlanValidationError(problems)
@@ -1293,6 +1291,14 @@ class Orchestrator:
 
     def get_state_summary(self) -> dict[str, Any]:
         return self.state.get_state_summary()
+
+
+def _planning(context: Mapping[str, Any], decisions: _Decisions) -> Mapping[str, Any]:
+    """The context a planner sees, plan or repair: a project whose policy turned the
+    model off gets ``use_llm: False``, which the planners honour."""
+    if decisions.policy is not None and not decisions.policy.use_llm:
+        return {**context, "use_llm": False}
+    return context
 
 
 def _check_labels(session_id: object, project: object) -> None:

@@ -235,7 +235,7 @@ class DendritePlanner:
         with the best tool not yet tried for it, its arguments read again. None
         when nothing else can do the step.
         """
-        if self.llm_planner is not None:
+        if self.llm_planner is not None and context.get("use_llm") is not False:
             try:
                 repaired = await self.llm_planner.plan(
                     goal, registry, {**context, "failure": f"step {failed_step}: {error}"}
