@@ -204,7 +204,8 @@ def test_llm_server_down_is_a_planning_error_and_adaptive_falls_back_offline():
     assert plan.metadata["declined"][0]["planner"] == "llm"
 
 
-def test_replanning_after_an_injected_failure(tmp_path):
+def broken_notes_registry() -> ToolRegistry:
+    """The notes' search fails; an archive search can stand in for it."""
     registry = make_registry()
 
     def search_archive(query: str) -> list[dict]:
@@ -218,6 +219,11 @@ def test_replanning_after_an_injected_failure(tmp_path):
         description="Search the notes for a query and return the matching documents.",
         replace=True,
     )
+    return registry
+
+
+def test_replanning_after_an_injected_failure(tmp_path):
+    registry = broken_notes_registry()
     with ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}") as store:
         orch = Orchestrator(
             registry,
@@ -268,19 +274,7 @@ class RenamingPlanner(DendritePlanner):
 
 
 def test_a_repair_that_renames_the_failed_step_keeps_its_attempts(tmp_path):
-    registry = make_registry()
-
-    def search_archive(query: str) -> list[dict]:
-        """Search the archived notes for a query."""
-        return [{"document": "archive.md", "snippet": query}]
-
-    registry.register_function(search_archive)
-    registry.register_function(
-        lambda query: (_ for _ in ()).throw(RuntimeError("index corrupted")),
-        name="search_notes",
-        description="Search the notes for a query and return the matching documents.",
-        replace=True,
-    )
+    registry = broken_notes_registry()
     plan = Plan(
         goal="search the notes for jitter",
         steps=[Step(id="find", tool="search_notes", params={"query": "jitter"})],
