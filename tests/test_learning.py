@@ -725,3 +725,38 @@ def test_a_probe_does_not_lift_a_quarantine_set_since_by_hand_or_by_the_lifecycl
     assert monitor.health("search_index") is Health.HEALTHY
     state = registry.state("search_index")
     assert state.status is ToolStatus.QUARANTINED and state.reason.startswith("deprecated")
+
+
+def test_an_escalated_cooldown_outlives_a_process_that_ends_while_probing(tmp_path: Path):
+    """Three failed probes took the cooldown from 30 s to 240 s; the process then ended with
+    the tool probing (every run ticks, even one that never calls it). The probing entry of
+    the log said cooldown 0, so the next process fell back to 30 s and its failed probe
+    quarantined the tool for 60 s instead of going on to 480 s."""
+    from dendrite.state import StateManager
+
+    clock = Clock()
+    with ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}") as store:
+
+        def process() -> LearningLoop:
+            registry = _fallback_registry([])
+            return LearningLoop(registry, state=StateManager(store), clock=clock)
+
+        def fail_a_probe(loop: LearningLoop) -> str:
+            loop.before_run()  # cooldown over: probing
+            assert loop.health.admit("search_index")
+            moved = loop.health.observe("search_index", False, datetime.now(UTC))
+            return moved.reason
+
+        first = process()
+        for _ in range(8):
+            first.health.observe("search_index", False)
+        reasons = []
+        for _ in range(3):
+            clock.now += 10_000
+            reasons.append(fail_a_probe(first))
+        assert [r.rsplit(" ", 1)[1] for r in reasons] == ["60s", "120s", "240s"]
+        clock.now += 10_000
+        first.before_run()  # the process ends here, with the tool probing
+        second = process()
+        assert second.health.health("search_index") is Health.QUARANTINED
+        assert fail_a_probe(second) == "probe call failed; quarantined again for 480s"

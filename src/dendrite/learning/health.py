@@ -49,7 +49,9 @@ class Transition:
     reason: str
     at: datetime
     cooldown: float = 0.0
-    """Seconds until the probe, for a move to quarantined (0 otherwise)."""
+    """Seconds until the probe, for a move to quarantined; for a move to probing, the
+    cooldown the probe ends, so a process that ends mid-probe leaves the next one the
+    escalation to continue (0 otherwise)."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -235,7 +237,8 @@ class HealthMonitor:
         ``dendrite run``), and could never stay out. A quarantine keeps what is
         left of its cooldown (``Transition.cooldown``; the policy's for older
         logs); one whose cooldown ran out, or a probe that a process ended
-        during, is probed on the next run. Nothing is logged again.
+        during, is probed on the next run, and a failed probe goes on doubling the
+        cooldown it had. Nothing is logged again.
         """
         last: dict[str, dict[str, Any]] = {}
         for item in log_entries if isinstance(log_entries, list) else []:
@@ -266,7 +269,7 @@ class HealthMonitor:
         return changed
 
     def _move(self, tool: str, entry: _ToolHealth, after: Health, reason: str) -> Transition:
-        cooldown = entry.cooldown if after is Health.QUARANTINED else 0.0
+        cooldown = entry.cooldown if after in (Health.QUARANTINED, Health.PROBING) else 0.0
         transition = Transition(tool, entry.health, after, reason, datetime.now(UTC), cooldown)
         entry.health = after
         entry.probe_started = entry.probe_admitted_at = None
