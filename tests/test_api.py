@@ -665,6 +665,14 @@ def test_experiments_policies_and_jobs(client: httpx.Client, store: ExecutionSto
     assert report["experiment"] == "ab" and [a["arm"] for a in report["arms"]] == ["a", "b"]
     assert report["arms"][1]["success_test"] == "fisher"
     assert report["arms"][1]["p_success"] == pytest.approx(0.00548, abs=1e-4)
+    for arm, successes in (("a", 8), ("b", 3)):  # sessions of two runs each: clustered
+        for i in range(10):
+            execution = store.store_execution(goal_text="g", success=i < successes, duration_ms=1)
+            store.store_assignment("by_session", execution, arm, f"s{arm}{i // 2}")
+    store.flush()
+    clustered = client.get("/v1/analytics/experiments", params={"experiment": "by_session"})
+    assert clustered.status_code == 200, clustered.text
+    assert clustered.json()["experiments"][0]["arms"][1]["success_test"] == "cluster"
     none = client.get("/v1/analytics/experiments", params={"experiment": "other"}).json()
     assert none == {"experiments": []}
     assert_problem(client.get("/v1/analytics/experiments", params={"alpha": 2}), 422, "alpha")

@@ -116,6 +116,47 @@ def test_bad_experiments_are_refused(kwargs, message):
         Experiment(**kwargs)
 
 
+class _SyncPlanner:
+    name = "sync"
+
+    def plan(self, goal, registry, context):  # a plain function: the orchestrator awaits plans
+        return None
+
+
+@pytest.mark.parametrize(
+    ("arms", "weights", "error", "message"),
+    [
+        (["dendrite", "semantic"], None, TypeError, "arms must map each arm's name"),
+        ({"a": "dendrite", "b": 42}, None, TypeError, "arm 'b' must be a planner's name"),
+        ({"a": "dendrite", "b": _SyncPlanner()}, None, TypeError, "async plan method"),
+        ({"a": "dendrite", 7: "semantic"}, None, TypeError, "arm names must be strings"),
+        (
+            {"a": "dendrite", "b": "semantic"},
+            {"a": 1},
+            ValueError,
+            r"no weight for arm\(s\) \['b'\]",
+        ),
+        ({"a": "dendrite", "b": "semantic"}, {"a": "1", "b": 1}, TypeError, "weight of arm 'a'"),
+        ({"a": "dendrite", "b": "semantic"}, {"a": True, "b": 1}, TypeError, "weight of arm 'a'"),
+        ({"a": "dendrite", "b": "semantic"}, {"a": float("nan"), "b": 1}, ValueError, "arm 'a'"),
+        ({"a": "dendrite", "b": "semantic"}, {"a": -1, "b": 1}, ValueError, "arm 'a'"),
+        ({"a": "dendrite", "b": "semantic"}, [("a", 1), ("b", 1)], TypeError, "weights must map"),
+    ],
+)
+def test_malformed_experiment_specs_are_refused_naming_what_is_wrong(arms, weights, error, message):
+    """A weight left out sent every unit to the other arm, an arm that was not a planner
+    failed each run assigned to it, and a string weight or a list of arms gave a bare
+    TypeError or AttributeError: each is now refused when the experiment is made."""
+    with pytest.raises(error, match=message):
+        Experiment("spec", arms, weights=weights)
+
+
+def test_an_arm_given_no_traffic_is_said_with_a_zero_weight():
+    arms = {"a": "dendrite", "b": SemanticPlanner()}
+    experiment = Experiment("spec", arms, weights={"a": 0, "b": 2.5})
+    assert {experiment.assign(f"session:{i}") for i in range(200)} == {"b"}
+
+
 def test_experiment_report_from_the_store(store: ExecutionStore):
     for arm, successes, total, ms in (("a", 90, 100, 10.0), ("b", 60, 100, 30.0)):
         for i in range(total):
@@ -175,6 +216,35 @@ def test_units_that_all_agree_are_not_taken_as_certainty():
 
     p, test = _compare_success(arm("control", 10), arm("other", 9))
     assert test == "fisher" and p == pytest.approx(0.237, abs=1e-3)
+
+
+def test_one_unit_per_arm_is_not_enough_to_test(tmp_path):
+    """An A/A experiment by session with one user per arm: one user's goals all worked, the
+    other's half did. Tested run by run, that was "B succeeds worse than A, p=0.0003",
+    a difference between two users called one between the arms."""
+    with ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}") as store:
+        for arm, successes in (("A", 20), ("B", 10)):
+            for i in range(20):
+                execution = store.store_execution(
+                    goal_text=f"g{i}", success=i < successes, duration_ms=5.0
+                )
+                store.store_assignment("aa", execution, arm, f"session:{arm}")
+        wait_until_drained(store)
+        (found,) = report(store, "aa", control="A")
+    other = found.arms[1]
+    assert (other.arm, other.executions, other.success_rate) == ("B", 20, 0.5)
+    assert other.p_success is None and other.success_test is None
+    assert found.verdict == (
+        "B vs A: not enough units to test (B has 1, A 1; a unit's runs are not "
+        "independent, so each arm needs at least 2)"
+    )
+
+
+def test_single_run_units_are_still_tested_run_by_run():
+    """Every unit ran once: the runs are independent, and one run per arm is enough for
+    Fisher's exact test to answer (with no difference found)."""
+    p, test = _compare_success(_arm("control", [(1, 1)]), _arm("other", [(1, 0)]))
+    assert test == "fisher" and p == 1.0
 
 
 def _arm(name: str, units: list[tuple[int, int]]) -> ArmOutcomes:
@@ -440,6 +510,42 @@ def test_the_scheduler_runs_jobs_on_their_intervals(store: ExecutionStore):
     assert len(store.get_job_runs()) == len(scheduler.runs)
     with pytest.raises(ValueError, match="unknown job"):
         JobScheduler(orch, intervals={"nightly": timedelta(hours=1)})
+
+
+def test_a_restarted_scheduler_runs_what_its_last_runs_say_is_due(tmp_path):
+    """Due times counted from the start alone meant a daily job never ran in a server
+    restarted every few hours; they now follow each job's last recorded run."""
+    now = datetime.now(UTC)
+    with ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}") as store:
+        for job, ago in (("retention", timedelta(days=3)), ("lifecycle", timedelta(hours=1))):
+            store.store_job_run(
+                job, started_at=now - ago, finished_at=now - ago, success=True, report={}
+            )
+        with Orchestrator(ToolRegistry(), store=store, llm=None) as orch:
+            scheduler = JobScheduler(orch)  # daily and hourly jobs: only retention is due
+
+            async def serve_a_while() -> None:
+                scheduler.start()
+                for _ in range(100):
+                    await asyncio.sleep(0.05)
+                    if scheduler.runs:
+                        break
+                await asyncio.sleep(0.2)  # time for anything else that (wrongly) ran
+                await scheduler.stop()
+
+            asyncio.run(serve_a_while())
+    assert [(r.job, r.trigger) for r in scheduler.runs] == [("retention", "schedule")]
+
+
+@pytest.mark.parametrize("every", [timedelta(0), timedelta(seconds=-5)])
+def test_intervals_that_are_not_positive_are_refused(tmp_path, every):
+    """A zero interval ran the job back to back (hundreds of job_runs rows a second)."""
+    store = ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}")
+    with store, Orchestrator(ToolRegistry(), store=store, llm=None) as orch:
+        with pytest.raises(ValueError, match="interval of job 'statistics' must be positive"):
+            JobScheduler(orch, intervals={"statistics": every})
+        with pytest.raises(TypeError, match="interval of job 'quality' must be a timedelta"):
+            JobScheduler(orch, intervals={"quality": 60})
 
 
 def test_jobs_on_the_command_line(store: ExecutionStore):

@@ -287,7 +287,7 @@ class ArmOut(BaseModel):
     mean_rating: float | None
     rated: int
     p_success: float | None = Field(description="vs the control; None for the control")
-    success_test: Literal["fisher", "z"] | None
+    success_test: Literal["fisher", "z", "cluster"] | None
     p_duration: float | None = Field(description="Welch's t-test vs the control")
 
 

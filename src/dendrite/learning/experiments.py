@@ -9,16 +9,19 @@ counts are small, a two-proportion z-test otherwise) and in duration (Welch's
 t-test). When a unit ran more than once (a session's goals), its runs are not
 independent (some users' goals are harder than others'), and testing them as
 if they were finds differences that are not there: success is then compared
-with a cluster-robust t-test over the units. Arms are compared with a control:
+with a cluster-robust t-test over the units, and not at all while an arm has
+fewer than two units (the report says so instead). Arms are compared with a control:
 the arm named when reporting, else the one with the most runs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from numbers import Real
 from typing import TYPE_CHECKING, Any, Literal
 
 from dendrite.planning import PLANNERS
@@ -46,35 +49,30 @@ class Experiment:
         weights: Mapping[str, float] | None = None,
         unit: Unit = "session",
     ) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"experiment name must be a string, got {name!r}")
         if not name or len(name) > 128:
             raise ValueError(f"experiment name must be 1-128 characters, got {name!r}")
+        if not isinstance(arms, Mapping):
+            raise TypeError(
+                f"experiment {name!r}: arms must map each arm's name to its planner, "
+                f"got {type(arms).__name__}"
+            )
         if len(arms) < 2:
             raise ValueError(f"experiment {name!r} needs at least two arms, got {list(arms)}")
         for arm, planner in arms.items():
-            if not arm or len(arm) > 64:
-                raise ValueError(f"arm names must be 1-64 characters, got {arm!r}")
-            if isinstance(planner, str) and planner not in PLANNERS:
-                raise ValueError(
-                    f"arm {arm!r} names planner {planner!r}; planners are {', '.join(PLANNERS)}"
-                )
-        weights = dict(weights or dict.fromkeys(arms, 1.0))
-        unknown = sorted(set(weights) - set(arms))
-        if unknown:
-            raise ValueError(f"weights name unknown arm(s) {unknown}; arms are {list(arms)}")
-        if any(not (w >= 0 and math.isfinite(w)) for w in weights.values()) or not any(
-            weights.values()
-        ):
-            raise ValueError(f"weights must be finite, >= 0 and not all 0, got {weights}")
+            _check_arm(arm, planner)
+        weights = _checked_weights(name, arms, weights)
         if unit not in ("session", "goal", "execution"):
             raise ValueError(f"unit must be 'session', 'goal' or 'execution', got {unit!r}")
         self.name = name
         self.arms = dict(arms)
         self.unit = unit
-        total = sum(weights.get(a, 0.0) for a in arms)
+        total = sum(weights.values())
         self._bounds: list[tuple[float, str]] = []
         running = 0.0
         for arm in arms:
-            running += weights.get(arm, 0.0) / total
+            running += weights[arm] / total
             self._bounds.append((running, arm))
 
     def unit_of(self, goal: str, session_id: str | None, execution_id: str) -> str:
@@ -93,6 +91,55 @@ class Experiment:
             if point < bound:
                 return arm
         return self._bounds[-1][1]
+
+
+def _check_arm(arm: object, planner: object) -> None:
+    """An arm is a name and a planner known by name or one that can plan: anything else
+    would be accepted here and then fail every run assigned to the arm."""
+    if not isinstance(arm, str):
+        raise TypeError(f"arm names must be strings, got {arm!r}")
+    if not arm or len(arm) > 64:
+        raise ValueError(f"arm names must be 1-64 characters, got {arm!r}")
+    if isinstance(planner, str):
+        if planner not in PLANNERS:
+            raise ValueError(
+                f"arm {arm!r} names planner {planner!r}; planners are {', '.join(PLANNERS)}"
+            )
+    elif not inspect.iscoroutinefunction(getattr(planner, "plan", None)):
+        raise TypeError(
+            f"arm {arm!r} must be a planner's name ({', '.join(PLANNERS)}) or a planner "
+            f"(an object with an async plan method), got {type(planner).__name__} {planner!r}"
+        )
+
+
+def _checked_weights(
+    name: str, arms: Mapping[str, object], weights: Mapping[str, float] | None
+) -> dict[str, float]:
+    """Every arm's weight, all given: an arm left out of ``weights`` would silently get
+    no traffic, which is better said with an explicit 0."""
+    if weights is None:
+        return dict.fromkeys(arms, 1.0)
+    if not isinstance(weights, Mapping):
+        raise TypeError(
+            f"experiment {name!r}: weights must map arm names to numbers, "
+            f"got {type(weights).__name__}"
+        )
+    unknown = [w for w in weights if w not in arms]
+    if unknown:
+        raise ValueError(f"weights name unknown arm(s) {unknown}; arms are {list(arms)}")
+    missing = [arm for arm in arms if arm not in weights]
+    if missing:
+        raise ValueError(
+            f"weights give no weight for arm(s) {missing}; give every arm one (0 for no traffic)"
+        )
+    for arm, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, Real):
+            raise TypeError(f"weight of arm {arm!r} must be a number, got {weight!r}")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"weight of arm {arm!r} must be finite and >= 0, got {weight}")
+    if not any(weights.values()):
+        raise ValueError(f"weights must be > 0 for some arm, not all 0, got {dict(weights)}")
+    return {arm: float(weights[arm]) for arm in arms}
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,16 +238,24 @@ def _report(
                 p_duration=None if is_base else _compare_duration(base, row),
             )
         )
-    return ExperimentReport(name, base.arm, arms, alpha, _verdict(arms, alpha))
+    outcomes = {row.arm: row for row in rows}
+    return ExperimentReport(name, base.arm, arms, alpha, _verdict(arms, alpha, outcomes))
 
 
-def _verdict(arms: list[ArmReport], alpha: float) -> str:
+def _verdict(arms: list[ArmReport], alpha: float, outcomes: dict[str, ArmOutcomes]) -> str:
     control = arms[0]
     if len(arms) < 2:
         return f"only arm {control.arm!r} has executions yet"
     findings = []
     for arm in arms[1:]:
-        if arm.p_success is None or control.success_rate is None or arm.success_rate is None:
+        ours, theirs = outcomes[arm.arm], outcomes[control.arm]
+        if _too_few_units(theirs, ours):
+            findings.append(
+                f"{arm.arm} vs {control.arm}: not enough units to test ({arm.arm} has "
+                f"{ours.units}, {control.arm} {theirs.units}; a unit's runs are not "
+                "independent, so each arm needs at least 2)"
+            )
+        elif arm.p_success is None or control.success_rate is None or arm.success_rate is None:
             findings.append(f"{arm.arm}: not enough executions to compare")
         elif arm.p_success < alpha:
             better = "better" if arm.success_rate > control.success_rate else "worse"
@@ -226,7 +281,7 @@ def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] |
 
 
 def _compare_success(a: ArmOutcomes, b: ArmOutcomes) -> tuple[float | None, str | None]:
-    if a.executions == 0 or b.executions == 0:
+    if a.executions == 0 or b.executions == 0 or _too_few_units(a, b):
         return None, None
     if a.units < a.executions or b.units < b.executions:
         p = clustered_t(a, b)
@@ -249,6 +304,17 @@ def _compare_success(a: ArmOutcomes, b: ArmOutcomes) -> tuple[float | None, str 
     return two_proportion_z(a.successes, a.executions, b.successes, b.executions), "z"
 
 
+def _too_few_units(a: ArmOutcomes, b: ArmOutcomes) -> bool:
+    """Whether some unit ran more than once and an arm has fewer than two units.
+
+    A unit's runs are then not independent (one user's goals are harder than another's),
+    and one unit shows no spread between units to test against: a run-level test would
+    call the difference between two users a difference between the arms.
+    """
+    clustered = a.units < a.executions or b.units < b.executions
+    return clustered and min(a.units, b.units) < 2
+
+
 def two_proportion_z(s1: int, n1: int, s2: int, n2: int) -> float:
     """Two-sided p-value of H0: equal success rates, with the pooled standard error."""
     pooled = (s1 + s2) / (n1 + n2)
@@ -266,11 +332,11 @@ def clustered_t(a: ArmOutcomes, b: ArmOutcomes) -> float | None:
     ``k/(k-1) · Σ (y_i - p·m_i)² / (Σ m_i)²`` over an arm's ``k`` units of ``m_i``
     runs and ``y_i`` successes (the usual unpooled variance when every unit ran
     once), and the difference is referred to Student's t with ``k_a + k_b - 2``
-    degrees of freedom. ``None`` when an arm has fewer than two units, or when the units
-    of both arms agree so closely that the spread between them is no more than the runs'
-    own binomial spread would give (a handful of identical sessions, or all runs alike):
-    an estimate of zero would call any difference certain, and the run-level test is the
-    fairer one.
+    degrees of freedom. ``None`` when an arm has fewer than two units (nothing to test:
+    see :func:`_too_few_units`), or when the units of both arms agree so closely that the
+    spread between them is no more than the runs' own binomial spread would give (a handful
+    of identical sessions, or all runs alike): an estimate of zero would call any
+    difference certain, and the run-level test is the fairer one.
     """
     variances = []
     for row in (a, b):

@@ -283,9 +283,11 @@ def run_job(name: str, ctx: JobContext, *, trigger: str = "manual") -> JobRun:
 class JobScheduler:
     """Runs every job at its interval in a worker thread, beside a serving event loop.
 
-    The first run of each job is one interval after start, except ``feedback``,
-    which starts from the moment the server started (earlier feedback was
-    learned by the warm start).
+    Each job is first due one interval after its last recorded run (by any process, on
+    demand or on schedule), at once if that has passed, and one interval after start if
+    it never ran: counted from the start alone, a server restarted more often than a
+    job's interval would never run it. ``feedback`` learns from the moment the server
+    started (earlier feedback was learned by the warm start).
     """
 
     def __init__(
@@ -300,6 +302,11 @@ class JobScheduler:
         unknown = sorted(set(intervals or {}) - set(JOBS))
         if unknown:
             raise ValueError(f"intervals name unknown job(s) {unknown}; jobs are {list(JOBS)}")
+        for name, every in (intervals or {}).items():
+            if not isinstance(every, timedelta):
+                raise TypeError(f"interval of job {name!r} must be a timedelta, got {every!r}")
+            if every <= timedelta(0):  # the job would run back to back, a row each time
+                raise ValueError(f"interval of job {name!r} must be positive, got {every}")
         self.intervals = {name: every for name, (_, every) in JOBS.items()} | (intervals or {})
         self.context = JobContext(
             orchestrator.store, orchestrator, settings or JobSettings(), feedback_since=None
@@ -328,9 +335,28 @@ class JobScheduler:
             await self._task
             self._task = None
 
+    def _first_due(self, start: float) -> dict[str, float]:
+        """When each job is first due, on the monotonic clock, from its recorded runs.
+
+        A recorded start in the future (another machine's clock) waits no more than
+        one interval; a store that cannot be read leaves every job one interval away.
+        """
+        now = datetime.now(UTC)
+        due = {}
+        for name, every in self.intervals.items():
+            wait = every
+            try:
+                last = self.context.store.get_job_runs(name, limit=1)
+            except Exception:
+                log.warning("could not read the last run of job %s", name, exc_info=True)
+                last = []
+            if last:
+                wait = min(every, max(timedelta(0), last[0].started_at + every - now))
+            due[name] = start + wait.total_seconds()
+        return due
+
     async def _loop(self) -> None:
-        start = time.monotonic()
-        due = {name: start + every.total_seconds() for name, every in self.intervals.items()}
+        due = await asyncio.to_thread(self._first_due, time.monotonic())
         while not self._stopping.is_set():
             name = min(due, key=due.__getitem__)
             with contextlib.suppress(TimeoutError):
