@@ -279,6 +279,22 @@ def test_two_processes_keep_each_others_project_policies(store: ExecutionStore):
     assert QualityPolicies(StateManager(store)).get(None).min_confidence == 0.9
 
 
+def test_a_running_orchestrator_takes_a_pin_made_by_another_process(store: ExecutionStore):
+    registry = two_converters()
+    with Orchestrator(registry, store=store, llm=None) as orch:
+        before = orch.process("convert 2 km to miles", context={"project": "p"})
+        assert not before.needs_review and "min confidence 0.5" in before.why["policy"]
+        other = QualityPolicies(StateManager(store))  # another process: its own state copy
+        other.set(QualityPolicy(project="p", min_confidence=0.99, adaptive=False))
+        cached = orch.process("convert 3 km to miles", context={"project": "p"})
+        assert "min confidence 0.5" in cached.why["policy"]  # read again every 30 s
+        orch.policies.refresh_seconds = 0
+        after = orch.process("convert 4 km to miles", context={"project": "p"})
+        assert after.needs_review and "min confidence 0.99" in after.why["policy"]
+    with pytest.raises(ValueError, match="refresh_seconds"):
+        QualityPolicies(StateManager(store), refresh_seconds=-1)
+
+
 def test_quality_policy_flags_low_confidence_and_controls_replanning(store: ExecutionStore):
     registry = ToolRegistry()
 

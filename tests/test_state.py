@@ -298,6 +298,20 @@ def test_a_scope_id_is_loaded_once_and_local_writes_win(store: ExecutionStore):
     assert manager.get("session", "c", scope_id="s") is None
 
 
+def test_reread_takes_another_process_s_change_of_one_key(store: ExecutionStore):
+    manager = StateManager(store)
+    manager.set("global", "policy", {"min": 0.5})
+    manager.set("global", "other", 1)
+    store.put_state("global", "", "policy", {"min": 0.9})  # another process's change
+    store.put_state("global", "", "other", 2)
+    assert manager.get("global", "policy") == {"min": 0.5}
+    assert manager.reread("global", "policy") == {"min": 0.9}
+    assert manager.get("global", "other") == 1  # only the key asked for is read again
+    store.delete_state("global", "", "policy")
+    assert manager.reread("global", "policy", "gone") == "gone"
+    assert manager.reread("execution", "k", "none", scope_id="run-1") == "none"  # in memory
+
+
 def test_ttl_hides_then_cleanup_removes_from_memory_and_store(store: ExecutionStore, clock: Clock):
     manager = StateManager(store)
     manager.set("session", "short", 1, scope_id="s", ttl=10)

@@ -210,6 +210,40 @@ class StateManager:
                     self._touch(pair, key)
             return value
 
+    def reread(
+        self, scope: StateScope | str, key: str, default: Any = None, *, scope_id: str = ""
+    ) -> Any:
+        """``get``, after taking the store's current value of ``key`` into this process.
+
+        A scope is read from the store once per process; a value that other processes
+        change (a project's policy pinned by hand) needs reading again. This process's
+        copy stands while the store fails, or while it holds a change not yet sent.
+        """
+        pair = _pair(scope, scope_id)
+        key = checks.check_key(key)
+        if self._persists(pair[0]):
+            assert self.store is not None
+            with self._store_lock:
+                self._ensure_loaded(pair)
+                stored = (
+                    _FAILED
+                    if (pair, key) in self._unsent
+                    else self._call_store(
+                        "read", self.store.get_state_entries, *pair, include_expired=True
+                    )
+                )
+                if stored is not _FAILED:
+                    row = next((r for r in stored if r.key == key), None)
+                    with self._lock:
+                        entries = self._entries.setdefault(pair, {})
+                        if row is not None:
+                            entries[key] = _Entry(row.value, row.expires_at, True)
+                        else:
+                            entries.pop(key, None)
+                        if not entries:
+                            del self._entries[pair]
+        return self.get(scope, key, default, scope_id=scope_id)
+
     def delete(self, scope: StateScope | str, key: str, *, scope_id: str = "") -> bool:
         """Remove one entry; True when a live value was there."""
         pair = _pair(scope, scope_id)

@@ -6,13 +6,15 @@ for review. A project that succeeds almost always should spend less. Each
 policy starts from the defaults, is re-measured over the project's recent
 top-level runs (by the ``quality`` job, and by the orchestrator every
 ``adapt_every`` runs of a project), and is kept in the store's global state so
-every process and every restart uses the same thresholds. Each change keeps
-its reason.
+every process and every restart uses the same thresholds: each process reads
+them again every ``refresh_seconds``, so a policy pinned in another process (the
+CLI, the API) applies without a restart. Each change keeps its reason.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +61,7 @@ class QualityPolicies:
         step: float = 0.1,
         confidence_bounds: tuple[float, float] = (0.2, 0.9),
         adapt_every: int = 50,
+        refresh_seconds: float = 30.0,
     ) -> None:
         if not 0 < target_success <= 1:
             raise ValueError(f"target_success must be in (0, 1], got {target_success}")
@@ -67,6 +70,8 @@ class QualityPolicies:
             raise ValueError(f"confidence_bounds must be 0 <= low <= high <= 1, got {low, high}")
         if window < 1 or min_samples < 1 or adapt_every < 0:
             raise ValueError("window and min_samples must be >= 1, adapt_every >= 0")
+        if not refresh_seconds >= 0:
+            raise ValueError(f"refresh_seconds must be >= 0, got {refresh_seconds}")
         self.state = state
         self.target_success = target_success
         self.margin = margin
@@ -75,13 +80,18 @@ class QualityPolicies:
         self.step = step
         self.confidence_bounds = confidence_bounds
         self.adapt_every = adapt_every
+        self.refresh_seconds = refresh_seconds
         self._lock = threading.Lock()
         self._cache: dict[str, QualityPolicy] | None = None
+        self._read_at = 0.0
         self._runs: dict[str, int] = {}
 
     def _all(self) -> dict[str, QualityPolicy]:
-        if self._cache is None:
-            saved = self.state.get("global", POLICIES_KEY, {}) if self.state else {}
+        now = time.monotonic()
+        stale = self.state is not None and now - self._read_at >= self.refresh_seconds
+        if self._cache is None or stale:
+            saved = self.state.reread("global", POLICIES_KEY, {}) if self.state else {}
+            self._read_at = now
             self._cache = {
                 name: QualityPolicy.model_validate(data)
                 for name, data in (saved or {}).items()
