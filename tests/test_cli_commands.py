@@ -111,6 +111,38 @@ def test_tool_states_persist_between_processes(home: Path):
     assert shown["status"] == "enabled" and shown["parameters"]["required"] == ["expression"]
 
 
+def test_a_user_tool_the_lifecycle_archived_is_enabled_from_the_cli(home: Path):
+    from datetime import UTC, datetime, timedelta
+
+    from dendrite import Orchestrator
+    from dendrite.store import ExecutionStore
+    from dendrite.tools import ToolRegistry
+
+    old = datetime.now(UTC) - timedelta(days=40)
+    with ExecutionStore() as store:  # the application's process, which registers the tool
+        run = store.store_execution(goal_text="look up the legacy record", started_at=old)
+        store.store_tool_execution(run, "legacy_lookup", {}, "ok", True, 5.0, started_at=old)
+    assert runner.invoke(app, ["jobs", "run", "lifecycle"]).exit_code == 0
+
+    def legacy_lookup(key: str) -> str:
+        """Look up a record in the legacy system."""
+        return key
+
+    def status() -> str:
+        registry = ToolRegistry()
+        registry.register_function(legacy_lookup)
+        with Orchestrator(registry, llm=None) as orch:
+            return orch.registry.state("legacy_lookup").status.value
+
+    assert status() == "disabled"
+    enabled = runner.invoke(app, ["tools", "enable", "legacy_lookup"])
+    assert enabled.exit_code == 0, enabled.output
+    assert "legacy_lookup: enabled" in enabled.output
+    assert status() == "enabled"
+    missing = runner.invoke(app, ["tools", "enable", "legacy_lookpu"])
+    assert missing.exit_code != 0 and "did you mean 'legacy_lookup'" in missing.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

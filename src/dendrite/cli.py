@@ -574,7 +574,11 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-tools_app = typer.Typer(help="The built-in tools and their states.", no_args_is_help=True)
+tools_app = typer.Typer(
+    help="The built-in tools and their states; enable and disable also take any tool whose "
+    "state the store keeps (an application's tool the lifecycle job archived).",
+    no_args_is_help=True,
+)
 app.add_typer(tools_app, name="tools")
 
 

@@ -66,7 +66,7 @@ from dendrite.store import ExecutionStore, UnknownExecutionError
 from dendrite.store.serialize import capped
 from dendrite.telemetry import ErrorType, ExecutionStatus
 from dendrite.telemetry.records import MAX_PROJECT, MAX_SESSION_ID
-from dendrite.tools import ToolRegistry, ToolState, ToolStatus
+from dendrite.tools import ToolRegistry, ToolState, ToolStatus, UnknownToolError
 
 log = logging.getLogger("dendrite.orchestrator")
 
@@ -481,18 +481,36 @@ class Orchestrator:
     def set_tool_status(
         self, name: str, status: ToolStatus | str, reason: str | None = None
     ) -> ToolState:
-        """Enable, disable or quarantine a tool here and for every later process on this store."""
+        """Enable, disable or quarantine a tool here and for every later process on this store.
+
+        A tool this process did not register but whose state is saved (another process's
+        tool that the lifecycle job archived, say) is changed in the saved states, which
+        the processes that register it read at start.
+        """
         wanted = ToolStatus(status)
-        if wanted is ToolStatus.QUARANTINED:
-            state = self.registry.quarantine(name, reason or "")
-        elif wanted is ToolStatus.DISABLED:
-            state = self.registry.disable(name, reason)
+        if wanted is ToolStatus.QUARANTINED and not reason:
+            raise ValueError(f"quarantining {name!r} needs a reason")
+        kept = None if wanted is ToolStatus.ENABLED else reason
+        if name in self.registry:
+            state = self.registry.set_state(name, wanted, kept)
+        elif name in self._saved_tool_names():
+            state = ToolState(wanted, kept)
         else:
-            state = self.registry.enable(name)
-            if self.learning is not None:  # a health quarantine ends too, here and later
-                self.learning.health.reset(name, reason or "enabled by hand")
+            raise UnknownToolError(
+                name, [*(t.name for t in self.registry), *self._saved_tool_names()]
+            )
+        if wanted is ToolStatus.ENABLED and self.learning is not None:
+            self.learning.health.reset(name, reason or "enabled by hand")  # here and later
         save_tool_state(self.state, name, state.status.value, state.reason, state.since)
         return state
+
+    def _saved_tool_names(self) -> set[str]:
+        """Tools with a state or lifecycle stage saved by any process, as the store has them."""
+        names: set[str] = set()
+        for key in (TOOL_STATES_KEY, LIFECYCLE_KEY):
+            table = self.state.reread("global", key, {})
+            names.update(table if isinstance(table, dict) else ())
+        return names
 
     # -- lifecycle -----------------------------------------------------------
 

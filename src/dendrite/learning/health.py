@@ -278,9 +278,15 @@ class HealthMonitor:
             entry.quarantined_as = reason
         elif after in (Health.HEALTHY, Health.PROBING, Health.FLAGGED):
             # Only this monitor's own quarantine is lifted: one set by hand or by the
-            # lifecycle job (a deprecation) since stays.
-            state = self.registry.state(tool)
-            if state.status is ToolStatus.QUARANTINED and state.reason == entry.quarantined_as:
+            # lifecycle job (a deprecation) since stays. A tool this process did not
+            # register (enabled by name from the CLI) has only its logged health to reset.
+            found = self.registry.find(tool)
+            state = found.state if found is not None else None
+            if (
+                state is not None
+                and state.status is ToolStatus.QUARANTINED
+                and state.reason == entry.quarantined_as
+            ):
                 self.registry.enable(tool)
             entry.quarantined_as = None
         self.transitions.append(transition)
