@@ -22,6 +22,7 @@ from dendrite.planning import (
     Strategy,
     TemplatePlanner,
 )
+from dendrite.planning.classify import act_named_by
 from dendrite.store import ExecutionStore
 from dendrite.tools import ToolRegistry
 from tests.openai_server import chat_server
@@ -342,6 +343,10 @@ def test_a_generative_goal_is_the_call_of_a_tool_made_for_its_act():
         # A tool that merely shares a word is not made for the act: the documents answer.
         plan = asyncio.run(orch.planner.plan("write a poem about notes", orch.registry, {}))
         assert plan.planner == "documents" and plan.steps[0].tool == "search_notes"
+    # Verbs in any form count; tools named for storing or making records, and nouns, do not.
+    assert act_named_by("draft an email to Andy", "email_drafter: drafts emails") == "draft"
+    assert act_named_by("create a story for the user", "create_user: Create a user") is None
+    assert act_named_by("write a story about the sprint", "story_points: count points") is None
     with chat_server() as server:  # with a model too: the tool does it, not free text
         llm = ChatLLM(LLMConfig(base_url=server.url, model="poet"))
         with Orchestrator(registry, store=None, llm=llm) as orch:

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from dendrite.retrieval.lexical import tokenize
+from dendrite.retrieval.lexical import stem, tokenize
 
 
 class Intent(StrEnum):
@@ -181,16 +181,22 @@ _QUERY_CUES: dict[QueryType, list[tuple[re.Pattern[str], float, str]]] = {
 _GENERATIVE_TYPES = {QueryType.GENERATION}
 
 
+ACTS = ("generate", "compose", "draft", "brainstorm", "suggest", "explain")
+"""The generative verbs a tool can be made for. "write" and "create" are left out: tools
+named for them (``write_file``, ``create_user``) store or make records, not what a
+"write a poem" goal asks for; nor do nouns count ("story" in ``story_points``)."""
+_ACT_STEMS = {stem(verb): verb for verb in ACTS}
+
+
 def act_named_by(goal: str, tool_text: str) -> str | None:
-    """The goal's generative cue that ``tool_text`` (a tool's name and description) names
-    too, if any: "generate a melody" and ``generate_melody``, "draft an email" and a tool
-    that drafts emails. Such a tool is made for what the goal asks, so the goal is its call,
-    not free text for a model to write (nor, offline, a refusal)."""
-    words = " ".join(tokenize(tool_text, drop_stop_words=False, stemming=False))
-    for pattern, _, label in _QUERY_CUES[QueryType.GENERATION]:
-        if pattern.search(goal) and pattern.search(words):
-            return label
-    return None
+    """The generative act the goal asks for that ``tool_text`` (a tool's name and
+    description) names too, in any form, if any: "generate a melody" and
+    ``generate_melody``, "draft an email" and a tool that drafts emails. Such a tool is made
+    for what the goal asks, so the goal is its call, not free text for a model to write
+    (nor, offline, a refusal)."""
+    asked = set(tokenize(goal)) & _ACT_STEMS.keys()
+    named = asked & set(tokenize(tool_text))
+    return _ACT_STEMS[min(named)] if named else None
 
 
 def classify(goal: str) -> Classification:
