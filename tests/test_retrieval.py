@@ -190,6 +190,21 @@ def test_lexical_index_ranks_matching_documents_best_first() -> None:
     assert index.matches("current weather stations").tolist() == [2, 0, 2, 0]
 
 
+def test_words_of_any_script_match_and_unspaced_scripts_match_by_character_pairs() -> None:
+    assert tokenize("Größe der Datei") == ["größe", "der", "datei"]  # not "gr", "e"
+    assert tokenize("北京天气") == ["北京", "京天", "天气"]
+    assert tokenize("天气预报 weather_forecast") == ["天气", "气预", "预报", "weather", "forecast"]
+    docs = [
+        "weather_forecast: 查询城市的天气预报",  # look up a city's weather forecast
+        "currency_converter: 货币汇率换算",  # currency exchange rates
+        "dateigroesse: Größe einer Datei in Bytes",
+    ]
+    index = LexicalIndex(docs)
+    assert index.search("北京后天的天气如何", k=1)[0][0] == 0  # Beijing's weather, in 2 days
+    assert index.search("把一百美元换算成欧元", k=1)[0][0] == 1  # convert $100 to euros
+    assert index.search("Wie groß ist die Größe der Datei?", k=1)[0][0] == 2
+
+
 def test_lexical_index_bad_inputs() -> None:
     empty = LexicalIndex([])
     assert len(empty) == 0 and empty.search("weather") == []

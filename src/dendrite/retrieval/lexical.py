@@ -5,7 +5,10 @@ the tokenizer: identifiers like ``get_weather_forecast`` or ``findRestaurantNear
 match queries written in plain English, so identifiers are split on ``snake_case``,
 ``camelCase``, digits and punctuation, lower-cased, stop words are dropped and a light
 stemmer (Porter's steps 1 and 5a) folds plural/verb forms together (``restaurants`` ~
-``restaurant``, ``calculates`` ~ ``calculated``).
+``restaurant``, ``calculates`` ~ ``calculated``). Words are letters and digits of any script
+(``Größe``, ``café``); scripts written without spaces between words (Chinese, Japanese,
+Thai) are cut into overlapping pairs of characters, as CJK search indexes do, so that
+``北京的天气`` and ``天气预报`` share ``天气``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,24 @@ STOP_WORDS: frozenset[str] = frozenset(_STOP_WORDS_TEXT.split())
 _CAMEL_1 = re.compile(r"([a-z0-9])([A-Z])")
 _CAMEL_2 = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _LETTER_DIGIT = re.compile(r"(?<=[A-Za-z])(?=[0-9])|(?<=[0-9])(?=[A-Za-z])")
-_WORD = re.compile(r"[a-z0-9]+")
+# Scripts without spaces between words: Thai, kana, CJK ideographs (and their extensions).
+_UNSPACED = "\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# Letters and digits of any script, and the marks those scripts write their words with.
+_WORD = re.compile(f"(?:[^\\W_]|[{_UNSPACED}])+")
+_HAS_UNSPACED = re.compile(f"[{_UNSPACED}]").search
+_UNSPACED_RUNS = re.compile(f"[{_UNSPACED}]+|[^{_UNSPACED}]+").findall
+
+
+def _pairs(words: list[str]) -> list[str]:
+    """Runs of unspaced scripts as overlapping character pairs (a lone character stays)."""
+    out = []
+    for word in words:
+        for run in _UNSPACED_RUNS(word):
+            if len(run) > 1 and _HAS_UNSPACED(run):
+                out.extend(run[i : i + 2] for i in range(len(run) - 1))
+            else:
+                out.append(run)
+    return out
 
 
 def split_identifiers(text: str) -> str:
@@ -89,7 +109,7 @@ def stem(word: str) -> str:
     (``restaurants`` ~ ``restaurant``, ``stored`` ~ ``store``, ``calculates`` ~ ``calculated``,
     ``cities`` ~ ``city``) without the aggressive derivational stripping of the full algorithm.
     """
-    if len(word) <= 2 or not word.isalpha():
+    if len(word) <= 2 or not word.isalpha() or not word.isascii():
         return word
     w = word
     # Step 1a: plurals.
@@ -132,6 +152,8 @@ def tokenize(text: str, *, drop_stop_words: bool = True, stemming: bool = True) 
     a light stemmer is applied (unless ``stemming`` is false).
     """
     words = _WORD.findall(split_identifiers(text).lower())
+    if _HAS_UNSPACED(text):
+        words = _pairs(words)
     if drop_stop_words:
         words = [w for w in words if w not in STOP_WORDS]
     if stemming:
