@@ -118,6 +118,7 @@ def test_tier_and_pool_performance_with_costs_quality_and_ratings(store: Executi
     )
     _exec(store, success=True, model_tier="small", pool="p2", duration_ms=10, started_at=TODAY)
     _exec(store, success=True, duration_ms=10, started_at=TODAY - timedelta(days=30))
+    _exec(store, success=True, model_tier="small", duration_ms=10, started_at=TODAY + timedelta(3))
     store.store_feedback(a, 5)
     store.store_feedback(a, 2)
     store.store_feedback(b, 4, accepted=True)

@@ -271,10 +271,12 @@ def _rollup_sums() -> list[Any]:
 
 def get_tier_performance(conn: Connection, days: int) -> list[TierPerformance]:
     ru = s.execution_rollup
-    first_day = datetime.now(UTC).date() - timedelta(days=days - 1)
+    today = datetime.now(UTC).date()
+    first_day = today - timedelta(days=days - 1)
     query = (
         select(ru.c.day, ru.c.model_tier, *_rollup_sums())
-        .where(ru.c.day >= first_day, ru.c.model_tier != "")
+        # Runs dated after today (a clock ahead, an import) are not among the last days.
+        .where(ru.c.day >= first_day, ru.c.day <= today, ru.c.model_tier != "")
         .group_by(ru.c.day, ru.c.model_tier)
         .order_by(ru.c.day, ru.c.model_tier)
     )
