@@ -102,6 +102,49 @@ def test_sqlite_locked_past_its_timeout_journals_and_replays(tmp_path: Path):
     _expect_exactly_total(_counts(url))
 
 
+def test_a_journal_that_cannot_be_written_keeps_records_in_memory(tmp_path: Path):
+    """The database locked and the journal's folder unusable (a file in its place, as a
+    full disk or a read-only mount would be): the records wait in memory, the callers see
+    nothing, ``status()`` names the journal, and all of them land once the database is back.
+    (The writer used to drop the batch with a log line; a full queue raised into the caller.)"""
+    db = tmp_path / "h.db"
+    url = f"sqlite:///{db}?timeout=0.2"
+    state = tmp_path / "s"
+    store = ExecutionStore(
+        url, state_dir=state, batch_size=250, flush_interval=0.01, max_queue=500, block_timeout=0
+    )
+    state.mkdir(exist_ok=True)
+    (state / "journal").write_text("not a folder")
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    eid = _write(store, 0, 4000, "")  # past max_queue: the callers journal, and cannot
+    assert not store.flush(timeout=1.0)
+    status = store.status()
+    assert status.last_error.startswith("journal: FileExistsError")
+    assert (status.written_records, status.journal_records) == (0, 0)
+    assert status.pending_writes >= 4000 - 250  # less a batch the writer may be trying
+    blocker.execute("COMMIT")
+    blocker.close()
+    _write(store, 4000, TOTAL, eid)
+    wait_until_drained(store)
+    store.close()
+    _expect_exactly_total(_counts(url))
+
+
+def test_a_partly_written_journal_line_ends_its_segment(tmp_path: Path):
+    journal = Journal(tmp_path / "journal")
+    journal.append([("execution", {"id": "a"})])
+    handle = journal._file
+    assert handle is not None
+    handle.close()  # the next write fails, as on a full disk
+    with pytest.raises(ValueError):
+        journal.append([("execution", {"id": "b"})])
+    journal.append([("execution", {"id": "c"})])  # a new segment, not the broken one
+    journal.seal()
+    claimed = [[r["id"] for _, r in records] for _, records in journal.claim()]
+    assert claimed == [["a"], ["c"]]
+
+
 def test_a_full_queue_spills_to_the_journal_without_raising(store_url: str, tmp_path: Path):
     store = ExecutionStore(
         store_url, state_dir=tmp_path / "s", max_queue=50, block_timeout=0.0, flush_interval=5

@@ -11,6 +11,7 @@ so a crash between "committed" and "segment deleted" costs nothing but time.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -45,9 +46,17 @@ class Journal:
         )
         with self._lock:
             handle = self._open()
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+            try:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            except BaseException:
+                # A partial line ends this segment (replay skips it); the next append
+                # starts a new one instead of running its first record into the line.
+                self._file = self._path = None
+                with contextlib.suppress(OSError):
+                    handle.close()
+                raise
 
     def _open(self) -> IO[str]:
         if self._file is None:

@@ -18,6 +18,11 @@ What can go wrong, and what happens:
 - The queue is full: the caller waits up to ``block_timeout`` for room, then
   the record goes to the journal. Nothing is dropped and nothing raises into
   the caller.
+- The journal cannot be written either (a full disk, a folder that cannot be
+  written): the records stay in memory, at the head of the queue (a full queue
+  grows past ``max_queue``), and are tried again with back-off; ``status()``
+  names the journal's error. Only a close that finds both the database and the
+  journal unusable loses them, and it says how many.
 """
 
 from __future__ import annotations
@@ -170,6 +175,8 @@ class BatchWriter:
         self._waiting_for_room = 0
         self._stopping = False
         self._backoff = 0.25
+        self._journal_backoff = 0.25
+        self._journal_failing = False
         self._retry_at = 0.0
         self._next_replay = 0.0
         self._journal_pending = True  # segments left by an earlier run are replayed first
@@ -206,7 +213,9 @@ class BatchWriter:
             if len(self._queue) < self.max_queue and not self._stopping:
                 self._queue.append(record)
                 return
-        self._to_journal([record])
+        if not self._to_journal([record]):
+            self._queue.append(record)  # past max_queue: memory is the last place left
+            return
         if self._stopping:  # no writer will seal it: release the segment for the next start
             self.journal.seal()
         log.warning("store queue full or closed: record journaled for later replay")
@@ -232,8 +241,13 @@ class BatchWriter:
         with self._room:
             self._room.notify_all()
         leftover = [item for item in self._queue if not isinstance(item, _FlushMarker)]
-        if leftover:  # the writer could not finish in time: keep them on disk
-            self._to_journal(leftover)
+        # The writer could not finish in time: keep them on disk, if the disk takes them.
+        if leftover and not self._to_journal(leftover):
+            log.error(
+                "store closed with %d records that neither the database nor the journal "
+                "took: they are lost",
+                len(leftover),
+            )
         self.journal.seal()
 
     # -- the writer thread ---------------------------------------------------
@@ -242,17 +256,18 @@ class BatchWriter:
         while True:
             woken = self._wake.wait(self.flush_interval)
             self._wake.clear()
+            stuck = False
             try:
                 if not woken and not self._queue and self._unchecked:
                     self._checkpoint()
-                self._drain()
+                stuck = not self._drain()
                 if self.healthy:
                     self._maybe_replay()
                 elif self._journal_pending:
                     self._recover()
             except Exception:  # the writer must survive anything
                 log.exception("store writer: unexpected error")
-            if self._stopping and not self._queue:
+            if self._stopping and (stuck or not self._queue):
                 self._last_chance()
                 return
 
@@ -286,7 +301,9 @@ class BatchWriter:
         except Exception:
             log.exception("store writer: could not replay the journal on close")
 
-    def _drain(self) -> None:
+    def _drain(self) -> bool:
+        """Write what is queued; False when a batch found neither the database nor the
+        journal usable and waits, back in the queue, for the next try."""
         queue = self._queue
         while queue:
             batch: list[Queued] = []
@@ -302,7 +319,12 @@ class BatchWriter:
                     self._room.notify_all()
             if batch:
                 started = time.monotonic()
-                self._process(batch)
+                if not self._process(batch):
+                    queue.extendleft(reversed([*batch, *markers]))  # as they were queued
+                    if not self._stopping:
+                        time.sleep(self._journal_backoff)
+                        self._journal_backoff = min(self._journal_backoff * 2, 5.0)
+                    return False
                 self._pace(len(batch), time.monotonic() - started)
             if markers and self.healthy and self._journal_pending:
                 # Records that overflowed a full queue went to the journal
@@ -311,6 +333,7 @@ class BatchWriter:
                 self._maybe_replay()
             for marker in markers:
                 marker.done.set()
+        return True
 
     def _pace(self, rows: int, seconds: float) -> None:
         """Size the next batch from how long this one took (see ``__init__``)."""
@@ -319,17 +342,18 @@ class BatchWriter:
         elif rows >= self._batch_limit and seconds < self._batch_seconds / 2:
             self._batch_limit = min(self.batch_size, self._batch_limit * 2)
 
-    def _process(self, batch: list[Queued]) -> None:
+    def _process(self, batch: list[Queued]) -> bool:
+        """Write the batch, or journal it; False when neither could be done."""
         if not self.healthy and not self._recover():
-            self._to_journal(batch)
-            return
+            return self._to_journal(batch)
         try:
             self._write_isolating(batch)
         except Exception as error:
             if not is_connection_error(error):
                 raise
             self._mark_unhealthy(error)
-            self._to_journal(batch)
+            return self._to_journal(batch)
+        return True
 
     def _mark_unhealthy(self, error: BaseException) -> None:
         if self.healthy:
@@ -387,10 +411,27 @@ class BatchWriter:
             self._reject(kind, data, f"unreadable journal entry: {error}")
             return None
 
-    def _to_journal(self, records: Sequence[Queued]) -> None:
-        self.journal.append([(KIND_OF[type(r)], dump(r)) for r in records])
+    def _to_journal(self, records: Sequence[Queued]) -> bool:
+        """Append records to the journal; False (logged, and named by ``status()``) when it
+        cannot be written, so that the caller keeps them."""
+        try:
+            self.journal.append([(KIND_OF[type(r)], dump(r)) for r in records])
+        except Exception as error:  # a full disk, a folder that cannot be written
+            text = f"{type(error).__name__}: {error}".splitlines()[0]
+            self.stats.last_error = f"journal: {text}"
+            # Once per failure, not once per record while it lasts.
+            (log.debug if self._journal_failing else log.error)(
+                "store journal cannot be written (%s): records kept in memory", text
+            )
+            self._journal_failing = True
+            return False
+        if self._journal_failing:
+            log.info("store journal can be written again")
         self.stats.journaled += len(records)
         self._journal_pending = True
+        self._journal_failing = False
+        self._journal_backoff = 0.25
+        return True
 
     def _write_isolating(self, batch: Sequence[Queued]) -> None:
         """Write a batch; if its data is refused, bisect to write all but the bad records."""
