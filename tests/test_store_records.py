@@ -642,6 +642,28 @@ def test_a_duration_that_leaves_the_calendar_is_refused_at_the_call(store: Execu
     assert store.get_execution(eid).steps == []
 
 
+def test_a_moment_outside_the_utc_calendar_is_refused_by_name(store: ExecutionStore):
+    """9999-12-31 23:00 at UTC-5 is the year 10000 in UTC: refused where it is given, naming
+    it, not an OverflowError at the call nor a record refused in the background."""
+    eid = store.store_execution(goal_text="g", success=True, duration_ms=1)
+    late = datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5)))
+    early = datetime(1, 1, 1, 1, 0, tzinfo=timezone(timedelta(hours=5)))
+    outside = "outside the years 1 to 9999 in UTC"
+    with pytest.raises(InvalidRecordError, match=f"started_at: .*{outside}"):
+        store.store_execution(goal_text="x", success=True, duration_ms=1, started_at=late)
+    with pytest.raises(InvalidRecordError, match=f"started_at: .*{outside}"):
+        store.store_tool_execution(eid, "t", {}, None, True, 1.0, started_at=late)
+    with pytest.raises(InvalidRecordError, match=outside):
+        store.store_routing_decision(eid, "fast", created_at=late)
+    with pytest.raises(ValueError, match=f"since: .*{outside}"):
+        store.get_recent_executions(since=early)
+    with pytest.raises(ValueError, match=f"since: .*{outside}"):
+        store.get_success_rate(since=late)
+    store.flush()
+    assert store.status().rejected_records == 0
+    assert [r.id for r in store.get_recent_executions(10)] == [eid]
+
+
 def test_readable_goal_ids_never_collide_with_ones_given_by_the_caller(store: ExecutionStore):
     store.store_execution(goal_id="goal_2", goal_text="imported", success=True, duration_ms=1)
     store.store_execution(goal_id="goal_x", goal_text="named", success=True, duration_ms=1)

@@ -770,7 +770,10 @@ def _moment(name: str, value: Any, also: str = "") -> datetime:
     """A point in time given to a read or to ``prune``, in UTC (naive is taken as UTC)."""
     if not isinstance(value, datetime):
         raise TypeError(f"{name} must be {also}a datetime, got {type(value).__name__} {value!r}")
-    return as_utc(value)
+    try:
+        return as_utc(value)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
 
 
 def _execution_id(value: Any) -> str:

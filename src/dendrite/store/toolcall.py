@@ -144,6 +144,7 @@ def checked_call(
                 finished_at = started_at + timedelta(0, 0, 0, duration_ms)
         if started_at is None:
             started_at = finished_at - timedelta(0, 0, 0, duration_ms)
+        started_at, finished_at = _utc(started_at), _utc(finished_at)
     except OverflowError:  # pydantic's path names the problem
         return None
     tool_name = clean_text(tool_name)
@@ -170,7 +171,7 @@ def checked_call(
             attempt,
             fallback_of,
             duration_ms,
-            _utc(started_at),
-            _utc(finished_at),
+            started_at,
+            finished_at,
         ),
     )

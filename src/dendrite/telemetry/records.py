@@ -94,12 +94,30 @@ def _fill_times(
         raise ValueError(
             f"duration_ms={duration_ms} puts the other end of the run outside the years 1 to 9999"
         ) from None
-    return as_utc(started_at), as_utc(finished_at)
+    return _named_utc("started_at", started_at), _named_utc("finished_at", finished_at)
+
+
+def _named_utc(name: str, value: datetime) -> datetime:
+    try:
+        return as_utc(value)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
 
 
 def as_utc(value: datetime) -> datetime:
-    """The same moment in UTC; a naive datetime is taken to be UTC already."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    """The same moment in UTC; a naive datetime is taken to be UTC already.
+
+    ``ValueError`` when that moment is outside the years 1 to 9999 in UTC (9999-12-31
+    23:00 at UTC-5 is the year 10000 in UTC), which no column can hold.
+    """
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is outside the years 1 to 9999 in UTC") from None
+
+
+Moment = Annotated[datetime, AfterValidator(as_utc)]
+"""A point in time, kept in UTC."""
 
 
 def _infer_error_type(success: bool, error: str | None, error_type: ErrorType | None):
@@ -259,7 +277,7 @@ class RoutingDecision(_Record):
     predicted_success: float | None = Field(default=None, ge=0, le=1)
     predicted_cost: float | None = Field(default=None, ge=0, le=MAX_COST)
     predicted_duration_ms: float | None = Field(default=None, ge=0, le=MAX_DURATION_MS)
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: Moment = Field(default_factory=utcnow)
 
     def prediction_error(self, outcome: ExecutionRecord) -> PredictionError:
         """Error of this decision's predictions against the execution it routed."""
@@ -282,7 +300,7 @@ class FeedbackRecord(_Record):
     accepted: bool | None = Field(default=None, strict=True)
     feedback_text: str | None = None
     source: Literal["human", "llm", "code"] = "human"
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: Moment = Field(default_factory=utcnow)
 
     @model_validator(mode="after")
     def _says_something(self) -> Self:
@@ -301,7 +319,7 @@ class SolutionRecord(_Record):
     task_type: str | None = Field(default=None, max_length=128)
     plan: dict[str, Any] = Field(default_factory=dict)
     quality_score: float | None = Field(default=None, ge=0, le=1)
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: Moment = Field(default_factory=utcnow)
 
     def embedding_content(self) -> str:
         """The text that stands for this solution when a new goal looks for one to reuse."""
@@ -320,7 +338,7 @@ class ToolCreationEvent(_Record):
     validation_passed: bool
     validation_errors: list[str] = Field(default_factory=list)
     execution_id: RecordId | None = None
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: Moment = Field(default_factory=utcnow)
 
 
 AnyRecord = (
