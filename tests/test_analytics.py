@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select, text
 
+from dendrite._ids import new_id
 from dendrite.store import ExecutionStore
 from dendrite.store import schema as s
 
@@ -271,6 +272,42 @@ def test_prune_deletes_raw_rows_and_keeps_the_aggregates(store_url: str, tmp_pat
         grown = _snapshot(store)
         store.update_statistics()
         assert _snapshot(store) == grown
+
+
+def test_prune_takes_a_run_whole_and_leaves_a_kept_runs_rows(store: ExecutionStore):
+    """Steps and routing go with their run, by when the run started: a pruned run's late
+    step stayed without it, and a kept run lost a decision made just before the cutoff."""
+    cutoff = NOW - timedelta(days=10)
+    spans = store.store_execution(
+        goal_text="spans the cutoff", success=True, duration_ms=600_000,
+        started_at=cutoff - timedelta(minutes=5),
+    )  # fmt: skip
+    for name, after in (("early", 1), ("late", 480)):
+        store.store_tool_execution(
+            spans, name, {}, None, True, 1.0, started_at=cutoff + timedelta(seconds=after - 300)
+        )
+    kept = store.store_execution(
+        goal_text="after", success=True, duration_ms=10, started_at=cutoff + timedelta(seconds=1)
+    )
+    store.store_routing_decision(kept, "fast", created_at=cutoff - timedelta(milliseconds=5))
+    store.store_tool_execution(kept, "kept", {}, None, True, 1.0)
+    runless = new_id()  # a step whose run was never recorded goes by its own time
+    store.store_tool_execution(
+        runless, "old", {}, None, True, 1.0, started_at=cutoff - timedelta(days=1)
+    )
+    store.flush()
+    before = _snapshot(store)
+    report = store.prune(cutoff)
+    assert (report.executions, report.tool_executions, report.routing_decisions) == (1, 3, 0)
+    assert store.get_execution(spans) is None
+    detail = store.get_execution(kept)
+    assert [d.chosen for d in detail.routing] == ["fast"]
+    assert [t.tool_name for t in detail.steps] == ["kept"]
+    with store.engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(s.tool_executions)) == 1
+    assert _snapshot(store) == before
+    store.update_statistics()
+    assert _snapshot(store) == before
 
 
 def test_sqlites_p95_from_the_top_finds_the_window_querys_bucket(tmp_path):

@@ -22,7 +22,19 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, case, delete, func, select, true, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
@@ -460,17 +472,36 @@ def _aggregate_live(conn: Connection, exec_where: Any, tool_where: Any) -> tuple
     return tools, sums
 
 
+def past_retention(cutoff: datetime) -> tuple[Any, Any, Any]:
+    """What retention deletes, as where-clauses on executions, tool executions and routing
+    decisions (delete the executions last: the others refer to them).
+
+    A run goes whole, with its steps and its routing, by when it started; a step or a
+    decision whose run is not stored goes by its own time. By their own times, a step of
+    a pruned run that ended after the cutoff stayed without its run, and a decision made
+    just before the cutoff went from a run that started just after it and stayed.
+    """
+    ex, te, rd = s.executions, s.tool_executions, s.routing_decisions
+    old = select(ex.c.id).where(ex.c.started_at < cutoff)
+
+    def runless(column: Any) -> Any:
+        return ~select(ex.c.id).where(ex.c.id == column).exists()
+
+    return (
+        ex.c.started_at < cutoff,
+        or_(te.c.execution_id.in_(old), and_(te.c.started_at < cutoff, runless(te.c.execution_id))),
+        or_(rd.c.execution_id.in_(old), and_(rd.c.created_at < cutoff, runless(rd.c.execution_id))),
+    )
+
+
 def archive_before(conn: Connection, cutoff: datetime) -> None:
     """Fold the rows that retention is about to delete into the archive rollups.
 
     Writers wait until the caller's transaction, which deletes those rows, ends.
     """
     hold_writers(conn)
-    tools, sums = _aggregate_live(
-        conn,
-        s.executions.c.started_at < cutoff,
-        s.tool_executions.c.started_at < cutoff,
-    )
+    executions, tool_executions, _ = past_retention(cutoff)
+    tools, sums = _aggregate_live(conn, executions, tool_executions)
     add_tool_aggregates(conn, tools, s.tool_statistics_archive, s.tool_duration_histogram_archive)
     add_execution_rollup(conn, sums, s.execution_rollup_archive)
 

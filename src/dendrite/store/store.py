@@ -706,14 +706,15 @@ class ExecutionStore:
         ex, te, fb, rd = s.executions, s.tool_executions, s.execution_feedback, s.routing_decisions
         with self._write() as conn:
             rollups.archive_before(conn, cutoff)
-            old = select(ex.c.id).where(ex.c.started_at < cutoff)
+            runs, steps, decisions = rollups.past_retention(cutoff)
+            old = select(ex.c.id).where(runs)
             feedback = conn.execute(delete(fb).where(fb.c.execution_id.in_(old))).rowcount
             ea, jr = s.experiment_assignments, s.job_runs
             conn.execute(delete(ea).where(ea.c.execution_id.in_(old)))
             conn.execute(delete(jr).where(jr.c.started_at < cutoff))
-            executions = conn.execute(delete(ex).where(ex.c.started_at < cutoff)).rowcount
-            tools = conn.execute(delete(te).where(te.c.started_at < cutoff)).rowcount
-            routing = conn.execute(delete(rd).where(rd.c.created_at < cutoff)).rowcount
+            tools = conn.execute(delete(te).where(steps)).rowcount
+            routing = conn.execute(delete(rd).where(decisions)).rowcount
+            executions = conn.execute(delete(ex).where(runs)).rowcount
             previous = conn.scalar(
                 select(s.store_meta.c.text_value).where(s.store_meta.c.key == "pruned_before")
             )
