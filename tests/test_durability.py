@@ -421,3 +421,22 @@ def test_a_journal_kept_under_the_urls_spelling_by_an_earlier_version_is_taken_o
     with ExecutionStore(url) as store:
         assert store.status().journal_records == 1
         assert not list((tmp_path / "home" / "stores" / spelled / "journal").iterdir())
+
+
+def test_a_replayed_older_judgement_does_not_replace_a_newer_one(store_url: str, tmp_path: Path):
+    """Feedback journaled by one process while the database was away, replayed after newer
+    feedback was written by another: the run keeps the newer rating and acceptance."""
+    with ExecutionStore(store_url, state_dir=tmp_path / "main") as main:
+        eid = main.store_execution(goal_text="g", success=True, duration_ms=1)
+        main.flush()
+        with ExecutionStore(UNREACHABLE_URL, state_dir=tmp_path / "away") as away:
+            away.store_feedback(eid, 1, "first: bad", accepted=False)  # journaled
+        time.sleep(0.01)
+        main.store_feedback(eid, 5, "later: great")
+        main.flush()
+        with ExecutionStore(store_url, state_dir=tmp_path / "away") as back:
+            back.flush()  # the older judgement is replayed now
+        detail = main.get_execution(eid)
+        assert sorted(f.rating for f in detail.feedback) == [1, 5]
+        # The rating is the newer one's; the acceptance, given only by the older, stays.
+        assert (detail.user_rating, detail.user_accepted) == (5, False)

@@ -47,8 +47,10 @@ from sqlalchemy import (
     Engine,
     Integer,
     Table,
+    and_,
     bindparam,
-    func,
+    case,
+    cast,
     select,
     text,
     update,
@@ -898,12 +900,36 @@ def _insert_feedback(conn: Connection, records: list[FeedbackRecord]) -> list[tu
         )
     }
     conn.execute(
-        update(ex)
-        .where(ex.c.id == bindparam("eid"))
-        .values(
-            user_rating=func.coalesce(bindparam("rating", type_=Integer), ex.c.user_rating),
-            user_accepted=func.coalesce(bindparam("accepted", type_=Boolean), ex.c.user_accepted),
-        ),
-        [{"eid": r.execution_id, "rating": r.rating, "accepted": r.accepted} for r in new],
+        built_once(("latest judgement",), _latest_judgement),
+        [
+            {"eid": r.execution_id, "rating": r.rating, "accepted": r.accepted, "at": r.created_at}
+            for r in new
+        ],
     )
     return [(r, targets[r.execution_id]) for r in new]
+
+
+def _latest_judgement() -> Any:
+    """The execution's rating and acceptance become the feedback's, unless a later feedback
+    (by ``created_at``) already gave one: a journal replayed after newer feedback was
+    written, or feedback sent from two processes, must not put the older judgement back."""
+    ex, fb = s.executions, s.execution_feedback
+
+    def judged(name: str, kind: Any) -> Any:
+        given = cast(bindparam(name, type_=kind), kind)  # PostgreSQL must know its type
+        later = (
+            select(fb.c.id)
+            .where(
+                fb.c.execution_id == bindparam("eid"),
+                fb.c[name].is_not(None),
+                fb.c.created_at > bindparam("at", type_=fb.c.created_at.type),
+            )
+            .exists()
+        )
+        return case((and_(given.is_not(None), ~later), given), else_=ex.c[f"user_{name}"])
+
+    return (
+        update(ex)
+        .where(ex.c.id == bindparam("eid"))
+        .values(user_rating=judged("rating", Integer), user_accepted=judged("accepted", Boolean))
+    )
