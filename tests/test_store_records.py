@@ -18,7 +18,13 @@ from dendrite._ids import new_id
 from dendrite.store import ExecutionStore, InvalidRecordError, UnknownExecutionError, schema
 from dendrite.store.toolcall import ToolCall, checked_call
 from dendrite.store.writer import _tool_row_encoder
-from dendrite.telemetry import ErrorType, ExecutionStatus, FeedbackRecord, ToolExecutionRecord
+from dendrite.telemetry import (
+    ErrorType,
+    ExecutionRecord,
+    ExecutionStatus,
+    FeedbackRecord,
+    ToolExecutionRecord,
+)
 from tests.conftest import pg_database
 
 
@@ -370,6 +376,29 @@ def test_a_tool_call_is_stored_as_it_was_when_recorded(store_url: str, tmp_path:
     assert len(steps) == len(calls) == 3
     assert all(s.parameters == {"filters": {"lang": "en"}} for s in steps)
     assert all(s.result == [1, 2, 3] for s in steps)
+
+
+def test_a_runs_metadata_a_plan_and_routing_features_are_stored_as_given(
+    store_url: str, tmp_path: Path
+):
+    """Their dicts are the caller's, nested objects and all (a run's output): one changed
+    before the writer got to it was stored as changed."""
+    with ExecutionStore(store_url, state_dir=tmp_path / "s", flush_interval=60) as store:
+        metadata, plan, features = {"output": {"rows": [1]}}, {"steps": [1]}, {"words": ["a"]}
+        eid = store.store_execution(goal_text="g", success=True, duration_ms=5, metadata=metadata)
+        built = ExecutionRecord(goal_text="h", success=True, duration_ms=5, metadata=metadata)
+        store.record(built)
+        store.store_solution("p", plan=plan)
+        store.store_routing_decision(eid, "fast", features=features)
+        metadata["output"]["rows"].append(2)
+        plan["steps"].append(2)
+        features["words"].append("b")
+        store.flush()
+        assert store.get_execution(eid).metadata == {"output": {"rows": [1]}}
+        assert store.get_execution(built.id).metadata == {"output": {"rows": [1]}}
+        assert built.metadata["output"]["rows"] == [1, 2]  # the caller's record is its own
+        assert store.get_solutions()[0].plan == {"steps": [1]}
+        assert store.get_execution(eid).routing[0].features == {"words": ["a"]}
 
 
 def test_close_drains_pending_writes(store_url: str, tmp_path: Path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -23,7 +24,7 @@ from sqlalchemy import Connection, delete, select, update
 
 from dendrite._ids import canonical_id
 from dendrite.config import data_dir, database_url
-from dendrite.store import analytics, bookkeeping, migrate, rollups, state_entries
+from dendrite.store import analytics, bookkeeping, migrate, rollups, serialize, state_entries
 from dendrite.store import schema as s
 from dendrite.store.analytics import (
     ExecutionDetail,
@@ -209,8 +210,8 @@ class ExecutionStore:
         """Queue an already-built record of any kind; returns its id."""
         if type(record) not in KIND_OF:
             raise InvalidRecordError(f"not a Dendrite record: {type(record).__name__}")
-        if type(record) is ToolExecutionRecord:
-            record = ToolCall.of(record)  # as it is now, whatever the caller does next
+        # As it is now, whatever the caller does next.
+        record = ToolCall.of(record) if type(record) is ToolExecutionRecord else _detached(record)
         self._writer.submit(record)
         return record.id
 
@@ -804,9 +805,28 @@ def _of_type(name: str, value: Any, kind: type) -> None:
 def _validated(kind: str, model: type[R], **values: Any) -> R:
     """Build a record, turning pydantic's error into one that names the record kind."""
     try:
-        return model(**values)
+        return _detached(model(**values))
     except ValidationError as error:
         raise InvalidRecordError.from_validation(kind, error) from None
+
+
+_JSON_FIELDS: dict[type, tuple[str, ...]] = {
+    ExecutionRecord: ("metadata",),
+    RoutingDecision: ("features",),
+    SolutionRecord: ("plan",),
+}
+
+
+def _detached(record: R) -> R:
+    """The record with its free-form JSON values as they are now, as the store will keep
+    them: pydantic copies a dict but not what is inside it, and the writer encodes it
+    later, after the caller may have changed the objects it passed (a run's output)."""
+    update = {
+        name: json.loads(serialize.dumps(value))
+        for name in _JSON_FIELDS.get(type(record), ())
+        if (value := getattr(record, name))
+    }
+    return record.model_copy(update=update) if update else record
 
 
 def _shutdown(writer: BatchWriter, engine: Any) -> None:
