@@ -84,6 +84,20 @@ def test_success_rate_by_intent_and_since_including_a_partial_day(store: Executi
     recent_tool_use = store.get_success_rate("tool_use", since)
     assert (recent_tool_use.total, recent_tool_use.successful) == (2, 1)
     assert store.get_success_rate("nothing").success_rate is None
+    # Runs without an intent, given as "" or not at all, are one group, asked for with "".
+    blank = _exec(store, intent="", success=True, started_at=since + timedelta(hours=1))
+    _exec(store, success=False, started_at=since + timedelta(hours=2))
+    _exec(store, intent="", success=True, started_at=TODAY - timedelta(days=5))
+    assert store.get_execution(blank).intent is None
+    assert store.get_success_rate("").model_dump() == {
+        "total": 3,
+        "successful": 2,
+        "success_rate": pytest.approx(2 / 3),
+    }
+    assert (
+        store.get_success_rate("", since).total,
+        store.get_success_rate("", since).successful,
+    ) == (2, 1)
 
 
 def test_tier_and_pool_performance_with_costs_quality_and_ratings(store: ExecutionStore):

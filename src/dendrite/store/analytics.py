@@ -207,8 +207,8 @@ def get_success_rate(
             raw_q = select(
                 func.count(), func.coalesce(func.sum(func.cast(ex.c.success, Integer)), 0)
             ).where(ex.c.started_at >= since, ex.c.started_at < next_midnight)
-            if intent is not None:
-                raw_q = raw_q.where(ex.c.intent == intent)
+            if intent is not None:  # "" asks for runs without one, as the rollup keeps them
+                raw_q = raw_q.where(ex.c.intent == intent if intent else ex.c.intent.is_(None))
             raw_total, raw_ok = conn.execute(raw_q).one()
             total, successful = int(raw_total), int(raw_ok)
     rollup_total, rollup_ok = conn.execute(rollup_q).one()

@@ -188,6 +188,9 @@ class ExecutionRecord(_Record):
         self.started_at, self.finished_at = _fill_times(
             self.started_at, self.finished_at, self.duration_ms
         )
+        for label in ("intent", "project", "task_type", "model_tier", "pool"):
+            if getattr(self, label) == "":  # no label: the rollups key both as one
+                setattr(self, label, None)
         if self.status is None:
             self.status = ExecutionStatus.SUCCEEDED if self.success else ExecutionStatus.FAILED
         self.error_type = _infer_error_type(self.success, self.error, self.error_type)
