@@ -103,3 +103,25 @@ def test_validate_leaves_an_applications_own_tables_alone(store_url: str):
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM app_users")).scalar() == 0
     engine.dispose()
+
+
+def test_statistics_are_rebuilt_when_an_upgrade_finds_history_without_them(
+    store_url: str, tmp_path: Path
+):
+    """Below 0002 the rollups are gone while the raw history stays; the upgrade back made
+    them again, empty, and every statistic read zero until `update_statistics()`."""
+    with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
+        eid = store.store_execution(goal_text="g", success=True, duration_ms=5)
+        store.store_tool_execution(eid, "lookup", {}, "ok", True, 2.0)
+    engine = make_engine(store_url)
+    migrate.downgrade(engine, "0001")
+    migrate.upgrade(engine)
+    engine.dispose()
+    with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
+        assert store.get_tool_statistics("lookup").total_executions == 1
+        assert store.get_success_rate().total == 1
+    engine = make_engine(store_url)
+    migrate.downgrade(engine, "0001")
+    engine.dispose()
+    with ExecutionStore(store_url, state_dir=tmp_path / "s", auto_upgrade=True) as store:
+        assert store.get_tool_statistics("lookup").total_executions == 1

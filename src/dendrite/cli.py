@@ -106,8 +106,18 @@ def upgrade(
 def downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision, or -1 for one step.")] = "-1",
     url: UrlOption = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm that what later revisions keep is deleted.")
+    ] = False,
 ) -> None:
-    """Downgrade the schema to REVISION (default: one step back)."""
+    """Downgrade the schema to REVISION (default: one step back). Deletes the tables and
+    columns the later revisions added, with what they hold."""
+    if not yes:
+        raise _fail(
+            "downgrade deletes the tables and columns later revisions added, with what they "
+            "hold (below 0002: the statistics of pruned history, for good); run again with "
+            "--yes to confirm"
+        )
     engine = _engine(url)
     _run_db(migrate.downgrade, engine, revision)
     console.print(f"schema at {migrate.current_revision(engine) or 'base (empty)'}")

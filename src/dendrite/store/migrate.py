@@ -23,7 +23,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Engine, func, inspect, select, text
 
 from dendrite.store.engine import WRITE
 from dendrite.store.errors import SchemaError
@@ -103,6 +103,28 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             "history is lost)"
         )
     _run(engine, command.upgrade, revision)
+    if revision == "head":
+        _fill_rollups(engine)
+
+
+def _fill_rollups(engine: Engine) -> None:
+    """Rebuild the rollups when they are empty beside raw history: a downgrade below the
+    revision that made them (0002) dropped them, and the upgrade made them again, empty,
+    which left every statistic at zero over a history that is still there."""
+    from dendrite.store import rollups, schema
+
+    checks = (
+        (schema.execution_rollup, schema.executions),
+        (schema.tool_statistics, schema.tool_executions),
+    )
+    with engine.connect().execution_options(**WRITE) as conn:
+        if any(
+            conn.scalar(select(raw.c.id).limit(1)) is not None
+            and conn.scalar(select(func.count()).select_from(rolled)) == 0
+            for rolled, raw in checks
+        ):
+            rollups.rebuild(conn)
+            conn.commit()
 
 
 def downgrade(engine: Engine, revision: str = "-1") -> None:
@@ -217,3 +239,4 @@ def ensure_schema(engine: Engine, auto_upgrade: bool | None = None) -> None:
         with engine.connect().execution_options(**WRITE) as conn:
             command.upgrade(_config(conn), "head")
             conn.commit()
+        _fill_rollups(engine)
