@@ -372,3 +372,15 @@ def test_sqlites_p95_from_the_top_raises_sqlalchemys_errors(tmp_path):
             conn.execute(text("DROP TABLE tool_duration_histogram"))
             with pytest.raises(OperationalError, match="no such table"):
                 rollups._p95_from_the_top(conn, ["t"])
+
+
+def test_runs_at_the_largest_cost_sum_in_the_rollups(store: ExecutionStore):
+    """At the old limit of 10⁹ per run, ten runs of one day and key overflowed the 64-bit
+    sum: PostgreSQL refused the later rows, SQLite's rebuild raised."""
+    for _ in range(12):
+        _exec(store, success=True, model_tier="big", actual_cost=1e6, started_at=TODAY)
+    (row,) = store.get_tier_performance(days=1)
+    assert row.executions == 12 and row.avg_cost == pytest.approx(1e6)
+    store.update_statistics()
+    assert store.get_tier_performance(days=1) == [row]
+    assert store.status().rejected_records == 0

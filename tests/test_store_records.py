@@ -644,6 +644,7 @@ def test_every_spelling_of_an_id_names_the_same_rows(store: ExecutionStore):
         ("duration_ms", float("inf"), "finite number"),
         ("duration_ms", 1e17, "less than or equal to 1000000000000"),
         ("actual_cost", float("inf"), "finite number"),
+        ("actual_cost", 1e7, "less than or equal to 1000000"),
         ("tokens_used", 2**70, "less than or equal to 1000000000000"),
         ("intent", "i" * 65, "at most 64 characters"),
         ("model_tier", "m" * 65, "at most 64 characters"),

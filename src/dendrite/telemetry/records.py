@@ -41,8 +41,10 @@ both backends."""
 MAX_DURATION_MS = 1e12
 """About 31 years: longer is a unit mistake, and it would overflow a timestamp."""
 MAX_TOKENS = 10**12
-MAX_COST = 1e9
-"""Per run, in the caller's currency: the rollups sum costs as 64-bit nano-units."""
+MAX_COST = 1e6
+"""Per run, in the caller's currency. The rollups sum costs as 64-bit nano-units: at 10⁹
+per run (the limit before) ten runs of one day and key overflowed the sum; at 10⁶ it
+takes over 9,000 runs of a million each."""
 INT32 = 2**31 - 1
 MAX_PROJECT = 255
 MAX_SESSION_ID = 128
