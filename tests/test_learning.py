@@ -342,6 +342,20 @@ def _fallback_registry(calls: list[str]) -> ToolRegistry:
     return registry
 
 
+def _fallback_orchestrator(
+    store: ExecutionStore, calls: list[str], policy: HealthPolicy
+) -> Orchestrator:
+    """The fallback catalogue run once per call, learning with ``policy`` for its health."""
+    registry = _fallback_registry(calls)
+    return Orchestrator(
+        registry,
+        store=store,
+        config=OrchestratorConfig(retry=ONCE),
+        llm=None,
+        learning=LearningLoop(registry, health_policy=policy),
+    )
+
+
 def test_end_to_end_a_failing_tool_is_quarantined_and_stops_wasting_calls(store: ExecutionStore):
     calls: list[str] = []
     registry = _fallback_registry(calls)
@@ -401,21 +415,14 @@ def test_a_restart_learns_the_failures_that_a_fallback_rescued(store: ExecutionS
         goal="search the index for x",
         steps=[Step(id="s", tool="search_index", params={"query": "x"})],
     )
-    config = OrchestratorConfig(retry=ONCE)
     policy = HealthPolicy(min_samples=50, window=50)  # no quarantine: fallbacks answer
-    registry = _fallback_registry(calls)
-    with Orchestrator(
-        registry,
-        store=store,
-        config=config,
-        llm=None,
-        learning=LearningLoop(registry, health_policy=policy),
-    ) as live:
+    with _fallback_orchestrator(store, calls, policy) as live:
         for _ in range(6):
             assert live.process(plan).output == "replica: x"
         learned = live.learning.ranker.posterior("search_index")
     assert calls.count("search_index") == 6
     store.flush()
+    config = OrchestratorConfig(retry=ONCE)
     with Orchestrator(_fallback_registry(calls), store=store, config=config, llm=None) as fresh:
         restarted = fresh.learning.ranker.posterior("search_index")
         replica = fresh.learning.ranker.posterior("search_replica")
@@ -520,32 +527,18 @@ def test_a_quarantine_outlives_the_process_and_is_probed_after_its_cooldown(
     in the next, for what is left of its cooldown, and then get its probe."""
     import time
 
-    from dendrite.learning.loop import LearningLoop
-
     calls: list[str] = []
     plan = Plan(
         goal="search the index for x",
         steps=[Step(id="s", tool="search_index", params={"query": "x"})],
     )
     policy = HealthPolicy(min_samples=4, window=8, cooldown=1.5)
-    config = OrchestratorConfig(retry=ONCE)
-
-    def orchestrator() -> Orchestrator:
-        registry = _fallback_registry(calls)
-        return Orchestrator(
-            registry,
-            store=store,
-            config=config,
-            llm=None,
-            learning=LearningLoop(registry, health_policy=policy),
-        )
-
-    with orchestrator() as first:
+    with _fallback_orchestrator(store, calls, policy) as first:
         for _ in range(4):
             first.process(plan)
         assert first.registry.state("search_index").status is ToolStatus.QUARANTINED
     calls.clear()
-    with orchestrator() as second:
+    with _fallback_orchestrator(store, calls, policy) as second:
         assert second.learning.health.health("search_index") is Health.QUARANTINED
         assert second.process(plan).output == "replica: x"
         assert calls == ["search_replica"]  # the quarantined tool was not called
@@ -633,15 +626,11 @@ def test_enabling_a_quarantined_tool_by_hand_ends_its_health_quarantine_for_good
 ):
     """``dendrite tools enable`` / ``POST /v1/tools/X/enable``: the monitor went on ignoring
     the tool's outcomes, and the next process restored the quarantine from the health log."""
-    from dendrite.learning.loop import LearningLoop
-
     calls: list[str] = []
     policy = HealthPolicy(min_samples=4, window=4, cooldown=3600, max_cooldown=7200)
 
     def orchestrator() -> Orchestrator:
-        registry = _fallback_registry(calls)
-        loop = LearningLoop(registry, health_policy=policy)
-        return Orchestrator(registry, store=store, llm=None, learning=loop)
+        return _fallback_orchestrator(store, calls, policy)
 
     with orchestrator() as first:
         for _ in range(4):
