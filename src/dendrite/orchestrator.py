@@ -493,12 +493,10 @@ class Orchestrator:
         kept = None if wanted is ToolStatus.ENABLED else reason
         if name in self.registry:
             state = self.registry.set_state(name, wanted, kept)
-        elif name in self._saved_tool_names():
+        elif name in (saved := self._saved_tool_names()):
             state = ToolState(wanted, kept)
         else:
-            raise UnknownToolError(
-                name, [*(t.name for t in self.registry), *self._saved_tool_names()]
-            )
+            raise UnknownToolError(name, [*(t.name for t in self.registry), *saved])
         if wanted is ToolStatus.ENABLED and self.learning is not None:
             self.learning.health.reset(name, reason or "enabled by hand")  # here and later
         save_tool_state(self.state, name, state.status.value, state.reason, state.since)
