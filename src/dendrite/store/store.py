@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -822,7 +821,7 @@ def _detached(record: R) -> R:
     them: pydantic copies a dict but not what is inside it, and the writer encodes it
     later, after the caller may have changed the objects it passed (a run's output)."""
     update = {
-        name: json.loads(serialize.dumps(value))
+        name: serialize.to_jsonable(value)
         for name in _JSON_FIELDS.get(type(record), ())
         if (value := getattr(record, name))
     }
