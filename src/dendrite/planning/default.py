@@ -153,19 +153,18 @@ class DendritePlanner:
         A registered tool that generates melodies does what "generate a melody" asks,
         with or without a model; the others among the candidates stay as fallbacks.
         """
-        fits, _ = candidates_for(goal, registry, self.simple.retrievers, k=self.simple.candidates)
+        found, _ = candidates_for(goal, registry, self.simple.retrievers, k=self.simple.candidates)
+        fits = [fit for fit in found if fit.tool.name != GENERATE_TOOL]  # the model: not a tool
         named = [
             (fit, act)
             for fit in fits
-            if fit.tool.name != GENERATE_TOOL
-            and (act := act_named_by(goal, f"{fit.tool.name} {fit.tool.description}"))
+            if (act := act_named_by(goal, f"{fit.tool.name} {fit.tool.description}"))
         ]
         if not named:
             return None
         best, act = named[0]
         why: dict[str, str] = {}
-        rest = [f for f in fits if f is not best and f.tool.name != GENERATE_TOOL]
-        step = step_from([best, *rest], "step1", goal, why)
+        step = step_from([best, *(fit for fit in fits if fit is not best)], "step1", goal, why)
         why[step.id] += f"; made for the goal's act ({act!r})"
         return Plan(goal=goal, steps=[step], planner="semantic", metadata={"why": why})
 
