@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -579,3 +580,39 @@ def test_feedback_a_warm_start_learned_is_not_learned_again_by_the_job(store: Ex
         run = run_job("feedback", JobContext(store, fresh))  # reads every feedback row
         assert run.report["read"] == 2 and run.report["learned"] == 0
         assert fresh.learning.ranker.posterior("convert_km_to_miles") == after_warm_start
+
+
+def test_a_job_that_never_ran_is_due_an_interval_after_it_was_first_awaited(tmp_path):
+    """Counted from each start, a job that had never run waited a whole interval after
+    every restart, so a daily job never ran in a server restarted every few hours."""
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    daily = {name: timedelta(days=1) for name in jobs_module.JOBS}
+    with ExecutionStore(url) as store, Orchestrator(ToolRegistry(), store=store, llm=None) as orch:
+        start = time.monotonic()
+        first = JobScheduler(orch, intervals=daily)._first_due(start)
+        assert all(due == pytest.approx(start + 86_400, abs=5) for due in first.values())
+        (waiting,) = [
+            e for e in store.get_state_entries("global") if e.key == jobs_module.WAITING_SINCE_KEY
+        ]
+        assert sorted(waiting.value) == sorted(jobs_module.JOBS)
+        # Twenty hours later the server restarts: the wait goes on where it was.
+        earlier = (datetime.now(UTC) - timedelta(hours=20)).isoformat()
+        store.put_state(
+            "global",
+            "",
+            jobs_module.WAITING_SINCE_KEY,
+            {**waiting.value, "retention": earlier, "quality": "not a time"},
+        )
+        store.store_job_run(
+            "lifecycle",
+            started_at=datetime.now(UTC) - timedelta(days=2),
+            finished_at=datetime.now(UTC) - timedelta(days=2),
+            success=True,
+            report={},
+        )
+        start = time.monotonic()
+        again = JobScheduler(orch, intervals=daily)._first_due(start)
+    assert again["retention"] == pytest.approx(start + 4 * 3600, abs=5)
+    assert again["lifecycle"] == pytest.approx(start, abs=5)  # its last run says: due
+    assert again["quality"] == pytest.approx(start + 86_400, abs=5)  # unreadable: from now
+    assert again["statistics"] == pytest.approx(first["statistics"], abs=5)

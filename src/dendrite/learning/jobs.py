@@ -40,6 +40,8 @@ log = logging.getLogger("dendrite.jobs")
 TOOL_STATES_KEY = "tool_states"
 LIFECYCLE_KEY = "tool_lifecycle"
 LOW_PERFORMERS_KEY = "low_performers"
+WAITING_SINCE_KEY = "jobs_waiting_since"
+"""Global state: when a scheduler first waited for each job that had never run."""
 
 
 @dataclass(slots=True)
@@ -284,10 +286,13 @@ class JobScheduler:
     """Runs every job at its interval in a worker thread, beside a serving event loop.
 
     Each job is first due one interval after its last recorded run (by any process, on
-    demand or on schedule), at once if that has passed, and one interval after start if
-    it never ran: counted from the start alone, a server restarted more often than a
-    job's interval would never run it. ``feedback`` learns from the moment the server
-    started (earlier feedback was learned by the warm start).
+    demand or on schedule), at once if that has passed. A job that never ran is due one
+    interval after the first start of any scheduler on the store found it waiting (kept
+    in the store's global state), not after this start: counted from each start, a
+    server restarted more often than a job's interval would never run it. A new store
+    does not run every job at once: with no history, ``lifecycle`` and ``low_performers``
+    would judge nothing. ``feedback`` learns from the moment the server started (earlier
+    feedback was learned by the warm start).
     """
 
     def __init__(
@@ -338,22 +343,30 @@ class JobScheduler:
     def _first_due(self, start: float) -> dict[str, float]:
         """When each job is first due, on the monotonic clock, from its recorded runs.
 
-        A recorded start in the future (another machine's clock) waits no more than
+        A recorded time in the future (another machine's clock) waits no more than
         one interval; a store that cannot be read leaves every job one interval away.
         """
         now = datetime.now(UTC)
         due = {}
         for name, every in self.intervals.items():
-            wait = every
             try:
-                last = self.context.store.get_job_runs(name, limit=1)
+                since = self._since(name, now)
             except Exception:
                 log.warning("could not read the last run of job %s", name, exc_info=True)
-                last = []
-            if last:
-                wait = min(every, max(timedelta(0), last[0].started_at + every - now))
+                since = now
+            wait = min(every, max(timedelta(0), since + every - now))
             due[name] = start + wait.total_seconds()
         return due
+
+    def _since(self, name: str, now: datetime) -> datetime:
+        """When the job last ran, or else when a scheduler first waited for it."""
+        last = self.context.store.get_job_runs(name, limit=1)
+        if last:
+            return last[0].started_at
+        waiting = self.context.store.update_state(
+            "global", "", WAITING_SINCE_KEY, lambda table: _first_wait(table, name, now)
+        )
+        return datetime.fromisoformat(waiting[name])
 
     async def _loop(self) -> None:
         due = await asyncio.to_thread(self._first_due, time.monotonic())
@@ -371,3 +384,15 @@ class JobScheduler:
             except Exception:
                 log.warning("could not run or record job %s", name, exc_info=True)
             due[name] = time.monotonic() + self.intervals[name].total_seconds()
+
+
+def _first_wait(table: Any, name: str, now: datetime) -> dict[str, str]:
+    """The waiting-since table with ``name`` in it: its first recorded time is kept."""
+    table = dict(table) if isinstance(table, dict) else {}
+    try:
+        kept = datetime.fromisoformat(table[name]).tzinfo is not None
+    except (KeyError, TypeError, ValueError):
+        kept = False
+    if not kept:  # absent, or not a time with its zone (edited by hand): start waiting now
+        table[name] = now.isoformat()
+    return table
