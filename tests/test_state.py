@@ -105,6 +105,11 @@ def test_put_get_replace_and_delete_round_trip(store: ExecutionStore):
         ("session", "s1", "b"),
     ]
     assert _keys(store.get_state_entries(scope_id="s2")) == [("session", "s2", "a")]
+    assert _keys(store.get_state_entries("session", key="a")) == [
+        ("session", "s1", "a"),
+        ("session", "s2", "a"),
+    ]
+    assert store.get_state_entries("session", "s1", key="c") == []
 
     first = by_key["session", "s1", "a"]
     expiry = T0 + timedelta(days=1)
@@ -184,6 +189,7 @@ def test_expired_entries_are_hidden_and_purged(store: ExecutionStore):
             "expires_at must be a datetime or None, got int",
         ),
         (lambda st: st.get_state_entries("nope"), "unknown state scope 'nope'"),
+        (lambda st: st.get_state_entries("global", key=""), "state key must not be empty"),
         (lambda st: st.delete_state("session", "s", ""), "state key must not be empty"),
         (lambda st: st.delete_state("global", "g"), "global state takes no scope id"),
         (lambda st: st.purge_expired_state(now=0), "now must be a datetime"),

@@ -229,11 +229,15 @@ class StateManager:
                     _FAILED
                     if (pair, key) in self._unsent
                     else self._call_store(
-                        "read", self.store.get_state_entries, *pair, include_expired=True
+                        "read",
+                        self.store.get_state_entries,
+                        *pair,
+                        key=key,
+                        include_expired=True,
                     )
                 )
                 if stored is not _FAILED:
-                    row = next((r for r in stored if r.key == key), None)
+                    row = stored[0] if stored else None
                     with self._lock:
                         entries = self._entries.setdefault(pair, {})
                         if row is not None:

@@ -152,7 +152,11 @@ def locked_value(conn: Connection, scope: str, scope_id: str, key: str) -> Any:
 
 
 def entries(
-    conn: Connection, scope: str | None, scope_id: str | None, include_expired: bool
+    conn: Connection,
+    scope: str | None,
+    scope_id: str | None,
+    key: str | None,
+    include_expired: bool,
 ) -> list[StateEntry]:
     table = s.state_entries
     query = select(table).order_by(table.c.scope, table.c.scope_id, table.c.key)
@@ -160,6 +164,8 @@ def entries(
         query = query.where(table.c.scope == scope)
     if scope_id is not None:
         query = query.where(table.c.scope_id == scope_id)
+    if key is not None:
+        query = query.where(table.c.key == key)
     if not include_expired:
         now = datetime.now(UTC)
         query = query.where(or_(table.c.expires_at.is_(None), table.c.expires_at > now))

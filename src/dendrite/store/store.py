@@ -589,17 +589,21 @@ class ExecutionStore:
         scope: str | None = None,
         scope_id: str | None = None,
         *,
+        key: str | None = None,
         include_expired: bool = False,
     ) -> list[StateEntry]:
-        """Entries of a scope, a scope id, or all; by scope, scope id and key."""
+        """Entries of a scope, a scope id, or all (or only those named ``key``); by scope,
+        scope id and key."""
         if scope is not None:
             scope = state_entries.check_scope(scope)
         if scope_id is not None and not isinstance(scope_id, str):
             raise InvalidRecordError(
                 f"state scope id must be a string, got {type(scope_id).__name__}"
             )
+        if key is not None:
+            key = state_entries.check_key(key)
         with self._state(write=False) as conn:
-            return state_entries.entries(conn, scope, scope_id, include_expired)
+            return state_entries.entries(conn, scope, scope_id, key, include_expired)
 
     def delete_state(self, scope: str, scope_id: str, key: str | None = None) -> int:
         """Delete one entry, or with ``key=None`` every entry of the scope id; returns how many."""
