@@ -115,7 +115,7 @@ def test_statistics_are_rebuilt_when_an_upgrade_finds_history_without_them(
         store.store_tool_execution(eid, "lookup", {}, "ok", True, 2.0)
     engine = make_engine(store_url)
     migrate.downgrade(engine, "0001")
-    migrate.upgrade(engine)
+    migrate.upgrade(engine, "+3")  # the newest revision, named another way than "head"
     engine.dispose()
     with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
         assert store.get_tool_statistics("lookup").total_executions == 1
@@ -125,3 +125,50 @@ def test_statistics_are_rebuilt_when_an_upgrade_finds_history_without_them(
     engine.dispose()
     with ExecutionStore(store_url, state_dir=tmp_path / "s", auto_upgrade=True) as store:
         assert store.get_tool_statistics("lookup").total_executions == 1
+
+
+def test_validate_names_constraints_types_and_changed_views(store_url: str):
+    """Constraints were printed as Python reprs, JSONB as JSON, and a view replaced by
+    another of the same name passed."""
+    engine = make_engine(store_url)
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP VIEW pool_performance"))
+        conn.execute(text("CREATE VIEW pool_performance AS SELECT 1 AS x"))
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE executions DROP CONSTRAINT uq_executions_goal_id"))
+            conn.execute(
+                text(
+                    "ALTER TABLE execution_feedback "
+                    "DROP CONSTRAINT fk_execution_feedback_execution_id_executions"
+                )
+            )
+            conn.execute(text("ALTER TABLE executions ALTER COLUMN metadata TYPE json"))
+    problems = migrate.validate(engine)
+    engine.dispose()
+    expected = ["view pool_performance differs from the code's definition"]
+    if store_url.startswith("postgresql"):
+        expected += [
+            "missing unique constraint uq_executions_goal_id on executions(goal_id)",
+            "missing foreign key to executions fk_execution_feedback_execution_id_executions "
+            "on execution_feedback(execution_id)",
+            "column executions.metadata has type JSON, expected JSONB",
+        ]
+    assert sorted(problems) == sorted(expected)
+
+
+def test_reset_repairs_a_schema_that_drifted(store_url: str, tmp_path: Path):
+    """Reset went down the migrations, which expect each revision's exact schema: a
+    dropped index stopped it half-way (on SQLite with the rollups already gone)."""
+    engine = make_engine(store_url)
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_executions_started_at"))
+        conn.execute(text("DROP VIEW tool_performance"))
+    migrate.reset(engine)
+    assert migrate.validate(engine) == []
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    migrate.downgrade(engine, "base")
+    with pytest.raises(SchemaError, match="no schema version: there is nothing to downgrade"):
+        migrate.downgrade(engine)
+    engine.dispose()

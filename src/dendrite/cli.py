@@ -99,7 +99,7 @@ def upgrade(
     """Upgrade the schema to REVISION (default: the newest)."""
     engine = _engine(url)
     _run_db(migrate.upgrade, engine, revision)
-    console.print(f"schema at {migrate.current_revision(engine)}")
+    console.print(f"schema at {migrate.current_revision(engine) or 'base (empty)'}")
 
 
 @db_app.command()

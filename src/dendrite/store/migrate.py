@@ -103,7 +103,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             "history is lost)"
         )
     _run(engine, command.upgrade, revision)
-    if revision == "head":
+    if current_revision(engine) == head_revision():  # "head", "0004", "+3": all the same
         _fill_rollups(engine)
 
 
@@ -128,23 +128,25 @@ def _fill_rollups(engine: Engine) -> None:
 
 
 def downgrade(engine: Engine, revision: str = "-1") -> None:
+    if current_revision(engine) is None:
+        raise SchemaError("the database has no schema version: there is nothing to downgrade")
     _run(engine, command.downgrade, revision)
 
 
 def reset(engine: Engine) -> None:
     """Drop everything Dendrite created and build the current schema again (data is lost).
 
-    Tables without a schema version (their version table dropped by hand, or made
-    by something else) have no migrations to go down by, and are dropped directly.
+    Dropped directly, not by going down the migrations: those expect the schema
+    each revision made, and reset is the repair for one that drifted from it (an
+    index dropped by hand stopped the way down half-way, on SQLite with the
+    rollups already gone).
     """
-    if _unversioned(engine):
-        with _migration_lock(engine), engine.connect().execution_options(**WRITE) as conn:
-            for view in VIEW_NAMES:
-                conn.execute(text(f"DROP VIEW IF EXISTS {view}"))
-            metadata.drop_all(conn)
-            conn.commit()
-    else:
-        downgrade(engine, "base")
+    with _migration_lock(engine), engine.connect().execution_options(**WRITE) as conn:
+        for view in VIEW_NAMES:
+            conn.execute(text(f"DROP VIEW IF EXISTS {view}"))
+        metadata.drop_all(conn)
+        conn.execute(text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
+        conn.commit()
     upgrade(engine, "head")
 
 
@@ -170,19 +172,59 @@ def validate(engine: Engine) -> list[str]:
         for diff in diffs:
             if isinstance(diff, tuple) and diff[0] == "add_index" and diff[1].table.name in missing:
                 continue  # implied by the missing table
-            problems.append(_describe_diff(diff))
-        views = set(inspect(conn).get_view_names())
-    problems.extend(f"missing view {name}" for name in VIEW_NAMES if name not in views)
+            problems.append(_describe_diff(diff, conn.dialect))
+        problems.extend(_view_differences(conn))
     return problems
+
+
+def _expected_views() -> dict[str, str]:
+    """Each view's query as the migrations up to the newest leave it (``VIEWS`` of a
+    revision's module; a later revision's replaces an earlier one's)."""
+    script = ScriptDirectory.from_config(_config())
+    views: dict[str, str] = {}
+    for revision in reversed(list(script.walk_revisions())):  # oldest first
+        views.update(getattr(revision.module, "VIEWS", {}))
+    return views
+
+
+def _view_differences(conn: Connection) -> list[str]:
+    """Missing views, and views whose definition is not the code's: compared as the
+    database itself renders them, the live one beside one made from the code's query
+    in a transaction that is rolled back."""
+    live = set(inspect(conn).get_view_names())
+    problems = [f"missing view {name}" for name in VIEW_NAMES if name not in live]
+    expected = _expected_views()
+    with conn.begin_nested() if conn.in_transaction() else conn.begin() as probe:
+        for name in VIEW_NAMES:
+            if name in live and _view_text(conn, name) != _view_text(conn, name, expected[name]):
+                problems.append(f"view {name} differs from the code's definition")
+        probe.rollback()
+    return problems
+
+
+def _view_text(conn: Connection, name: str, query: str | None = None) -> str:
+    """The view ``name`` as the database renders it; with ``query``, a temporary view
+    of that query rendered the same way (SQLite keeps a view's text as written)."""
+    if conn.dialect.name == "sqlite":
+        if query is not None:
+            return " ".join(f"CREATE VIEW {name} AS {query}".split())
+        stored = conn.scalar(
+            text("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = :n"), {"n": name}
+        )
+        return " ".join((stored or "").split())
+    if query is not None:
+        name = f"dendrite_expected_{name}"
+        conn.execute(text(f"CREATE TEMPORARY VIEW {name} AS {query}"))
+    return conn.scalar(text("SELECT pg_get_viewdef(CAST(:n AS regclass), true)"), {"n": name})
 
 
 def _ours(name: str | None, kind: str, _parents: Any) -> bool:
     return kind != "table" or name in metadata.tables
 
 
-def _describe_diff(diff: Any) -> str:
+def _describe_diff(diff: Any, dialect: Any) -> str:
     if isinstance(diff, list):  # column-level modifications come grouped
-        return "; ".join(_describe_diff(d) for d in diff)
+        return "; ".join(_describe_diff(d, dialect) for d in diff)
     kind = diff[0]
     if kind == "add_table":
         return f"missing table {diff[1].name}"
@@ -197,10 +239,22 @@ def _describe_diff(diff: Any) -> str:
     if kind == "remove_index":
         return f"unexpected index {diff[1].name} on {diff[1].table.name}"
     if kind == "modify_type":
-        return f"column {diff[2]}.{diff[3]} has type {diff[5]}, expected {diff[6]}"
+        live, expected = (t.compile(dialect=dialect) for t in (diff[5], diff[6]))
+        return f"column {diff[2]}.{diff[3]} has type {live}, expected {expected}"
     if kind == "modify_nullable":
         expected = "NULL" if diff[6] else "NOT NULL"
         return f"column {diff[2]}.{diff[3]} should be {expected}"
+    if kind in ("add_constraint", "remove_constraint", "add_fk", "remove_fk"):
+        constraint = diff[1]
+        what = "missing" if kind.startswith("add") else "unexpected"
+        columns = ", ".join(c.name for c in constraint.columns)
+        if kind.endswith("fk"):
+            target = constraint.elements[0].target_fullname.split(".")[0]
+            what += f" foreign key to {target}"
+        else:
+            what += f" {type(constraint).__name__.removesuffix('Constraint').lower()} constraint"
+        named = f" {constraint.name}" if constraint.name else ""
+        return f"{what}{named} on {constraint.table.name}({columns})"
     return f"{kind}: {diff[1:]}"
 
 
