@@ -39,6 +39,22 @@ class RateLimitError(Exception):
         ("something odd happened", ErrorType.TOOL_ERROR),
         ("", ErrorType.UNKNOWN),
         (None, ErrorType.UNKNOWN),
+        # "time out" only as words; a status code only where it reads as one.
+        ("Failed to parse runtime output", ErrorType.TOOL_ERROR),
+        (RuntimeError("estimated runtime out of range"), ErrorType.TOOL_ERROR),
+        ("processed 502 rows then failed", ErrorType.TOOL_ERROR),
+        ("processed 429 rows", ErrorType.TOOL_ERROR),
+        ("upstream said HTTP 503", ErrorType.CONNECTION),
+        ("Service Unavailable", ErrorType.CONNECTION),
+        ("Bad Gateway", ErrorType.CONNECTION),
+        ("status code: 422", ErrorType.VALIDATION),
+        ("read time-out", ErrorType.TIMEOUT),
+        # An exception's text is classed as the exception is.
+        ("ValueError: bad", ErrorType.VALIDATION),
+        ("KeyError: 'x'", ErrorType.VALIDATION),
+        ("httpx.ReadTimeout: read", ErrorType.TIMEOUT),
+        ("RuntimeError: boom", ErrorType.TOOL_ERROR),
+        (ExceptionGroup("tasks", [TimeoutError("slow"), ValueError("x")]), ErrorType.TIMEOUT),
     ],
 )
 def test_error_type_is_inferred_from_exceptions_and_messages(error, expected):
@@ -92,6 +108,23 @@ def test_embedding_content_and_prediction_error():
     )
     assert step.embedding_content() == "search(k, q)"
     assert "pattern: a -> b" in SolutionRecord(pattern="a -> b").embedding_content()
+
+
+def test_blank_labels_and_zero_predictions():
+    """A blank summary gave a bare "solution: " line; a prediction of 0 that came true read
+    as no prediction at all."""
+    blank = ExecutionRecord(
+        goal_text="  g ", intent=" ", solution_summary="   ", success=True, duration_ms=1
+    )
+    assert blank.embedding_content() == "g"
+    free = ExecutionRecord(
+        success=True, duration_ms=100, estimated_duration_ms=0, cost_estimate=0, actual_cost=0
+    )
+    assert free.prediction_error().cost == 0.0
+    assert free.prediction_error().duration is None  # 0 predicted, 100 happened: not finite
+    decision = RoutingDecision(execution_id=free.id, chosen="small", predicted_cost=0.0)
+    assert decision.prediction_error(free).cost == 0.0
+    assert ExecutionRecord(goal_id="", success=True, duration_ms=1).goal_id is None
 
 
 def test_records_refuse_bad_values_naming_the_field():

@@ -412,13 +412,19 @@ def test_close_drains_pending_writes(store_url: str, tmp_path: Path):
 
 
 def test_reads_refuse_nonsense_limits(store: ExecutionStore):
-    with pytest.raises(ValueError, match="limit must be a positive integer, got 0"):
+    with pytest.raises(
+        ValueError, match="limit must be a positive integer up to 2,147,483,647, got 0"
+    ):
         store.get_recent_executions(0)
-    with pytest.raises(ValueError, match="limit must be a positive integer, got -3"):
+    with pytest.raises(
+        ValueError, match="limit must be a positive integer up to 2,147,483,647, got -3"
+    ):
         store.get_top_tools(-3)
     with pytest.raises(ValueError, match="days must be a positive integer"):
         store.get_tier_performance(0)
-    with pytest.raises(ValueError, match="limit must be a positive integer, got True"):
+    with pytest.raises(
+        ValueError, match="limit must be a positive integer up to 2,147,483,647, got True"
+    ):
         store.get_recent_executions(True)
     with pytest.raises(ValueError, match=r"days must be at most [\d,]+ \(back to the year 1\)"):
         store.get_tier_performance(10**6)
@@ -446,6 +452,36 @@ def test_reads_refuse_filters_of_the_wrong_type_instead_of_matching_nothing(
         with pytest.raises(TypeError, match="since must be a datetime, got str '2020-01-01'"):
             read(since="2020-01-01")
     assert store.get_recent_tool_outcomes(datetime.now(UTC) - timedelta(hours=1))[0].attempts == 1
+    # Each read's filters, not only get_recent_executions': on PostgreSQL these were raw
+    # database errors, on SQLite empty answers.
+    for read, name in (
+        (lambda v: store.get_tool_statistics(v), "tool_name"),
+        (lambda v: store.get_job_runs(job=v), "job"),
+        (lambda v: store.get_routing_outcomes(router=v), "router"),
+        (lambda v: store.get_solution_patterns(query_type=v), "query_type"),
+        (lambda v: store.get_solutions(query_type=v), "query_type"),
+        (lambda v: store.get_tool_creations(tool_name=v), "tool_name"),
+        (lambda v: store.get_arm_outcomes(experiment=v), "experiment"),
+    ):
+        with pytest.raises(TypeError, match=f"{name} must be a string, got int 5"):
+            read(5)
+    for read in (store.get_solutions, store.get_tool_creations):
+        with pytest.raises(ValueError, match="limit must be a positive integer"):
+            read(limit=-1)
+    with pytest.raises(ValueError, match="limit must be a positive integer up to"):
+        store.get_recent_executions(2**63)
+    with pytest.raises(ValueError, match="depth must be from 0 to 2,147,483,647, got -1"):
+        store.get_recent_executions(5, depth=-1)
+
+
+def test_a_text_filter_finds_what_was_stored_with_the_same_text(store: ExecutionStore):
+    """Text is stored with U+FFFD for NUL; a filter holding the NUL the caller wrote found
+    nothing on SQLite and was refused by PostgreSQL."""
+    store.store_execution(intent="a\x00b", project="p\x00", success=True, duration_ms=1)
+    store.store_tool_execution(new_id(), "t\x00", {}, None, True, 1)
+    assert store.get_success_rate(intent="a\x00b").total == 1
+    assert len(store.get_recent_executions(5, intent="a\x00b", project="p\x00")) == 1
+    assert store.get_tool_statistics("t\x00").total_executions == 1
 
 
 def test_in_memory_sqlite_is_refused_with_a_reason():
@@ -658,6 +694,19 @@ def test_values_no_column_can_hold_are_refused_at_the_call(
     with pytest.raises(InvalidRecordError, match=message):
         store.store_execution(**kwargs)
     assert store.get_recent_executions(10) == []
+
+
+@pytest.mark.parametrize("attempt", [2**31, 2**70])
+def test_an_attempt_no_column_can_hold_is_refused_at_the_call(store: ExecutionStore, attempt):
+    """The hand-checked path let 2**31 through: stored on SQLite, refused in the
+    background by PostgreSQL's integer column."""
+    with pytest.raises(InvalidRecordError, match="less than or equal to 2147483647"):
+        store.store_tool_execution(EID, "t", {}, None, True, 1.0, attempt=attempt)
+    store.store_execution(id=EID, goal_id="", success=True, duration_ms=1.0)
+    store.store_execution(goal_id="", success=True, duration_ms=1.0)
+    assert sorted(e.goal_id for e in store.get_recent_executions(10)) == ["goal_1", "goal_2"]
+    assert store.get_execution(EID).steps == []
+    assert store.status().rejected_records == 0
 
 
 def test_a_duration_that_leaves_the_calendar_is_refused_at_the_call(store: ExecutionStore):

@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, delete, select, update
 
 from dendrite._ids import canonical_id
+from dendrite._text import clean_text
 from dendrite.config import data_dir, database_url
 from dendrite.store import analytics, bookkeeping, migrate, rollups, serialize, state_entries
 from dendrite.store import schema as s
@@ -47,6 +48,7 @@ from dendrite.store.state_entries import StateEntry
 from dendrite.store.toolcall import ToolCall, checked_call
 from dendrite.store.writer import KIND_OF, BatchWriter, is_connection_error
 from dendrite.telemetry.records import (
+    INT32,
     AnyRecord,
     ExecutionRecord,
     FeedbackRecord,
@@ -440,8 +442,10 @@ class ExecutionStore:
                 _of_type(name, value, bool)
             elif name == "depth":
                 _of_type(name, value, int)
+                if not 0 <= value <= INT32:
+                    raise ValueError(f"depth must be from 0 to {INT32:,}, got {value}")
             elif name in _TEXT_FILTERS:
-                _of_type(name, value, str)
+                filters[name] = _text(name, value)
             else:
                 raise TypeError(
                     f"get_recent_executions() got an unknown filter {name!r}; filters are "
@@ -456,11 +460,12 @@ class ExecutionStore:
         if since is not None:
             since = _moment("since", since)
         if intent is not None:
-            _of_type("intent", intent, str)
+            intent = _text("intent", intent)
         with self._read() as conn:
             return analytics.get_success_rate(conn, intent, since)
 
     def get_tool_statistics(self, tool_name: str) -> ToolStatistics | None:
+        tool_name = _text("tool_name", tool_name)
         with self._read() as conn:
             return analytics.get_tool_statistics(conn, tool_name)
 
@@ -489,16 +494,21 @@ class ExecutionStore:
             return analytics.get_pool_performance(conn)
 
     def get_solution_patterns(self, query_type: str | None = None) -> list[SolutionPattern]:
+        query_type = _text("query_type", query_type)
         with self._read() as conn:
             return analytics.get_solution_patterns(conn, query_type)
 
     def get_solutions(self, query_type: str | None = None, limit: int = 50) -> list[SolutionRecord]:
+        query_type = _text("query_type", query_type)
+        _at_least_one("limit", limit)
         with self._read() as conn:
             return analytics.get_solutions(conn, query_type, limit)
 
     def get_tool_creations(
         self, tool_name: str | None = None, limit: int = 50
     ) -> list[ToolCreationEvent]:
+        tool_name = _text("tool_name", tool_name)
+        _at_least_one("limit", limit)
         with self._read() as conn:
             return analytics.get_tool_creations(conn, tool_name, limit)
 
@@ -508,6 +518,7 @@ class ExecutionStore:
         """Routing decisions joined to what happened, for offline evaluation of a policy.
 
         Newest first: the ``limit`` newest decisions, made at or after ``since`` if given."""
+        router = _text("router", router)
         _at_least_one("limit", limit)
         if since is not None:
             since = _moment("since", since)
@@ -643,6 +654,7 @@ class ExecutionStore:
 
     def get_job_runs(self, job: str | None = None, limit: int = 50) -> list[JobRun]:
         """The newest job runs first, of one job or all."""
+        job = _text("job", job)
         _at_least_one("limit", limit)
         with self._state(write=False) as conn:
             return bookkeeping.job_runs(conn, job, limit)
@@ -654,6 +666,7 @@ class ExecutionStore:
 
     def get_arm_outcomes(self, experiment: str | None = None) -> list[ArmOutcomes]:
         """Per experiment and arm, sums over the recorded executions it ran."""
+        experiment = _text("experiment", experiment)
         with self._read() as conn:
             return bookkeeping.arm_outcomes(conn, experiment)
 
@@ -790,12 +803,25 @@ def _execution_id(value: Any) -> str:
 
 
 def _at_least_one(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= INT32:
+        raise ValueError(f"{name} must be a positive integer up to {INT32:,}, got {value!r}")
 
 
 _TEXT_FILTERS = ("goal_id", "intent", "project", "session_id", "model_tier", "pool")
 _OTHER_FILTERS = ("since", "before", "success", "no_project", "depth")
+
+
+@overload
+def _text(name: str, value: str) -> str: ...
+@overload
+def _text(name: str, value: str | None) -> str | None: ...
+def _text(name: str, value: str | None) -> str | None:
+    """A text filter as the values it is compared with were stored (``clean_text``: a NUL
+    written is read back as U+FFFD), or ``TypeError`` naming it."""
+    if value is None:
+        return None
+    _of_type(name, value, str)
+    return clean_text(value)
 
 
 def _of_type(name: str, value: Any, kind: type) -> None:

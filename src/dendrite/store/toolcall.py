@@ -24,7 +24,7 @@ from dendrite._ids import is_canonical_id, new_id
 from dendrite._text import clean_text
 from dendrite.store.serialize import dumps
 from dendrite.telemetry.errors import ErrorType
-from dendrite.telemetry.records import MAX_DURATION_MS, ToolExecutionRecord
+from dendrite.telemetry.records import INT32, MAX_DURATION_MS, ToolExecutionRecord
 
 _OPTIONAL = frozenset(
     {"id", "step_id", "error_type", "attempt", "fallback_of", "started_at", "finished_at"}
@@ -103,7 +103,7 @@ def checked_call(
             and (step_id is None or (type(step_id) is str and len(step_id) <= 128))
             and (error_type is None or type(error_type) is ErrorType)
             and type(attempt) is int
-            and attempt >= 1
+            and 1 <= attempt <= INT32
             and (fallback_of is None or (type(fallback_of) is str and len(fallback_of) <= 200))
             and (started_at is None or type(started_at) is datetime)
             and (finished_at is None or type(finished_at) is datetime)

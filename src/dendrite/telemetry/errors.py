@@ -9,6 +9,7 @@ from the exception or, when only text survives, from the message.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import re
 from enum import StrEnum
@@ -28,12 +29,16 @@ class ErrorType(StrEnum):
         """Classify an exception (by type, then by message) or a bare message."""
         if error is None:
             return cls.UNKNOWN
+        if isinstance(error, BaseExceptionGroup):  # what failed is inside: the first of it
+            return cls.infer(error.exceptions[0])
         if isinstance(error, BaseException):
-            by_type = _from_exception_type(error)
+            by_type = _from_exception_type(type(error))
             if by_type is not None:
                 return by_type
-            message = f"{type(error).__name__}: {error}"
-            return _from_message(message) or cls.TOOL_ERROR
+            return _from_message(str(error)) or cls.TOOL_ERROR
+        by_type = _from_type_name(error)
+        if by_type is not None:
+            return by_type
         return _from_message(error) or (cls.TOOL_ERROR if error.strip() else cls.UNKNOWN)
 
 
@@ -50,17 +55,23 @@ _NAME_HINTS: tuple[tuple[str, ErrorType], ...] = (
     ("validation", ErrorType.VALIDATION),
 )
 
+# A status code only where it reads as one ("HTTP 503", "status: 429", "error 502"), not
+# in "processed 502 rows".
+_HTTP = r"(?:\bhttp\S*|\bstatus(?: code)?|\bcode|\berror|\bresponse)\W{0,3}"
+
 _MESSAGE_PATTERNS: tuple[tuple[re.Pattern[str], ErrorType], ...] = (
     (
-        re.compile(r"rate.?limit|too many requests|\b429\b|quota exceeded", re.I),
+        re.compile(rf"rate.?limit|too many requests|{_HTTP}429\b|quota exceeded", re.I),
         ErrorType.RATE_LIMIT,
     ),
-    (re.compile(r"timed? ?out|timeout|deadline exceeded", re.I), ErrorType.TIMEOUT),
+    # As words: "runtime output" holds "time out" too.
+    (re.compile(r"\btimed?[ -]?out\b|timeout|deadline exceeded", re.I), ErrorType.TIMEOUT),
     (re.compile(r"cancel+ed|cancellation", re.I), ErrorType.CANCELLED),
     (
         re.compile(
             r"connection (refused|reset|error|aborted|closed)|could not connect|"
-            r"unreachable|name or service not known|broken pipe|\b50[234]\b",
+            r"unreachable|name or service not known|broken pipe|bad gateway|"
+            rf"service unavailable|{_HTTP}50[234]\b",
             re.I,
         ),
         ErrorType.CONNECTION,
@@ -68,28 +79,53 @@ _MESSAGE_PATTERNS: tuple[tuple[re.Pattern[str], ErrorType], ...] = (
     (
         re.compile(
             r"validation|invalid|missing (required )?(argument|parameter|field)|"
-            r"unexpected keyword|required positional|must be|expected .* got|\b422\b",
+            rf"unexpected keyword|required positional|must be|expected .* got|{_HTTP}422\b",
             re.I,
         ),
         ErrorType.VALIDATION,
     ),
 )
 
+# An exception's text as it is usually written down: "ValueError: bad", "httpx.ReadTimeout: …".
+_TYPE_PREFIX = re.compile(r"\s*(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*)\s*:")
 
-def _from_exception_type(error: BaseException) -> ErrorType | None:
-    if isinstance(error, _CANCELLED_TYPES):
+
+def _from_exception_type(kind: type[BaseException]) -> ErrorType | None:
+    if issubclass(kind, _CANCELLED_TYPES):
         return ErrorType.CANCELLED
-    if isinstance(error, _TIMEOUT_TYPES):
+    if issubclass(kind, _TIMEOUT_TYPES):
         return ErrorType.TIMEOUT
-    if isinstance(error, _CONNECTION_TYPES):
+    if issubclass(kind, _CONNECTION_TYPES):
         return ErrorType.CONNECTION
-    for klass in type(error).__mro__:
-        name = klass.__name__.lower()
-        for hint, kind in _NAME_HINTS:
-            if hint in name:
-                return kind
-    if isinstance(error, (ValueError, TypeError, KeyError)):
+    for klass in kind.__mro__:
+        hinted = _from_name(klass.__name__)
+        if hinted is not None:
+            return hinted
+    if issubclass(kind, (ValueError, TypeError, KeyError)):
         return ErrorType.VALIDATION
+    return None
+
+
+def _from_name(name: str) -> ErrorType | None:
+    name = name.lower()
+    for hint, kind in _NAME_HINTS:
+        if hint in name:
+            return kind
+    return None
+
+
+def _from_type_name(message: str) -> ErrorType | None:
+    """An exception written down as text ("ValueError: bad"), classed as the exception
+    would be: by its type when it is a built-in one, else by the hints in its name."""
+    match = _TYPE_PREFIX.match(message)
+    if match is None:
+        return None
+    name = match.group(1)
+    builtin = getattr(builtins, name, None)
+    if isinstance(builtin, type) and issubclass(builtin, BaseException):
+        return _from_exception_type(builtin)
+    if name.endswith(("Error", "Exception", "Timeout")):
+        return _from_name(name)
     return None
 
 

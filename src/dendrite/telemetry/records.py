@@ -134,7 +134,8 @@ class PredictionError(BaseModel):
     ``success`` is the signed error of the predicted success probability
     (outcome minus prediction, in [-1, 1]); ``duration`` and ``cost`` are
     relative errors ((actual - predicted) / predicted). A field is ``None``
-    when either side is missing.
+    when either side is missing, or when a prediction of 0 met a non-zero outcome
+    (no relative error is finite; a 0 that came true is an error of 0).
     """
 
     success: float | None = None
@@ -143,8 +144,10 @@ class PredictionError(BaseModel):
 
 
 def _relative(actual: float | None, predicted: float | None) -> float | None:
-    if actual is None or predicted is None or predicted == 0:
+    if actual is None or predicted is None:
         return None
+    if predicted == 0:
+        return 0.0 if actual == 0 else None
     return (actual - predicted) / predicted
 
 
@@ -193,6 +196,8 @@ class ExecutionRecord(_Record):
         for label in ("intent", "project", "task_type", "model_tier", "pool"):
             if getattr(self, label) == "":  # no label: the rollups key both as one
                 setattr(self, label, None)
+        if self.goal_id == "":  # no id, as None: the next readable one is assigned
+            self.goal_id = None
         if self.status is None:
             self.status = ExecutionStatus.SUCCEEDED if self.success else ExecutionStatus.FAILED
         self.error_type = _infer_error_type(self.success, self.error, self.error_type)
@@ -207,9 +212,9 @@ class ExecutionRecord(_Record):
             ("task type", self.task_type),
             ("project", self.project),
         ):
-            if value:
-                parts.append(f"{label}: {value}")
-        if self.solution_summary:
+            if value and value.strip():
+                parts.append(f"{label}: {value.strip()}")
+        if self.solution_summary and self.solution_summary.strip():
             parts.append(f"solution: {self.solution_summary.strip()}")
         return "\n".join(p for p in parts if p)
 
