@@ -411,20 +411,17 @@ def test_close_drains_pending_writes(store_url: str, tmp_path: Path):
         assert len(again.get_execution(eid).steps) == 500
 
 
+LIMIT = r"limit must be a positive integer up to [\d,]+"
+
+
 def test_reads_refuse_nonsense_limits(store: ExecutionStore):
-    with pytest.raises(
-        ValueError, match="limit must be a positive integer up to 2,147,483,647, got 0"
-    ):
+    with pytest.raises(ValueError, match=rf"{LIMIT}, got 0"):
         store.get_recent_executions(0)
-    with pytest.raises(
-        ValueError, match="limit must be a positive integer up to 2,147,483,647, got -3"
-    ):
+    with pytest.raises(ValueError, match=rf"{LIMIT}, got -3"):
         store.get_top_tools(-3)
     with pytest.raises(ValueError, match="days must be a positive integer"):
         store.get_tier_performance(0)
-    with pytest.raises(
-        ValueError, match="limit must be a positive integer up to 2,147,483,647, got True"
-    ):
+    with pytest.raises(ValueError, match=rf"{LIMIT}, got True"):
         store.get_recent_executions(True)
     with pytest.raises(ValueError, match=r"days must be at most [\d,]+ \(back to the year 1\)"):
         store.get_tier_performance(10**6)
