@@ -15,7 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.dialects import sqlite
 
 from dendrite._ids import new_id
-from dendrite.store import ExecutionStore, InvalidRecordError, UnknownExecutionError, schema
+from dendrite.store import (
+    ExecutionStore,
+    InvalidRecordError,
+    StoreUnavailableError,
+    UnknownExecutionError,
+    schema,
+)
 from dendrite.store.toolcall import ToolCall, checked_call
 from dendrite.store.writer import _tool_row_encoder
 from dendrite.telemetry import (
@@ -769,3 +775,51 @@ def test_times_given_to_reads_and_prune_are_checked(store: ExecutionStore):
     assert store.get_success_rate(since=naive_past).total == 1
     assert store.prune(naive_past).executions == 0
     assert store.get_execution(eid) is not None
+
+
+def test_a_closed_store_refuses_reads_and_keeps_late_writes(store_url: str, tmp_path: Path):
+    """Reads after close() answered from a pool opened again on the disposed engine, and
+    missed what had been recorded since; late writes wait in the journal."""
+    store = ExecutionStore(store_url, state_dir=tmp_path / "s")
+    store.store_execution(goal_text="g", success=True, duration_ms=1)
+    store.close()
+    store.store_execution(goal_text="late", success=True, duration_ms=1)
+    for call in (
+        store.get_success_rate,
+        store.update_statistics,
+        lambda: store.get_recent_executions(5),
+        lambda: store.store_feedback(EID, rating=5),
+    ):
+        with pytest.raises(StoreUnavailableError, match="is closed"):
+            call()
+    with ExecutionStore(store_url, state_dir=tmp_path / "s") as again:
+        assert again.get_success_rate().total == 2
+
+
+def test_bookkeeping_arguments_are_checked_by_name(store: ExecutionStore):
+    """A string of validation errors was stored letter by letter, success="no" as True,
+    and None for a list, a unit or a time was a bare TypeError."""
+    store.store_tool_creation("t", "def t(): ...", False, validation_errors="syntax error")
+    store.store_tool_creation("u", "def u(): ...", True, validation_errors=None)
+    store.store_routing_decision(EID, "small", candidates=None)
+    assert [c.validation_errors for c in store.get_tool_creations()] == [[], ["syntax error"]]
+    with pytest.raises(InvalidRecordError, match="validation_errors must be a list, got int 3"):
+        store.store_tool_creation("t", "code", False, validation_errors=3)
+    now = datetime.now(UTC)
+    run = {"started_at": now, "finished_at": now, "success": True, "report": {}}
+    for change, message in (
+        ({"success": "no"}, "job success must be True or False, got 'no'"),
+        ({"started_at": None}, "job started_at must be a datetime, got None"),
+        ({"finished_at": now - timedelta(hours=1)}, "job finished_at .* is before its started_at"),
+        ({"error": 5}, "job error must be a string or None, got 5"),
+    ):
+        with pytest.raises(InvalidRecordError, match=message):
+            store.store_job_run("statistics", **(run | change))
+    with pytest.raises(InvalidRecordError, match="unit must be a non-empty string, got None"):
+        store.store_assignment("exp", EID, "a", None)
+    stored = store.store_job_run("job\x00", **(run | {"error": "bad\x00"}))
+    assert (stored.job, stored.error) == ("job\ufffd", "bad\ufffd")
+    store.store_execution(id=EID, success=True, duration_ms=1)
+    store.store_assignment("exp\x00", EID, "arm\x00", "u\x00" * 200)
+    (outcome,) = store.get_arm_outcomes("exp\x00")
+    assert (outcome.experiment, outcome.arm) == ("exp\ufffd", "arm\ufffd")

@@ -16,10 +16,12 @@ from pydantic import BaseModel
 from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy import case as sql_case
 
+from dendrite._text import clean_text
 from dendrite.store import schema as s
 from dendrite.store.engine import dialect_insert
 from dendrite.store.errors import InvalidRecordError
 from dendrite.store.serialize import exact_json
+from dendrite.store.state_entries import aware
 
 JOB_TRIGGERS = ("manual", "schedule")
 
@@ -60,12 +62,16 @@ class ArmOutcomes(BaseModel):
     unit_runs_sq: float  # Σ of (its runs)²
 
 
-def _name(kind: str, value: Any, width: int) -> str:
+def _name(kind: str, value: Any, width: int, *, cut: bool = False) -> str:
+    """A name as every backend stores it (``clean_text``: NUL becomes U+FFFD); ``cut``
+    shortens one over ``width`` instead of refusing it."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidRecordError(f"{kind} must be a non-empty string, got {value!r}")
+    if cut:
+        value = value[:width]
     if len(value) > width:
         raise InvalidRecordError(f"{kind} is {len(value)} characters, at most {width} allowed")
-    return value
+    return clean_text(value)
 
 
 def _id(value: Any) -> str:
@@ -88,6 +94,19 @@ def insert_job_run(
     job = _name("job name", job, 64)
     if trigger not in JOB_TRIGGERS:
         raise InvalidRecordError(f"job trigger must be one of {JOB_TRIGGERS}, got {trigger!r}")
+    if type(success) is not bool:  # bool("no") is True
+        raise InvalidRecordError(f"job success must be True or False, got {success!r}")
+    for name, moment in (("started_at", started_at), ("finished_at", finished_at)):
+        if not isinstance(moment, datetime):
+            raise InvalidRecordError(f"job {name} must be a datetime, got {moment!r}")
+    started_at, finished_at = aware(started_at), aware(finished_at)
+    if finished_at < started_at:
+        raise InvalidRecordError(
+            f"job finished_at {finished_at.isoformat()} is before its started_at "
+            f"{started_at.isoformat()}"
+        )
+    if error is not None and not isinstance(error, str):
+        raise InvalidRecordError(f"job error must be a string or None, got {error!r}")
     try:
         stored = exact_json(report)
     except TypeError as error:
@@ -98,8 +117,8 @@ def insert_job_run(
         trigger=trigger,
         started_at=started_at,
         finished_at=finished_at,
-        success=bool(success),
-        error=error,
+        success=success,
+        error=clean_text(error) if error is not None else None,
         report=stored,
     )
     conn.execute(s.job_runs.insert().values(**run.model_dump()))
@@ -122,7 +141,7 @@ def insert_assignment(
         "experiment": _name("experiment name", experiment, 128),
         "execution_id": _id(execution_id),
         "arm": _name("arm", arm, 64),
-        "unit": unit[:255],
+        "unit": _name("unit", unit, 255, cut=True),  # a goal's text, when runs have no session
         "assigned_at": datetime.now(UTC),
     }
     conn.execute(

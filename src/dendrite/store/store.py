@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import logging
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -289,7 +289,8 @@ class ExecutionStore:
         router: str = "model_tier",
         **fields: Any,
     ) -> str:
-        """Record a router's choice for a task; ``candidates`` may be ``{option: score}``."""
+        """Record a router's choice for a task; ``candidates`` may be ``{option: score}``
+        (``None``: none recorded)."""
         if isinstance(candidates, dict):
             candidates = [{"option": k, "score": v} for k, v in candidates.items()]
         record = _validated(
@@ -297,7 +298,7 @@ class ExecutionStore:
             RoutingDecision,
             execution_id=execution_id,
             chosen=chosen,
-            candidates=list(candidates),
+            candidates=_listed("candidates", candidates),
             confidence=confidence,
             reason=reason,
             router=router,
@@ -331,6 +332,7 @@ class ExecutionStore:
             accepted=accepted,
             source=source,
         )
+        self._check_open()
         self.flush()
         if self._writer.healthy:
             try:
@@ -356,14 +358,17 @@ class ExecutionStore:
         goal_text: str | None = None,
         execution_id: str | None = None,
     ) -> str:
-        """Record a tool generated at run time and whether it passed validation."""
+        """Record a tool generated at run time and whether it passed validation;
+        ``validation_errors`` may be one message or several (``None``: none)."""
+        if isinstance(validation_errors, str):  # one message, not its characters
+            validation_errors = [validation_errors]
         record = _validated(
             "tool creation",
             ToolCreationEvent,
             tool_name=tool_name,
             generated_code=generated_code,
             validation_passed=validation_passed,
-            validation_errors=list(validation_errors),
+            validation_errors=_listed("validation_errors", validation_errors),
             goal_text=goal_text,
             execution_id=execution_id,
         )
@@ -416,8 +421,15 @@ class ExecutionStore:
                 ) from error
             raise
 
+    def _check_open(self) -> None:
+        if self._closed:
+            # Its engine is disposed; connecting again would leak a pool nobody closes,
+            # and the writer is gone, so a read would miss what was recorded since.
+            raise StoreUnavailableError(f"the store for {self._where} is closed")
+
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
+        self._check_open()
         self.flush()
         with self._connect(write=False) as conn:
             yield conn
@@ -532,9 +544,7 @@ class ExecutionStore:
 
     @contextlib.contextmanager
     def _state(self, *, write: bool) -> Iterator[Connection]:
-        if self._closed:
-            # Its engine is disposed; connecting again would leak a pool nobody closes.
-            raise StoreUnavailableError(f"the store for {self._where} is closed")
+        self._check_open()
         if not self._schema_ready:
             # The database was down at start and may be back before the writer noticed.
             try:
@@ -696,6 +706,7 @@ class ExecutionStore:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
+        self._check_open()
         self.flush()
         with self._connect(write=True) as conn:
             yield conn
@@ -809,6 +820,14 @@ def _at_least_one(name: str, value: int) -> None:
 
 _TEXT_FILTERS = ("goal_id", "intent", "project", "session_id", "model_tier", "pool")
 _OTHER_FILTERS = ("since", "before", "success", "no_project", "depth")
+
+
+def _listed(name: str, values: Any) -> list[Any]:
+    if values is None:
+        return []
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise InvalidRecordError(f"{name} must be a list, got {type(values).__name__} {values!r}")
+    return list(values)
 
 
 @overload
