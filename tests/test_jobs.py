@@ -419,6 +419,44 @@ def test_lifecycle_archives_deprecates_and_promotes(store: ExecutionStore):
     assert stages["made_tool"]["stage"] == "promoted"
 
 
+def test_a_tool_enabled_by_hand_is_judged_again_on_its_record_since(store: ExecutionStore):
+    """Enabling kept the archived stage, so the job skipped the tool for good: never
+    promoted after 25 successes, never archived or deprecated again either."""
+    registry = ToolRegistry()
+    for name in ("made_tool", "broken_tool"):
+        registry.register_function(lambda query: query, name=name, reliability="low")
+    store.store_tool_creation("made_tool", "def made_tool(query): return query", True)
+    attempts(store, "made_tool", 1, 0, at=LONG_AGO)
+    attempts(store, "broken_tool", 4, 40)
+    wait_until_drained(store)
+    with Orchestrator(registry, store=store, llm=None) as orch:
+        assert run_job("lifecycle", JobContext(store, orch)).report == {
+            "archived": ["made_tool"],
+            "deprecated": ["broken_tool"],
+            "promoted": [],
+        }
+        orch.set_tool_status("made_tool", "enabled")
+        orch.set_tool_status("broken_tool", "enabled")
+        # Judged on what they do from now on: the old failures and the old last use
+        # count no more, and the next run of the job leaves both alone.
+        assert run_job("lifecycle", JobContext(store, orch)).report == {
+            "archived": [],
+            "deprecated": [],
+            "promoted": [],
+        }
+        attempts(store, "made_tool", 25, 0)
+        attempts(store, "broken_tool", 0, 40)
+        wait_until_drained(store)
+        assert run_job("lifecycle", JobContext(store, orch)).report == {
+            "archived": [],
+            "deprecated": ["broken_tool"],
+            "promoted": ["made_tool"],
+        }
+        assert registry.get("made_tool").reliability is Reliability.HIGH
+        later = JobContext(store, orch, now=datetime.now(UTC) + timedelta(days=31))
+        assert jobs_module.lifecycle(later)["archived"] == ["made_tool"]  # judged again
+
+
 def test_retention_prunes_history_and_keeps_the_rollups(store: ExecutionStore):
     old = store.store_execution(goal_text="old", success=True, duration_ms=1.0, started_at=LONG_AGO)
     store.store_tool_execution(old, "t", {}, None, True, 1.0, started_at=LONG_AGO)

@@ -611,6 +611,17 @@ def test_of_tools_equally_likely_to_answer_the_quicker_ranks_first():
     ranked = ranker.rerank("convert 9 km to miles", [("slow_convert", 1.0), ("fast_convert", 1.0)])
     assert [r.name for r in ranked] == ["fast_convert", "slow_convert"]
     assert "typically 300 ms (-0.7)" in ranked[1].reason
+    # The same record expects the same success; slowness is taken off the score once (the
+    # trace showed it taken off the expected success too, then again).
+    twins = ToolRanker()
+    for _ in range(5):
+        for tool, ms in (("fast", 10.0), ("slow", 10_000.0)):
+            twins.observe("fetch the report", tool, True, retrieval=1.0)
+            twins.observe_latency(tool, ms)
+    fast, slow = twins.rerank("fetch the report", [("fast", 1.0), ("slow", 1.0)])
+    assert fast.reason.split(":")[0] == slow.reason.split(":")[0] == "expected success 0.97"
+    assert slow.reason.endswith("typically 10000 ms (-1.5)")
+    assert fast.score - slow.score == pytest.approx(1.5, abs=0.01)
     assert ranker.order(["slow_convert", "fast_convert"]) == ["fast_convert", "slow_convert"]
     assert ranker.typical_ms("fast_convert") == pytest.approx(10.0)
     # Instant tools differ by noise only: the floor makes them equal.
@@ -749,3 +760,128 @@ def test_an_escalated_cooldown_outlives_a_process_that_ends_while_probing(tmp_pa
         second = process()
         assert second.health.health("search_index") is Health.QUARANTINED
         assert fail_a_probe(second) == "probe call failed; quarantined again for 480s"
+
+
+def test_plan_memory_rebinds_each_step_from_its_own_part_of_the_goal():
+    """Every step's arguments were read from the whole new goal, so the second part got the
+    first part's expression: "4 + 5 and also 7 * 8" answered 9 and 9."""
+    registry = ToolRegistry()
+
+    def calculate(expression: str) -> float:
+        """Evaluate an arithmetic expression."""
+        return 0.0
+
+    registry.register_function(calculate)
+    old = "calculate 2 + 3 and also calculate 10 * 4"
+    steps = [
+        Step(
+            id="s1", tool="calculate", params={"expression": "2 + 3"}, description="calculate 2 + 3"
+        ),
+        Step(
+            id="s2",
+            tool="calculate",
+            params={"expression": "10 * 4"},
+            description="calculate 10 * 4",
+        ),
+    ]
+    memory = PlanMemory(threshold=0.5)
+    memory.remember(old, Plan(goal=old, steps=steps, planner="semantic"), None)
+    recalled = memory.recall("calculate 4 + 5 and also calculate 7 * 8", registry)
+    assert recalled is not None
+    assert [s.params["expression"] for s in recalled.plan.steps] == ["4 + 5", "7 * 8"]
+    assert [s.description for s in recalled.plan.steps] == ["calculate 4 + 5", "calculate 7 * 8"]
+    # A goal in another number of parts: no telling which part answers to which step.
+    assert (
+        memory.recall("calculate 4 + 5 and also calculate 7 * 8 and also calculate 1 + 1", registry)
+        is None
+    )
+
+
+def test_plan_memory_drops_fallbacks_gone_since_and_finds_a_good_plan_after_vetoed_ones():
+    registry = ToolRegistry()
+    for name in ("lookup", "lookup_backup"):
+        registry.register_function(lambda query: query, name=name)
+    plan = Plan(
+        goal="look up the weather in Oslo",
+        steps=[
+            Step(id="s", tool="lookup", params={"query": "forecast"}, fallbacks=["lookup_backup"])
+        ],
+        planner="semantic",
+    )
+    memory = PlanMemory(threshold=0.5)
+    for execution in ("e0", "e1", "e2", "e3"):
+        memory.remember("look up the weather in Oslo", plan, execution)
+    for execution in ("e0", "e1", "e2"):
+        memory.judge(execution, 0.0)
+    registry.set_state("lookup_backup", ToolStatus.DISABLED, "retired")
+    recalled = memory.recall("look up the weather in Oslo", registry)
+    assert recalled is not None and recalled.source.execution_id == "e3"
+    assert recalled.plan.steps[0].fallbacks == []  # the plan validates without it
+
+
+def test_similar_goals_weigh_the_newest_outcomes_among_equals():
+    """Stable sorting kept the oldest of equally similar entries: 20 successes then 30
+    failures of one goal read as "12 worked / 0 failed"."""
+    ranker = ToolRanker()
+    goal = "get the weather forecast"
+    for success in [True] * 20 + [False] * 30:
+        ranker.observe(goal, "weather_a", success, retrieval=1.0)
+    good, bad = ranker.similar_evidence(goal)["weather_a"]
+    assert bad > 0 and good == 0
+
+
+def test_a_probe_that_answers_after_a_retry_restores_the_tool():
+    """Each attempt was judged: the probe's first, failed attempt re-quarantined the tool
+    with its cooldown doubled although the call answered on its retry."""
+    registry = registry_with("primary", "backup", alternatives={"primary": ["backup"]})
+    clock = Clock()
+    monitor = HealthMonitor(
+        registry, HealthPolicy(window=4, min_samples=2, cooldown=10), clock=clock
+    )
+    monitor.observe_call("primary", [(False, None)])
+    monitor.observe_call("primary", [(False, None)])
+    assert registry.state("primary").status is ToolStatus.QUARANTINED
+    clock.now += 11
+    monitor.tick()
+    (moved,) = monitor.observe_call("primary", [(False, None), (True, None)])
+    assert moved.after is Health.HEALTHY and moved.reason == "probe call succeeded"
+
+
+def test_input_every_tool_refuses_does_not_quarantine_them(store: ExecutionStore):
+    """Validation errors are the caller's when no tool took the input: eight goals with a
+    unit nobody knows quarantined a correct tool and flagged its backup."""
+    registry = ToolRegistry()
+
+    def convert_units(value: float, from_unit: str, to_unit: str) -> float:
+        """Convert a value between length units."""
+        if from_unit not in ("km", "miles"):
+            raise ValueError(f"unknown unit {from_unit!r}")
+        return value * 0.621
+
+    def convert_backup(value: float, from_unit: str, to_unit: str) -> float:
+        """Convert a value between length units, another way."""
+        return convert_units(value, from_unit, to_unit)
+
+    registry.register_function(convert_units, alternatives=["convert_backup"])
+    registry.register_function(convert_backup)
+    policy = HealthPolicy(window=4, min_samples=2, cooldown=60)
+    learning = LearningLoop(registry, health_policy=policy)
+    with Orchestrator(
+        registry, store=store, config=OrchestratorConfig(retry=ONCE), llm=None, learning=learning
+    ) as orch:
+        for i in range(8):
+            assert not orch.process(f"convert {i} parsecs to miles").success
+        assert registry.get("convert_units").available and registry.get("convert_backup").available
+        assert learning.health.transitions == []
+
+
+def test_the_trace_names_a_stand_in_left_out_as_quarantined(store: ExecutionStore):
+    calls: list[str] = []
+    registry = _fallback_registry(calls)
+    registry.set_state("search_index", ToolStatus.QUARANTINED, "index node down")
+    with Orchestrator(
+        registry, store=store, config=OrchestratorConfig(retry=ONCE), llm=None
+    ) as orch:
+        result = orch.process("search the replica index for dendrite")
+    assert result.plan.steps[0].tool == "search_replica"
+    assert "left out: tool 'search_index' is quarantined" in result.why[result.plan.steps[0].id]

@@ -260,6 +260,8 @@ def test_replanning_after_an_injected_failure(tmp_path):
         assert tried == [("search_notes", False), ("search_archive", True)]
         assert [s["tool"] for s in record.metadata["steps"]] == ["search_archive"]
         assert orch.learning.health.summary()["search_notes"]["recent"] == [False]
+        # "picked" names the tool that answered, and why: not the one it replaced.
+        assert trace.why["find"].startswith("search_archive: replaces search_notes, which failed")
         orch.close()
 
 
@@ -399,8 +401,8 @@ def test_the_llm_picks_among_candidates_ranked_by_history_and_sees_their_record(
         listed = json.loads(server.requests[0]["messages"][1]["content"].split("Tools:\n", 1)[1])
     assert [t["name"] for t in listed] == ["weather_report", "weather_now", "generate_text"]
     worked, failed = listed[0]["track_record"], listed[1]["track_record"]
-    assert "learned from 4 past goals +" in worked and "success overall 0.90" in worked
-    assert "learned from 4 past goals -" in failed and "success overall 0.40" in failed
+    assert "learned from 4 outcomes +" in worked and "success overall 0.90" in worked
+    assert "learned from 4 outcomes -" in failed and "success overall 0.40" in failed
     assert "track_record" not in listed[2]  # filled in past retrieval's picks: no record
     assert "track_record" in server.requests[0]["messages"][0]["content"]
 

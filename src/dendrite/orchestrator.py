@@ -33,6 +33,7 @@ from dendrite.learning.jobs import (
     LIFECYCLE_KEY,
     TOOL_STATES_KEY,
     apply_promotion,
+    reopen,
     save_tool_state,
 )
 from dendrite.learning.loop import (
@@ -66,7 +67,7 @@ from dendrite.store import ExecutionStore, UnknownExecutionError
 from dendrite.store.serialize import capped
 from dendrite.telemetry import ErrorType, ExecutionStatus
 from dendrite.telemetry.records import MAX_PROJECT, MAX_SESSION_ID
-from dendrite.tools import ToolRegistry, ToolState, ToolStatus, UnknownToolError
+from dendrite.tools import ToolError, ToolRegistry, ToolState, ToolStatus, UnknownToolError
 
 log = logging.getLogger("dendrite.orchestrator")
 
@@ -497,10 +498,31 @@ class Orchestrator:
             state = ToolState(wanted, kept)
         else:
             raise UnknownToolError(name, [*(t.name for t in self.registry), *saved])
-        if wanted is ToolStatus.ENABLED and self.learning is not None:
-            self.learning.health.reset(name, reason or "enabled by hand")  # here and later
+        if wanted is ToolStatus.ENABLED:
+            if self.learning is not None:
+                self.learning.health.reset(name, reason or "enabled by hand")  # here and later
+            reopen(self.state, name, state.since)
         save_tool_state(self.state, name, state.status.value, state.reason, state.since)
         return state
+
+    def _left_out(self, plan: Plan) -> dict[str, str]:
+        """The plan's reasons, each step's with the stand-ins for its tool (declared
+        alternatives, either way) that could not be chosen because they are unavailable:
+        a quarantine that kept a tool out of the plan is otherwise nowhere in the trace."""
+        why = dict(plan.metadata.get("why", {}))
+        for step in plan.steps:
+            tool = self.registry.find(step.tool)
+            related = set(tool.alternatives if tool else ())
+            related |= {other.name for other in self.registry if step.tool in other.alternatives}
+            notes = []
+            for name in sorted(related - {step.tool, *step.fallbacks}):
+                try:
+                    self.registry.require_available(name)
+                except ToolError as error:
+                    notes.append(str(error))
+            if notes and step.id in why:
+                why[step.id] += f"; left out: {'; '.join(notes)}"
+        return why
 
     def _saved_tool_names(self) -> set[str]:
         """Tools with a state or lifecycle stage saved by any process, as the store has them."""
@@ -1051,7 +1073,7 @@ class Orchestrator:
             else None,
             arm=decisions.arm,
             needs_review=needs_review,
-            why={**plan.metadata.get("why", {}), **decisions.why()},
+            why={**self._left_out(plan), **decisions.why()},
             llm_usage=decisions.usage.summary()
             if decisions.usage is not None and decisions.usage.calls
             else None,

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -135,6 +135,21 @@ class HealthMonitor:
         ):
             return True
         return any(tool in other.alternatives and other.available for other in self.registry)
+
+    def observe_call(
+        self, tool: str, tries: Sequence[tuple[bool, datetime | None]]
+    ) -> list[Transition]:
+        """Take one call of ``tool``: its attempts (the first and its retries) as (success,
+        started at). Each attempt is an outcome, except while the tool is probing: the call
+        is then the probe, judged by its last attempt (a retry that answered is an answer).
+        """
+        if not tries:
+            return []
+        with self._lock:
+            probing = tool in self.registry and self._entry(tool).health is Health.PROBING
+        if probing:
+            tries = [(tries[-1][0], tries[0][1])]
+        return [t for success, at in tries if (t := self.observe(tool, success, at)) is not None]
 
     def observe(
         self, tool: str, success: bool, started_at: datetime | None = None

@@ -40,6 +40,8 @@ log = logging.getLogger("dendrite.jobs")
 TOOL_STATES_KEY = "tool_states"
 LIFECYCLE_KEY = "tool_lifecycle"
 LOW_PERFORMERS_KEY = "low_performers"
+REOPENED = "reopened"
+"""The lifecycle stage of a tool enabled by hand after it was archived or deprecated."""
 WAITING_SINCE_KEY = "jobs_waiting_since"
 """Global state: when a scheduler first waited for each job that had never run."""
 
@@ -124,17 +126,32 @@ def lifecycle(ctx: JobContext) -> dict[str, Any]:
     settings = ctx.settings
     state = ctx.state
     saved = dict(state.get("global", LIFECYCLE_KEY, {}) or {})
+    # A tool enabled by hand after a decision is judged again, on its record since then.
+    reopened = {
+        name: datetime.fromisoformat(entry["since"])
+        for name, entry in saved.items()
+        if isinstance(entry, dict) and entry.get("stage") == REOPENED
+    }
     archived, deprecated, promoted = [], [], []
     for stats in ctx.store.get_tool_performance():
         name = stats.tool_name
         if saved.get(name, {}).get("stage") in ("archived", "deprecated"):
             continue
-        if stats.last_used is not None and ctx.now - stats.last_used > settings.unused_for:
-            reason = f"archived: unused since {stats.last_used:%Y-%m-%d}"
+        last_used = max(filter(None, (stats.last_used, reopened.get(name))), default=None)
+        if last_used is not None and ctx.now - last_used > settings.unused_for:
+            reason = f"archived: unused since {last_used:%Y-%m-%d}"
             _set_status(ctx, name, "disabled", reason)
             saved[name] = {"stage": "archived", "reason": reason, "since": ctx.now.isoformat()}
             archived.append(name)
-    recent = {r.tool_name: r for r in ctx.store.get_recent_tool_outcomes(ctx.now - settings.window)}
+    start = ctx.now - settings.window
+    recent = {r.tool_name: r for r in ctx.store.get_recent_tool_outcomes(start)}
+    for name, since in reopened.items():
+        if since > start:
+            lately = [r for r in ctx.store.get_recent_tool_outcomes(since) if r.tool_name == name]
+            if lately:
+                recent[name] = lately[0]
+            else:
+                recent.pop(name, None)
     for name, r in recent.items():
         if saved.get(name, {}).get("stage") == "deprecated":
             continue
@@ -162,6 +179,20 @@ def lifecycle(ctx: JobContext) -> dict[str, Any]:
     if changed:
         _merge(state, LIFECYCLE_KEY, changed)
     return {"archived": archived, "deprecated": deprecated, "promoted": promoted}
+
+
+def reopen(state: StateManager, name: str, now: datetime) -> None:
+    """Undo an archive or deprecation (the tool was enabled by hand): the lifecycle job
+    judges the tool again, on what it does from ``now`` on."""
+
+    def reopened(table: Any) -> dict[str, Any]:
+        table = dict(table) if isinstance(table, dict) else {}
+        entry = table.get(name)
+        if isinstance(entry, dict) and entry.get("stage") in ("archived", "deprecated"):
+            table[name] = {"stage": REOPENED, "reason": "enabled by hand", "since": now.isoformat()}
+        return table
+
+    state.update("global", LIFECYCLE_KEY, reopened)
 
 
 def apply_promotion(orchestrator: Orchestrator | None, name: str) -> None:

@@ -206,11 +206,19 @@ class LearningLoop:
         outcomes = []
         for step_result in result.steps:
             text = texts.get(step_result.step_id, result.goal)
-            for attempt in step_result.attempts:
-                if attempt.error_type is ErrorType.CANCELLED:
-                    continue
-                self.health.observe(attempt.tool, attempt.success, attempt.started_at)
+            attempts = [a for a in step_result.attempts if a.error_type is not ErrorType.CANCELLED]
+            # Input refused by every tool that tried it is the caller's fault, not the tools':
+            # a validation error counts against a tool only where another one took the input.
+            taken = {a.item for a in attempts if a.success}
+            calls: dict[tuple[str, int | None], list[tuple[bool, datetime]]] = {}
+            for attempt in attempts:
                 outcomes.append((text, attempt.tool, attempt.success, attempt.duration_ms, None))
+                if attempt.error_type is ErrorType.VALIDATION and attempt.item not in taken:
+                    continue
+                call = calls.setdefault((attempt.tool, attempt.item), [])
+                call.append((attempt.success, attempt.started_at))
+            for (tool, _), tries in calls.items():
+                self.health.observe_call(tool, tries)
         self._observe_outcomes(outcomes)
         self._learn_plan(result.goal, result.plan, result.success, result.execution_id, result)
 

@@ -17,6 +17,7 @@ from dendrite.learning.similar import SimilarTexts
 from dendrite.planning.arguments import extract_arguments, numbers_in
 from dendrite.planning.plan import Plan
 from dendrite.planning.references import has_references
+from dendrite.planning.semantic import split_goal
 from dendrite.tools import ToolRegistry
 
 
@@ -79,10 +80,14 @@ class PlanMemory:
         return bad > good
 
     def recall(self, goal: str, registry: ToolRegistry) -> Recall | None:
-        """The most similar remembered plan not vetoed by feedback, re-bound to ``goal``."""
+        """The most similar remembered plan not vetoed by feedback, re-bound to ``goal``.
+
+        Vetoed plans are left out before the few best are taken, so that a good plan
+        remembered after several bad ones of the same goal is still found.
+        """
         with self._lock:
-            matches = self._index.search(goal, k=3, min_similarity=self.threshold)
-            matches = [m for m in matches if not self.vetoed(m.item.execution_id)]
+            matches = self._index.search(goal, k=len(self._index), min_similarity=self.threshold)
+            matches = [m for m in matches if not self.vetoed(m.item.execution_id)][:3]
         for match in matches:
             plan = self._rebind(match.item, goal, registry)
             if plan is not None:
@@ -91,25 +96,45 @@ class PlanMemory:
 
     @staticmethod
     def _rebind(source: Remembered, goal: str, registry: ToolRegistry) -> Plan | None:
-        old_words = source.goal.lower()
+        """The plan with each step's goal-given arguments read again from the part of the
+        new goal that stands where the step's part stood in the old one (goals split as
+        the planner splits them); ``None`` when a tool is gone or an argument is not there.
+
+        Fallbacks no longer available are dropped: the plan would not validate with them.
+        """
+        old_parts = [part.text for part in split_goal(source.goal)]
+        new_parts = [part.text for part in split_goal(goal)]
+        used: set[int] = set()
         steps = []
         for step in source.plan.steps:
             tool = registry.find(step.tool)
             if tool is None or not tool.available:
                 return None
+            params = dict(step.params)
             from_goal = [
                 name
-                for name, value in step.params.items()
-                if not has_references(value) and _said_in(value, source.goal, old_words)
+                for name, value in params.items()
+                if not has_references(value) and _said_in(value, source.goal, source.goal.lower())
             ]
-            params = dict(step.params)
+            update: dict[str, object] = {
+                "fallbacks": [
+                    name for name in step.fallbacks if (f := registry.find(name)) and f.available
+                ]
+            }
             if from_goal:
-                fresh = extract_arguments(goal, tool.parameters_schema).params
+                if len(new_parts) != len(old_parts):
+                    return None  # no telling which part of the new goal answers to the step's
+                part = _part_of(old_parts, [params[name] for name in from_goal], used)
+                if part is None:
+                    return None
+                fresh = extract_arguments(new_parts[part], tool.parameters_schema).params
                 for name in from_goal:
                     if name not in fresh:
                         return None
                     params[name] = fresh[name]
-            steps.append(step.model_copy(update={"params": params}))
+                if step.description == old_parts[part]:
+                    update["description"] = new_parts[part]
+            steps.append(step.model_copy(update={**update, "params": params}))
         return source.plan.model_copy(
             update={
                 "goal": goal,
@@ -121,6 +146,19 @@ class PlanMemory:
                 },
             }
         )
+
+
+def _part_of(parts: list[str], values: list[object], used: set[int]) -> int | None:
+    """The first part, not taken by an earlier step if another will do, that says every one
+    of ``values``; ``None`` when none does."""
+    fits = [
+        i for i, part in enumerate(parts) if all(_said_in(v, part, part.lower()) for v in values)
+    ]
+    if not fits:
+        return None
+    part = next((i for i in fits if i not in used), fits[0])
+    used.add(part)
+    return part
 
 
 def _said_in(value: object, text: str, lowered: str) -> bool:

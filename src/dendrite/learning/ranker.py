@@ -346,12 +346,12 @@ class ToolRanker:
                 z, words = self._logit(name, x, share, learned.get(name, 0.0))
                 good, bad = evidence.get(name, (0.0, 0.0))
                 z += self.history_weight * (good - bad) / (1.0 + good + bad)
-                slower = self.latency_weight * (speeds.get(name, fastest) - fastest)
-                z -= slower
+                # The success it expects, then what slowness takes off the score (once).
                 reason = self._reason(name, z, share, words, good, bad)
+                slower = self.latency_weight * (speeds.get(name, fastest) - fastest)
                 if slower > 0:
                     reason += f", typically {10 ** speeds[name]:.0f} ms (-{slower:.1f})"
-                ranked.append(Ranked(name, z, reason))
+                ranked.append(Ranked(name, z - slower, reason))
         ranked.sort(key=lambda r: r.score, reverse=True)
         return ranked
 
@@ -362,7 +362,7 @@ class ToolRanker:
         reason = f"expected success {_sigmoid(z):.2f}: retrieval {share:.2f}"
         if self._learned_from[name]:
             reason += (
-                f", learned from {self._learned_from[name]} past goals "
+                f", learned from {self._learned_from[name]} outcomes "
                 f"{'+' if words >= 0 else '-'}{abs(words):.1f} for these words"
             )
         if good or bad:

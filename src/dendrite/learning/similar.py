@@ -69,7 +69,9 @@ class SimilarTexts(Generic[T]):
         return math.log(1 + len(self._texts) / (1 + len(self._postings.get(term, ()))))
 
     def search(self, text: str, k: int = 10, min_similarity: float = 0.0) -> list[Match[T]]:
-        """The ``k`` most similar entries (cosine of IDF-weighted word sets), best first."""
+        """The ``k`` most similar entries (cosine of IDF-weighted word sets), best first and,
+        among equally similar ones, newest first: a goal asked again and again is judged
+        by its latest outcomes."""
         words = terms(text)
         if not words or not self._texts:
             return []
@@ -85,9 +87,9 @@ class SimilarTexts(Generic[T]):
             norm = math.sqrt(sum(self._idf(t) ** 2 for t in entry_terms))
             similarity = dot / (query_norm * norm) if norm and query_norm else 0.0
             if similarity >= min_similarity:
-                scored.append(Match(item, similarity, entry_text))
-        scored.sort(key=lambda m: m.similarity, reverse=True)
-        return scored[:k]
+                scored.append((similarity, key, Match(item, similarity, entry_text)))
+        scored.sort(key=lambda entry: entry[:2], reverse=True)
+        return [match for _, _, match in scored[:k]]
 
 
 class SimilarVectors(Generic[T]):
@@ -110,6 +112,8 @@ class SimilarVectors(Generic[T]):
         self.cache = cache
         self._vectors: np.ndarray | None = None
         self._entries: list[tuple[str, T]] = []
+        self._added: list[int] = []  # each row's place in the order entries arrived
+        self._arrivals = 0
         self._next = 0  # the row the next entry takes once the index is full
         self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
 
@@ -140,18 +144,22 @@ class SimilarVectors(Generic[T]):
                 self._vectors = grown
             row = count
             self._entries.append((text, item))
+            self._added.append(self._arrivals)
         else:
             row = self._next
             self._next = (self._next + 1) % self.capacity
             self._entries[row] = (text, item)
+            self._added[row] = self._arrivals
+        self._arrivals += 1
         self._vectors[row] = vector
 
     def search(self, text: str, k: int = 10, min_similarity: float = 0.0) -> list[Match[T]]:
-        """The ``k`` most similar entries (cosine of the embeddings), best first."""
+        """The ``k`` most similar entries (cosine of the embeddings), best first and, among
+        equally similar ones, newest first."""
         if not self._entries or self._vectors is None or not text.strip():
             return []
         similarity = self._vectors[: len(self._entries)] @ self.vector(text)
-        best = np.argsort(-similarity, kind="stable")[:k]
+        best = np.lexsort((-np.asarray(self._added), -similarity))[:k]
         return [
             Match(self._entries[row][1], float(similarity[row]), self._entries[row][0])
             for row in best

@@ -242,16 +242,32 @@ class DendritePlanner:
             except PlanningError:
                 repaired = None
             if repaired is not None:
-                repaired.metadata.update(plan.metadata, replanned_from=failed_step)
+                why = {**plan.metadata.get("why", {}), **repaired.metadata.get("why", {})}
+                for new in repaired.steps:  # an old reason would name the old plan's tool
+                    if not why.get(new.id, "").startswith(f"{new.tool}: "):
+                        why[new.id] = (
+                            f"{new.tool}: in the model's repair after {failed_step} failed"
+                        )
+                repaired.metadata = {
+                    **plan.metadata,
+                    **repaired.metadata,
+                    "why": why,
+                    "replanned_from": failed_step,
+                }
                 return repaired
         step = plan.step(failed_step)
         replacement = self._replacement(step, goal, registry)
         if replacement is None:
             return None
         steps = [replacement if s.id == failed_step else s for s in plan.steps]
+        why = {
+            **plan.metadata.get("why", {}),
+            failed_step: f"{replacement.tool}: replaces {step.tool}, which failed "
+            "(the tool most like it not tried yet that takes its arguments)",
+        }
         return plan.model_copy(
             update={
                 "steps": steps,
-                "metadata": {**plan.metadata, "replanned_from": failed_step},
+                "metadata": {**plan.metadata, "why": why, "replanned_from": failed_step},
             }
         )
