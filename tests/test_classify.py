@@ -135,6 +135,20 @@ STR, NUM, INT = {"type": "string"}, {"type": "number"}, {"type": "integer"}
             _schema(text=STR, pattern=STR),
             {"text": "order 66 and 42", "pattern": "\\d+"},
         ),
+        (  # patterns choose first; the text takes the other passage, however long
+            'extract the matches of "[0-9]+" from "a1 b22"',
+            _schema(text=STR, pattern=STR),
+            {"text": "a1 b22", "pattern": "[0-9]+"},
+        ),
+        (  # a number beside a parameter's word is that parameter's; none inside quotes
+            'the first 3 matches of "[a-z]+" in "ab 9"',
+            {
+                "type": "object",
+                "properties": {"text": STR, "pattern": STR, "group": INT, "max_matches": INT},
+                "required": ["text", "pattern"],
+            },
+            {"text": "ab 9", "pattern": "[a-z]+", "max_matches": 3},
+        ),
         (
             "show the detail as full",
             _schema(level={"type": "string", "enum": ["brief", "full"]}),

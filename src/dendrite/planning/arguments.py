@@ -51,6 +51,7 @@ TOPIC_NAMES = ("topic", "subject", "about", "focus")
 PATH_HINTS = ("path", "file", "filename", "document", "doc", "name", "first", "second", "source")
 EXPRESSION_NAMES = ("expression", "expr", "formula", "equation")
 PATTERN_NAMES = ("pattern", "regex", "regexp")
+_REGEX_SIGNS = re.compile(r"[\\\[\]()*+?^$|{}]")
 
 
 @dataclass
@@ -121,13 +122,31 @@ def extract_arguments(
     required = set(schema.get("required", []))
     defs = schema.get("$defs", {})
     result = Extraction(params=dict(given or {}))
-    numbers = numbers_in(goal)
     quoted = _quoted(goal)
+    # A number inside quotes belongs to that text ("[0-9]+", "Route 66"), not to a count.
+    numbers = numbers_in(_QUOTED.sub(" ", goal))
     paths = [p for p in _PATH.findall(goal) if not re.fullmatch(r"[\d.]+", p)]
     units = _UNITS.search(goal)
     topic = _TOPIC.search(goal)
     consumed: list[str] = []
-    order = sorted(props, key=lambda n: (n not in required, list(props).index(n)))
+    # A number written beside a parameter's own word ("the first 3 matches") is that
+    # parameter's, whatever the order of the parameters.
+    named_numbers: dict[str, float | int] = {}
+    for name, prop in props.items():
+        if name not in result.params and _kind(prop) in ("number", "integer"):
+            found = _number_named(name.lower(), goal)
+            if found is not None and found in numbers:
+                numbers.remove(found)
+                named_numbers[name] = found
+    # A pattern chooses among the quoted passages before a text field takes the longest.
+    order = sorted(
+        props,
+        key=lambda n: (
+            n not in required,
+            not _named(n.lower(), PATTERN_NAMES),
+            list(props).index(n),
+        ),
+    )
     for name in order:
         if name in result.params:
             continue
@@ -148,6 +167,8 @@ def extract_arguments(
             value = float(units.group("value"))
             if units.group("value") in map(str, numbers):
                 numbers.remove(numbers_in(units.group("value"))[0])
+        elif name in named_numbers:
+            value = named_numbers[name]
         elif kind in ("number", "integer"):
             pick = next((n for n in numbers if kind == "number" or isinstance(n, int)), None)
             if pick is not None:
@@ -189,6 +210,30 @@ def extract_arguments(
     return result
 
 
+_VAGUE_WORDS = {"max", "min", "num", "number", "count", "total", "limit"}
+
+
+def _number_named(lname: str, goal: str) -> float | int | None:
+    """The number written right before or after a word of the parameter's name: "3 matches"
+    or "matches: 3" for ``max_matches``; None when its name has no such word in the goal."""
+    for word in lname.split("_"):
+        if len(word) < 3 or word in _VAGUE_WORDS:
+            continue
+        stem = re.escape(word.rstrip("s"))
+        found = re.search(
+            rf"(?<![\w.])(\d+(?:\.\d+)?)\s+{stem}\w*|\b{stem}\w*\s*(?:of|:|=)?\s*(\d+(?:\.\d+)?)\b",
+            goal,
+            re.I,
+        )
+        if found:
+            return numbers_in(found.group(1) or found.group(2))[0]
+    return None
+
+
+def _named(lname: str, names: tuple[str, ...]) -> bool:
+    return any(h == lname or lname.endswith(h) for h in names)
+
+
 def _string_for(
     lname: str, goal: str, quoted: list[str], paths: list[str], topic: re.Match[str] | None
 ) -> str | None:
@@ -196,8 +241,8 @@ def _string_for(
         candidates = [m.group(0).strip() for m in _MATH_EXPRESSION.finditer(goal)]
         candidates = [c for c in candidates if re.search(r"[-+*/%^(]|\w\(", c) or c.isdigit()]
         return max(candidates, key=len) if candidates else None
-    if any(h == lname or lname.endswith(h) for h in PATTERN_NAMES):
-        return quoted[0] if quoted else None
+    if _named(lname, PATTERN_NAMES):  # the quoted passage that reads as a pattern
+        return next((q for q in quoted if _REGEX_SIGNS.search(q)), quoted[0] if quoted else None)
     if lname in TOPIC_NAMES:
         return topic.group(1).strip() if topic else None
     if "url" in lname:
