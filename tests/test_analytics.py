@@ -245,6 +245,24 @@ def _random_history(store: ExecutionStore, rng: random.Random, n: int) -> list[s
     return ids
 
 
+def test_a_cancelled_attempt_is_neither_a_success_nor_a_failure_of_its_tool(
+    store: ExecutionStore,
+):
+    """Clients closing a stream mid-run left attempts recorded as failures: forty of them
+    and the lifecycle job deprecated a tool that worked every time it was let finish."""
+    eid = _exec(store, success=False, status="cancelled")
+    store.store_tool_execution(eid, "regex", {}, "ok", True, 5.0)
+    for _ in range(3):
+        store.store_tool_execution(eid, "regex", {}, None, False, 1.0, error_type="cancelled")
+    stats = store.get_tool_statistics("regex")
+    assert (stats.total_executions, stats.failed_executions, stats.success_rate) == (1, 0, 1.0)
+    store.update_statistics()
+    assert store.get_tool_statistics("regex") == stats
+    (recent,) = store.get_recent_tool_outcomes(NOW - timedelta(hours=1))
+    assert (recent.attempts, recent.successes) == (1, 1)
+    assert len(store.get_execution(eid).steps) == 4  # the rows themselves are all kept
+
+
 def test_incremental_rollups_equal_a_rebuild_from_scratch(store_url: str, tmp_path):
     rng = random.Random(7)
     with ExecutionStore(store_url, state_dir=tmp_path / "s", batch_size=37) as store:

@@ -227,6 +227,10 @@ def test_quality_policy_adapts_to_measured_success_and_persists(store: Execution
             goal_text=f"goal {i}", success=i % 2 == 0, duration_ms=5.0, project="ops"
         )
         store.store_execution(goal_text=f"goal {i}", success=True, duration_ms=5.0, project="web")
+        # A run its client stopped says nothing of the project's success.
+        store.store_execution(
+            goal_text="left", success=False, status="cancelled", duration_ms=5.0, project="web"
+        )
     wait_until_drained(store)
     ops = policies.adapt(store, "ops")
     assert ops.min_confidence == 0.6 and ops.use_llm and ops.replan

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from dendrite.telemetry import ExecutionStatus
+
 if TYPE_CHECKING:
     from dendrite.state import StateManager
     from dendrite.store import ExecutionStore
@@ -152,7 +154,11 @@ class QualityPolicies:
         # Filtered by the store, not after its limit: other projects' runs and nested runs
         # would otherwise take the window's places.
         mine = {"project": project} if project is not None else {"no_project": True}
-        top = store.get_recent_executions(self.window, depth=0, **mine)
+        top = [  # a run stopped by its client says nothing of how well the project does
+            r
+            for r in store.get_recent_executions(self.window, depth=0, **mine)
+            if r.status is not ExecutionStatus.CANCELLED
+        ]
         with self._lock:
             policies = self._all()
             current = policies.get(name) or QualityPolicy(project=name)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, or_, select
 from sqlalchemy import case as sql_case
 
 from dendrite._text import clean_text
@@ -233,7 +233,10 @@ def recent_tool_outcomes(conn: Connection, since: datetime) -> list[RecentToolOu
             ),
             func.max(te.c.started_at).label("last_used"),
         )
-        .where(te.c.started_at >= since)
+        .where(
+            te.c.started_at >= since,
+            or_(te.c.error_type.is_(None), te.c.error_type != "cancelled"),  # not the tool's
+        )
         .group_by(te.c.tool_name)
         .order_by(te.c.tool_name)
     )

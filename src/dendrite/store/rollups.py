@@ -103,6 +103,7 @@ class ToolAggregate:
 
 
 RollupKey = tuple[date, str, str, str, str, str]
+CANCELLED = "cancelled"  # ErrorType.CANCELLED's value, as rows and records both compare
 
 
 def rollup_key(row: Any) -> RollupKey:
@@ -117,9 +118,15 @@ def rollup_key(row: Any) -> RollupKey:
 
 
 def aggregate_tools(rows: Iterable[Any]) -> dict[str, ToolAggregate]:
-    """Per-tool aggregates of tool-execution rows (anything with the row's attributes)."""
+    """Per-tool aggregates of tool-execution rows (anything with the row's attributes).
+
+    A cancelled attempt (the run was stopped: a client closed its stream) is neither a
+    success nor a failure of the tool, and is left out, as learning leaves it out.
+    """
     out: dict[str, ToolAggregate] = {}
     for row in rows:
+        if row.error_type == CANCELLED:
+            continue
         agg = out.get(row.tool_name)
         if agg is None:
             agg = out[row.tool_name] = ToolAggregate()
@@ -432,6 +439,7 @@ def add_execution_rollup(
 
 _TOOL_COLS = (
     s.tool_executions.c.tool_name,
+    s.tool_executions.c.error_type,
     s.tool_executions.c.success,
     s.tool_executions.c.duration_ms,
     s.tool_executions.c.started_at,
