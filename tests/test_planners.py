@@ -8,7 +8,9 @@ import json
 import pytest
 
 from dendrite import EventType, Orchestrator, OrchestratorConfig
+from dendrite.learning.memory import PlanMemory
 from dendrite.learning.policies import QualityPolicy
+from dendrite.learning.ranker import ToolRanker
 from dendrite.llm import ChatLLM, LLMConfig
 from dendrite.orchestrator import load_trace
 from dendrite.planning import (
@@ -23,6 +25,7 @@ from dendrite.planning import (
     TemplatePlanner,
 )
 from dendrite.planning.classify import act_named_by
+from dendrite.planning.plan import validate
 from dendrite.store import ExecutionStore
 from dendrite.tools import ToolRegistry
 from tests.openai_server import chat_server
@@ -429,3 +432,31 @@ def test_a_project_whose_policy_turns_the_model_off_is_repaired_offline(tmp_path
         assert "LLM off" in result.why["policy"]
         assert [r["planner"] for r in result.plan.metadata["replans"]] != ["llm"]
         assert server.requests == [] and result.llm_usage is None
+
+
+def test_a_recalled_plan_is_led_only_by_a_tool_that_takes_its_arguments():
+    """The ranker put a fallback first, with the old lead's arguments: "unexpected parameter
+    'limit'" failed the plan's validation, for every later goal of its kind."""
+    registry = ToolRegistry()
+
+    def primes(limit: int) -> list[int]:
+        """List the prime numbers below a limit."""
+        return [n for n in range(2, limit) if all(n % d for d in range(2, n))]
+
+    def list_files(path: str = ".") -> list[str]:
+        """List the files in a folder."""
+        return []
+
+    registry.register_function(primes)
+    registry.register_function(list_files)
+    ranker, memory = ToolRanker(), PlanMemory()
+    for _ in range(10):  # primes judged bad lately, list_files good
+        ranker.observe("list the primes below 30", "primes", False, retrieval=1.0)
+        ranker.observe("list the primes below 30", "list_files", True, retrieval=1.0)
+    step = Step(id="step1", tool="primes", params={"limit": 30}, fallbacks=["list_files"])
+    memory.remember("list the primes below 30", Plan(goal="list the primes below 30", steps=[step]))
+    planner = DendritePlanner(ranker=ranker, memory=memory)
+    plan = asyncio.run(planner.plan("list the primes below 60", registry, {}))
+    assert plan.planner == "memory"
+    assert (plan.steps[0].tool, plan.steps[0].fallbacks) == ("primes", ["list_files"])
+    assert validate(plan, registry) == []

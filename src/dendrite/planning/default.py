@@ -92,7 +92,7 @@ class DendritePlanner:
         if self.memory is not None and classification.intent is not Intent.GENERATIVE:
             recalled = self.memory.recall(goal, registry)
         if recalled is not None:
-            plan = self._reordered(recalled.plan, goal)
+            plan = self._reordered(recalled.plan, goal, registry)
             plan.metadata["similarity"] = round(recalled.similarity, 3)
             plan.metadata["why"] = {
                 s.id: f"{s.tool}: reused the plan of {recalled.source.goal!r} "
@@ -130,11 +130,13 @@ class DendritePlanner:
         reasons = "; ".join(f"{d['planner']}: {d['reason']}" for d in declined)
         raise PlanningError(f"no planner could plan {goal!r} ({reasons})")
 
-    def _reordered(self, plan: Plan, goal: str) -> Plan:
+    def _reordered(self, plan: Plan, goal: str, registry: ToolRegistry) -> Plan:
         """A recalled plan's steps led by the tool the ranker expects to work now, not then.
 
         The ranker judges the plan's own tools for the new goal (a one-step plan) or the
         step's text, so a tool that has since failed on goals like this one steps back.
+        Only a tool that takes the step's arguments as they are can lead it (a fallback
+        is called with those it takes; a lead is called with all of them).
         """
         if self.ranker is None:
             return plan
@@ -144,7 +146,19 @@ class DendritePlanner:
             text = goal if len(plan.steps) == 1 else step.description or goal
             ranked = self.ranker.rerank(text, [(name, 1.0) for name in names])
             names = [r.name for r in ranked if r.name in names]
-            steps.append(step.model_copy(update={"tool": names[0], "fallbacks": names[1:]}))
+            literal = {k: v for k, v in step.params.items() if not has_references(v)}
+            deferred = set(step.params) - set(literal)
+            lead = next(
+                (
+                    name
+                    for name in names
+                    if (tool := registry.find(name)) is not None
+                    and not tool.check_arguments(literal, deferred)
+                ),
+                step.tool,
+            )
+            fallbacks = [name for name in names if name != lead]
+            steps.append(step.model_copy(update={"tool": lead, "fallbacks": fallbacks}))
         return plan.model_copy(update={"steps": steps})
 
     def _made_for(self, goal: str, registry: ToolRegistry) -> Plan | None:
