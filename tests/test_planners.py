@@ -460,3 +460,29 @@ def test_a_recalled_plan_is_led_only_by_a_tool_that_takes_its_arguments():
     assert plan.planner == "memory"
     assert (plan.steps[0].tool, plan.steps[0].fallbacks) == ("primes", ["list_files"])
     assert validate(plan, registry) == []
+
+
+def test_an_offline_repair_takes_only_a_tool_that_takes_every_argument_of_the_step(tmp_path):
+    """A regex extraction that failed was answered by a word counter, which shares only
+    ``text``: a word count, reported as success, for a question about matches."""
+    registry = ToolRegistry()
+
+    def regex_extract(text: str, pattern: str) -> list[str]:
+        """Extract the matches of a regular expression from a text."""
+        raise RuntimeError("pattern too slow")
+
+    def word_count(text: str) -> int:
+        """Count the words of a text."""
+        return len(text.split())
+
+    registry.register_function(regex_extract)
+    registry.register_function(word_count)
+    plan = Plan(
+        goal="slow regex",
+        steps=[Step(id="r", tool="regex_extract", params={"text": "aaab", "pattern": "(a+)+$"})],
+    )
+    store = ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}")
+    with store, Orchestrator(registry, store=store, config=NO_RETRY, llm=None) as orch:
+        result = orch.process(plan)
+    assert not result.success and result.output is None
+    assert [a.tool for s in result.steps for a in s.attempts] == ["regex_extract"]

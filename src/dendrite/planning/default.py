@@ -208,8 +208,10 @@ class DendritePlanner:
         """The step again with the most similar tool not tried yet that takes its arguments.
 
         Similar means: ranked for the failed tool's own name and description, and
-        sharing at least one parameter name with the step (a summariser is not a
-        stand-in for a search, however well it ranks for the goal's words).
+        taking every argument the step gives (a summariser is not a stand-in for a
+        search, however well it ranks for the goal's words, and a word counter that
+        shares ``text`` with a regex extractor would drop its ``pattern`` and answer
+        another question).
         """
         failed = registry.find(step.tool)
         tried = {step.tool, *step.fallbacks, *(failed.alternatives if failed else ())}
@@ -220,9 +222,9 @@ class DendritePlanner:
             tool = registry.find(name)
             if tool is None or not tool.available or tool.name in tried:
                 continue
-            kept = {k: v for k, v in step.params.items() if k in tool.parameter_names}
-            if step.params and not kept:
+            if not set(step.params) <= set(tool.parameter_names):
                 continue
+            kept = dict(step.params)
             extraction = extract_arguments(text, tool.parameters_schema, given=kept)
             literal = {k: v for k, v in extraction.params.items() if not has_references(v)}
             deferred = set(extraction.params) - set(literal)
