@@ -108,6 +108,11 @@ STR, NUM, INT = {"type": "string"}, {"type": "number"}, {"type": "integer"}
     [
         ("calculate (3 + 4) * 2 please", _schema(expression=STR), {"expression": "(3 + 4) * 2"}),
         ("what is sqrt(16) + 2**3", _schema(expression=STR), {"expression": "sqrt(16) + 2**3"}),
+        # An exponent stays with its number: "1e3 + 1" was read as "3 + 1".
+        ("calculate 2.5e-3 * 1000", _schema(expression=STR), {"expression": "2.5e-3 * 1000"}),
+        ("calculate 1E2", _schema(expression=STR), {"expression": "1E2"}),
+        ("calculate 2 * e", _schema(expression=STR), {"expression": "2 * e"}),
+        ("take 1e3 items", _schema(n=NUM), {"n": 1000.0}),
         (
             "convert 5 km to miles",
             _schema(value=NUM, from_unit=STR, to_unit=STR),

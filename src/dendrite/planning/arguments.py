@@ -15,16 +15,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:\.\d+)?(?![\w])")
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
 _QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|'([^']{2,})'|`([^`]+)`")
 _PATH = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-][\w.-]*\.[A-Za-z][\w]{0,7})(?![\w])")
 _URL = re.compile(r"https?://[^\s\"'<>]+")
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?\b")
 _MATH_NAMES = r"\b(?:pi|e|sqrt|log|exp|sin|cos|tan|abs|round|min|max)\b"
-_MATH_EXPRESSION = re.compile(
-    rf"(?:[-+(]\s*)*(?:\d[\d.]*|{_MATH_NAMES})"
-    rf"(?:\s*(?:[-+*/%^(),]|\*\*|//|\d[\d.]*|{_MATH_NAMES}|\s)\s*)*"
-    r"[\d)]",
+_MATH_NUMBER = r"\d[\d.]*(?:e[-+]?\d+)?"  # 2.5e-3 whole: its "e" is not Euler's number
+_MATH_TOKEN = rf"(?:{_MATH_NUMBER}|{_MATH_NAMES}|\))"
+_MATH_OPERATOR = r"(?:\*\*|//|[-+*/%^(,])"
+_MATH_EXPRESSION = re.compile(  # ends on a number, a name or ")": never on an operator
+    rf"(?:[-+(]\s*)*(?:{_MATH_NUMBER}|{_MATH_NAMES})(?:\s*(?:{_MATH_OPERATOR}\s*)*{_MATH_TOKEN})*",
     re.I,
 )
 _TOPIC = re.compile(
@@ -230,6 +231,14 @@ def _number_named(lname: str, goal: str) -> float | int | None:
     return None
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _named(lname: str, names: tuple[str, ...]) -> bool:
     return any(h == lname or lname.endswith(h) for h in names)
 
@@ -239,7 +248,7 @@ def _string_for(
 ) -> str | None:
     if any(h == lname or lname.endswith(h) for h in EXPRESSION_NAMES):
         candidates = [m.group(0).strip() for m in _MATH_EXPRESSION.finditer(goal)]
-        candidates = [c for c in candidates if re.search(r"[-+*/%^(]|\w\(", c) or c.isdigit()]
+        candidates = [c for c in candidates if re.search(r"[-+*/%^(]|\w\(", c) or _is_number(c)]
         return max(candidates, key=len) if candidates else None
     if _named(lname, PATTERN_NAMES):  # the quoted passage that reads as a pattern
         return next((q for q in quoted if _REGEX_SIGNS.search(q)), quoted[0] if quoted else None)
