@@ -330,6 +330,17 @@ def test_malformed_json_is_400(client: httpx.Client) -> None:
     assert_problem(response, 400, "json")
 
 
+@SQLITE_ONLY
+def test_a_body_not_sent_as_json_is_415_saying_so(client: httpx.Client) -> None:
+    """curl -d sends a form: every documented example answered a 422 about a "valid
+    dictionary" that never said what was wrong."""
+    body = b'{"goal": "calculate 6 * 7"}'
+    for headers in ({"Content-Type": "application/x-www-form-urlencoded"}, {}):
+        response = client.post("/v1/goals", content=body, headers=headers)
+        assert_problem(response, 415, "Content-Type: application/json")
+    assert_problem(client.post("/v1/goals", content=b""), 422)  # no body at all: a field
+
+
 def test_requested_planner_and_strategy(client: httpx.Client, store: ExecutionStore) -> None:
     result = run_goal(client, goal="word_count the quick brown fox", planner="single")
     assert result["planner"] == "single_tool" and result["answer"] == 4

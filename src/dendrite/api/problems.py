@@ -164,6 +164,18 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> Response:
         errors = _field_errors(error)
+        media = request.headers.get("content-type", "")
+        sent = int(request.headers.get("content-length") or 0) > 0
+        if sent and "json" not in media.lower() and any(e["location"] == "body" for e in errors):
+            # FastAPI reads a body as JSON only when it says it is: curl -d sends a form.
+            return problem_response(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "the body must be JSON, sent with Content-Type: application/json "
+                f"(this request said {media or 'nothing'})",
+                request.url.path,
+            )
         if any(e["type"] == "json_invalid" for e in errors):
             return problem_response(
                 400,
