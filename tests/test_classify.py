@@ -113,6 +113,8 @@ STR, NUM, INT = {"type": "string"}, {"type": "number"}, {"type": "integer"}
         ("calculate 1E2", _schema(expression=STR), {"expression": "1E2"}),
         ("calculate 2 * e", _schema(expression=STR), {"expression": "2 * e"}),
         ("take 1e3 items", _schema(n=NUM), {"n": 1000.0}),
+        # Apostrophes within words quote nothing: the count between them is still read.
+        ("what's the 5 newest posts in today's feed", _schema(count=INT), {"count": 5}),
         (
             "convert 5 km to miles",
             _schema(value=NUM, from_unit=STR, to_unit=STR),

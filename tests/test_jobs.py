@@ -457,6 +457,25 @@ def test_a_tool_enabled_by_hand_is_judged_again_on_its_record_since(store: Execu
         assert jobs_module.lifecycle(later)["archived"] == ["made_tool"]  # judged again
 
 
+def test_a_promotion_after_a_reopening_keeps_judging_the_record_since(store: ExecutionStore):
+    """Promoting a reopened tool dropped the reopening: the next run judged it on the whole
+    window again and deprecated it for the failures from before the hand enabled it."""
+    registry = ToolRegistry()
+    registry.register_function(lambda query: query, name="made_tool", reliability="low")
+    store.store_tool_creation("made_tool", "def made_tool(query): return query", True)
+    attempts(store, "made_tool", 0, 200)
+    wait_until_drained(store)
+    with Orchestrator(registry, store=store, llm=None) as orch:
+        assert run_job("lifecycle", JobContext(store, orch)).report["deprecated"] == ["made_tool"]
+        orch.set_tool_status("made_tool", "enabled")
+        time.sleep(0.01)  # the new calls start after the reopening
+        attempts(store, "made_tool", 25, 0)
+        wait_until_drained(store)
+        assert run_job("lifecycle", JobContext(store, orch)).report["promoted"] == ["made_tool"]
+        assert run_job("lifecycle", JobContext(store, orch)).report["deprecated"] == []
+        assert registry.state("made_tool").status is ToolStatus.ENABLED
+
+
 def test_retention_prunes_history_and_keeps_the_rollups(store: ExecutionStore):
     old = store.store_execution(goal_text="old", success=True, duration_ms=1.0, started_at=LONG_AGO)
     store.store_tool_execution(old, "t", {}, None, True, 1.0, started_at=LONG_AGO)

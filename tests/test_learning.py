@@ -879,9 +879,66 @@ def test_the_trace_names_a_stand_in_left_out_as_quarantined(store: ExecutionStor
     calls: list[str] = []
     registry = _fallback_registry(calls)
     registry.set_state("search_index", ToolStatus.QUARANTINED, "index node down")
+    # A declared alternative nobody registered is not "left out": it is not there at all.
+    registry.get("search_replica").alternatives = ("search_index", "search_nowhere")
     with Orchestrator(
         registry, store=store, config=OrchestratorConfig(retry=ONCE), llm=None
     ) as orch:
         result = orch.process("search the replica index for dendrite")
     assert result.plan.steps[0].tool == "search_replica"
-    assert "left out: tool 'search_index' is quarantined" in result.why[result.plan.steps[0].id]
+    why = result.why[result.plan.steps[0].id]
+    assert "left out: tool 'search_index' is quarantined" in why and "nowhere" not in why
+
+
+def test_plan_memory_keeps_a_quoted_value_whole_and_finds_a_steps_part_by_its_text():
+    registry = ToolRegistry()
+
+    def search(query: str) -> str:
+        """Search for a query."""
+        return query
+
+    def get_date() -> str:
+        """Today's date."""
+        return "2026-11-24"
+
+    registry.register_function(search)
+    registry.register_function(get_date)
+    quoted = 'search for "first come then served"'
+    memory = PlanMemory(threshold=0.3)
+    step = Step(id="s1", tool="search", params={"query": "first come then served"})
+    memory.remember(quoted, Plan(goal=quoted, steps=[step], planner="llm"), None)
+    recalled = memory.recall(quoted, registry)  # "then" inside quotes splits nothing
+    assert recalled is not None and recalled.plan.steps[0].params == step.params
+
+    old = "get the date and also search for date"
+    steps = [
+        Step(id="s1", tool="get_date", description="get the date"),
+        Step(id="s2", tool="search", params={"query": "date"}, description="search for date"),
+    ]
+    memory = PlanMemory(threshold=0.3)
+    memory.remember(old, Plan(goal=old, steps=steps, planner="semantic"), None)
+    recalled = memory.recall("get the date and also search for holidays", registry)
+    assert recalled is not None
+    assert recalled.plan.steps[1].params == {"query": "holidays"}
+
+
+def test_similar_vectors_put_the_newest_first_among_identical_goals():
+    """Identical rows' float32 products differ in their last bits: the two newest of 30
+    identical goals were left out of the 12 best."""
+    vector = np.random.default_rng(0).normal(size=384).astype(np.float32)
+    vector /= np.linalg.norm(vector)
+
+    class Same:
+        name = "same"
+
+        def embed(self, texts: Sequence[str]) -> np.ndarray:
+            return np.tile(vector, (len(texts), 1))
+
+    from dendrite.learning.similar import SimilarVectors
+
+    index: SimilarVectors[int] = SimilarVectors(Same(), capacity=1000)
+    for i in range(30):
+        index.add("get the weather forecast", i)
+    assert [m.item for m in index.search("get the weather forecast", k=12)] == list(
+        range(29, 17, -1)
+    )

@@ -55,6 +55,14 @@ class RateLimitError(Exception):
         ("httpx.ReadTimeout: read", ErrorType.TIMEOUT),
         ("RuntimeError: boom", ErrorType.TOOL_ERROR),
         (ExceptionGroup("tasks", [TimeoutError("slow"), ValueError("x")]), ErrorType.TIMEOUT),
+        # A code leading the message, in a URL, or after "exit code".
+        ("429 Resource has been exhausted (e.g. check quota).", ErrorType.RATE_LIMIT),
+        ("422, message='Unprocessable Entity', url='https://x'", ErrorType.VALIDATION),
+        ("ResourceExhausted: 503 The service is currently unavailable.", ErrorType.CONNECTION),
+        ("Client error '404 Not Found' for url 'https://x.org/orders/429'", ErrorType.TOOL_ERROR),
+        ("process exited with code 502", ErrorType.TOOL_ERROR),
+        ("Error: connect ETIMEDOUT 10.0.0.1:443", ErrorType.TIMEOUT),
+        (type("InvalidArgument", (Exception,), {})("400 bad argument"), ErrorType.VALIDATION),
     ],
 )
 def test_error_type_is_inferred_from_exceptions_and_messages(error, expected):

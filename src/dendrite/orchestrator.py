@@ -516,6 +516,8 @@ class Orchestrator:
             related |= {other.name for other in self.registry if step.tool in other.alternatives}
             notes = []
             for name in sorted(related - {step.tool, *step.fallbacks}):
+                if name not in self.registry:  # a declared alternative nobody registered
+                    continue
                 try:
                     self.registry.require_available(name)
                 except ToolError as error:

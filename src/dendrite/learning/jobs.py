@@ -128,9 +128,9 @@ def lifecycle(ctx: JobContext) -> dict[str, Any]:
     saved = dict(state.get("global", LIFECYCLE_KEY, {}) or {})
     # A tool enabled by hand after a decision is judged again, on its record since then.
     reopened = {
-        name: datetime.fromisoformat(entry["since"])
+        name: datetime.fromisoformat(entry["reopened_at"])
         for name, entry in saved.items()
-        if isinstance(entry, dict) and entry.get("stage") == REOPENED
+        if isinstance(entry, dict) and entry.get("reopened_at")
     }
     archived, deprecated, promoted = [], [], []
     for stats in ctx.store.get_tool_performance():
@@ -141,7 +141,7 @@ def lifecycle(ctx: JobContext) -> dict[str, Any]:
         if last_used is not None and ctx.now - last_used > settings.unused_for:
             reason = f"archived: unused since {last_used:%Y-%m-%d}"
             _set_status(ctx, name, "disabled", reason)
-            saved[name] = {"stage": "archived", "reason": reason, "since": ctx.now.isoformat()}
+            saved[name] = _decided(saved.get(name), "archived", reason, ctx.now)
             archived.append(name)
     start = ctx.now - settings.window
     recent = {r.tool_name: r for r in ctx.store.get_recent_tool_outcomes(start)}
@@ -161,7 +161,7 @@ def lifecycle(ctx: JobContext) -> dict[str, Any]:
                 f"in the last {settings.window.days} days"
             )
             _set_status(ctx, name, "quarantined", reason)
-            saved[name] = {"stage": "deprecated", "reason": reason, "since": ctx.now.isoformat()}
+            saved[name] = _decided(saved.get(name), "deprecated", reason, ctx.now)
             deprecated.append(name)
     generated = {
         e.tool_name for e in ctx.store.get_tool_creations(limit=1000) if e.validation_passed
@@ -172,13 +172,22 @@ def lifecycle(ctx: JobContext) -> dict[str, Any]:
             continue
         if r.attempts >= settings.min_attempts and r.success_rate >= settings.promote_success:
             reason = f"promoted: {r.success_rate:.0%} success over {r.attempts} attempts"
-            saved[name] = {"stage": "promoted", "reason": reason, "since": ctx.now.isoformat()}
+            saved[name] = _decided(saved.get(name), "promoted", reason, ctx.now)
             promoted.append(name)
             apply_promotion(ctx.orchestrator, name)
     changed = {name: saved[name] for name in (*archived, *deprecated, *promoted)}
     if changed:
         _merge(state, LIFECYCLE_KEY, changed)
     return {"archived": archived, "deprecated": deprecated, "promoted": promoted}
+
+
+def _decided(entry: Any, stage: str, reason: str, now: datetime) -> dict[str, Any]:
+    """A tool's new lifecycle entry; a hand's reopening stays on it, so later runs go on
+    judging the tool on its record since (a promotion must not bring back older failures)."""
+    decided = {"stage": stage, "reason": reason, "since": now.isoformat()}
+    if isinstance(entry, dict) and entry.get("reopened_at"):
+        decided["reopened_at"] = entry["reopened_at"]
+    return decided
 
 
 def reopen(state: StateManager, name: str, now: datetime) -> None:
@@ -189,7 +198,12 @@ def reopen(state: StateManager, name: str, now: datetime) -> None:
         table = dict(table) if isinstance(table, dict) else {}
         entry = table.get(name)
         if isinstance(entry, dict) and entry.get("stage") in ("archived", "deprecated"):
-            table[name] = {"stage": REOPENED, "reason": "enabled by hand", "since": now.isoformat()}
+            table[name] = {
+                "stage": REOPENED,
+                "reason": "enabled by hand",
+                "since": now.isoformat(),
+                "reopened_at": now.isoformat(),
+            }
         return table
 
     state.update("global", LIFECYCLE_KEY, reopened)

@@ -124,7 +124,7 @@ class PlanMemory:
             if from_goal:
                 if len(new_parts) != len(old_parts):
                     return None  # no telling which part of the new goal answers to the step's
-                part = _part_of(old_parts, [params[name] for name in from_goal], used)
+                part = _part_of(old_parts, step.description, [params[n] for n in from_goal], used)
                 if part is None:
                     return None
                 fresh = extract_arguments(new_parts[part], tool.parameters_schema).params
@@ -148,9 +148,15 @@ class PlanMemory:
         )
 
 
-def _part_of(parts: list[str], values: list[object], used: set[int]) -> int | None:
-    """The first part, not taken by an earlier step if another will do, that says every one
-    of ``values``; ``None`` when none does."""
+def _part_of(
+    parts: list[str], description: str, values: list[object], used: set[int]
+) -> int | None:
+    """The step's part of the old goal: the one its description is (the semantic planner
+    gives each step its part), else the first, not taken by an earlier step if another
+    will do, that says every one of ``values``; ``None`` when none does."""
+    if description in parts:
+        used.add(parts.index(description))
+        return parts.index(description)
     fits = [
         i for i, part in enumerate(parts) if all(_said_in(v, part, part.lower()) for v in values)
     ]

@@ -159,7 +159,8 @@ class SimilarVectors(Generic[T]):
         if not self._entries or self._vectors is None or not text.strip():
             return []
         similarity = self._vectors[: len(self._entries)] @ self.vector(text)
-        best = np.lexsort((-np.asarray(self._added), -similarity))[:k]
+        # Rounded first: identical rows' products differ in their last float32 bits.
+        best = np.lexsort((-np.asarray(self._added), -np.round(similarity, 5)))[:k]
         return [
             Match(self._entries[row][1], float(similarity[row]), self._entries[row][0])
             for row in best

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
-_QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|'([^']{2,})'|`([^`]+)`")
+# Single quotes only around a passage, not within words: "what's … today's" quotes nothing.
+_QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|(?<!\w)'([^']{2,})'(?!\w)|`([^`]+)`")
 _PATH = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-][\w.-]*\.[A-Za-z][\w]{0,7})(?![\w])")
 _URL = re.compile(r"https?://[^\s\"'<>]+")
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?\b")

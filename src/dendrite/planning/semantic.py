@@ -31,6 +31,7 @@ _SEQUENTIAL = re.compile(
 _PARALLEL = re.compile(rf"\s*(?:,?\s+and also\s+|,?\s+and\s+(?=(?:{_REQUEST_VERBS})\b))\s*", re.I)
 
 
+_QUOTED_TEXT = re.compile(r"\"[^\"]*\"|“[^”]*”|`[^`]*`|(?<!\w)'[^']+'(?!\w)")
 _LEFTOVER_WORDS = 3  # "then count the words": so few words are a reference, not an input
 
 
@@ -41,11 +42,22 @@ class GoalPart:
 
 
 def split_goal(goal: str) -> list[GoalPart]:
-    """Parts of a goal that asks for several things: 'then' chains them, 'and <verb>' runs apart."""
+    """Parts of a goal that asks for several things: 'then' chains them, 'and <verb>' runs apart.
+
+    Quoted text is one value, never split: 'search for "first come then served"' is one part.
+    """
+    quoted: list[str] = []
+
+    def hold(match: re.Match[str]) -> str:
+        quoted.append(match.group(0))
+        return f"\0{len(quoted) - 1}\0"
+
+    held = _QUOTED_TEXT.sub(hold, goal)
     parts: list[GoalPart] = []
-    for index, chunk in enumerate(p for p in _SEQUENTIAL.split(goal) if p.strip()):
+    for index, chunk in enumerate(p for p in _SEQUENTIAL.split(held) if p.strip()):
         for position, piece in enumerate(p for p in _PARALLEL.split(chunk) if p.strip()):
-            parts.append(GoalPart(piece.strip(" ,."), index > 0 and position == 0))
+            text = re.sub(r"\0(\d+)\0", lambda m: quoted[int(m.group(1))], piece)
+            parts.append(GoalPart(text.strip(" ,."), index > 0 and position == 0))
     return parts or [GoalPart(goal.strip(), False)]
 
 

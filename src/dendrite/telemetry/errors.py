@@ -35,11 +35,16 @@ class ErrorType(StrEnum):
             by_type = _from_exception_type(type(error))
             if by_type is not None:
                 return by_type
-            return _from_message(str(error)) or cls.TOOL_ERROR
+            # Its message first (a status code leads it: "429 Resource has been exhausted"),
+            # then its type's name ("InvalidArgument").
+            found = _from_message(str(error)) or _from_message(type(error).__name__)
+            return found or cls.TOOL_ERROR
         by_type = _from_type_name(error)
         if by_type is not None:
             return by_type
-        return _from_message(error) or (cls.TOOL_ERROR if error.strip() else cls.UNKNOWN)
+        message = _TYPE_PREFIX.sub("", error, count=1)  # "ResourceExhausted: 429 …" → "429 …"
+        found = _from_message(message) or _from_message(error)
+        return found or (cls.TOOL_ERROR if error.strip() else cls.UNKNOWN)
 
 
 _CONNECTION_TYPES = (ConnectionError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError)
@@ -55,23 +60,37 @@ _NAME_HINTS: tuple[tuple[str, ErrorType], ...] = (
     ("validation", ErrorType.VALIDATION),
 )
 
-# A status code only where it reads as one ("HTTP 503", "status: 429", "error 502"), not
-# in "processed 502 rows".
-_HTTP = r"(?:\bhttp\S*|\bstatus(?: code)?|\bcode|\berror|\bresponse)\W{0,3}"
+
+def _status(code: str) -> str:
+    """A status code where it reads as one: leading the message ("429 Resource has been
+    exhausted", "422, message=…"), after "HTTP", "status", "error code", "returned", …
+    ("HTTP/1.1 503", "Error code: 429"), or before an HTTP reason ("503 Service
+    Unavailable"); not in "processed 502 rows", a URL's ".../orders/429" or "exit code 502".
+    """
+    after = (
+        r"\bhttp(?:/[\d.]+)?|\bstatus(?: code)?|\berror(?: code)?|\bresponse(?: code)?"
+        r"|\breturned|\bgot"
+    )
+    reason = r"client error|server error|too many|unavailable|bad gateway|gateway|unprocessable"
+    return rf"(?:^\W*|(?:{after})\W{{0,3}}){code}\b|\b{code}\W{{0,3}}(?:{reason})"
+
 
 _MESSAGE_PATTERNS: tuple[tuple[re.Pattern[str], ErrorType], ...] = (
     (
-        re.compile(rf"rate.?limit|too many requests|{_HTTP}429\b|quota exceeded", re.I),
+        re.compile(rf"rate.?limit|too many requests|{_status('429')}|quota exceeded", re.I),
         ErrorType.RATE_LIMIT,
     ),
     # As words: "runtime output" holds "time out" too.
-    (re.compile(r"\btimed?[ -]?out\b|timeout|deadline exceeded", re.I), ErrorType.TIMEOUT),
+    (
+        re.compile(r"\btimed?[ -]?out\b|etimedout|timeout|deadline exceeded", re.I),
+        ErrorType.TIMEOUT,
+    ),
     (re.compile(r"cancel+ed|cancellation", re.I), ErrorType.CANCELLED),
     (
         re.compile(
             r"connection (refused|reset|error|aborted|closed)|could not connect|"
             r"unreachable|name or service not known|broken pipe|bad gateway|"
-            rf"service unavailable|{_HTTP}50[234]\b",
+            rf"service unavailable|{_status('50[234]')}",
             re.I,
         ),
         ErrorType.CONNECTION,
@@ -79,7 +98,7 @@ _MESSAGE_PATTERNS: tuple[tuple[re.Pattern[str], ErrorType], ...] = (
     (
         re.compile(
             r"validation|invalid|missing (required )?(argument|parameter|field)|"
-            rf"unexpected keyword|required positional|must be|expected .* got|{_HTTP}422\b",
+            rf"unexpected keyword|required positional|must be|expected .* got|{_status('422')}",
             re.I,
         ),
         ErrorType.VALIDATION,
