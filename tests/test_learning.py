@@ -942,3 +942,25 @@ def test_similar_vectors_put_the_newest_first_among_identical_goals():
     assert [m.item for m in index.search("get the weather forecast", k=12)] == list(
         range(29, 17, -1)
     )
+
+
+def test_a_running_orchestrator_takes_up_tool_states_another_process_saved(
+    store: ExecutionStore, monkeypatch: pytest.MonkeyPatch
+):
+    """`dendrite tools disable` beside a running server changed nothing until it restarted:
+    saved states were read at start only."""
+    import dendrite.orchestrator as orchestrator_module
+
+    monkeypatch.setattr(orchestrator_module, "TOOL_STATES_REFRESH", 0.0)
+    calls: list[str] = []
+    server = Orchestrator(_fallback_registry(calls), store=store, llm=None)
+    command_line = Orchestrator(_fallback_registry([]), store=store, llm=None)
+    with server, command_line:
+        command_line.set_tool_status("search_replica", "disabled", "retired")
+        result = server.process("search the index for q")
+        assert not result.success
+        assert not server.registry.get("search_replica").available
+        assert "search_replica" not in calls  # the disabled fallback was not called
+        command_line.set_tool_status("search_replica", "enabled")
+        assert server.process("search the index for q").success  # the fallback answers again
+        assert server.registry.get("search_replica").available

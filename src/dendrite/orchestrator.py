@@ -73,6 +73,8 @@ log = logging.getLogger("dendrite.orchestrator")
 
 _DEFAULT_STORE: Any = object()
 _LLM_FROM_ENV: Any = object()
+TOOL_STATES_REFRESH = 30.0
+"""Seconds between reads of the tool states other processes saved (as quality policies)."""
 _LEARNING_FROM_CONFIG: Any = object()
 _POLICIES_FROM_CONFIG: Any = object()
 _ROUTER_FROM_TIERS: Any = object()
@@ -470,10 +472,9 @@ class Orchestrator:
 
     def _apply_saved_tool_states(self) -> None:
         """Tools disabled, quarantined or promoted by an earlier process stay so in this one."""
-        saved = self.state.get("global", TOOL_STATES_KEY, {})
-        for name, entry in saved.items() if isinstance(saved, dict) else ():
-            if name in self.registry and entry.get("status") in ("disabled", "quarantined"):
-                self.registry.set_state(name, ToolStatus(entry["status"]), entry.get("reason"))
+        self._tool_states_seen: dict[str, Any] = {}
+        self._tool_states_read_at = time.monotonic()
+        self._follow(self.state.get("global", TOOL_STATES_KEY, {}), at_start=True)
         stages = self.state.get("global", LIFECYCLE_KEY, {})
         for name, entry in stages.items() if isinstance(stages, dict) else ():
             if entry.get("stage") == "promoted":
@@ -503,6 +504,7 @@ class Orchestrator:
                 self.learning.health.reset(name, reason or "enabled by hand")  # here and later
             reopen(self.state, name, state.since)
         save_tool_state(self.state, name, state.status.value, state.reason, state.since)
+        self._tool_states_seen[name] = state.since.isoformat()  # this process's own change
         return state
 
     def _left_out(self, plan: Plan) -> dict[str, str]:
@@ -525,6 +527,32 @@ class Orchestrator:
             if notes and step.id in why:
                 why[step.id] += f"; left out: {'; '.join(notes)}"
         return why
+
+    def _follow(self, saved: Any, *, at_start: bool = False) -> None:
+        """Apply the saved tool states this process has not applied yet (by their time)."""
+        for name, entry in saved.items() if isinstance(saved, dict) else ():
+            if name not in self.registry or not isinstance(entry, dict):
+                continue
+            if self._tool_states_seen.get(name) == entry.get("since"):
+                continue
+            self._tool_states_seen[name] = entry.get("since")
+            status = entry.get("status")
+            if status in ("disabled", "quarantined"):
+                self.registry.set_state(name, ToolStatus(status), entry.get("reason"))
+            elif status == "enabled" and not at_start:  # at start, a tool is enabled anyway
+                self.registry.set_state(name, ToolStatus.ENABLED, None)
+                if self.learning is not None:
+                    self.learning.health.reset(name, "enabled by another process")
+
+    def _follow_saved_tool_states(self) -> None:
+        """Take up, every ``TOOL_STATES_REFRESH`` seconds, the tool states another process
+        saved (``dendrite tools disable`` beside a running server, a lifecycle job run from
+        the command line): read only at start, they waited for a restart."""
+        now = time.monotonic()
+        if now - self._tool_states_read_at < TOOL_STATES_REFRESH:
+            return
+        self._tool_states_read_at = now
+        self._follow(self.state.reread("global", TOOL_STATES_KEY, {}))
 
     def _saved_tool_names(self) -> set[str]:
         """Tools with a state or lifecycle stage saved by any process, as the store has them."""
@@ -651,6 +679,7 @@ class Orchestrator:
     ) -> ExecutionResult:
         if self._closed:
             raise RuntimeError("this Orchestrator is closed")
+        self._follow_saved_tool_states()
         parent = _current.get()
         depth = parent.depth + 1 if parent else 0
         if depth > self.config.max_depth:
