@@ -435,8 +435,13 @@ def test_a_session_or_project_the_history_cannot_keep_is_422(
     assert_problem(client.post("/v1/goals", json=too_long), 422, "session_id")
     too_long = {"goal": goal, "context": {"project": "p" * 256}}
     assert_problem(client.post("/v1/goals", json=too_long), 422, "context.project")
+    # A project that is not text was dropped: the run was recorded under no project.
+    not_text = {"goal": goal, "context": {"project": 5}}
+    assert_problem(client.post("/v1/goals", json=not_text), 422, "context.project", "string")
     kept = run_goal(client, goal=goal, session_id="s" * 128)["execution_id"]
     assert client.get(f"/v1/executions/{kept}").status_code == 200
+    blank = client.post(f"/v1/executions/{kept}/feedback", json={"comment": "   "})
+    assert_problem(blank, 422, "at least one of")  # a feedback row that says nothing
 
 
 def test_stream_disconnect_cancels_the_run(client: httpx.Client, store: ExecutionStore) -> None:
@@ -684,8 +689,10 @@ def test_experiments_policies_and_jobs(client: httpx.Client, store: ExecutionSto
     clustered = client.get("/v1/analytics/experiments", params={"experiment": "by_session"})
     assert clustered.status_code == 200, clustered.text
     assert clustered.json()["experiments"][0]["arms"][1]["success_test"] == "cluster"
-    none = client.get("/v1/analytics/experiments", params={"experiment": "other"}).json()
-    assert none == {"experiments": []}
+    none = client.get("/v1/analytics/experiments", params={"experiment": "other"})
+    assert_problem(none, 404, "no experiment 'other' recorded")  # as the CLI says
+    # A misspelled filter is refused, not ignored (it answered the unfiltered list).
+    assert_problem(client.get("/v1/executions?sesion_id=s1"), 422, "'sesion_id'", "session_id")
     assert_problem(client.get("/v1/analytics/experiments", params={"alpha": 2}), 422, "alpha")
     assert client.get("/v1/analytics/policies").status_code == 200
 

@@ -773,7 +773,7 @@ def feedback(
     """Rate an execution; learning uses it."""
     from dendrite.store import InvalidRecordError, UnknownExecutionError
 
-    if rating is None and accepted is None and not comment:
+    if rating is None and accepted is None and not (comment or "").strip():
         raise _fail("give at least one of --rating, --accepted/--rejected or --comment")
     _check_execution_ref(execution_id)
     with _store(url) as store:

@@ -1373,8 +1373,9 @@ def _planning(context: Mapping[str, Any], decisions: _Decisions) -> Mapping[str,
 def _check_labels(session_id: object, project: object) -> None:
     """Refuse a session id or project the history cannot keep, before the run: after it,
     the store would refuse the execution's record and the run would be lost to history."""
-    if session_id is not None and type(session_id) is not str:
-        raise TypeError(f"session_id must be a string, got {type(session_id).__name__}")
+    for name, value in (("session_id", session_id), ("project", project)):
+        if value is not None and type(value) is not str:  # dropped, the run would be unlabelled
+            raise TypeError(f"{name} must be a string, got {type(value).__name__}")
     for name, value, limit in (
         ("session_id", session_id, MAX_SESSION_ID),
         ("project", project, MAX_PROJECT),

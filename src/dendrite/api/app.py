@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Body, FastAPI, Path, Query
+from fastapi import Body, Depends, FastAPI, Path, Query, Request
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -382,6 +382,30 @@ ToolName = Annotated[str, Path(max_length=200, description="the tool's registere
 Since = Annotated[datetime | None, Query(description="ISO 8601; naive means UTC")]
 
 
+async def _known_query_parameters(request: Request) -> None:
+    """A query parameter the route does not take is refused: a misspelled filter
+    (``?sesion_id=``) would otherwise be ignored and answer the unfiltered list."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known: set[str] = set()
+    pending = [dependant]
+    while pending:  # the route's own parameters and those of its dependencies
+        current = pending.pop()
+        known.update(param.alias for param in current.query_params)
+        pending.extend(current.dependencies)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        raise ProblemError(
+            422,
+            "invalid-request",
+            "Invalid request",
+            f"unknown query parameter(s) {', '.join(map(repr, unknown))}; this route takes {takes}",
+        )
+
+
 def create_app(
     orchestrator: Orchestrator,
     *,
@@ -418,6 +442,7 @@ def create_app(
         version=version,
         description="Run goals, stream their events, read the execution history and its "
         "analytics, and manage tools. Errors are application/problem+json (RFC 9457).",
+        dependencies=[Depends(_known_query_parameters)],
     )
     state = _State(orchestrator, ApiMetrics())
     app.state.dendrite = state
@@ -691,7 +716,7 @@ def create_app(
         tags=["analytics"],
         summary="A/B experiments: per arm outcomes and significance against the control",
         response_model=ExperimentList,
-        responses=responses(422, 503),
+        responses=responses(404, 422, 503),
     )
     async def experiment_analytics(
         experiment: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
@@ -699,6 +724,10 @@ def create_app(
     ) -> Response:
         store = state.store()
         reports = await state.blocking(ab.report, store, experiment, alpha=alpha)
+        if experiment is not None and not reports:  # as `dendrite stats experiments` says
+            raise ProblemError(
+                404, "not-found", "Not found", f"no experiment {experiment!r} recorded"
+            )
         return _json({"experiments": [r.to_dict() for r in reports]})
 
     @app.get(

@@ -93,6 +93,8 @@ class GoalRequest(BaseModel):
         if self.goal is not None and not self.goal.strip():
             raise ValueError("'goal' is blank")
         project = self.context.get("project")
+        if project is not None and not isinstance(project, str):  # it would be dropped
+            raise ValueError(f"'context.project' must be a string, got {type(project).__name__}")
         if isinstance(project, str) and len(project) > MAX_PROJECT:
             raise ValueError(f"'context.project' is longer than {MAX_PROJECT} characters")
         return self
@@ -215,7 +217,7 @@ class FeedbackRequest(BaseModel):
 
     @model_validator(mode="after")
     def _says_something(self) -> FeedbackRequest:
-        if self.rating is None and self.accepted is None and not self.comment:
+        if self.rating is None and self.accepted is None and not (self.comment or "").strip():
             raise ValueError("feedback needs at least one of 'rating', 'accepted' or 'comment'")
         return self
 
