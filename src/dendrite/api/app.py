@@ -781,7 +781,7 @@ def create_app(
         summary="Run a learning job now; the run is recorded like a scheduled one",
         status_code=201,
         response_model=JobRun,
-        responses=responses(404, 503),
+        responses=responses(404, 422, 503),
     )
     async def run_job_now(name: Annotated[str, Path(min_length=1, max_length=64)]) -> Response:
         store = state.store()

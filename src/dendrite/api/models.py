@@ -194,6 +194,14 @@ class TraceOut(BaseModel):
         description="the model calls the run made, nested runs' included: calls, prompt and "
         "completion tokens, answers without reported usage, cost",
     )
+    why: dict[str, str] = Field(
+        default_factory=dict,
+        description="which learned component chose what, and why: per step id the tool "
+        "picked, and run-level choices (route, experiment, policy)",
+    )
+    replans: list[dict[str, Any]] = Field(
+        default_factory=list, description="each repair of the plan: the failed step and why"
+    )
 
 
 class FeedbackRequest(BaseModel):
