@@ -822,6 +822,9 @@ def test_orchestrator_with_a_model_hides_its_secrets() -> None:
     assert "llm" in info["planners"]
     assert "hunter2" not in json.dumps(info) and "sk-x" not in json.dumps(info)
     assert "pa55" not in json.dumps(info) and "sk-huge" not in json.dumps(info)
+    # The trace's reasons are in its schema, and a job's 422 (a name too long) is documented.
+    assert {"why", "replans"} <= set(schema["components"]["schemas"]["TraceOut"]["properties"])
+    assert "422" in schema["paths"]["/v1/jobs/{name}/run"]["post"]["responses"]
     planner = schema["components"]["schemas"]["GoalRequest"]["properties"]["planner"]
     assert "llm" in json.dumps(planner)
 
