@@ -512,18 +512,19 @@ class Orchestrator:
         alternatives, either way) that could not be chosen because they are unavailable:
         a quarantine that kept a tool out of the plan is otherwise nowhere in the trace."""
         why = dict(plan.metadata.get("why", {}))
-        for step in plan.steps:
+        # Only registered tools that are unavailable can have been left out: none, mostly.
+        unavailable = sorted((t for t in self.registry if not t.available), key=lambda t: t.name)
+        for step in plan.steps if unavailable else ():
             tool = self.registry.find(step.tool)
-            related = set(tool.alternatives if tool else ())
-            related |= {other.name for other in self.registry if step.tool in other.alternatives}
+            declared = set(tool.alternatives if tool else ())
             notes = []
-            for name in sorted(related - {step.tool, *step.fallbacks}):
-                if name not in self.registry:  # a declared alternative nobody registered
-                    continue
-                try:
-                    self.registry.require_available(name)
-                except ToolError as error:
-                    notes.append(str(error))
+            for other in unavailable:
+                stands_in = other.name in declared or step.tool in other.alternatives
+                if stands_in and other.name not in (step.tool, *step.fallbacks):
+                    try:
+                        self.registry.require_available(other.name)
+                    except ToolError as error:
+                        notes.append(str(error))
             if notes and step.id in why:
                 why[step.id] += f"; left out: {'; '.join(notes)}"
         return why
@@ -1373,14 +1374,15 @@ def _planning(context: Mapping[str, Any], decisions: _Decisions) -> Mapping[str,
 def _check_labels(session_id: object, project: object) -> None:
     """Refuse a session id or project the history cannot keep, before the run: after it,
     the store would refuse the execution's record and the run would be lost to history."""
-    for name, value in (("session_id", session_id), ("project", project)):
-        if value is not None and type(value) is not str:  # dropped, the run would be unlabelled
-            raise TypeError(f"{name} must be a string, got {type(value).__name__}")
     for name, value, limit in (
         ("session_id", session_id, MAX_SESSION_ID),
         ("project", project, MAX_PROJECT),
     ):
-        if isinstance(value, str) and len(value) > limit:
+        if value is None:
+            continue
+        if type(value) is not str:  # dropped, the run would be unlabelled
+            raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+        if len(value) > limit:
             raise ValueError(f"{name} is {len(value)} characters long; at most {limit} are kept")
 
 
