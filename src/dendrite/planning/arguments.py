@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
-# Single quotes only around a passage, not within words: "what's … today's" quotes nothing.
-_QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|(?<!\w)'([^']{2,})'(?!\w)|`([^`]+)`")
+QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|(?<!\w)'([^']{2,})'(?!\w)|`([^`]+)`")
+"""A quoted passage, its text in one of the groups. Single quotes only around a passage,
+not within words: "what's … today's" quotes nothing."""
 _PATH = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-][\w.-]*\.[A-Za-z][\w]{0,7})(?![\w])")
 _URL = re.compile(r"https?://[^\s\"'<>]+")
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?\b")
@@ -82,7 +83,7 @@ def numbers_in(text: str) -> list[float | int]:
 
 
 def _quoted(text: str) -> list[str]:
-    return [next(g for g in m.groups() if g) for m in _QUOTED.finditer(text)]
+    return [next(g for g in m.groups() if g) for m in QUOTED.finditer(text)]
 
 
 def _kind(prop: dict[str, Any]) -> str | None:
@@ -126,7 +127,7 @@ def extract_arguments(
     result = Extraction(params=dict(given or {}))
     quoted = _quoted(goal)
     # A number inside quotes belongs to that text ("[0-9]+", "Route 66"), not to a count.
-    numbers = numbers_in(_QUOTED.sub(" ", goal))
+    numbers = numbers_in(QUOTED.sub(" ", goal))
     paths = [p for p in _PATH.findall(goal) if not re.fullmatch(r"[\d.]+", p)]
     units = _UNITS.search(goal)
     topic = _TOPIC.search(goal)
@@ -196,9 +197,7 @@ def extract_arguments(
     text_params = [
         n
         for n in order
-        if n not in result.params
-        and _kind(props[n]) == "string"
-        and any(h == n.lower() or n.lower().endswith(h) for h in TEXT_NAMES)
+        if n not in result.params and _kind(props[n]) == "string" and _named(n.lower(), TEXT_NAMES)
     ]
     if text_params:
         if topic and any(n in result.params for n in props if n.lower() in TOPIC_NAMES):
@@ -247,7 +246,7 @@ def _named(lname: str, names: tuple[str, ...]) -> bool:
 def _string_for(
     lname: str, goal: str, quoted: list[str], paths: list[str], topic: re.Match[str] | None
 ) -> str | None:
-    if any(h == lname or lname.endswith(h) for h in EXPRESSION_NAMES):
+    if _named(lname, EXPRESSION_NAMES):
         candidates = [m.group(0).strip() for m in _MATH_EXPRESSION.finditer(goal)]
         candidates = [c for c in candidates if re.search(r"[-+*/%^(]|\w\(", c) or _is_number(c)]
         return max(candidates, key=len) if candidates else None
@@ -272,7 +271,7 @@ def _string_for(
     if named:
         return named[-1]
     if quoted:  # text fields take the longest quoted passage, others the first
-        if any(h == lname or lname.endswith(h) for h in TEXT_NAMES):
+        if _named(lname, TEXT_NAMES):
             return max(quoted, key=len)
         return quoted[0]
     return None

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dendrite.planning.arguments import Extraction, extract_arguments
+from dendrite.planning.arguments import QUOTED, Extraction, extract_arguments
 from dendrite.planning.plan import Plan, Step
 from dendrite.planning.planner import PlanningError
 from dendrite.retrieval import Embedder, ToolRetriever
@@ -31,7 +31,6 @@ _SEQUENTIAL = re.compile(
 _PARALLEL = re.compile(rf"\s*(?:,?\s+and also\s+|,?\s+and\s+(?=(?:{_REQUEST_VERBS})\b))\s*", re.I)
 
 
-_QUOTED_TEXT = re.compile(r"\"[^\"]*\"|“[^”]*”|`[^`]*`|(?<!\w)'[^']+'(?!\w)")
 _LEFTOVER_WORDS = 3  # "then count the words": so few words are a reference, not an input
 
 
@@ -52,7 +51,7 @@ def split_goal(goal: str) -> list[GoalPart]:
         quoted.append(match.group(0))
         return f"\0{len(quoted) - 1}\0"
 
-    held = _QUOTED_TEXT.sub(hold, goal)
+    held = QUOTED.sub(hold, goal)
     parts: list[GoalPart] = []
     for index, chunk in enumerate(p for p in _SEQUENTIAL.split(held) if p.strip()):
         for position, piece in enumerate(p for p in _PARALLEL.split(chunk) if p.strip()):
