@@ -20,9 +20,8 @@ from dendrite.llm.tools import GENERATE_TOOL
 from dendrite.planning.arguments import extract_arguments
 from dendrite.planning.classify import Classification, Intent, act_named_by, classify
 from dendrite.planning.llm_planner import LLMPlanner
-from dendrite.planning.plan import Plan, Step
+from dendrite.planning.plan import Plan, Step, literal_problems
 from dendrite.planning.planner import Planner, PlanningError
-from dendrite.planning.references import has_references
 from dendrite.planning.semantic import (
     Reranker,
     RetrieverCache,
@@ -146,14 +145,12 @@ class DendritePlanner:
             text = goal if len(plan.steps) == 1 else step.description or goal
             ranked = self.ranker.rerank(text, [(name, 1.0) for name in names])
             names = [r.name for r in ranked if r.name in names]
-            literal = {k: v for k, v in step.params.items() if not has_references(v)}
-            deferred = set(step.params) - set(literal)
             lead = next(
                 (
                     name
                     for name in names
                     if (tool := registry.find(name)) is not None
-                    and not tool.check_arguments(literal, deferred)
+                    and not literal_problems(tool, step.params)
                 ),
                 step.tool,
             )
@@ -224,11 +221,8 @@ class DendritePlanner:
                 continue
             if not set(step.params) <= set(tool.parameter_names):
                 continue
-            kept = dict(step.params)
-            extraction = extract_arguments(text, tool.parameters_schema, given=kept)
-            literal = {k: v for k, v in extraction.params.items() if not has_references(v)}
-            deferred = set(extraction.params) - set(literal)
-            if extraction.missing or tool.check_arguments(literal, deferred):
+            extraction = extract_arguments(text, tool.parameters_schema, given=step.params)
+            if extraction.missing or literal_problems(tool, extraction.params):
                 continue
             usable.append(step.model_copy(update={"tool": tool.name, "params": extraction.params}))
         if not usable:

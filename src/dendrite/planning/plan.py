@@ -338,10 +338,15 @@ def _check_path(schema: dict[str, Any] | None, path: tuple[str, ...]) -> str | N
 
 
 def _check_literals(step: Step, found: Tool) -> list[PlanProblem]:
-    """Validate the arguments that are known now; references are checked when they resolve."""
-    deferred = {k for k, v in step.params.items() if references.has_references(v)}
-    literal = {k: v for k, v in step.params.items() if k not in deferred}
     return [
         PlanProblem(step.id, f"tool {found.name!r}: {problem}")
-        for problem in found.check_arguments(literal, deferred)
+        for problem in literal_problems(found, step.params)
     ]
+
+
+def literal_problems(tool: Tool, params: Mapping[str, Any]) -> list[str]:
+    """What ``tool`` finds wrong with the arguments known now; those that hold references
+    are checked when the references resolve."""
+    deferred = {k for k, v in params.items() if references.has_references(v)}
+    literal = {k: v for k, v in params.items() if k not in deferred}
+    return tool.check_arguments(literal, deferred)
