@@ -198,12 +198,8 @@ def reopen(state: StateManager, name: str, now: datetime) -> None:
         table = dict(table) if isinstance(table, dict) else {}
         entry = table.get(name)
         if isinstance(entry, dict) and entry.get("stage") in ("archived", "deprecated"):
-            table[name] = {
-                "stage": REOPENED,
-                "reason": "enabled by hand",
-                "since": now.isoformat(),
-                "reopened_at": now.isoformat(),
-            }
+            opened = _decided(None, REOPENED, "enabled by hand", now)
+            table[name] = {**opened, "reopened_at": opened["since"]}
         return table
 
     state.update("global", LIFECYCLE_KEY, reopened)

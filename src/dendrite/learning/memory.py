@@ -102,6 +102,7 @@ class PlanMemory:
 
         Fallbacks no longer available are dropped: the plan would not validate with them.
         """
+        old_words = source.goal.lower()
         old_parts = [part.text for part in split_goal(source.goal)]
         new_parts = [part.text for part in split_goal(goal)]
         used: set[int] = set()
@@ -114,7 +115,7 @@ class PlanMemory:
             from_goal = [
                 name
                 for name, value in params.items()
-                if not has_references(value) and _said_in(value, source.goal, source.goal.lower())
+                if not has_references(value) and _said_in(value, source.goal, old_words)
             ]
             update: dict[str, object] = {
                 "fallbacks": [
@@ -155,8 +156,9 @@ def _part_of(
     gives each step its part), else the first, not taken by an earlier step if another
     will do, that says every one of ``values``; ``None`` when none does."""
     if description in parts:
-        used.add(parts.index(description))
-        return parts.index(description)
+        part = parts.index(description)
+        used.add(part)
+        return part
     fits = [
         i for i, part in enumerate(parts) if all(_said_in(v, part, part.lower()) for v in values)
     ]

@@ -22,6 +22,7 @@ from dendrite.store.engine import dialect_insert
 from dendrite.store.errors import InvalidRecordError
 from dendrite.store.serialize import exact_json
 from dendrite.store.state_entries import aware
+from dendrite.telemetry.errors import ErrorType
 
 JOB_TRIGGERS = ("manual", "schedule")
 
@@ -235,7 +236,8 @@ def recent_tool_outcomes(conn: Connection, since: datetime) -> list[RecentToolOu
         )
         .where(
             te.c.started_at >= since,
-            or_(te.c.error_type.is_(None), te.c.error_type != "cancelled"),  # not the tool's
+            # A cancelled attempt is not the tool's doing.
+            or_(te.c.error_type.is_(None), te.c.error_type != ErrorType.CANCELLED.value),
         )
         .group_by(te.c.tool_name)
         .order_by(te.c.tool_name)

@@ -40,6 +40,7 @@ from sqlalchemy.exc import DBAPIError
 
 from dendrite.store import schema as s
 from dendrite.store.engine import built_once
+from dendrite.telemetry.errors import ErrorType
 
 BUCKETS_PER_DOUBLING = 32
 MIN_BUCKET = -10 * BUCKETS_PER_DOUBLING  # ~1 microsecond; shorter durations share it
@@ -103,7 +104,6 @@ class ToolAggregate:
 
 
 RollupKey = tuple[date, str, str, str, str, str]
-CANCELLED = "cancelled"  # ErrorType.CANCELLED's value, as rows and records both compare
 
 
 def rollup_key(row: Any) -> RollupKey:
@@ -125,7 +125,7 @@ def aggregate_tools(rows: Iterable[Any]) -> dict[str, ToolAggregate]:
     """
     out: dict[str, ToolAggregate] = {}
     for row in rows:
-        if row.error_type == CANCELLED:
+        if row.error_type == ErrorType.CANCELLED:  # a row's text or a record's enum alike
             continue
         agg = out.get(row.tool_name)
         if agg is None:
