@@ -192,3 +192,15 @@ def test_goals_split_into_parallel_and_sequential_parts():
     assert [p.text for p in split_goal("compare README.md and DESIGN.md")] == [
         "compare README.md and DESIGN.md"
     ]
+
+
+def test_a_cue_is_a_whole_word_in_every_alternative():
+    # "history" holds "story" and "joker" holds "joke": neither asks for writing.
+    for goal in (
+        "find important wars in European history during the 19th century",
+        "what are the odds of drawing a heart card from a deck without joker?",
+    ):
+        got = classify(goal)
+        assert got.intent is not Intent.GENERATIVE, (goal, got.signals)
+        assert not any(s.startswith("generation:") for s in got.signals), got.signals
+    assert classify("tell me a joke").intent is Intent.GENERATIVE

@@ -359,6 +359,32 @@ def test_a_generative_goal_is_the_call_of_a_tool_made_for_its_act():
         assert result.steps[0].tool == "generate_melody" and server.requests == []
 
 
+def test_a_goal_that_only_hints_at_writing_is_planned_with_a_tool_that_fits():
+    registry = make_registry()
+
+    def buy_movie_tickets(title: str, quantity: int = 1, city: str = "") -> dict:
+        """Buy tickets for a movie showing in a city."""
+        return {"title": title, "quantity": quantity, "city": city}
+
+    registry.register_function(buy_movie_tickets)
+    with Orchestrator(registry, store=None, llm=None) as orch:
+        # "story" is one soft cue of writing; the ticket tool fits the goal.
+        result = orch.process("buy 4 tickets for 'Toy Story 4' in Los Angeles")
+        assert result.success and result.plan.planner == "semantic"
+        assert result.steps[0].tool == "buy_movie_tickets"
+        assert result.plan.metadata["classification"]["intent"] == "generative"
+        # Certain writing ("write a poem") still goes to the documents, not to a tool.
+        plan = asyncio.run(orch.planner.plan("write a poem about movie tickets", registry, {}))
+        assert plan.planner == "documents"
+    bare = ToolRegistry()
+    bare.register_function(lambda expression: 0.0, name="calculate")
+    with (
+        Orchestrator(bare, store=None, llm=None) as orch,
+        pytest.raises(PlanningError, match="needs a generative model"),
+    ):
+        orch.process("tell me a joke")  # one soft cue, and no tool fits: still a refusal
+
+
 def test_the_execution_record_shows_labels_planner_and_model(tmp_path):
     with ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}") as store:
         with Orchestrator(make_registry(), store=store, llm=None) as orch:

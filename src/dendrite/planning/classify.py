@@ -57,7 +57,7 @@ def _cues(
 ) -> list[tuple[re.Pattern[str], float, str]]:
     """Compile (pattern, weight[, label]) cues; the label is what ``signals`` shows."""
     return [
-        (re.compile(rf"(?<![\w]){c[0]}(?![\w])", re.I), c[1], c[2] if len(c) > 2 else c[0])
+        (re.compile(rf"(?<!\w)(?:{c[0]})(?!\w)", re.I), c[1], c[2] if len(c) > 2 else c[0])
         for c in cues
     ]
 

@@ -99,7 +99,10 @@ class DendritePlanner:
                 for s in plan.steps
             }
         elif classification.intent is Intent.GENERATIVE:
-            plan = self._made_for(goal, registry) or self._generative(goal, registry)
+            plan = self._made_for(goal, registry)
+            if plan is None and classification.intent_confidence < 1.0:
+                plan, declined = await self._tools_first(goal, registry, context, classification)
+            plan = plan or self._generative(goal, registry)
         else:
             plan, declined = await self._first_that_plans(goal, registry, context, classification)
         plan.metadata.update(
@@ -128,6 +131,24 @@ class DendritePlanner:
                 declined.append({"planner": planner.name, "reason": str(error)})
         reasons = "; ".join(f"{d['planner']}: {d['reason']}" for d in declined)
         raise PlanningError(f"no planner could plan {goal!r} ({reasons})")
+
+    async def _tools_first(
+        self,
+        goal: str,
+        registry: ToolRegistry,
+        context: Mapping[str, Any],
+        classification: Classification,
+    ) -> tuple[Plan | None, list[dict[str, str]]]:
+        """A goal that only hints at writing, planned as tool use if a tool fits.
+
+        One soft cue ("suggest", "explain", a noun such as "story" in "buy tickets for Toy
+        Story") is weak evidence that the user wants prose: a registered tool that fits the
+        goal answers it better than a model's text, and offline better than a refusal.
+        """
+        try:
+            return await self._first_that_plans(goal, registry, context, classification)
+        except PlanningError as error:
+            return None, [{"planner": "tools", "reason": str(error)}]
 
     def _reordered(self, plan: Plan, goal: str, registry: ToolRegistry) -> Plan:
         """A recalled plan's steps led by the tool the ranker expects to work now, not then.
