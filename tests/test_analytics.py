@@ -11,6 +11,9 @@ from sqlalchemy import func, select, text
 from dendrite._ids import new_id
 from dendrite.store import ExecutionStore
 from dendrite.store import schema as s
+from dendrite.store.engine import WRITE
+from dendrite.store.writer import write_batch
+from dendrite.telemetry import ExecutionRecord, ToolExecutionRecord
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 TODAY = datetime.combine(NOW.date(), datetime.min.time(), UTC)
@@ -274,6 +277,44 @@ def test_incremental_rollups_equal_a_rebuild_from_scratch(store_url: str, tmp_pa
         assert _snapshot(store) == incremental
         assert store.get_tool_performance() == tools_before
         assert sum(r.total_executions for r in tools_before) > 300
+
+
+def test_rollups_of_a_batch_larger_than_one_statement_equal_a_rebuild(store_url: str, tmp_path):
+    """SQLite takes a batch's rollups many rows to a statement (at most 1,024): a batch
+    with thousands of distinct keys goes in several statements, new keys and keys that
+    exist alike, and must count every row once."""
+    with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
+        for _ in range(2):  # the second batch updates every key the first inserted
+            batch: list[ExecutionRecord | ToolExecutionRecord] = []
+            for i in range(1_500):
+                run = ExecutionRecord(
+                    goal_text="g",
+                    project=f"p{i}",
+                    success=i % 3 > 0,
+                    duration_ms=10.0,
+                    started_at=NOW,
+                )
+                batch.append(run)
+                batch.extend(
+                    ToolExecutionRecord(
+                        execution_id=run.id,
+                        tool_name=f"tool{i}",
+                        success=k == 0,
+                        duration_ms=2.0**k,
+                        started_at=NOW,
+                    )
+                    for k in range(3)
+                )
+            with store.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                write_batch(conn, batch, 1_000)
+        incremental = _snapshot(store)
+        assert {row[2] for row in incremental["tool_duration_histogram"]} == {2}
+        assert len(incremental["tool_duration_histogram"]) == 1_500 * 3
+        assert len(incremental["execution_rollup"]) == 1_500
+        store.update_statistics()
+        assert _snapshot(store) == incremental
+        stats = store.get_tool_statistics("tool7")
+        assert (stats.total_executions, stats.successful_executions) == (6, 2)
 
 
 def test_prune_deletes_raw_rows_and_keeps_the_aggregates(store_url: str, tmp_path):

@@ -39,7 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from dendrite.store import schema as s
-from dendrite.store.engine import built_once
+from dendrite.store.engine import built_once, insert_rows
 from dendrite.telemetry.errors import ErrorType
 
 BUCKETS_PER_DOUBLING = 32
@@ -193,9 +193,9 @@ def _upsert(
     PostgreSQL gets one statement over arrays (``INSERT ... SELECT unnest(...)``):
     a row per statement execution costs a round of psycopg's Python per row,
     more than the database's own work. SQLite gets SQLAlchemy's compiled text
-    and plain tuples through the driver's ``executemany`` (a loop in C): a batch
-    upserts up to one histogram row per two tool calls, and handing them to
-    SQLAlchemy as dictionaries cost more than SQLite's work on them; the values
+    and plain tuples, many rows to a statement: a batch upserts up to one
+    histogram row per two tool calls, and handing them to SQLAlchemy as
+    dictionaries cost more than SQLite's work on them; the values
     go through the same bind processors (dates and timestamps as SQLite text).
     The keys of ``rows`` are distinct, as one PostgreSQL statement requires.
     Each call site passes the same ``keys`` and ``set_`` for a table, so the
@@ -217,7 +217,7 @@ def _upsert(
                 )
                 for row in rows
             ]
-        conn.exec_driver_sql(upsert.sql, rows)
+        insert_rows(conn, upsert.insert, rows, upsert.suffix)
         return
 
     def build() -> Any:
@@ -236,9 +236,16 @@ def _upsert(
 
 @dataclass(frozen=True)
 class _DriverUpsert:
-    """An SQLite upsert as the driver takes it: SQL text and each column's bind processor."""
+    """An SQLite upsert as the driver takes it: SQL text and each column's bind processor.
 
-    sql: str
+    The text is split after its one row of markers, so that many rows go to one statement
+    (:func:`~dendrite.store.engine.insert_rows`): a batch upserts thousands of histogram
+    rows, and one statement per row handed the GIL to the caller's thread thousands of
+    times, each time waiting up to the switch interval to get it back.
+    """
+
+    insert: str
+    suffix: str
     processors: tuple[Callable[[Any], Any] | None, ...]
 
     @classmethod
@@ -258,7 +265,12 @@ class _DriverUpsert:
         processors = tuple(
             table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names
         )
-        return cls(str(compiled), processors)
+        row = f" VALUES ({', '.join(['?'] * len(names))})"
+        sql = str(compiled)
+        if sql.count(row) != 1:
+            raise RuntimeError(f"unexpected VALUES clause in the upsert of {table.name}: {sql}")
+        head, suffix = sql.split(row)
+        return cls(head + row, suffix, processors)
 
 
 def _earliest(table: Table, excluded: Any, name: str, pick_later: bool) -> Any:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -59,7 +58,7 @@ from sqlalchemy import exc as sa_exc
 
 from dendrite.store import rollups, serialize
 from dendrite.store import schema as s
-from dendrite.store.engine import WRITE, built_once, dialect_insert
+from dendrite.store.engine import WRITE, built_once, dialect_insert, insert_rows
 from dendrite.store.journal import Journal
 from dendrite.store.toolcall import ToolCall
 from dendrite.telemetry.records import (
@@ -73,7 +72,6 @@ from dendrite.telemetry.records import (
 )
 
 log = logging.getLogger("dendrite.store.writer")
-SQLITE_LIMIT_VARIABLE_NUMBER = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", 9)
 
 KINDS: dict[str, type[AnyRecord]] = {
     "execution": ExecutionRecord,
@@ -595,7 +593,7 @@ def _insert_executions(
         if conn.dialect.name == "postgresql":
             _copy_rows(conn, encoder.copy, rows)
         else:
-            _insert_rows(conn, encoder.insert, rows)
+            insert_rows(conn, encoder.insert, rows)
     return new
 
 
@@ -623,7 +621,7 @@ def _insert_tool_executions(
         except sa_exc.IntegrityError:  # a taken id, most likely: the slow path will tell
             inserted = False
     else:
-        inserted = _insert_rows(conn, encoder.insert, rows, IGNORE_TAKEN_IDS) == len(rows)
+        inserted = insert_rows(conn, encoder.insert, rows, IGNORE_TAKEN_IDS) == len(rows)
     if inserted:
         attempt.commit()
         return records
@@ -631,49 +629,11 @@ def _insert_tool_executions(
     existing = _existing_ids(conn, s.tool_executions, [r.id for r in records])
     keep = [i for i, r in enumerate(records) if r.id not in existing]
     if keep:
-        _insert_rows(conn, encoder.insert, [rows[i] for i in keep])
+        insert_rows(conn, encoder.insert, [rows[i] for i in keep])
     return [records[i] for i in keep]
 
 
 IGNORE_TAKEN_IDS = " ON CONFLICT (id) DO NOTHING"
-SQLITE_ROWS_PER_INSERT = 1024
-"""At most this many rows per ``INSERT`` (and as many as SQLite's variable limit allows):
-each statement hands the GIL back and forth once, so fewer, larger ones leave the caller
-more time to run beside the writer (bench/store_bench.py, SQLite arrival: 35,800
-rows/s at 1024 against 32,500 at 256, means of three runs)."""
-
-
-def _insert_rows(
-    conn: Connection, insert: str, rows: list[tuple[Any, ...]], suffix: str = ""
-) -> int:
-    """Insert rows (``insert`` has one row of markers); returns how many went in.
-
-    SQLite gets them many rows to an ``INSERT``: ``executemany`` lets go of
-    the GIL around every row, and a thread that wants it back waits for the
-    switch interval (5 ms) whenever another thread (the caller, recording
-    more) is running Python, which made the writer crawl under load.
-    """
-    if conn.dialect.name != "sqlite" or len(rows) < 2:
-        return conn.exec_driver_sql(insert + suffix, rows).rowcount
-    raw = conn.connection.dbapi_connection
-    width = len(rows[0])
-    per = max(1, min(SQLITE_ROWS_PER_INSERT, raw.getlimit(SQLITE_LIMIT_VARIABLE_NUMBER) // width))
-    head, values = insert.split(" VALUES ", 1)
-    inserted = 0
-    cursor = raw.cursor()
-    try:
-        for start in range(0, len(rows), per):
-            chunk = rows[start : start + per]
-            sql = f"{head} VALUES {', '.join([values] * len(chunk))}{suffix}"
-            cursor.execute(sql, [value for row in chunk for value in row])
-            inserted += cursor.rowcount
-    except Exception as error:
-        raise sa_exc.DBAPIError.instance(
-            insert, None, error, sqlite3.Error, dialect=conn.dialect
-        ) from error
-    finally:
-        cursor.close()
-    return inserted
 
 
 def _copy_rows(conn: Connection, statement: str, rows: list[tuple[Any, ...]]) -> None:
