@@ -383,6 +383,12 @@ def test_a_goal_that_only_hints_at_writing_is_planned_with_a_tool_that_fits():
         pytest.raises(PlanningError, match="needs a generative model"),
     ):
         orch.process("tell me a joke")  # one soft cue, and no tool fits: still a refusal
+    with chat_server() as server:  # with a model, the model writes, as for any such goal
+        server.say("Two tickets walk into a cinema.")
+        llm = ChatLLM(LLMConfig(base_url=server.url, model="poet"))
+        with Orchestrator(registry, store=None, llm=llm) as orch:
+            result = orch.process("tell me a joke about movie tickets")
+        assert result.output == "Two tickets walk into a cinema." and len(server.requests) == 1
 
 
 def test_the_execution_record_shows_labels_planner_and_model(tmp_path):

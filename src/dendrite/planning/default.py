@@ -100,7 +100,7 @@ class DendritePlanner:
             }
         elif classification.intent is Intent.GENERATIVE:
             plan = self._made_for(goal, registry)
-            if plan is None and classification.intent_confidence < 1.0:
+            if plan is None and classification.intent_confidence < 1.0 and not _can_write(registry):
                 plan, declined = await self._tools_first(goal, registry, context, classification)
             plan = plan or self._generative(goal, registry)
         else:
@@ -139,11 +139,12 @@ class DendritePlanner:
         context: Mapping[str, Any],
         classification: Classification,
     ) -> tuple[Plan | None, list[dict[str, str]]]:
-        """A goal that only hints at writing, planned as tool use if a tool fits.
+        """Offline, a goal that only hints at writing, planned as tool use if a tool fits.
 
         One soft cue ("suggest", "explain", a noun such as "story" in "buy tickets for Toy
-        Story") is weak evidence that the user wants prose: a registered tool that fits the
-        goal answers it better than a model's text, and offline better than a refusal.
+        Story") is weak evidence that the user wants prose. With no model to write it, a
+        registered tool that fits the goal answers better than the documents or a refusal;
+        with a model, the model writes, as for any generative goal.
         """
         try:
             return await self._first_that_plans(goal, registry, context, classification)
@@ -202,8 +203,7 @@ class DendritePlanner:
 
     def _generative(self, goal: str, registry: ToolRegistry) -> Plan:
         """Writing needs a model; offline, the session's documents answer, or nothing does."""
-        generate = registry.find(GENERATE_TOOL)
-        if generate is not None and generate.available:
+        if _can_write(registry):
             return Plan(
                 goal=goal,
                 steps=[Step(id="generate", tool=GENERATE_TOOL, params={"prompt": goal})],
@@ -302,3 +302,9 @@ class DendritePlanner:
                 "metadata": {**plan.metadata, "why": why, "replanned_from": failed_step},
             }
         )
+
+
+def _can_write(registry: ToolRegistry) -> bool:
+    """Whether a model is registered to write free text (the generative path's own tool)."""
+    generate = registry.find(GENERATE_TOOL)
+    return generate is not None and generate.available
