@@ -165,6 +165,11 @@ def test_experiment_report_from_the_store(store: ExecutionStore):
                 goal_text=f"g{i}", success=i < successes, duration_ms=ms + i % 3
             )
             store.store_assignment("ab", execution, arm, f"session:{arm}{i}")
+    for arm in "ab":  # a run stopped before its end (a closed stream) compares nothing
+        stopped = store.store_execution(
+            goal_text="s", success=False, status="cancelled", duration_ms=1.0
+        )
+        store.store_assignment("ab", stopped, arm, f"session:{arm}-stopped")
     few = store.store_execution(goal_text="x", success=True, duration_ms=1.0)
     store.store_assignment("small", few, "a", "u")
     store.store_assignment("small", few, "b", "u")  # a second assignment of a run is ignored
@@ -172,6 +177,7 @@ def test_experiment_report_from_the_store(store: ExecutionStore):
     (found,) = report(store, "ab")
     control, other = found.arms
     assert (control.arm, control.executions, control.successes) == ("a", 100, 90)
+    assert (other.executions, other.successes) == (100, 60)
     assert other.success_rate == 0.6 and other.success_test == "z"
     assert other.p_success < 0.001 and other.p_duration < 0.001
     assert "b succeeds worse than a (60.0% vs 90.0%" in found.verdict

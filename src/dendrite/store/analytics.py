@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Integer, Row, func, select
 from dendrite.store import schema as s
 from dendrite.telemetry.records import (
     ExecutionRecord,
+    ExecutionStatus,
     FeedbackRecord,
     RoutingDecision,
     SolutionRecord,
@@ -183,6 +184,8 @@ def get_success_rate(
 ) -> SuccessRate:
     """Counts whole days from the rollup and the partial first day from raw rows.
 
+    Cancelled runs count neither way (``rollups.aggregate_executions`` says why).
+
     When ``since`` falls in history already pruned, the raw rows of that first
     day are gone and the whole day is counted from the rollup instead.
     """
@@ -206,7 +209,11 @@ def get_success_rate(
             )
             raw_q = select(
                 func.count(), func.coalesce(func.sum(func.cast(ex.c.success, Integer)), 0)
-            ).where(ex.c.started_at >= since, ex.c.started_at < next_midnight)
+            ).where(
+                ex.c.started_at >= since,
+                ex.c.started_at < next_midnight,
+                ex.c.status != ExecutionStatus.CANCELLED.value,  # as the rollup leaves them out
+            )
             if intent is not None:  # "" asks for runs without one, as the rollup keeps them
                 raw_q = raw_q.where(ex.c.intent == intent if intent else ex.c.intent.is_(None))
             raw_total, raw_ok = conn.execute(raw_q).one()

@@ -23,6 +23,7 @@ from dendrite.store.errors import InvalidRecordError
 from dendrite.store.serialize import exact_json
 from dendrite.store.state_entries import aware
 from dendrite.telemetry.errors import ErrorType
+from dendrite.telemetry.records import ExecutionStatus
 
 JOB_TRIGGERS = ("manual", "schedule")
 
@@ -168,6 +169,7 @@ def arm_outcomes(conn: Connection, experiment: str | None) -> list[ArmOutcomes]:
             func.max(ea.c.assigned_at).label("last_at"),
         )
         .join(ex, ex.c.id == ea.c.execution_id)
+        .where(ex.c.status != ExecutionStatus.CANCELLED.value)  # stopped: no outcome to compare
         .group_by(ea.c.experiment, ea.c.arm, ea.c.unit)
     )
     if experiment is not None:
