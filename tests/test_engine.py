@@ -579,3 +579,230 @@ def test_a_candidate_passed_over_is_named_once_for_a_for_each_step():
     assert outcome.success and outcome.output == [1, 2, 3]
     (why,) = outcome.steps["each"].not_tried
     assert "'add'" in why and "under maintenance" in why
+
+
+def test_a_tool_raising_cancelled_or_a_broken_event_sink_does_not_hang_the_run():
+    """A tool's own CancelledError (a future it waited on was cancelled) hung the run for
+    ever, and so did an event sink that raised."""
+    registry = make_registry()
+
+    async def gives_up() -> int:
+        raise asyncio.CancelledError("the upstream request was cancelled")
+
+    def waits_on_a_cancelled_future() -> int:
+        import concurrent.futures
+
+        future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        future.cancel()
+        return future.result()
+
+    registry.register_function(gives_up)
+    registry.register_function(waits_on_a_cancelled_future)
+    engine = ExecutionEngine(registry, retry=RetryPolicy(max_attempts=1), default_timeout=5)
+    plan = Plan(
+        goal="g",
+        steps=[
+            Step(id="a", tool="gives_up"),
+            Step(id="b", tool="waits_on_a_cancelled_future"),
+            Step(id="c", tool="echo", params={"value": 1}),
+        ],
+    )
+
+    async def go(emit):
+        return await asyncio.wait_for(engine.execute(plan, execution_id="e", emit=emit), 10)
+
+    outcome = asyncio.run(go(None))
+    for step_id in ("a", "b"):
+        failed = outcome.steps[step_id]
+        assert failed.status is StepStatus.FAILED and failed.error_type is ErrorType.TOOL_ERROR
+        assert "CancelledError" in failed.error
+    assert outcome.steps["c"].output == 1 and not outcome.success
+
+    def sink(event: Event) -> None:
+        if event.type is EventType.STEP_FINISHED:
+            raise ConnectionResetError("the client went away")
+
+    outcome = asyncio.run(go(sink))
+    assert outcome.steps["c"].status is StepStatus.SUCCEEDED
+    engine.close()
+
+
+def test_a_sync_tool_that_timed_out_is_not_run_again_while_its_thread_runs():
+    """Retried after its deadline, a sync tool ran three times at once (three charges)."""
+    registry = ToolRegistry()
+    charges: list[int] = []
+    release = threading.Event()
+
+    def charge(amount: int) -> str:
+        release.wait(10)
+        charges.append(amount)
+        return "ok"
+
+    registry.register_function(charge, timeout=0.05)
+    engine = ExecutionEngine(registry, retry=NO_WAIT)
+    outcome, _ = run(
+        engine, Plan(goal="g", steps=[Step(id="pay", tool="charge", params={"amount": 1})])
+    )
+    pay = outcome.steps["pay"]
+    assert [a.error_type for a in pay.attempts] == [ErrorType.TIMEOUT]
+    assert "still running in its thread: not retried" in pay.error
+    release.set()
+    engine.close()
+    time.sleep(0.2)
+    assert charges == [1]
+
+
+def test_a_sync_call_is_timed_from_when_a_thread_runs_it():
+    """Queued behind slow calls for a free thread, a quick tool timed out without running."""
+    registry = ToolRegistry()
+    ran: list[int] = []
+    release = threading.Event()
+
+    def slow(i: int) -> int:
+        release.wait(10)
+        return i
+
+    def quick(i: int) -> int:
+        ran.append(i)
+        return i
+
+    registry.register_function(slow)
+    registry.register_function(quick, timeout=0.2)
+    engine = ExecutionEngine(registry, max_parallel_steps=4, retry=RetryPolicy(max_attempts=1))
+
+    async def go():
+        blockers = [
+            asyncio.ensure_future(
+                engine.execute(
+                    Plan(goal="b", steps=[Step(id="s", tool="slow", params={"i": i})]),
+                    execution_id=f"b{i}",
+                )
+            )
+            for i in range(4)
+        ]
+        await asyncio.sleep(0.05)  # every thread of the pool is taken
+        quick_run = asyncio.ensure_future(
+            engine.execute(
+                Plan(goal="q", steps=[Step(id="q", tool="quick", params={"i": 7})]),
+                execution_id="q",
+            )
+        )
+        await asyncio.sleep(0.4)  # past quick's deadline, counted from the submission
+        release.set()
+        await asyncio.gather(*blockers)
+        return await quick_run
+
+    outcome = asyncio.run(go())
+    assert outcome.success and outcome.steps["q"].output == 7 and ran == [7]
+    engine.close()
+
+
+def test_for_each_items_share_the_runs_bound_and_stop_when_one_fails():
+    registry = ToolRegistry()
+    now = {"running": 0, "peak": 0}
+    finished: list[int] = []
+
+    async def work(i: int) -> int:
+        now["running"] += 1
+        now["peak"] = max(now["peak"], now["running"])
+        try:
+            if i == 0:
+                raise RuntimeError("bad item")
+            await asyncio.sleep(0.05 if i < 100 else 5)
+            finished.append(i)
+            return i
+        finally:
+            now["running"] -= 1
+
+    registry.register_function(work)
+    engine = ExecutionEngine(registry, max_parallel_steps=2, retry=RetryPolicy(max_attempts=1))
+    two = Plan(
+        goal="g",
+        steps=[
+            Step(id="a", tool="work", for_each="${context.a}", params={"i": "${item}"}),
+            Step(id="b", tool="work", for_each="${context.b}", params={"i": "${item}"}),
+        ],
+    )
+    outcome, _ = run(engine, two, context={"a": [1, 2, 3, 4], "b": [5, 6, 7, 8]})
+    assert outcome.success and now["peak"] == 2  # was 4: a bound per step, not per run
+    outcome, _ = run(engine, Plan(goal="g", steps=[two.steps[0]]), context={"a": [0, 100, 101]})
+    each = outcome.steps["a"]
+    assert each.status is StepStatus.FAILED and each.error.startswith("item 0:")
+    assert sorted((a.item, a.error_type) for a in each.attempts) == [
+        (0, ErrorType.TOOL_ERROR),
+        (1, ErrorType.CANCELLED),
+        (2, ErrorType.CANCELLED),
+    ]
+    assert 100 not in finished and 101 not in finished
+    engine.close()
+
+
+def test_a_tools_own_errors_are_its_own():
+    """sys.exit() in a tool ended the process; a TimeoutError it raised read as the
+    engine's deadline; an async tool behind a plain decorator 'succeeded' with a coroutine."""
+    import functools
+    import sys
+
+    registry = make_registry()
+
+    def quits() -> int:
+        sys.exit(2)
+
+    def locked() -> int:
+        raise TimeoutError("could not acquire the row lock")
+
+    def logged(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    @logged
+    async def fetch(url: str) -> str:
+        await asyncio.sleep(0)
+        return f"page {url}"
+
+    for tool in (quits, locked, fetch):
+        registry.register_function(tool)
+    engine = ExecutionEngine(registry, retry=RetryPolicy(max_attempts=1), default_timeout=60)
+    plan = Plan(
+        goal="g",
+        steps=[
+            Step(id="q", tool="quits"),
+            Step(id="l", tool="locked"),
+            Step(id="f", tool="fetch", params={"url": "x"}),
+        ],
+    )
+    outcome, _ = run(engine, plan)
+    assert (outcome.steps["q"].error_type, outcome.steps["q"].attempts[0].error) == (
+        ErrorType.TOOL_ERROR,
+        "SystemExit: 2",
+    )
+    assert outcome.steps["l"].attempts[0].error == "TimeoutError: could not acquire the row lock"
+    assert outcome.steps["f"].output == "page x"
+    engine.close()
+
+
+def test_the_runs_output_fails_loudly_and_keeps_its_shape():
+    registry = make_registry()
+    engine = ExecutionEngine(registry)
+    typo = Plan(
+        goal="g",
+        output="${s.hitz}",
+        steps=[Step(id="s", tool="echo", params={"value": {"hits": [1, 2]}})],
+    )
+    outcome, _ = run(engine, typo)
+    assert not outcome.success and outcome.output is None
+    assert outcome.error.startswith("the plan's output ${s.hitz} cannot be read")
+    sinks = [
+        Step(id="s", tool="echo", params={"value": [1, 2]}),
+        Step(id="n", tool="collect", params={"values": "${s}"}),
+        Step(id="m", tool="collect", params={"values": "${s}"}, when="${context.flag}"),
+    ]
+    shapes = [
+        run(engine, Plan(goal="g", steps=sinks), context={"flag": f})[0].output
+        for f in (True, False)
+    ]
+    assert shapes == [{"n": [1, 2], "m": [1, 2]}, {"n": [1, 2], "m": None}]
+    engine.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
+import inspect
 import logging
 import random
 import time
@@ -124,12 +124,67 @@ class _Scope(Mapping[str, Any]):
         return len(self.outputs)
 
 
+class _DeadlinePassed(TimeoutError):
+    """The engine's deadline for a call passed (not a ``TimeoutError`` the tool raised).
+
+    ``thread``: for a sync tool, its call in the executor, which no deadline can stop (a
+    tool that takes a ``ToolContext`` stops when told to).
+    """
+
+    def __init__(self, thread: asyncio.Future[Any] | None = None) -> None:
+        super().__init__("the deadline passed")
+        self.thread = thread
+
+
 async def _until(awaitable: Awaitable[Any], deadline: float | None) -> Any:
     """``await awaitable``, timed out at ``deadline`` (loop time), if there is one."""
     if deadline is None:
         return await awaitable
-    async with asyncio.timeout_at(deadline):
-        return await awaitable
+    try:
+        async with asyncio.timeout_at(deadline) as scope:
+            return await awaitable
+    except TimeoutError:
+        if scope.expired():
+            raise _DeadlinePassed() from None
+        raise  # the tool's own
+
+
+def _cancelled_from_outside() -> bool:
+    """Whether the running task is being cancelled (the run was stopped), as opposed to a
+    tool raising ``CancelledError`` itself (a cancelled future it waited on)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _safe(emit: Emit | None) -> Emit | None:
+    """The event sink, made unable to stop a run: an error in it is logged, once."""
+    if emit is None:
+        return None
+    failed = False
+
+    def sink(event: Event) -> None:
+        nonlocal failed
+        try:
+            emit(event)
+        except Exception:
+            if not failed:
+                failed = True
+                log.exception("the event sink raised; the run goes on without it")
+
+    return sink
+
+
+async def _stopped(timed_out: _DeadlinePassed, grace: float | None) -> bool:
+    """Whether a timed-out call has ended, given up to ``grace`` seconds more.
+
+    A sync tool's thread goes on after its deadline; retried meanwhile, the tool would run
+    twice at once (two charges, two writes) and each runaway call holds a thread.
+    """
+    thread = timed_out.thread
+    if thread is None or thread.done():
+        return True
+    await asyncio.wait((thread,), timeout=grace)
+    return thread.done()
 
 
 class _Resumed:
@@ -186,6 +241,7 @@ class _Run:
     results: dict[str, StepResult] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     cancel_events: set[Any] = field(default_factory=set)
+    calls: asyncio.Semaphore | None = None  # tool calls at once, for_each items included
     scope: _Scope = field(init=False)
 
     def __post_init__(self) -> None:
@@ -258,11 +314,13 @@ class ExecutionEngine:
             execution_id=execution_id,
             session_id=session_id,
             context=context or {},
-            emit=emit,
+            emit=_safe(emit),
             state_for=state_for,
             history=history or {},
             results=results if results is not None else {},
         )
+        if any(step.for_each is not None for step in plan.steps):
+            run.calls = asyncio.Semaphore(self.max_parallel_steps)
         steps = run.steps = {step.id: step for step in plan.steps}
         waiting: dict[str, int] = {}
         dependents: dict[str, list[str]] = {step_id: [] for step_id in steps}
@@ -285,6 +343,7 @@ class ExecutionEngine:
                 dependents[dep].append(step.id)
         ready = deque(step_id for step_id, count in waiting.items() if count == 0)
         running: set[asyncio.Task[None]] = set()
+        crashed: list[BaseException] = []
         active = 0  # workers that have not returned yet (a task leaves `running` a bit later)
         finished = asyncio.Event()
         remaining = len(waiting)
@@ -316,6 +375,11 @@ class ExecutionEngine:
                     inline += 1
                     if inline % YIELD_EVERY == 0:
                         await asyncio.sleep(0)  # steps that never wait must not starve the loop
+            except asyncio.CancelledError:
+                raise
+            except BaseException as error:  # a bug in the engine: end the run, never hang it
+                crashed.append(error)
+                finished.set()
             finally:
                 active -= 1
 
@@ -327,10 +391,7 @@ class ExecutionEngine:
                 running.add(task)
                 task.add_done_callback(running.discard)
 
-        launch()
-        try:
-            await finished.wait()
-        except asyncio.CancelledError:
+        async def stop() -> None:
             for event in run.cancel_events:
                 event.set()
             for task in list(running):
@@ -341,7 +402,16 @@ class ExecutionEngine:
                     result.status = StepStatus.CANCELLED
                     result.error = result.error or "the run was cancelled"
                     result.error_type = ErrorType.CANCELLED
+
+        launch()
+        try:
+            await finished.wait()
+        except asyncio.CancelledError:
+            await stop()
             raise
+        if crashed:
+            await stop()
+            raise RuntimeError(f"the engine crashed running {execution_id}") from crashed[0]
         return self._outcome(run)
 
     # -- one step ------------------------------------------------------------
@@ -480,19 +550,30 @@ class ExecutionEngine:
                 f"for_each {step.for_each} gave {type(items).__name__}, not a list",
                 ErrorType.VALIDATION,
             )
-        limit = asyncio.Semaphore(self.max_parallel_steps)
 
         async def one(index: int, item: Any) -> Any:
-            async with limit:
-                params = references.resolve(
-                    step.params, _Scope(run.outputs, run.context, item, True)
-                )
-                try:
-                    return await self._call(run, step, result, params, index)
-                except _Failure as failure:
-                    raise _Failure(f"item {index}: {failure}", failure.error_type) from None
+            params = references.resolve(step.params, _Scope(run.outputs, run.context, item, True))
+            try:
+                return await self._call(run, step, result, params, index)
+            except _Failure as failure:
+                raise _Failure(f"item {index}: {failure}", failure.error_type) from None
 
-        return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+        if not items:
+            return []
+        # The first item that fails fails the step: the others are cancelled then, not left
+        # calling tools for a step (and a run) already reported.
+        tasks = [asyncio.ensure_future(one(i, item)) for i, item in enumerate(items)]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            pending = [task for task in tasks if not task.done()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return [task.result() for task in tasks]
 
     # -- retries and fallbacks -----------------------------------------------
 
@@ -567,10 +648,13 @@ class ExecutionEngine:
                     return value
                 last_type = attempt.error_type or ErrorType.UNKNOWN
                 errors.append(f"{name}: {attempt.error}")
-                retryable = last_type in policy.retry_on or (
+                retryable = last_type in policy.retry_on or bool(
                     tool.retry_on and isinstance(value, tool.retry_on)
                 )
                 if not retryable or number == policy.max_attempts:
+                    break
+                if isinstance(value, _DeadlinePassed) and not await _stopped(value, timeout):
+                    errors[-1] += " (still running in its thread: not retried)"
                     break
                 delay = policy.delay(number, self._random())
                 if run.emit:
@@ -609,6 +693,27 @@ class ExecutionEngine:
 
         Returns (ok, output or exception, attempt); raises only on cancellation.
         """
+        if run.calls is not None:
+            async with run.calls:
+                return await self._attempt_now(
+                    run, step, result, tool, params, number, fallback_of, item, timeout
+                )
+        return await self._attempt_now(
+            run, step, result, tool, params, number, fallback_of, item, timeout
+        )
+
+    async def _attempt_now(
+        self,
+        run: _Run,
+        step: Step,
+        result: StepResult,
+        tool: Tool,
+        params: dict[str, Any],
+        number: int,
+        fallback_of: str | None,
+        item: int | None,
+        timeout: float | None,
+    ) -> tuple[bool, Any, Attempt]:
         given = dumps(params) if self.recorder is not None else None
         started_at = datetime.now(UTC)
         started = time.perf_counter()
@@ -633,8 +738,9 @@ class ExecutionEngine:
             loop = asyncio.get_running_loop()
             deadline = None if timeout is None else loop.time() + timeout
             if not tool.is_async:
-                call = functools.partial(contextvars.copy_context().run, tool.func, **kwargs)
-                value = await _until(loop.run_in_executor(self.executor, call), deadline)
+                value = await self._in_thread(loop, tool, kwargs, timeout)
+                if inspect.isawaitable(value):  # an async tool behind a plain decorator
+                    value = await _until(value, deadline and loop.time() + timeout)
             elif type(coro := tool.func(**kwargs)) is CoroutineType:
                 # A timeout can only interrupt a coroutine where it waits, so it is
                 # run up to its first wait first: one that finishes without waiting
@@ -649,18 +755,21 @@ class ExecutionEngine:
             else:
                 value = await _until(coro, deadline)
             ok = True
-        except asyncio.CancelledError:
-            error, error_type = "cancelled", ErrorType.CANCELLED
-            raise
-        except TimeoutError as caught:
-            value = caught
-            error = f"timed out after {timeout:g}s" if timeout else f"TimeoutError: {caught}"
-            error_type = ErrorType.TIMEOUT
+        except asyncio.CancelledError as caught:
+            if _cancelled_from_outside():
+                error, error_type = "cancelled", ErrorType.CANCELLED
+                raise
+            # The tool's own (a future it waited on was cancelled): its failure, not the run's.
+            value, error = caught, f"CancelledError: {caught}".rstrip(": ")
+            error_type = ErrorType.TOOL_ERROR
+        except _DeadlinePassed as caught:
+            value, error, error_type = caught, f"timed out after {timeout:g}s", ErrorType.TIMEOUT
         except ToolArgumentError as caught:
             value, error, error_type = caught, str(caught), ErrorType.VALIDATION
-        except Exception as caught:
+        except (Exception, SystemExit) as caught:  # a tool calling sys.exit() fails; we go on
             value, error = caught, f"{type(caught).__name__}: {caught}"
-            error_type = ErrorType.infer(caught)
+            error_type = ErrorType.infer(caught) if isinstance(caught, Exception) else None
+            error_type = error_type or ErrorType.TOOL_ERROR
         finally:
             if ctx is not None:
                 if not ok:
@@ -684,6 +793,43 @@ class ExecutionEngine:
                 )
         return ok, value, attempt
 
+    async def _in_thread(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        tool: Tool,
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        """A sync tool's call in the executor, timed from when a thread starts it.
+
+        Time spent waiting for a free thread (others busy, some still running calls that
+        timed out) is not the tool's: counted against its deadline, a quick tool queued
+        behind slow ones timed out without having run.
+        """
+        context = contextvars.copy_context()  # the caller's (the run's), not the thread's
+        begun: list[float] = []
+
+        def call() -> Any:
+            begun.append(loop.time())  # monotonic, safe from any thread; wakes nothing
+            return context.run(tool.func, **kwargs)
+
+        future = loop.run_in_executor(self.executor, call)
+        if timeout is None:
+            return await future
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                try:
+                    return await _until(asyncio.shield(future), deadline)
+                except _DeadlinePassed:
+                    now = loop.time()
+                    if begun and begun[0] + timeout <= now:
+                        raise _DeadlinePassed(future) from None
+                    deadline = begun[0] + timeout if begun else now + timeout  # it began late
+        except asyncio.CancelledError:
+            future.cancel()  # a call still queued never starts; a running one cannot stop
+            raise
+
     # -- the end -------------------------------------------------------------
 
     def _outcome(self, run: _Run) -> RunOutcome:
@@ -694,9 +840,14 @@ class ExecutionEngine:
             if r.status is StepStatus.FAILED and not run.steps[r.step_id].continue_on_error
         ]
         soft = [r for r in results.values() if r.status is StepStatus.FAILED and r not in hard]
-        output = self._output(run)
-        success = not hard
         error = error_type = None
+        try:
+            output = self._output(run)
+        except LookupError as unreadable:  # a typo in plan.output: no answer, not None
+            output = None
+            error = f"the plan's output {run.plan.output} cannot be read: {unreadable}"
+            error_type = ErrorType.VALIDATION
+        success = not hard and error is None
         if hard:
             first = hard[0]
             error = f"step {first.step_id!r} failed: {first.error}"
@@ -713,16 +864,16 @@ class ExecutionEngine:
 
     @staticmethod
     def _output(run: _Run) -> Any:
+        """``plan.output``'s value (a ``LookupError`` when a step's output lacks its path),
+        else the one sink step's output, else every sink's by step id: the same shape on
+        every run of a plan, a sink that was skipped or failed being ``None``."""
         if run.plan.output is not None:
             ref = references.whole(run.plan.output)
             if ref is not None and ref.source in run.outputs:
-                try:
-                    return references.lookup(run.outputs[ref.source], ref.path, ref.text)
-                except LookupError:
-                    return None
+                return references.lookup(run.outputs[ref.source], ref.path, ref.text)
             return None
         needed = {dep for deps in run.deps.values() for dep in deps}
-        sinks = [s for s in run.steps if s not in needed and s in run.outputs]
+        sinks = [s for s in run.steps if s not in needed]
         if len(sinks) == 1:
-            return run.outputs[sinks[0]]
-        return {s: run.outputs[s] for s in sinks} if sinks else None
+            return run.outputs.get(sinks[0])
+        return {s: run.outputs.get(s) for s in sinks}
