@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dendrite.planning import Intent, QueryType, classify
-from dendrite.planning.arguments import extract_arguments
+from dendrite.planning.arguments import extract_arguments, numbers_in
 from dendrite.planning.semantic import split_goal
 
 LABELLED: list[tuple[str, QueryType, Intent]] = [
@@ -173,6 +173,40 @@ def test_arguments_are_read_by_type_and_name(goal, schema, expected):
     extraction = extract_arguments(goal, schema)
     assert extraction.params == expected
     assert extraction.complete
+
+
+@pytest.mark.parametrize(
+    ("goal", "expression"),
+    [
+        ("calculate 7 times 6", "7 * 6"),
+        ("calculate the square root of 144", "sqrt(144)"),
+        ("calculate 15% of 200", "(15 / 100 * 200)"),
+        ("calculate 10 divided by 4", "10 / 4"),
+        ("calculate 3 \u00d7 4 \u00f7 2", "3 * 4 / 2"),
+        ("calculate .5 * 4", ".5 * 4"),
+        ("calculate 1,250 * 2", "1250 * 2"),
+        ("what is max(1,250) plus 2 squared", "max(1,250) + 2 ** 2"),
+        ("calculate 5", "5"),
+    ],
+)
+def test_arithmetic_in_words_and_signs_is_the_calculators(goal, expression):
+    """ "7 times 6" was read as "7", and the calculator answered a confident 7."""
+    assert extract_arguments(goal, _schema(expression=STR)).params == {"expression": expression}
+
+
+def test_a_lone_number_of_several_is_no_expression_and_lists_are_not_thousands():
+    assert extract_arguments("calculate 7 by 6", _schema(expression=STR)).missing == ["expression"]
+    values = {"type": "array", "items": NUM}
+    assert extract_arguments("mean of 1,2,3,4", _schema(values=values)).params == {
+        "values": [1, 2, 3, 4]
+    }
+    assert numbers_in("1,500 m and 10,20,30 and 1,250,000") == [1500, 10, 20, 30, 1250000]
+    units = _schema(value=NUM, from_unit=STR, to_unit=STR)
+    assert extract_arguments("convert 1,500 m to km", units).params == {
+        "value": 1500.0,
+        "from_unit": "m",
+        "to_unit": "km",
+    }
 
 
 def test_missing_required_arguments_are_reported_and_given_values_win():

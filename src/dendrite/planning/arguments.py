@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
+_DIGITS = r"(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)"  # "1,500" is one number; "1,2,3" three
+_NUMBER = re.compile(rf"(?<![\w.])[-+]?{_DIGITS}(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
 QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|(?<!\w)'([^']{2,})'(?!\w)|`([^`]+)`")
 """A quoted passage, its text in one of the groups. Single quotes only around a passage,
 not within words: "what's … today's" quotes nothing."""
@@ -23,7 +24,7 @@ _PATH = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-][\w.-]*\.[A-Za-z][\w]{0,7})(
 _URL = re.compile(r"https?://[^\s\"'<>]+")
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?\b")
 _MATH_NAMES = r"\b(?:pi|e|sqrt|log|exp|sin|cos|tan|abs|round|min|max)\b"
-_MATH_NUMBER = r"\d[\d.]*(?:e[-+]?\d+)?"  # 2.5e-3 whole: its "e" is not Euler's number
+_MATH_NUMBER = r"(?:\d[\d.]*|\.\d+)(?:e[-+]?\d+)?"  # 2.5e-3 whole: its "e" is not Euler's
 _MATH_TOKEN = rf"(?:{_MATH_NUMBER}|{_MATH_NAMES}|\))"
 _MATH_OPERATOR = r"(?:\*\*|//|[-+*/%^(,])"
 _MATH_EXPRESSION = re.compile(  # ends on a number, a name or ")": never on an operator
@@ -36,7 +37,7 @@ _TOPIC = re.compile(
     re.I,
 )
 _UNITS = re.compile(
-    r"(?P<value>[-+]?\d+(?:\.\d+)?)\s*(?P<from>[A-Za-z°][\w°/]*)\s+(?:to|in|into)\s+"
+    rf"(?P<value>[-+]?{_DIGITS}(?:\.\d+)?)\s*(?P<from>[A-Za-z°][\w°/]*)\s+(?:to|in|into)\s+"
     r"(?P<to>[A-Za-z°][\w°/]*)",
     re.I,
 )
@@ -167,9 +168,9 @@ def extract_arguments(
         elif units and lname in ("to_unit", "target_unit", "unit_to"):
             value = units.group("to")
         elif units and kind in ("number", "integer") and lname in ("value", "amount", "quantity"):
-            value = float(units.group("value"))
-            if units.group("value") in map(str, numbers):
-                numbers.remove(numbers_in(units.group("value"))[0])
+            value = float(units.group("value").replace(",", ""))
+            if value in numbers:
+                numbers.remove(value)
         elif name in named_numbers:
             value = named_numbers[name]
         elif kind in ("number", "integer"):
@@ -231,6 +232,38 @@ def _number_named(lname: str, goal: str) -> float | int | None:
     return None
 
 
+_NUM = r"(?:\d[\d.]*|\.\d+)"
+_SPOKEN_MATH = (
+    (re.compile("[\u00d7\u2715]"), "*"),  # multiplication signs
+    (re.compile("\u00f7"), "/"),
+    (re.compile(r"(?<=\d)\s*[\u2212\u2013]\s*(?=[\d.(])"), " - "),  # minus, en dash
+    (re.compile(rf"(?:the\s+)?square\s+root\s+of\s+({_NUM})", re.I), r"sqrt(\1)"),
+    (re.compile(rf"({_NUM})\s*(?:%|percent)\s+of\s+({_NUM})", re.I), r"(\1 / 100 * \2)"),
+    (re.compile(rf"({_NUM})\s+squared\b", re.I), r"\1 ** 2"),
+    (re.compile(rf"({_NUM})\s+cubed\b", re.I), r"\1 ** 3"),
+    (re.compile(r"\b(?:to\s+the\s+power\s+of|raised\s+to(?:\s+the\s+power\s+of)?)\b", re.I), "**"),
+    (re.compile(r"\b(?:times|multiplied\s+by)\b", re.I), "*"),
+    (re.compile(r"\bdivided\s+by\b", re.I), "/"),
+    (re.compile(r"\bplus\b", re.I), "+"),
+    (re.compile(r"\bminus\b", re.I), "-"),
+)
+_GROUPED = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?![\d,])")
+
+
+def spoken_math(goal: str) -> str:
+    """``goal`` with arithmetic written in words or signs as the calculator writes it:
+    "7 times 6" is "7 * 6", "15% of 200" is "(15 / 100 * 200)", "the square root of 144"
+    is "sqrt(144)", a multiplication sign is "*"; "1,250" outside a call's parentheses is 1250."""
+    for pattern, replacement in _SPOKEN_MATH:
+        goal = pattern.sub(replacement, goal)
+    out, last = [], 0
+    for match in _GROUPED.finditer(goal):
+        if goal.count("(", 0, match.start()) == goal.count(")", 0, match.start()):
+            out += [goal[last : match.start()], match.group(0).replace(",", "")]
+            last = match.end()
+    return "".join(out) + goal[last:]
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -247,8 +280,14 @@ def _string_for(
     lname: str, goal: str, quoted: list[str], paths: list[str], topic: re.Match[str] | None
 ) -> str | None:
     if _named(lname, EXPRESSION_NAMES):
-        candidates = [m.group(0).strip() for m in _MATH_EXPRESSION.finditer(goal)]
-        candidates = [c for c in candidates if re.search(r"[-+*/%^(]|\w\(", c) or _is_number(c)]
+        spoken = spoken_math(goal)
+        candidates = [m.group(0).strip() for m in _MATH_EXPRESSION.finditer(spoken)]
+        # A lone number is the expression only when it is the goal's one number: of
+        # "7 times 6" read wrong, taking "7" would answer a confident wrong 7.
+        alone = len(numbers_in(spoken)) == 1
+        candidates = [
+            c for c in candidates if re.search(r"[-+*/%^(]|\w\(", c) or (alone and _is_number(c))
+        ]
         return max(candidates, key=len) if candidates else None
     if _named(lname, PATTERN_NAMES):  # the quoted passage that reads as a pattern
         return next((q for q in quoted if _REGEX_SIGNS.search(q)), quoted[0] if quoted else None)
