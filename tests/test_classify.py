@@ -6,7 +6,7 @@ import pytest
 
 from dendrite.planning import Intent, QueryType, classify
 from dendrite.planning.arguments import extract_arguments, numbers_in
-from dendrite.planning.semantic import split_goal
+from dendrite.planning.semantic import GoalPart, split_goal
 
 LABELLED: list[tuple[str, QueryType, Intent]] = [
     (
@@ -225,6 +225,11 @@ def test_goals_split_into_parallel_and_sequential_parts():
     ]
     assert [p.text for p in split_goal("compare README.md and DESIGN.md")] == [
         "compare README.md and DESIGN.md"
+    ]
+    # A part of punctuation alone asks for nothing (it reached retrieval as "": ValueError).
+    assert split_goal("search for apples; ...") == [GoalPart("search for apples", False)]
+    assert [(p.text, p.after_previous) for p in split_goal("..., then count 'a b'")] == [
+        ("count 'a b'", False)
     ]
 
 

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from pydantic import BaseModel
 
+from dendrite.execution import ExecutionEngine
 from dendrite.planning import (
     ConditionError,
     Plan,
@@ -205,6 +206,19 @@ def test_cycles_are_printed(registry):
     assert len(cycles) == 1
     path = cycles[0].split(": ", 2)[-1].split(" -> ")
     assert path[0] == path[-1] and set(path) == {"a", "b", "c"}
+
+
+def test_a_step_that_refers_to_its_own_output_is_refused_and_never_waits_for_ever(registry):
+    """ "normalize 'Price: ${step1} EUR'" became a step waiting on itself: process() hung."""
+    own = Step(id="e", tool="count_words", params={"text": "Price: ${e} EUR"})
+    messages = [str(p) for p in validate(Plan(goal="g", steps=[own]), registry)]
+    assert messages == ["step 'e': refers to its own output, which it never has"]
+    engine = ExecutionEngine(registry)  # a caller that skips validation gets a failure
+    outcome = asyncio.run(
+        asyncio.wait_for(engine.execute(Plan(goal="g", steps=[own]), execution_id="x"), 5)
+    )
+    assert not outcome.success and "waits on its own output" in outcome.steps["e"].error
+    engine.close()
 
 
 def test_parse_plan_turns_schema_errors_into_problems():

@@ -359,6 +359,13 @@ def test_a_generative_goal_is_the_call_of_a_tool_made_for_its_act():
         assert result.steps[0].tool == "generate_melody" and server.requests == []
 
 
+def test_a_goal_without_words_is_a_planning_error():
+    with Orchestrator(make_registry(), store=None, llm=None) as orch:
+        for goal in ("...", "?!", " , "):
+            with pytest.raises(PlanningError, match="has no words to plan from"):
+                asyncio.run(orch.planner.plan(goal, orch.registry, {}))
+
+
 def test_a_goal_that_only_hints_at_writing_is_planned_with_a_tool_that_fits():
     registry = make_registry()
 

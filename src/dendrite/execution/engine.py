@@ -404,6 +404,12 @@ class ExecutionEngine:
                     result.error_type = ErrorType.CANCELLED
 
         launch()
+        if not active:  # every step waits on another (a plan that skipped validation)
+            for step_id in waiting:
+                result = run.results[step_id]
+                result.status, result.error_type = StepStatus.FAILED, ErrorType.VALIDATION
+                result.error = "waits on its own output, through a dependency cycle or itself"
+            return self._outcome(run)
         try:
             await finished.wait()
         except asyncio.CancelledError:

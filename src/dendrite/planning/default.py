@@ -10,6 +10,7 @@ lands in ``plan.metadata``, which the orchestrator records with the run.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
@@ -85,6 +86,8 @@ class DendritePlanner:
     async def plan(self, goal: str, registry: ToolRegistry, context: Mapping[str, Any]) -> Plan:
         if not goal.strip():
             raise PlanningError("the goal is empty")
+        if not re.search(r"\w", goal):
+            raise PlanningError(f"the goal {goal.strip()!r} has no words to plan from")
         classification = classify(goal)
         declined: list[dict[str, str]] = []
         recalled = None

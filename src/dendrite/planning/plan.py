@@ -196,6 +196,8 @@ def validate(plan: Plan, registry: ToolRegistry) -> list[PlanProblem]:
             )
         refs = step.references()
         graph[step.id] = step.dependencies(refs)
+        if step.id in graph[step.id] and step.id not in step.depends_on:
+            problems.append(PlanProblem(step.id, "refers to its own output, which it never has"))
         for ref in refs:
             problems.extend(_check_reference(step, ref, by_id, tools))
         found = tools[step.id]

@@ -53,10 +53,14 @@ def split_goal(goal: str) -> list[GoalPart]:
 
     held = QUOTED.sub(hold, goal)
     parts: list[GoalPart] = []
-    for index, chunk in enumerate(p for p in _SEQUENTIAL.split(held) if p.strip()):
-        for position, piece in enumerate(p for p in _PARALLEL.split(chunk) if p.strip()):
-            text = re.sub(r"\0(\d+)\0", lambda m: quoted[int(m.group(1))], piece)
-            parts.append(GoalPart(text.strip(" ,."), index > 0 and position == 0))
+    for chunk in _SEQUENTIAL.split(held):
+        first = True
+        for piece in _PARALLEL.split(chunk):
+            text = re.sub(r"\0(\d+)\0", lambda m: quoted[int(m.group(1))], piece).strip(" ,.")
+            if not re.search(r"\w", text):  # "…; ..." or "and then ,": nothing asked
+                continue
+            parts.append(GoalPart(text, bool(parts) and first))
+            first = False
     return parts or [GoalPart(goal.strip(), False)]
 
 
