@@ -359,6 +359,20 @@ def test_a_generative_goal_is_the_call_of_a_tool_made_for_its_act():
         assert result.steps[0].tool == "generate_melody" and server.requests == []
 
 
+def test_arithmetic_with_no_word_a_tool_shares_goes_to_the_calculator():
+    """ "what is 2+2" was refused: retrieval leaves numbers out and "what is" asks nothing."""
+    with Orchestrator(make_registry(), store=None, llm=None) as orch:
+        for goal, value in (
+            ("what is 2+2", 4.0),
+            ("what is 7 * 6", 42.0),
+            ("compute (2+3)*4", 20.0),
+            ("multiply 7 by 6", 42.0),
+            ("subtract 3 from 10", 7.0),
+        ):
+            result = orch.process(goal)
+            assert (result.steps[0].tool, result.output) == ("calculate", value), goal
+
+
 def test_a_goal_without_words_is_a_planning_error():
     with Orchestrator(make_registry(), store=None, llm=None) as orch:
         for goal in ("...", "?!", " , "):

@@ -92,7 +92,7 @@ _QUERY_CUES: dict[QueryType, list[tuple[re.Pattern[str], float, str]]] = {
         ("convert", 2.0),
         ("prime(?:s)?", 2.5),
         ("factorial", 3.0),
-        ("multiply|divide|plus|minus|times", 1.5),
+        ("multiply|divide|subtract|plus|minus|times|divided by", 1.5),
         (_MATH, 3.0, "arithmetic"),
     ),
     QueryType.SUMMARY: _cues(

@@ -64,7 +64,7 @@ class TemplatePlanner:
             QueryType.COMPARISON: self._comparison,
             QueryType.SUMMARY: self._summary,
             QueryType.SEARCH: self._single,
-            QueryType.CALCULATION: self._single,
+            QueryType.CALCULATION: self._calculation,
         }.get(query_type)
         if builder is None:
             raise PlanningError(f"no template for {query_type.value} goals")
@@ -98,6 +98,20 @@ class TemplatePlanner:
         if not fits:
             raise PlanningError(f"no tool fits {goal!r}: {'; '.join(rejected)}")
         return [step_from(fits, "step1", goal, why)]
+
+    def _calculation(self, goal: str, registry: ToolRegistry, why: dict[str, str]) -> list[Step]:
+        """The tool retrieval finds for the goal's words, else a calculator for its numbers.
+
+        "what is 2+2" has no word a tool's description shares once the numbers are left out
+        (retrieval ignores them, and "what is" is no request), yet it is arithmetic.
+        """
+        try:
+            return self._single(goal, registry, why)
+        except PlanningError as unmatched:
+            try:
+                return [self._role("calculate", goal, registry, "step1", why)]
+            except PlanningError:
+                raise unmatched from None
 
     def _comparison(self, goal: str, registry: ToolRegistry, why: dict[str, str]) -> list[Step]:
         """Two searches in parallel (one per subject), then a comparison that waits for both."""
