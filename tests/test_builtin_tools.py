@@ -1211,3 +1211,19 @@ def test_a_refused_call_fails_the_step_cleanly_without_retries(registry: ToolReg
 
     with pytest.raises(PlanValidationError, match="parameter 'limit': expected integer"):
         run_plan(registry, Step(id="p", tool="primes", params={"limit": "lots"}))
+
+
+def test_a_goal_naming_a_file_works_on_its_content_not_on_the_goals_words(
+    registry: ToolRegistry,
+):
+    """ "count the words in readme.txt" counted "the words in readme.txt" (4 words)."""
+    with Orchestrator(registry, store=None, llm=None) as orch:
+        for goal in (
+            "count the words in readme.txt",
+            "read readme.txt and count the words",
+            "read readme.txt then count the words",
+        ):
+            result = orch.process(goal)
+            assert result.success, (goal, result.error)
+            assert [s.tool for s in result.plan.steps] == ["read_file", "word_count"], goal
+            assert result.output["words"] == 5, goal  # "Hello, files. Second line: café."

@@ -49,7 +49,7 @@ _REQUEST_WORDS = re.compile(
     re.I,
 )
 
-_FILLER = {"a", "an", "the", "of", "for", "to", "in", "on", "and", "or", "is", "with"}
+FILLER = {"a", "an", "the", "of", "for", "to", "in", "on", "and", "or", "is", "with"}
 TEXT_NAMES = ("query", "text", "question", "q", "prompt", "content", "goal", "input", "message")
 TOPIC_NAMES = ("topic", "subject", "about", "focus")
 PATH_HINTS = ("path", "file", "filename", "document", "doc", "name", "first", "second", "source")
@@ -81,6 +81,11 @@ def numbers_in(text: str) -> list[float | int]:
         except ValueError:
             continue
     return found
+
+
+def paths_in(text: str) -> list[str]:
+    """The file names written in ``text`` ("notes/todo.txt"; "2.5" is no file)."""
+    return [p for p in _PATH.findall(text) if not re.fullmatch(r"[\d.]+", p)]
 
 
 def _quoted(text: str) -> list[str]:
@@ -129,7 +134,7 @@ def extract_arguments(
     quoted = _quoted(goal)
     # A number inside quotes belongs to that text ("[0-9]+", "Route 66"), not to a count.
     numbers = numbers_in(QUOTED.sub(" ", goal))
-    paths = [p for p in _PATH.findall(goal) if not re.fullmatch(r"[\d.]+", p)]
+    paths = paths_in(goal)
     units = _UNITS.search(goal)
     topic = _TOPIC.search(goal)
     consumed: list[str] = []
@@ -309,7 +314,7 @@ def _string_for(
     named = [  # "room B", "city Oslo": the last such pair is the most specific
         m.group(1)
         for m in re.finditer(rf"\b{label}\s+([\w.-]+)", goal, re.I)
-        if m.group(1).lower() not in _FILLER
+        if m.group(1).lower() not in FILLER
     ]
     if named:
         return named[-1]

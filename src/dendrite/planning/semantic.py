@@ -15,10 +15,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dendrite.planning.arguments import QUOTED, Extraction, extract_arguments
+from dendrite.planning.arguments import (
+    FILLER,
+    QUOTED,
+    Extraction,
+    extract_arguments,
+    numbers_in,
+    paths_in,
+)
 from dendrite.planning.plan import Plan, Step
 from dendrite.planning.planner import PlanningError
-from dendrite.retrieval import Embedder, ToolRetriever
+from dendrite.retrieval import Embedder, ToolRetriever, tokenize
 from dendrite.tools import Tool, ToolRegistry
 
 _REQUEST_VERBS = (
@@ -221,8 +228,11 @@ class SemanticPlanner:
         why: dict[str, str] = {}
         for index, part in enumerate(parts, start=1):
             fits: list[Candidate] = []
-            if part.after_previous and steps:
-                fits, rejected = self._chained(part.text, registry, steps[-1])
+            if steps:  # "then count the words", or "read x.md and count the words"
+                fits, rejected = self._chained(
+                    part.text, registry, steps[-1], missing_too=part.after_previous
+                )
+            chained = bool(fits)
             if not fits:
                 fits, rejected = candidates_for(
                     part.text, registry, self.retrievers, k=self.candidates
@@ -231,19 +241,58 @@ class SemanticPlanner:
                 tried = "; ".join(rejected) or "no tool matched its words"
                 raise PlanningError(f"no tool can do {part.text!r}: {tried}")
             step = step_from(fits, f"step{index}", part.text, why)
-            if part.after_previous and steps and steps[-1].id not in step.dependencies():
+            read = None
+            if not chained:
+                read = self._reader_of_named_file(fits[0], registry, f"read{index}", why)
+            if read is not None:
+                slot = fits[0].extraction.from_rest
+                assert slot is not None
+                step.params[slot] = _reference_to(read, registry, "string")
+                step.fallbacks = []  # they were chosen for the goal's words as text
+                if part.after_previous and steps:
+                    read.depends_on.append(steps[-1].id)
+                steps.append(read)
+            elif part.after_previous and steps and steps[-1].id not in step.dependencies():
                 step.depends_on.append(steps[-1].id)
             steps.append(step)
         return Plan(goal=goal, steps=steps, planner=self.name, metadata={"why": why})
 
+    def _reader_of_named_file(
+        self, best: Candidate, registry: ToolRegistry, step_id: str, why: dict[str, str]
+    ) -> Step | None:
+        """For "count the words in harvest.md": a step reading the file, whose content the
+        tool then takes instead of the goal's words ("the words in harvest.md", 5 words).
+
+        Only when the goal's leftover words went to the tool's text and name one file, and a
+        tool that reads files takes that name.
+        """
+        slot = best.extraction.from_rest
+        if slot is None:
+            return None
+        named = paths_in(str(best.extraction.params[slot]))
+        if len(named) != 1:
+            return None
+        fits, _ = candidates_for(
+            f"read the file {named[0]}", registry, self.retrievers, k=self.candidates
+        )
+        readers = [
+            c
+            for c in fits
+            if "read" in tokenize(f"{c.tool.name} {c.tool.description}")
+            and named[0] in c.extraction.params.values()
+        ]
+        return step_from(readers, step_id, f"read {named[0]}", why) if readers else None
+
     def _chained(
-        self, text: str, registry: ToolRegistry, previous: Step
+        self, text: str, registry: ToolRegistry, previous: Step, *, missing_too: bool = True
     ) -> tuple[list[Candidate], list[str]]:
         """For 'then X': a tool whose input is the previous step's output.
 
-        The input is the one required argument nothing in the text filled, or
-        the main text argument when all that filled it was a few leftover words
-        ("then count the words": the words are the previous output).
+        The input is the one required argument nothing in the text filled (after "then"
+        only: ``missing_too``), or the main text argument when all that filled it was a few
+        leftover words ("then count the words", "and count the words": the words are the
+        previous output). Numbers and filler words are not counted: "the top 3 keywords"
+        asks for the keywords of what came before.
         """
         fits: list[Candidate] = []
         rejected: list[str] = []
@@ -253,12 +302,13 @@ class SemanticPlanner:
                 continue
             extraction = extract_arguments(text, tool.parameters_schema)
             slot = None
-            if len(extraction.missing) == 1:
+            if len(extraction.missing) == 1 and missing_too:
                 slot = extraction.missing.pop()
             elif (
                 not extraction.missing
                 and extraction.from_rest
-                and len(str(extraction.params[extraction.from_rest]).split()) <= _LEFTOVER_WORDS
+                and _meaningful_words(str(extraction.params[extraction.from_rest]))
+                <= _LEFTOVER_WORDS
             ):
                 slot = extraction.from_rest
             if slot is None:
@@ -268,6 +318,10 @@ class SemanticPlanner:
             extraction.params[slot] = _reference_to(previous, registry, slot_type)
             fits.append(Candidate(tool, extraction, score, reason))
         return fits, rejected
+
+
+def _meaningful_words(text: str) -> int:
+    return sum(1 for w in text.split() if w.lower() not in FILLER and not numbers_in(w))
 
 
 _CONTENT_FIELDS = ("summary", "text", "content", "answer", "result", "output", "value")
