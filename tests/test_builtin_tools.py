@@ -1227,3 +1227,17 @@ def test_a_goal_naming_a_file_works_on_its_content_not_on_the_goals_words(
             assert result.success, (goal, result.error)
             assert [s.tool for s in result.plan.steps] == ["read_file", "word_count"], goal
             assert result.output["words"] == 5, goal  # "Hello, files. Second line: café."
+
+
+def test_written_arithmetic_goes_to_the_calculator_not_to_a_tool_sharing_a_word(
+    registry: ToolRegistry,
+):
+    """ "the square root of 144" listed the files ("root" is in list_files' description)."""
+    with Orchestrator(registry, store=None, llm=None) as orch:
+        for goal, value in (
+            ("what is the square root of 144", 12.0),
+            ("calculate 15% of 200", 30.0),
+            ("what is 7 times 6", 42.0),
+        ):
+            result = orch.process(goal)
+            assert (result.plan.steps[0].tool, result.output) == ("calculate", value), goal

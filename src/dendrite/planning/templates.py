@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from dendrite.planning.arguments import extract_arguments
+from dendrite.planning.arguments import extract_arguments, spoken_math
 from dendrite.planning.classify import QueryType, classify
 from dendrite.planning.plan import Plan, Step
 from dendrite.planning.planner import PlanningError
@@ -34,6 +34,7 @@ _LEAD = re.compile(
     re.I,
 )
 _TOPIC = re.compile(r"\b(?:about|regarding|on|in terms of)\s+(?P<topic>.+?)\s*[?.!]?$", re.I)
+_ARITHMETIC = re.compile(r"[\d.)]\s*(?:\*\*|[-+*/^%])\s*[\d.(]|\b(?:sqrt|log|exp|sin|cos|tan)\(")
 
 
 def _does(tool: Tool, role: str) -> bool:
@@ -100,11 +101,18 @@ class TemplatePlanner:
         return [step_from(fits, "step1", goal, why)]
 
     def _calculation(self, goal: str, registry: ToolRegistry, why: dict[str, str]) -> list[Step]:
-        """The tool retrieval finds for the goal's words, else a calculator for its numbers.
+        """Arithmetic written out goes to a calculator; other calculations to the tool
+        retrieval finds for the goal's words, else to a calculator for its numbers.
 
         "what is 2+2" has no word a tool's description shares once the numbers are left out
-        (retrieval ignores them, and "what is" is no request), yet it is arithmetic.
+        (retrieval ignores them, and "what is" is no request), and "the square root of 144"
+        shares "root" with a file lister: both are arithmetic.
         """
+        if _ARITHMETIC.search(spoken_math(goal)):
+            try:
+                return [self._role("calculate", goal, registry, "step1", why)]
+            except PlanningError:
+                pass
         try:
             return self._single(goal, registry, why)
         except PlanningError as unmatched:
