@@ -1241,3 +1241,11 @@ def test_written_arithmetic_goes_to_the_calculator_not_to_a_tool_sharing_a_word(
         ):
             result = orch.process(goal)
             assert (result.plan.steps[0].tool, result.output) == ("calculate", value), goal
+
+
+def test_then_summarize_the_best_match_names_the_best_hits_document(registry: ToolRegistry):
+    """The summariser was handed the whole list of hits as its document name."""
+    with Orchestrator(registry, store=None, llm=None) as orch:
+        result = orch.process("search for background batches then summarize the best match")
+    assert [s.params for s in result.plan.steps][1] == {"name": "${step1.0.document}"}
+    assert result.success and result.output["document"] == "store.txt"

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from dendrite.planning.arguments import (
     FILLER,
+    PATH_HINTS,
     QUOTED,
     Extraction,
     extract_arguments,
@@ -315,7 +316,7 @@ class SemanticPlanner:
                 rejected.append(f"{tool.name} (no argument takes the previous output)")
                 continue
             slot_type = tool.parameters_schema.get("properties", {}).get(slot, {}).get("type")
-            extraction.params[slot] = _reference_to(previous, registry, slot_type)
+            extraction.params[slot] = _reference_to(previous, registry, slot_type, slot)
             fits.append(Candidate(tool, extraction, score, reason))
         return fits, rejected
 
@@ -327,17 +328,35 @@ def _meaningful_words(text: str) -> int:
 _CONTENT_FIELDS = ("summary", "text", "content", "answer", "result", "output", "value")
 
 
-def _reference_to(previous: Step, registry: ToolRegistry, wanted: str | None) -> str:
-    """A reference to the previous output, or to its main text field when text is wanted.
+def _reference_to(
+    previous: Step, registry: ToolRegistry, wanted: str | None, slot: str = ""
+) -> str:
+    """A reference to the previous output, or to the field of it that ``slot`` wants.
 
-    A summariser returns a record (document, title, summary, ...); a word
-    counter that follows it wants the summary, not the record.
+    A summariser returns a record (document, title, summary, ...); a word counter that
+    follows it wants the summary, not the record. A search returns a list of hits; a
+    summariser of a document named by ``name`` wants the best hit's document
+    (``${step1.0.document}``), not the list.
     """
     tool = registry.find(previous.tool)
-    props = ((tool.returns_schema if tool else None) or {}).get("properties") or {}
+    schema = (tool.returns_schema if tool else None) or {}
+    path = ""
+    if schema.get("type") == "array" and wanted == "string":
+        schema = _resolved(schema.get("items") or {}, schema.get("$defs") or {})
+        path = ".0"
+    props = schema.get("properties") or {}
     if wanted == "string" and props:
         strings = [n for n, p in props.items() if p.get("type") == "string"]
-        field = next((n for n in _CONTENT_FIELDS if n in strings), strings[0] if strings else None)
+        names = [n for n in ("document", "name", "path", "file") if n in strings]
+        first = strings[0] if strings and not path else None  # of a list: no guessing
+        field = next((n for n in _CONTENT_FIELDS if n in strings), first)
+        if path and names and any(h in slot.lower() for h in PATH_HINTS):
+            field = names[0]  # a hit names the document a name or path slot wants
         if field:
-            return f"${{{previous.id}.{field}}}"
+            return f"${{{previous.id}{path}.{field}}}"
     return f"${{{previous.id}}}"
+
+
+def _resolved(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, Any]:
+    ref = schema.get("$ref")
+    return defs.get(ref.rsplit("/", 1)[-1], {}) if isinstance(ref, str) else schema
