@@ -266,42 +266,6 @@ def test_a_cancelled_attempt_is_neither_a_success_nor_a_failure_of_its_tool(
     assert len(store.get_execution(eid).steps) == 4  # the rows themselves are all kept
 
 
-def test_a_cancelled_run_is_neither_a_success_nor_a_failure(store: ExecutionStore):
-    """A client closing its stream cancels the run: counted as a failure, it lowered the
-    success rate of its intent, tier and pool for nothing they did."""
-    at = TODAY - timedelta(days=1)
-    _exec(store, intent="tool_use", model_tier="m", pool="p", success=True, started_at=at)
-    _exec(store, intent="tool_use", model_tier="m", pool="p", success=False, started_at=at)
-    for hours in (1, 30):  # one in the partial first day of ``since``, one a whole day ago
-        _exec(
-            store,
-            intent="tool_use",
-            model_tier="m",
-            pool="p",
-            success=False,
-            status="cancelled",
-            started_at=NOW - timedelta(hours=hours),
-        )
-    since = NOW - timedelta(hours=2)
-    ok_since = _exec(store, intent="tool_use", success=True, started_at=since + timedelta(hours=1))
-    assert store.get_execution(ok_since).status == "succeeded"
-    rate = store.get_success_rate("tool_use")
-    assert (rate.total, rate.successful) == (3, 2)
-    assert store.get_success_rate("tool_use", since).model_dump() == {
-        "total": 1,
-        "successful": 1,
-        "success_rate": 1.0,
-    }
-    (tier,) = store.get_tier_performance(7)
-    (pool,) = store.get_pool_performance()
-    assert (tier.executions, tier.success_rate) == (2, 0.5)
-    assert (pool.executions, pool.success_rate) == (2, 0.5)
-    before = _snapshot(store)
-    store.update_statistics()
-    assert _snapshot(store) == before
-    assert len(store.get_recent_executions(10)) == 5  # the runs themselves are all kept
-
-
 def test_incremental_rollups_equal_a_rebuild_from_scratch(store_url: str, tmp_path):
     rng = random.Random(7)
     with ExecutionStore(store_url, state_dir=tmp_path / "s", batch_size=37) as store:

@@ -17,7 +17,6 @@ from sqlalchemy import Connection, Integer, Row, func, select
 from dendrite.store import schema as s
 from dendrite.telemetry.records import (
     ExecutionRecord,
-    ExecutionStatus,
     FeedbackRecord,
     RoutingDecision,
     SolutionRecord,
@@ -184,8 +183,6 @@ def get_success_rate(
 ) -> SuccessRate:
     """Counts whole days from the rollup and the partial first day from raw rows.
 
-    Cancelled runs count neither way (``rollups.aggregate_executions`` says why).
-
     When ``since`` falls in history already pruned, the raw rows of that first
     day are gone and the whole day is counted from the rollup instead.
     """
@@ -209,11 +206,7 @@ def get_success_rate(
             )
             raw_q = select(
                 func.count(), func.coalesce(func.sum(func.cast(ex.c.success, Integer)), 0)
-            ).where(
-                ex.c.started_at >= since,
-                ex.c.started_at < next_midnight,
-                ex.c.status != ExecutionStatus.CANCELLED.value,  # as the rollup leaves them out
-            )
+            ).where(ex.c.started_at >= since, ex.c.started_at < next_midnight)
             if intent is not None:  # "" asks for runs without one, as the rollup keeps them
                 raw_q = raw_q.where(ex.c.intent == intent if intent else ex.c.intent.is_(None))
             raw_total, raw_ok = conn.execute(raw_q).one()

@@ -41,7 +41,6 @@ from sqlalchemy.exc import DBAPIError
 from dendrite.store import schema as s
 from dendrite.store.engine import built_once, insert_rows
 from dendrite.telemetry.errors import ErrorType
-from dendrite.telemetry.records import ExecutionStatus
 
 BUCKETS_PER_DOUBLING = 32
 MIN_BUCKET = -10 * BUCKETS_PER_DOUBLING  # ~1 microsecond; shorter durations share it
@@ -136,18 +135,10 @@ def aggregate_tools(rows: Iterable[Any]) -> dict[str, ToolAggregate]:
 
 
 def aggregate_executions(rows: Iterable[Any]) -> dict[RollupKey, list[int]]:
-    """Rollup sums (in ``schema.ROLLUP_SUMS`` order) of execution rows, by rollup key.
-
-    A cancelled run (a client closed its stream, a user stopped it) is left out, as a
-    cancelled tool attempt is: it ended before it could succeed or fail, so counted as a
-    failure it would lower the success rate of its intent, tier and pool for nothing they
-    did. Its row stays in ``executions``.
-    """
+    """Rollup sums (in ``schema.ROLLUP_SUMS`` order) of execution rows, by rollup key."""
     out: dict[RollupKey, list[int]] = {}
     zero = [0] * len(s.ROLLUP_SUMS)
     for row in rows:
-        if row.status == ExecutionStatus.CANCELLED:  # a row's text or a record's enum alike
-            continue
         key = rollup_key(row)
         acc = out.get(key)
         if acc is None:
@@ -467,7 +458,6 @@ _TOOL_COLS = (
 )
 EXEC_COLUMNS = (
     s.executions.c.id,
-    s.executions.c.status,
     s.executions.c.started_at,
     s.executions.c.intent,
     s.executions.c.project,
