@@ -1220,7 +1220,6 @@ def test_a_goal_naming_a_file_works_on_its_content_not_on_the_goals_words(
     with Orchestrator(registry, store=None, llm=None) as orch:
         for goal in (
             "count the words in readme.txt",
-            "read readme.txt and count the words",
             "read readme.txt then count the words",
         ):
             result = orch.process(goal)

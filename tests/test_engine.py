@@ -653,7 +653,8 @@ def test_a_sync_tool_that_timed_out_is_not_run_again_while_its_thread_runs():
 
 
 def test_a_sync_call_is_timed_from_when_a_thread_runs_it():
-    """Queued behind slow calls for a free thread, a quick tool timed out without running."""
+    """Queued behind slow calls for a free thread, a tool lost its own time to the queue;
+    a call no thread takes within its timeout is withdrawn and never runs."""
     registry = ToolRegistry()
     ran: list[int] = []
     release = threading.Event()
@@ -662,38 +663,33 @@ def test_a_sync_call_is_timed_from_when_a_thread_runs_it():
         release.wait(10)
         return i
 
-    def quick(i: int) -> int:
+    def steady(i: int) -> int:
+        time.sleep(1.2)  # within its 2 s, but not within 2 s of being queued
         ran.append(i)
         return i
 
     registry.register_function(slow)
-    registry.register_function(quick, timeout=0.2)
+    registry.register_function(steady, timeout=2.0)
+    registry.register_function(lambda i: ran.append(i), name="quick", timeout=0.3)
     engine = ExecutionEngine(registry, max_parallel_steps=4, retry=RetryPolicy(max_attempts=1))
 
+    def one(tool: str, i: int) -> Any:
+        plan = Plan(goal=tool, steps=[Step(id="s", tool=tool, params={"i": i})])
+        return asyncio.ensure_future(engine.execute(plan, execution_id=f"{tool}{i}"))
+
     async def go():
-        blockers = [
-            asyncio.ensure_future(
-                engine.execute(
-                    Plan(goal="b", steps=[Step(id="s", tool="slow", params={"i": i})]),
-                    execution_id=f"b{i}",
-                )
-            )
-            for i in range(4)
-        ]
+        blockers = [one("slow", i) for i in range(4)]
         await asyncio.sleep(0.05)  # every thread of the pool is taken
-        quick_run = asyncio.ensure_future(
-            engine.execute(
-                Plan(goal="q", steps=[Step(id="q", tool="quick", params={"i": 7})]),
-                execution_id="q",
-            )
-        )
-        await asyncio.sleep(0.4)  # past quick's deadline, counted from the submission
+        late, never = one("steady", 7), one("quick", 8)
+        await asyncio.sleep(1.0)
         release.set()
         await asyncio.gather(*blockers)
-        return await quick_run
+        return await late, await never
 
-    outcome = asyncio.run(go())
-    assert outcome.success and outcome.steps["q"].output == 7 and ran == [7]
+    late, never = asyncio.run(go())
+    assert late.success and late.steps["s"].output == 7
+    assert not never.success and "no free thread took the call within 0.3s" in never.error
+    assert ran == [7]  # the withdrawn call never ran
     engine.close()
 
 
@@ -805,4 +801,12 @@ def test_the_runs_output_fails_loudly_and_keeps_its_shape():
         for f in (True, False)
     ]
     assert shapes == [{"n": [1, 2], "m": [1, 2]}, {"n": [1, 2], "m": None}]
+    registry.register_function(lambda: 1 / 0, name="broken")
+    soft = Plan(  # the output's step failed, allowed to: no output, and no error for it
+        goal="g",
+        output="${b.summary}",
+        steps=[Step(id="b", tool="broken", continue_on_error=True)],
+    )
+    outcome, _ = run(ExecutionEngine(registry, retry=RetryPolicy(max_attempts=1)), soft)
+    assert (outcome.success, outcome.partial, outcome.output) == (True, True, None)
     engine.close()

@@ -324,6 +324,23 @@ def test_plan_memory_reuses_and_rebinds_or_declines():
         PlanMemory(threshold=0)
 
 
+def test_plan_memory_reads_a_spoken_expression_again():
+    """ "what is 9 times 8" reused "7 * 6" from "what is 7 times 6" and answered 42: the
+    expression was written from the old goal's words, which never say "7 * 6"."""
+    registry = ToolRegistry()
+
+    def calculate(expression: str) -> float:
+        """Calculate an arithmetic expression."""
+        return 0.0
+
+    registry.register_function(calculate)
+    memory = PlanMemory(threshold=0.5)
+    step = Step(id="c", tool="calculate", params={"expression": "7 * 6"})
+    memory.remember("what is 7 times 6", Plan(goal="g", steps=[step], planner="template"), None)
+    recalled = memory.recall("what is 9 times 8", registry)
+    assert recalled is not None and recalled.plan.steps[0].params == {"expression": "9 * 8"}
+
+
 def _fallback_registry(calls: list[str]) -> ToolRegistry:
     registry = ToolRegistry()
 

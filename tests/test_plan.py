@@ -218,6 +218,12 @@ def test_a_step_that_refers_to_its_own_output_is_refused_and_never_waits_for_eve
         asyncio.wait_for(engine.execute(Plan(goal="g", steps=[own]), execution_id="x"), 5)
     )
     assert not outcome.success and "waits on its own output" in outcome.steps["e"].error
+    beside = Plan(  # one step runs, the other waits on itself: the run ends all the same
+        goal="g", steps=[Step(id="ok", tool="count_words", params={"text": "a b"}), own]
+    )
+    outcome = asyncio.run(asyncio.wait_for(engine.execute(beside, execution_id="y"), 5))
+    assert outcome.steps["ok"].status.value == "succeeded"
+    assert "waits on its own output" in outcome.steps["e"].error
     engine.close()
 
 

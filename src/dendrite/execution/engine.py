@@ -136,6 +136,13 @@ class _DeadlinePassed(TimeoutError):
         self.thread = thread
 
 
+class _NoThread(TimeoutError):
+    """No thread of the executor took a sync call within its timeout: it never ran."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"no free thread took the call within {timeout:g}s; it did not run")
+
+
 async def _until(awaitable: Awaitable[Any], deadline: float | None) -> Any:
     """``await awaitable``, timed out at ``deadline`` (loop time), if there is one."""
     if deadline is None:
@@ -174,16 +181,19 @@ def _safe(emit: Emit | None) -> Emit | None:
     return sink
 
 
-async def _stopped(timed_out: _DeadlinePassed, grace: float | None) -> bool:
-    """Whether a timed-out call has ended, given up to ``grace`` seconds more.
+async def _stopped(timed_out: _DeadlinePassed, told: bool, grace: float | None) -> bool:
+    """Whether a timed-out call has ended: a sync tool that takes a ``ToolContext`` was told
+    to stop and is given up to ``grace`` seconds; any other has its one chance now.
 
     A sync tool's thread goes on after its deadline; retried meanwhile, the tool would run
-    twice at once (two charges, two writes) and each runaway call holds a thread.
+    twice at once (two charges, two writes), and waiting for a tool that does not know it
+    should stop would let it finish only to run it again.
     """
     thread = timed_out.thread
     if thread is None or thread.done():
         return True
-    await asyncio.wait((thread,), timeout=grace)
+    if told:
+        await asyncio.wait((thread,), timeout=grace)
     return thread.done()
 
 
@@ -382,6 +392,18 @@ class ExecutionEngine:
                 finished.set()
             finally:
                 active -= 1
+                if not active and remaining and not ready and not finished.is_set():
+                    stuck()
+                    finished.set()
+
+        def stuck() -> None:
+            """Steps left waiting with nothing running: each waits on itself through a
+            cycle (a plan that skipped validation). They fail instead of waiting for ever."""
+            for step_id, count in waiting.items():
+                result = run.results[step_id]
+                if count and result.status is StepStatus.PENDING:
+                    result.status, result.error_type = StepStatus.FAILED, ErrorType.VALIDATION
+                    result.error = "waits on its own output, through a dependency cycle or itself"
 
         def launch() -> None:
             nonlocal active
@@ -392,6 +414,7 @@ class ExecutionEngine:
                 task.add_done_callback(running.discard)
 
         async def stop() -> None:
+            finished.set()  # the workers' last one must not take the cancelled for stuck
             for event in run.cancel_events:
                 event.set()
             for task in list(running):
@@ -404,11 +427,8 @@ class ExecutionEngine:
                     result.error_type = ErrorType.CANCELLED
 
         launch()
-        if not active:  # every step waits on another (a plan that skipped validation)
-            for step_id in waiting:
-                result = run.results[step_id]
-                result.status, result.error_type = StepStatus.FAILED, ErrorType.VALIDATION
-                result.error = "waits on its own output, through a dependency cycle or itself"
+        if not active:
+            stuck()
             return self._outcome(run)
         try:
             await finished.wait()
@@ -659,7 +679,8 @@ class ExecutionEngine:
                 )
                 if not retryable or number == policy.max_attempts:
                     break
-                if isinstance(value, _DeadlinePassed) and not await _stopped(value, timeout):
+                told = tool.signature.context_param is not None  # it stops when told to
+                if isinstance(value, _DeadlinePassed) and not await _stopped(value, told, timeout):
                     errors[-1] += " (still running in its thread: not retried)"
                     break
                 delay = policy.delay(number, self._random())
@@ -770,6 +791,8 @@ class ExecutionEngine:
             error_type = ErrorType.TOOL_ERROR
         except _DeadlinePassed as caught:
             value, error, error_type = caught, f"timed out after {timeout:g}s", ErrorType.TIMEOUT
+        except _NoThread as caught:
+            value, error, error_type = caught, str(caught), ErrorType.TIMEOUT
         except ToolArgumentError as caught:
             value, error, error_type = caught, str(caught), ErrorType.VALIDATION
         except (Exception, SystemExit) as caught:  # a tool calling sys.exit() fails; we go on
@@ -810,7 +833,8 @@ class ExecutionEngine:
 
         Time spent waiting for a free thread (others busy, some still running calls that
         timed out) is not the tool's: counted against its deadline, a quick tool queued
-        behind slow ones timed out without having run.
+        behind slow ones timed out without having run. The wait is bounded by one timeout
+        too: a call no thread took by then is withdrawn (:class:`_NoThread`).
         """
         context = contextvars.copy_context()  # the caller's (the run's), not the thread's
         begun: list[float] = []
@@ -828,10 +852,12 @@ class ExecutionEngine:
                 try:
                     return await _until(asyncio.shield(future), deadline)
                 except _DeadlinePassed:
-                    now = loop.time()
-                    if begun and begun[0] + timeout <= now:
-                        raise _DeadlinePassed(future) from None
-                    deadline = begun[0] + timeout if begun else now + timeout  # it began late
+                    if not begun and future.cancel():  # never started: it never will now
+                        raise _NoThread(timeout) from None
+                    if begun and begun[0] + timeout > loop.time():
+                        deadline = begun[0] + timeout  # it began late: its own full time
+                        continue
+                    raise _DeadlinePassed(future) from None
         except asyncio.CancelledError:
             future.cancel()  # a call still queued never starts; a running one cannot stop
             raise
@@ -875,9 +901,9 @@ class ExecutionEngine:
         every run of a plan, a sink that was skipped or failed being ``None``."""
         if run.plan.output is not None:
             ref = references.whole(run.plan.output)
-            if ref is not None and ref.source in run.outputs:
-                return references.lookup(run.outputs[ref.source], ref.path, ref.text)
-            return None
+            if ref is None or run.results[ref.source].status is not StepStatus.SUCCEEDED:
+                return None  # a step that failed (allowed to) or was skipped has no output
+            return references.lookup(run.outputs[ref.source], ref.path, ref.text)
         needed = {dep for deps in run.deps.values() for dep in deps}
         sinks = [s for s in run.steps if s not in needed]
         if len(sinks) == 1:

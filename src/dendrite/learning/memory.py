@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from dendrite.learning.similar import SimilarTexts
-from dendrite.planning.arguments import extract_arguments, numbers_in
+from dendrite.planning.arguments import extract_arguments, numbers_in, spoken_math
 from dendrite.planning.plan import Plan
 from dendrite.planning.references import has_references
 from dendrite.planning.semantic import split_goal
@@ -177,4 +177,8 @@ def _said_in(value: object, text: str, lowered: str) -> bool:
         return value in numbers_in(text)
     if isinstance(value, list):
         return bool(value) and all(_said_in(v, text, lowered) for v in value)
-    return isinstance(value, str) and bool(value) and value.lower() in lowered
+    if not isinstance(value, str) or not value:
+        return False
+    # An expression the argument reader wrote from words ("7 times 6" is "7 * 6") was read
+    # from the goal too, though the goal never says it.
+    return value.lower() in lowered or value.lower() in spoken_math(text).lower()

@@ -83,6 +83,11 @@ def numbers_in(text: str) -> list[float | int]:
     return found
 
 
+def converts_units(text: str) -> bool:
+    """Whether ``text`` asks to convert a quantity ("3/4 miles to km", "5 kg in lb")."""
+    return bool(re.search(r"\bconvert\b", text, re.I) and _UNITS.search(text))
+
+
 def paths_in(text: str) -> list[str]:
     """The file names written in ``text`` ("notes/todo.txt"; "2.5" is no file)."""
     return [p for p in _PATH.findall(text) if not re.fullmatch(r"[\d.]+", p)]
@@ -256,6 +261,7 @@ _SPOKEN_MATH = (
     (re.compile(r"\bplus\b", re.I), "+"),
     (re.compile(r"\bminus\b", re.I), "-"),
 )
+_OPERATOR = re.compile(r"\*\*|[+*/^%]|\s-\s")  # ("3 times a week": a lone 3 beside "*")
 _GROUPED = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?![\d,])")
 
 
@@ -263,14 +269,15 @@ def spoken_math(goal: str) -> str:
     """``goal`` with arithmetic written in words or signs as the calculator writes it:
     "7 times 6" is "7 * 6", "15% of 200" is "(15 / 100 * 200)", "the square root of 144"
     is "sqrt(144)", a multiplication sign is "*"; "1,250" outside a call's parentheses is 1250."""
-    for pattern, replacement in _SPOKEN_MATH:
-        goal = pattern.sub(replacement, goal)
     out, last = [], 0
-    for match in _GROUPED.finditer(goal):
+    for match in _GROUPED.finditer(goal):  # first: the words' patterns take plain numbers
         if goal.count("(", 0, match.start()) == goal.count(")", 0, match.start()):
             out += [goal[last : match.start()], match.group(0).replace(",", "")]
             last = match.end()
-    return "".join(out) + goal[last:]
+    goal = "".join(out) + goal[last:]
+    for pattern, replacement in _SPOKEN_MATH:
+        goal = pattern.sub(replacement, goal)
+    return goal
 
 
 def _is_number(text: str) -> bool:
@@ -293,7 +300,7 @@ def _string_for(
         candidates = [m.group(0).strip() for m in _MATH_EXPRESSION.finditer(spoken)]
         # A lone number is the expression only when it is the goal's one number: of
         # "7 times 6" read wrong, taking "7" would answer a confident wrong 7.
-        alone = len(numbers_in(spoken)) == 1
+        alone = len(numbers_in(spoken)) == 1 and not _OPERATOR.search(spoken)
         candidates = [
             c for c in candidates if re.search(r"[-+*/%^(]|\w\(", c) or (alone and _is_number(c))
         ]

@@ -229,10 +229,8 @@ class SemanticPlanner:
         why: dict[str, str] = {}
         for index, part in enumerate(parts, start=1):
             fits: list[Candidate] = []
-            if steps:  # "then count the words", or "read x.md and count the words"
-                fits, rejected = self._chained(
-                    part.text, registry, steps[-1], missing_too=part.after_previous
-                )
+            if part.after_previous and steps:
+                fits, rejected = self._chained(part.text, registry, steps[-1])
             chained = bool(fits)
             if not fits:
                 fits, rejected = candidates_for(
@@ -285,15 +283,14 @@ class SemanticPlanner:
         return step_from(readers, step_id, f"read {named[0]}", why) if readers else None
 
     def _chained(
-        self, text: str, registry: ToolRegistry, previous: Step, *, missing_too: bool = True
+        self, text: str, registry: ToolRegistry, previous: Step
     ) -> tuple[list[Candidate], list[str]]:
         """For 'then X': a tool whose input is the previous step's output.
 
-        The input is the one required argument nothing in the text filled (after "then"
-        only: ``missing_too``), or the main text argument when all that filled it was a few
-        leftover words ("then count the words", "and count the words": the words are the
-        previous output). Numbers and filler words are not counted: "the top 3 keywords"
-        asks for the keywords of what came before.
+        The input is the one required argument nothing in the text filled, or the main
+        text argument when all that filled it was a few leftover words ("then count the
+        words": the words are the previous output). Numbers and filler words are not
+        counted: "then find the top 3 keywords" asks for the keywords of what came before.
         """
         fits: list[Candidate] = []
         rejected: list[str] = []
@@ -303,7 +300,7 @@ class SemanticPlanner:
                 continue
             extraction = extract_arguments(text, tool.parameters_schema)
             slot = None
-            if len(extraction.missing) == 1 and missing_too:
+            if len(extraction.missing) == 1:
                 slot = extraction.missing.pop()
             elif (
                 not extraction.missing

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from dendrite.planning.arguments import extract_arguments, spoken_math
+from dendrite.planning.arguments import converts_units, extract_arguments, spoken_math
 from dendrite.planning.classify import QueryType, classify
 from dendrite.planning.plan import Plan, Step
 from dendrite.planning.planner import PlanningError
@@ -34,7 +34,9 @@ _LEAD = re.compile(
     re.I,
 )
 _TOPIC = re.compile(r"\b(?:about|regarding|on|in terms of)\s+(?P<topic>.+?)\s*[?.!]?$", re.I)
-_ARITHMETIC = re.compile(r"[\d.)]\s*(?:\*\*|[-+*/^%])\s*[\d.(]|\b(?:sqrt|log|exp|sin|cos|tan)\(")
+_ARITHMETIC = re.compile(  # a hyphen between digits is a date's or a phone number's
+    r"[\d.)]\s*(?:\*\*|[+*/^%]|\s-\s)\s*[\d.(]|\b(?:sqrt|log|exp|sin|cos|tan)\("
+)
 
 
 def _does(tool: Tool, role: str) -> bool:
@@ -108,7 +110,7 @@ class TemplatePlanner:
         (retrieval ignores them, and "what is" is no request), and "the square root of 144"
         shares "root" with a file lister: both are arithmetic.
         """
-        if _ARITHMETIC.search(spoken_math(goal)):
+        if _ARITHMETIC.search(spoken_math(goal)) and not converts_units(goal):
             try:
                 return [self._role("calculate", goal, registry, "step1", why)]
             except PlanningError:
