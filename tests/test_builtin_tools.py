@@ -1248,3 +1248,33 @@ def test_then_summarize_the_best_match_names_the_best_hits_document(registry: To
         result = orch.process("search for background batches then summarize the best match")
     assert [s.params for s in result.plan.steps][1] == {"name": "${step1.0.document}"}
     assert result.success and result.output["document"] == "store.txt"
+
+
+def test_a_prefix_in_the_wrong_case_is_no_other_unit_and_overflow_is_a_tool_error():
+    """ "Mg" was read as "mg" (a megagram is 10^9 milligrams); sums past the float range
+    raised a bare OverflowError."""
+    for unit in ("Mg", "Mm", "Ms", "MM"):
+        with pytest.raises(UnitError, match=f"unknown unit '{unit}'"):
+            convert_units(1, unit, "kg")
+    assert convert_units(1, "KG", "g") == 1000.0 and convert_units(1, "MILES", "km") == 1.609344
+    with pytest.raises(UnitError, match="too large for a float"):
+        convert_units(1.7e308, "km", "nm")
+    assert statistics([1e308, 1e308])["mean"] == 1e308
+    with pytest.raises(BuiltinToolError, match="too large for a float"):
+        statistics([1.7e308, -1.7e308])
+
+
+def test_a_pipe_or_a_name_too_long_is_refused_without_blocking_or_the_roots_location(
+    tmp_path: Path,
+):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.txt")
+    (tmp_path / "a.md").write_text("# A\n\nSome text.\n", encoding="utf-8")
+    sandbox = FileSandbox(tmp_path)
+    with pytest.raises(BuiltinToolError, match="not a regular file"):
+        sandbox.read_file("pipe.txt")
+    with pytest.raises(BuiltinToolError, match="cannot read 'xxx") as caught:
+        sandbox.read_file("x" * 300)
+    assert str(tmp_path) not in str(caught.value)
+    assert "a.md" in set(DocumentStore(tmp_path).documents)  # it loads, and skips the pipe

@@ -280,6 +280,8 @@ def _first_heading(blocks: list[Block]) -> str | None:
 
 def read_document(path: Path, name: str) -> Document:
     """Read one file into a :class:`Document` (without chunks); raise ``_Unreadable``."""
+    if not path.is_file():  # a named pipe would block the load for ever
+        raise _Unreadable("not a regular file (a pipe, socket or device)")
     fmt = FORMATS[path.suffix.lower()]
     pages: int | None = None
     if fmt == "pdf":

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import stat
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -210,10 +211,16 @@ class FileSandbox:
 
     def _file(self, path: str) -> Path:
         resolved = self.resolve(path)
-        if not resolved.exists():
-            raise self._missing(path, resolved)
-        if resolved.is_dir():
+        try:
+            found = resolved.stat()
+        except FileNotFoundError:
+            raise self._missing(path, resolved) from None
+        except OSError as error:  # a name too long, for one: said without the root's location
+            raise BuiltinToolError(f"cannot read {path!r}: {error.strerror or error}") from None
+        if stat.S_ISDIR(found.st_mode):
             raise IsADirectoryError(f"{path!r} is a folder; use list_files to see inside it")
+        if not stat.S_ISREG(found.st_mode):  # a named pipe would block the reader for ever
+            raise BuiltinToolError(f"{path!r} is not a regular file (a pipe, socket or device)")
         return resolved
 
     def _open(self, resolved: Path) -> IO[bytes]:

@@ -364,11 +364,23 @@ def statistics(values: list[float]) -> Statistics:
     bad = [v for v in values if not math.isfinite(v)]
     if bad:
         raise BuiltinToolError(f"values must be finite numbers, got {bad[0]}")
+    try:
+        mean, stdev = _stats.fmean(values), _stats.stdev(values) if len(values) > 1 else None
+    except OverflowError:  # sums past the float range: the same on values scaled down
+        scale = max(abs(v) for v in values)
+        scaled = [v / scale for v in values]
+        mean = _stats.fmean(scaled) * scale
+        stdev = _stats.stdev(scaled) * scale if len(values) > 1 else None
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else ordered[middle - 1] / 2 + ordered[middle] / 2
+    if not math.isfinite(mean) or (stdev is not None and not math.isfinite(stdev)):
+        raise BuiltinToolError("the mean or the spread of these values is too large for a float")
     return {
         "count": len(values),
-        "mean": _stats.fmean(values),
-        "median": float(_stats.median(values)),
-        "stdev": _stats.stdev(values) if len(values) > 1 else None,
+        "mean": mean,
+        "median": float(median),
+        "stdev": stdev,
         "min": float(min(values)),
         "max": float(max(values)),
     }
@@ -489,12 +501,19 @@ def _unit(name: str) -> _Unit:
     key = " ".join(name.replace("_", " ").split())
     if key in _EXACT_UNITS:
         return _EXACT_UNITS[key]
-    candidates = _FOLDED_UNITS.get(key.lower(), [])
+    folded = _FOLDED_UNITS.get(key.lower(), [])
+    candidates = folded
+    if len(key) <= 3 and key[:1] in ("M", "m", "P", "p"):
+        # Mega and milli, peta and pico: the case of the prefix is its meaning. "Mg" is no
+        # "mg" (a megagram is 10^9 milligrams), though "KG" and "LB" are kg and lb.
+        candidates = [u for u in folded if u.symbol[:1] == key[:1]]
     if len(candidates) == 1:
         return candidates[0]
-    if len(candidates) > 1:
-        options = " or ".join(f"{u.symbol!r} ({u.dimension})" for u in candidates)
+    options = " or ".join(f"{u.symbol!r} ({u.dimension})" for u in folded)
+    if len(folded) > 1:
         raise UnitError(f"unit {name!r} is ambiguous: write {options}")
+    if folded:
+        raise UnitError(f"unknown unit {name!r}: a prefix's case is its meaning; not {options}")
     close = difflib.get_close_matches(key, list(_EXACT_UNITS), n=3, cutoff=0.75)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise UnitError(f"unknown unit {name!r}{hint} (known: {', '.join(supported_units())})")
@@ -531,7 +550,10 @@ def convert_units(value: float, from_unit: str, to_unit: str) -> float:
     base = (Fraction(value) + source.offset) * source.factor
     if source.dimension == "temperature" and base < 0:
         raise UnitError(f"{value} {from_unit} is below absolute zero")
-    return float(base / target.factor - target.offset)
+    try:
+        return float(base / target.factor - target.offset)
+    except OverflowError:
+        raise UnitError(f"{value} {from_unit} in {to_unit} is too large for a float") from None
 
 
 def register_math(registry: ToolRegistry, *, replace: bool = False) -> list[Tool]:
