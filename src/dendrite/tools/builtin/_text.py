@@ -85,12 +85,16 @@ def split_sentences(text: str) -> list[str]:
     sentences: list[str] = []
     start = 0
     for match in _BOUNDARY.finditer(text):
-        candidate = text[start : match.end()].strip()
         if text[match.start()] == ".":
-            last = _LAST_WORD.search(text[start : match.end()].rstrip())
+            # Only the word before the boundary matters, and an abbreviation is short: the
+            # last 64 characters, not the sentence so far (searched whole, a long sentence,
+            # or one long word, took quadratic time: minutes for a page of DNA).
+            tail = text[max(start, match.start() - 64) : match.end()].rstrip()
+            last = _LAST_WORD.search(tail)
             word = last.group(1).lower() if last else ""
             if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
                 continue
+        candidate = text[start : match.end()].strip()
         if candidate:
             sentences.append(candidate)
         start = match.end()
@@ -144,7 +148,9 @@ _LINK = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\[[^\]]*\])")
 _AUTOLINK = re.compile(r"<((?:https?|mailto):[^>\s]+)>")
 _INLINE_HTML = re.compile(r"</?[A-Za-z][^>]*>")
 _CODE_SPAN = re.compile(r"`+([^`]+)`+")
-_EMPHASIS = re.compile(r"(?<![\w*_])([*_]{1,3})(?=\S)(.+?)(?<=\S)\1(?![\w*_])")
+# Emphasis spans a line's words, not a page: bounded, an unmatched "*" looks no further than
+# 300 characters (unbounded, every "*" of a glob table scanned the rest of it: quadratic).
+_EMPHASIS = re.compile(r"(?<![\w*_])([*_]{1,3})(?=\S)([^\n]{1,300}?)(?<=\S)\1(?![\w*_])")
 _HYPHEN_BREAK = re.compile(r"(\w)-\s*\n\s*(\w)")
 
 
