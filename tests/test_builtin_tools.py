@@ -1278,3 +1278,11 @@ def test_a_pipe_or_a_name_too_long_is_refused_without_blocking_or_the_roots_loca
         sandbox.read_file("x" * 300)
     assert str(tmp_path) not in str(caught.value)
     assert "a.md" in set(DocumentStore(tmp_path).documents)  # it loads, and skips the pipe
+
+
+def test_short_plurals_are_units_and_a_huge_integer_in_json_is_a_data_error(tmp_path: Path):
+    assert convert_units(8, "bits", "B") == 1.0 and convert_units(2, "mins", "secs") == 120.0
+    assert convert_units(1, "hrs", "mins") == 60.0
+    (tmp_path / "big.json").write_text('{"a": ' + "9" * 5000 + "}", encoding="utf-8")
+    with pytest.raises(DataError, match=r"'big\.json' cannot be parsed: Exceeds the limit"):
+        FileSandbox(tmp_path).json_select("big.json", "/a")

@@ -498,6 +498,8 @@ class FileSandbox:
             ) from None
         except RecursionError:
             raise DataError(f"{path!r} is nested too deeply to parse") from None
+        except ValueError as error:  # an integer of more digits than Python converts
+            raise DataError(f"{path!r} cannot be parsed: {str(error).split(';')[0]}") from None
         return resolve_pointer(document, pointer)
 
     def __repr__(self) -> str:

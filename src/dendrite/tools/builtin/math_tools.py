@@ -415,18 +415,18 @@ _UNITS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "st": ("6.35029318", ("stone",)),
     },
     "time": {
-        "s": ("1", ("sec", "second")),
+        "s": ("1", ("sec", "secs", "second")),
         "ms": ("0.001", ("millisecond",)),
         "us": ("0.000001", ("µs", "μs", "microsecond")),
         "ns": ("0.000000001", ("nanosecond",)),
-        "min": ("60", ("minute",)),
-        "h": ("3600", ("hr", "hour")),
+        "min": ("60", ("mins", "minute")),
+        "h": ("3600", ("hr", "hrs", "hour")),
         "d": ("86400", ("day",)),
         "wk": ("604800", ("week",)),
         "yr": ("31557600", ("year",)),  # the Julian year, 365.25 days
     },
     "data size": {
-        "bit": ("0.125", ("b",)),
+        "bit": ("0.125", ("b", "bits")),
         "B": ("1", ("byte",)),
         "kB": ("1000", ("KB", "kilobyte")),
         "MB": ("1000000", ("megabyte",)),
