@@ -11,6 +11,7 @@ so the planner can try the next tool instead of guessing.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -265,6 +266,7 @@ _OPERATOR = re.compile(r"\*\*|[+*/^%]|\s-\s")  # ("3 times a week": a lone 3 bes
 _GROUPED = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?![\d,])")
 
 
+@functools.lru_cache(maxsize=1024)  # plan memory asks again for each value it re-binds
 def spoken_math(goal: str) -> str:
     """``goal`` with arithmetic written in words or signs as the calculator writes it:
     "7 times 6" is "7 * 6", "15% of 200" is "(15 / 100 * 200)", "the square root of 144"
