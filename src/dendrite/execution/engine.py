@@ -18,6 +18,7 @@ output.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -235,6 +236,9 @@ class _Failure(Exception):
     def __init__(self, message: str, error_type: ErrorType) -> None:
         super().__init__(message)
         self.error_type = error_type
+
+
+_UNLIMITED = contextlib.nullcontext()
 
 
 @dataclass(slots=True)
@@ -720,107 +724,88 @@ class ExecutionEngine:
 
         Returns (ok, output or exception, attempt); raises only on cancellation.
         """
-        if run.calls is not None:
-            async with run.calls:
-                return await self._attempt_now(
-                    run, step, result, tool, params, number, fallback_of, item, timeout
-                )
-        return await self._attempt_now(
-            run, step, result, tool, params, number, fallback_of, item, timeout
-        )
-
-    async def _attempt_now(
-        self,
-        run: _Run,
-        step: Step,
-        result: StepResult,
-        tool: Tool,
-        params: dict[str, Any],
-        number: int,
-        fallback_of: str | None,
-        item: int | None,
-        timeout: float | None,
-    ) -> tuple[bool, Any, Attempt]:
-        given = dumps(params) if self.recorder is not None else None
-        started_at = datetime.now(UTC)
-        started = time.perf_counter()
-        ctx: ToolContext | None = None
-        ok, value, error, error_type = False, None, None, None
-        try:
-            kwargs = tool.validate_arguments(params)
-            if tool.signature.context_param is not None:
-                ctx = ToolContext(
-                    execution_id=run.execution_id,
-                    step_id=step.id,
-                    tool_name=tool.name,
-                    attempt=number,
-                    session_id=run.session_id,
-                    state=run.state_for(step.id) if run.state_for else _NoState(),
-                    logger=logging.LoggerAdapter(
-                        log, {"execution_id": run.execution_id, "step_id": step.id}
-                    ),
-                )
-                run.cancel_events.add(ctx.cancel_event)
-                kwargs[tool.signature.context_param] = ctx
-            loop = asyncio.get_running_loop()
-            deadline = None if timeout is None else loop.time() + timeout
-            if not tool.is_async:
-                value = await self._in_thread(loop, tool, kwargs, timeout)
-                if inspect.isawaitable(value):  # an async tool behind a plain decorator
-                    value = await _until(value, deadline and loop.time() + timeout)
-            elif type(coro := tool.func(**kwargs)) is CoroutineType:
-                # A timeout can only interrupt a coroutine where it waits, so it is
-                # run up to its first wait first: one that finishes without waiting
-                # (a cheap tool) needs no timer. The rest runs under the deadline,
-                # which counts from the start of the attempt.
-                try:
-                    waiting_on = coro.send(None)
-                except StopIteration as stop:
-                    value = stop.value
+        async with run.calls or _UNLIMITED:  # a run with for_each steps bounds its calls
+            given = dumps(params) if self.recorder is not None else None
+            started_at = datetime.now(UTC)
+            started = time.perf_counter()
+            ctx: ToolContext | None = None
+            ok, value, error, error_type = False, None, None, None
+            try:
+                kwargs = tool.validate_arguments(params)
+                if tool.signature.context_param is not None:
+                    ctx = ToolContext(
+                        execution_id=run.execution_id,
+                        step_id=step.id,
+                        tool_name=tool.name,
+                        attempt=number,
+                        session_id=run.session_id,
+                        state=run.state_for(step.id) if run.state_for else _NoState(),
+                        logger=logging.LoggerAdapter(
+                            log, {"execution_id": run.execution_id, "step_id": step.id}
+                        ),
+                    )
+                    run.cancel_events.add(ctx.cancel_event)
+                    kwargs[tool.signature.context_param] = ctx
+                loop = asyncio.get_running_loop()
+                deadline = None if timeout is None else loop.time() + timeout
+                if not tool.is_async:
+                    value = await self._in_thread(loop, tool, kwargs, timeout)
+                    if inspect.isawaitable(value):  # an async tool behind a plain decorator
+                        value = await _until(value, deadline and loop.time() + timeout)
+                elif type(coro := tool.func(**kwargs)) is CoroutineType:
+                    # A timeout can only interrupt a coroutine where it waits, so it is
+                    # run up to its first wait first: one that finishes without waiting
+                    # (a cheap tool) needs no timer. The rest runs under the deadline,
+                    # which counts from the start of the attempt.
+                    try:
+                        waiting_on = coro.send(None)
+                    except StopIteration as stop:
+                        value = stop.value
+                    else:
+                        value = await _until(_Resumed(coro, waiting_on), deadline)
                 else:
-                    value = await _until(_Resumed(coro, waiting_on), deadline)
-            else:
-                value = await _until(coro, deadline)
-            ok = True
-        except asyncio.CancelledError as caught:
-            if _cancelled_from_outside():
-                error, error_type = "cancelled", ErrorType.CANCELLED
-                raise
-            # The tool's own (a future it waited on was cancelled): its failure, not the run's.
-            value, error = caught, f"CancelledError: {caught}".rstrip(": ")
-            error_type = ErrorType.TOOL_ERROR
-        except _DeadlinePassed as caught:
-            value, error, error_type = caught, f"timed out after {timeout:g}s", ErrorType.TIMEOUT
-        except _NoThread as caught:
-            value, error, error_type = caught, str(caught), ErrorType.TIMEOUT
-        except ToolArgumentError as caught:
-            value, error, error_type = caught, str(caught), ErrorType.VALIDATION
-        except (Exception, SystemExit) as caught:  # a tool calling sys.exit() fails; we go on
-            value, error = caught, f"{type(caught).__name__}: {caught}"
-            error_type = ErrorType.infer(caught) if isinstance(caught, Exception) else None
-            error_type = error_type or ErrorType.TOOL_ERROR
-        finally:
-            if ctx is not None:
-                if not ok:
-                    ctx.cancel_event.set()
-                run.cancel_events.discard(ctx.cancel_event)
-            attempt = Attempt(
-                tool.name,
-                number,
-                started_at,
-                (time.perf_counter() - started) * 1000,
-                ok,
-                error,
-                error_type,
-                fallback_of,
-                item,
-            )
-            result.attempts.append(attempt)
-            if given is not None:
-                self.recorder.record_attempt(
-                    run.execution_id, step.id, attempt, given, value if ok else None
+                    value = await _until(coro, deadline)
+                ok = True
+            except asyncio.CancelledError as caught:
+                if _cancelled_from_outside():
+                    error, error_type = "cancelled", ErrorType.CANCELLED
+                    raise
+                # The tool's own (a future it waited on was cancelled): its failure, not the run's.
+                value, error = caught, f"CancelledError: {caught}".rstrip(": ")
+                error_type = ErrorType.TOOL_ERROR
+            except _DeadlinePassed as caught:
+                value, error = caught, f"timed out after {timeout:g}s"
+                error_type = ErrorType.TIMEOUT
+            except _NoThread as caught:
+                value, error, error_type = caught, str(caught), ErrorType.TIMEOUT
+            except ToolArgumentError as caught:
+                value, error, error_type = caught, str(caught), ErrorType.VALIDATION
+            except (Exception, SystemExit) as caught:  # a tool calling sys.exit() fails; we go on
+                value, error = caught, f"{type(caught).__name__}: {caught}"
+                error_type = ErrorType.infer(caught) if isinstance(caught, Exception) else None
+                error_type = error_type or ErrorType.TOOL_ERROR
+            finally:
+                if ctx is not None:
+                    if not ok:
+                        ctx.cancel_event.set()
+                    run.cancel_events.discard(ctx.cancel_event)
+                attempt = Attempt(
+                    tool.name,
+                    number,
+                    started_at,
+                    (time.perf_counter() - started) * 1000,
+                    ok,
+                    error,
+                    error_type,
+                    fallback_of,
+                    item,
                 )
-        return ok, value, attempt
+                result.attempts.append(attempt)
+                if given is not None:
+                    self.recorder.record_attempt(
+                        run.execution_id, step.id, attempt, given, value if ok else None
+                    )
+            return ok, value, attempt
 
     async def _in_thread(
         self,
