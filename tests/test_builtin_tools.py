@@ -1286,3 +1286,11 @@ def test_short_plurals_are_units_and_a_huge_integer_in_json_is_a_data_error(tmp_
     (tmp_path / "big.json").write_text('{"a": ' + "9" * 5000 + "}", encoding="utf-8")
     with pytest.raises(DataError, match=r"'big\.json' cannot be parsed: Exceeds the limit"):
         FileSandbox(tmp_path).json_select("big.json", "/a")
+
+
+def test_regex_matches_that_add_up_past_the_bound_are_refused():
+    """A capture inside a lookahead returns the rest of the text at every position: 2,000
+    of them over 100,000 characters were 198 million characters (and 660 MB)."""
+    with pytest.raises(BuiltinToolError, match="add up to more than 2,000,000 characters"):
+        regex_extract("a" * 100_000, r"(?=(a*))", max_matches=2000)
+    assert len(regex_extract("a" * 1_000, r"(?=(a*))", max_matches=1000)) == 1000

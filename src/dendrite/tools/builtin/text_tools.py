@@ -42,6 +42,9 @@ __all__ = [
 MAX_PATTERN_LENGTH = 1_000
 """Characters a regular expression may have."""
 MAX_REGEX_TEXT = 1_000_000
+MAX_RESULT_CHARS = 2_000_000
+"""What the matches may add up to: a capture inside a lookahead, (?=(a*)), returns the rest
+of the text at every position, and 10,000 of them over a long text were gigabytes."""
 """Characters of text ``regex_extract`` searches (a linear scan of this takes milliseconds)."""
 REGEX_TIMEOUT = 3.0
 """Seconds a ``regex_extract`` call may take, interpreter start included (~20x headroom
@@ -116,12 +119,16 @@ job = json.loads(sys.stdin.buffer.read().decode("ascii"))
 compiled = re.compile(job["pattern"], job["flags"])
 group = job["group"]
 found = []
+total = 0
 for match in compiled.finditer(job["text"]):
     if group is None:
         value = match.group(1) if compiled.groups else match.group(0)
     else:
         value = match.group(group)
     found.append(value if value is not None else "")
+    total += len(found[-1])
+    if total > job["max_chars"]:
+        sys.exit(3)
     if len(found) >= job["max_matches"]:
         break
 sys.stdout.buffer.write(json.dumps(found).encode("ascii"))
@@ -187,6 +194,7 @@ def regex_extract(
         "text": text,
         "group": group,
         "max_matches": max_matches,
+        "max_chars": MAX_RESULT_CHARS,
     }
     if not sys.executable:
         raise BuiltinToolError("regex_extract needs a Python interpreter to run patterns in")
@@ -206,6 +214,11 @@ def regex_extract(
             "it probably backtracks catastrophically (nested quantifiers such as (a+)+ or "
             "overlapping alternatives such as (a|a)*): simplify it"
         ) from None
+    if done.returncode == 3:
+        raise BuiltinToolError(
+            f"the matches add up to more than {MAX_RESULT_CHARS:,} characters (overlapping "
+            "captures repeat the text); ask for fewer matches or a narrower pattern"
+        )
     if done.returncode != 0:
         errors = done.stderr.decode("utf-8", errors="replace").strip().splitlines()
         raise PatternError(f"the pattern {pattern!r} could not be run: {(errors or ['?'])[-1]}")
