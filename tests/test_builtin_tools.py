@@ -1294,3 +1294,18 @@ def test_regex_matches_that_add_up_past_the_bound_are_refused():
     with pytest.raises(BuiltinToolError, match="add up to more than 2,000,000 characters"):
         regex_extract("a" * 100_000, r"(?=(a*))", max_matches=2000)
     assert len(regex_extract("a" * 1_000, r"(?=(a*))", max_matches=1000)) == 1000
+
+
+def test_utf16_text_with_a_byte_order_mark_is_text_not_binary(tmp_path: Path):
+    """Notepad and PowerShell save UTF-16: its NUL bytes made it "binary"."""
+    for name, bom, codec in (
+        ("le.txt", b"\xff\xfe", "utf-16-le"),
+        ("be.md", b"\xfe\xff", "utf-16-be"),
+    ):
+        (tmp_path / name).write_bytes(bom + "# Hi\n\nSome text, café.\n".encode(codec))
+    read = FileSandbox(tmp_path).read_file("le.txt")
+    assert (read["encoding"], read["content"]) == ("utf-16", "# Hi\n\nSome text, café.\n")
+    assert {"le.txt", "be.md"} <= set(DocumentStore(tmp_path).documents)
+    (tmp_path / "bin.dat.txt").write_bytes(b"ab\x00cd")
+    with pytest.raises(BuiltinToolError, match="looks binary"):
+        FileSandbox(tmp_path).read_file("bin.dat.txt")

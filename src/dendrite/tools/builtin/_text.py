@@ -7,6 +7,7 @@ light stemming), so a word a search matches is a word a summary counts.
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -286,3 +287,8 @@ def markdown_blocks(text: str) -> list[Block]:
         blocks.append(Block("code", "\n".join(code).strip("\n")))
     flush()
     return blocks
+
+
+def utf16_encoding(data: bytes) -> str | None:
+    """ "utf-16" when ``data`` starts with a UTF-16 byte-order mark (either order), else None."""
+    return "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else None

@@ -37,6 +37,7 @@ from dendrite.tools.builtin._text import (
     split_sentences,
     term_labels,
     terms,
+    utf16_encoding,
 )
 from dendrite.tools.builtin.errors import BuiltinToolError, UnknownDocumentError
 from dendrite.tools.registry import Reliability, Tool, ToolRegistry
@@ -146,6 +147,8 @@ class DocumentList(TypedDict):
 
 
 def _decode(data: bytes) -> str:
+    if utf16_encoding(data):
+        return data.decode("utf-16", errors="replace")
     if b"\x00" in data[:8192]:
         raise _Unreadable("binary content (NUL bytes), not text")
     try:

@@ -28,6 +28,7 @@ from typing import IO, Annotated, Any, Literal
 from pydantic import Field
 from typing_extensions import TypedDict
 
+from dendrite.tools.builtin._text import utf16_encoding
 from dendrite.tools.builtin.errors import BuiltinToolError, DataError, PathOutsideRootError
 from dendrite.tools.registry import Reliability, Tool, ToolRegistry
 
@@ -310,13 +311,14 @@ class FileSandbox:
             data = handle.read(max_bytes + 1)
         truncated = len(data) > max_bytes
         data = data[:max_bytes]
-        if b"\x00" in data[:8192]:
+        wide = utf16_encoding(data)  # Notepad and PowerShell save text so: NULs, yet text
+        if wide is None and b"\x00" in data[:8192]:
             raise BuiltinToolError(
                 f"{path!r} looks binary (it has NUL bytes); read_file reads text files"
             )
         try:
-            decoder = codecs.getincrementaldecoder("utf-8-sig")()
-            content, encoding = decoder.decode(data, final=not truncated), "utf-8"
+            decoder = codecs.getincrementaldecoder(wide or "utf-8-sig")(errors="strict")
+            content, encoding = decoder.decode(data, final=not truncated), wide or "utf-8"
         except UnicodeDecodeError:
             content, encoding = data.decode("cp1252", errors="replace"), "cp1252"
         return {
