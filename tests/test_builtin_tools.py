@@ -1309,3 +1309,15 @@ def test_utf16_text_with_a_byte_order_mark_is_text_not_binary(tmp_path: Path):
     (tmp_path / "bin.dat.txt").write_bytes(b"ab\x00cd")
     with pytest.raises(BuiltinToolError, match="looks binary"):
         FileSandbox(tmp_path).read_file("bin.dat.txt")
+
+
+def test_a_name_two_documents_answer_to_is_ambiguous_not_unknown(tmp_path: Path):
+    (tmp_path / "sub").mkdir()
+    for name in ("guide.md", "guide.txt", "readme.md", "sub/readme.md"):
+        (tmp_path / name).write_text("# Title\n\nSome text.\n", encoding="utf-8")
+    store = DocumentStore(tmp_path)
+    with pytest.raises(UnknownDocumentError, match=r"'guide' is ambiguous: write 'guide\.md' or"):
+        store.get("guide")
+    with pytest.raises(UnknownDocumentError, match="'readme' is ambiguous"):
+        store.get("readme")
+    assert store.get("sub/readme.md").name == "sub/readme.md"

@@ -613,6 +613,9 @@ class DocumentStore:
         ):
             if len(candidates) == 1:
                 return candidates[0]
+            if candidates:  # "guide" is guide.md and guide.txt: say which, not "no document"
+                names = " or ".join(repr(d.name) for d in sorted(candidates, key=lambda d: d.name))
+                raise UnknownDocumentError(f"document name {name!r} is ambiguous: write {names}")
         for problem_name, reason in self.problems.items():
             if lowered in (problem_name.lower(), problem_name.rsplit("/", 1)[-1].lower()):
                 raise UnknownDocumentError(f"document {problem_name!r} could not be read: {reason}")
