@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +85,7 @@ def numbers_in(text: str) -> list[float | int]:
     return found
 
 
-def converts_units(text: str) -> bool:
+def _converts_units(text: str) -> bool:
     """Whether ``text`` asks to convert a quantity ("3/4 miles to km", "5 kg in lb")."""
     return bool(re.search(r"\bconvert\b", text, re.I) and _UNITS.search(text))
 
@@ -107,12 +108,17 @@ def _kind(prop: dict[str, Any]) -> str | None:
     return None
 
 
+def resolve_ref(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``schema`` itself, or the definition its local ``$ref`` names (``#/$defs/Hit``)."""
+    ref = schema.get("$ref")
+    return defs.get(ref.rsplit("/", 1)[-1], {}) if isinstance(ref, str) else schema
+
+
 def _enum(prop: dict[str, Any], defs: dict[str, Any]) -> list[Any] | None:
     if "enum" in prop:
         return prop["enum"]
-    ref = prop.get("$ref")
-    if ref:
-        return defs.get(ref.rsplit("/", 1)[-1], {}).get("enum")
+    if "$ref" in prop:
+        return resolve_ref(prop, defs).get("enum")
     for option in prop.get("anyOf", []):
         found = _enum(option, defs)
         if found:
@@ -262,7 +268,11 @@ _SPOKEN_MATH = (
     (re.compile(r"\bplus\b", re.I), "+"),
     (re.compile(r"\bminus\b", re.I), "-"),
 )
-_OPERATOR = re.compile(r"\*\*|[+*/^%]|\s-\s")  # ("3 times a week": a lone 3 beside "*")
+_OPERATOR_TEXT = r"\*\*|[+*/^%]|\s-\s"  # a hyphen between digits is a date's or a phone's
+_OPERATOR = re.compile(_OPERATOR_TEXT)  # ("3 times a week": a lone 3 beside "*")
+_ARITHMETIC = re.compile(
+    rf"[\d.)]\s*(?:{_OPERATOR_TEXT})\s*[\d.(]|\b(?:sqrt|log|exp|sin|cos|tan)\("
+)
 _GROUPED = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?![\d,])")
 
 
@@ -280,6 +290,12 @@ def spoken_math(goal: str) -> str:
     for pattern, replacement in _SPOKEN_MATH:
         goal = pattern.sub(replacement, goal)
     return goal
+
+
+def written_arithmetic(goal: str) -> bool:
+    """Whether ``goal`` writes out arithmetic (in signs or words, as ``spoken_math`` reads
+    them): an operator or a function between numbers, and no unit conversion."""
+    return bool(_ARITHMETIC.search(spoken_math(goal))) and not _converts_units(goal)
 
 
 def _is_number(text: str) -> bool:

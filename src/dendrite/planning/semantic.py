@@ -23,6 +23,7 @@ from dendrite.planning.arguments import (
     extract_arguments,
     numbers_in,
     paths_in,
+    resolve_ref,
 )
 from dendrite.planning.plan import Plan, Step
 from dendrite.planning.planner import PlanningError
@@ -339,7 +340,7 @@ def _reference_to(
     schema = (tool.returns_schema if tool else None) or {}
     path = ""
     if schema.get("type") == "array" and wanted == "string":
-        schema = _resolved(schema.get("items") or {}, schema.get("$defs") or {})
+        schema = resolve_ref(schema.get("items") or {}, schema.get("$defs") or {})
         path = ".0"
     props = schema.get("properties") or {}
     if wanted == "string" and props:
@@ -352,8 +353,3 @@ def _reference_to(
         if field:
             return f"${{{previous.id}{path}.{field}}}"
     return f"${{{previous.id}}}"
-
-
-def _resolved(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, Any]:
-    ref = schema.get("$ref")
-    return defs.get(ref.rsplit("/", 1)[-1], {}) if isinstance(ref, str) else schema

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from dendrite.planning.arguments import converts_units, extract_arguments, spoken_math
+from dendrite.planning.arguments import extract_arguments, written_arithmetic
 from dendrite.planning.classify import QueryType, classify
 from dendrite.planning.plan import Plan, Step
 from dendrite.planning.planner import PlanningError
@@ -34,9 +34,6 @@ _LEAD = re.compile(
     re.I,
 )
 _TOPIC = re.compile(r"\b(?:about|regarding|on|in terms of)\s+(?P<topic>.+?)\s*[?.!]?$", re.I)
-_ARITHMETIC = re.compile(  # a hyphen between digits is a date's or a phone number's
-    r"[\d.)]\s*(?:\*\*|[+*/^%]|\s-\s)\s*[\d.(]|\b(?:sqrt|log|exp|sin|cos|tan)\("
-)
 
 
 def _does(tool: Tool, role: str) -> bool:
@@ -110,7 +107,8 @@ class TemplatePlanner:
         (retrieval ignores them, and "what is" is no request), and "the square root of 144"
         shares "root" with a file lister: both are arithmetic.
         """
-        if _ARITHMETIC.search(spoken_math(goal)) and not converts_units(goal):
+        arithmetic = written_arithmetic(goal)
+        if arithmetic:
             try:
                 return [self._role("calculate", goal, registry, "step1", why)]
             except PlanningError:
@@ -118,6 +116,8 @@ class TemplatePlanner:
         try:
             return self._single(goal, registry, why)
         except PlanningError as unmatched:
+            if arithmetic:  # the calculator was asked first, and could not
+                raise
             try:
                 return [self._role("calculate", goal, registry, "step1", why)]
             except PlanningError:

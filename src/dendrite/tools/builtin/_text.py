@@ -290,5 +290,5 @@ def markdown_blocks(text: str) -> list[Block]:
 
 
 def utf16_encoding(data: bytes) -> str | None:
-    """ "utf-16" when ``data`` starts with a UTF-16 byte-order mark (either order), else None."""
+    """The codec of text that starts with a UTF-16 byte-order mark (either order), else None."""
     return "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else None

@@ -147,8 +147,8 @@ class DocumentList(TypedDict):
 
 
 def _decode(data: bytes) -> str:
-    if utf16_encoding(data):
-        return data.decode("utf-16", errors="replace")
+    if wide := utf16_encoding(data):
+        return data.decode(wide, errors="replace")
     if b"\x00" in data[:8192]:
         raise _Unreadable("binary content (NUL bytes), not text")
     try:
