@@ -853,9 +853,11 @@ def _of_type(name: str, value: Any, kind: type) -> None:
 def _validated(kind: str, model: type[R], **values: Any) -> R:
     """Build a record, turning pydantic's error into one that names the record kind."""
     try:
-        return _detached(model(**values))
+        record = model(**values)
     except ValidationError as error:
         raise InvalidRecordError.from_validation(kind, error) from None
+    record.__dict__.update(_json_as_now(record))  # ours alone: no copy needed
+    return record
 
 
 _JSON_FIELDS: dict[type, tuple[str, ...]] = {
@@ -865,15 +867,20 @@ _JSON_FIELDS: dict[type, tuple[str, ...]] = {
 }
 
 
-def _detached(record: R) -> R:
-    """The record with its free-form JSON values as they are now, as the store will keep
-    them: pydantic copies a dict but not what is inside it, and the writer encodes it
-    later, after the caller may have changed the objects it passed (a run's output)."""
-    update = {
+def _json_as_now(record: AnyRecord) -> dict[str, Any]:
+    """The record's free-form JSON values as they are now, as the store will keep them:
+    pydantic copies a dict but not what is inside it, and the writer encodes it later,
+    after the caller may have changed the objects it passed (a run's output)."""
+    return {
         name: serialize.to_jsonable(value)
         for name in _JSON_FIELDS.get(type(record), ())
         if (value := getattr(record, name))
     }
+
+
+def _detached(record: R) -> R:
+    """A caller's record, copied with its JSON values as they are now (see ``_json_as_now``)."""
+    update = _json_as_now(record)
     return record.model_copy(update=update) if update else record
 
 
