@@ -21,9 +21,11 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fastapi.routing import APIRoute
 
 from dendrite import Orchestrator, OrchestratorConfig
 from dendrite.api import InsecureBindError, create_app, is_loopback, serve
+from dendrite.api import app as api_app
 from dendrite.api.server import check_bind
 from dendrite.learning.jobs import JobScheduler
 from dendrite.planning import RetryPolicy
@@ -549,6 +551,36 @@ def test_list_bad_parameters(client: httpx.Client) -> None:
     assert_problem(client.get("/v1/executions", params={"limit": 501}), 422, "limit")
     assert_problem(client.get("/v1/executions", params={"success": "maybe"}), 422, "success")
     assert_problem(client.get("/v1/executions", params={"since": "yesterday"}), 422, "since")
+
+
+@SQLITE_ONLY
+def test_query_parameters_are_found_once_per_route_not_per_request(
+    orch: Orchestrator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each route's dependency tree is walked for its query parameters once, when the route
+    is built; requests are checked against that set: unknown refused by name, known taken."""
+    walks: list[object] = []
+    walk = api_app._query_parameters
+
+    def counted(dependant: Any) -> frozenset[str]:
+        walks.append(dependant)
+        return walk(dependant)
+
+    monkeypatch.setattr(api_app, "_query_parameters", counted)
+    app = create_app(orch)
+    assert len(walks) == sum(isinstance(route, APIRoute) for route in app.routes)
+    built = len(walks)
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        for _ in range(3):
+            listed = c.get("/v1/executions", params={"limit": 5, "success": "true"})
+            assert listed.status_code == 200, listed.text
+            rate = c.get("/v1/analytics/success-rate", params={"since": "2024-01-01T00:00:00"})
+            assert rate.status_code == 200, rate.text
+            takes = "cursor, intent, limit, session_id, since, success"
+            misspelled = c.get("/v1/executions", params={"limit": 5, "sesion_id": "s"})
+            assert_problem(misspelled, 422, "'sesion_id'", takes)
+            assert_problem(c.get("/v1/tools", params={"verbose": 1}), 422, "'verbose'", "none")
+    assert len(walks) == built
 
 
 def test_execution_lookups(client: httpx.Client) -> None:

@@ -1,5 +1,5 @@
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
@@ -14,6 +14,7 @@ from dendrite.telemetry import (
     SolutionRecord,
     ToolExecutionRecord,
 )
+from dendrite.telemetry.records import named_utc
 
 
 class RateLimitError(Exception):
@@ -146,6 +147,18 @@ def test_records_refuse_bad_values_naming_the_field():
         ExecutionRecord(success=True, duration_ms=-1)
     with pytest.raises(ValidationError, match="surprise"):
         ExecutionRecord(success=True, duration_ms=1, surprise=1)
+
+
+def test_named_utc_converts_and_names_the_moment_it_cannot_hold():
+    """The one conversion records and the store's reads share: naive is taken as UTC, and a
+    moment past the UTC calendar is refused naming the argument it came in."""
+    naive = datetime(2024, 5, 1, 12, 0)
+    assert named_utc("since", naive) == naive.replace(tzinfo=UTC)
+    five_east = datetime(2024, 5, 1, 12, 0, tzinfo=timezone(timedelta(hours=5)))
+    assert named_utc("since", five_east) == datetime(2024, 5, 1, 7, 0, tzinfo=UTC)
+    late = datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5)))
+    with pytest.raises(ValueError, match=r"^older_than: .*outside the years 1 to 9999 in UTC"):
+        named_utc("older_than", late)
 
 
 def test_ids_are_unique_time_ordered_uuid7():

@@ -23,7 +23,9 @@ from importlib import metadata
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -382,19 +384,33 @@ ToolName = Annotated[str, Path(max_length=200, description="the tool's registere
 Since = Annotated[datetime | None, Query(description="ISO 8601; naive means UTC")]
 
 
+def _query_parameters(dependant: Dependant) -> frozenset[str]:
+    """The query parameters a route takes: its own and those of its dependencies."""
+    known: set[str] = set()
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        known.update(param.alias for param in current.query_params)
+        pending.extend(current.dependencies)
+    return frozenset(known)
+
+
+class _Route(APIRoute):
+    """A route that knows the query parameters it takes from when it is built: its
+    dependency tree does not change after, so no request needs to walk it again."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.query_parameters = _query_parameters(self.dependant)
+
+
 async def _known_query_parameters(request: Request) -> None:
     """A query parameter the route does not take is refused: a misspelled filter
     (``?sesion_id=``) would otherwise be ignored and answer the unfiltered list."""
     route = request.scope.get("route")
-    dependant = getattr(route, "dependant", None)
-    if dependant is None:
+    if not isinstance(route, _Route):
         return
-    known: set[str] = set()
-    pending = [dependant]
-    while pending:  # the route's own parameters and those of its dependencies
-        current = pending.pop()
-        known.update(param.alias for param in current.query_params)
-        pending.extend(current.dependencies)
+    known = route.query_parameters
     unknown = sorted(set(request.query_params) - known)
     if unknown:
         takes = ", ".join(sorted(known)) or "none"
@@ -444,6 +460,7 @@ def create_app(
         "analytics, and manage tools. Errors are application/problem+json (RFC 9457).",
         dependencies=[Depends(_known_query_parameters)],
     )
+    app.router.route_class = _Route  # every route below: see _known_query_parameters
     state = _State(orchestrator, ApiMetrics())
     app.state.dendrite = state
     orch = orchestrator

@@ -57,7 +57,7 @@ from dendrite.telemetry.records import (
     SolutionRecord,
     ToolCreationEvent,
     ToolExecutionRecord,
-    as_utc,
+    named_utc,
 )
 
 log = logging.getLogger("dendrite.store")
@@ -799,10 +799,7 @@ def _moment(name: str, value: Any, also: str = "") -> datetime:
     """A point in time given to a read or to ``prune``, in UTC (naive is taken as UTC)."""
     if not isinstance(value, datetime):
         raise TypeError(f"{name} must be {also}a datetime, got {type(value).__name__} {value!r}")
-    try:
-        return as_utc(value)
-    except ValueError as error:
-        raise ValueError(f"{name}: {error}") from None
+    return named_utc(name, value)
 
 
 def _execution_id(value: Any) -> str:

@@ -96,10 +96,12 @@ def _fill_times(
         raise ValueError(
             f"duration_ms={duration_ms} puts the other end of the run outside the years 1 to 9999"
         ) from None
-    return _named_utc("started_at", started_at), _named_utc("finished_at", finished_at)
+    return named_utc("started_at", started_at), named_utc("finished_at", finished_at)
 
 
-def _named_utc(name: str, value: datetime) -> datetime:
+def named_utc(name: str, value: datetime) -> datetime:
+    """``as_utc(value)``, its ``ValueError`` naming the argument: a record has several times,
+    and a read or ``prune`` takes one, so the caller can tell which one is out of range."""
     try:
         return as_utc(value)
     except ValueError as error:
