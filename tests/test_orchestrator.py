@@ -112,6 +112,44 @@ def test_every_run_and_attempt_lands_in_the_store(orch: Orchestrator, store: Exe
     assert (stats.total_executions, stats.successful_executions) == (3, 1)
 
 
+@pytest.mark.parametrize(
+    "classification",
+    [5, "search", {"intent": 7}, {"intent": "x" * 65, "query_type": None}, {}],
+    ids=["a number", "a string", "a number as intent", "an intent too long", "empty"],
+)
+def test_a_plan_with_odd_classification_metadata_is_still_recorded(
+    orch: Orchestrator, store: ExecutionStore, classification: Any
+):
+    """A hand-written plan's metadata is the caller's: the run is recorded with the
+    goal's own labels where the plan's cannot be kept (it was lost, a TypeError logged)."""
+    plan = Plan(
+        goal="search the notes for dendrite",
+        steps=[Step(id="s", tool="search", params={"query": "dendrite"})],
+        metadata={"classification": classification},
+    )
+    result = orch.process(plan)
+    assert result.success
+    store.flush()
+    detail = store.get_execution(result.execution_id)
+    assert detail is not None and detail.success
+    assert (detail.intent, detail.query_type) == ("tool_use", "search")
+
+
+def test_a_plans_own_labels_are_recorded_where_they_can_be_kept(
+    orch: Orchestrator, store: ExecutionStore
+):
+    plan = Plan(
+        goal="search the notes for dendrite",
+        steps=[Step(id="s", tool="search", params={"query": "dendrite"})],
+        metadata={"classification": {"intent": "lookup", "query_type": 3}},
+    )
+    result = orch.process(plan)
+    store.flush()
+    detail = store.get_execution(result.execution_id)
+    assert detail is not None
+    assert (detail.intent, detail.query_type) == ("lookup", "search")
+
+
 def test_a_step_that_changes_its_input_in_place_leaves_the_recorded_result_alone(
     store: ExecutionStore,
 ):

@@ -66,7 +66,7 @@ from dendrite.state import StateManager, StateView
 from dendrite.store import ExecutionStore, UnknownExecutionError
 from dendrite.store.serialize import capped
 from dendrite.telemetry import ErrorType, ExecutionStatus
-from dendrite.telemetry.records import MAX_PROJECT, MAX_SESSION_ID
+from dendrite.telemetry.records import MAX_LABEL, MAX_PROJECT, MAX_SESSION_ID
 from dendrite.tools import ToolError, ToolRegistry, ToolState, ToolStatus, UnknownToolError
 
 log = logging.getLogger("dendrite.orchestrator")
@@ -1167,7 +1167,7 @@ class Orchestrator:
         *,
         execution_id: str,
         goal: str,
-        classification: Mapping[str, Any] | None = None,
+        classification: Any = None,
         success: bool,
         status: ExecutionStatus,
         error: str | None,
@@ -1183,7 +1183,7 @@ class Orchestrator:
     ) -> None:
         if self.store is None:
             return
-        labels = classification or classify(goal).to_dict()
+        intent, query_type = _labels(goal, classification)
         choice, columns, usage = decisions.choice, {}, decisions.usage
         if usage is not None and usage.calls:  # like its duration, its nested runs' included
             llm = usage.summary()
@@ -1202,8 +1202,8 @@ class Orchestrator:
             self.store.store_execution(
                 id=execution_id,
                 goal_text=goal,
-                intent=labels["intent"],
-                query_type=labels["query_type"],
+                intent=intent,
+                query_type=query_type,
                 success=success,
                 status=status,
                 error=error,
@@ -1384,6 +1384,22 @@ def _check_labels(session_id: object, project: object) -> None:
             raise TypeError(f"{name} must be a string, got {type(value).__name__}")
         if len(value) > limit:
             raise ValueError(f"{name} is {len(value)} characters long; at most {limit} are kept")
+
+
+def _labels(goal: str, given: Any) -> tuple[str, str]:
+    """The intent and query type a run is recorded with: those of the plan's
+    classification (a planner's) where it holds them as text a record keeps, else the
+    goal's own. A hand-written plan's metadata is the caller's, and an odd one
+    (``{"classification": 5}``) must not keep the run out of the history."""
+    own: dict[str, object] | None = None
+    labels = []
+    for name in ("intent", "query_type"):
+        value = given.get(name) if isinstance(given, Mapping) else None
+        if not (isinstance(value, str) and len(value) <= MAX_LABEL):
+            own = own or classify(goal).to_dict()
+            value = own[name]
+        labels.append(str(value))
+    return labels[0], labels[1]
 
 
 def _id(frame: _Frame | None) -> str | None:

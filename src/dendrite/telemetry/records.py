@@ -46,6 +46,8 @@ MAX_COST = 1e6
 per run (the limit before) ten runs of one day and key overflowed the sum; at 10⁶ it
 takes over 9,000 runs of a million each."""
 INT32 = 2**31 - 1
+MAX_LABEL = 64
+"""The longest intent, query type or model tier an execution keeps."""
 MAX_PROJECT = 255
 MAX_SESSION_ID = 128
 """The longest project and session id an execution keeps: callers that take them from
@@ -158,8 +160,8 @@ class ExecutionRecord(_Record):
 
     goal_id: str | None = Field(default=None, max_length=64)
     goal_text: str = ""
-    intent: str | None = Field(default=None, max_length=64)
-    query_type: str | None = Field(default=None, max_length=64)
+    intent: str | None = Field(default=None, max_length=MAX_LABEL)
+    query_type: str | None = Field(default=None, max_length=MAX_LABEL)
     task_type: str | None = Field(default=None, max_length=128)
     project: str | None = Field(default=None, max_length=MAX_PROJECT)
     session_id: str | None = Field(default=None, max_length=MAX_SESSION_ID)
@@ -172,7 +174,7 @@ class ExecutionRecord(_Record):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     duration_ms: float = Field(ge=0, le=MAX_DURATION_MS)
-    model_tier: str | None = Field(default=None, max_length=64)
+    model_tier: str | None = Field(default=None, max_length=MAX_LABEL)
     pool: str | None = Field(default=None, max_length=128)
     routing_confidence: float | None = Field(default=None, ge=0, le=1)
     complexity_score: float | None = None
@@ -328,7 +330,7 @@ class SolutionRecord(_Record):
     execution_id: RecordId | None = None
     pattern: str = Field(min_length=1, max_length=512)
     description: str = ""
-    query_type: str | None = Field(default=None, max_length=64)
+    query_type: str | None = Field(default=None, max_length=MAX_LABEL)
     task_type: str | None = Field(default=None, max_length=128)
     plan: dict[str, Any] = Field(default_factory=dict)
     quality_score: float | None = Field(default=None, ge=0, le=1)
