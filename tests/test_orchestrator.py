@@ -150,6 +150,78 @@ def test_a_plans_own_labels_are_recorded_where_they_can_be_kept(
     assert (detail.intent, detail.query_type) == ("lookup", "search")
 
 
+@pytest.mark.parametrize(
+    "metadata",
+    [{"why": 5}, {"why": "xy"}, {"replans": 5}, {"strategy": object()}, {"raw": b"\xff"}],
+    ids=["why a number", "why a string", "replans a number", "an object", "bytes"],
+)
+def test_a_plan_with_odd_metadata_or_params_is_recorded_and_traced(
+    store: ExecutionStore, metadata: dict[str, Any]
+):
+    """The metadata and params of a hand-written plan are the caller's: the run was lost
+    (a TypeError or a serialization error after its tools had run) and its trace failed."""
+
+    def echo(value: Any = None) -> str:
+        return "ok"
+
+    registry = ToolRegistry()
+    registry.register_function(echo)
+    plan = Plan(
+        goal="echo a value",
+        steps=[Step(id="s", tool="echo", params={"value": object()})],
+        metadata=metadata,
+    )
+    with Orchestrator(registry, store=store, learning=None) as orchestrator:
+        result = orchestrator.process(plan)
+    assert result.success
+    store.flush()
+    detail = store.get_execution(result.execution_id)
+    assert detail is not None and [a.tool_name for a in detail.steps] == ["echo"]
+    (value,) = detail.metadata["plan"]["steps"][0]["params"].values()
+    assert value["$type"] == "builtins.object"
+    assert detail.metadata["replans"] == [] and isinstance(detail.metadata["why"], dict)
+    trace = load_trace(store, result.execution_id)
+    assert trace is not None and trace.replans == []
+
+
+def test_an_exception_whose_message_cannot_be_read_still_fails_over_to_the_fallback(
+    store: ExecutionStore,
+):
+    """A tool's exception whose __str__ raises broke the engine's bookkeeping of the
+    attempt: the fallback was never tried and the run's error named the wrong failure."""
+
+    class Unreadable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("str exploded")
+
+    def primary() -> int:
+        raise Unreadable()
+
+    def spare() -> int:
+        return 7
+
+    def dirty() -> int:
+        raise ValueError("bad\x00byte \udcff")
+
+    registry = ToolRegistry()
+    registry.register_function(primary, alternatives=["spare"])
+    registry.register_function(spare)
+    registry.register_function(dirty)
+    with Orchestrator(registry, store=store, learning=None) as orchestrator:
+        result = orchestrator.process(Plan(goal="g", steps=[Step(id="a", tool="primary")]))
+        failed = orchestrator.process(Plan(goal="g", steps=[Step(id="d", tool="dirty")]))
+    assert result.success and result.output == 7
+    assert not failed.success
+    store.flush()
+    attempts = {a.tool_name: a for a in store.get_execution(result.execution_id).steps}
+    assert attempts["primary"].error == "Unreadable: <str() raised RuntimeError>"
+    assert attempts["primary"].error_type is ErrorType.TOOL_ERROR
+    assert attempts["spare"].success and attempts["spare"].fallback_of == "primary"
+    (dirty,) = store.get_execution(failed.execution_id).steps
+    assert dirty.error == "ValueError: bad\ufffdbyte \ufffd"
+    assert store.status().rejected_records == 0
+
+
 def test_a_step_that_changes_its_input_in_place_leaves_the_recorded_result_alone(
     store: ExecutionStore,
 ):

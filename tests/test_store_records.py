@@ -272,6 +272,47 @@ def test_circular_and_too_deep_values_are_recorded_as_markers_without_losing_row
     assert steps["plain"].result == 7
 
 
+def test_integers_too_long_for_text_and_values_whose_own_code_raises_are_recorded(
+    store: ExecutionStore,
+):
+    """Python writes at most 4,300 digits, and a container's items() or an object's repr
+    is its author's code: each raised out of the encoder and lost the row (and the run's)."""
+
+    class NoItems(dict):
+        def items(self):
+            raise RuntimeError("no items")
+
+        def __iter__(self):
+            raise RuntimeError("no iteration")
+
+    class NoRepr:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    huge = 10**4400
+    eid = store.store_execution(
+        goal_text="g", success=True, duration_ms=1, metadata={"n": huge, "ok": 1}
+    )
+    store.store_tool_execution(eid, "bare", {}, -huge, True, 1)
+    store.store_tool_execution(eid, "nested", {"n": huge}, {"n": huge, "m": 2}, True, 1)
+    store.store_tool_execution(eid, "items", {}, NoItems(a=1), True, 1)
+    store.store_tool_execution(eid, "repr", {}, [NoRepr(), float("nan")], True, 1)
+    store.flush()
+    detail = store.get_execution(eid)
+    steps = {s.tool_name: s for s in detail.steps}
+    assert set(steps) == {"bare", "nested", "items", "repr"}
+    assert store.status().rejected_records == 0
+    bits = {"$int_bits": huge.bit_length()}
+    assert detail.metadata == {"n": bits, "ok": 1}
+    assert steps["bare"].result == bits
+    assert steps["nested"].parameters == {"n": bits}
+    assert steps["nested"].result == {"n": bits, "m": 2}
+    assert steps["items"].result["$error"] == "RuntimeError: no items"
+    assert steps["items"].result["$type"].endswith("NoItems")
+    assert steps["repr"].result[1] == "nan"
+    assert steps["repr"].result[0]["$error"] == "RuntimeError: no repr"
+
+
 def test_oversized_result_is_replaced_by_a_marker(store_url: str, tmp_path: Path):
     with ExecutionStore(store_url, state_dir=tmp_path / "s", max_result_bytes=1000) as store:
         eid = store.store_execution(goal_text="g", success=True, duration_ms=1)

@@ -166,6 +166,10 @@ def test_registration_refuses_what_cannot_be_called_by_name():
             registry.register_function(func)
     with pytest.raises(ToolRegistrationError, match="must be an identifier"):
         registry.register_function(lambda: 1, name="not a name")
+    # Longer than a tool execution's record keeps: every attempt would be refused.
+    with pytest.raises(ToolRegistrationError, match="is 201 characters long; at most 200"):
+        registry.register_function(lambda: 1, name="t" * 201)
+    assert registry.register_function(lambda: 1, name="t" * 200).name == "t" * 200
     with pytest.raises(ToolRegistrationError, match="reliability 'great' is not one of"):
         registry.register_function(forecast, reliability="great")
     with pytest.raises(ToolRegistrationError, match="timeout must be > 0"):

@@ -64,7 +64,7 @@ from dendrite.planning.semantic import RetrieverCache, SemanticPlanner
 from dendrite.planning.templates import TemplatePlanner
 from dendrite.state import StateManager, StateView
 from dendrite.store import ExecutionStore, UnknownExecutionError
-from dendrite.store.serialize import capped
+from dendrite.store.serialize import capped, to_jsonable
 from dendrite.telemetry import ErrorType, ExecutionStatus
 from dendrite.telemetry.records import MAX_LABEL, MAX_PROJECT, MAX_SESSION_ID
 from dendrite.tools import ToolError, ToolRegistry, ToolState, ToolStatus, UnknownToolError
@@ -511,7 +511,9 @@ class Orchestrator:
         """The plan's reasons, each step's with the stand-ins for its tool (declared
         alternatives, either way) that could not be chosen because they are unavailable:
         a quarantine that kept a tool out of the plan is otherwise nowhere in the trace."""
-        why = dict(plan.metadata.get("why", {}))
+        given = plan.metadata.get("why")
+        # A hand-written plan's metadata is the caller's: "why" counts only as reasons by step.
+        why = {str(k): str(v) for k, v in given.items()} if isinstance(given, Mapping) else {}
         # Only registered tools that are unavailable can have been left out: none, mostly.
         unavailable = sorted((t for t in self.registry if not t.available), key=lambda t: t.name)
         for step in plan.steps if unavailable else ():
@@ -778,7 +780,7 @@ class Orchestrator:
                 Event(
                     EventType.PLAN_CREATED,
                     execution_id,
-                    data={"plan": plan.model_dump(mode="json"), "parent_id": _id(parent)},
+                    data={"plan": to_jsonable(plan.model_dump()), "parent_id": _id(parent)},
                 )
             )
         steps: dict[str, StepResult] = {}
@@ -915,7 +917,7 @@ class Orchestrator:
             "planner": repaired.planner,
             "new_tools": sorted({s.tool for s in repaired.steps} - {s.tool for s in plan.steps}),
         }
-        repaired.metadata["replans"] = [*plan.metadata.get("replans", []), note]
+        repaired.metadata["replans"] = [*_replans(plan.metadata), note]
         if "remembered_from" in plan.metadata:  # learning judges the plan memory gave
             repaired.metadata.setdefault("remembered_from", plan.metadata["remembered_from"])
         return repaired, note
@@ -1140,8 +1142,8 @@ class Orchestrator:
                     "remembered_goal": plan.metadata.get("remembered_goal"),
                     "strategy": plan.metadata.get("strategy"),
                     "llm": decisions.model,
-                    "replans": plan.metadata.get("replans", []),
-                    "plan": plan.model_dump(mode="json", exclude_defaults=True),
+                    "replans": _replans(plan.metadata),
+                    "plan": to_jsonable(plan.model_dump(exclude_defaults=True)),
                     "output": stored_output,
                     # Attempts are tool_executions rows already; the trace joins them back.
                     "steps": [s.summary(started_at) for s in steps],
@@ -1311,7 +1313,7 @@ class Orchestrator:
                 parent_id=result.parent_id,
                 depth=result.depth,
                 steps=[s.to_dict(include_output=False) for s in result.steps],
-                replans=list(result.plan.metadata.get("replans", [])),
+                replans=_replans(result.plan.metadata),
                 why=dict(result.why),
                 llm_usage=result.llm_usage,
             )
@@ -1384,6 +1386,13 @@ def _check_labels(session_id: object, project: object) -> None:
             raise TypeError(f"{name} must be a string, got {type(value).__name__}")
         if len(value) > limit:
             raise ValueError(f"{name} is {len(value)} characters long; at most {limit} are kept")
+
+
+def _replans(metadata: Mapping[str, Any]) -> list[Any]:
+    """The repairs a plan went through: a list, unless a hand-written plan's metadata
+    holds something else under the name (then Dendrite made none)."""
+    replans = metadata.get("replans")
+    return list(replans) if isinstance(replans, list) else []
 
 
 def _labels(goal: str, given: Any) -> tuple[str, str]:
@@ -1484,7 +1493,7 @@ def load_trace(store: ExecutionStore, execution_id: str) -> ExecutionTrace | Non
         parent_id=detail.parent_id,
         depth=detail.depth,
         steps=steps,
-        replans=list(detail.metadata.get("replans", [])),
+        replans=_replans(detail.metadata),
         why=dict(detail.metadata.get("why") or {}),
         llm_usage=detail.metadata.get("llm_usage"),
     )

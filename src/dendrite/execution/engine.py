@@ -44,6 +44,7 @@ from dendrite.planning.conditions import ConditionError, compile_condition
 from dendrite.planning.plan import Plan, RetryPolicy, Step
 from dendrite.store.serialize import dumps
 from dendrite.telemetry import ErrorType
+from dendrite.telemetry.errors import message_of
 from dendrite.tools import (
     StateAccess,
     Tool,
@@ -771,7 +772,7 @@ class ExecutionEngine:
                     error, error_type = "cancelled", ErrorType.CANCELLED
                     raise
                 # The tool's own (a future it waited on was cancelled): its failure, not the run's.
-                value, error = caught, f"CancelledError: {caught}".rstrip(": ")
+                value, error = caught, f"CancelledError: {message_of(caught)}".rstrip(": ")
                 error_type = ErrorType.TOOL_ERROR
             except _DeadlinePassed as caught:
                 value, error = caught, f"timed out after {timeout:g}s"
@@ -781,7 +782,7 @@ class ExecutionEngine:
             except ToolArgumentError as caught:
                 value, error, error_type = caught, str(caught), ErrorType.VALIDATION
             except (Exception, SystemExit) as caught:  # a tool calling sys.exit() fails; we go on
-                value, error = caught, f"{type(caught).__name__}: {caught}"
+                value, error = caught, f"{type(caught).__name__}: {message_of(caught)}"
                 error_type = ErrorType.infer(caught) if isinstance(caught, Exception) else None
                 error_type = error_type or ErrorType.TOOL_ERROR
             finally:

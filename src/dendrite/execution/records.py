@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from dendrite._ids import new_id
+from dendrite._text import clean_text
 from dendrite.execution.events import Attempt
 from dendrite.store.serialize import dumps
 from dendrite.store.toolcall import ToolCall
@@ -43,7 +44,8 @@ def attempt_record(
             params,
             dumps(result),
             attempt.success,
-            attempt.error,
+            # The error is a tool's own text: stray NUL or lone surrogates, as any record's.
+            None if attempt.error is None else clean_text(attempt.error),
             attempt.error_type,
             attempt.number,
             attempt.fallback_of,

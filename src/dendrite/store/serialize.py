@@ -6,6 +6,7 @@ are encoded by a documented fallback instead of raising:
 
 - datetimes, dates and times as ISO 8601 strings; UUIDs, paths and Decimals as strings;
 - enums by their value; sets and tuples as lists; bytes as ``{"$bytes": n}``;
+- an integer too long for text (Python writes at most 4,300 digits) as ``{"$int_bits": n}``;
 - pydantic models and dataclasses as their field dictionaries;
 - anything else as ``{"$repr": repr(value), "$type": "module.Class"}``;
 - a value that contains itself or is nested too deeply for JSON, whole, as
@@ -83,6 +84,8 @@ def _finite(value: Any) -> Any:
     """NaN and infinities are not JSON (PostgreSQL's JSONB refuses them): store them as strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if type(value) is int and value.bit_length() > _SAFE_INT_BITS:
+        return _long_int(value)
     if isinstance(value, dict):
         return {str(k): _finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -140,30 +143,43 @@ def dumps(value: Any) -> str:
     """Encode any value as strict JSON text, using the fallbacks of this module."""
     kind = type(value)
     if kind is int:  # the commonest results, without the encoder's set-up
-        return str(value)
+        return str(value) if value.bit_length() <= _SAFE_INT_BITS else _encode(_long_int(value))
     if kind is str:
         return _storable(_encode_str(value))
     if value is None:
         return "null"
     try:
         return _storable(_fast_encode(value))
-    except (ValueError, TypeError, RecursionError):
+    except Exception:  # whatever the value's own code raised, the slow path tells
         pass
     try:
         return _storable(_encode(_finite(_stringify_keys(value))))
     except RecursionError:  # a value that contains itself, or nested too deep for JSON
         return _encode(_unencodable(value, "circular or too deeply nested"))
-    except (ValueError, TypeError) as error:  # e.g. a NaN inside what a fallback returned
-        return _encode(_unencodable(value, f"{type(error).__name__}: {error}"))
+    except Exception as error:  # a NaN inside what a fallback returned, an items() that raises
+        return _encode(_unencodable(value, f"{type(error).__name__}: {error}"[:REPR_LIMIT]))
+
+
+_SAFE_INT_BITS = 14_000
+"""Integers up to this many bits are under 4,300 decimal digits, the most Python turns into
+text by default; longer ones are checked one by one (the limit can be changed)."""
+
+
+def _long_int(value: int) -> Any:
+    try:
+        str(value)
+    except ValueError:
+        return {"$int_bits": value.bit_length()}
+    return value
 
 
 def _unencodable(value: Any, why: str) -> dict[str, str]:
     kind = type(value)
-    return {
-        "$repr": reprlib.repr(value),  # depth-limited, unlike repr()
-        "$type": f"{kind.__module__}.{kind.__qualname__}",
-        "$error": why,
-    }
+    try:
+        text = reprlib.repr(value)  # depth-limited, unlike repr()
+    except Exception:  # a repr that raises, an integer too long for text
+        text = object.__repr__(value)
+    return {"$repr": text, "$type": f"{kind.__module__}.{kind.__qualname__}", "$error": why}
 
 
 def _stringify_keys(value: Any) -> Any:
@@ -199,7 +215,9 @@ def dumps_fields(fields: Mapping[str, Any]) -> str:
 
 def capped(value: Any, max_bytes: int) -> tuple[Any, bool]:
     """``value`` made JSON-safe, or a truncation marker when its encoding exceeds ``max_bytes``."""
-    if value is None or isinstance(value, (bool, int)):
+    if value is None or isinstance(value, bool):
+        return value, False
+    if isinstance(value, int) and value.bit_length() <= _SAFE_INT_BITS:
         return value, False
     text, truncated = capped_json(dumps(value), max_bytes)
     return json.loads(text), truncated

@@ -37,7 +37,7 @@ class ErrorType(StrEnum):
                 return by_type
             # Its message first (a status code leads it: "429 Resource has been exhausted"),
             # then its type's name ("InvalidArgument").
-            found = _from_message(str(error)) or _from_message(type(error).__name__)
+            found = _from_message(message_of(error)) or _from_message(type(error).__name__)
             return found or cls.TOOL_ERROR
         by_type = _from_type_name(error)
         if by_type is not None:
@@ -45,6 +45,15 @@ class ErrorType(StrEnum):
         message = _TYPE_PREFIX.sub("", error, count=1)  # "ResourceExhausted: 429 …" → "429 …"
         found = _from_message(message) or _from_message(error)
         return found or (cls.TOOL_ERROR if error.strip() else cls.UNKNOWN)
+
+
+def message_of(error: BaseException) -> str:
+    """``str(error)``, or a note that it failed: an exception's ``__str__`` is its author's
+    code, and one that raises must not break the bookkeeping of the failure it reports."""
+    try:
+        return str(error)
+    except Exception as broken:
+        return f"<str() raised {type(broken).__name__}>"
 
 
 _CONNECTION_TYPES = (ConnectionError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError)

@@ -48,6 +48,8 @@ takes over 9,000 runs of a million each."""
 INT32 = 2**31 - 1
 MAX_LABEL = 64
 """The longest intent, query type or model tier an execution keeps."""
+MAX_TOOL_NAME = 200
+"""The longest tool name a tool execution keeps (and a registry takes)."""
 MAX_PROJECT = 255
 MAX_SESSION_ID = 128
 """The longest project and session id an execution keeps: callers that take them from
@@ -239,14 +241,14 @@ class ToolExecutionRecord(_Record):
 
     execution_id: RecordId
     step_id: str | None = Field(default=None, max_length=128)
-    tool_name: str = Field(min_length=1, max_length=200)
+    tool_name: str = Field(min_length=1, max_length=MAX_TOOL_NAME)
     parameters: dict[str, Any] = Field(default_factory=dict)
     result: Any = None
     success: bool
     error: str | None = None
     error_type: ErrorType | None = None
     attempt: int = Field(default=1, ge=1, le=INT32)
-    fallback_of: str | None = Field(default=None, max_length=200)
+    fallback_of: str | None = Field(default=None, max_length=MAX_TOOL_NAME)
     duration_ms: float = Field(ge=0, le=MAX_DURATION_MS)
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -347,7 +349,7 @@ class SolutionRecord(_Record):
 class ToolCreationEvent(_Record):
     """A tool generated at run time, with the outcome of its validation."""
 
-    tool_name: str = Field(min_length=1, max_length=200)
+    tool_name: str = Field(min_length=1, max_length=MAX_TOOL_NAME)
     goal_text: str | None = None
     generated_code: str
     validation_passed: bool

@@ -16,6 +16,7 @@ from typing import Any, TypeVar, overload
 
 from pydantic import ValidationError
 
+from dendrite.telemetry.records import MAX_TOOL_NAME
 from dendrite.tools.context import ToolContext
 from dendrite.tools.errors import (
     ToolArgumentError,
@@ -230,6 +231,11 @@ class ToolRegistry:
         if not tool_name.isidentifier():
             raise ToolRegistrationError(
                 f"tool name {tool_name!r} must be an identifier (letters, digits, underscores)"
+            )
+        if len(tool_name) > MAX_TOOL_NAME:  # every attempt's record would be refused
+            raise ToolRegistrationError(
+                f"tool name {tool_name[:40]!r}... is {len(tool_name)} characters long; "
+                f"at most {MAX_TOOL_NAME}"
             )
         try:
             level = Reliability(reliability)
