@@ -17,12 +17,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dendrite.planning import references
+
 _DIGITS = r"(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)"  # "1,500" is one number; "1,2,3" three
-_NUMBER = re.compile(rf"(?<![\w.])[-+]?{_DIGITS}(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
+FILLER = {"a", "an", "the", "of", "for", "to", "in", "on", "and", "or", "is", "with"}
+_FRACTION = r"(?<![\w./])[-+]?\d+/[1-9]\d*(?![\d./])"  # "3/4"; of "3/4/2025", nothing
+_UNIT_NEXT = rf"(?=\s*[A-Za-z°])(?!\s*(?i:{'|'.join(sorted(FILLER))})\b)"  # "miles", not "of"
+_NUMBER = re.compile(
+    rf"(?P<fraction>{_FRACTION}){_UNIT_NEXT}"  # "3/4 miles" is 0.75; "3/4 of 8" three numbers
+    rf"|(?<![\w.])[-+]?{_DIGITS}(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])"
+)
 QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|(?<!\w)'([^']{2,})'(?!\w)|`([^`]+)`")
 """A quoted passage, its text in one of the groups. Single quotes only around a passage,
 not within words: "what's … today's" quotes nothing."""
-_PATH = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-][\w.-]*\.[A-Za-z][\w]{0,7})(?![\w])")
+_PATH = re.compile(r"(?<![\w/.{-])((?:[\w.-]+/)*[\w-][\w.-]*\.[A-Za-z][\w]{0,7})(?![\w])")
 _URL = re.compile(r"https?://[^\s\"'<>]+")
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?\b")
 _MATH_NAMES = r"\b(?:pi|e|sqrt|log|exp|sin|cos|tan|abs|round|min|max)\b"
@@ -39,8 +47,8 @@ _TOPIC = re.compile(
     re.I,
 )
 _UNITS = re.compile(
-    rf"(?P<value>[-+]?{_DIGITS}(?:\.\d+)?)\s*(?P<from>[A-Za-z°][\w°/]*)\s+(?:to|in|into)\s+"
-    r"(?P<to>[A-Za-z°][\w°/]*)",
+    rf"(?P<value>{_FRACTION}|[-+]?{_DIGITS}(?:\.\d+)?)\s*"
+    r"(?P<from>[A-Za-z°][\w°/]*)\s+(?:to|in|into)\s+(?P<to>[A-Za-z°][\w°/]*)",
     re.I,
 )
 _REQUEST_WORDS = re.compile(
@@ -51,7 +59,6 @@ _REQUEST_WORDS = re.compile(
     re.I,
 )
 
-FILLER = {"a", "an", "the", "of", "for", "to", "in", "on", "and", "or", "is", "with"}
 TEXT_NAMES = ("query", "text", "question", "q", "prompt", "content", "goal", "input", "message")
 TOPIC_NAMES = ("topic", "subject", "about", "focus")
 PATH_HINTS = ("path", "file", "filename", "document", "doc", "name", "first", "second", "source")
@@ -74,15 +81,25 @@ class Extraction:
 
 
 def numbers_in(text: str) -> list[float | int]:
-    """The numbers written in ``text``, in order (thousands separators allowed)."""
+    """The numbers written in ``text``, in order (thousands separators allowed); a fraction
+    beside a unit is one number ("3/4 miles" is 0.75), elsewhere two ("what is 3/4")."""
     found: list[float | int] = []
     for match in _NUMBER.finditer(text):
+        if match.group("fraction"):
+            found.append(quantity(match.group("fraction")))
+            continue
         raw = match.group(0).replace(",", "")
         try:
             found.append(int(raw) if re.fullmatch(r"[-+]?\d+", raw) else float(raw))
         except ValueError:
             continue
     return found
+
+
+def quantity(written: str) -> float:
+    """A quantity as the unit reader finds it written: "1,500", "2.5", or a fraction "3/4"."""
+    numerator, _, denominator = written.replace(",", "").partition("/")
+    return float(numerator) / float(denominator or 1)
 
 
 def _converts_units(text: str) -> bool:
@@ -185,7 +202,7 @@ def extract_arguments(
         elif units and lname in ("to_unit", "target_unit", "unit_to"):
             value = units.group("to")
         elif units and kind in ("number", "integer") and lname in ("value", "amount", "quantity"):
-            value = float(units.group("value").replace(",", ""))
+            value = quantity(units.group("value"))
             if value in numbers:
                 numbers.remove(value)
         elif name in named_numbers:
@@ -226,6 +243,8 @@ def extract_arguments(
             result.used.append(text_params[0])
             result.from_rest = text_params[0]
     result.missing = [n for n in order if n in required and n not in result.params]
+    for name in result.used:  # the goal's "${HOME}" is the user's text, not a reference
+        result.params[name] = references.literal(result.params[name])
     return result
 
 

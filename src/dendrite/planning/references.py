@@ -8,6 +8,11 @@
   interpolated as text.
 - ``${item}`` / ``${item.path}`` — the current element inside a ``for_each``
   step; ``${context.key}`` — a value from the run's ``context``.
+- ``${$}`` — a literal ``$``. Text that must not be read as references (the
+  user's own words in a goal, copied into a parameter) writes each ``${`` as
+  ``${$}{`` (:func:`literal`), so ``"${HOME}"`` stays ``${HOME}``. No
+  reference can begin with ``$``, so plans that never meant ``${$}`` are
+  unaffected.
 
 References are found in strings at any depth of a step's ``params``, in
 ``when`` and in ``for_each``; each one makes the step depend on the step it
@@ -27,6 +32,8 @@ RESERVED = frozenset({ITEM, CONTEXT})
 
 _SCALARS = frozenset({int, float, bool, type(None)})  # cannot hold a reference: no ABC checks
 _REF = re.compile(r"\$\{\s*([A-Za-z_][\w-]*)((?:\.[^.\s}]+)*)\s*\}")
+_DOLLAR = "${$}"
+_TOKEN = re.compile(rf"{re.escape(_DOLLAR)}|{_REF.pattern}")  # one scan: "${$}{x}" is no ref
 
 
 class UnresolvedReferenceError(LookupError):
@@ -99,16 +106,7 @@ def resolve(value: Any, scope: Mapping[str, Any]) -> Any:
         ref = whole(value)
         if ref is not None:
             return lookup(scope[ref.source], ref.path, ref.text)
-        return _REF.sub(
-            lambda m: str(
-                lookup(
-                    scope[m.group(1)],
-                    tuple(p for p in m.group(2).split(".") if p),
-                    m.group(0),
-                )
-            ),
-            value,
-        )
+        return _TOKEN.sub(lambda m: _text_of(m, scope), value)
     if isinstance(value, Mapping):
         return {k: resolve(v, scope) for k, v in value.items()}
     if isinstance(value, list):
@@ -118,10 +116,29 @@ def resolve(value: Any, scope: Mapping[str, Any]) -> Any:
     return value
 
 
+def _text_of(match: re.Match[str], scope: Mapping[str, Any]) -> str:
+    """What one reference inside longer text reads as; ``${$}`` is a literal ``$``."""
+    if match.group(0) == _DOLLAR:
+        return "$"
+    path = tuple(p for p in match.group(2).split(".") if p)
+    return str(lookup(scope[match.group(1)], path, match.group(0)))
+
+
 def has_references(value: Any) -> bool:
     return next(find(value), None) is not None
 
 
 def substitute(text: str, name_for: Mapping[str, str]) -> str:
     """Replace each reference in ``text`` by a placeholder name (for expressions)."""
-    return _REF.sub(lambda m: name_for[m.group(0)], text)
+    return _TOKEN.sub(lambda m: "$" if m.group(0) == _DOLLAR else name_for[m.group(0)], text)
+
+
+def literal(value: Any) -> Any:
+    """``value`` (text, or a list of texts) written so that it resolves to itself: each
+    ``${`` becomes ``${$}{``. For words taken from a goal, where ``${step1.output}`` or
+    ``${HOME}`` is the user's text, never a reference to another step's output."""
+    if isinstance(value, str):
+        return value.replace("${", _DOLLAR + "{")
+    if isinstance(value, list):
+        return [literal(item) for item in value]
+    return value

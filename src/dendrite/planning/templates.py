@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from dendrite.planning.arguments import extract_arguments, written_arithmetic
+from dendrite.planning.arguments import extract_arguments, paths_in, written_arithmetic
 from dendrite.planning.classify import QueryType, classify
 from dendrite.planning.plan import Plan, Step
 from dendrite.planning.planner import PlanningError
@@ -34,6 +34,15 @@ _LEAD = re.compile(
     re.I,
 )
 _TOPIC = re.compile(r"\b(?:about|regarding|on|in terms of)\s+(?P<topic>.+?)\s*[?.!]?$", re.I)
+_LIST_JOINER = r"(?:\s*,\s*(?:and\s+)?|\s+(?:and|&)\s+)"  # "a, b", "a and b", "a, and b"
+
+
+def _listed_files(goal: str) -> list[str]:
+    """The files a goal lists, each joined to the next by a comma or "and" ("a.md, b.md and
+    c.md"); none when it names fewer than two, or names them apart ("a.md for bob.txt")."""
+    named = list(dict.fromkeys(paths_in(goal)))
+    listing = _LIST_JOINER.join(re.escape(name) for name in named)
+    return named if len(named) > 1 and re.search(listing, goal) else []
 
 
 def _does(tool: Tool, role: str) -> bool:
@@ -145,8 +154,15 @@ class TemplatePlanner:
         return [*searches, compare]
 
     def _summary(self, goal: str, registry: ToolRegistry, why: dict[str, str]) -> list[Step]:
-        """Summarise what the goal names; if it names nothing, the best search hit."""
+        """Summarise what the goal names (each of the files it lists: "a.md and b.md" is
+        two summaries, side by side); if it names nothing, the best search hit."""
+        listed = _listed_files(goal)
         try:
+            if listed:
+                return [
+                    self._role("summarize", f"summarize {name}", registry, f"summarize{i}", why)
+                    for i, name in enumerate(listed, start=1)
+                ]
             return [self._role("summarize", goal, registry, "summarize", why)]
         except PlanningError:
             pass

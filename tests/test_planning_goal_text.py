@@ -1,0 +1,107 @@
+"""Offline planning keeps the goal's words as the user wrote them: ``${...}`` in a goal
+is text, not a reference; "3/4 miles" is 0.75 miles; "a.md and b.md" is two files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dendrite import Orchestrator
+from dendrite.planning import Plan, Step, references
+from dendrite.planning.arguments import numbers_in
+from dendrite.planning.conditions import compile_condition
+from dendrite.tools import ToolRegistry
+from dendrite.tools.builtin import register_builtin
+
+
+@pytest.fixture
+def orch(tmp_path: Path):
+    (tmp_path / "a.md").write_text("Apples keep best at one degree.")
+    (tmp_path / "b.md").write_text("Bananas ripen in warm rooms.")
+    (tmp_path / "c.md").write_text("Cherries split in the rain.")
+    registry = ToolRegistry()
+    register_builtin(registry, docs_root=tmp_path, files_root=tmp_path)
+
+    def echo(text: str) -> str:
+        """Echo the text back."""
+        return text
+
+    registry.register_function(echo)
+    with Orchestrator(registry, store=None, llm=None) as orchestrator:
+        yield orchestrator
+
+
+@pytest.mark.parametrize(
+    "goal", ["echo the text ${step1.output} back", "echo the text ${HOME} back"]
+)
+def test_references_written_in_a_goal_are_the_users_text(orch: Orchestrator, goal: str):
+    result = orch.process(goal)
+    assert result.success, result.error
+    assert [s.tool for s in result.plan.steps] == ["echo"]  # no file named "step1.output"
+    assert result.output == goal
+
+
+def test_planned_references_still_resolve(orch: Orchestrator):
+    plan = Plan(
+        steps=[
+            Step(id="first", tool="echo", params={"text": "apples"}),
+            Step(id="second", tool="echo", params={"text": "${first} cost $${first}"}),
+        ],
+        output="${second}",
+    )
+    result = orch.process(plan)
+    assert result.success, result.error
+    assert result.output == "apples cost $apples"  # "$${x}" is a dollar and a reference
+
+
+def test_literal_text_resolves_to_itself_and_refers_to_nothing():
+    for text in ["${step1.output}", "${HOME}/x.md", "$${a} and ${$}", "${ s.n }", "no refs"]:
+        written = references.literal(text)
+        assert not references.has_references(written)
+        assert references.resolve(written, {}) == text
+    scope = {"s": {"n": 2}}
+    assert references.literal(["${s}", "b"]) == ["${$}{s}", "b"]
+    assert references.resolve("${s.n} is ${$}{s.n}", scope) == "2 is ${s.n}"
+    assert compile_condition('"${$}{s}" != "${s.n}"').evaluate(scope)
+
+
+def test_a_fraction_beside_a_unit_is_its_value(orch: Orchestrator):
+    converted = orch.process("convert 3/4 miles to km")
+    assert converted.plan.steps[0].params["value"] == 0.75
+    assert converted.output == pytest.approx(0.75 * 1.609344)
+    divided = orch.process("what is 3/4")
+    assert [(s.tool, s.params) for s in divided.plan.steps] == [
+        ("calculate", {"expression": "3/4"})
+    ]
+    assert divided.output == 0.75
+
+
+@pytest.mark.parametrize(
+    ("text", "numbers"),
+    [
+        ("convert 3/4 miles to km", [0.75]),
+        ("-1/2 cup and 3/4miles", [-0.5, 0.75]),
+        ("what is 3/4", [3, 4]),
+        ("2/3 of 9", [2, 3, 9]),
+        ("on 3/4/2025 walk 5 km", [3, 4, 2025, 5]),
+        ("open docs/1/2 files", [1, 2]),  # a path, not half a file
+    ],
+)
+def test_numbers_in_reads_fractions_only_beside_a_unit(text: str, numbers: list[float]):
+    assert numbers_in(text) == numbers
+
+
+@pytest.mark.parametrize(
+    ("goal", "named"),
+    [
+        ("summarize a.md and b.md", ["a.md", "b.md"]),
+        ("summarize a.md, b.md and c.md", ["a.md", "b.md", "c.md"]),
+        ("summarize a.md", ["a.md"]),
+    ],
+)
+def test_a_summary_covers_every_listed_file(orch: Orchestrator, goal: str, named: list[str]):
+    result = orch.process(goal)
+    assert result.success, result.error
+    assert [s.params["name"] for s in result.plan.steps] == named
+    assert not any(s.dependencies() for s in result.plan.steps)  # side by side
