@@ -15,6 +15,7 @@ from dendrite.learning.loop import LearningLoop
 from dendrite.learning.memory import PlanMemory
 from dendrite.learning.ranker import Ranked, ToolRanker
 from dendrite.planning import Plan, RetryPolicy, Step
+from dendrite.planning.references import literal
 from dendrite.store import ExecutionStore, InvalidRecordError
 from dendrite.tools import ToolRegistry, ToolStatus
 
@@ -339,6 +340,42 @@ def test_plan_memory_reads_a_spoken_expression_again():
     memory.remember("what is 7 times 6", Plan(goal="g", steps=[step], planner="template"), None)
     recalled = memory.recall("what is 9 times 8", registry)
     assert recalled is not None and recalled.plan.steps[0].params == {"expression": "9 * 8"}
+
+
+def test_plan_memory_gives_each_listed_file_its_place_and_keeps_the_goals_own_text():
+    """ "summarize b.md and a.md", after a plan that summarised each of "a.md and b.md",
+    summarised b.md twice: every step read the first file of the new goal. A value the
+    argument reader wrote literally (the goal's own "${...}") was not seen as the goal's
+    and was reused as it was."""
+    registry = ToolRegistry()
+
+    def summarize_document(name: str) -> str:
+        """Summarize a document."""
+        return name
+
+    def echo(text: str) -> str:
+        """Echo the text back."""
+        return text
+
+    registry.register_function(summarize_document)
+    registry.register_function(echo)
+    memory = PlanMemory(threshold=0.5)
+    old = "summarize a.md and b.md"
+    steps = [
+        Step(id=f"s{i}", tool="summarize_document", params={"name": name})
+        for i, name in enumerate(["a.md", "b.md"], start=1)
+    ]
+    memory.remember(old, Plan(goal=old, steps=steps, planner="template"), None)
+    recalled = memory.recall("summarize b.md and a.md", registry)
+    assert recalled is not None
+    assert [s.params["name"] for s in recalled.plan.steps] == ["b.md", "a.md"]
+
+    old = "echo back the words ${HOME} to me"
+    said = Step(id="e", tool="echo", params={"text": literal(old)})
+    memory.remember(old, Plan(goal=old, steps=[said], planner="template"), None)
+    new = "echo back the words ${USER} to me"
+    recalled = memory.recall(new, registry)
+    assert recalled is not None and recalled.plan.steps[0].params == {"text": literal(new)}
 
 
 def _fallback_registry(calls: list[str]) -> ToolRegistry:

@@ -14,9 +14,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from dendrite.learning.similar import SimilarTexts
-from dendrite.planning.arguments import extract_arguments, numbers_in, spoken_math
+from dendrite.planning.arguments import extract_arguments, numbers_in, paths_in, spoken_math
 from dendrite.planning.plan import Plan
-from dendrite.planning.references import has_references
+from dendrite.planning.references import has_references, literal, resolve
 from dendrite.planning.semantic import split_goal
 from dendrite.tools import ToolRegistry
 
@@ -132,7 +132,9 @@ class PlanMemory:
                 for name in from_goal:
                     if name not in fresh:
                         return None
-                    params[name] = fresh[name]
+                    params[name] = _nth_path(params[name], old_parts[part], new_parts[part])
+                    if params[name] is None:
+                        params[name] = fresh[name]
                 if step.description == old_parts[part]:
                     update["description"] = new_parts[part]
             steps.append(step.model_copy(update={**update, "params": params}))
@@ -169,6 +171,19 @@ def _part_of(
     return part
 
 
+def _nth_path(value: object, old: str, new: str) -> str | None:
+    """The new text's file in the place ``value`` had among the old text's files ("summarize
+    a.md and b.md": one step each), where both list as many; the argument reader would give
+    every step the first. ``None`` when ``value`` is not one of several files."""
+    if not isinstance(value, str):
+        return None
+    old_paths, new_paths = paths_in(old), paths_in(new)
+    value = resolve(value, {})  # as the goal wrote it (see references.literal)
+    if len(old_paths) < 2 or len(new_paths) != len(old_paths) or value not in old_paths:
+        return None
+    return literal(new_paths[old_paths.index(value)])
+
+
 def _said_in(value: object, text: str, lowered: str) -> bool:
     """Whether ``value`` was read from ``text`` (numbers compare as numbers: 5.0 is "5")."""
     if isinstance(value, bool):
@@ -179,6 +194,7 @@ def _said_in(value: object, text: str, lowered: str) -> bool:
         return bool(value) and all(_said_in(v, text, lowered) for v in value)
     if not isinstance(value, str) or not value:
         return False
+    value = resolve(value, {})  # the goal's own "${...}", as the argument reader wrote it
     # An expression the argument reader wrote from words ("7 times 6" is "7 * 6") was read
     # from the goal too, though the goal never says it.
     return value.lower() in lowered or value.lower() in spoken_math(text).lower()
