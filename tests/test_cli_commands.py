@@ -158,6 +158,13 @@ def test_a_user_tool_the_lifecycle_archived_is_enabled_from_the_cli(home: Path):
         (["run", "calculate 1", "--strategy", "greedy"], "unknown strategy 'greedy'"),
         (["run", "calculate 1", "--planner", "llm"], "needs DENDRITE_LLM_BASE_URL"),
         (["serve", "--host", "0.0.0.0"], "refusing to serve on 0.0.0.0 without a token"),
+        (["history", "--url", "notaurl"], "'notaurl' is not a database URL"),
+        (["db", "current", "--url", "notaurl"], "'notaurl' is not a database URL"),
+        (["history", "--since", "99999999d"], "--since '99999999d' reaches back before"),
+        (["stats", "tiers", "--days", "999999"], "3650"),
+        (["jobs", "history", "--limit", "99999999999999999999"], "2147483647"),
+        # The user's text as given, not read as markup.
+        (["jobs", "run", "[red]x[/red]y"], "unknown job '[red]x[/red]y'"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(home: Path, args: list[str], message: str):
@@ -165,6 +172,34 @@ def test_user_mistakes_exit_2_with_one_line(home: Path, args: list[str], message
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_database_that_cannot_be_used_is_one_line_in_every_command(home: Path, tmp_path: Path):
+    """A file that is not a database, a server that is not there, a folder to export to:
+    each was a Python traceback in any command but the db ones."""
+    text = tmp_path / "notes.db"
+    text.write_text("not a database")
+    for args in (["history"], ["stats", "tools"], ["jobs", "history"], ["tools", "list"]):
+        result = runner.invoke(app, [*args, "--url", f"sqlite:///{text}"])
+        assert result.exit_code == 2, result.output
+        assert "cannot be used: file is not a database" in result.output
+    down = runner.invoke(app, ["history", "--url", "postgresql+psycopg://postgres@127.0.0.1:1/x"])
+    assert down.exit_code == 1 and "cannot read from" in down.output
+    assert runner.invoke(app, ["run", "calculate 2 + 2"]).exit_code == 0
+    to_folder = runner.invoke(app, ["export", "--out", str(tmp_path)])
+    assert to_folder.exit_code == 1 and f"cannot write {tmp_path}" in to_folder.output
+    for result in (down, to_folder):
+        assert "Traceback" not in result.output
+
+
+def test_upgrading_to_an_older_revision_says_to_downgrade(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    assert runner.invoke(app, ["db", "upgrade", "--url", url]).exit_code == 0
+    older = runner.invoke(app, ["db", "upgrade", "0002", "--url", url])
+    assert older.exit_code == 2, older.output
+    assert "past 0002: `dendrite db downgrade 0002` goes back" in older.output
+    current = runner.invoke(app, ["db", "current", "--url", url])
+    assert "0002" not in current.output
 
 
 def test_exit_codes_as_a_subprocess(tmp_path: Path):

@@ -13,20 +13,42 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from alembic.util import CommandError
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from typer.core import TyperGroup
 
-from dendrite.config import database_url
+from dendrite.config import MAX_REPORT_DAYS, database_url
 from dendrite.planning import PLANNERS
-from dendrite.store import StoreError, migrate
-from dendrite.store.engine import make_engine
+from dendrite.store import StoreError, StoreUnavailableError, migrate
+from dendrite.store.engine import make_engine, parse_url
 from dendrite.store.writer import is_connection_error
+from dendrite.telemetry.records import INT32
+
+
+class _Commands(TyperGroup):
+    """Every command under one boundary: a database that cannot be used (not a database,
+    unreachable, refusing a read) is one line and an exit code, not a traceback, in
+    whichever command met it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StoreUnavailableError as error:
+            raise _fail(str(error), 1) from None
+        except StoreError as error:
+            raise _fail(str(error)) from None
+        except DBAPIError as error:
+            first_line = str(error.orig or error).splitlines()[0]
+            raise _fail(f"the database refused it: {first_line}", 1) from None
+
 
 app = typer.Typer(
+    cls=_Commands,
     help="Dendrite: an orchestrator for tools and agents that learns from its execution history.",
     no_args_is_help=True,
     add_completion=False,
@@ -48,7 +70,7 @@ UrlOption = Annotated[
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)  # "[x]" is the user's
     return typer.Exit(code)
 
 
@@ -56,12 +78,12 @@ def _engine(url: str | None, *, existing: bool = False) -> Engine:
     """The database's engine; with ``existing``, a SQLite file that is not there is an
     error (a command that only reads would otherwise create it, and its folders)."""
     url = database_url(url)
-    parsed = make_url(url)
-    if existing and parsed.get_backend_name() == "sqlite" and parsed.database:
-        path = Path(parsed.database).expanduser()
-        if not path.exists():
-            raise _fail(f"no SQLite database at {path}")
     try:
+        parsed = parse_url(url)
+        if existing and parsed.get_backend_name() == "sqlite" and parsed.database:
+            path = Path(parsed.database).expanduser()
+            if not path.exists():
+                raise _fail(f"no SQLite database at {path}")
         return make_engine(url)
     except ValueError as error:
         raise _fail(str(error)) from None
@@ -330,7 +352,10 @@ def _since(value: str | None) -> Any:
         return None
     spans = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
     if value[:-1].isdigit() and value[-1] in spans:
-        return datetime.now(UTC) - timedelta(**{spans[value[-1]]: int(value[:-1])})
+        try:
+            return datetime.now(UTC) - timedelta(**{spans[value[-1]]: int(value[:-1])})
+        except OverflowError:
+            raise _fail(f"--since {value!r} reaches back before the year 1") from None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
@@ -470,7 +495,9 @@ def stats(
     kind: Annotated[
         str, typer.Argument(help="tools, tiers, pools, intents, routing or experiments.")
     ] = "tools",
-    days: Annotated[int, typer.Option(help="Days of tier or routing history.", min=1)] = 7,
+    days: Annotated[
+        int, typer.Option(help="Days of tier or routing history.", min=1, max=MAX_REPORT_DAYS)
+    ] = 7,
     experiment: Annotated[
         str | None, typer.Option(help="Only this experiment (with 'experiments').")
     ] = None,
@@ -728,7 +755,7 @@ def jobs_run(
 @jobs_app.command("history")
 def jobs_history(
     name: Annotated[str | None, typer.Argument(help="Only this job.")] = None,
-    limit: Annotated[int, typer.Option(help="Most recent runs to show.", min=1)] = 20,
+    limit: Annotated[int, typer.Option(help="Most recent runs to show.", min=1, max=INT32)] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     url: UrlOption = None,
 ) -> None:
@@ -811,16 +838,26 @@ def _execution_id(store: Any, given: str) -> str:
 def export(
     out: Annotated[Path, typer.Option("--out", help="File to write.")],
     fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or parquet.")] = "jsonl",
-    limit: Annotated[int, typer.Option(help="Most recent executions to export.", min=1)] = 100_000,
+    limit: Annotated[
+        int, typer.Option(help="Most recent executions to export.", min=1, max=INT32)
+    ] = 100_000,
     url: UrlOption = None,
 ) -> None:
     """Export executions (one row each, metadata as JSON text) for analysis elsewhere."""
-    import csv
-
     if fmt not in ("jsonl", "csv", "parquet"):
         raise _fail(f"unknown format {fmt!r}; choose jsonl, csv or parquet")
     with _store(url) as store:
         rows = [r.model_dump(mode="json") for r in store.get_recent_executions(limit)]
+    try:
+        _write_export(out, fmt, rows)
+    except OSError as error:  # a folder, a read-only or full disk
+        raise _fail(f"cannot write {out}: {error.strerror or error}", 1) from None
+    console.print(f"{len(rows)} execution(s) written to {out}", highlight=False)
+
+
+def _write_export(out: Path, fmt: str, rows: list[dict[str, Any]]) -> None:
+    import csv
+
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "jsonl":
         with out.open("w", encoding="utf-8") as handle:
@@ -841,11 +878,8 @@ def export(
                 import pyarrow as pa
                 import pyarrow.parquet as pq
             except ImportError:
-                raise _fail(
-                    "parquet export needs pyarrow: pip install 'dendrite[export]'"
-                ) from None
+                raise _fail("parquet export needs pyarrow: pip install pyarrow") from None
             pq.write_table(pa.Table.from_pylist(flat), out)
-    console.print(f"{len(rows)} execution(s) written to {out}", highlight=False)
 
 
 @app.command()

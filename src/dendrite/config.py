@@ -17,6 +17,8 @@ import platformdirs
 
 ENV_HOME = "DENDRITE_HOME"
 ENV_DATABASE_URL = "DENDRITE_DATABASE_URL"
+MAX_REPORT_DAYS = 3650
+"""The longest look-back, in days, that the API and the CLI take for a report (ten years)."""
 
 
 def data_dir() -> Path:

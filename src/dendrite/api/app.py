@@ -68,6 +68,7 @@ from dendrite.api.problems import (
     responses,
 )
 from dendrite.api.sse import KEEPALIVE, EventStreamResponse, sse
+from dendrite.config import MAX_REPORT_DAYS
 from dendrite.execution.events import EventType
 from dendrite.learning import experiments as ab
 from dendrite.learning.calibration import routing_accuracy
@@ -675,7 +676,7 @@ def create_app(
         response_model=TierPerformanceList,
         responses=responses(422, 503),
     )
-    async def tier_analytics(days: Annotated[int, Query(ge=1, le=3650)] = 7) -> Response:
+    async def tier_analytics(days: Annotated[int, Query(ge=1, le=MAX_REPORT_DAYS)] = 7) -> Response:
         store = state.store()
         rows = await state.blocking(store.get_tier_performance, days)
         return _json({"days": days, "tiers": [r.model_dump(mode="json") for r in rows]})
@@ -687,7 +688,9 @@ def create_app(
         response_model=RouteAccuracyList,
         responses=responses(422, 503),
     )
-    async def routing_analytics(days: Annotated[int, Query(ge=1, le=3650)] = 7) -> Response:
+    async def routing_analytics(
+        days: Annotated[int, Query(ge=1, le=MAX_REPORT_DAYS)] = 7,
+    ) -> Response:
         store = state.store()
         since = datetime.now(UTC) - timedelta(days=days)
         rows = await state.blocking(routing_accuracy, store, since=since)

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from dendrite.store import serialize
 
@@ -28,8 +28,19 @@ SQLITE_AUTOCHECKPOINT_PAGES = 10_000
 SQLITE_LIMIT_VARIABLE_NUMBER = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", 9)
 
 
+def parse_url(url: str) -> URL:
+    """The URL, or a ``ValueError`` that says what one looks like."""
+    try:
+        return make_url(url)
+    except sa_exc.ArgumentError:
+        raise ValueError(
+            f"{url!r} is not a database URL: give sqlite:///path/history.db or "
+            "postgresql+psycopg://user@host/db"
+        ) from None
+
+
 def make_engine(url: str) -> Engine:
-    parsed = make_url(url)
+    parsed = parse_url(url)
     common: dict[str, Any] = {
         "json_serializer": serialize.dumps,
         "json_deserializer": json.loads,

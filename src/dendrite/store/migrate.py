@@ -23,6 +23,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, func, inspect, select, text
 
 from dendrite.store.engine import WRITE
@@ -102,9 +103,24 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             "version, and `dendrite db reset --yes` drops them and starts again (their "
             "history is lost)"
         )
+    current = current_revision(engine)
+    if current is not None and revision != current and revision in _ancestors(current):
+        raise SchemaError(
+            f"the schema is at {current}, past {revision}: `dendrite db downgrade {revision}` "
+            "goes back (and deletes what the later revisions keep)"
+        )
     _run(engine, command.upgrade, revision)
     if current_revision(engine) == head_revision():  # "head", "0004", "+3": all the same
         _fill_rollups(engine)
+
+
+def _ancestors(revision: str) -> set[str]:
+    """The revisions below ``revision`` (none when this version does not know it)."""
+    script = ScriptDirectory.from_config(_config())
+    try:
+        return {rev.revision for rev in script.iterate_revisions(revision, "base")} - {revision}
+    except CommandError:
+        return set()
 
 
 def _fill_rollups(engine: Engine) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, delete, select, update
+from sqlalchemy.exc import DBAPIError
 
 from dendrite._ids import canonical_id
 from dendrite._text import clean_text
@@ -39,6 +40,7 @@ from dendrite.store.bookkeeping import ArmOutcomes, AttemptOutcome, JobRun, Rece
 from dendrite.store.engine import WRITE, make_engine
 from dendrite.store.errors import (
     InvalidRecordError,
+    StoreError,
     StoreUnavailableError,
     UnknownExecutionError,
 )
@@ -155,6 +157,9 @@ class ExecutionStore:
         except Exception as error:
             if not is_connection_error(error):
                 self.engine.dispose()
+                if isinstance(error, DBAPIError):  # not a database (a text file), no rights
+                    first_line = str(error.orig or error).splitlines()[0]
+                    raise StoreError(f"{self._where} cannot be used: {first_line}") from error
                 raise
             log.error("store %s unreachable at start; journaling until it returns", self._where)
             reachable = False
