@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-Reply = str | Callable[[dict[str, Any]], str | int]
-"""The assistant's text, or a function of the request giving it or an HTTP error status."""
+Reply = str | bytes | Callable[[dict[str, Any]], str | int | bytes]
+"""The assistant's text, or a function of the request giving it or an HTTP error status;
+bytes are sent as the whole response body, as they are (servers send odd ones)."""
 
 
 @dataclass
@@ -31,6 +32,10 @@ class ChatServer:
     """The bearer token of each request, in order."""
     reject_json_schema: bool | frozenset[str] = False
     """Refuse ``json_schema`` response formats: always, or for the models named."""
+    reject_status: int = 400
+    """The status of that refusal."""
+    error_headers: dict[str, str] = field(default_factory=dict)
+    """Headers sent with every error status (``Retry-After``)."""
     report_usage: bool = True
     """Report token usage: the words of the request's messages, and of the answer."""
     usage: dict[str, Any] | None = None
@@ -48,11 +53,13 @@ def _handler(server: ChatServer, keep_alive: bool) -> type[BaseHTTPRequestHandle
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-        def _send(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
+        def _send(self, status: int, body: dict[str, Any] | bytes) -> None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for name, value in server.error_headers.items() if status >= 400 else ():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
 
@@ -70,7 +77,7 @@ def _handler(server: ChatServer, keep_alive: bool) -> type[BaseHTTPRequestHandle
                 refused = request.get("model") in refused
             if refused and response_format.get("type") == "json_schema":
                 self._send(
-                    400,
+                    server.reject_status,
                     {
                         "error": {
                             "message": "response_format json_schema unsupported",
@@ -86,6 +93,9 @@ def _handler(server: ChatServer, keep_alive: bool) -> type[BaseHTTPRequestHandle
             content = reply(request) if callable(reply) else reply
             if isinstance(content, int):
                 self._send(content, {"error": {"message": f"the test answered {content}"}})
+                return
+            if isinstance(content, bytes):
+                self._send(200, content)
                 return
             body: dict[str, Any] = {
                 "id": f"chatcmpl-{len(server.requests)}",

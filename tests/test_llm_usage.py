@@ -19,6 +19,7 @@ from dendrite import Orchestrator
 from dendrite.cli import app
 from dendrite.learning import Router
 from dendrite.llm import ChatLLM, LLMConfig, LLMError, LLMTier, llm_tier, llm_usage
+from dendrite.orchestrator import _usage_columns
 from dendrite.planning import Plan, Step
 from dendrite.store import ExecutionStore
 from dendrite.tools import ToolRegistry
@@ -170,6 +171,98 @@ def test_usage_that_is_not_two_counts_is_unreported_not_zero(usage: dict[str, An
         run = asyncio.run(call())
     assert (run.calls, run.unreported, run.tokens) == (1, 1, None)
     assert run.cost == pytest.approx(SMALL.cost)  # the price per call: all that is known
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'"hello"',
+        b"[1, 2, 3]",
+        b"null",
+        b"<html>bad gateway</html>",
+        b'{"choices": [{"index": 0}]}',
+        b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "caf\xe9"}}]}',
+    ],
+    ids=["a string", "a list", "null", "html", "no message", "not utf-8"],
+)
+def test_an_answer_that_is_not_a_chat_completion_is_an_llm_error_and_one_call(body: bytes):
+    """These escaped as AttributeError, JSONDecodeError or UnicodeDecodeError: no planner
+    fell back on them, nothing named the server, and some were not counted."""
+    with chat_server() as server:
+        server.say(body)
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", tiers=(SMALL,), max_retries=0))
+
+        async def call() -> Any:
+            with (
+                llm_usage() as run,
+                pytest.raises(LLMError, match=r"mini-7b at http://127\.0\.0\.1"),
+            ):
+                await llm.complete([{"role": "user", "content": "hello"}])
+            return run
+
+        run = asyncio.run(call())
+    assert run.calls == 1 and run.tokens is None
+    assert run.cost == pytest.approx(SMALL.cost)
+
+
+def test_a_call_is_bounded_by_its_timeout_retries_included():
+    """The SDK's timeout bounds each read: a 429 asking to be retried in 30 s held the call
+    for a minute with a 1 s timeout (a server sending a byte at a time, for ever)."""
+    with chat_server() as server:
+        server.error_headers = {"Retry-After": "30"}
+        server.say(429, "too late")
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", tiers=(SMALL,), timeout=0.5, max_retries=1))
+
+        async def call() -> float:
+            started = time.monotonic()
+            with llm_usage() as run, pytest.raises(LLMError, match="did not answer within 1s"):
+                await llm.complete([{"role": "user", "content": "hello"}])
+            assert run.calls == 1
+            return time.monotonic() - started
+
+        assert asyncio.run(call()) < 10
+
+
+def test_a_bad_request_that_is_not_about_the_schema_keeps_json_schema():
+    """Any 400 on a json_schema request (a prompt past the context) turned json_schema off
+    for that server and model for good; a refusal of it sent as 422 was not retried."""
+    schema = {"type": "object"}
+    with chat_server() as server:
+        server.say(400, '{"ok": true}')
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", max_retries=0))
+        messages = [{"role": "user", "content": "hello"}]
+        with pytest.raises(LLMError, match="refused the request"):
+            asyncio.run(llm.complete(messages, json_schema=schema))
+        assert asyncio.run(llm.complete(messages, json_schema=schema)) == '{"ok": true}'
+        assert [r["response_format"]["type"] for r in server.requests] == ["json_schema"] * 2
+    with chat_server() as server:
+        server.reject_json_schema, server.reject_status = True, 422
+        server.say('{"ok": true}')
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", max_retries=0))
+        assert asyncio.run(llm.complete(messages, json_schema=schema)) == '{"ok": true}'
+        assert [r["response_format"]["type"] for r in server.requests] == [
+            "json_schema",
+            "json_object",
+        ]
+
+
+def test_usage_counts_no_call_can_have_used_are_unreported_and_the_run_keeps_its_record():
+    """10**30 prompt tokens made a successful run's record one the store refused: the run
+    was missing from the history."""
+    with chat_server() as server:
+        server.usage = {"prompt_tokens": 10**30, "completion_tokens": 1}
+        server.say("fine")
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", tiers=(SMALL,)))
+
+        async def call() -> Any:
+            with llm_usage() as run:
+                await llm.complete([{"role": "user", "content": "hello"}])
+            return run
+
+        run = asyncio.run(call())
+    assert (run.calls, run.unreported, run.tokens) == (1, 1, None)
+    assert _usage_columns(10**13, 2e6) == {}  # totals past a record's bounds: metadata only
+    assert _usage_columns(None, 0.5) == {"tokens_used": None, "actual_cost": 0.5}
 
 
 def test_a_call_cancelled_while_the_server_works_is_counted():

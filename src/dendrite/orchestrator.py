@@ -66,7 +66,13 @@ from dendrite.state import StateManager, StateView
 from dendrite.store import ExecutionStore, UnknownExecutionError
 from dendrite.store.serialize import capped, to_jsonable
 from dendrite.telemetry import ErrorType, ExecutionStatus
-from dendrite.telemetry.records import MAX_LABEL, MAX_PROJECT, MAX_SESSION_ID
+from dendrite.telemetry.records import (
+    MAX_COST,
+    MAX_LABEL,
+    MAX_PROJECT,
+    MAX_SESSION_ID,
+    MAX_TOKENS,
+)
 from dendrite.tools import ToolError, ToolRegistry, ToolState, ToolStatus, UnknownToolError
 
 log = logging.getLogger("dendrite.orchestrator")
@@ -1190,7 +1196,7 @@ class Orchestrator:
         if usage is not None and usage.calls:  # like its duration, its nested runs' included
             llm = usage.summary()
             metadata = {**metadata, "llm_usage": llm}
-            columns = {"tokens_used": usage.tokens, "actual_cost": llm["cost"]}
+            columns = _usage_columns(usage.tokens, llm["cost"])
         if decisions.route_unused:
             metadata = {**metadata, ROUTE_UNUSED: True}  # its tier did nothing: not a tier's run
         elif choice is not None and self.router is not None:
@@ -1386,6 +1392,18 @@ def _check_labels(session_id: object, project: object) -> None:
             raise TypeError(f"{name} must be a string, got {type(value).__name__}")
         if len(value) > limit:
             raise ValueError(f"{name} is {len(value)} characters long; at most {limit} are kept")
+
+
+def _usage_columns(tokens: int | None, cost: float | None) -> dict[str, Any]:
+    """A run's model tokens and cost as its record's columns, each where a record can hold
+    it (``metadata.llm_usage`` keeps them whole): a server's absurd usage counts must not
+    cost the run its record."""
+    columns: dict[str, Any] = {}
+    if tokens is None or tokens <= MAX_TOKENS:
+        columns["tokens_used"] = tokens
+    if cost is None or cost <= MAX_COST:
+        columns["actual_cost"] = cost
+    return columns
 
 
 def _replans(metadata: Mapping[str, Any]) -> list[Any]:

@@ -441,24 +441,37 @@ class ChatLLM:
                 }
             else:
                 kwargs["response_format"] = {"type": "json_object"}
+        deadline = self.config.timeout * (self.config.max_retries + 1)
         try:
-            response = await client.chat.completions.create(**kwargs)
-        except openai.BadRequestError as error:
-            if json_schema is None or not schema_ok:
-                self._count(None)
+            # The SDK's timeout bounds each read, not the request: a server that sends a
+            # byte at a time, or asks to be retried much later, held a call for minutes.
+            async with asyncio.timeout(deadline):
+                response = await client.chat.completions.create(**kwargs)
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as error:
+            if json_schema is None or not schema_ok or not _refuses_schema(error):
+                self._count(None, answered=False)
                 raise LLMError(f"{self.name} refused the request: {error}") from error
             self._no_json_schema.add((url, model))  # asked again, and counted then
             return await self.complete(messages, json_schema=json_schema, temperature=temperature)
         except openai.APIError as error:
-            self._count(None)  # a tier whose calls fail was still used, and failed
+            self._count(None, answered=False)  # a tier whose calls fail was still used, and failed
             raise LLMError(f"{self.name} failed: {error}") from error
-        except asyncio.CancelledError:  # a timeout or a cancelled run: it was asked all the same
-            self._count(None)
+        except TimeoutError:
+            self._count(None, answered=False)
+            raise LLMError(f"{self.name} did not answer within {deadline:g}s") from None
+        except ValueError as error:  # a body that is not JSON, or not UTF-8
+            self._count(None, answered=False)
+            raise LLMError(f"{self.name} sent what is not a chat completion: {error}") from None
+        except asyncio.CancelledError:  # a cancelled run: it was asked all the same
+            self._count(None, answered=False)
             raise
         self._count(response)
-        if not response.choices or response.choices[0].message.content is None:
+        text = _content(response)
+        if not isinstance(text, str):
+            refusal = _refusal(response)
+            if refusal:
+                raise LLMError(f"{self.name} refused to answer: {refusal}")
             raise LLMError(f"{self.name} returned no message")
-        text = response.choices[0].message.content
         if json_schema is not None:
             try:
                 parsed = json.loads(_strip_fence(text))
@@ -469,12 +482,12 @@ class ChatLLM:
             return json.dumps(parsed)
         return text
 
-    def _count(self, response: Any) -> None:
+    def _count(self, response: Any, *, answered: bool = True) -> None:
         """Adds one call to the current :func:`llm_usage` blocks.
 
-        A call that got no answer (``response`` None: it failed, or was cancelled)
-        costs its tier's price per call and no tokens; an answer whose usage is
-        missing or not two counts is counted as unreported, with no tokens.
+        A call that got no answer (it failed, or was cancelled) costs its tier's
+        price per call and no tokens; an answer whose usage is missing or not two
+        counts is counted as unreported, with no tokens.
         """
         usage = _usage.get()
         if usage is None:
@@ -485,7 +498,7 @@ class ChatLLM:
         usage.add(
             prompt,
             completion,
-            reported=response is None or tokens is not None,
+            reported=not answered or tokens is not None,
             cost=tier.call_cost(prompt, completion) if tier is not None else None,
         )
 
@@ -499,12 +512,44 @@ class ChatLLM:
 
 def _reported_tokens(usage: Any) -> tuple[int, int] | None:
     """Prompt and completion tokens of a server's ``usage``, or None unless both are
-    counts: servers leave them out, or send null (the SDK does not check them)."""
+    counts a call can have used: servers leave them out, or send null (the SDK does not
+    check them), and a count past ``MAX_CALL_TOKENS`` is a server's mistake, which would
+    make the run's cost absurd and its record one the store refuses."""
     prompt = getattr(usage, "prompt_tokens", None)
     completion = getattr(usage, "completion_tokens", None)
-    if type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0:
+    if all(type(n) is int and 0 <= n <= MAX_CALL_TOKENS for n in (prompt, completion)):
         return prompt, completion
     return None
+
+
+MAX_CALL_TOKENS = 100_000_000
+"""The most tokens one call is believed to have used, either way (the largest context
+windows are about a hundredth of it)."""
+
+
+def _content(response: Any) -> Any:
+    """The first choice's message text, or None when the answer has no such thing (a
+    server's body that is a string, a list, a choice without a message)."""
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return None
+    return getattr(getattr(choices[0], "message", None), "content", None)
+
+
+def _refusal(response: Any) -> str | None:
+    """A model's structured-output refusal (``message.refusal``), if it gave one."""
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return None
+    refusal = getattr(getattr(choices[0], "message", None), "refusal", None)
+    return refusal if isinstance(refusal, str) and refusal.strip() else None
+
+
+def _refuses_schema(error: openai.APIStatusError) -> bool:
+    """Whether a 400 or 422 is the server refusing the ``json_schema`` response format (its
+    message names it), not the request for another reason (a prompt past the context)."""
+    message = str(getattr(error, "message", "") or error).lower()
+    return any(word in message for word in ("response_format", "json_schema", "schema"))
 
 
 def _strip_fence(text: str) -> str:
