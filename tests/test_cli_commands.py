@@ -192,6 +192,18 @@ def test_a_database_that_cannot_be_used_is_one_line_in_every_command(home: Path,
         assert "Traceback" not in result.output
 
 
+def test_an_execution_id_in_any_spelling_names_the_execution(home: Path):
+    """A UUID in braces or upper case is the same id: feedback refused it quoting the
+    store's pattern, and trace looked for it as given."""
+    runner.invoke(app, ["run", "calculate 2 + 2"])
+    (run,) = _json(runner.invoke(app, ["history", "--json"]))
+    braced = "{" + run["id"].upper() + "}"
+    rated = runner.invoke(app, ["feedback", braced, "--rating", "4"])
+    assert rated.exit_code == 0 and f"feedback recorded for {run['id']}" in rated.output
+    traced = runner.invoke(app, ["trace", braced, "--json"])
+    assert _json(traced)["execution_id"] == run["id"]
+
+
 def test_upgrading_to_an_older_revision_says_to_downgrade(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'h.db'}"
     assert runner.invoke(app, ["db", "upgrade", "--url", url]).exit_code == 0

@@ -436,12 +436,11 @@ def trace(
     url: UrlOption = None,
 ) -> None:
     """Every step of one execution: attempts, errors, fallbacks, timing and confidence."""
-    from rich.markup import escape
     from rich.tree import Tree
 
     from dendrite.orchestrator import load_trace
 
-    _check_execution_ref(execution_id)
+    execution_id = _check_execution_ref(execution_id)
     with _store(url) as store:
         execution_id = _execution_id(store, execution_id)
         found = load_trace(store, execution_id)
@@ -802,7 +801,7 @@ def feedback(
 
     if rating is None and accepted is None and not (comment or "").strip():
         raise _fail("give at least one of --rating, --accepted/--rejected or --comment")
-    _check_execution_ref(execution_id)
+    execution_id = _check_execution_ref(execution_id)
     with _store(url) as store:
         execution_id = _execution_id(store, execution_id)
         try:
@@ -812,14 +811,16 @@ def feedback(
     console.print(f"feedback recorded for {execution_id}", highlight=False)
 
 
-def _check_execution_ref(given: str) -> None:
-    """Refuse what is neither an execution id nor a goal id, before a store is opened."""
+def _check_execution_ref(given: str) -> str:
+    """The execution id or goal id ``given`` names, in its canonical spelling (a UUID in
+    braces or upper case is the same id); refused, before a store is opened, when it is
+    neither."""
     import uuid
 
     if given.startswith("goal_"):
-        return
+        return given
     try:
-        uuid.UUID(given)
+        return str(uuid.UUID(given))
     except ValueError:
         raise _fail(f"{given!r} is not an execution id (a UUID) or a goal id (goal_N)") from None
 
