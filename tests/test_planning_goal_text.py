@@ -11,8 +11,10 @@ from dendrite import Orchestrator
 from dendrite.planning import Plan, Step, references
 from dendrite.planning.arguments import numbers_in
 from dendrite.planning.conditions import compile_condition
+from dendrite.planning.templates import TemplatePlanner
 from dendrite.tools import ToolRegistry
 from dendrite.tools.builtin import register_builtin
+from tests.test_planners import plan_with
 
 
 @pytest.fixture
@@ -81,14 +83,20 @@ def test_a_fraction_beside_a_unit_is_its_value(orch: Orchestrator):
     ("text", "numbers"),
     [
         ("convert 3/4 miles to km", [0.75]),
-        ("-1/2 cup and 3/4miles", [-0.5, 0.75]),
+        ("convert -1/2 cup to ml", [-0.5]),
         ("what is 3/4", [3, 4]),
+        # Outside a conversion a slash joins two numbers: a ratio, a date, "24/7".
+        ("24/7 support", [24, 7]),
+        ("rated 4/5 stars on 12/25 at noon", [4, 5, 12, 25]),
+        ("what is 6/3 times 2", [6, 3, 2]),
         ("2/3 of 9", [2, 3, 9]),
         ("on 3/4/2025 walk 5 km", [3, 4, 2025, 5]),
         ("open docs/1/2 files", [1, 2]),  # a path, not half a file
     ],
 )
-def test_numbers_in_reads_fractions_only_beside_a_unit(text: str, numbers: list[float]):
+def test_numbers_in_reads_a_fraction_as_one_number_only_as_a_conversions_quantity(
+    text: str, numbers: list[float]
+):
     assert numbers_in(text) == numbers
 
 
@@ -105,3 +113,20 @@ def test_a_summary_covers_every_listed_file(orch: Orchestrator, goal: str, named
     assert result.success, result.error
     assert [s.params["name"] for s in result.plan.steps] == named
     assert not any(s.dependencies() for s in result.plan.steps)  # side by side
+
+
+@pytest.mark.parametrize(
+    "goal",
+    [
+        "summarize storage.md and retries.md in 2 sentences",
+        "summarize the first 2 sentences of storage.md and retries.md",
+    ],
+)
+def test_each_listed_files_summary_keeps_the_goals_other_arguments(goal: str):
+    """Each file's step read its arguments from "summarize <file>" alone: "in 2 sentences"
+    was lost from both."""
+    plan = plan_with(TemplatePlanner(), goal)
+    assert [s.params for s in plan.steps] == [
+        {"name": "storage.md", "max_sentences": 2},
+        {"name": "retries.md", "max_sentences": 2},
+    ]

@@ -22,10 +22,11 @@ from dendrite.planning import references
 _DIGITS = r"(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)"  # "1,500" is one number; "1,2,3" three
 FILLER = {"a", "an", "the", "of", "for", "to", "in", "on", "and", "or", "is", "with"}
 _FRACTION = r"(?<![\w./])[-+]?\d+/[1-9]\d*(?![\d./])"  # "3/4"; of "3/4/2025", nothing
-_UNIT_NEXT = rf"(?=\s*[A-Za-z°])(?!\s*(?i:{'|'.join(sorted(FILLER))})\b)"  # "miles", not "of"
-_NUMBER = re.compile(
-    rf"(?P<fraction>{_FRACTION}){_UNIT_NEXT}"  # "3/4 miles" is 0.75; "3/4 of 8" three numbers
-    rf"|(?<![\w.])[-+]?{_DIGITS}(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])"
+_NUMBER = re.compile(rf"(?<![\w.])[-+]?{_DIGITS}(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
+_QUANTITY = re.compile(  # in a conversion, "3/4 miles to km" is 0.75 miles
+    rf"(?P<fraction>{_FRACTION})(?=\s*[A-Za-z°][\w°/]*\s+(?:to|in|into)\s+[A-Za-z°])"
+    rf"|{_NUMBER.pattern}",
+    re.I,
 )
 QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|(?<!\w)'([^']{2,})'(?!\w)|`([^`]+)`")
 """A quoted passage, its text in one of the groups. Single quotes only around a passage,
@@ -81,11 +82,12 @@ class Extraction:
 
 
 def numbers_in(text: str) -> list[float | int]:
-    """The numbers written in ``text``, in order (thousands separators allowed); a fraction
-    beside a unit is one number ("3/4 miles" is 0.75), elsewhere two ("what is 3/4")."""
+    """The numbers written in ``text``, in order (thousands separators allowed); in a unit
+    conversion, the fraction of its quantity is one number ("convert 3/4 miles to km":
+    0.75), elsewhere two ("what is 3/4", "24/7 support", "rated 4/5 stars")."""
     found: list[float | int] = []
-    for match in _NUMBER.finditer(text):
-        if match.group("fraction"):
+    for match in (_QUANTITY if _converts_units(text) else _NUMBER).finditer(text):
+        if match.groupdict().get("fraction"):
             found.append(quantity(match.group("fraction")))
             continue
         raw = match.group(0).replace(",", "")

@@ -37,12 +37,16 @@ _TOPIC = re.compile(r"\b(?:about|regarding|on|in terms of)\s+(?P<topic>.+?)\s*[?
 _LIST_JOINER = r"(?:\s*,\s*(?:and\s+)?|\s+(?:and|&)\s+)"  # "a, b", "a and b", "a, and b"
 
 
-def _listed_files(goal: str) -> list[str]:
-    """The files a goal lists, each joined to the next by a comma or "and" ("a.md, b.md and
-    c.md"); none when it names fewer than two, or names them apart ("a.md for bob.txt")."""
+def _one_goal_per_file(goal: str) -> list[str]:
+    """The goal once per file it lists, each joined to the next by a comma or "and" ("a.md,
+    b.md and c.md"), with the list replaced by that file and the rest of its words kept
+    ("... in 2 sentences"); none when it names fewer than two, or names them apart ("a.md
+    for bob.txt")."""
     named = list(dict.fromkeys(paths_in(goal)))
-    listing = _LIST_JOINER.join(re.escape(name) for name in named)
-    return named if len(named) > 1 and re.search(listing, goal) else []
+    listing = re.search(_LIST_JOINER.join(re.escape(name) for name in named), goal)
+    if len(named) < 2 or listing is None:
+        return []
+    return [goal[: listing.start()] + name + goal[listing.end() :] for name in named]
 
 
 def _does(tool: Tool, role: str) -> bool:
@@ -156,12 +160,12 @@ class TemplatePlanner:
     def _summary(self, goal: str, registry: ToolRegistry, why: dict[str, str]) -> list[Step]:
         """Summarise what the goal names (each of the files it lists: "a.md and b.md" is
         two summaries, side by side); if it names nothing, the best search hit."""
-        listed = _listed_files(goal)
+        per_file = _one_goal_per_file(goal)
         try:
-            if listed:
+            if per_file:
                 return [
-                    self._role("summarize", f"summarize {name}", registry, f"summarize{i}", why)
-                    for i, name in enumerate(listed, start=1)
+                    self._role("summarize", text, registry, f"summarize{i}", why)
+                    for i, text in enumerate(per_file, start=1)
                 ]
             return [self._role("summarize", goal, registry, "summarize", why)]
         except PlanningError:
