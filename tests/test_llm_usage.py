@@ -19,6 +19,7 @@ from dendrite import Orchestrator
 from dendrite.cli import app
 from dendrite.learning import Router
 from dendrite.llm import ChatLLM, LLMConfig, LLMError, LLMTier, llm_tier, llm_usage
+from dendrite.llm import client as llm_client
 from dendrite.orchestrator import _usage_columns
 from dendrite.planning import Plan, Step
 from dendrite.store import ExecutionStore
@@ -205,9 +206,11 @@ def test_an_answer_that_is_not_a_chat_completion_is_an_llm_error_and_one_call(bo
     assert run.cost == pytest.approx(SMALL.cost)
 
 
-def test_a_call_is_bounded_by_its_timeout_retries_included():
+def test_a_call_is_bounded_by_its_timeout_retries_included(monkeypatch: pytest.MonkeyPatch):
     """The SDK's timeout bounds each read: a 429 asking to be retried in 30 s held the call
-    for a minute with a 1 s timeout (a server sending a byte at a time, for ever)."""
+    for a minute with a 1 s timeout (a server sending a byte at a time, for ever). The bound
+    is every attempt's timeout and the SDK's own pauses between them (``RETRY_PAUSE``)."""
+    monkeypatch.setattr(llm_client, "RETRY_PAUSE", 0.5)
     with chat_server() as server:
         server.error_headers = {"Retry-After": "30"}
         server.say(429, "too late")
@@ -215,12 +218,32 @@ def test_a_call_is_bounded_by_its_timeout_retries_included():
 
         async def call() -> float:
             started = time.monotonic()
-            with llm_usage() as run, pytest.raises(LLMError, match="did not answer within 1s"):
+            with llm_usage() as run, pytest.raises(LLMError, match=r"did not answer within 1\.5s"):
                 await llm.complete([{"role": "user", "content": "hello"}])
             assert run.calls == 1
             return time.monotonic() - started
 
         assert asyncio.run(call()) < 10
+
+
+def test_slow_failures_may_use_every_retry_and_no_timeout_means_none():
+    """Attempts that each fail inside their timeout, with the SDK's pauses between them,
+    went past a bound of timeout x attempts and the last retry never started; a timeout of
+    None (the SDK's "wait for ever") raised a TypeError."""
+
+    def slow_failure(request: dict[str, Any]) -> int:
+        time.sleep(0.3)
+        return 503
+
+    with chat_server() as server:
+        server.say(slow_failure, slow_failure, "hello")
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", timeout=0.4, max_retries=2))
+        assert asyncio.run(llm.complete([{"role": "user", "content": "hi"}])) == "hello"
+        assert len(server.requests) == 3
+    with chat_server() as server:
+        server.say("hello")
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", timeout=None))  # type: ignore[arg-type]
+        assert asyncio.run(llm.complete([{"role": "user", "content": "hi"}])) == "hello"
 
 
 def test_a_bad_request_that_is_not_about_the_schema_keeps_json_schema():

@@ -166,3 +166,14 @@ def test_ids_are_unique_time_ordered_uuid7():
     assert len(set(ids)) == len(ids)
     assert ids == sorted(ids)
     assert all(i[14] == "7" for i in ids)
+
+
+def test_the_fields_a_record_fills_in_count_as_set():
+    """``model_dump(exclude_unset=True)`` keeps the times, status and error type the record
+    derived: rebuilt from that dump (and its id) it is the same record, not one stamped
+    anew."""
+    record = ExecutionRecord(goal_text="g", success=False, error="timed out", duration_ms=5)
+    assert {"started_at", "finished_at", "status", "error_type"} <= record.model_fields_set
+    assert ExecutionRecord(**record.model_dump(exclude_unset=True), id=record.id) == record
+    call = ToolExecutionRecord(execution_id=record.id, tool_name="t", success=True, duration_ms=1)
+    assert {"started_at", "finished_at", "error_type"} <= call.model_fields_set

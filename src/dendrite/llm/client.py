@@ -441,7 +441,7 @@ class ChatLLM:
                 }
             else:
                 kwargs["response_format"] = {"type": "json_object"}
-        deadline = self.config.timeout * (self.config.max_retries + 1)
+        deadline = _deadline(self.config.timeout, self.config.max_retries)
         try:
             # The SDK's timeout bounds each read, not the request: a server that sends a
             # byte at a time, or asks to be retried much later, held a call for minutes.
@@ -458,6 +458,8 @@ class ChatLLM:
             raise LLMError(f"{self.name} failed: {error}") from error
         except TimeoutError:
             self._count(None, answered=False)
+            if deadline is None:  # not this call's deadline
+                raise
             raise LLMError(f"{self.name} did not answer within {deadline:g}s") from None
         except ValueError as error:  # a body that is not JSON, or not UTF-8
             self._count(None, answered=False)
@@ -508,6 +510,20 @@ class ChatLLM:
             clients = self._clients.pop(asyncio.get_running_loop(), {})
         for client in clients.values():
             await client.close()
+
+
+RETRY_PAUSE = 8.0
+"""The longest pause the ``openai`` SDK makes between attempts of its own accord (its
+exponential backoff's cap); a longer ``Retry-After`` is what the deadline cuts short."""
+
+
+def _deadline(timeout: Any, max_retries: int) -> float | None:
+    """How long one call may take in all: every attempt its ``timeout``, and the SDK's
+    pauses between them. None (no bound) for a timeout that is not a number of seconds
+    (``None``, which the SDK takes as "wait for ever", or an ``httpx.Timeout``)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        return None
+    return timeout * (max_retries + 1) + RETRY_PAUSE * max_retries
 
 
 def _reported_tokens(usage: Any) -> tuple[int, int] | None:

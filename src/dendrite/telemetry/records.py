@@ -196,17 +196,17 @@ class ExecutionRecord(_Record):
 
     @model_validator(mode="after")
     def _complete(self) -> Self:
-        values = self.__dict__  # written directly: pydantic's __setattr__ costs a call each
-        values["started_at"], values["finished_at"] = _fill_times(
+        self.started_at, self.finished_at = _fill_times(
             self.started_at, self.finished_at, self.duration_ms
         )
-        for label in ("intent", "project", "task_type", "model_tier", "pool", "goal_id"):
-            # No label: the rollups key both as one. No goal id: the next one is assigned.
-            if values[label] == "":
-                values[label] = None
+        for label in ("intent", "project", "task_type", "model_tier", "pool"):
+            if getattr(self, label) == "":  # no label: the rollups key both as one
+                setattr(self, label, None)
+        if self.goal_id == "":  # no id, as None: the next readable one is assigned
+            self.goal_id = None
         if self.status is None:
-            values["status"] = ExecutionStatus.SUCCEEDED if self.success else ExecutionStatus.FAILED
-        values["error_type"] = _infer_error_type(self.success, self.error, self.error_type)
+            self.status = ExecutionStatus.SUCCEEDED if self.success else ExecutionStatus.FAILED
+        self.error_type = _infer_error_type(self.success, self.error, self.error_type)
         return self
 
     def embedding_content(self) -> str:
@@ -255,11 +255,10 @@ class ToolExecutionRecord(_Record):
 
     @model_validator(mode="after")
     def _complete(self) -> Self:
-        values = self.__dict__
-        values["started_at"], values["finished_at"] = _fill_times(
+        self.started_at, self.finished_at = _fill_times(
             self.started_at, self.finished_at, self.duration_ms
         )
-        values["error_type"] = _infer_error_type(self.success, self.error, self.error_type)
+        self.error_type = _infer_error_type(self.success, self.error, self.error_type)
         return self
 
     def embedding_content(self) -> str:
