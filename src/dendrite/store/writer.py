@@ -101,13 +101,17 @@ SQLITE_CACHE_KIB = 64 * 1024
 
 YIELD_EVERY = 128
 """A caller that records without pause lets go of the GIL once every this many queued
-records. The writer lets go of it around every SQLite call, and a thread that wants it
-back waits for the switch interval (5 ms) while another runs Python: a caller recording
-without pause held it nearly all the time, the writer did a few hundred microseconds of
-database work per 5 ms, fell behind and filled the queue. Letting go hands it to the
-writer at once when it waits: it keeps up, and SQLite ingest in arrival order went from
-42,400 to 52,400 rows/s (medians of three; docs/store.md has the sweep). When the writer
-does not wait, the cost is one system call per this many records."""
+records, while the writer is ``YIELD_BEHIND`` or more behind. The writer lets go of it
+around every SQLite call, and a thread that wants it back waits for the switch interval
+(5 ms) while another runs Python: a caller recording without pause held it nearly all
+the time, the writer did a few hundred microseconds of database work per 5 ms, fell
+behind and filled the queue. Letting go hands it to the writer at once when it waits: it
+keeps up, and SQLite ingest in arrival order went from 42,400 to 52,400 rows/s (medians
+of three; docs/store.md has the sweep)."""
+YIELD_BEHIND = 2048
+"""Below this many queued records the writer keeps up by itself, and a caller's run (a
+plan of a thousand steps records a thousand rows) is not slowed by handing the GIL over;
+ingest was the same with 0, 2,048 and 8,192."""
 
 
 class _FlushMarker:
@@ -207,7 +211,7 @@ class BatchWriter:
         queued = len(queue)
         if queued >= self.batch_size and not self._wake.is_set():
             self._wake.set()
-        elif not queued % YIELD_EVERY:
+        elif queued >= YIELD_BEHIND and not queued % YIELD_EVERY:
             time.sleep(0)  # lets go of the GIL: see YIELD_EVERY
 
     def _overflow(self, record: Queued) -> None:
