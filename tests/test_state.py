@@ -188,6 +188,24 @@ def test_expired_entries_are_hidden_and_purged(store: ExecutionStore):
             lambda st: st.put_state("global", "", "k", 1, expires_at=3600),
             "expires_at must be a datetime or None, got int",
         ),
+        # What the database would keep changed: read back after a restart, it would differ.
+        (
+            lambda st: st.put_state("global", "", "k", {"a": ["x\x00y"]}),
+            "key 'k' has text with NUL or a lone surrogate",
+        ),
+        (
+            lambda st: st.put_state("global", "", "k", {"\ud800": 1}),
+            "key 'k' has text with NUL or a lone surrogate",
+        ),
+        (
+            lambda st: st.put_state("global", "", "k", {1: "a", "1": "b"}),
+            "key 'k' is not JSON-serialisable: value has two keys that are both '1' as text",
+        ),
+        (lambda st: st.put_state("global", "", "a\x00b", 1), "has NUL or a lone surrogate"),
+        (
+            lambda st: st.put_state("session", "s\udc00", "k", 1),
+            "session state scope id '.*' has NUL or a lone surrogate",
+        ),
         (lambda st: st.get_state_entries("nope"), "unknown state scope 'nope'"),
         (lambda st: st.get_state_entries("global", key=""), "state key must not be empty"),
         (lambda st: st.delete_state("session", "s", ""), "state key must not be empty"),

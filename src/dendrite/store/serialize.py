@@ -239,10 +239,11 @@ def exact_json(value: Any) -> Any:
 
     Only the standard library's own conversions apply (tuples become lists,
     non-string keys strings); none of the fallbacks above, and no NaN or
-    infinities, which PostgreSQL's JSONB refuses.
+    infinities, which PostgreSQL's JSONB refuses. Nor two keys that are one as
+    text (``1`` and ``"1"``): one of them would be lost.
     """
     try:
-        return json.loads(json.dumps(value, allow_nan=False, separators=(",", ":")))
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError):
         try:
             where, what = _first_non_json(value, "value", set())
@@ -251,6 +252,15 @@ def exact_json(value: Any) -> Any:
         if not where:
             where, what = "value", "cannot be encoded"
         raise TypeError(f"{where} {what}, which JSON cannot hold") from None
+    return json.loads(text, object_pairs_hook=_distinct_keys)
+
+
+def _distinct_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) < len(keys):
+        repeated = next(key for key in keys if keys.count(key) > 1)
+        raise TypeError(f"value has two keys that are both {repeated!r} as text")
+    return dict(pairs)
 
 
 def _type_name(kind: type) -> str:

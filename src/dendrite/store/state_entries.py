@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import Connection, and_, delete, or_, select, text
 
+from dendrite._text import clean_text
 from dendrite.store import schema as s
 from dendrite.store.engine import dialect_insert
 from dendrite.store.errors import InvalidRecordError
@@ -60,6 +61,7 @@ def check_scope_id(scope: str, scope_id: Any) -> str:
             f"{scope} state scope id is {len(scope_id)} characters, at most "
             f"{MAX_KEY_CHARS} allowed: {scope_id[:40]!r}..."
         )
+    _check_storable(f"{scope} state scope id", scope_id)
     return scope_id
 
 
@@ -79,17 +81,44 @@ def check_key(key: Any) -> str:
         raise InvalidRecordError(
             f"state key is {len(key)} characters, at most {MAX_KEY_CHARS} allowed: {key[:40]!r}..."
         )
+    _check_storable("state key", key)
     return key
+
+
+def _check_storable(what: str, text: str) -> None:
+    """A key is looked up as it is: one the database would store changed (PostgreSQL refuses
+    NUL, UTF-8 has no lone surrogates) would be kept in memory only, and lost at the next
+    start."""
+    if clean_text(text) != text:
+        raise InvalidRecordError(
+            f"{what} {text[:40]!r} has NUL or a lone surrogate, which no database keeps as it is"
+        )
 
 
 def check_value(key: str, value: Any) -> Any:
     """The value as the database will hold it (tuples as lists, keys as strings)."""
     try:
-        return exact_json(value)
+        stored = exact_json(value)
     except TypeError as error:
         raise InvalidRecordError(
             f"state value for key {key!r} is not JSON-serialisable: {error}"
         ) from None
+    if _changes_when_stored(stored):  # read back after a restart, it would differ
+        raise InvalidRecordError(
+            f"state value for key {key!r} has text with NUL or a lone surrogate, "
+            "which no database keeps as it is"
+        )
+    return stored
+
+
+def _changes_when_stored(value: Any) -> bool:
+    if isinstance(value, str):
+        return clean_text(value) != value
+    if isinstance(value, dict):
+        return any(_changes_when_stored(k) or _changes_when_stored(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_changes_when_stored(item) for item in value)
+    return False
 
 
 def check_expiry(expires_at: Any) -> datetime | None:
