@@ -279,6 +279,22 @@ def test_clear_execution_takes_its_steps_along():
         manager.clear_execution("")
 
 
+def test_a_run_that_has_ended_takes_no_more_state():
+    """A sync tool that ignored its run's cancel and wrote execution or step state after
+    the run ended left it behind for good: the run's clear had already happened."""
+    manager = StateManager()
+    manager.set("step", "b", 2, scope_id="run/s1")
+    manager.clear_execution("run")
+    for scope, scope_id in (("execution", "run"), ("step", "run/s1"), ("step", "run/s9")):
+        with pytest.raises(ValueError, match="state of run run: the run has ended"):
+            manager.set(scope, "late", 1, scope_id=scope_id)
+        with pytest.raises(ValueError, match="the run has ended"):
+            manager.update(scope, "late", lambda v: 1, scope_id=scope_id)
+    manager.set("execution", "fine", 1, scope_id="running")  # other runs are not affected
+    assert manager.get_state_summary()["scopes"]["step"]["entries"] == 0
+    assert manager.items("execution", "running") == {"fine": 1}
+
+
 def test_session_and_global_persist_execution_and_step_do_not(store_url: str, tmp_path: Path):
     with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
         first = StateManager(store)

@@ -18,6 +18,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -64,6 +65,8 @@ class _Entry:
 
 
 _Pair = tuple[StateScope, str]
+ENDED_RUNS_KEPT = 10_000
+"""How many ended runs a manager remembers, to refuse their state to tools still running."""
 
 
 class _CallerError(Exception):
@@ -104,6 +107,9 @@ class StateManager:
         self._store_write_failures = 0
         self._last_store_error: str | None = None
         self._store_failing = False
+        # Runs whose state ``clear_execution`` removed: a tool still running after its run
+        # ended (a sync one that ignored the cancel) must not leave state behind.
+        self._ended: OrderedDict[str, None] = OrderedDict()
 
     # -- public API ------------------------------------------------------------
 
@@ -124,7 +130,7 @@ class StateManager:
         ttl: float | None = None,
     ) -> None:
         """Keep ``value`` until deleted, or for ``ttl`` seconds (``default_ttl`` when None)."""
-        pair = _pair(scope, scope_id)
+        pair = self._open(_pair(scope, scope_id))
         key = checks.check_key(key)
         expires_at = _expiry(self.default_ttl if ttl is None else _check_ttl(ttl, "ttl"))
         if pair[0] in PERSISTED_SCOPES:
@@ -166,7 +172,7 @@ class StateManager:
         reaches it. An error of ``change`` itself, or a value that is not JSON, is
         the caller's and is raised.
         """
-        pair = _pair(scope, scope_id)
+        pair = self._open(_pair(scope, scope_id))
         key = checks.check_key(key)
         expires_at = _expiry(self.default_ttl if ttl is None else _check_ttl(ttl, "ttl"))
         with self._store_lock:
@@ -304,6 +310,9 @@ class StateManager:
         prefix = f"{execution_id}/"
         now = _now()
         with self._lock:
+            self._ended[execution_id] = None
+            if len(self._ended) > ENDED_RUNS_KEPT:
+                self._ended.popitem(last=False)
             pairs = [
                 pair
                 for pair in self._entries
@@ -311,6 +320,18 @@ class StateManager:
                 or (pair[0] is StateScope.STEP and pair[1].startswith(prefix))
             ]
             return sum(_live_count(self._entries.pop(pair), now) for pair in pairs)
+
+    def _open(self, pair: _Pair) -> _Pair:
+        """``pair``, unless it is the state of a run that has ended (or of one of its steps):
+        ``ValueError`` then, in the tool that wrote it after its run was over."""
+        scope, scope_id = pair
+        if scope in (StateScope.EXECUTION, StateScope.STEP):
+            run = scope_id.split("/", 1)[0]
+            with self._lock:
+                ended = run in self._ended
+            if ended:
+                raise ValueError(f"{scope.value} state of run {run}: the run has ended")
+        return pair
 
     def cleanup_expired(self) -> int:
         """Remove expired entries from memory and the store; returns how many.
