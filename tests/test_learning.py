@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,9 +11,12 @@ import numpy as np
 import pytest
 
 from dendrite import Orchestrator, OrchestratorConfig
+from dendrite.learning import Router
+from dendrite.learning.experiments import report
 from dendrite.learning.health import HEALTH_LOG_KEY, Health, HealthMonitor, HealthPolicy
 from dendrite.learning.loop import LearningLoop
 from dendrite.learning.memory import PlanMemory
+from dendrite.learning.policies import QualityPolicies
 from dendrite.learning.ranker import Ranked, ToolRanker
 from dendrite.planning import Plan, RetryPolicy, Step
 from dendrite.planning.references import literal
@@ -112,6 +116,56 @@ def test_health_policy_refuses_nonsense():
         HealthPolicy(window=3, min_samples=5)
     with pytest.raises(ValueError, match="cooldown"):
         HealthPolicy(cooldown=0)
+    # A NaN cooldown never ended: the tool stayed quarantined for good. A window of 2.5
+    # was taken and broke at the first outcome.
+    with pytest.raises(ValueError, match="cooldown must be a finite number > 0, got nan"):
+        HealthPolicy(cooldown=float("nan"))
+    with pytest.raises(ValueError, match="max_cooldown must be a finite number > 0, got inf"):
+        HealthPolicy(max_cooldown=float("inf"))
+    with pytest.raises(TypeError, match=r"window must be a whole number, got 2\.5"):
+        HealthPolicy(window=2.5, min_samples=1)
+
+
+def test_learning_numbers_that_would_spread_nan_are_refused_where_they_come_in(
+    store: ExecutionStore,
+):
+    """One NaN retrieval score or an infinite weight reached the shared weights and made
+    every tool's score NaN; a negative step made quality policies move the wrong way; an
+    unknown control arm was replaced by another without a word."""
+    ranker = ToolRanker()
+    for kwargs, message in (
+        ({"retrieval": float("nan")}, "retrieval must be a finite number"),
+        ({"weight": float("inf")}, "weight must be a finite number"),
+        ({"weight": -1.0}, "weight must be a finite number >= 0"),
+        ({"count": 0}, "count must be >= 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ranker.observe("weather in Oslo", "weather_lookup", True, **kwargs)
+    ranker.observe("weather in Oslo", "weather_lookup", True, retrieval=0.8)
+    (scored,) = ranker.rerank("weather in Oslo", [("weather_lookup", 1.0)])
+    assert math.isfinite(scored.score)
+    with pytest.raises(ValueError, match="prior must be at most 1"):
+        ToolRanker(prior=5)
+    with pytest.raises(ValueError, match="feedback_weight must be a finite number"):
+        LearningLoop(ToolRegistry(), feedback_weight=float("inf"))
+    with pytest.raises(ValueError, match="step must be a finite number > 0"):
+        QualityPolicies(step=-0.1)
+    with pytest.raises(ValueError, match="margin must be a finite number"):
+        QualityPolicies(margin=float("nan"))
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        PlanMemory().judge("run", 1.0, weight=-5)
+    router = Router(["small", "large"])
+    router.choose("a task", "run-1")
+    with pytest.raises(ValueError, match="cost must be at most"):
+        router.learn("run-1", True, cost=1e308)
+    with pytest.raises(ValueError, match="pending_ttl must be a positive timedelta, got 5"):
+        Router(["small", "large"], pending_ttl=5)
+    for arm in ("a", "b"):
+        execution = store.store_execution(goal_text="g", success=True, duration_ms=5.0)
+        store.store_assignment("ab", execution, arm, f"session:{arm}")
+    store.flush()
+    with pytest.raises(ValueError, match="has no arm 'nope' with recorded runs; its arms: a, b"):
+        report(store, "ab", control="nope")
 
 
 def test_ranking_shifts_after_outcomes_and_recalls_what_worked():
@@ -129,7 +183,7 @@ def test_ranking_shifts_after_outcomes_and_recalls_what_worked():
     recalled = ranker.rerank("convert currency from USD to SEK", [("calculator", 1.0)])
     assert "fx_rates" in [r.name for r in recalled]
     assert ranker.order(["weather_lookup", "forecast_api"]) == ["forecast_api", "weather_lookup"]
-    with pytest.raises(ValueError, match="decay must be in"):
+    with pytest.raises(ValueError, match="decay must be a finite number > 0"):
         ToolRanker(decay=0)
 
 
@@ -167,7 +221,7 @@ def test_ranker_recalls_a_tool_by_learned_words_and_asks_for_depth():
     assert [r.name for r in ranker.rerank("play songs by Prince", [], recall=False)] == []
     with pytest.raises(ValueError, match="recall_depth"):
         ToolRanker(recall_depth=0)
-    with pytest.raises(ValueError, match="learning rates"):
+    with pytest.raises(ValueError, match="learning_rate must be a finite number >= 0"):
         ToolRanker(learning_rate=-1)
 
 

@@ -561,12 +561,12 @@ def _experiments(
     if not 0 < alpha < 1:
         raise _fail(f"--alpha must be between 0 and 1, got {alpha}")
     with _store(url) as store:
-        reports = report(store, name, alpha=alpha, control=control)
+        try:
+            reports = report(store, name, alpha=alpha, control=control)
+        except ValueError as error:  # a control arm the experiment does not have
+            raise _fail(str(error)) from None
     if name is not None and not reports:
         raise _fail(f"no experiment {name!r} recorded")
-    missing = [r.experiment for r in reports if control is not None and r.control != control]
-    if missing:
-        raise _fail(f"experiment {missing[0]!r} has no arm {control!r} with recorded runs")
     if as_json:
         _dump([r.to_dict() for r in reports])
         return

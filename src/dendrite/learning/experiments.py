@@ -217,6 +217,11 @@ def _report(
     name: str, rows: list[ArmOutcomes], alpha: float, control: str | None
 ) -> ExperimentReport:
     rows = sorted(rows, key=lambda r: (-r.executions, r.arm))
+    if control is not None and all(r.arm != control for r in rows):
+        arms = ", ".join(sorted(r.arm for r in rows))
+        raise ValueError(
+            f"experiment {name!r} has no arm {control!r} with recorded runs; its arms: {arms}"
+        )
     base = next((r for r in rows if r.arm == control), rows[0])
     rows = [base, *(r for r in rows if r is not base)]
     arms = []

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from dendrite.learning._checks import check_count, check_number
 from dendrite.tools import ToolRegistry, ToolStatus
 
 log = logging.getLogger("dendrite.learning.health")
@@ -84,13 +85,18 @@ class HealthPolicy:
     quarantine_sole_tools: bool = False
 
     def __post_init__(self) -> None:
-        if not 0 < self.failure_threshold <= 1:
+        if not 0 < self.failure_threshold <= 1:  # NaN too
             raise ValueError(f"failure_threshold must be in (0, 1], got {self.failure_threshold}")
-        if self.min_samples < 1 or self.window < self.min_samples:
+        check_count("min_samples", self.min_samples)
+        check_count("window", self.window)
+        if self.window < self.min_samples:
             raise ValueError(
                 f"need 1 <= min_samples <= window, got {self.min_samples} and {self.window}"
             )
-        if self.cooldown <= 0 or self.max_cooldown < self.cooldown:
+        # A NaN cooldown would never end: the tool would stay quarantined for good.
+        check_number("cooldown", self.cooldown, strict=True)
+        check_number("max_cooldown", self.max_cooldown, strict=True)
+        if self.max_cooldown < self.cooldown:
             raise ValueError(f"need 0 < cooldown <= max_cooldown, got {self.cooldown}")
 
 

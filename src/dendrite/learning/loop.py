@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from dendrite.learning._checks import check_number
 from dendrite.learning.health import HEALTH_LOG_KEY, HealthMonitor, HealthPolicy, transition_log
 from dendrite.learning.memory import PlanMemory
 from dendrite.learning.ranker import ToolRanker
@@ -171,8 +172,7 @@ class LearningLoop:
         """
         if feedback_half_life <= timedelta(0):
             raise ValueError(f"feedback_half_life must be positive, got {feedback_half_life}")
-        if feedback_weight < 0:
-            raise ValueError(f"feedback_weight must be >= 0, got {feedback_weight}")
+        check_number("feedback_weight", feedback_weight)
         self.feedback_half_life = feedback_half_life
         self.feedback_weight = feedback_weight
         self._judged: OrderedDict[str, None] = OrderedDict()

@@ -13,6 +13,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from dendrite.learning._checks import check_number
 from dendrite.learning.similar import SimilarTexts
 from dendrite.planning.arguments import extract_arguments, numbers_in, paths_in, spoken_math
 from dendrite.planning.plan import Plan
@@ -66,8 +67,9 @@ class PlanMemory:
         A plan judged worse than good (weighted rewards below 0.5 on balance)
         is not reused; later good judgements can restore it.
         """
-        if not 0 <= reward <= 1:
+        if not 0 <= reward <= 1:  # NaN too
             raise ValueError(f"reward must be in [0, 1], got {reward}")
+        check_number("weight", weight)  # a negative one would turn praise into a veto
         with self._lock:
             good, bad = self._judgements.pop(execution_id, (0.0, 0.0))
             self._judgements[execution_id] = (good + weight * reward, bad + weight * (1 - reward))

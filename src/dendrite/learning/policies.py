@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from dendrite.learning._checks import check_count, check_number
 from dendrite.telemetry import ExecutionStatus
 
 if TYPE_CHECKING:
@@ -70,8 +71,12 @@ class QualityPolicies:
         low, high = confidence_bounds
         if not 0 <= low <= high <= 1:
             raise ValueError(f"confidence_bounds must be 0 <= low <= high <= 1, got {low, high}")
-        if window < 1 or min_samples < 1 or adapt_every < 0:
-            raise ValueError("window and min_samples must be >= 1, adapt_every >= 0")
+        check_count("window", window)
+        check_count("min_samples", min_samples)
+        check_count("adapt_every", adapt_every, minimum=0)
+        # A negative step moves the wrong way; NaN, nowhere.
+        check_number("step", step, maximum=1.0, strict=True)
+        check_number("margin", margin, maximum=1.0)
         if not refresh_seconds >= 0:
             raise ValueError(f"refresh_seconds must be >= 0, got {refresh_seconds}")
         self.state = state

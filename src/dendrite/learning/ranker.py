@@ -53,6 +53,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from dendrite.learning._checks import check_count, check_number
 from dendrite.learning.similar import SimilarTexts, SimilarVectors, terms
 from dendrite.retrieval import Embedder
 
@@ -132,14 +133,21 @@ class ToolRanker:
         (:data:`WORDS_MIN_SIMILARITY`). ``latency_weight`` is what a tool loses in the
         logit per tenfold of its typical duration over the fastest candidate's, so that of
         tools equally likely to answer the quicker is tried first."""
-        if latency_weight < 0:
-            raise ValueError(f"latency_weight must be >= 0, got {latency_weight}")
-        if not 0 < decay <= 1:
-            raise ValueError(f"decay must be in (0, 1], got {decay}")
-        if learning_rate < 0 or shared_rate < 0:
-            raise ValueError(f"learning rates must be >= 0, got {learning_rate} and {shared_rate}")
-        if recall_depth < 1:
-            raise ValueError(f"recall_depth must be >= 1, got {recall_depth}")
+        for label, value in (
+            ("latency_weight", latency_weight),
+            ("learning_rate", learning_rate),
+            ("shared_rate", shared_rate),
+            ("history_weight", history_weight),
+            ("global_weight", global_weight),
+            ("prior_weight", prior_weight),
+        ):
+            check_number(label, value)
+        check_number("retrieval_weight", retrieval_weight, minimum=-math.inf)
+        check_number("intercept", intercept, minimum=-math.inf)
+        check_number("prior", prior, maximum=1.0)
+        check_number("decay", decay, maximum=1.0, strict=True)
+        check_count("similar_k", similar_k)
+        check_count("recall_depth", recall_depth)
         self.similar_k = similar_k
         if min_similarity is None:
             min_similarity = WORDS_MIN_SIMILARITY if embedder is None else EMBEDDING_MIN_SIMILARITY
@@ -193,8 +201,10 @@ class ToolRanker:
         it a process that did not rank the goal itself would learn as if
         retrieval had not suggested the tool at all.
         """
-        if weight < 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
+        count = check_count("count", count)
+        weight = check_number("weight", weight)
+        if retrieval is not None:
+            retrieval = check_number("retrieval", retrieval)  # one NaN would reach every score
         with self._lock:
             record = self._records.setdefault(tool, _Record())
             for _ in range(min(count, 50)):  # beyond that the decay has forgotten the start

@@ -75,9 +75,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from dendrite.learning._checks import check_number
 from dendrite.retrieval.embedding import Embedder
 from dendrite.retrieval.lexical import stem, tokenize
-from dendrite.telemetry.records import ExecutionStatus, as_utc
+from dendrite.telemetry.records import MAX_COST, ExecutionStatus, as_utc
 
 if TYPE_CHECKING:
     from dendrite.store import ExecutionStore
@@ -574,16 +575,6 @@ def _phi(z: float) -> float:
     return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
 
 
-def _check_number(label: str, value: Any, *, minimum: float = 0.0, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
-        raise TypeError(f"{label} must be a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number < minimum or (strict and number == minimum):
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise ValueError(f"{label} must be a finite number {bound}, got {value!r}")
-    return number
-
-
 def judged_rating(rating: int | None, accepted: bool | None) -> int | None:
     """A user's judgement as the one rating (1-5) the router learns from.
 
@@ -659,9 +650,9 @@ class Router:
             )
         self.options: tuple[str, ...] = tuple(names)
         self.costs: dict[str, float] = {
-            n: _check_number(f"cost of {n!r}", costs.get(n, 0.0)) for n in names
+            n: check_number(f"cost of {n!r}", costs.get(n, 0.0), maximum=MAX_COST) for n in names
         }
-        self.cost_weight = _check_number("cost_weight", cost_weight)
+        self.cost_weight = check_number("cost_weight", cost_weight, maximum=MAX_COST)
         if policy not in ("thompson", "ucb", "greedy"):
             raise ValueError(f"policy must be 'thompson', 'ucb' or 'greedy', got {policy!r}")
         if not isinstance(router_name, str) or not router_name:
@@ -671,20 +662,20 @@ class Router:
         self.policy: Policy = policy
         if exploration is None:  # Thompson sampling tempered (module docstring); LinUCB's 1
             exploration = 0.5 if policy == "thompson" else 1.0
-        self.exploration = _check_number("exploration", exploration)
-        self.noise = _check_number("noise", noise, strict=True)
-        self.noise_weight = _check_number("noise_weight", noise_weight, strict=True)
-        self.prior_strength = _check_number("prior_strength", prior_strength, strict=True)
-        self.prior_quality = _check_number("prior_quality", prior_quality)
+        self.exploration = check_number("exploration", exploration)
+        self.noise = check_number("noise", noise, strict=True)
+        self.noise_weight = check_number("noise_weight", noise_weight, strict=True)
+        self.prior_strength = check_number("prior_strength", prior_strength, strict=True)
+        self.prior_quality = check_number("prior_quality", prior_quality)
         if self.prior_quality > 1:
             raise ValueError(f"prior_quality must be in [0, 1], got {prior_quality}")
-        self.rating_weight = _check_number("rating_weight", rating_weight)
+        self.rating_weight = check_number("rating_weight", rating_weight)
         if self.rating_weight > 1:
             raise ValueError(f"rating_weight must be in [0, 1], got {rating_weight}")
         if half_life is not None and half_life <= timedelta(0):
             raise ValueError(f"half_life must be positive or None, got {half_life}")
-        if pending_ttl <= timedelta(0):
-            raise ValueError(f"pending_ttl must be positive, got {pending_ttl}")
+        if not isinstance(pending_ttl, timedelta) or pending_ttl <= timedelta(0):
+            raise ValueError(f"pending_ttl must be a positive timedelta, got {pending_ttl!r}")
         for label, value in (
             ("max_pending", max_pending),
             ("max_tracked", max_tracked),
@@ -1005,7 +996,7 @@ class Router:
         success = bool(success)
         rating = _check_rating(rating)
         if cost is not None:
-            cost = _check_number("cost", cost)
+            cost = check_number("cost", cost, maximum=MAX_COST)
         with self._lock:
             self._expire(as_utc(self._clock()))
             pending = self._pending.pop(execution_id, None)
