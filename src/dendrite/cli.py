@@ -22,10 +22,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from typer.core import TyperGroup
 
+from dendrite._ids import canonical_id
 from dendrite.config import MAX_REPORT_DAYS, database_url
 from dendrite.planning import PLANNERS
 from dendrite.store import StoreError, StoreUnavailableError, migrate
 from dendrite.store.engine import make_engine, parse_url
+from dendrite.store.errors import driver_message
 from dendrite.store.writer import is_connection_error
 from dendrite.telemetry.records import INT32
 
@@ -43,8 +45,7 @@ class _Commands(TyperGroup):
         except StoreError as error:
             raise _fail(str(error)) from None
         except DBAPIError as error:
-            first_line = str(error.orig or error).splitlines()[0]
-            raise _fail(f"the database refused it: {first_line}", 1) from None
+            raise _fail(f"the database refused it: {driver_message(error)}", 1) from None
 
 
 app = typer.Typer(
@@ -96,12 +97,12 @@ def _run_db(action: Callable[..., Any], engine: Engine, *args: Any) -> Any:
     except (StoreError, CommandError) as error:
         raise _fail(str(error)) from None
     except DBAPIError as error:
-        first_line = str(error.orig or error).splitlines()[0]
+        message = driver_message(error)
         if is_connection_error(error) and not _answers(engine):
-            raise _fail(f"cannot reach the database: {first_line}", 1) from None
+            raise _fail(f"cannot reach the database: {message}", 1) from None
         # SQLite reports a missing table as an OperationalError too: only a database
         # that does not answer is unreachable.
-        raise _fail(f"the database refused it: {first_line}", 1) from None
+        raise _fail(f"the database refused it: {message}", 1) from None
 
 
 def _answers(engine: Engine) -> bool:
@@ -815,12 +816,10 @@ def _check_execution_ref(given: str) -> str:
     """The execution id or goal id ``given`` names, in its canonical spelling (a UUID in
     braces or upper case is the same id); refused, before a store is opened, when it is
     neither."""
-    import uuid
-
     if given.startswith("goal_"):
         return given
     try:
-        return str(uuid.UUID(given))
+        return canonical_id(given)
     except ValueError:
         raise _fail(f"{given!r} is not an execution id (a UUID) or a goal id (goal_N)") from None
 

@@ -37,3 +37,9 @@ class StoreUnavailableError(StoreError):
 
 class SchemaError(StoreError):
     """The database's schema is not one this version of Dendrite can use as it is."""
+
+
+def driver_message(error: BaseException) -> str:
+    """The first line of what the database driver said (SQLAlchemy keeps it as ``orig``):
+    the rest is SQLAlchemy's statement and a link, noise in a one-line message."""
+    return (str(getattr(error, "orig", None) or error).splitlines() or [""])[0]

@@ -43,6 +43,7 @@ from dendrite.store.errors import (
     StoreError,
     StoreUnavailableError,
     UnknownExecutionError,
+    driver_message,
 )
 from dendrite.store.journal import SUFFIX as JOURNAL_SUFFIX
 from dendrite.store.journal import Journal
@@ -158,8 +159,8 @@ class ExecutionStore:
             if not is_connection_error(error):
                 self.engine.dispose()
                 if isinstance(error, DBAPIError):  # not a database (a text file), no rights
-                    first_line = str(error.orig or error).splitlines()[0]
-                    raise StoreError(f"{self._where} cannot be used: {first_line}") from error
+                    message = driver_message(error)
+                    raise StoreError(f"{self._where} cannot be used: {message}") from error
                 raise
             log.error("store %s unreachable at start; journaling until it returns", self._where)
             reachable = False
