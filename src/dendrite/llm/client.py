@@ -468,10 +468,11 @@ class ChatLLM:
             self._count(None, answered=False)
             raise
         self._count(response)
-        text = _content(response)
+        message = _message(response)
+        text = getattr(message, "content", None)
         if not isinstance(text, str):
-            refusal = _refusal(response)
-            if refusal:
+            refusal = getattr(message, "refusal", None)  # a structured-output refusal
+            if isinstance(refusal, str) and refusal.strip():
                 raise LLMError(f"{self.name} refused to answer: {refusal}")
             raise LLMError(f"{self.name} returned no message")
         if json_schema is not None:
@@ -543,22 +544,13 @@ MAX_CALL_TOKENS = 100_000_000
 windows are about a hundredth of it)."""
 
 
-def _content(response: Any) -> Any:
-    """The first choice's message text, or None when the answer has no such thing (a
-    server's body that is a string, a list, a choice without a message)."""
+def _message(response: Any) -> Any:
+    """The first choice's message, or None when the answer has no such thing (a server's
+    body that is a string, a list, a choice without a message)."""
     choices = getattr(response, "choices", None)
     if not isinstance(choices, list) or not choices:
         return None
-    return getattr(getattr(choices[0], "message", None), "content", None)
-
-
-def _refusal(response: Any) -> str | None:
-    """A model's structured-output refusal (``message.refusal``), if it gave one."""
-    choices = getattr(response, "choices", None)
-    if not isinstance(choices, list) or not choices:
-        return None
-    refusal = getattr(getattr(choices[0], "message", None), "refusal", None)
-    return refusal if isinstance(refusal, str) and refusal.strip() else None
+    return getattr(choices[0], "message", None)
 
 
 def _refuses_schema(error: openai.APIStatusError) -> bool:
