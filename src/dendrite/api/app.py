@@ -100,7 +100,7 @@ from dendrite.store.errors import (
 from dendrite.store.serialize import dumps
 from dendrite.store.writer import is_connection_error
 from dendrite.telemetry import ExecutionStatus
-from dendrite.telemetry.records import ExecutionRecord
+from dendrite.telemetry.records import MAX_TOOL_NAME, ExecutionRecord
 from dendrite.tools import ToolStatus, UnknownToolError
 
 log = logging.getLogger("dendrite.api")
@@ -381,7 +381,7 @@ _GOAL_EXAMPLES: dict[str, Any] = {
 
 GoalBody = Annotated[GoalRequest, Body(openapi_examples=_GOAL_EXAMPLES)]
 ExecutionId = Annotated[uuid.UUID, Path(description="the execution's id (a UUID)")]
-ToolName = Annotated[str, Path(max_length=200, description="the tool's registered name")]
+ToolName = Annotated[str, Path(max_length=MAX_TOOL_NAME, description="the tool's registered name")]
 Since = Annotated[datetime | None, Query(description="ISO 8601; naive means UTC")]
 
 

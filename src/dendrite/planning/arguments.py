@@ -20,7 +20,6 @@ from typing import Any
 from dendrite.planning import references
 
 _DIGITS = r"(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)"  # "1,500" is one number; "1,2,3" three
-FILLER = {"a", "an", "the", "of", "for", "to", "in", "on", "and", "or", "is", "with"}
 _FRACTION = r"(?<![\w./])[-+]?\d+/[1-9]\d*(?![\d./])"  # "3/4"; of "3/4/2025", nothing
 _NUMBER = re.compile(rf"(?<![\w.])[-+]?{_DIGITS}(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
 _QUANTITY = re.compile(  # in a conversion, "3/4 miles to km" is 0.75 miles
@@ -60,6 +59,7 @@ _REQUEST_WORDS = re.compile(
     re.I,
 )
 
+FILLER = {"a", "an", "the", "of", "for", "to", "in", "on", "and", "or", "is", "with"}
 TEXT_NAMES = ("query", "text", "question", "q", "prompt", "content", "goal", "input", "message")
 TOPIC_NAMES = ("topic", "subject", "about", "focus")
 PATH_HINTS = ("path", "file", "filename", "document", "doc", "name", "first", "second", "source")

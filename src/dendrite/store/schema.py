@@ -33,6 +33,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+from dendrite.telemetry.records import MAX_TOOL_NAME
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -130,7 +132,7 @@ tool_executions = Table(
     # Not a foreign key: steps are recorded as they happen, the goal when it ends.
     Column("execution_id", UUID, nullable=False),
     Column("step_id", String(128)),
-    Column("tool_name", String(200), nullable=False),
+    Column("tool_name", String(MAX_TOOL_NAME), nullable=False),
     Column("parameters", JSONDoc, nullable=False),
     Column("result", JSONDoc),
     Column("result_truncated", Boolean, nullable=False, default=False),
@@ -138,7 +140,7 @@ tool_executions = Table(
     Column("error", Text),
     Column("error_type", String(32)),
     Column("attempt", Integer, nullable=False, default=1),
-    Column("fallback_of", String(200)),
+    Column("fallback_of", String(MAX_TOOL_NAME)),
     Column("duration_ms", Float, nullable=False),
     _ts("started_at", nullable=False),
     _ts("finished_at", nullable=False),
@@ -188,7 +190,7 @@ tool_creation_events = Table(
     "tool_creation_events",
     metadata,
     Column("id", UUID, primary_key=True),
-    Column("tool_name", String(200), nullable=False),
+    Column("tool_name", String(MAX_TOOL_NAME), nullable=False),
     Column("goal_text", Text),
     Column("generated_code", Text, nullable=False),
     Column("validation_passed", Boolean, nullable=False),
@@ -218,7 +220,7 @@ solutions = Table(
 
 def _tool_stat_columns() -> list[Column[Any]]:
     return [
-        Column("tool_name", String(200), primary_key=True),
+        Column("tool_name", String(MAX_TOOL_NAME), primary_key=True),
         Column("total_executions", BigInteger, nullable=False),
         Column("successful_executions", BigInteger, nullable=False),
         Column("failed_executions", BigInteger, nullable=False),
@@ -242,7 +244,7 @@ tool_statistics_archive = Table("tool_statistics_archive", metadata, *_tool_stat
 
 def _histogram_columns() -> list[Column[Any]]:
     return [
-        Column("tool_name", String(200), primary_key=True),
+        Column("tool_name", String(MAX_TOOL_NAME), primary_key=True),
         Column("bucket", Integer, primary_key=True),
         Column("count", BigInteger, nullable=False),
     ]
