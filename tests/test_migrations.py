@@ -19,9 +19,9 @@ def test_a_new_database_gets_the_current_schema_on_first_use(store: ExecutionSto
 def test_upgrade_downgrade_upgrade_round_trips(store_url: str):
     engine = make_engine(store_url)
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == "0004"
+    assert migrate.current_revision(engine) == "0005"
     migrate.downgrade(engine)
-    assert migrate.current_revision(engine) == "0003"
+    assert migrate.current_revision(engine) == "0004"
     migrate.upgrade(engine)
     assert migrate.validate(engine) == []
     migrate.downgrade(engine, "0001")
@@ -49,7 +49,7 @@ def test_validate_names_every_difference(store_url: str):
     assert len(problems) == 3
     migrate.downgrade(engine, "0001")
     problems = migrate.validate(engine)
-    assert problems[0] == "schema revision is 0001, the code expects 0004"
+    assert problems[0] == "schema revision is 0001, the code expects 0005"
     assert "missing table tool_statistics" in problems
     engine.dispose()
 
@@ -59,14 +59,14 @@ def test_an_older_schema_is_upgraded_or_refused_by_backend(store_url: str, tmp_p
     migrate.upgrade(engine, "0001")
     if engine.dialect.name == "sqlite":
         with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
-            assert migrate.current_revision(store.engine) == "0004"
+            assert migrate.current_revision(store.engine) == "0005"
     else:
         with pytest.raises(
-            SchemaError, match=r"revision 0001.*needs 0004: run `dendrite db upgrade`"
+            SchemaError, match=r"revision 0001.*needs 0005: run `dendrite db upgrade`"
         ):
             ExecutionStore(store_url, state_dir=tmp_path / "s")
         with ExecutionStore(store_url, state_dir=tmp_path / "s", auto_upgrade=True) as store:
-            assert migrate.current_revision(store.engine) == "0004"
+            assert migrate.current_revision(store.engine) == "0005"
     engine.dispose()
 
 
@@ -85,7 +85,7 @@ def test_an_unknown_revision_or_unversioned_tables_are_refused(store_url: str, t
     with pytest.raises(SchemaError, match=r"no schema version.*`dendrite db reset --yes` drops"):
         migrate.upgrade(engine)
     migrate.reset(engine)
-    assert migrate.current_revision(engine) == "0004"
+    assert migrate.current_revision(engine) == "0005"
     assert migrate.validate(engine) == []
     engine.dispose()
 
@@ -115,7 +115,7 @@ def test_statistics_are_rebuilt_when_an_upgrade_finds_history_without_them(
         store.store_tool_execution(eid, "lookup", {}, "ok", True, 2.0)
     engine = make_engine(store_url)
     migrate.downgrade(engine, "0001")
-    migrate.upgrade(engine, "+3")  # the newest revision, named another way than "head"
+    migrate.upgrade(engine, "+4")  # the newest revision, named another way than "head"
     engine.dispose()
     with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
         assert store.get_tool_statistics("lookup").total_executions == 1
@@ -172,3 +172,52 @@ def test_reset_repairs_a_schema_that_drifted(store_url: str, tmp_path: Path):
     with pytest.raises(SchemaError, match="no schema version: there is nothing to downgrade"):
         migrate.downgrade(engine)
     engine.dispose()
+
+
+def test_the_sqlite_upgrade_to_text_columns_keeps_every_row_and_index(tmp_path: Path):
+    """0005 rebuilds two SQLite tables whose JSON columns had numeric affinity: every row
+    comes through (a number already rewritten stays as it was read), and from then on a
+    bare number is kept as written."""
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine, "0004")
+    with engine.begin() as conn:
+        for index, result in enumerate(["1.0", '{"rows":[1,2]}', None, '"text"']):
+            conn.execute(
+                text(
+                    "INSERT INTO tool_executions (id, execution_id, tool_name, parameters, result,"
+                    " result_truncated, success, attempt, duration_ms, started_at, finished_at)"
+                    " VALUES (:id, :eid, 't', '{}', :result, 0, 1, 1, 1.0, :at, :at)"
+                ),
+                {
+                    "id": f"{index:032x}",  # how SQLite holds a UUID
+                    "eid": f"{0xAA:032x}",
+                    "result": result,
+                    "at": f"2026-11-2{index} 10:00:00.000000",
+                },
+            )
+        conn.execute(
+            text(
+                "INSERT INTO state_entries (scope, scope_id, key, value, updated_at)"
+                " VALUES ('global', '', 'k', '2.0', '2026-11-24 10:00:00.000000')"
+            )
+        )
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT typeof(result) FROM tool_executions LIMIT 1")) == "integer"
+    migrate.upgrade(engine)
+    assert migrate.validate(engine) == []
+    engine.dispose()
+    with ExecutionStore(url, state_dir=tmp_path / "s") as store:
+        old = "00000000-0000-0000-0000-0000000000aa"
+        store.store_execution(id=old, goal_text="g", success=True, duration_ms=5)
+        store.flush()
+        steps = store.get_execution(old).steps
+        assert [s.result for s in steps] == [1, {"rows": [1, 2]}, None, "text"]
+        assert [e.value for e in store.get_state_entries()] == [2]
+        store.put_state("global", "", "k", 2.0)
+        eid = store.store_execution(goal_text="g", success=True, duration_ms=5)
+        store.store_tool_execution(eid, "t", {}, 1.0, True, 1.0)
+        store.flush()
+        assert store.get_execution(eid).steps[0].result == 1.0
+        assert isinstance(store.get_execution(eid).steps[0].result, float)
+        assert [repr(e.value) for e in store.get_state_entries()] == ["2.0"]

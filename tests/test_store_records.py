@@ -425,6 +425,25 @@ def test_a_tool_call_is_stored_as_it_was_when_recorded(store_url: str, tmp_path:
     assert all(s.result == [1, 2, 3] for s in steps)
 
 
+BARE_VALUES = [1.0, -0.0, 2**63, 12345678901234567890, 0.1, 3, "1.0", True, None]
+
+
+def test_a_bare_number_result_or_state_value_comes_back_as_it_was(store: ExecutionStore):
+    """SQLite gave the JSON columns numeric affinity: a result 1.0 came back as 1, 2**63
+    and longer integers as floats (a tool's or a calculator's answer, changed on disk)."""
+    eid = store.store_execution(goal_text="g", success=True, duration_ms=5)
+    for index, value in enumerate(BARE_VALUES):
+        store.store_tool_execution(eid, "t", {}, value, True, 1.0, step_id=f"s{index}")
+        store.put_state("global", "", f"k{index}", value if value is not None else [])
+    store.flush()
+    results = {s.step_id: s.result for s in store.get_execution(eid).steps}
+    got = [results[f"s{index}"] for index in range(len(BARE_VALUES))]
+    assert [(type(v), v) for v in got] == [(type(v), v) for v in BARE_VALUES]
+    values = {e.key: e.value for e in store.get_state_entries()}
+    stored = [values[f"k{index}"] for index in range(len(BARE_VALUES) - 1)]
+    assert [(type(v), v) for v in stored] == [(type(v), v) for v in BARE_VALUES[:-1]]
+
+
 def test_a_runs_metadata_a_plan_and_routing_features_are_stored_as_given(
     store_url: str, tmp_path: Path
 ):

@@ -32,6 +32,7 @@ from sqlalchemy import (
     Uuid,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
 
 from dendrite.telemetry.records import MAX_TOOL_NAME
 
@@ -69,7 +70,25 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class JSONValue(JSON):
+    """Any JSON value, a bare number included, declared ``TEXT`` on SQLite.
+
+    SQLite gives a column declared ``JSON`` numeric affinity, and turns the text of a
+    bare number stored there into a number: a tool's result ``1.0`` came back as ``1``
+    and ``2**63`` as a float. A ``TEXT`` column keeps the text as written. Objects and
+    arrays are safe either way, so the columns that only hold those stay ``JSON``.
+    """
+
+    cache_ok = True
+
+
+@compiles(JSONValue, "sqlite")
+def _json_value_as_text(type_: JSONValue, compiler: Any, **kw: Any) -> str:
+    return "TEXT"
+
+
 JSONDoc = JSON().with_variant(JSONB(), "postgresql")
+JSONAny = JSONValue().with_variant(JSONB(), "postgresql")
 UUID = Uuid(as_uuid=False)
 
 
@@ -134,7 +153,7 @@ tool_executions = Table(
     Column("step_id", String(128)),
     Column("tool_name", String(MAX_TOOL_NAME), nullable=False),
     Column("parameters", JSONDoc, nullable=False),
-    Column("result", JSONDoc),
+    Column("result", JSONAny),
     Column("result_truncated", Boolean, nullable=False, default=False),
     Column("success", Boolean, nullable=False),
     Column("error", Text),
@@ -299,7 +318,7 @@ state_entries = Table(
     Column("scope", String(16), primary_key=True),
     Column("scope_id", String(255), primary_key=True),
     Column("key", String(255), primary_key=True),
-    Column("value", JSONDoc, nullable=False),
+    Column("value", JSONAny, nullable=False),
     _ts("updated_at", nullable=False),
     _ts("expires_at"),
     Index(None, "expires_at"),
