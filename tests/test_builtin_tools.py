@@ -1321,3 +1321,96 @@ def test_a_name_two_documents_answer_to_is_ambiguous_not_unknown(tmp_path: Path)
     with pytest.raises(UnknownDocumentError, match="'readme' is ambiguous"):
         store.get("readme")
     assert store.get("sub/readme.md").name == "sub/readme.md"
+
+
+def test_csv_filters_compare_numbers_exactly(tmp_path: Path):
+    """Through float, an ID past 2**53 matched its neighbour, and 10**400 raised."""
+    (tmp_path / "orders.csv").write_text(
+        "order_id,who\n12345678901234567890,alice\n12345678901234567891,bob\n"
+        "9007199254740993,carol\n9007199254740992,dave\n0.1,erin\n",
+        encoding="utf-8",
+    )
+    sandbox = FileSandbox(tmp_path)
+
+    def who(value: Any) -> list[str]:
+        return [
+            r["who"] for r in sandbox.csv_select("orders.csv", where={"order_id": value})["rows"]
+        ]
+
+    assert who("12345678901234567890") == ["alice"]
+    assert who(9007199254740993) == ["carol"]
+    assert who(0.1) == who("0.10") == ["erin"]
+    assert who(10**400) == [] and who("1e400") == []
+
+
+def test_the_csv_and_json_tools_read_the_encodings_read_file_reads(tmp_path: Path):
+    (tmp_path / "wide.csv").write_bytes("city,sales\nZürich,10\nBern,5\n".encode("utf-16"))
+    (tmp_path / "win.csv").write_bytes("city,sales\nZürich,10\nBern,5\n".encode("cp1252"))
+    (tmp_path / "wide.json").write_bytes('{"city": "Zürich"}'.encode("utf-16"))
+    sandbox = FileSandbox(tmp_path)
+    for name in ("wide.csv", "win.csv"):
+        assert sandbox.read_file(name)["content"].startswith("city,sales\nZürich")
+        rows = sandbox.csv_select(name)["rows"]
+        assert rows == [{"city": "Zürich", "sales": "10"}, {"city": "Bern", "sales": "5"}]
+    assert sandbox.json_select("wide.json", "/city") == "Zürich"
+
+
+def test_nul_anywhere_is_binary_and_a_bad_utf16_unit_spoils_one_character(tmp_path: Path):
+    (tmp_path / "late.txt").write_bytes(b"a" * 10_000 + b"\x00\x00")
+    (tmp_path / "odd16.txt").write_bytes(b"\xff\xfe" + "Hello".encode("utf-16-le") + b"\x00\xd8ok")
+    sandbox = FileSandbox(tmp_path)
+    with pytest.raises(BuiltinToolError, match="looks binary"):
+        sandbox.read_file("late.txt")
+    read = sandbox.read_file("odd16.txt")
+    assert read["encoding"] == "utf-16" and read["content"].startswith("Hello\ufffd")
+
+
+def test_names_with_a_tilde_or_spaces_are_names_and_a_locked_folder_stays_unsaid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    (tmp_path / "~notes.txt").write_text("tilde", encoding="utf-8")
+    (tmp_path / " report.txt").write_text("space", encoding="utf-8")
+    sandbox = FileSandbox(tmp_path)
+    assert sandbox.read_file("~notes.txt")["content"] == "tilde"
+    assert sandbox.read_file(" report.txt")["content"] == "space"
+    for home in ("~", "~/notes.txt", "~bob/notes.txt"):
+        with pytest.raises(PathOutsideRootError, match="absolute path"):
+            sandbox.read_file(home)
+    (tmp_path / "locked").mkdir()
+    listing = Path.iterdir
+
+    def refused(self: Path) -> Any:  # as the OS answers a folder without read permission
+        if self.name == "locked":  # (root, who runs CI, may read it anyway)
+            raise PermissionError(13, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", refused)
+    with pytest.raises(PermissionError) as caught:
+        sandbox.list_files("locked")
+    assert str(tmp_path) not in str(caught.value) and "'locked'" in str(caught.value)
+    with pytest.raises(FileNotFoundError) as missing:
+        sandbox.read_file("locked/y.txt")
+    assert str(tmp_path) not in str(missing.value)
+
+
+def test_sums_past_the_float_range_are_data_errors_and_means_are_not(tmp_path: Path):
+    (tmp_path / "big.csv").write_text("g,v\na,1e308\na,1e308\n", encoding="utf-8")
+    sandbox = FileSandbox(tmp_path)
+    assert sandbox.csv_aggregate("big.csv", "g", "v", "mean")["groups"] == {"a": 1e308}
+    with pytest.raises(DataError, match="sum of column 'v' for 'a' is too large for a float"):
+        sandbox.csv_aggregate("big.csv", "g", "v", "sum")
+
+
+def test_conversions_are_exact_for_decimals_as_written_and_know_short_plurals():
+    assert convert_units(-273.15, "C", "K") == 0.0
+    assert convert_units(-459.67, "F", "K") == 0.0  # absolute zero, not below it
+    assert convert_units(37.2, "C", "F") == 98.96 and convert_units(100.1, "C", "F") == 212.18
+    assert convert_units(2, "days", "h") == 48.0 and convert_units(3, "lbs", "oz") == 48.0
+
+
+def test_a_long_flat_sum_is_no_deep_nesting():
+    terms = "+".join(str(i) for i in range(1, 121))
+    assert calculate(terms) == 7260
+    assert calculate("*".join(["1.01"] * 150)) == pytest.approx(1.01**150)
+    with pytest.raises(CalculationError, match="nested deeper than 100 levels"):
+        calculate("(" * 120 + "1" + ")" * 120 + "+" + "-" * 120 + "1")

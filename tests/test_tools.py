@@ -172,8 +172,24 @@ def test_registration_refuses_what_cannot_be_called_by_name():
     assert registry.register_function(lambda: 1, name="t" * 200).name == "t" * 200
     with pytest.raises(ToolRegistrationError, match="reliability 'great' is not one of"):
         registry.register_function(forecast, reliability="great")
-    with pytest.raises(ToolRegistrationError, match="timeout must be > 0"):
-        registry.register_function(forecast, timeout=0)
+    for bad in (0, -1, float("nan"), float("inf"), "5", True):
+        # NaN passed "<= 0" and then failed every call with "timed out after nans".
+        with pytest.raises(ToolRegistrationError, match="timeout must be a finite number"):
+            registry.register_function(forecast, timeout=bad)  # type: ignore[arg-type]
+    with pytest.raises(ToolRegistrationError, match="estimated_duration must be a finite"):
+        registry.register_function(forecast, estimated_duration=float("inf"))
+    # A lone string became its letters: tags ('m', 'a', 't', 'h').
+    with pytest.raises(ToolRegistrationError, match="tags takes a list of names, got 'math'"):
+        registry.register_function(forecast, tags="math")  # type: ignore[arg-type]
+    with pytest.raises(ToolRegistrationError, match="alternatives takes a list of names"):
+        registry.register_function(forecast, alternatives=[1])  # type: ignore[list-item]
+    with pytest.raises(ToolRegistrationError, match="retry_on takes a list of exception"):
+        registry.register_function(forecast, retry_on=ValueError)  # type: ignore[arg-type]
+    assert registry.register_function(forecast, tags=("a", "b"), alternatives=iter(["x"])).tags == (
+        "a",
+        "b",
+    )
+    registry.unregister("forecast")
     with pytest.raises(ToolRegistrationError, match="retry_on takes exception classes"):
         registry.register_function(forecast, retry_on=["ValueError"])  # type: ignore[list-item]
     with pytest.raises(ToolRegistrationError, match="cannot be its own alternative"):
@@ -197,6 +213,9 @@ def test_versions_need_replace_and_keep_state_and_history():
     assert [t.version for t in registry.versions("forecast")] == [1, 2]
     assert registry.get("forecast") is second
     assert registry.state("forecast").status is ToolStatus.DISABLED
+    registry.unregister("forecast")  # and back: a version of its own, not 1 again
+    assert registry.register(forecast).version == 3
+    assert [t.version for t in registry.versions("forecast")] == [1, 2, 3]
 
 
 def test_states_enable_disable_quarantine():

@@ -7,6 +7,7 @@ validator), so that each call only pays for validating its arguments.
 from __future__ import annotations
 
 import inspect
+import math
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -245,8 +246,17 @@ class ToolRegistry:
                 f"tool {tool_name!r}: reliability {reliability!r} is not one of {choices}"
             ) from None
         for label, value in (("timeout", timeout), ("estimated_duration", estimated_duration)):
-            if value is not None and value <= 0:
-                raise ToolRegistrationError(f"tool {tool_name!r}: {label} must be > 0, got {value}")
+            if value is not None and not _positive_seconds(value):
+                raise ToolRegistrationError(
+                    f"tool {tool_name!r}: {label} must be a finite number of seconds > 0, "
+                    f"got {value!r}"
+                )
+        tags = _names(tool_name, "tags", tags)
+        alternatives = _names(tool_name, "alternatives", alternatives)
+        if isinstance(retry_on, type):
+            raise ToolRegistrationError(
+                f"tool {tool_name!r}: retry_on takes a list of exception classes, got {retry_on!r}"
+            )
         for klass in retry_on:
             if not (isinstance(klass, type) and issubclass(klass, BaseException)):
                 raise ToolRegistrationError(
@@ -268,11 +278,12 @@ class ToolRegistry:
                 description=signature.summary,
                 reliability=level,
                 estimated_duration=estimated_duration,
-                alternatives=tuple(alternatives),
-                tags=tuple(tags),
+                alternatives=alternatives,
+                tags=tags,
                 timeout=timeout,
                 retry_on=tuple(retry_on),
-                version=previous.version + 1 if previous else 1,
+                # Counted over every registration: one after unregister() is a new version.
+                version=len(self._history.get(tool_name, ())) + 1,
                 signature=signature,
                 is_async=inspect.iscoroutinefunction(func),
                 state=previous.state if previous else ToolState(),
@@ -360,3 +371,24 @@ class ToolRegistry:
 
     def state(self, name: str) -> ToolState:
         return self.get(name).state
+
+
+def _positive_seconds(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _names(tool_name: str, label: str, names: Any) -> tuple[str, ...]:
+    """``names`` as a tuple; a lone string would otherwise become its letters."""
+    if not isinstance(names, str):
+        try:
+            found = tuple(names)
+        except TypeError:
+            found = None
+        if found is not None and all(isinstance(n, str) for n in found):
+            return found
+    raise ToolRegistrationError(f"tool {tool_name!r}: {label} takes a list of names, got {names!r}")

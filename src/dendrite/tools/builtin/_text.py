@@ -289,6 +289,33 @@ def markdown_blocks(text: str) -> list[Block]:
     return blocks
 
 
-def utf16_encoding(data: bytes) -> str | None:
-    """The codec of text that starts with a UTF-16 byte-order mark (either order), else None."""
-    return "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else None
+class BinaryContentError(ValueError):
+    """Bytes with NUL in them that are not UTF-16 text: a binary file, not text."""
+
+
+def text_codec(head: bytes, *, final: bool = True) -> str:
+    """The codec every tool reads a text file in, judged from its first bytes ``head``
+    (``final``: all of it): UTF-16 after a byte-order mark (Notepad and PowerShell save
+    text so), else UTF-8 (a BOM dropped), else Windows-1252, which decodes anything."""
+    if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return "utf-16"
+    try:
+        codecs.getincrementaldecoder("utf-8-sig")(errors="strict").decode(head, final=final)
+    except UnicodeDecodeError:
+        return "cp1252"
+    return "utf-8-sig"
+
+
+def decode_text(data: bytes, *, final: bool = True) -> tuple[str, str]:
+    """The text and the name of its encoding (``text_codec``'s, "utf-8" for UTF-8).
+
+    ``final=False`` when ``data`` was cut from a longer file: a character split at the cut
+    is not an error. Raises :class:`BinaryContentError` for NUL bytes anywhere outside
+    UTF-16 text. A bad UTF-16 unit is replaced, not a reason to read the rest as
+    Windows-1252.
+    """
+    codec = text_codec(data, final=final)
+    if codec != "utf-16" and b"\x00" in data:
+        raise BinaryContentError("binary content (NUL bytes), not text")
+    text = codecs.getincrementaldecoder(codec)(errors="replace").decode(data, final=final)
+    return text, "utf-8" if codec == "utf-8-sig" else codec

@@ -30,14 +30,15 @@ from typing_extensions import TypedDict
 from dendrite.retrieval.lexical import LexicalIndex, tokenize
 from dendrite.tools.builtin._text import (
     WORD_RE,
+    BinaryContentError,
     Block,
     BlockKind,
+    decode_text,
     markdown_blocks,
     plain_blocks,
     split_sentences,
     term_labels,
     terms,
-    utf16_encoding,
 )
 from dendrite.tools.builtin.errors import BuiltinToolError, UnknownDocumentError
 from dendrite.tools.registry import Reliability, Tool, ToolRegistry
@@ -147,14 +148,10 @@ class DocumentList(TypedDict):
 
 
 def _decode(data: bytes) -> str:
-    if wide := utf16_encoding(data):
-        return data.decode(wide, errors="replace")
-    if b"\x00" in data[:8192]:
-        raise _Unreadable("binary content (NUL bytes), not text")
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace")
+        return decode_text(data)[0]
+    except BinaryContentError as error:
+        raise _Unreadable(str(error)) from None
 
 
 class _HTMLBlocks(HTMLParser):
@@ -577,6 +574,8 @@ class DocumentStore:
                 documents[name] = read_document(real, name)
             except _Unreadable as error:
                 problems[name] = str(error)
+            except OSError as error:  # its text names the real location, which stays unsaid
+                problems[name] = f"{type(error).__name__}: {error.strerror or 'cannot be read'}"
             except Exception as error:  # a reader's bug must not stop the other files
                 problems[name] = f"{type(error).__name__}: {error}"
         chunks: list[Chunk] = []

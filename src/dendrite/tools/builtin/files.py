@@ -9,7 +9,6 @@ has it, so a link swapped in after the check is not followed either.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import csv
 import difflib
@@ -22,13 +21,14 @@ import re
 import stat
 import urllib.parse
 from collections.abc import Iterator
+from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Annotated, Any, Literal
 
 from pydantic import Field
 from typing_extensions import TypedDict
 
-from dendrite.tools.builtin._text import utf16_encoding
+from dendrite.tools.builtin._text import BinaryContentError, decode_text, text_codec
 from dendrite.tools.builtin.errors import BuiltinToolError, DataError, PathOutsideRootError
 from dendrite.tools.registry import Reliability, Tool, ToolRegistry
 
@@ -51,6 +51,7 @@ AggregateOp = Literal["sum", "mean", "min", "max", "count"]
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_HOME = re.compile(r"~(?:$|[^/\\]*[/\\])")  # "~", "~/notes", "~bob/x"; not "~notes.txt"
 _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]*")
 _BAD_ESCAPE = re.compile(r"~(?![01])")
 _TRUE = frozenset({"true", "yes", "y", "1", "t"})
@@ -91,15 +92,30 @@ class Aggregation(TypedDict):
     groups: dict[str, float | int | None]
 
 
-def _number(cell: str) -> float | None:
+def _number_text(cell: str) -> str:
     text = cell.strip()
-    if _THOUSANDS.match(text):
-        text = text.replace(",", "")
+    return text.replace(",", "") if _THOUSANDS.match(text) else text
+
+
+def _number(cell: str) -> float | None:
     try:
-        value = float(text)
+        value = float(_number_text(cell))
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def _exact(value: str | int | float) -> Decimal | None:
+    """A cell's or a filter's number, exactly: through ``float``, an ID past 2**53 matched
+    its neighbours (12345678901234567890 and ...891). A float filter is taken as it reads
+    (0.1 is the cell "0.1", not the float's binary value)."""
+    if isinstance(value, float):
+        value = repr(value)
+    try:
+        number = Decimal(value if isinstance(value, int) else _number_text(value))
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
 
 
 def _cell_matches(cell: str | None, expected: CellValue) -> bool:
@@ -109,12 +125,12 @@ def _cell_matches(cell: str | None, expected: CellValue) -> bool:
     if isinstance(expected, bool):
         return text.lower() in (_TRUE if expected else _FALSE)
     if isinstance(expected, int | float):
-        value = _number(text)
-        return value is not None and value == float(expected)
+        value, wanted_number = _exact(text), _exact(expected)
+        return value is not None and value == wanted_number
     wanted = expected.strip()
     if text.casefold() == wanted.casefold():
         return True
-    left, right = _number(text), _number(wanted)
+    left, right = _exact(text), _exact(wanted)
     return left is not None and left == right
 
 
@@ -158,14 +174,14 @@ class FileSandbox:
 
     def resolve(self, path: str) -> Path:
         """The real location of ``path`` (relative to the root), refused if outside it."""
-        raw = path.strip() or "."
+        raw = path if path.strip() else "."  # " report.txt" is a name of its own
         if "\x00" in raw:
             raise PathOutsideRootError(f"{path!r}: a path cannot contain a NUL character")
         if (
             Path(raw).is_absolute()
             or PurePosixPath(raw).is_absolute()
             or PureWindowsPath(raw).anchor
-            or raw.startswith("~")
+            or _HOME.match(raw)
         ):
             raise PathOutsideRootError(
                 f"{path!r} is an absolute path; paths are relative to the files root "
@@ -202,9 +218,14 @@ class FileSandbox:
         parent = resolved.parent
         hint = ""
         if parent.is_dir():
-            siblings = [
-                p.name for p in parent.iterdir() if not p.name.startswith(".") and self._inside(p)
-            ]
+            try:
+                siblings = [
+                    p.name
+                    for p in parent.iterdir()
+                    if not p.name.startswith(".") and self._inside(p)
+                ]
+            except OSError:  # a folder that cannot be listed gives no hint, and no location
+                siblings = []
             close = difflib.get_close_matches(resolved.name, siblings, n=3, cutoff=0.6)
             if close:
                 hint = f"; did you mean {', '.join(repr(c) for c in close)}?"
@@ -262,7 +283,11 @@ class FileSandbox:
 
         def walk() -> Iterator[Path]:
             if not recursive:
-                yield from sorted(base.iterdir(), key=lambda p: p.name)
+                try:
+                    names = sorted(base.iterdir(), key=lambda p: p.name)
+                except OSError as error:  # same error class, without the root's real location
+                    raise type(error)(f"cannot list {path!r}: {error.strerror or error}") from None
+                yield from names
                 return
             for folder, subfolders, files in os.walk(base, followlinks=False):
                 subfolders.sort()
@@ -311,16 +336,12 @@ class FileSandbox:
             data = handle.read(max_bytes + 1)
         truncated = len(data) > max_bytes
         data = data[:max_bytes]
-        wide = utf16_encoding(data)  # Notepad and PowerShell save text so: NULs, yet text
-        if wide is None and b"\x00" in data[:8192]:
+        try:
+            content, encoding = decode_text(data, final=not truncated)
+        except BinaryContentError:
             raise BuiltinToolError(
                 f"{path!r} looks binary (it has NUL bytes); read_file reads text files"
-            )
-        try:
-            decoder = codecs.getincrementaldecoder(wide or "utf-8-sig")(errors="strict")
-            content, encoding = decoder.decode(data, final=not truncated), wide or "utf-8"
-        except UnicodeDecodeError:
-            content, encoding = data.decode("cp1252", errors="replace"), "cp1252"
+            ) from None
         return {
             "path": self._relative(resolved),
             "size": size,
@@ -333,8 +354,11 @@ class FileSandbox:
     def _csv(self, path: str) -> Iterator[tuple[list[str], Iterator[tuple[int, dict[str, str]]]]]:
         resolved = self._file(path)
         with self._open(resolved) as raw:
-            # UTF-8 with or without a BOM; undecodable bytes become U+FFFD, not an error.
-            text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+            # The encoding read_file would use, judged from the start; bytes the rest has
+            # that it cannot decode become U+FFFD, not an error.
+            codec = text_codec(raw.read(65_536), final=False)
+            raw.seek(0)
+            text = io.TextIOWrapper(raw, encoding=codec, errors="replace", newline="")
             sample = text.read(16_384)
             text.seek(0)
             try:
@@ -461,11 +485,17 @@ class FileSandbox:
             if op == "count":
                 groups[key] = counts[key]
             elif op == "sum":
-                groups[key] = math.fsum(numbers)
+                try:
+                    groups[key] = math.fsum(numbers)
+                except OverflowError:
+                    raise DataError(
+                        f"{path!r}: the sum of column {value_column!r} for {key!r} is too "
+                        "large for a float"
+                    ) from None
             elif not numbers:
                 groups[key] = None
-            elif op == "mean":
-                groups[key] = math.fsum(numbers) / len(numbers)
+            elif op == "mean":  # each divided first: the mean of 1e308 and 1e308 is 1e308
+                groups[key] = math.fsum(n / len(numbers) for n in numbers)
             else:
                 groups[key] = min(numbers) if op == "min" else max(numbers)
         return {"group_by": key_column, "column": value_column, "op": op, "groups": groups}
@@ -490,9 +520,10 @@ class FileSandbox:
         with self._open(resolved) as handle:
             data = handle.read()
         try:
-            document = json.loads(data.decode("utf-8-sig"))
+            # JSON is UTF-8, -16 or -32 (RFC 8259); json.loads tells which from the bytes.
+            document = json.loads(data)
         except UnicodeDecodeError as error:
-            raise DataError(f"{path!r} is not UTF-8 text: {error}") from None
+            raise DataError(f"{path!r} is not UTF-8 or UTF-16 text: {error}") from None
         except json.JSONDecodeError as error:
             raise DataError(
                 f"{path!r} is not valid JSON: {error.msg} at line {error.lineno}, "

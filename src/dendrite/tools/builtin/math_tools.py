@@ -179,9 +179,15 @@ class _Evaluator:
             operand = self.visit(node.operand, depth + 1)
             return -operand if isinstance(node.op, ast.USub) else +operand
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-            left = self.visit(node.left, depth + 1)
-            right = self.visit(node.right, depth + 1)
-            return _checked_int(_BINARY[type(node.op)](left, right))
+            # "1 + 2 + ... + 120" nests on the left: a sequence, not depth, so it is walked.
+            chain = [node]
+            while isinstance(chain[-1].left, ast.BinOp) and type(chain[-1].left.op) in _BINARY:
+                chain.append(chain[-1].left)
+            value = self.visit(chain[-1].left, depth + 1)
+            for link in reversed(chain):
+                right = self.visit(link.right, depth + 1)
+                value = _checked_int(_BINARY[type(link.op)](value, right))
+            return value
         if isinstance(node, ast.Name):
             if node.id in _CONSTANTS:
                 return _CONSTANTS[node.id]
@@ -475,8 +481,9 @@ def _unit_table() -> tuple[dict[str, _Unit], dict[str, list[_Unit]]]:
     def add(unit: _Unit, names: tuple[str, ...]) -> None:
         for name in (unit.symbol, *names):
             exact[name] = unit
-            if len(name) > 3 and name.isalpha() and not name.endswith("s"):  # plurals of names
-                exact[name + "s"] = unit
+            # Plurals ("days", "lbs", "miles"); not of one letter, where "m" + "s" is "ms".
+            if len(name) > 1 and name.isalpha() and not name.endswith("s"):
+                exact.setdefault(name + "s", unit)
             if " " in name:
                 first, rest = name.split(" ", 1)
                 exact[f"{first} {rest}s"] = unit
@@ -547,7 +554,9 @@ def convert_units(value: float, from_unit: str, to_unit: str) -> float:
             f"cannot convert {from_unit!r} ({source.dimension}) to {to_unit!r} "
             f"({target.dimension}): they measure different things"
         )
-    base = (Fraction(value) + source.offset) * source.factor
+    # The value as written (37.2, not the float's binary value), so that 37.2 °C is 98.96 °F
+    # and -273.15 °C is 0 K exactly.
+    base = (Fraction(repr(value)) + source.offset) * source.factor
     if source.dimension == "temperature" and base < 0:
         raise UnitError(f"{value} {from_unit} is below absolute zero")
     try:
