@@ -222,6 +222,74 @@ def test_an_exception_whose_message_cannot_be_read_still_fails_over_to_the_fallb
     assert store.status().rejected_records == 0
 
 
+class Abort(BaseException):
+    """Not an Exception: a tool's own control-flow signal, or a library's."""
+
+
+def test_a_tool_raising_any_base_exception_fails_its_step_and_the_run_is_recorded(
+    store: ExecutionStore,
+):
+    """KeyboardInterrupt, GeneratorExit or a BaseException of a tool's own went past the
+    engine: the run raised "the engine crashed" and was never recorded, and inside a
+    for_each step the event loop re-raised it and stopped an API server."""
+
+    def interrupts(x: int = 0) -> int:
+        raise KeyboardInterrupt("tool interrupted")
+
+    async def aborts(x: int = 0) -> int:
+        raise Abort("stop")
+
+    async def exits(x: int = 0) -> int:
+        raise GeneratorExit()
+
+    def numbers() -> list[int]:
+        return [1, 2, 3]
+
+    registry = ToolRegistry()
+    for func in (interrupts, aborts, exits, numbers):
+        registry.register_function(func)
+    plans = [
+        Plan(goal="g", steps=[Step(id="s", tool=name)])
+        for name in ("interrupts", "aborts", "exits")
+    ]
+    items = Step(id="n", tool="numbers")
+    each = Step(id="s", tool="aborts", for_each="${n}", params={"x": "${item}"})
+    plans.append(Plan(goal="g", steps=[items, each]))
+    with Orchestrator(
+        registry, store=store, learning=None, config=OrchestratorConfig(retry=FAST_RETRY)
+    ) as orchestrator:
+        results = [orchestrator.process(plan) for plan in plans]
+    store.flush()
+    for result, error in zip(
+        results,
+        ["KeyboardInterrupt: tool interrupted", "Abort: stop", "GeneratorExit", "Abort: stop"],
+        strict=True,
+    ):
+        assert result.status is ExecutionStatus.FAILED
+        assert result.steps[-1].error_type is ErrorType.TOOL_ERROR
+        recorded = store.get_execution(result.execution_id)
+        assert recorded.status is ExecutionStatus.FAILED
+        assert any(step.error == error for step in recorded.steps), [s.error for s in recorded.steps]
+
+
+def test_a_run_the_engine_crashes_on_is_recorded_as_failed_and_raised(
+    orch: Orchestrator, store: ExecutionStore, monkeypatch: pytest.MonkeyPatch
+):
+    """The run's own bookkeeping handled only cancellation: any other exception from the
+    engine (a bug) left attempts in the store without their execution."""
+
+    async def crashes(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the engine crashed running step 's'")
+
+    monkeypatch.setattr(orch.engine, "execute", crashes)
+    with pytest.raises(RuntimeError, match="the engine crashed"):
+        orch.process(Plan(goal="crash", steps=[Step(id="s", tool="search", params={"query": "q"})]))
+    store.flush()
+    (recorded,) = [e for e in store.get_recent_executions(10) if e.goal_text == "crash"]
+    assert recorded.status is ExecutionStatus.FAILED and recorded.error_type is ErrorType.UNKNOWN
+    assert recorded.error == "the run crashed: RuntimeError: the engine crashed running step 's'"
+
+
 def test_a_step_that_changes_its_input_in_place_leaves_the_recorded_result_alone(
     store: ExecutionStore,
 ):

@@ -66,6 +66,7 @@ from dendrite.state import StateManager, StateView
 from dendrite.store import ExecutionStore, UnknownExecutionError
 from dendrite.store.serialize import capped, to_jsonable
 from dendrite.telemetry import ErrorType, ExecutionStatus
+from dendrite.telemetry.errors import described
 from dendrite.telemetry.records import (
     MAX_COST,
     MAX_LABEL,
@@ -852,6 +853,21 @@ class Orchestrator:
                 cancelled=True,
             )
             raise
+        except Exception as error:  # a bug (the engine's, a planner's): the run is still recorded
+            self._finish(
+                execution_id,
+                plan,
+                None,
+                [*superseded.values(), *steps.values()],
+                started_at,
+                started,
+                session_id,
+                parent,
+                depth,
+                decisions,
+                crashed=error,
+            )
+            raise
         finally:
             self.state.clear_execution(execution_id)
         result = self._finish(
@@ -1069,9 +1085,14 @@ class Orchestrator:
         decisions: _Decisions,
         *,
         cancelled: bool = False,
+        crashed: Exception | None = None,
     ) -> ExecutionResult:
         duration_ms = (time.perf_counter() - started) * 1000
-        if outcome is None or cancelled:
+        if crashed is not None:  # recorded as failed all the same, then raised to the caller
+            status, success = ExecutionStatus.FAILED, False
+            error = f"the run crashed: {described(crashed)}"
+            error_type, output, confidence = ErrorType.UNKNOWN, None, 0.0
+        elif outcome is None or cancelled:
             status, success = ExecutionStatus.CANCELLED, False
             error, error_type, output, confidence = (
                 "the run was cancelled",

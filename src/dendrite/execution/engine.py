@@ -44,7 +44,7 @@ from dendrite.planning.conditions import ConditionError, compile_condition
 from dendrite.planning.plan import Plan, RetryPolicy, Step
 from dendrite.store.serialize import dumps
 from dendrite.telemetry import ErrorType
-from dendrite.telemetry.errors import message_of
+from dendrite.telemetry.errors import described
 from dendrite.tools import (
     StateAccess,
     Tool,
@@ -485,9 +485,8 @@ class ExecutionEngine:
             raise
         except Exception as error:  # a bug in the engine must not hang the run
             log.exception("step %s of %s crashed the engine", step.id, run.execution_id)
-            self._fail(
-                run, step, result, f"{type(error).__name__}: {error}", ErrorType.UNKNOWN, started
-            )
+            message = described(error)
+            self._fail(run, step, result, message, ErrorType.UNKNOWN, started)
             return
         self._finish(result, started, StepStatus.SUCCEEDED)
         result.output = output
@@ -601,9 +600,11 @@ class ExecutionEngine:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        # Every failure is read (asyncio logs "exception was never retrieved" for the
+        # rest otherwise); the first item's in order is the step's.
+        failures = [t.exception() for t in tasks if not t.cancelled() and t.exception()]
+        if failures:
+            raise failures[0]  # type: ignore[misc]
         return [task.result() for task in tasks]
 
     # -- retries and fallbacks -----------------------------------------------
@@ -772,7 +773,7 @@ class ExecutionEngine:
                     error, error_type = "cancelled", ErrorType.CANCELLED
                     raise
                 # The tool's own (a future it waited on was cancelled): its failure, not the run's.
-                value, error = caught, f"CancelledError: {message_of(caught)}".rstrip(": ")
+                value, error = caught, described(caught)
                 error_type = ErrorType.TOOL_ERROR
             except _DeadlinePassed as caught:
                 value, error = caught, f"timed out after {timeout:g}s"
@@ -781,8 +782,8 @@ class ExecutionEngine:
                 value, error, error_type = caught, str(caught), ErrorType.TIMEOUT
             except ToolArgumentError as caught:
                 value, error, error_type = caught, str(caught), ErrorType.VALIDATION
-            except (Exception, SystemExit) as caught:  # a tool calling sys.exit() fails; we go on
-                value, error = caught, f"{type(caught).__name__}: {message_of(caught)}"
+            except BaseException as caught:  # sys.exit(), KeyboardInterrupt: the tool fails
+                value, error = caught, described(caught)
                 error_type = ErrorType.infer(caught) if isinstance(caught, Exception) else None
                 error_type = error_type or ErrorType.TOOL_ERROR
             finally:

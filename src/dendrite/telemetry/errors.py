@@ -56,6 +56,13 @@ def message_of(error: BaseException) -> str:
         return f"<str() raised {type(broken).__name__}>"
 
 
+def described(error: BaseException) -> str:
+    """"ValueError: bad input", or the name alone when there is no message
+    ("GeneratorExit", not "GeneratorExit: ")."""
+    message = message_of(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
 _CONNECTION_TYPES = (ConnectionError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError)
 _TIMEOUT_TYPES = (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError)
 _CANCELLED_TYPES = (asyncio.CancelledError, concurrent.futures.CancelledError, KeyboardInterrupt)
