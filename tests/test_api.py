@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import base64
 import json
 import operator
 import socket
@@ -907,6 +908,100 @@ def test_unexpected_error_is_a_500_problem(
     monkeypatch.setattr(orch, "get_execution_trace", broken)
     body = assert_problem(client.get(f"/v1/executions/{uuid.uuid4()}/trace"), 500, "server log")
     assert "secret" not in json.dumps(body)
+
+
+def test_a_500_leaves_the_connection_usable(
+    client: httpx.Client, orch: Orchestrator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starlette answered, then raised the error again for uvicorn, which closed the
+    connection: the client's next request on it was reset (16 times in 20)."""
+
+    def broken(execution_id: str) -> None:
+        raise KeyError("secret internals")
+
+    monkeypatch.setattr(orch, "get_execution_trace", broken)
+    for _ in range(20):
+        assert_problem(client.get(f"/v1/executions/{uuid.uuid4()}/trace"), 500, "server log")
+        assert client.get("/healthz").status_code == 200
+
+
+@SQLITE_ONLY
+def test_an_error_that_says_closed_is_no_closed_orchestrator(store: ExecutionStore) -> None:
+    """A planner's RuntimeError mentioning "closed" (httpx's "the client has been closed")
+    was answered 503 orchestrator-closed; a closed orchestrator's stream sent a 500."""
+
+    class Failing:
+        name = "failing"
+
+        async def plan(self, goal: str, registry: ToolRegistry, context: Any) -> Any:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+
+    orch = Orchestrator(make_registry(), store=store, llm=None, planner=Failing())
+    with serve_app(orch) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        assert_problem(c.post("/v1/goals", json={"goal": "anything"}), 500, "server log")
+        orch.close()
+        assert_problem(c.post("/v1/goals", json={"goal": "anything"}), 503, "closed")
+        with c.stream("POST", "/v1/goals/stream", json={"goal": "anything"}) as response:
+            events = read_events(response)
+    assert [(name, data["status"]) for name, data in events] == [("error", 503)]
+    assert events[0][1]["type"] == "urn:dendrite:problem:orchestrator-closed"
+
+
+def test_an_answer_that_contains_itself_keeps_the_responses_shape(
+    store: ExecutionStore,
+) -> None:
+    """The whole response became one marker, without execution_id or status."""
+
+    def loops() -> list:
+        value: list = [1]
+        value.append(value)
+        return value
+
+    registry = ToolRegistry()
+    registry.register_function(loops)
+    plan = {"goal": "g", "steps": [{"id": "s", "tool": "loops"}]}
+    with (
+        Orchestrator(registry, store=store, llm=None) as orch,
+        serve_app(orch) as live,
+        httpx.Client(base_url=live.url, timeout=30) as c,
+    ):
+        body = run_goal(c, plan=plan)
+        with c.stream("POST", "/v1/goals/stream", json={"plan": plan}) as response:
+            final = dict(read_events(response))["final_answer"]
+    assert body["status"] == "succeeded" and body["execution_id"]
+    first, marker = body["answer"]
+    assert first == 1 and marker["$error"] == "circular: it contains itself"
+    assert final["data"]["success"] is True and final["data"]["output"][0] == 1
+
+
+@SQLITE_ONLY
+def test_odd_records_and_dates_at_the_calendars_end_are_answered_not_500(
+    client: httpx.Client, store: ExecutionStore
+) -> None:
+    """A record whose metadata has "steps" of its own broke its trace; a cursor or a
+    ``since`` of 9999-12-31 overflowed; a condition nested 4,000 deep broke the parser."""
+    for steps in (["search", "summarize"], [{"step_id": "a", "started_ms": "12"}]):
+        eid = store.store_execution(
+            goal_text="imported", success=True, duration_ms=3, metadata={"steps": steps}
+        )
+        store.flush()
+        assert client.get(f"/v1/executions/{eid}/trace").status_code == 200
+    last = base64.urlsafe_b64encode(
+        json.dumps({"t": "9999-12-31T23:59:59.999999", "id": str(uuid.uuid4())}).encode()
+    ).decode()
+    assert_problem(client.get("/v1/executions", params={"cursor": last}), 400, "cursor")
+    rate = client.get("/v1/analytics/success-rate", params={"since": "9999-12-31T23:59:59"})
+    assert rate.status_code == 200 and rate.json()["total"] == 0
+    for condition in ("not " * 4000 + "True", "-" * 4000 + "1 > 0"):
+        plan = {
+            "goal": "g",
+            "steps": [
+                {"id": "a", "tool": "word_count", "params": {"text": "a"}},
+                {"id": "b", "tool": "word_count", "params": {"text": "b"}, "when": condition},
+            ],
+        }
+        response = client.post("/v1/goals", json={"plan": plan})
+        assert_problem(response, 422, "nested too deeply")
 
 
 # -- security ----------------------------------------------------------------

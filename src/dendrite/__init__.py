@@ -1,7 +1,13 @@
 """Dendrite: an orchestrator for tools and agents that learns from its own execution history."""
 
 from dendrite.execution import Event, EventType, StepResult, StepStatus
-from dendrite.orchestrator import ExecutionResult, ExecutionTrace, Orchestrator, OrchestratorConfig
+from dendrite.orchestrator import (
+    ExecutionResult,
+    ExecutionTrace,
+    Orchestrator,
+    OrchestratorClosedError,
+    OrchestratorConfig,
+)
 
 __all__ = [
     "Event",
@@ -9,6 +15,7 @@ __all__ = [
     "ExecutionResult",
     "ExecutionTrace",
     "Orchestrator",
+    "OrchestratorClosedError",
     "OrchestratorConfig",
     "StepResult",
     "StepStatus",

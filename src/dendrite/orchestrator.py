@@ -87,6 +87,10 @@ _POLICIES_FROM_CONFIG: Any = object()
 _ROUTER_FROM_TIERS: Any = object()
 
 
+class OrchestratorClosedError(RuntimeError):
+    """A run asked of an orchestrator after ``close()``."""
+
+
 class OrchestratorConfig(BaseModel):
     """Knobs of a run; every one has a default that works on a laptop."""
 
@@ -688,7 +692,7 @@ class Orchestrator:
         planner: Planner | None = None,
     ) -> ExecutionResult:
         if self._closed:
-            raise RuntimeError("this Orchestrator is closed")
+            raise OrchestratorClosedError("this Orchestrator is closed")
         self._follow_saved_tool_states()
         parent = _current.get()
         depth = parent.depth + 1 if parent else 0
@@ -1489,8 +1493,22 @@ def _recorded_step(
     for name in ("started", "finished"):
         offset = step.pop(f"{name}_ms", None)
         if offset is not None and origin is not None:
-            step[f"{name}_at"] = (origin + timedelta(milliseconds=offset)).isoformat()
+            with contextlib.suppress(OverflowError):  # an offset past the calendar: unknown
+                step[f"{name}_at"] = (origin + timedelta(milliseconds=offset)).isoformat()
     return step
+
+
+def _is_step_summary(item: Any) -> bool:
+    """Whether an entry of a record's ``metadata["steps"]`` is the orchestrator's summary
+    of a step: a run recorded by something else may keep anything under that name."""
+    return (
+        isinstance(item, dict)
+        and isinstance(item.get("step_id"), str)
+        and all(
+            isinstance(item.get(f"{name}_ms"), int | float | None)
+            for name in ("started", "finished")
+        )
+    )
 
 
 def load_trace(store: ExecutionStore, execution_id: str) -> ExecutionTrace | None:
@@ -1514,7 +1532,7 @@ def load_trace(store: ExecutionStore, execution_id: str) -> ExecutionTrace | Non
             }
         )
     recorded = detail.metadata.get("steps")
-    if isinstance(recorded, list):
+    if isinstance(recorded, list) and all(_is_step_summary(step) for step in recorded):
         steps = [
             _recorded_step(step, attempts.get(step.get("step_id"), []), detail.started_at)
             for step in recorded

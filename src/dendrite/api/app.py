@@ -74,7 +74,12 @@ from dendrite.learning import experiments as ab
 from dendrite.learning.calibration import routing_accuracy
 from dendrite.learning.jobs import JOBS, JobContext, JobScheduler, describe, run_job
 from dendrite.llm.client import redacted_url
-from dendrite.orchestrator import ExecutionResult, Orchestrator, planner_name
+from dendrite.orchestrator import (
+    ExecutionResult,
+    Orchestrator,
+    OrchestratorClosedError,
+    planner_name,
+)
 from dendrite.planning import (
     PLANNERS,
     DendritePlanner,
@@ -146,7 +151,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         data = json.loads(raw)
         started_at = datetime.fromisoformat(data["t"])
         execution_id = str(uuid.UUID(data["id"]))
-    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
+        started_at + timedelta(microseconds=1)  # the page's bound: 9999-12-31 has none
+    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError, OverflowError):
         raise ProblemError(
             400,
             "invalid-cursor",
@@ -491,10 +497,8 @@ def create_app(
             state.metrics.planning_errors.inc()
             state.observe(None, ExecutionStatus.FAILED.value, started)
             raise _planning_problem(error) from None
-        except RuntimeError as error:
-            if "closed" in str(error):
-                raise _closed_problem() from None
-            raise
+        except OrchestratorClosedError:  # not any error whose text says "closed"
+            raise _closed_problem() from None
         finally:
             state.metrics.stop()
         state.observe(result, result.status.value, started)
@@ -982,6 +986,8 @@ async def _events(
             state.metrics.planning_errors.inc()
             problem = _planning_problem(error)
             await queue.put(("error", problem.body("/v1/goals/stream")))
+        except OrchestratorClosedError:  # the answer /v1/goals gives
+            await queue.put(("error", _closed_problem().body("/v1/goals/stream")))
         except Exception as error:
             log.error("stream of %r failed", request.goal, exc_info=error)
             await queue.put(

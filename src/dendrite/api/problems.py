@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dendrite.store.serialize import dumps
 
@@ -211,17 +212,55 @@ def install_handlers(app: FastAPI) -> None:
             headers=dict(error.headers) if error.headers else None,
         )
 
-    @app.exception_handler(Exception)
+    @app.exception_handler(Exception)  # what fails outside the routes: the guard, say
     async def _crash(request: Request, error: Exception) -> Response:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
-        return problem_response(
-            500,
-            "internal-error",
-            "Internal server error",
-            f"the server failed while handling this request ({type(error).__name__}); "
-            "the server log has the details",
-            request.url.path,
-        )
+        return _crash_response(request.method, request.url.path, error)
+
+    app.add_middleware(_AnswerCrashes)
+
+
+def _crash_response(method: str, path: str, error: Exception) -> Response:
+    log.error("unhandled error on %s %s", method, path, exc_info=error)
+    return problem_response(
+        500,
+        "internal-error",
+        "Internal server error",
+        f"the server failed while handling this request ({type(error).__name__}); "
+        "the server log has the details",
+        path,
+    )
+
+
+class _AnswerCrashes:
+    """A route's unexpected error answered as a 500 problem, and the connection kept.
+
+    Starlette's handler for ``Exception`` answers too, but then raises the error again
+    for the server to log, and uvicorn closes the connection: a client's next request
+    on it was reset. Once an answer has begun (a stream) nothing else can be sent, and
+    the error goes on as before.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as error:
+            if started:
+                raise
+            response = _crash_response(scope.get("method", ""), scope.get("path", ""), error)
+            await response(scope, receive, send)
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -71,6 +71,8 @@ def compile_condition(text: str) -> Condition:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as error:
         raise ConditionError(f"condition {text!r} is not a valid expression: {error.msg}") from None
+    except (RecursionError, MemoryError):  # "not not not ..." 5,000 times: Python's parser gives up
+        raise ConditionError(f"condition {text[:40]!r}... is nested too deeply to parse") from None
     by_name = {names[ref.text]: ref for ref in refs}
     for node in ast.walk(tree):
         _check(node, by_name, text)

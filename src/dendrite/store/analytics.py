@@ -201,12 +201,14 @@ def get_success_rate(
             rollup_q = rollup_q.where(ru.c.day >= first_day)
         else:
             rollup_q = rollup_q.where(ru.c.day > first_day)
-            next_midnight = datetime.combine(
-                first_day + timedelta(days=1), datetime.min.time(), UTC
-            )
             raw_q = select(
                 func.count(), func.coalesce(func.sum(func.cast(ex.c.success, Integer)), 0)
-            ).where(ex.c.started_at >= since, ex.c.started_at < next_midnight)
+            ).where(ex.c.started_at >= since)
+            if first_day < date.max:  # the calendar's last day has no next midnight
+                next_midnight = datetime.combine(
+                    first_day + timedelta(days=1), datetime.min.time(), UTC
+                )
+                raw_q = raw_q.where(ex.c.started_at < next_midnight)
             if intent is not None:  # "" asks for runs without one, as the rollup keeps them
                 raw_q = raw_q.where(ex.c.intent == intent if intent else ex.c.intent.is_(None))
             raw_total, raw_ok = conn.execute(raw_q).one()

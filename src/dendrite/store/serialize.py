@@ -80,17 +80,32 @@ def _converted(value: Any) -> Any:
     return {"$repr": text, "$type": f"{kind.__module__}.{kind.__qualname__}"}
 
 
-def _finite(value: Any) -> Any:
-    """NaN and infinities are not JSON (PostgreSQL's JSONB refuses them): store them as strings."""
+def _plain(value: Any, path: set[int]) -> Any:
+    """What the slow path encodes: keys as strings (``repr`` of those JSON has no form
+    for), NaN and infinities as strings (PostgreSQL's JSONB refuses them), integers too
+    long for text by their size, and a list or dict that contains itself replaced, where
+    it recurs, by a marker: the rest of the value is kept (``path``: the containers
+    being walked)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if type(value) is int and value.bit_length() > _SAFE_INT_BITS:
         return _long_int(value)
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    if not isinstance(value, (dict, list, tuple)):
+        return value
+    if id(value) in path:
+        return _unencodable(value, "circular: it contains itself")
+    path.add(id(value))
+    try:
+        if isinstance(value, dict):
+            return {
+                (str(k) if isinstance(k, (str, int, float, bool)) or k is None else repr(k)): (
+                    _plain(v, path)
+                )
+                for k, v in value.items()
+            }
+        return [_plain(v, path) for v in value]
+    finally:
+        path.discard(id(value))
 
 
 _encode_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
@@ -153,8 +168,8 @@ def dumps(value: Any) -> str:
     except Exception:  # whatever the value's own code raised, the slow path tells
         pass
     try:
-        return _storable(_encode(_finite(_stringify_keys(value))))
-    except RecursionError:  # a value that contains itself, or nested too deep for JSON
+        return _storable(_encode(_plain(value, set())))
+    except RecursionError:  # nested too deep for JSON, or a cycle through a fallback's value
         return _encode(_unencodable(value, "circular or too deeply nested"))
     except Exception as error:  # a NaN inside what a fallback returned, an items() that raises
         return _encode(_unencodable(value, f"{type(error).__name__}: {error}"[:REPR_LIMIT]))
@@ -180,19 +195,6 @@ def _unencodable(value: Any, why: str) -> dict[str, str]:
     except Exception:  # a repr that raises, an integer too long for text
         text = object.__repr__(value)
     return {"$repr": text, "$type": f"{kind.__module__}.{kind.__qualname__}", "$error": why}
-
-
-def _stringify_keys(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            (k if isinstance(k, (str, int, float, bool)) or k is None else repr(k)): (
-                _stringify_keys(v)
-            )
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [_stringify_keys(v) for v in value]
-    return value
 
 
 def to_jsonable(value: Any) -> Any:

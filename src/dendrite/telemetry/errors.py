@@ -57,7 +57,7 @@ def message_of(error: BaseException) -> str:
 
 
 def described(error: BaseException) -> str:
-    """"ValueError: bad input", or the name alone when there is no message
+    """The error as "ValueError: bad input", or its name alone when it has no message
     ("GeneratorExit", not "GeneratorExit: ")."""
     message = message_of(error)
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
