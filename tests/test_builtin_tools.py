@@ -1414,3 +1414,11 @@ def test_a_long_flat_sum_is_no_deep_nesting():
     assert calculate("*".join(["1.01"] * 150)) == pytest.approx(1.01**150)
     with pytest.raises(CalculationError, match="nested deeper than 100 levels"):
         calculate("(" * 120 + "1" + ")" * 120 + "+" + "-" * 120 + "1")
+
+
+def test_roots_of_integers_past_the_float_range_and_medians_of_tiny_values():
+    assert calculate("sqrt(10**400)") == 1e200
+    with pytest.raises(CalculationError, match="too large"):
+        calculate("sqrt(2**4000)")
+    assert statistics([5e-324, 5e-324])["median"] == 5e-324  # halved first, it was 0
+    assert statistics([1.7e308, 1.7e308])["median"] == 1.7e308

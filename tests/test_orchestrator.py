@@ -269,7 +269,7 @@ def test_a_tool_raising_any_base_exception_fails_its_step_and_the_run_is_recorde
         assert result.steps[-1].error_type is ErrorType.TOOL_ERROR
         recorded = store.get_execution(result.execution_id)
         assert recorded.status is ExecutionStatus.FAILED
-        assert any(step.error == error for step in recorded.steps), [s.error for s in recorded.steps]
+        assert error in [step.error for step in recorded.steps]
 
 
 def test_a_run_the_engine_crashes_on_is_recorded_as_failed_and_raised(

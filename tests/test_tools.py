@@ -139,6 +139,26 @@ def test_bad_arguments_name_tool_parameter_expected_and_got(params, message):
     assert caught.value.tool == "forecast"
 
 
+def test_a_wrong_item_or_union_value_is_described_as_it_is():
+    """An item was described by its list's type ("expected array, got 'abc'"), and a
+    union parameter got a line per branch under made-up names ('x.int', 'x.str')."""
+
+    def stats(values: list[float]) -> float:
+        return 0.0
+
+    def show(x: int | str) -> str:
+        return str(x)
+
+    registry = ToolRegistry()
+    assert registry.register_function(stats).check_arguments({"values": [1, "abc"]}) == [
+        "parameter 'values[1]': got 'abc' (str): Input should be a valid number, unable to "
+        "parse string as a number"
+    ]
+    assert registry.register_function(show).check_arguments({"x": [1]}) == [
+        "parameter 'x': expected integer or string, got [1] (list)"
+    ]
+
+
 def test_a_tool_without_parameters_refuses_any():
     def ping() -> str:
         return "pong"

@@ -12,7 +12,7 @@ import inspect
 import re
 import types
 import typing
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,6 +252,14 @@ def _type_name(schema: dict[str, Any] | None) -> str:
     return str(kind) if kind else "a value"
 
 
+def _path(loc: Sequence[Any]) -> str:
+    """pydantic's location as Python writes it: ``values[1]``, ``window.start``."""
+    path = str(loc[0]) if loc else "?"
+    for part in loc[1:]:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
 def _shown(value: Any) -> str:
     text = repr(value)
     if len(text) > 60:
@@ -280,16 +288,31 @@ def argument_problems(
     props = signature.parameters_schema.get("properties", {})
     accepted = ", ".join(name for _, name in signature.fields) or "none"
     problems: list[str] = []
+    unions: set[str] = set()
     for item in errors:
         loc = item.get("loc", ())
         param = str(loc[0]) if loc else "?"
         if param in deferred:
             continue
-        path = ".".join(str(p) for p in loc)
+        path = _path(loc)
         kind = item.get("type", "")
+        schema = props.get(param) or {}
+        if "anyOf" in schema and kind != "missing":
+            # pydantic reports each branch of a union apart, under its name ('x.int',
+            # 'x.str'): one line for the parameter says it.
+            if param not in unions:
+                unions.add(param)
+                problems.append(
+                    f"parameter {param!r}: expected {_type_name(schema)}, "
+                    f"got {_shown(params.get(param))}"
+                )
+            continue
         if kind == "missing":
+            expected = "" if len(loc) > 1 else f" (expected {_type_name(props.get(param))})"
+            problems.append(f"missing required parameter {path!r}{expected}")
+        elif len(loc) > 1:  # inside the parameter: what is wrong there, not the whole's type
             problems.append(
-                f"missing required parameter {path!r} (expected {_type_name(props.get(param))})"
+                f"parameter {path!r}: got {_shown(item.get('input'))}: {item.get('msg', '')}"
             )
         elif kind == "extra_forbidden" and len(loc) == 1:
             problems.append(f"unexpected parameter {param!r} (accepted: {accepted})")

@@ -102,6 +102,14 @@ def _log(value: Number, base: Number | None = None) -> float:
     return math.log(value) if base is None else math.log(value, base)
 
 
+def _sqrt(value: Number) -> float:
+    """``math.sqrt``, also of an integer past the float range whose root is within it
+    (sqrt(10**400) is 1e200): the integer root is exact to a float's precision there."""
+    if isinstance(value, int) and value > 0 and value.bit_length() > 1000:
+        return float(math.isqrt(value))
+    return math.sqrt(value)
+
+
 def _extremum(name: str, pick: Callable[..., Number]) -> Callable[..., Number]:
     def apply(*values: Number) -> Number:
         if not values:
@@ -113,7 +121,7 @@ def _extremum(name: str, pick: Callable[..., Number]) -> Callable[..., Number]:
 
 # name -> (function, fewest arguments, most arguments or None for any)
 _FUNCTIONS: dict[str, tuple[Callable[..., Number], int, int | None]] = {
-    "sqrt": (math.sqrt, 1, 1),
+    "sqrt": (_sqrt, 1, 1),
     "log": (_log, 1, 2),
     "ln": (math.log, 1, 1),
     "log10": (math.log10, 1, 1),
@@ -379,7 +387,8 @@ def statistics(values: list[float]) -> Statistics:
         stdev = _stats.stdev(scaled) * scale if len(values) > 1 else None
     ordered = sorted(values)
     middle = len(ordered) // 2
-    median = ordered[middle] if len(ordered) % 2 else ordered[middle - 1] / 2 + ordered[middle] / 2
+    low, high = ordered[middle - 1], ordered[middle]  # halfway without overflow or underflow
+    median = high if len(ordered) % 2 else low + (high - low) / 2
     if not math.isfinite(mean) or (stdev is not None and not math.isfinite(stdev)):
         raise BuiltinToolError("the mean or the spread of these values is too large for a float")
     return {
