@@ -1228,6 +1228,21 @@ def test_a_goal_naming_a_file_works_on_its_content_not_on_the_goals_words(
             assert result.output["words"] == 5, goal  # "Hello, files. Second line: café."
 
 
+def test_a_goal_listing_files_works_on_each_files_content(
+    registry: ToolRegistry, files_root: Path
+):
+    """ "count the words in a.md and b.md" counted the words "the words in a.md and b.md",
+    and "read a.md and b.md" read a.md only."""
+    (files_root / "two.txt").write_text("Just two.\n", encoding="utf-8")
+    with Orchestrator(registry, store=None, llm=None) as orch:
+        counted = orch.process("count the words in readme.txt and two.txt")
+        read = orch.process("read readme.txt, two.txt")
+    assert counted.success and read.success
+    assert [s.tool for s in counted.plan.steps] == ["read_file", "word_count"] * 2
+    assert [v["words"] for v in counted.output.values()] == [5, 2]
+    assert [v["path"] for v in read.output.values()] == ["readme.txt", "two.txt"]
+
+
 def test_written_arithmetic_goes_to_the_calculator_not_to_a_tool_sharing_a_word(
     registry: ToolRegistry,
 ):

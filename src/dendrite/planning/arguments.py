@@ -369,3 +369,18 @@ def _string_for(
             return max(quoted, key=len)
         return quoted[0]
     return None
+
+
+_LIST_JOINER = r"(?:\s*,\s*(?:and\s+)?|\s+(?:and|&)\s+)"  # "a, b", "a and b", "a, and b"
+
+
+def one_goal_per_file(goal: str) -> list[str]:
+    """The goal once per file it lists, each joined to the next by a comma or "and" ("a.md,
+    b.md and c.md"), with the list replaced by that file and the rest of its words kept
+    ("... in 2 sentences"); none when it names fewer than two, or names them apart ("a.md
+    for bob.txt")."""
+    named = list(dict.fromkeys(paths_in(goal)))
+    listing = re.search(_LIST_JOINER.join(re.escape(name) for name in named), goal)
+    if len(named) < 2 or listing is None:
+        return []
+    return [goal[: listing.start()] + name + goal[listing.end() :] for name in named]

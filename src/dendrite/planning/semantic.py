@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,6 +22,7 @@ from dendrite.planning.arguments import (
     Extraction,
     extract_arguments,
     numbers_in,
+    one_goal_per_file,
     paths_in,
     resolve_ref,
 )
@@ -228,7 +229,7 @@ class SemanticPlanner:
         parts = split_goal(text) if self.split else [GoalPart(text, False)]
         steps: list[Step] = []
         why: dict[str, str] = {}
-        for index, part in enumerate(parts, start=1):
+        for index, part in self._per_file(parts, registry):
             fits: list[Candidate] = []
             if part.after_previous and steps:
                 fits, rejected = self._chained(part.text, registry, steps[-1])
@@ -256,6 +257,26 @@ class SemanticPlanner:
                 step.depends_on.append(steps[-1].id)
             steps.append(step)
         return Plan(goal=goal, steps=steps, planner=self.name, metadata={"why": why})
+
+    def _per_file(
+        self, parts: list[GoalPart], registry: ToolRegistry
+    ) -> Iterator[tuple[str, GoalPart]]:
+        """Each part with its step number; a part that lists files ("count the words in
+        a.md and b.md") once per file, numbered "1_1", "1_2", ..., unless its best tool
+        takes every file it names (a comparison). Planned whole, it counted the words of
+        "a.md and b.md", or read the first file only."""
+        for index, part in enumerate(parts, start=1):
+            per_file = [] if part.after_previous else one_goal_per_file(part.text)
+            if per_file:
+                fits, _ = candidates_for(part.text, registry, self.retrievers, k=self.candidates)
+                given = {str(v) for v in fits[0].extraction.params.values()} if fits else set()
+                if all(name in given for name in paths_in(part.text)):  # each as an argument
+                    per_file = []
+            if not per_file:
+                yield str(index), part
+                continue
+            for n, text in enumerate(per_file, start=1):
+                yield f"{index}_{n}", GoalPart(text, False)
 
     def _reader_of_named_file(
         self, best: Candidate, registry: ToolRegistry, step_id: str, why: dict[str, str]

@@ -14,7 +14,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from dendrite.planning.arguments import extract_arguments, paths_in, written_arithmetic
+from dendrite.planning.arguments import (
+    extract_arguments,
+    one_goal_per_file,
+    written_arithmetic,
+)
 from dendrite.planning.classify import QueryType, classify
 from dendrite.planning.plan import Plan, Step
 from dendrite.planning.planner import PlanningError
@@ -34,21 +38,6 @@ _LEAD = re.compile(
     re.I,
 )
 _TOPIC = re.compile(r"\b(?:about|regarding|on|in terms of)\s+(?P<topic>.+?)\s*[?.!]?$", re.I)
-_LIST_JOINER = r"(?:\s*,\s*(?:and\s+)?|\s+(?:and|&)\s+)"  # "a, b", "a and b", "a, and b"
-
-
-def _one_goal_per_file(goal: str) -> list[str]:
-    """The goal once per file it lists, each joined to the next by a comma or "and" ("a.md,
-    b.md and c.md"), with the list replaced by that file and the rest of its words kept
-    ("... in 2 sentences"); none when it names fewer than two, or names them apart ("a.md
-    for bob.txt")."""
-    named = list(dict.fromkeys(paths_in(goal)))
-    listing = re.search(_LIST_JOINER.join(re.escape(name) for name in named), goal)
-    if len(named) < 2 or listing is None:
-        return []
-    return [goal[: listing.start()] + name + goal[listing.end() :] for name in named]
-
-
 def _does(tool: Tool, role: str) -> bool:
     """Whether the tool's name or description says it does ``role`` (same word stem)."""
     return tokenize(role)[0] in tokenize(f"{tool.name} {tool.description}")
@@ -160,7 +149,7 @@ class TemplatePlanner:
     def _summary(self, goal: str, registry: ToolRegistry, why: dict[str, str]) -> list[Step]:
         """Summarise what the goal names (each of the files it lists: "a.md and b.md" is
         two summaries, side by side); if it names nothing, the best search hit."""
-        per_file = _one_goal_per_file(goal)
+        per_file = one_goal_per_file(goal)
         try:
             if per_file:
                 return [
