@@ -1228,9 +1228,7 @@ def test_a_goal_naming_a_file_works_on_its_content_not_on_the_goals_words(
             assert result.output["words"] == 5, goal  # "Hello, files. Second line: café."
 
 
-def test_a_goal_listing_files_works_on_each_files_content(
-    registry: ToolRegistry, files_root: Path
-):
+def test_a_goal_listing_files_works_on_each_files_content(registry: ToolRegistry, files_root: Path):
     """ "count the words in a.md and b.md" counted the words "the words in a.md and b.md",
     and "read a.md and b.md" read a.md only."""
     (files_root / "two.txt").write_text("Just two.\n", encoding="utf-8")

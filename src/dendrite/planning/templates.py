@@ -38,6 +38,8 @@ _LEAD = re.compile(
     re.I,
 )
 _TOPIC = re.compile(r"\b(?:about|regarding|on|in terms of)\s+(?P<topic>.+?)\s*[?.!]?$", re.I)
+
+
 def _does(tool: Tool, role: str) -> bool:
     """Whether the tool's name or description says it does ``role`` (same word stem)."""
     return tokenize(role)[0] in tokenize(f"{tool.name} {tool.description}")
