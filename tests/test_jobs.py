@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dendrite import Orchestrator
+from dendrite import orchestrator as orchestrator_module
 from dendrite.cli import app
 from dendrite.learning import jobs as jobs_module
 from dendrite.learning.experiments import (
@@ -35,6 +36,7 @@ from dendrite.learning.jobs import (
 )
 from dendrite.learning.policies import QualityPolicies
 from dendrite.planning import SemanticPlanner, TemplatePlanner
+from dendrite.planning.plan import Plan, Step
 from dendrite.state import StateManager
 from dendrite.store import ExecutionStore, InvalidRecordError
 from dendrite.store.bookkeeping import ArmOutcomes
@@ -423,6 +425,69 @@ def test_lifecycle_archives_deprecates_and_promotes(store: ExecutionStore):
         fresh.set_tool_status("old_tool", "enabled")  # undone by hand, as documented
     stages = StateManager(store).get("global", LIFECYCLE_KEY)
     assert stages["made_tool"]["stage"] == "promoted"
+
+
+def test_input_every_tool_refused_does_not_deprecate_a_tool(store: ExecutionStore):
+    """Validation errors counted as the tool's failures: 45 bad inputs got a correct
+    tool deprecated for good, though the health monitor (rightly) kept it."""
+    execution = store.store_execution(goal_text="parse dates", success=False, duration_ms=1.0)
+    for i in range(48):
+        ok = i < 3
+        store.store_tool_execution(
+            execution,
+            "parse_date",
+            {},
+            None,
+            ok,
+            2.0,
+            step_id=f"s{i}",
+            error=None if ok else "ValueError: not a date",
+            error_type=None if ok else "validation",
+        )
+    # A refusal where another tool of the step took the input is the tool's failure.
+    for i in range(48):
+        store.store_tool_execution(
+            execution,
+            "strict_parser",
+            {},
+            None,
+            False,
+            2.0,
+            step_id=f"t{i}",
+            error="ValueError: not a date",
+            error_type="validation",
+        )
+        store.store_tool_execution(
+            execution, "lenient_parser", {}, "2024-01-01", True, 2.0, step_id=f"t{i}"
+        )
+    wait_until_drained(store)
+    registry = ToolRegistry()
+    for name in ("parse_date", "strict_parser", "lenient_parser"):
+        registry.register_function(lambda text: text, name=name)
+    with Orchestrator(registry, store=store, llm=None) as orch:
+        ctx = JobContext(store, orch)
+        assert run_job("lifecycle", ctx).report["deprecated"] == ["strict_parser"]
+        low = run_job("low_performers", ctx).report["low_performers"]
+        assert [f["tool"] for f in low] == ["strict_parser"]
+    assert registry.state("parse_date").status is ToolStatus.ENABLED
+
+
+def test_a_running_orchestrator_takes_up_a_promotion_made_elsewhere(
+    store: ExecutionStore, monkeypatch: pytest.MonkeyPatch
+):
+    """Promotions were applied only at start: a lifecycle job run from the command line
+    reached a running server's tool states within 30 s, but never its promotions."""
+    registry = ToolRegistry()
+    registry.register_function(lambda query: query, name="made_tool", reliability="low")
+    attempts(store, "made_tool", 25, 0)
+    store.store_tool_creation("made_tool", "def made_tool(query): return query", True)
+    wait_until_drained(store)
+    with Orchestrator(registry, store=store, llm=None) as running:
+        assert run_job("lifecycle", JobContext(store)).report["promoted"] == ["made_tool"]
+        monkeypatch.setattr(orchestrator_module, "TOOL_STATES_REFRESH", 0.0)  # not 30 s
+        step = Step(id="s", tool="made_tool", params={"query": "q"})
+        assert running.process(Plan(goal="use it", steps=[step])).success
+        assert registry.get("made_tool").reliability is Reliability.HIGH
 
 
 def test_a_tool_enabled_by_hand_is_judged_again_on_its_record_since(store: ExecutionStore):

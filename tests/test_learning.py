@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from dendrite.learning.memory import PlanMemory
 from dendrite.learning.policies import QualityPolicies
 from dendrite.learning.ranker import Ranked, ToolRanker
 from dendrite.planning import Plan, RetryPolicy, Step
+from dendrite.planning.arguments import extract_arguments
 from dendrite.planning.references import literal
 from dendrite.store import ExecutionStore, InvalidRecordError
 from dendrite.tools import ToolRegistry, ToolStatus
@@ -740,6 +742,21 @@ def test_of_tools_equally_likely_to_answer_the_quicker_ranks_first():
         ToolRanker(latency_weight=-1)
 
 
+def test_negative_retrieval_scores_keep_their_order_and_settings_are_checked():
+    """Shares of the best score were divided by a negative best, which reversed the
+    order; NaN for min_similarity silently dropped the similar-goal evidence."""
+    ranked = ToolRanker().rerank("some goal", [("a", -0.1), ("b", -0.9)])
+    assert [r.name for r in ranked] == ["a", "b"]
+    for kwargs, name in (
+        ({"min_similarity": math.nan}, "min_similarity"),
+        ({"min_similarity": 5.0}, "min_similarity"),
+        ({"recall_min": math.nan}, "recall_min"),
+        ({"context_size": -1}, "context_size"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            ToolRanker(**kwargs)
+
+
 def test_enabling_a_quarantined_tool_by_hand_ends_its_health_quarantine_for_good(
     store: ExecutionStore,
 ):
@@ -775,6 +792,73 @@ def test_enabling_a_quarantined_tool_by_hand_ends_its_health_quarantine_for_good
         earlier.set_tool_status("search_index", "enabled")
     with orchestrator() as third:
         assert third.registry.state("search_index").status is ToolStatus.ENABLED
+
+
+def test_a_tool_disabled_or_deprecated_after_its_health_quarantine_stays_out(
+    store: ExecutionStore,
+):
+    """The next process restored the health log's quarantine over the saved state, as
+    the monitor's own: after one cooldown its probe put a tool disabled by hand (or
+    deprecated by the lifecycle job) back in service."""
+    calls: list[str] = []
+    policy = HealthPolicy(min_samples=4, window=4, cooldown=0.01, max_cooldown=0.02)
+
+    def orchestrator() -> Orchestrator:
+        return _fallback_orchestrator(store, calls, policy)
+
+    with orchestrator() as first:
+        for _ in range(4):
+            first.learning.health.observe("search_index", False)
+        first.set_tool_status("search_index", "disabled", "retired by ops")
+    with orchestrator() as second:
+        state = second.registry.state("search_index")
+        assert (state.status, state.reason) == (ToolStatus.DISABLED, "retired by ops")
+        time.sleep(0.05)  # the cooldown is over: a probe of its own would lift it
+        second.learning.health.observe("search_index", True)
+        assert second.registry.state("search_index").status is ToolStatus.DISABLED
+    with orchestrator() as third:  # quarantined by health, then by hand for another reason
+        third.set_tool_status("search_index", "enabled")
+        for _ in range(4):
+            third.learning.health.observe("search_index", False)
+        third.set_tool_status("search_index", "quarantined", "deprecated: 0% success")
+    with orchestrator() as fourth:
+        time.sleep(0.05)
+        fourth.learning.health.observe("search_index", True)
+        state = fourth.registry.state("search_index")
+        assert (state.status, state.reason) == (ToolStatus.QUARANTINED, "deprecated: 0% success")
+
+
+def test_a_remembered_plan_with_text_built_from_the_goal_is_rebound_or_declined():
+    """A value the argument reader or a template put together from the goal's words (the
+    text around a consumed date, "storage.md temperature ...") is no substring of it: it
+    was kept as a constant, and the new goal ran with the old goal's words."""
+    registry = ToolRegistry()
+
+    def search_hotels(query: str, checkin_date: str) -> dict:
+        """Search hotels: find hotels for a query and a check-in date."""
+        return {}
+
+    def search_documents(query: str) -> list:
+        """Search the documents."""
+        return []
+
+    registry.register_function(search_hotels)
+    registry.register_function(search_documents)
+    memory = PlanMemory(threshold=0.5)
+    old = "find hotels with a pool near the beach on 2024-05-01 in Rome"
+    query = extract_arguments(old, registry.get("search_hotels").parameters_schema).params
+    assert "Rome" in query["query"] and query["query"] not in old  # around the date
+    memory.remember(
+        old,
+        Plan(goal=old, steps=[Step(id="s", tool="search_hotels", params=query)]),
+        None,
+    )
+    recalled = memory.recall(old.replace("Rome", "Nice"), registry)
+    assert recalled is not None and "Nice" in recalled.plan.steps[0].params["query"]
+    compared = "compare what a.md and b.md say about temperature"
+    built = Step(id="s", tool="search_documents", params={"query": "a.md temperature"})
+    memory.remember(compared, Plan(goal=compared, steps=[built]), None)
+    assert memory.recall(compared.replace("temperature", "humidity"), registry) is None
 
 
 def test_two_processes_on_one_store_keep_each_others_quarantines_and_tool_states(

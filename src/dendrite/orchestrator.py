@@ -486,9 +486,11 @@ class Orchestrator:
         self._tool_states_seen: dict[str, Any] = {}
         self._tool_states_read_at = time.monotonic()
         self._follow(self.state.get("global", TOOL_STATES_KEY, {}), at_start=True)
-        stages = self.state.get("global", LIFECYCLE_KEY, {})
+        self._apply_promotions(self.state.get("global", LIFECYCLE_KEY, {}))
+
+    def _apply_promotions(self, stages: Any) -> None:
         for name, entry in stages.items() if isinstance(stages, dict) else ():
-            if entry.get("stage") == "promoted":
+            if isinstance(entry, dict) and entry.get("stage") == "promoted":
                 apply_promotion(self, name)
 
     def set_tool_status(
@@ -561,12 +563,14 @@ class Orchestrator:
     def _follow_saved_tool_states(self) -> None:
         """Take up, every ``TOOL_STATES_REFRESH`` seconds, the tool states another process
         saved (``dendrite tools disable`` beside a running server, a lifecycle job run from
-        the command line): read only at start, they waited for a restart."""
+        the command line), and its promotions: read only at start, they waited for a
+        restart."""
         now = time.monotonic()
         if now - self._tool_states_read_at < TOOL_STATES_REFRESH:
             return
         self._tool_states_read_at = now
         self._follow(self.state.reread("global", TOOL_STATES_KEY, {}))
+        self._apply_promotions(self.state.reread("global", LIFECYCLE_KEY, {}))
 
     def _saved_tool_names(self) -> set[str]:
         """Tools with a state or lifecycle stage saved by any process, as the store has them."""

@@ -284,8 +284,14 @@ class HealthMonitor:
                     left = cooldown - (now_wall - at).total_seconds()
                     entry.health, entry.cooldown = Health.QUARANTINED, float(cooldown)
                     entry.reopen_at = now + max(0.0, left) if after is Health.QUARANTINED else now
-                    entry.quarantined_as = str(item.get("reason") or "quarantined by health")
-                    self.registry.quarantine(tool, entry.quarantined_as)
+                    reason = str(item.get("reason") or "quarantined by health")
+                    state = self.registry.state(tool)
+                    if state.status is ToolStatus.ENABLED:
+                        self.registry.quarantine(tool, reason)
+                        entry.quarantined_as = reason
+                    elif state.status is ToolStatus.QUARANTINED and state.reason == reason:
+                        entry.quarantined_as = reason  # its own, saved with the tool's state
+                    # else disabled by hand or deprecated since: not this monitor's to lift
                 changed.append(tool)
         return changed
 

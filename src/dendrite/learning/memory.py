@@ -19,6 +19,7 @@ from dendrite.planning.arguments import extract_arguments, numbers_in, paths_in,
 from dendrite.planning.plan import Plan
 from dendrite.planning.references import has_references, literal, resolve
 from dendrite.planning.semantic import split_goal
+from dendrite.retrieval import tokenize
 from dendrite.tools import ToolRegistry
 
 
@@ -105,6 +106,7 @@ class PlanMemory:
         Fallbacks no longer available are dropped: the plan would not validate with them.
         """
         old_words = source.goal.lower()
+        old_tokens = set(tokenize(source.goal))
         old_parts = [part.text for part in split_goal(source.goal)]
         new_parts = [part.text for part in split_goal(goal)]
         used: set[int] = set()
@@ -119,18 +121,32 @@ class PlanMemory:
                 for name, value in params.items()
                 if not has_references(value) and _said_in(value, source.goal, old_words)
             ]
+            # Words of the old goal in a value it does not say whole: text the argument
+            # reader or a template put together ("... a spa on in Rome", around a date).
+            echoes = [
+                name
+                for name, value in params.items()
+                if name not in from_goal
+                and not has_references(value)
+                and set(_words(value)) & old_tokens
+            ]
             update: dict[str, object] = {
                 "fallbacks": [
                     name for name in step.fallbacks if (f := registry.find(name)) and f.available
                 ]
             }
-            if from_goal:
+            if from_goal or echoes:
                 if len(new_parts) != len(old_parts):
                     return None  # no telling which part of the new goal answers to the step's
                 part = _part_of(old_parts, step.description, [params[n] for n in from_goal], used)
                 if part is None:
                     return None
-                fresh = extract_arguments(new_parts[part], tool.parameters_schema).params
+                schema = tool.parameters_schema
+                before = extract_arguments(old_parts[part], schema).params
+                if any(before.get(name) != params[name] for name in echoes):
+                    return None  # not read from its part as the reader reads: unknown source
+                from_goal += echoes
+                fresh = extract_arguments(new_parts[part], schema).params
                 for name in from_goal:
                     if name not in fresh:
                         return None
@@ -184,6 +200,14 @@ def _nth_path(value: object, old: str, new: str) -> str | None:
     if len(old_paths) < 2 or len(new_paths) != len(old_paths) or value not in old_paths:
         return None
     return literal(new_paths[old_paths.index(value)])
+
+
+def _words(value: object) -> list[str]:
+    if isinstance(value, str):
+        return tokenize(resolve(value, {}))
+    if isinstance(value, list):
+        return [word for item in value for word in _words(item)]
+    return []
 
 
 def _said_in(value: object, text: str, lowered: str) -> bool:

@@ -148,9 +148,12 @@ class ToolRanker:
         check_number("decay", decay, maximum=1.0, strict=True)
         check_count("similar_k", similar_k)
         check_count("recall_depth", recall_depth)
+        check_count("context_size", context_size)
+        check_number("recall_min", recall_min, minimum=-math.inf)
         self.similar_k = similar_k
         if min_similarity is None:
             min_similarity = WORDS_MIN_SIMILARITY if embedder is None else EMBEDDING_MIN_SIMILARITY
+        check_number("min_similarity", min_similarity, minimum=-1.0, maximum=1.0)
         self.min_similarity = min_similarity
         self.history_weight = history_weight
         self.global_weight = global_weight
@@ -340,7 +343,11 @@ class ToolRanker:
                 recalled += [tool for tool, (good, _) in evidence.items() if good > 0]
                 for tool in recalled:
                     retrieval.setdefault(tool, min(lower.get(tool, 0.0), top))
-            shares = {name: score / top for name, score in retrieval.items()}
+            # A share of the best score; scores below zero (a blend with cosines) are
+            # shifted first, or dividing by a negative best would reverse the order.
+            low = min([0.0, *retrieval.values()])
+            span = (top - low) or 1.0
+            shares = {name: (score - low) / span for name, score in retrieval.items()}
             self._context[goal] = shares
             self._context.move_to_end(goal)
             while len(self._context) > self.context_size:

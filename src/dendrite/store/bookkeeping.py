@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, bindparam, func, or_, select
+from sqlalchemy import Connection, and_, bindparam, func, or_, select
 from sqlalchemy import case as sql_case
 
 from dendrite._text import clean_text
@@ -225,8 +225,24 @@ class RecentToolOutcomes(BaseModel):
 
 
 def recent_tool_outcomes(conn: Connection, since: datetime) -> list[RecentToolOutcomes]:
-    """Attempts per tool since ``since``, from the raw rows (the rollups are all-time)."""
+    """Attempts per tool since ``since``, from the raw rows (the rollups are all-time).
+
+    As the health monitor judges them: a cancelled attempt is not the tool's doing, and a
+    validation error counts only where another attempt of the step took the input. Input
+    every tool refused is the caller's fault: counted, it got correct tools deprecated.
+    """
     te = s.tool_executions
+    other = te.alias("other")
+    validation = ErrorType.VALIDATION.value
+    took_input = (
+        select(other.c.id)
+        .where(
+            other.c.execution_id == te.c.execution_id,
+            other.c.step_id == te.c.step_id,
+            or_(other.c.error_type.is_(None), other.c.error_type != validation),
+        )
+        .exists()
+    )
     query = (
         select(
             te.c.tool_name,
@@ -238,8 +254,13 @@ def recent_tool_outcomes(conn: Connection, since: datetime) -> list[RecentToolOu
         )
         .where(
             te.c.started_at >= since,
-            # A cancelled attempt is not the tool's doing.
-            or_(te.c.error_type.is_(None), te.c.error_type != ErrorType.CANCELLED.value),
+            or_(
+                te.c.error_type.is_(None),
+                and_(
+                    te.c.error_type != ErrorType.CANCELLED.value,
+                    or_(te.c.error_type != validation, took_input),
+                ),
+            ),
         )
         .group_by(te.c.tool_name)
         .order_by(te.c.tool_name)
