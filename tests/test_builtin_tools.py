@@ -14,6 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -1435,3 +1436,25 @@ def test_roots_of_integers_past_the_float_range_and_medians_of_tiny_values():
         calculate("sqrt(2**4000)")
     assert statistics([5e-324, 5e-324])["median"] == 5e-324  # halved first, it was 0
     assert statistics([1.7e308, 1.7e308])["median"] == 1.7e308
+
+
+def test_review_of_the_exactness_and_encoding_changes(tmp_path: Path):
+    """What the first round of these fixes broke, and a review found."""
+    assert statistics([-1e308, 1e308])["median"] == 0.0  # the difference overflowed
+    assert convert_units(Decimal("1.5"), "km", "m") == 1500.0  # repr of a Decimal
+    (tmp_path / "codes.csv").write_text("code,who\n_1,a\n1_,b\n1,c\n1__0,d\n", encoding="utf-8")
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbfname,amount\nZo\xc3\xab,10\nA \x96 B,20\n")
+    (tmp_path / "stray.csv").write_bytes(b"name,city\nZo\xc3\xab,K\xc3\xb6ln\nA \x96 B,X\n")
+    (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
+    sandbox = FileSandbox(tmp_path)
+    rows = sandbox.csv_select("codes.csv", where={"code": 1})["rows"]
+    assert [r["who"] for r in rows] == ["c"]  # Decimal reads "_1" and "1_" as 1
+    assert sandbox.csv_select("codes.csv", where={"code": "10"})["rows"] == []
+    assert sandbox.csv_select("excel.csv")["columns"] == ["name", "amount"]
+    assert sandbox.csv_select("stray.csv", where={"name": "Zoë"})["matched"] == 1
+    read = sandbox.read_file("stray.csv")
+    assert read["encoding"] == "utf-8" and "Köln" in read["content"]
+    for name in ("notes.txt\n", "notes.txt ", "\tnotes.txt"):
+        assert sandbox.read_file(name)["content"] == "hello"
+    (tmp_path / "tiny.csv").write_text("g,v\na,5e-324\na,5e-324\n", encoding="utf-8")
+    assert sandbox.csv_aggregate("tiny.csv", "g", "v", "mean")["groups"] == {"a": 5e-324}

@@ -176,13 +176,14 @@ def test_reset_repairs_a_schema_that_drifted(store_url: str, tmp_path: Path):
 
 def test_the_sqlite_upgrade_to_text_columns_keeps_every_row_and_index(tmp_path: Path):
     """0005 rebuilds two SQLite tables whose JSON columns had numeric affinity: every row
-    comes through (a number already rewritten stays as it was read), and from then on a
-    bare number is kept as written."""
+    comes through, a number already rewritten reads as it did (floats to the last digit),
+    and from then on a bare number is kept as written."""
     url = f"sqlite:///{tmp_path / 'history.db'}"
     engine = make_engine(url)
     migrate.upgrade(engine, "0004")
     with engine.begin() as conn:
-        for index, result in enumerate(["1.0", '{"rows":[1,2]}', None, '"text"']):
+        floats = ["0.30000000000000004", "-1.7976931348623157e308"]  # kept as REAL
+        for index, result in enumerate(["1.0", '{"rows":[1,2]}', None, '"text"', *floats]):
             conn.execute(
                 text(
                     "INSERT INTO tool_executions (id, execution_id, tool_name, parameters, result,"
@@ -212,7 +213,15 @@ def test_the_sqlite_upgrade_to_text_columns_keeps_every_row_and_index(tmp_path: 
         store.store_execution(id=old, goal_text="g", success=True, duration_ms=5)
         store.flush()
         steps = store.get_execution(old).steps
-        assert [s.result for s in steps] == [1, {"rows": [1, 2]}, None, "text"]
+        # SQLite's CAST to text keeps 15 digits: 0.3 and -inf, had the copy been left to it
+        assert [s.result for s in steps] == [
+            1,
+            {"rows": [1, 2]},
+            None,
+            "text",
+            0.30000000000000004,
+            -1.7976931348623157e308,
+        ]
         assert [e.value for e in store.get_state_entries()] == [2]
         store.put_state("global", "", "k", 2.0)
         eid = store.store_execution(goal_text="g", success=True, duration_ms=5)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
-from typing import Literal
+from fractions import Fraction
+from typing import Annotated, Literal
 
+import numpy as np
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from dendrite.tools import (
     Reliability,
@@ -155,7 +157,17 @@ def test_a_wrong_item_or_union_value_is_described_as_it_is():
         "parse string as a number"
     ]
     assert registry.register_function(show).check_arguments({"x": [1]}) == [
-        "parameter 'x': expected integer or string, got [1] (list)"
+        "parameter 'x': expected integer or string, got [1] (list): as int: Input should be "
+        "a valid integer; as str: Input should be a valid string"
+    ]
+
+    def page(limit: Annotated[int, Field(ge=1)] | None = None) -> int:
+        return 0
+
+    # x | None has no branches: the value's own reason stays (it was dropped for a while).
+    assert registry.register_function(page).check_arguments({"limit": 0}) == [
+        "parameter 'limit': expected integer or null, got 0 (int): Input should be greater "
+        "than or equal to 1"
     ]
 
 
@@ -192,7 +204,10 @@ def test_registration_refuses_what_cannot_be_called_by_name():
     assert registry.register_function(lambda: 1, name="t" * 200).name == "t" * 200
     with pytest.raises(ToolRegistrationError, match="reliability 'great' is not one of"):
         registry.register_function(forecast, reliability="great")
-    for bad in (0, -1, float("nan"), float("inf"), "5", True):
+    for good in (np.int64(5), Fraction(1, 2), 0.5):  # any real number of seconds
+        assert registry.register_function(forecast, timeout=good, replace=True).timeout == good
+    registry.unregister("forecast")
+    for bad in (0, -1, float("nan"), float("inf"), "5", True, 10**400):
         # NaN passed "<= 0" and then failed every call with "timed out after nans".
         with pytest.raises(ToolRegistrationError, match="timeout must be a finite number"):
             registry.register_function(forecast, timeout=bad)  # type: ignore[arg-type]

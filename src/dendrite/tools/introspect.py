@@ -288,7 +288,7 @@ def argument_problems(
     props = signature.parameters_schema.get("properties", {})
     accepted = ", ".join(name for _, name in signature.fields) or "none"
     problems: list[str] = []
-    unions: set[str] = set()
+    branches: dict[str, list[str]] = {}  # a union parameter: what each branch said
     for item in errors:
         loc = item.get("loc", ())
         param = str(loc[0]) if loc else "?"
@@ -297,15 +297,10 @@ def argument_problems(
         path = _path(loc)
         kind = item.get("type", "")
         schema = props.get(param) or {}
-        if "anyOf" in schema and kind != "missing":
+        if _union_branch(schema, loc):
             # pydantic reports each branch of a union apart, under its name ('x.int',
-            # 'x.str'): one line for the parameter says it.
-            if param not in unions:
-                unions.add(param)
-                problems.append(
-                    f"parameter {param!r}: expected {_type_name(schema)}, "
-                    f"got {_shown(params.get(param))}"
-                )
+            # 'x.str'): one line for the parameter says what each wanted.
+            branches.setdefault(param, []).append(f"as {loc[1]}: {item.get('msg', '')}")
             continue
         if kind == "missing":
             expected = "" if len(loc) > 1 else f" (expected {_type_name(props.get(param))})"
@@ -321,4 +316,16 @@ def argument_problems(
                 f"parameter {path!r}: expected {_type_name(props.get(param))}, "
                 f"got {_shown(item.get('input'))}: {item.get('msg', '')}"
             )
+    for param, said in branches.items():
+        problems.append(
+            f"parameter {param!r}: expected {_type_name(props.get(param))}, "
+            f"got {_shown(params.get(param))}: {'; '.join(said)}"
+        )
     return problems
+
+
+def _union_branch(schema: dict[str, Any], loc: Sequence[Any]) -> bool:
+    """Whether pydantic put this error under a branch of a union parameter (``x | None``
+    has no branches: its errors are the value's own)."""
+    options = [s for s in schema.get("anyOf", ()) if s.get("type") != "null"]
+    return len(options) > 1 and len(loc) > 1 and isinstance(loc[1], str)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
+import reprlib
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -249,7 +251,7 @@ class ToolRegistry:
             if value is not None and not _positive_seconds(value):
                 raise ToolRegistrationError(
                     f"tool {tool_name!r}: {label} must be a finite number of seconds > 0, "
-                    f"got {value!r}"
+                    f"got {reprlib.repr(value)}"
                 )
         tags = _names(tool_name, "tags", tags)
         alternatives = _names(tool_name, "alternatives", alternatives)
@@ -374,12 +376,12 @@ class ToolRegistry:
 
 
 def _positive_seconds(value: Any) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value) and value > 0
+    except OverflowError:  # an integer past the float range
+        return False
 
 
 def _names(tool_name: str, label: str, names: Any) -> tuple[str, ...]:

@@ -293,16 +293,28 @@ class BinaryContentError(ValueError):
     """Bytes with NUL in them that are not UTF-16 text: a binary file, not text."""
 
 
+_UTF8_SEQUENCE = re.compile(
+    rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
+)
+
+
 def text_codec(head: bytes, *, final: bool = True) -> str:
     """The codec every tool reads a text file in, judged from its first bytes ``head``
-    (``final``: all of it): UTF-16 after a byte-order mark (Notepad and PowerShell save
-    text so), else UTF-8 (a BOM dropped), else Windows-1252, which decodes anything."""
+    (``final``: all of it): UTF-16 or UTF-8 after a byte-order mark (Notepad, PowerShell
+    and Excel write one), else UTF-8, else Windows-1252, which decodes anything.
+
+    Text with UTF-8 characters in it and one stray byte (a Windows-1252 dash pasted in)
+    is still UTF-8, the stray byte replaced: read as Windows-1252, every "ë" in it would
+    turn into "Ã«". Windows-1252 text hardly ever holds a valid UTF-8 sequence.
+    """
     if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
         return "utf-16"
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
     try:
-        codecs.getincrementaldecoder("utf-8-sig")(errors="strict").decode(head, final=final)
+        codecs.getincrementaldecoder("utf-8")(errors="strict").decode(head, final=final)
     except UnicodeDecodeError:
-        return "cp1252"
+        return "utf-8-sig" if _UTF8_SEQUENCE.search(head) else "cp1252"
     return "utf-8-sig"
 
 

@@ -109,29 +109,37 @@ def _exact(value: str | int | float) -> Decimal | None:
     """A cell's or a filter's number, exactly: through ``float``, an ID past 2**53 matched
     its neighbours (12345678901234567890 and ...891). A float filter is taken as it reads
     (0.1 is the cell "0.1", not the float's binary value)."""
-    if isinstance(value, float):
-        value = repr(value)
+    if isinstance(value, int):
+        return Decimal(value)
+    text = repr(value) if isinstance(value, float) else _number_text(value)
     try:
-        number = Decimal(value if isinstance(value, int) else _number_text(value))
-    except InvalidOperation:
+        float(text)  # Python's number syntax: Decimal also takes "_1" and "1__0"
+        number = Decimal(text)
+    except (ValueError, InvalidOperation):
         return None
     return number if number.is_finite() else None
 
 
-def _cell_matches(cell: str | None, expected: CellValue) -> bool:
-    text = (cell or "").strip()
-    if expected is None:
-        return text == ""
-    if isinstance(expected, bool):
-        return text.lower() in (_TRUE if expected else _FALSE)
-    if isinstance(expected, int | float):
-        value, wanted_number = _exact(text), _exact(expected)
-        return value is not None and value == wanted_number
-    wanted = expected.strip()
-    if text.casefold() == wanted.casefold():
-        return True
-    left, right = _exact(text), _exact(wanted)
-    return left is not None and left == right
+class _Wanted:
+    """A ``where`` value, read once for every row: its number exactly, its text folded."""
+
+    __slots__ = ("folded", "number", "value")
+
+    def __init__(self, value: CellValue) -> None:
+        self.value = value
+        plain = value is None or isinstance(value, bool)
+        self.number = None if plain else _exact(value)  # type: ignore[arg-type]
+        self.folded = value.strip().casefold() if isinstance(value, str) else None
+
+    def matches(self, cell: str | None) -> bool:
+        text = (cell or "").strip()
+        if self.value is None:
+            return text == ""
+        if isinstance(self.value, bool):
+            return text.lower() in (_TRUE if self.value else _FALSE)
+        if self.folded is not None and text.casefold() == self.folded:
+            return True
+        return self.number is not None and _exact(text) == self.number
 
 
 def _json_type(value: Any) -> str:
@@ -173,8 +181,18 @@ class FileSandbox:
     # -- paths -----------------------------------------------------------------------------
 
     def resolve(self, path: str) -> Path:
-        """The real location of ``path`` (relative to the root), refused if outside it."""
-        raw = path if path.strip() else "."  # " report.txt" is a name of its own
+        """The real location of ``path`` (relative to the root), refused if outside it.
+
+        The name as given first (" report.txt" is a name of its own); when nothing has it,
+        the name without the whitespace around it ("notes.txt\n", as a model writes it).
+        """
+        stripped = path.strip()
+        exact = self._resolve(path if stripped else ".", path)
+        if stripped and stripped != path and not exact.exists():
+            return self._resolve(stripped, path)
+        return exact
+
+    def _resolve(self, raw: str, path: str) -> Path:
         if "\x00" in raw:
             raise PathOutsideRootError(f"{path!r}: a path cannot contain a NUL character")
         if (
@@ -429,11 +447,13 @@ class FileSandbox:
         """
         with self._csv(path) as (header, rows):
             chosen = [self._column(path, header, c) for c in columns] if columns else header
-            filters = [(self._column(path, header, c), v) for c, v in (where or {}).items()]
+            filters = [
+                (self._column(path, header, c), _Wanted(v)) for c, v in (where or {}).items()
+            ]
             selected: list[dict[str, str]] = []
             matched = 0
             for _, row in rows:
-                if all(_cell_matches(row.get(c), v) for c, v in filters):
+                if all(wanted.matches(row.get(c)) for c, wanted in filters):
                     matched += 1
                     if len(selected) < limit:
                         selected.append({c: row.get(c, "") for c in chosen})
@@ -494,8 +514,11 @@ class FileSandbox:
                     ) from None
             elif not numbers:
                 groups[key] = None
-            elif op == "mean":  # each divided first: the mean of 1e308 and 1e308 is 1e308
-                groups[key] = math.fsum(n / len(numbers) for n in numbers)
+            elif op == "mean":
+                try:
+                    groups[key] = math.fsum(numbers) / len(numbers)
+                except OverflowError:  # the sum alone is past the float range (1e308 twice)
+                    groups[key] = math.fsum(n / len(numbers) for n in numbers)
             else:
                 groups[key] = min(numbers) if op == "min" else max(numbers)
         return {"group_by": key_column, "column": value_column, "op": op, "groups": groups}

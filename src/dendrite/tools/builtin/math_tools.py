@@ -387,8 +387,11 @@ def statistics(values: list[float]) -> Statistics:
         stdev = _stats.stdev(scaled) * scale if len(values) > 1 else None
     ordered = sorted(values)
     middle = len(ordered) // 2
-    low, high = ordered[middle - 1], ordered[middle]  # halfway without overflow or underflow
-    median = high if len(ordered) % 2 else low + (high - low) / 2
+    low, high = ordered[middle - 1], ordered[middle]
+    # Halfway without overflow: the sum of two large values of one sign, or the difference
+    # of two of opposite signs, is past the float range; and halving each first underflows.
+    halfway = (low + high) / 2 if (low < 0) != (high < 0) else low + (high - low) / 2
+    median = high if len(ordered) % 2 else halfway
     if not math.isfinite(mean) or (stdev is not None and not math.isfinite(stdev)):
         raise BuiltinToolError("the mean or the spread of these values is too large for a float")
     return {
@@ -565,7 +568,7 @@ def convert_units(value: float, from_unit: str, to_unit: str) -> float:
         )
     # The value as written (37.2, not the float's binary value), so that 37.2 °C is 98.96 °F
     # and -273.15 °C is 0 K exactly.
-    base = (Fraction(repr(value)) + source.offset) * source.factor
+    base = (Fraction(repr(float(value))) + source.offset) * source.factor
     if source.dimension == "temperature" and base < 0:
         raise UnitError(f"{value} {from_unit} is below absolute zero")
     try:
