@@ -3,14 +3,16 @@ is text, not a reference; "3/4 miles" is 0.75 miles; "a.md and b.md" is two file
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from dendrite import Orchestrator
 from dendrite.planning import Plan, Step, references
-from dendrite.planning.arguments import numbers_in
-from dendrite.planning.conditions import compile_condition
+from dendrite.planning.arguments import extract_arguments, numbers_in, paths_in
+from dendrite.planning.conditions import ConditionError, compile_condition
+from dendrite.planning.plan import PlanValidationError
 from dendrite.planning.templates import TemplatePlanner
 from dendrite.tools import ToolRegistry
 from dendrite.tools.builtin import register_builtin
@@ -65,7 +67,8 @@ def test_literal_text_resolves_to_itself_and_refers_to_nothing():
     scope = {"s": {"n": 2}}
     assert references.literal(["${s}", "b"]) == ["${$}{s}", "b"]
     assert references.resolve("${s.n} is ${$}{s.n}", scope) == "2 is ${s.n}"
-    assert compile_condition('"${$}{s}" != "${s.n}"').evaluate(scope)
+    assert compile_condition('"${$}{s}" != ${s.n}').evaluate(scope)
+    assert compile_condition('"${$}{s.n}" == "${$}{s.n}"').evaluate(scope)  # text, not refs
 
 
 def test_a_fraction_beside_a_unit_is_its_value(orch: Orchestrator):
@@ -130,3 +133,88 @@ def test_each_listed_files_summary_keeps_the_goals_other_arguments(goal: str):
         {"name": "storage.md", "max_sentences": 2},
         {"name": "retries.md", "max_sentences": 2},
     ]
+
+
+def test_numbers_of_addresses_dates_and_file_names_are_no_quantities():
+    """ "read reports/2024/q1.txt" read 2,024 bytes of it; "since 2024-01-15" set a
+    limit of 2024; "...items?id=7" a timeout of 7."""
+    assert numbers_in("read reports/2024/q1.txt") == []
+    assert numbers_in("get orders since 2024-01-15 limit 5") == [5]
+    assert numbers_in("fetch https://example.com/items?id=7 within 3 seconds") == [3]
+
+
+def test_the_goals_own_occurrence_signs_quoted_names_and_ranges_are_read_as_written():
+    def schema(**fields: str) -> dict:
+        return {"properties": {n: {"type": t} for n, t in fields.items()}}
+
+    scaled = extract_arguments(
+        "scale 1, 2 and 3 by a factor of 2",
+        {
+            "properties": {
+                "values": {"type": "array", "items": {"type": "number"}},
+                "factor": {"type": "number"},
+            }
+        },
+    ).params
+    assert scaled == {"values": [1, 2, 3], "factor": 2}  # not [1, 3, 2]
+    for goal in ("set it to \u22125 degrees", "set it to minus 5 degrees"):
+        assert extract_arguments(goal, schema(temperature="number")).params == {"temperature": -5}
+    assert extract_arguments("7 minus 5", schema(a="number", b="number")).params == {
+        "a": 7,
+        "b": 5,
+    }
+    assert paths_in('read "my report.txt" and notes.md') == ["my report.txt", "notes.md"]
+    assert extract_arguments(
+        "a number between 1 and 100", schema(maximum="integer", minimum="integer")
+    ).params == {"maximum": 100, "minimum": 1}
+
+
+def test_a_condition_that_cannot_mean_what_it_says_is_refused_at_validation(
+    orch: Orchestrator,
+):
+    """A reference in quotes was compared as its own name (always false: the step always
+    skipped); ${item} in a for_each step's when failed at run time with a bare 'item';
+    a reference could walk an output's Python attributes to the server's environment."""
+    with pytest.raises(ConditionError, match="inside quotes"):
+        compile_condition('"${s.status}" == "ok"')
+    steps = [Step(id="s", tool="echo", params={"text": "a"})]
+    problems = [
+        Plan(steps=[*steps, Step(id="t", tool="echo", params={"text": "b"}, when='"${s}" == "a"')]),
+        Plan(
+            steps=[
+                Step(id="s", tool="list_files"),
+                Step(
+                    id="t",
+                    tool="echo",
+                    params={"text": "${item}"},
+                    for_each="${s.entries}",
+                    when="${item.size} > 1",
+                ),
+            ]
+        ),
+        Plan(steps=[*steps, Step(id="t", tool="echo", params={"text": "${s.__class__}"})]),
+    ]
+    for plan, words in zip(
+        problems,
+        ["inside quotes", "${item} has no value there", "'__class__' is not a field"],
+        strict=True,
+    ):
+        with pytest.raises(PlanValidationError, match=re.escape(words)):
+            orch.process(plan)
+
+
+def test_a_reference_reads_no_private_attribute_of_an_output():
+    class Output:
+        visible = "yes"
+        _hidden = "no"
+
+    scope = {"s": Output()}
+    assert references.resolve("${s.visible}", scope) == "yes"
+    with pytest.raises(references.UnresolvedReferenceError, match="'_hidden' is not readable"):
+        references.resolve("${s._hidden}", scope)
+    assert references.resolve("${s._id}", {"s": {"_id": 7}}) == 7  # a key is a key
+
+
+def test_what_is_a_number_of_several_digits_is_a_calculation(orch: Orchestrator):
+    assert orch.process("what is 12 squared").output == 144
+    assert orch.process("what is 15% of 200").output == 30

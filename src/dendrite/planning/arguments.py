@@ -31,8 +31,10 @@ QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|(?<!\w)'([^']{2,})'(?!\w)|`([
 """A quoted passage, its text in one of the groups. Single quotes only around a passage,
 not within words: "what's … today's" quotes nothing."""
 _PATH = re.compile(r"(?<![\w/.{-])((?:[\w.-]+/)*[\w-][\w.-]*\.[A-Za-z][\w]{0,7})(?![\w])")
+_QUOTED_PATH = re.compile(r"[^\n\\/]*(?:/[^\n\\/]+)*\.[A-Za-z]\w{0,7}")
 _URL = re.compile(r"https?://[^\s\"'<>]+")
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?\b")
+_NOT_QUANTITIES = re.compile(f"{_URL.pattern}|{_DATE.pattern}|{_PATH.pattern}")
 _MATH_NAMES = r"\b(?:pi|e|sqrt|log|exp|sin|cos|tan|abs|round|min|max)\b"
 _MATH_NUMBER = r"(?:\d[\d.]*|\.\d+)(?:e[-+]?\d+)?"  # 2.5e-3 whole: its "e" is not Euler's
 _MATH_TOKEN = rf"(?:{_MATH_NUMBER}|{_MATH_NAMES}|\))"
@@ -85,17 +87,32 @@ def numbers_in(text: str) -> list[float | int]:
     """The numbers written in ``text``, in order (thousands separators allowed); in a unit
     conversion, the fraction of its quantity is one number ("convert 3/4 miles to km":
     0.75), elsewhere two ("what is 3/4", "24/7 support", "rated 4/5 stars")."""
-    found: list[float | int] = []
+    return [value for value, _ in _numbers_at(text)]
+
+
+def _numbers_at(text: str) -> list[tuple[float | int, int]]:
+    """``numbers_in``, each with where it starts in ``text``."""
+    found: list[tuple[float | int, int]] = []
+    # The digits of an address, a date or a file's name are no quantities: from
+    # "read reports/2024/q1.txt", max_bytes was 2024 (and "since 2024-01-15", a limit).
+    text = _blanked(_NOT_QUANTITIES, text)
     for match in (_QUANTITY if _converts_units(text) else _NUMBER).finditer(text):
         if match.groupdict().get("fraction"):
-            found.append(quantity(match.group("fraction")))
+            found.append((quantity(match.group("fraction")), match.start()))
             continue
         raw = match.group(0).replace(",", "")
         try:
-            found.append(int(raw) if re.fullmatch(r"[-+]?\d+", raw) else float(raw))
+            found.append(
+                (int(raw) if re.fullmatch(r"[-+]?\d+", raw) else float(raw), match.start())
+            )
         except ValueError:
             continue
     return found
+
+
+def _blanked(pattern: re.Pattern[str], text: str) -> str:
+    """``text`` with what ``pattern`` matches made spaces, every other character in place."""
+    return pattern.sub(lambda m: " " * len(m.group(0)), text)
 
 
 def quantity(written: str) -> float:
@@ -109,9 +126,24 @@ def _converts_units(text: str) -> bool:
     return bool(re.search(r"\bconvert\b", text, re.I) and _UNITS.search(text))
 
 
+def _signed(goal: str) -> str:
+    """The goal with a negative number written with a minus sign (U+2212) or the word
+    ("to minus 5 degrees") as "-5", which the number reader reads; "7 minus 5" is left
+    to arithmetic."""
+    return re.sub(
+        "(?:\u2212|\\bminus\\s)\\s*(?=\\d)",
+        lambda m: m.group(0) if re.search(r"[\d)]\s*$", goal[: m.start()]) else "-",
+        goal,
+        flags=re.I,
+    )
+
+
 def paths_in(text: str) -> list[str]:
-    """The file names written in ``text`` ("notes/todo.txt"; "2.5" is no file)."""
-    return [p for p in _PATH.findall(text) if not re.fullmatch(r"[\d.]+", p)]
+    """The file names written in ``text`` ("notes/todo.txt"; "2.5" is no file), a quoted
+    one whole ("my report.txt" is not "report.txt")."""
+    quoted = [q for q in _quoted(text) if _QUOTED_PATH.fullmatch(q)]
+    bare = _PATH.findall(_blanked(QUOTED, text))
+    return quoted + [p for p in bare if not re.fullmatch(r"[\d.]+", p)]
 
 
 def _quoted(text: str) -> list[str]:
@@ -162,9 +194,11 @@ def extract_arguments(
     required = set(schema.get("required", []))
     defs = schema.get("$defs", {})
     result = Extraction(params=dict(given or {}))
+    goal = _signed(goal)
     quoted = _quoted(goal)
     # A number inside quotes belongs to that text ("[0-9]+", "Route 66"), not to a count.
-    numbers = numbers_in(QUOTED.sub(" ", goal))
+    located = _numbers_at(_blanked(QUOTED, goal))
+    numbers = [value for value, _ in located]
     paths = paths_in(goal)
     units = _UNITS.search(goal)
     topic = _TOPIC.search(goal)
@@ -172,12 +206,21 @@ def extract_arguments(
     # A number written beside a parameter's own word ("the first 3 matches") is that
     # parameter's, whatever the order of the parameters.
     named_numbers: dict[str, float | int] = {}
+    pooled: list[str] = []  # numeric parameters given the next number in the goal
     for name, prop in props.items():
         if name not in result.params and _kind(prop) in ("number", "integer"):
             found = _number_named(name.lower(), goal)
-            if found is not None and found in numbers:
-                numbers.remove(found)
-                named_numbers[name] = found
+            if found is None:
+                continue
+            value, at = found
+            # That occurrence, not the first of its value: "scale 1, 2 and 3 by a factor
+            # of 2" keeps the list [1, 2, 3].
+            index = next((i for i, (_, start) in enumerate(located) if start == at), None)
+            if index is None and value in numbers:
+                index = numbers.index(value)
+            if index is not None:
+                del numbers[index], located[index]
+                named_numbers[name] = value
     # A pattern chooses among the quoted passages before a text field takes the longest.
     order = sorted(
         props,
@@ -214,6 +257,7 @@ def extract_arguments(
             if pick is not None:
                 numbers.remove(pick)
                 value = pick
+                pooled.append(name)
         elif kind == "array":
             item_kind = _kind(prop.get("items", {}))
             if item_kind in ("number", "integer") and len(numbers) >= 1:
@@ -231,6 +275,7 @@ def extract_arguments(
             result.used.append(name)
             if isinstance(value, str):
                 consumed.append(value)
+    _order_bounds(result.params, pooled)
     text_params = [
         n
         for n in order
@@ -253,9 +298,27 @@ def extract_arguments(
 _VAGUE_WORDS = {"max", "min", "num", "number", "count", "total", "limit"}
 
 
-def _number_named(lname: str, goal: str) -> float | int | None:
+_LOW_WORDS = frozenset({"min", "minimum", "low", "lower", "start", "least", "floor"})
+_HIGH_WORDS = frozenset({"max", "maximum", "high", "upper", "end", "most", "ceiling"})
+
+
+def _order_bounds(params: dict[str, Any], pooled: list[str]) -> None:
+    """A low and a high bound given the goal's numbers in the order the tool lists its
+    parameters ("between 1 and 100" gave maximum 1, minimum 100): the smaller is the low."""
+    lows = [n for n in pooled if set(n.lower().split("_")) & _LOW_WORDS]
+    highs = [n for n in pooled if set(n.lower().split("_")) & _HIGH_WORDS]
+    if len(lows) != 1 or len(highs) != 1:
+        return
+    low, high = lows[0], highs[0]
+    same_kind = isinstance(params[low], int) == isinstance(params[high], int)
+    if same_kind and params[low] > params[high]:
+        params[low], params[high] = params[high], params[low]
+
+
+def _number_named(lname: str, goal: str) -> tuple[float | int, int] | None:
     """The number written right before or after a word of the parameter's name: "3 matches"
-    or "matches: 3" for ``max_matches``; None when its name has no such word in the goal."""
+    or "matches: 3" for ``max_matches``, and where it starts; None when its name has no
+    such word in the goal."""
     for word in lname.split("_"):
         if len(word) < 3 or word in _VAGUE_WORDS:
             continue
@@ -266,7 +329,8 @@ def _number_named(lname: str, goal: str) -> float | int | None:
             re.I,
         )
         if found:
-            return numbers_in(found.group(1) or found.group(2))[0]
+            group = 1 if found.group(1) else 2
+            return numbers_in(found.group(group))[0], found.start(group)
     return None
 
 

@@ -81,7 +81,7 @@ _QUERY_CUES: dict[QueryType, list[tuple[re.Pattern[str], float, str]]] = {
         ("calculate", 3.0),
         ("compute", 2.5),
         ("how much is", 2.0),
-        ("what is \\d", 1.5),
+        ("what is \\d+", 1.5),
         ("sum of", 2.0),
         ("average of", 2.0),
         ("mean of", 2.0),

@@ -76,6 +76,13 @@ def compile_condition(text: str) -> Condition:
     by_name = {names[ref.text]: ref for ref in refs}
     for node in ast.walk(tree):
         _check(node, by_name, text)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            quoted = [ref.text for name, ref in by_name.items() if name in node.value]
+            if quoted:  # compared as its own name: always false, the step always skipped
+                raise ConditionError(
+                    f"condition {text!r}: {quoted[0]} is inside quotes, which makes it text; "
+                    f"write it bare to compare its value ({quoted[0]} == 'yes')"
+                )
     return Condition(text, tree, by_name)
 
 

@@ -181,12 +181,20 @@ def validate(plan: Plan, registry: ToolRegistry) -> list[PlanProblem]:
                 problems.append(PlanProblem(step.id, f"depends on unknown step {dep!r}"))
             elif dep == step.id:
                 problems.append(PlanProblem(step.id, "depends on itself"))
-        for text in (step.when,):
-            if text:
-                try:
-                    compile_condition(text)
-                except ConditionError as error:
-                    problems.append(PlanProblem(step.id, str(error)))
+        if step.when:
+            try:
+                condition = compile_condition(step.when)
+            except ConditionError as error:
+                problems.append(PlanProblem(step.id, str(error)))
+            else:
+                if any(ref.source == references.ITEM for ref in condition.refs.values()):
+                    problems.append(
+                        PlanProblem(
+                            step.id,
+                            f"when {step.when!r} is decided once for the whole step, before "
+                            "its items: ${item} has no value there",
+                        )
+                    )
         if step.for_each is not None and references.whole(step.for_each) is None:
             problems.append(
                 PlanProblem(
@@ -305,6 +313,10 @@ def _check_reference(
         yield PlanProblem(step.id, f"{ref} refers to unknown step {ref.source!r}")
         return
     if not ref.path:
+        return
+    private = [part for part in ref.path if part.startswith("__")]
+    if private:  # no output's field: Python's own attributes (the way to its globals)
+        yield PlanProblem(step.id, f"{ref}: {private[0]!r} is not a field an output can have")
         return
     source = by_id[ref.source]
     if source.for_each is not None:

@@ -26,6 +26,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dendrite.telemetry.errors import described
+
 ITEM = "item"
 CONTEXT = "context"
 RESERVED = frozenset({ITEM, CONTEXT})
@@ -82,6 +84,13 @@ def find(value: Any) -> Iterator[Reference]:
 
 def lookup(value: Any, path: tuple[str, ...], ref: str) -> Any:
     for part in path:
+        if part.startswith("_") and not isinstance(value, Mapping | list | tuple):
+            # A field, never an attribute of Python's own: "${r.__init__.__globals__...}"
+            # walked from a tool's output to the server's modules and environment.
+            raise UnresolvedReferenceError(
+                f"{ref}: {part!r} is not readable; a reference reads fields and items, and "
+                "attributes whose names start with '_' are not fields"
+            )
         try:
             if isinstance(value, Mapping):
                 value = value[part]
@@ -92,6 +101,11 @@ def lookup(value: Any, path: tuple[str, ...], ref: str) -> Any:
         except (KeyError, IndexError, ValueError, AttributeError, TypeError):
             raise UnresolvedReferenceError(
                 f"{ref}: {type(value).__name__} value has no {part!r}"
+            ) from None
+        except Exception as error:  # a property or __getattr__ of the output's own that fails
+            raise UnresolvedReferenceError(
+                f"{ref}: reading {part!r} of the {type(value).__name__} value failed: "
+                f"{described(error)}"
             ) from None
     return value
 
