@@ -13,6 +13,7 @@ from dendrite.planning import Plan, Step, references
 from dendrite.planning.arguments import extract_arguments, numbers_in, paths_in
 from dendrite.planning.conditions import ConditionError, compile_condition
 from dendrite.planning.plan import PlanValidationError
+from dendrite.planning.planner import PlanningError
 from dendrite.planning.templates import TemplatePlanner
 from dendrite.tools import ToolRegistry
 from dendrite.tools.builtin import register_builtin
@@ -218,3 +219,36 @@ def test_a_reference_reads_no_private_attribute_of_an_output():
 def test_what_is_a_number_of_several_digits_is_a_calculation(orch: Orchestrator):
     assert orch.process("what is 12 squared").output == 144
     assert orch.process("what is 15% of 200").output == 30
+
+
+def test_conversions_written_otherwise_are_read_or_declined(orch: Orchestrator):
+    """ "convert 100 degrees F to C" calculated 100; "5 feet 6 inches to cm" converted
+    the 6 inches alone; "2,5 km" was 5 km."""
+    assert orch.process("convert 100 degrees F to C").output == pytest.approx(37.7777778)
+    for goal in (
+        "convert 5 feet 6 inches to cm",
+        "convert 2 hours and 30 minutes to minutes",
+        "convert 2,5 km to m",
+    ):
+        with pytest.raises(PlanningError):
+            orch.process(goal)
+
+
+def test_the_tool_a_goal_asks_for_is_planned_after_the_reader_of_its_file(
+    orch: Orchestrator, tmp_path: Path
+):
+    """ "count the words in notes/todo.txt" read the file and stopped: the reader, which
+    the path's words suit, ranked above the counter."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("prune the trees\nwater the young trees\n")
+    counted = orch.process("count the words in notes/todo.txt")
+    assert [s.tool for s in counted.plan.steps] == ["read_file", "word_count"]
+    assert counted.output["words"] == 7
+
+
+def test_then_after_parts_side_by_side_takes_each_of_their_outputs(orch: Orchestrator):
+    """ "summarize a.md and b.md then count the words" counted b.md's summary only."""
+    result = orch.process("summarize a.md and b.md then count the words")
+    counts = [s for s in result.plan.steps if s.tool == "word_count"]
+    assert [s.params["text"] for s in counts] == ["${step1_1.summary}", "${step1_2.summary}"]
+    assert result.success and len(result.output) == 2

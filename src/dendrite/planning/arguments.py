@@ -49,10 +49,17 @@ _TOPIC = re.compile(
     re.I,
 )
 _UNITS = re.compile(
-    rf"(?P<value>{_FRACTION}|[-+]?{_DIGITS}(?:\.\d+)?)\s*"
+    rf"(?P<value>{_FRACTION}|(?<![\d,.])[-+]?{_DIGITS}(?:\.\d+)?)\s*"
     r"(?P<from>[A-Za-z°][\w°/]*)\s+(?:to|in|into)\s+(?P<to>[A-Za-z°][\w°/]*)",
     re.I,
 )
+_HOW_MANY = re.compile(  # "how many miles is 10 km": the same groups, the other way round
+    rf"\bhow\s+many\s+(?P<to>[A-Za-z°][\w°/]*)\s+(?:is|are|in)\s+"
+    rf"(?P<value>(?<![\d,.])[-+]?{_DIGITS}(?:\.\d+)?)\s*(?P<from>[A-Za-z°][\w°/]*)",
+    re.I,
+)
+_DEGREES = re.compile(r"\bdeg(?:rees?)?\s+(?=(?:[CFKR]|celsius|fahrenheit|kelvin)\b)", re.I)
+_COMPOUND = re.compile(r"\d\s*[A-Za-z°]+\s*,?\s*(?:and\s+)?$")  # "5 feet" before "6 inches"
 _REQUEST_WORDS = re.compile(
     r"^\s*(?:please\s+)?(?:can you\s+|could you\s+)?"
     r"(?:search(?: for| the \w+ for)?|find|look (?:for|up)|show(?: me)?|tell me|get|fetch|"
@@ -126,6 +133,20 @@ def _converts_units(text: str) -> bool:
     return bool(re.search(r"\bconvert\b", text, re.I) and _UNITS.search(text))
 
 
+def _conversion(goal: str) -> re.Match[str] | None:
+    """The quantity and the units of a conversion ("5 kg in lb", "how many miles is 10
+    km"); none for a compound quantity ("5 feet 6 inches to cm", "2 hours and 30
+    minutes"), whose last part alone would be converted and answered wrongly."""
+    found = _UNITS.search(goal) or _HOW_MANY.search(goal)
+    if found is None or _COMPOUND.search(goal[: found.start()]):
+        return None
+    return found
+
+
+def _asks_conversion(goal: str) -> bool:
+    return bool(re.search(r"\bconvert\b|\bhow\s+many\b", goal, re.I))
+
+
 def _signed(goal: str) -> str:
     """The goal with a negative number written with a minus sign (U+2212) or the word
     ("to minus 5 degrees") as "-5", which the number reader reads; "7 minus 5" is left
@@ -194,13 +215,13 @@ def extract_arguments(
     required = set(schema.get("required", []))
     defs = schema.get("$defs", {})
     result = Extraction(params=dict(given or {}))
-    goal = _signed(goal)
+    goal = _DEGREES.sub("°", _signed(goal))  # "100 degrees F" is "100 °F"
     quoted = _quoted(goal)
     # A number inside quotes belongs to that text ("[0-9]+", "Route 66"), not to a count.
     located = _numbers_at(_blanked(QUOTED, goal))
     numbers = [value for value, _ in located]
     paths = paths_in(goal)
-    units = _UNITS.search(goal)
+    units = _conversion(goal)
     topic = _TOPIC.search(goal)
     consumed: list[str] = []
     # A number written beside a parameter's own word ("the first 3 matches") is that
@@ -403,7 +424,12 @@ def _string_for(
         candidates = [m.group(0).strip() for m in _MATH_EXPRESSION.finditer(spoken)]
         # A lone number is the expression only when it is the goal's one number: of
         # "7 times 6" read wrong, taking "7" would answer a confident wrong 7.
-        alone = len(numbers_in(spoken)) == 1 and not _OPERATOR.search(spoken)
+        # Nor when the goal asks to convert: "convert 100 degrees F to C" is no 100.
+        alone = (
+            len(numbers_in(spoken)) == 1
+            and not _OPERATOR.search(spoken)
+            and not _asks_conversion(goal)
+        )
         candidates = [
             c for c in candidates if re.search(r"[-+*/%^(]|\w\(", c) or (alone and _is_number(c))
         ]

@@ -229,34 +229,56 @@ class SemanticPlanner:
         parts = split_goal(text) if self.split else [GoalPart(text, False)]
         steps: list[Step] = []
         why: dict[str, str] = {}
+        group: list[Step] = []  # the steps asked for since the last "then"
         for index, part in self._per_file(parts, registry):
-            fits: list[Candidate] = []
-            if part.after_previous and steps:
-                fits, rejected = self._chained(part.text, registry, steps[-1])
-            chained = bool(fits)
-            if not fits:
-                fits, rejected = candidates_for(
-                    part.text, registry, self.retrievers, k=self.candidates
-                )
-            if not fits:
-                tried = "; ".join(rejected) or "no tool matched its words"
-                raise PlanningError(f"no tool can do {part.text!r}: {tried}")
-            step = step_from(fits, f"step{index}", part.text, why)
-            read = None
-            if not chained:
-                read = self._reader_of_named_file(fits[0], registry, f"read{index}", why)
-            if read is not None:
-                slot = fits[0].extraction.from_rest
-                assert slot is not None
-                step.params[slot] = _reference_to(read, registry, "string")
-                step.fallbacks = []  # they were chosen for the goal's words as text
-                if part.after_previous and steps:
-                    read.depends_on.append(steps[-1].id)
-                steps.append(read)
-            elif part.after_previous and steps and steps[-1].id not in step.dependencies():
-                step.depends_on.append(steps[-1].id)
-            steps.append(step)
+            sources: list[Step | None] = [None]
+            if part.after_previous and group:
+                # "summarize a.md and b.md then count the words": each summary's words,
+                # not the last one's only.
+                sources, group = list(group), []
+            for n, source in enumerate(sources, start=1):
+                number = index if len(sources) == 1 else f"{index}_{n}"
+                planned = self._plan_part(part, number, registry, source, why)
+                steps.extend(planned)
+                group.append(planned[-1])
         return Plan(goal=goal, steps=steps, planner=self.name, metadata={"why": why})
+
+    def _plan_part(
+        self,
+        part: GoalPart,
+        number: str,
+        registry: ToolRegistry,
+        source: Step | None,
+        why: dict[str, str],
+    ) -> list[Step]:
+        """The steps for one part: its tool's, after a reader of the file it names if it
+        works on text; ``source`` is the step whose output a "then" part takes."""
+        fits: list[Candidate] = []
+        if source is not None:
+            fits, rejected = self._chained(part.text, registry, source)
+        chained = bool(fits)
+        if not fits:
+            fits, rejected = candidates_for(part.text, registry, self.retrievers, k=self.candidates)
+        if not fits:
+            tried = "; ".join(rejected) or "no tool matched its words"
+            raise PlanningError(f"no tool can do {part.text!r}: {tried}")
+        if not chained:
+            fits = _doer_first(part.text, fits)
+        step = step_from(fits, f"step{number}", part.text, why)
+        read = None
+        if not chained:
+            read = self._reader_of_named_file(fits[0], registry, f"read{number}", why)
+        if read is not None:
+            slot = fits[0].extraction.from_rest
+            assert slot is not None
+            step.params[slot] = _reference_to(read, registry, "string")
+            step.fallbacks = []  # they were chosen for the goal's words as text
+            if source is not None:
+                read.depends_on.append(source.id)
+            return [read, step]
+        if source is not None and source.id not in step.dependencies():
+            step.depends_on.append(source.id)
+        return [step]
 
     def _per_file(
         self, parts: list[GoalPart], registry: ToolRegistry
@@ -338,6 +360,25 @@ class SemanticPlanner:
             extraction.params[slot] = _reference_to(previous, registry, slot_type, slot)
             fits.append(Candidate(tool, extraction, score, reason))
         return fits, rejected
+
+
+def _doer_first(text: str, fits: list[Candidate]) -> list[Candidate]:
+    """A reader ranked first for a goal that asks for something else ("count the words in
+    notes/todo.txt": the path's words are a reader's) gives way to the tool that does
+    what the goal asks; the reader is then planned before it to supply the text."""
+    asked = _REQUEST_VERB.match(text)
+    verb = tokenize(asked.group(1)) if asked else []
+    if not verb or verb[0] == "read" or not _says(fits[0], "read"):
+        return fits
+    doers = [c for c in fits[1:] if _says(c, verb[0]) and c.extraction.from_rest]
+    return [doers[0], *(c for c in fits if c is not doers[0])] if doers else fits
+
+
+def _says(candidate: Candidate, word: str) -> bool:
+    return word in tokenize(f"{candidate.tool.name} {candidate.tool.description}")
+
+
+_REQUEST_VERB = re.compile(rf"\s*(?:please\s+)?({_REQUEST_VERBS})\b", re.I)
 
 
 def _meaningful_words(text: str) -> int:
