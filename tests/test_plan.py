@@ -188,6 +188,22 @@ def test_every_problem_is_reported_at_once_with_its_step(registry):
         "step 'w': ${s.nope}: the output has no field 'nope' (fields: count, titles)",
         "step 'n': ${w.field}: the output is of type integer; it has no field 'field'",
     ]
+    # Past the first part, and in the plan's output: they failed at run time only.
+    plan3 = Plan(
+        goal="g",
+        steps=[
+            Step(id="s", tool="search", params={"query": "x"}),
+            Step(id="w", tool="count_words", params={"text": "${s.titles.first}"}),
+            Step(id="n", tool="count_words", params={"text": "${s.titles.0.x}"}),
+            Step(id="ok", tool="count_words", params={"text": "${s.titles.0}"}),
+        ],
+        output="${s.count.value}",
+    )
+    assert [str(p) for p in validate(plan3, registry)] == [
+        "step 'w': ${s.titles.first}: the output's titles is a list; 'first' is not an index",
+        "step 'n': ${s.titles.0.x}: the output's titles.0 is of type string; it has no field 'x'",
+        "output ${s.count.value}: the output's count is of type integer; it has no field 'value'",
+    ]
 
 
 def test_cycles_are_printed(registry):

@@ -10,7 +10,7 @@ import pytest
 
 from dendrite import Orchestrator
 from dendrite.planning import Plan, Step, references
-from dendrite.planning.arguments import extract_arguments, numbers_in, paths_in
+from dendrite.planning.arguments import extract_arguments, numbers_in, paths_in, spoken_math
 from dendrite.planning.conditions import ConditionError, compile_condition
 from dendrite.planning.plan import PlanValidationError
 from dendrite.planning.planner import PlanningError
@@ -252,3 +252,13 @@ def test_then_after_parts_side_by_side_takes_each_of_their_outputs(orch: Orchest
     counts = [s for s in result.plan.steps if s.tool == "word_count"]
     assert [s.params["text"] for s in counts] == ["${step1_1.summary}", "${step1_2.summary}"]
     assert result.success and len(result.output) == 2
+
+
+def test_grouped_thousands_and_names_of_several_words_are_read_whole():
+    """ "(1,250 + 750) * 2" kept the comma inside the group and failed; "city New York"
+    was "New"."""
+    assert spoken_math("calculate (1,250 + 750) * 2") == "calculate (1250 + 750) * 2"
+    assert spoken_math("max(1,250)") == "max(1,250)"  # a call's two arguments
+    schema = {"properties": {"city": {"type": "string"}, "room": {"type": "string"}}}
+    assert extract_arguments("the weather in city New York", schema).params == {"city": "New York"}
+    assert extract_arguments("set room B to 5", schema).params == {"room": "B"}

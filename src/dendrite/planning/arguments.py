@@ -389,13 +389,28 @@ def spoken_math(goal: str) -> str:
     is "sqrt(144)", a multiplication sign is "*"; "1,250" outside a call's parentheses is 1250."""
     out, last = [], 0
     for match in _GROUPED.finditer(goal):  # first: the words' patterns take plain numbers
-        if goal.count("(", 0, match.start()) == goal.count(")", 0, match.start()):
+        if not _in_call(goal, match.start()):
             out += [goal[last : match.start()], match.group(0).replace(",", "")]
             last = match.end()
     goal = "".join(out) + goal[last:]
     for pattern, replacement in _SPOKEN_MATH:
         goal = pattern.sub(replacement, goal)
     return goal
+
+
+def _in_call(text: str, position: int) -> bool:
+    """Whether ``position`` lies inside a call's parentheses ("max(1,250)": two arguments),
+    not a group's ("(1,250 + 750) * 2": one number)."""
+    depth = 0
+    for index in range(position - 1, -1, -1):
+        char = text[index]
+        if char == ")":
+            depth += 1
+        elif char == "(":
+            if depth == 0:
+                return bool(re.search(rf"{_MATH_NAMES}\s*$", text[:index], re.I))
+            depth -= 1
+    return False
 
 
 def written_arithmetic(goal: str) -> bool:
@@ -448,8 +463,10 @@ def _string_for(
         return paths[0]
     label = re.escape(lname.replace("_", " "))
     named = [  # "room B", "city Oslo": the last such pair is the most specific
-        m.group(1)
-        for m in re.finditer(rf"\b{label}\s+([\w.-]+)", goal, re.I)
+        m.group(1)  # a name of capitalised words whole: "city New York", not "New"
+        for m in re.finditer(
+            rf"\b{label}\s+((?-i:[A-Z][\w.-]*(?:\s+[A-Z][\w.-]*)*)|[\w.-]+)", goal, re.I
+        )
         if m.group(1).lower() not in FILLER
     ]
     if named:

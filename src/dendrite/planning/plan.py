@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dendrite.planning import references
+from dendrite.planning.arguments import resolve_ref
 from dendrite.planning.conditions import ConditionError, compile_condition
 from dendrite.telemetry import ErrorType
 from dendrite.tools import Tool, ToolRegistry, ToolStatus, UnknownToolError
@@ -217,6 +218,10 @@ def validate(plan: Plan, registry: ToolRegistry) -> list[PlanProblem]:
             problems.append(PlanProblem(None, f"output must be one reference, got {plan.output!r}"))
         elif ref.source not in by_id:
             problems.append(PlanProblem(None, f"output refers to unknown step {ref.source!r}"))
+        elif ref.path:
+            problem = _check_path(_returns(by_id[ref.source], tools), ref.path)
+            if problem:
+                problems.append(PlanProblem(None, f"output {ref}: {problem}"))
     cycle = find_cycle(plan, graph)
     if cycle:
         problems.append(PlanProblem(cycle[0], "dependency cycle: " + " -> ".join(cycle)))
@@ -318,36 +323,48 @@ def _check_reference(
     if private:  # no output's field: Python's own attributes (the way to its globals)
         yield PlanProblem(step.id, f"{ref}: {private[0]!r} is not a field an output can have")
         return
-    source = by_id[ref.source]
-    if source.for_each is not None:
-        schema: dict[str, Any] | None = {"type": "array"}
-    else:
-        found = tools.get(ref.source)
-        schema = found.returns_schema if found else None
-    problem = _check_path(schema, ref.path)
+    problem = _check_path(_returns(by_id[ref.source], tools), ref.path)
     if problem:
         yield PlanProblem(step.id, f"{ref}: {problem}")
 
 
+def _returns(source: Step, tools: Mapping[str, Tool | None]) -> dict[str, Any] | None:
+    """What ``source`` returns, as far as is declared: a for_each step, a list."""
+    if source.for_each is not None:
+        return {"type": "array"}
+    found = tools.get(source.id)
+    return found.returns_schema if found else None
+
+
 def _check_path(schema: dict[str, Any] | None, path: tuple[str, ...]) -> str | None:
-    """Check the first part of a path against a declared return type, when there is one."""
+    """Check a path against a declared return type, part by part, as far as the type
+    tells (``${s.0.nope}`` as much as ``${s.nope}``)."""
     if not schema:
         return None
-    first = path[0]
-    kind = schema.get("type")
-    if kind == "array":
-        try:
-            int(first)
-        except ValueError:
-            return f"the output is a list; {first!r} is not an index"
-        return None
-    if kind == "object" and "properties" in schema:
-        if first not in schema["properties"] and not schema.get("additionalProperties"):
-            fields = ", ".join(schema["properties"]) or "none"
-            return f"the output has no field {first!r} (fields: {fields})"
-        return None
-    if kind in ("string", "integer", "number", "boolean", "null"):
-        return f"the output is of type {kind}; it has no field {first!r}"
+    defs = schema.get("$defs", {})
+    current: Mapping[str, Any] = schema
+    for depth, part in enumerate(path):
+        current = resolve_ref(current, defs)
+        kind = current.get("type")
+        where = "the output" if depth == 0 else f"the output's {'.'.join(path[:depth])}"
+        if kind == "array":
+            try:
+                int(part)
+            except ValueError:
+                return f"{where} is a list; {part!r} is not an index"
+            current = current.get("items") or {}
+        elif kind == "object" and "properties" in current:
+            properties = current["properties"]
+            if part not in properties:
+                if current.get("additionalProperties"):
+                    return None
+                fields = ", ".join(properties) or "none"
+                return f"{where} has no field {part!r} (fields: {fields})"
+            current = properties[part]
+        elif kind in ("string", "integer", "number", "boolean", "null"):
+            return f"{where} is of type {kind}; it has no field {part!r}"
+        else:  # untyped, or one of several types: nothing more to tell
+            return None
     return None
 
 
