@@ -262,3 +262,23 @@ def test_grouped_thousands_and_names_of_several_words_are_read_whole():
     schema = {"properties": {"city": {"type": "string"}, "room": {"type": "string"}}}
     assert extract_arguments("the weather in city New York", schema).params == {"city": "New York"}
     assert extract_arguments("set room B to 5", schema).params == {"room": "B"}
+
+
+def test_flags_name_patterns_and_folders_the_goal_says_are_read(orch: Orchestrator, tmp_path: Path):
+    """ "strip punctuation", "with the ignorecase flag", "*.md" and "in the notes folder"
+    were ignored: the tools ran with their defaults and answered something else."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("water the trees\n")
+    normalized = orch.process('normalize "Hello, World!" and strip punctuation')
+    assert normalized.output == "hello world"
+    found = orch.process('extract "apple" from "Apple and APPLE" with the ignorecase flag')
+    assert found.output == ["Apple", "APPLE"]
+    listed = orch.process("list *.md files")
+    assert {e["path"] for e in listed.output["entries"]} == {"a.md", "b.md", "c.md"}
+    for goal in ("list files in notes", "list the files in the notes folder"):
+        assert orch.process(goal).output["directory"] == "notes"
+    schema = {"properties": {"strip_punctuation": {"type": "boolean"}}}
+    assert extract_arguments("don't strip punctuation", schema).params == {
+        "strip_punctuation": False
+    }
+    assert extract_arguments("just lowercase it", schema).params == {}

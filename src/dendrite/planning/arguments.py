@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dendrite.planning import references
+from dendrite.retrieval.lexical import tokenize
 
 _DIGITS = r"(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)"  # "1,500" is one number; "1,2,3" three
 _FRACTION = r"(?<![\w./])[-+]?\d+/[1-9]\d*(?![\d./])"  # "3/4"; of "3/4/2025", nothing
@@ -74,6 +75,17 @@ TOPIC_NAMES = ("topic", "subject", "about", "focus")
 PATH_HINTS = ("path", "file", "filename", "document", "doc", "name", "first", "second", "source")
 EXPRESSION_NAMES = ("expression", "expr", "formula", "equation")
 PATTERN_NAMES = ("pattern", "regex", "regexp")
+FOLDER_NAMES = ("folder", "directory", "dir", "path")
+_FOLDER = re.compile(
+    r"\b(?:in|under|inside|within)\s+(?:the\s+)?(?:"
+    r"([\w.-]+(?:/[\w.-]+)*)\s+(?:folder|directory|dir)\b"
+    r"|(?:folder|directory|dir)\s+([\w./-]+)"
+    r"|([\w.-]+/[\w./-]*))",
+    re.I,
+)
+_IN_FOLDER = re.compile(r"\b(?:in|under|inside|within)\s+(?:the\s+)?([\w.-]+(?:/[\w.-]+)*)", re.I)
+_GLOB = re.compile(r"(?<!\S)[\w.-]*\*[\w.*?-]*(?!\S)")
+_NEGATION = re.compile(r"\b(?:no|not|without|don't|do not|never|keep)\s+(?:\w+\s+)?$", re.I)
 _REGEX_SIGNS = re.compile(r"[\\\[\]()*+?^$|{}]")
 
 
@@ -279,14 +291,26 @@ def extract_arguments(
                 numbers.remove(pick)
                 value = pick
                 pooled.append(name)
+        elif kind == "boolean":
+            value = _flag(lname, goal)
         elif kind == "array":
             item_kind = _kind(prop.get("items", {}))
-            if item_kind in ("number", "integer") and len(numbers) >= 1:
+            item_choices = _enum(prop.get("items", {}), defs)
+            if item_choices:  # flags named in the goal: "with the ignorecase flag"
+                value = [
+                    c for c in item_choices if re.search(rf"\b{re.escape(str(c))}\b", goal, re.I)
+                ] or None
+            elif item_kind in ("number", "integer") and len(numbers) >= 1:
                 value, numbers = list(numbers), []
             elif item_kind == "string" and quoted:
                 value, quoted = list(quoted), []
         elif kind == "string":
             value = _string_for(lname, goal, quoted, paths, topic)
+            if value is None and prop.get("default") == "." and not paths:
+                # A folder parameter (its default is the current one): "list files in notes"
+                bare = _IN_FOLDER.search(goal)
+                if bare and bare.group(1).lower() not in FILLER:
+                    value = bare.group(1)
             if isinstance(value, str) and value in quoted:
                 quoted.remove(value)
             if isinstance(value, str) and value in paths:
@@ -321,6 +345,17 @@ _VAGUE_WORDS = {"max", "min", "num", "number", "count", "total", "limit"}
 
 _LOW_WORDS = frozenset({"min", "minimum", "low", "lower", "start", "least", "floor"})
 _HIGH_WORDS = frozenset({"max", "maximum", "high", "upper", "end", "most", "ceiling"})
+
+
+def _flag(lname: str, goal: str) -> bool | None:
+    """A boolean whose name the goal says ("strip punctuation" for ``strip_punctuation``):
+    true, or false after a negation ("don't strip punctuation"); None when the goal does
+    not say it."""
+    named = tokenize(" ".join(w for w in lname.split("_") if w not in _VAGUE_WORDS))
+    if not named or not set(named) <= set(tokenize(goal)):
+        return None
+    first = re.search(rf"\b{re.escape(lname.split('_')[0][:4])}\w*", goal, re.I)
+    return not (first and _NEGATION.search(goal[: first.start()]))
 
 
 def _order_bounds(params: dict[str, Any], pooled: list[str]) -> None:
@@ -450,7 +485,9 @@ def _string_for(
         ]
         return max(candidates, key=len) if candidates else None
     if _named(lname, PATTERN_NAMES):  # the quoted passage that reads as a pattern
-        return next((q for q in quoted if _REGEX_SIGNS.search(q)), quoted[0] if quoted else None)
+        glob = _GLOB.search(goal)  # or a name pattern written bare: "the *.md files"
+        fallback = quoted[0] if quoted else glob.group(0) if glob else None
+        return next((q for q in quoted if _REGEX_SIGNS.search(q)), fallback)
     if lname in TOPIC_NAMES:
         return topic.group(1).strip() if topic else None
     if "url" in lname:
@@ -461,6 +498,10 @@ def _string_for(
         return found.group(0) if found else None
     if any(h in lname for h in PATH_HINTS) and paths:
         return paths[0]
+    if _named(lname, FOLDER_NAMES) and not paths:
+        found = _FOLDER.search(goal)  # "in the reports folder", "under reports/2024"
+        if found:
+            return next(g for g in found.groups() if g)
     label = re.escape(lname.replace("_", " "))
     named = [  # "room B", "city Oslo": the last such pair is the most specific
         m.group(1)  # a name of capitalised words whole: "city New York", not "New"
