@@ -444,6 +444,30 @@ def test_input_every_tool_refused_does_not_deprecate_a_tool(store: ExecutionStor
             error=None if ok else "ValueError: not a date",
             error_type=None if ok else "validation",
         )
+    # Refusals in steps that no attempt answered, or named no step: counted as before
+    # only without a step (there is no telling who else was asked).
+    store.store_tool_execution(
+        execution,
+        "parse_date",
+        {},
+        None,
+        False,
+        2.0,
+        step_id="u",
+        error="ValueError: not a date",
+        error_type="validation",
+    )
+    store.store_tool_execution(
+        execution,
+        "other_parser",
+        {},
+        None,
+        False,
+        2.0,
+        step_id="u",
+        error="TimeoutError",
+        error_type="timeout",
+    )
     # A refusal where another tool of the step took the input is the tool's failure.
     for i in range(48):
         store.store_tool_execution(
@@ -470,6 +494,8 @@ def test_input_every_tool_refused_does_not_deprecate_a_tool(store: ExecutionStor
         low = run_job("low_performers", ctx).report["low_performers"]
         assert [f["tool"] for f in low] == ["strict_parser"]
     assert registry.state("parse_date").status is ToolStatus.ENABLED
+    recent = {r.tool_name: r for r in store.get_recent_tool_outcomes(LONG_AGO)}
+    assert (recent["parse_date"].attempts, recent["strict_parser"].attempts) == (3, 48)
 
 
 def test_a_running_orchestrator_takes_up_a_promotion_made_elsewhere(

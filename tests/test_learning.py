@@ -861,6 +861,27 @@ def test_a_remembered_plan_with_text_built_from_the_goal_is_rebound_or_declined(
     assert memory.recall(compared.replace("temperature", "humidity"), registry) is None
 
 
+def test_a_remembered_negative_written_in_words_is_rebound_from_the_new_goal():
+    """The reader reads "minus 5" as -5, which the old goal's words do not say: memory kept
+    -5 as a constant, and "... to 20 degrees" ran with -5."""
+    registry = ToolRegistry()
+
+    def set_thermostat(room: str, temperature: float) -> str:
+        """Set the thermostat of a room to a temperature."""
+        return room
+
+    registry.register_function(set_thermostat)
+    memory = PlanMemory(threshold=0.5)
+    old = "set the thermostat to minus 5 degrees in room garage"
+    params = extract_arguments(old, registry.get("set_thermostat").parameters_schema).params
+    assert params["temperature"] == -5
+    memory.remember(
+        old, Plan(goal=old, steps=[Step(id="s", tool="set_thermostat", params=params)]), None
+    )
+    recalled = memory.recall(old.replace("minus 5", "20"), registry)
+    assert recalled is not None and recalled.plan.steps[0].params["temperature"] == 20
+
+
 def test_two_processes_on_one_store_keep_each_others_quarantines_and_tool_states(
     store_url: str, tmp_path: Path
 ):

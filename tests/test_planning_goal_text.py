@@ -282,3 +282,56 @@ def test_flags_name_patterns_and_folders_the_goal_says_are_read(orch: Orchestrat
         "strip_punctuation": False
     }
     assert extract_arguments("just lowercase it", schema).params == {}
+
+
+def test_what_the_first_fixes_of_the_reader_broke_reads_right_again():
+    """A review of the reader's fixes: a named number cut to its first group ("a price of
+    1,200" was 1), ISO dates no longer filling year/month/day, a start and an end
+    swapped, a name running on into the next capitalised word, "degrees celsius"."""
+
+    def schema(**fields: str) -> dict:
+        return {"properties": {n: {"type": t} for n, t in fields.items()}}
+
+    assert extract_arguments(
+        "apply a discount of 15 percent to a price of 1,200",
+        schema(price="number", percent="number"),
+    ).params == {"price": 1200, "percent": 15}
+    assert extract_arguments(
+        "what day of the week is 2024-01-15", schema(year="integer", month="integer", day="integer")
+    ).params == {"year": 2024, "month": 1, "day": 15}
+    assert extract_arguments(
+        "count down from 10 to 1", schema(start="integer", end="integer")
+    ).params == {
+        "start": 10,
+        "end": 1,
+    }
+    for goal, city in (
+        ("weather for city Oslo I guess", "Oslo"),
+        ("city Paris TX", "Paris"),
+        ("room Kitchen Please", None),
+        ("weather for city New York", "New York"),
+    ):
+        params = extract_arguments(goal, schema(city="string", room="string")).params
+        assert params.get("city", params.get("room")) == (city or "Kitchen"), goal
+    converted = extract_arguments(
+        "convert 20 degrees celsius to fahrenheit",
+        schema(value="number", from_unit="string", to_unit="string"),
+    ).params
+    assert converted == {"value": 20, "from_unit": "celsius", "to_unit": "fahrenheit"}
+
+
+def test_a_then_part_with_its_own_input_runs_once_after_parts_side_by_side():
+    """It ran once per earlier part: a side effect twice, and answers lost."""
+    registry = ToolRegistry()
+    register_builtin(registry)
+    calls: list[float] = []
+
+    def set_thermostat(room: str, temperature: float) -> str:
+        """Set the thermostat of a room to a temperature."""
+        calls.append(temperature)
+        return f"{room}={temperature}"
+
+    registry.register_function(set_thermostat)
+    with Orchestrator(registry, store=None, llm=None) as orch:
+        result = orch.process("is 7 prime and is 11 prime then set the thermostat in room B to 21")
+    assert calls == [21] and result.output["step1"] is True

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 from dendrite.learning._checks import check_number
 from dendrite.learning.similar import SimilarTexts
-from dendrite.planning.arguments import extract_arguments, numbers_in, paths_in, spoken_math
+from dendrite.planning.arguments import (
+    as_read,
+    extract_arguments,
+    numbers_in,
+    paths_in,
+    spoken_math,
+)
 from dendrite.planning.plan import Plan
 from dendrite.planning.references import has_references, literal, resolve
 from dendrite.planning.semantic import split_goal
@@ -211,11 +217,12 @@ def _words(value: object) -> list[str]:
 
 
 def _said_in(value: object, text: str, lowered: str) -> bool:
-    """Whether ``value`` was read from ``text`` (numbers compare as numbers: 5.0 is "5")."""
+    """Whether ``value`` was read from ``text`` (numbers compare as numbers: 5.0 is "5"),
+    as the argument reader reads it: "minus 5" says -5."""
     if isinstance(value, bool):
         return False
     if isinstance(value, int | float):
-        return value in numbers_in(text)
+        return value in numbers_in(as_read(text))
     if isinstance(value, list):
         return bool(value) and all(_said_in(v, text, lowered) for v in value)
     if not isinstance(value, str) or not value:
@@ -223,4 +230,8 @@ def _said_in(value: object, text: str, lowered: str) -> bool:
     value = resolve(value, {})  # the goal's own "${...}", as the argument reader wrote it
     # An expression the argument reader wrote from words ("7 times 6" is "7 * 6") was read
     # from the goal too, though the goal never says it.
-    return value.lower() in lowered or value.lower() in spoken_math(text).lower()
+    return (
+        value.lower() in lowered
+        or value.lower() in spoken_math(text).lower()
+        or value.lower() in as_read(text).lower()
+    )

@@ -35,6 +35,7 @@ _PATH = re.compile(r"(?<![\w/.{-])((?:[\w.-]+/)*[\w-][\w.-]*\.[A-Za-z][\w]{0,7})
 _QUOTED_PATH = re.compile(r"[^\n\\/]*(?:/[^\n\\/]+)*\.[A-Za-z]\w{0,7}")
 _URL = re.compile(r"https?://[^\s\"'<>]+")
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?\b")
+_DATE_PARTS = {"year": (0, 4), "month": (5, 7), "day": (8, 10)}
 _NOT_QUANTITIES = re.compile(f"{_URL.pattern}|{_DATE.pattern}|{_PATH.pattern}")
 _MATH_NAMES = r"\b(?:pi|e|sqrt|log|exp|sin|cos|tan|abs|round|min|max)\b"
 _MATH_NUMBER = r"(?:\d[\d.]*|\.\d+)(?:e[-+]?\d+)?"  # 2.5e-3 whole: its "e" is not Euler's
@@ -59,7 +60,8 @@ _HOW_MANY = re.compile(  # "how many miles is 10 km": the same groups, the other
     rf"(?P<value>(?<![\d,.])[-+]?{_DIGITS}(?:\.\d+)?)\s*(?P<from>[A-Za-z°][\w°/]*)",
     re.I,
 )
-_DEGREES = re.compile(r"\bdeg(?:rees?)?\s+(?=(?:[CFKR]|celsius|fahrenheit|kelvin)\b)", re.I)
+_DEGREE_SIGN = re.compile(r"\bdeg(?:rees?)?\s+(?=[CFKR]\b)", re.I)  # "degrees F" is "°F"
+_DEGREE_WORD = re.compile(r"\bdeg(?:rees?)?\s+(?=(?:celsius|fahrenheit|kelvin|rankine)\b)", re.I)
 _COMPOUND = re.compile(r"\d\s*[A-Za-z°]+\s*,?\s*(?:and\s+)?$")  # "5 feet" before "6 inches"
 _REQUEST_WORDS = re.compile(
     r"^\s*(?:please\s+)?(?:can you\s+|could you\s+)?"
@@ -159,6 +161,13 @@ def _asks_conversion(goal: str) -> bool:
     return bool(re.search(r"\bconvert\b|\bhow\s+many\b", goal, re.I))
 
 
+def as_read(goal: str) -> str:
+    """The goal as the argument reader reads it: a negative number written with a minus
+    sign or the word as "-5", "degrees F" as "°F" and "degrees fahrenheit" as "fahrenheit".
+    Plan memory compares values with this, not with the words as typed."""
+    return _DEGREE_WORD.sub("", _DEGREE_SIGN.sub("°", _signed(goal)))
+
+
 def _signed(goal: str) -> str:
     """The goal with a negative number written with a minus sign (U+2212) or the word
     ("to minus 5 degrees") as "-5", which the number reader reads; "7 minus 5" is left
@@ -227,7 +236,7 @@ def extract_arguments(
     required = set(schema.get("required", []))
     defs = schema.get("$defs", {})
     result = Extraction(params=dict(given or {}))
-    goal = _DEGREES.sub("°", _signed(goal))  # "100 degrees F" is "100 °F"
+    goal = as_read(goal)
     quoted = _quoted(goal)
     # A number inside quotes belongs to that text ("[0-9]+", "Route 66"), not to a count.
     located = _numbers_at(_blanked(QUOTED, goal))
@@ -235,6 +244,7 @@ def extract_arguments(
     paths = paths_in(goal)
     units = _conversion(goal)
     topic = _TOPIC.search(goal)
+    date = _DATE.search(goal)
     consumed: list[str] = []
     # A number written beside a parameter's own word ("the first 3 matches") is that
     # parameter's, whatever the order of the parameters.
@@ -285,6 +295,8 @@ def extract_arguments(
                 numbers.remove(value)
         elif name in named_numbers:
             value = named_numbers[name]
+        elif kind == "integer" and lname in _DATE_PARTS and date:
+            value = int(date.group(0)[slice(*_DATE_PARTS[lname])])  # "2024-01-15"
         elif kind in ("number", "integer"):
             pick = next((n for n in numbers if kind == "number" or isinstance(n, int)), None)
             if pick is not None:
@@ -343,8 +355,9 @@ def extract_arguments(
 _VAGUE_WORDS = {"max", "min", "num", "number", "count", "total", "limit"}
 
 
-_LOW_WORDS = frozenset({"min", "minimum", "low", "lower", "start", "least", "floor"})
-_HIGH_WORDS = frozenset({"max", "maximum", "high", "upper", "end", "most", "ceiling"})
+# Bounds only: a start and an end keep the goal's order ("count down from 10 to 1").
+_LOW_WORDS = frozenset({"min", "minimum", "low", "lower", "floor"})
+_HIGH_WORDS = frozenset({"max", "maximum", "high", "upper", "ceiling"})
 
 
 def _flag(lname: str, goal: str) -> bool | None:
@@ -380,7 +393,8 @@ def _number_named(lname: str, goal: str) -> tuple[float | int, int] | None:
             continue
         stem = re.escape(word.rstrip("s"))
         found = re.search(
-            rf"(?<![\w.])(\d+(?:\.\d+)?)\s+{stem}\w*|\b{stem}\w*\s*(?:of|:|=)?\s*(\d+(?:\.\d+)?)\b",
+            rf"(?<![\w.])({_DIGITS}(?:\.\d+)?)\s+{stem}\w*"
+            rf"|\b{stem}\w*\s*(?:of|:|=)?\s*({_DIGITS}(?:\.\d+)?)\b",
             goal,
             re.I,
         )
@@ -504,11 +518,9 @@ def _string_for(
             return next(g for g in found.groups() if g)
     label = re.escape(lname.replace("_", " "))
     named = [  # "room B", "city Oslo": the last such pair is the most specific
-        m.group(1)  # a name of capitalised words whole: "city New York", not "New"
-        for m in re.finditer(
-            rf"\b{label}\s+((?-i:[A-Z][\w.-]*(?:\s+[A-Z][\w.-]*)*)|[\w.-]+)", goal, re.I
-        )
-        if m.group(1).lower() not in FILLER
+        _name_at(goal, m.end())
+        for m in re.finditer(rf"\b{label}\s+(?=[\w.-])", goal, re.I)
+        if _name_at(goal, m.end()).lower() not in FILLER
     ]
     if named:
         return named[-1]
@@ -517,6 +529,28 @@ def _string_for(
             return max(quoted, key=len)
         return quoted[0]
     return None
+
+
+def _name_at(goal: str, start: int) -> str:
+    """The value written at ``start``: one word, or a name of several capitalised words
+    ("New York", "Living Room"), up to a word that is no part of a name ("Please", "To",
+    a lone letter or an abbreviation: "Oslo I guess", "Paris TX")."""
+    words = re.match(r"[\w.-]+(?:\s+[\w.-]+)*", goal[start:])
+    parts = words.group(0).split() if words else []
+    if not parts:
+        return ""
+    name = [parts[0]]
+    if parts[0][:1].isupper():
+        for word in parts[1:]:
+            if not word[:1].isupper() or len(word) == 1 or word.isupper():
+                break
+            if word.lower() in FILLER or word.lower() in _NOT_NAMES:
+                break
+            name.append(word)
+    return " ".join(name)
+
+
+_NOT_NAMES = frozenset({"please", "thanks", "today", "tomorrow", "now", "then"})
 
 
 _LIST_JOINER = r"(?:\s*,\s*(?:and\s+)?|\s+(?:and|&)\s+)"  # "a, b", "a and b", "a, and b"

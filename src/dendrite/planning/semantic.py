@@ -233,10 +233,12 @@ class SemanticPlanner:
         for index, part in self._per_file(parts, registry):
             sources: list[Step | None] = [None]
             if part.after_previous and group:
+                sources, group = list(group), []
+                if len(sources) > 1 and not self._chained(part.text, registry, sources[0])[0]:
+                    sources = sources[-1:]  # its own input: planned once, after the last
+            for n, source in enumerate(sources, start=1):
                 # "summarize a.md and b.md then count the words": each summary's words,
                 # not the last one's only.
-                sources, group = list(group), []
-            for n, source in enumerate(sources, start=1):
                 number = index if len(sources) == 1 else f"{index}_{n}"
                 planned = self._plan_part(part, number, registry, source, why)
                 steps.extend(planned)

@@ -228,20 +228,24 @@ def recent_tool_outcomes(conn: Connection, since: datetime) -> list[RecentToolOu
     """Attempts per tool since ``since``, from the raw rows (the rollups are all-time).
 
     As the health monitor judges them: a cancelled attempt is not the tool's doing, and a
-    validation error counts only where another attempt of the step took the input. Input
-    every tool refused is the caller's fault: counted, it got correct tools deprecated.
+    validation error counts only where another attempt of its step answered (or where
+    the attempt names no step). Input every tool refused is the caller's fault: counted,
+    it got correct tools deprecated.
     """
     te = s.tool_executions
     other = te.alias("other")
     validation = ErrorType.VALIDATION.value
-    took_input = (
-        select(other.c.id)
-        .where(
-            other.c.execution_id == te.c.execution_id,
-            other.c.step_id == te.c.step_id,
-            or_(other.c.error_type.is_(None), other.c.error_type != validation),
-        )
-        .exists()
+    # The steps that some attempt answered, joined once (a correlated EXISTS per row was
+    # planned at many times the cost on PostgreSQL).
+    answered = (
+        select(other.c.execution_id, other.c.step_id)
+        .where(other.c.started_at >= since, other.c.success.is_(True))
+        .group_by(other.c.execution_id, other.c.step_id)
+        .subquery("answered")
+    )
+    joined = te.outerjoin(
+        answered,
+        and_(answered.c.execution_id == te.c.execution_id, answered.c.step_id == te.c.step_id),
     )
     query = (
         select(
@@ -252,13 +256,18 @@ def recent_tool_outcomes(conn: Connection, since: datetime) -> list[RecentToolOu
             ),
             func.max(te.c.started_at).label("last_used"),
         )
+        .select_from(joined)
         .where(
             te.c.started_at >= since,
             or_(
                 te.c.error_type.is_(None),
                 and_(
                     te.c.error_type != ErrorType.CANCELLED.value,
-                    or_(te.c.error_type != validation, took_input),
+                    or_(
+                        te.c.error_type != validation,
+                        te.c.step_id.is_(None),
+                        answered.c.execution_id.is_not(None),
+                    ),
                 ),
             ),
         )
