@@ -846,7 +846,9 @@ class Orchestrator:
                         superseded[step_id] = before
                     elif before is not result:
                         result.attempts[:0] = before.attempts  # the trace keeps the first round
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, Exception) as error:
+            # Cancelled, or a bug (the engine's, a planner's): the run is recorded all the same.
+            cancelled = isinstance(error, asyncio.CancelledError)
             self._finish(
                 execution_id,
                 plan,
@@ -858,22 +860,8 @@ class Orchestrator:
                 parent,
                 depth,
                 decisions,
-                cancelled=True,
-            )
-            raise
-        except Exception as error:  # a bug (the engine's, a planner's): the run is still recorded
-            self._finish(
-                execution_id,
-                plan,
-                None,
-                [*superseded.values(), *steps.values()],
-                started_at,
-                started,
-                session_id,
-                parent,
-                depth,
-                decisions,
-                crashed=error,
+                cancelled=cancelled,
+                crashed=None if cancelled else error,
             )
             raise
         finally:
