@@ -87,7 +87,7 @@ _FOLDER = re.compile(
 )
 _IN_FOLDER = re.compile(r"\b(?:in|under|inside|within)\s+(?:the\s+)?([\w.-]+(?:/[\w.-]+)*)", re.I)
 _GLOB = re.compile(r"(?<!\S)[\w.-]*\*[\w.*?-]*(?!\S)")
-_NEGATION = re.compile(r"\b(?:no|not|without|don't|do not|never|keep)\s+(?:\w+\s+)?$", re.I)
+_NEGATION = re.compile(r"\b(?:no|not|without|don't|do not|never)\s+(?:\w+\s+)?$", re.I)
 _REGEX_SIGNS = re.compile(r"[\\\[\]()*+?^$|{}]")
 
 
@@ -518,9 +518,9 @@ def _string_for(
             return next(g for g in found.groups() if g)
     label = re.escape(lname.replace("_", " "))
     named = [  # "room B", "city Oslo": the last such pair is the most specific
-        _name_at(goal, m.end())
+        name
         for m in re.finditer(rf"\b{label}\s+(?=[\w.-])", goal, re.I)
-        if _name_at(goal, m.end()).lower() not in FILLER
+        if (name := _name_at(goal, m.end())).lower() not in FILLER
     ]
     if named:
         return named[-1]
