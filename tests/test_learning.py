@@ -882,6 +882,28 @@ def test_a_remembered_negative_written_in_words_is_rebound_from_the_new_goal():
     assert recalled is not None and recalled.plan.steps[0].params["temperature"] == 20
 
 
+def test_a_remembered_flag_is_read_again_from_the_new_goal():
+    """A flag the old goal named ("strip punctuation") was a constant of the plan: reused
+    for a goal that does not name it, it stripped all the same."""
+    registry = ToolRegistry()
+
+    def normalize_text(text: str, strip_punctuation: bool = False) -> str:
+        """Normalize text."""
+        return text
+
+    registry.register_function(normalize_text)
+    memory = PlanMemory(threshold=0.3)
+    old = 'normalize "Hello, World!" and strip punctuation'
+    params = extract_arguments(old, registry.get("normalize_text").parameters_schema).params
+    assert params["strip_punctuation"] is True
+    memory.remember(
+        old, Plan(goal=old, steps=[Step(id="s", tool="normalize_text", params=params)]), None
+    )
+    again = memory.recall('normalize "Good, Day!" and strip punctuation', registry)
+    assert again is not None and again.plan.steps[0].params["strip_punctuation"] is True
+    assert memory.recall('normalize "Good, Day!"', registry) is None
+
+
 def test_two_processes_on_one_store_keep_each_others_quarantines_and_tool_states(
     store_url: str, tmp_path: Path
 ):

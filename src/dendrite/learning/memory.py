@@ -128,13 +128,14 @@ class PlanMemory:
                 if not has_references(value) and _said_in(value, source.goal, old_words)
             ]
             # Words of the old goal in a value it does not say whole: text the argument
-            # reader or a template put together ("... a spa on in Rome", around a date).
+            # reader or a template put together ("... a spa on in Rome", around a date);
+            # and a flag, which the goal sets by naming it ("strip punctuation").
             echoes = [
                 name
                 for name, value in params.items()
                 if name not in from_goal
                 and not has_references(value)
-                and set(_words(value)) & old_tokens
+                and (isinstance(value, bool) or set(_words(value)) & old_tokens)
             ]
             update: dict[str, object] = {
                 "fallbacks": [
