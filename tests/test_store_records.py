@@ -427,7 +427,21 @@ def test_a_tool_call_is_stored_as_it_was_when_recorded(store_url: str, tmp_path:
     assert all(s.result == [1, 2, 3] for s in steps)
 
 
-BARE_VALUES = [1.0, -0.0, 2**63, 12345678901234567890, 0.1, 3, "1.0", True, None]
+# Floats of 1e16 and more: PostgreSQL's JSONB read "1e+16" back as an integer.
+BARE_VALUES = [
+    1.0,
+    -0.0,
+    2**63,
+    12345678901234567890,
+    0.1,
+    3,
+    "1.0",
+    True,
+    1e16,
+    -2.5e20,
+    1e308,
+    None,
+]
 
 
 def test_a_bare_number_result_or_state_value_comes_back_as_it_was(store: ExecutionStore):
@@ -495,6 +509,43 @@ def test_reads_refuse_nonsense_limits(store: ExecutionStore):
         store.get_tier_performance(10**6)
     with pytest.raises(ValueError, match="older_than goes back before the year 1"):
         store.prune(timedelta(days=10**6))
+    # Past a 64-bit column: the same answer as at its edge, not a driver's error.
+    for least in (2**63, 2**70):
+        assert store.get_top_tools(min_executions=least) == []
+
+
+def test_times_no_column_can_hold_are_refused_by_name(store: ExecutionStore):
+    """9999-12-31 23:00 at UTC-5 is the year 10000 in UTC: a driver's OverflowError came
+    out of state and job calls, where a read names its argument."""
+    late = datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5)))
+    with pytest.raises(InvalidRecordError, match="state expires_at: 9999-12-31T23:00:00-05:00"):
+        store.put_state("global", "", "k", 1, expires_at=late)
+    with pytest.raises(InvalidRecordError, match="now: 9999-12-31"):
+        store.purge_expired_state(now=late)
+    with pytest.raises(InvalidRecordError, match="job started_at: 9999-12-31"):
+        store.store_job_run(
+            "statistics", started_at=late, finished_at=late, success=True, report={}
+        )
+    assert store.get_state_entries(include_expired=True) == []
+
+
+def test_routing_outcomes_are_read_whatever_their_number(
+    store: ExecutionStore, monkeypatch: pytest.MonkeyPatch
+):
+    """All the decisions' runs were asked for in one IN (...): PostgreSQL refuses more than
+    65,535 parameters, and said the database could not be reached."""
+    from dendrite.store import engine
+
+    monkeypatch.setattr(engine, "IDS_PER_QUERY", 2)  # five decisions, three statements
+    ids = [
+        store.store_execution(goal_text=f"g{i}", success=i % 2 == 0, duration_ms=1)
+        for i in range(5)
+    ]
+    for eid in ids:
+        store.store_routing_decision(eid, "fast", router="tier")
+    store.flush()
+    outcomes = store.get_routing_outcomes(router="tier")
+    assert sorted(o.outcome.id for o in outcomes) == sorted(ids)
 
 
 def test_reads_refuse_filters_of_the_wrong_type_instead_of_matching_nothing(

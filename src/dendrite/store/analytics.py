@@ -12,9 +12,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Integer, Row, func, select
+from sqlalchemy import Connection, Integer, Row, bindparam, func, select
 
 from dendrite.store import schema as s
+from dendrite.store.engine import id_chunks
 from dendrite.telemetry.records import (
     ExecutionRecord,
     FeedbackRecord,
@@ -370,12 +371,10 @@ def get_routing_outcomes(
     if since is not None:
         decisions = decisions.where(rd.c.created_at >= since)
     rows = conn.execute(decisions).all()
-    ids = {row.execution_id for row in rows}
-    outcomes = (
-        {row.id: _execution(row) for row in conn.execute(select(ex).where(ex.c.id.in_(ids)))}
-        if ids
-        else {}
-    )
+    runs = select(ex).where(ex.c.id.in_(bindparam("ids", expanding=True)))
+    outcomes = {}
+    for chunk in id_chunks(sorted({row.execution_id for row in rows})):
+        outcomes.update({row.id: _execution(row) for row in conn.execute(runs, {"ids": chunk})})
     return [
         RoutingOutcome(
             decision=_record(RoutingDecision, row), outcome=outcomes.get(row.execution_id)

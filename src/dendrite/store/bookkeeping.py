@@ -18,7 +18,7 @@ from sqlalchemy import case as sql_case
 
 from dendrite._text import clean_text
 from dendrite.store import schema as s
-from dendrite.store.engine import dialect_insert
+from dendrite.store.engine import dialect_insert, id_chunks
 from dendrite.store.errors import InvalidRecordError
 from dendrite.store.serialize import exact_json
 from dendrite.store.state_entries import aware
@@ -101,7 +101,8 @@ def insert_job_run(
     for name, moment in (("started_at", started_at), ("finished_at", finished_at)):
         if not isinstance(moment, datetime):
             raise InvalidRecordError(f"job {name} must be a datetime, got {moment!r}")
-    started_at, finished_at = aware(started_at), aware(finished_at)
+    started_at = aware("job started_at", started_at)
+    finished_at = aware("job finished_at", finished_at)
     if finished_at < started_at:
         raise InvalidRecordError(
             f"job finished_at {finished_at.isoformat()} is before its started_at "
@@ -306,8 +307,8 @@ def attempt_outcomes(conn: Connection, execution_ids: list[str]) -> list[Attempt
         .order_by(te.c.started_at, te.c.id)
     )
     found = []
-    for start in range(0, len(execution_ids), 500):
-        rows = conn.execute(query, {"ids": execution_ids[start : start + 500]})
+    for chunk in id_chunks(execution_ids):
+        rows = conn.execute(query, {"ids": chunk})
         found.extend(
             AttemptOutcome.model_validate(dict(zip(_ATTEMPT, row, strict=True))) for row in rows
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,17 @@ def built_once(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
     if statement is None:
         statement = _STATEMENTS[key] = build()
     return statement
+
+
+IDS_PER_QUERY = 500
+"""Ids looked up per ``IN (...)``: PostgreSQL takes at most 65,535 parameters to a
+statement, and a few hundred keep each statement's plan and text small."""
+
+
+def id_chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    """``ids`` in lists of at most ``IDS_PER_QUERY``, for an expanding ``IN`` each."""
+    for start in range(0, len(ids), IDS_PER_QUERY):
+        yield ids[start : start + IDS_PER_QUERY]
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -137,11 +137,24 @@ _LONE_SURROGATE = re.compile(
 
 
 def _storable(text: str) -> str:
-    """JSON text with ``clean_text`` applied to every string in it (rarely needed: checked
-    on the text, and only then decoded, cleaned and encoded again)."""
-    if "\\u0000" not in text and not ("\\ud" in text and _LONE_SURROGATE.search(text)):
-        return text
-    return _encode(_cleaned(json.loads(text)))
+    """JSON text every backend keeps as it reads: ``clean_text`` applied to every string
+    in it, and a float of 1e16 or more written out in full, with ".0" (PostgreSQL's JSONB
+    takes "1e+16" for the integer 10000000000000000 and gives it back as one). Both are
+    rarely needed: checked on the text first."""
+    if "\\u0000" in text or ("\\ud" in text and _LONE_SURROGATE.search(text)):
+        text = _encode(_cleaned(json.loads(text)))
+    if "e+" in text:
+        text = _LARGE_FLOAT.sub(_in_full, text)
+    return text
+
+
+# A JSON string (skipped whole), or a number with a positive exponent, as repr writes one.
+_LARGE_FLOAT = re.compile(r'"(?:[^"\\]|\\.)*"|(?<![\w.])-?\d+(?:\.\d+)?e\+\d+')
+
+
+def _in_full(match: re.Match[str]) -> str:
+    written = match.group(0)
+    return written if written.startswith('"') else f"{Decimal(written):f}.0"
 
 
 def _cleaned(value: Any) -> Any:

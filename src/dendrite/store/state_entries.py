@@ -22,6 +22,7 @@ from dendrite.store import schema as s
 from dendrite.store.engine import dialect_insert
 from dendrite.store.errors import InvalidRecordError
 from dendrite.store.serialize import exact_json
+from dendrite.telemetry.records import named_utc
 
 STATE_SCOPES = ("global", "session", "execution", "step")
 MAX_KEY_CHARS = 255
@@ -128,12 +129,16 @@ def check_expiry(expires_at: Any) -> datetime | None:
         raise InvalidRecordError(
             f"state expires_at must be a datetime or None, got {type(expires_at).__name__}"
         )
-    return aware(expires_at)
+    return aware("state expires_at", expires_at)
 
 
-def aware(moment: datetime) -> datetime:
-    """Naive datetimes are taken as UTC, as everywhere in the store."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+def aware(name: str, moment: datetime) -> datetime:
+    """``moment`` in UTC (a naive one is taken as UTC, as everywhere in the store), or an
+    error naming ``name`` when no column can hold it (9999-12-31 23:00 at UTC-5)."""
+    try:
+        return named_utc(name, moment)
+    except ValueError as error:
+        raise InvalidRecordError(str(error)) from None
 
 
 def put(

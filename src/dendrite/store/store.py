@@ -491,8 +491,10 @@ class ExecutionStore:
         """Best success rate first (ties: more executions first)."""
         _at_least_one("limit", limit)
         _of_type("min_executions", min_executions, int)
+        # The same answer within a 64-bit column's range, which both drivers refuse past.
+        least = min(max(min_executions, 0), 2**63 - 1)
         with self._read() as conn:
-            return analytics.get_top_tools(conn, limit, min_executions)
+            return analytics.get_top_tools(conn, limit, least)
 
     def get_tool_performance(self) -> list[ToolStatistics]:
         with self._read() as conn:
@@ -645,7 +647,7 @@ class ExecutionStore:
         """Delete every entry whose expiry is at or before ``now``; returns how many."""
         if now is not None and not isinstance(now, datetime):
             raise InvalidRecordError(f"now must be a datetime, got {type(now).__name__}")
-        moment = state_entries.aware(now) if now is not None else datetime.now(UTC)
+        moment = state_entries.aware("now", now) if now is not None else datetime.now(UTC)
         with self._state(write=True) as conn:
             return state_entries.purge_expired(conn, moment)
 

@@ -58,7 +58,7 @@ from sqlalchemy import exc as sa_exc
 
 from dendrite.store import rollups, serialize
 from dendrite.store import schema as s
-from dendrite.store.engine import WRITE, built_once, dialect_insert, insert_rows
+from dendrite.store.engine import WRITE, built_once, dialect_insert, id_chunks, insert_rows
 from dendrite.store.journal import Journal
 from dendrite.store.toolcall import ToolCall
 from dendrite.telemetry.records import (
@@ -545,8 +545,8 @@ def _existing_ids(conn: Connection, table: Table, ids: list[str]) -> set[str]:
         lambda: select(table.c.id).where(table.c.id.in_(bindparam("ids", expanding=True))),
     )
     found: set[str] = set()
-    for start in range(0, len(ids), 500):
-        found.update(conn.scalars(query, {"ids": ids[start : start + 500]}))
+    for chunk in id_chunks(ids):
+        found.update(conn.scalars(query, {"ids": chunk}))
     return found
 
 
