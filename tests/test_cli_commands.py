@@ -165,6 +165,8 @@ def test_a_user_tool_the_lifecycle_archived_is_enabled_from_the_cli(home: Path):
         (["jobs", "history", "--limit", "99999999999999999999"], "2147483647"),
         # The user's text as given, not read as markup.
         (["jobs", "run", "[red]x[/red]y"], "unknown job '[red]x[/red]y'"),
+        # A session the history cannot keep: a traceback before.
+        (["run", "calculate 1", "--session", "s" * 200], "session_id is 200 characters long"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(home: Path, args: list[str], message: str):
@@ -230,3 +232,27 @@ def test_a_planner_asked_for_on_the_command_line_ranks_by_history(home: Path):
     assert again["planner"] == "semantic" and again["output"] == 6
     trace = runner.invoke(app, ["trace", again["execution_id"]], terminal_width=200)
     assert "picked calculate: expected success" in trace.output  # the ranker's reason
+
+
+def test_text_with_markup_is_printed_as_stored_by_run_history_and_trace(home: Path):
+    """A goal, an answer or an error holding "[/bold]" made Rich raise after the run was
+    recorded (exit 1 and a traceback); "[bold]now[/bold]" lost its brackets."""
+    goal = "normalize the text 'Hello [/bold] World [bold]now[/bold]'"
+    ran = runner.invoke(app, ["run", goal])
+    assert ran.exit_code == 0, ran.output
+    assert "[/bold] world [bold]now[/bold]" in ran.output.lower()
+    history = runner.invoke(app, ["history"])
+    assert history.exit_code == 0 and "[/bold]" in history.output
+    traced = runner.invoke(app, ["trace", "goal_1"])
+    assert traced.exit_code == 0 and "[/bold]" in traced.output
+
+
+def test_run_json_stays_json_when_planning_fails_and_unknown_runs_exit_1(home: Path):
+    failed = runner.invoke(app, ["run", "hello there", "--json"])
+    assert failed.exit_code == 1
+    body = json.loads(failed.stdout)
+    assert body["execution_id"] and body["error"].startswith("no planner could plan")
+    unknown = runner.invoke(
+        app, ["feedback", "01a20a0a-f9f5-7000-bd29-f97ca0ef4df2", "--rating", "3"]
+    )
+    assert unknown.exit_code == 1, unknown.output  # as trace: no such run is no usage error

@@ -199,6 +199,40 @@ def test_llm_planner_falls_back_to_json_object_and_gives_up_after_bounded_repair
         assert server.requests[1]["messages"][-2] == {"role": "assistant", "content": "not json"}
 
 
+def test_a_models_plan_sets_no_field_its_schema_does_not_offer():
+    """Its "metadata" was the run's (the intent recorded, a plan memory link, a "why" that
+    crashed a repair), and a step's own "retry" sent 100 calls to a failing model."""
+    answer = {
+        "steps": [
+            {
+                "id": "calc",
+                "tool": "calculate",
+                "params": {"expression": "6 * 7"},
+                "retry": {"max_attempts": 100},
+                "timeout": 0.001,
+            }
+        ],
+        "output": "${calc}",
+        "metadata": {"classification": {"intent": "generative"}, "why": "forged"},
+    }
+    deep = "[" * 100_000 + "]" * 100_000
+    with chat_server() as server:
+        server.say(json.dumps(answer), deep, deep, deep)
+        llm = ChatLLM(LLMConfig(base_url=server.url, model="stub"))
+        plan = plan_with(LLMPlanner(llm), "calculate 6 * 7")
+        assert plan.metadata == {"repairs": 0, "llm": "stub"}
+        assert plan.steps[0].retry is None and plan.steps[0].timeout is None
+        # Nested past Python's parser: the planner declines, as for any answer not JSON.
+        with pytest.raises(PlanningError, match="nested too deeply"):
+            plan_with(LLMPlanner(llm), "calculate 6 * 7")
+
+
+def test_a_base_url_that_is_no_http_url_is_refused_at_once():
+    for url in ("127.0.0.1:11434/v1", "ftp://x/v1"):
+        with pytest.raises(ValueError, match="must start with http:// or https://"):
+            LLMConfig(base_url=url, model="m")
+
+
 def test_llm_server_down_is_a_planning_error_and_adaptive_falls_back_offline():
     llm = ChatLLM(LLMConfig(base_url="http://127.0.0.1:9/v1", model="m", timeout=2, max_retries=0))
     with pytest.raises(PlanningError, match="could not get a plan"):

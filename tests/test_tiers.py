@@ -348,6 +348,29 @@ def test_when_both_tiers_plan_the_router_settles_on_the_cheaper(store: Execution
     assert routes[-20:].count("small") >= 15, routes  # Thompson sampling still explores a little
 
 
+def test_a_tier_whose_model_is_down_loses_the_runs_the_offline_planners_save(
+    store: ExecutionStore,
+):
+    """Every call to the small tier's model failed, the offline planners answered, and the
+    router learnt a success of the small tier: it kept most of the runs."""
+
+    def small_down(request: dict[str, Any]) -> str | int:
+        return 500 if request["model"] == "mini-7b" else always_plans(request)
+
+    with chat_server() as server:
+        server.say(*[small_down] * 400)
+        tiers = (LLMTier("small", "mini-7b", 0.1), LLMTier("large", "maxi-70b", 1.0))
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", tiers=tiers, cost_weight=0.1, max_retries=0))
+        with Orchestrator(calculator(), store=store, llm=llm) as orch:
+            orch.planner = orch.make_planner("dendrite", "comprehensive")  # the model first
+            results = [orch.process(f"what is {i} * 3") for i in range(30)]
+            small = orch.router.predict("what is 5 * 3")["small"]
+    assert all(r.success for r in results)  # the offline planners answered every one
+    assert small.success < 0.5
+    routes = [r.route for r in results]
+    assert routes[-15:].count("large") >= 12, routes
+
+
 def test_runs_that_never_call_the_model_teach_the_router_nothing(store: ExecutionStore):
     plan = Plan(
         goal="calculate 6 * 7",

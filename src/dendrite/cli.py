@@ -242,9 +242,16 @@ def run(
             else:
                 result = asyncio.run(_run_live(orch, goal, session))
         except (PlanningError, PlanValidationError) as error:
+            if as_json:  # stdout stays JSON
+                console.print_json(
+                    json.dumps({"error": str(error), "execution_id": error.execution_id})
+                )
+                raise typer.Exit(1) from None
             if error.execution_id is not None:  # recorded: say where, for trace and feedback
                 console.print(f"recorded as execution {error.execution_id}", highlight=False)
             raise _fail(str(error), 1) from None
+        except (ValueError, TypeError) as error:  # an input the run refuses: a session too long
+            raise _fail(str(error)) from None
     if as_json:
         console.print_json(json.dumps(result.to_dict(), default=str))
     else:
@@ -267,24 +274,29 @@ async def _run_live(orch: Any, goal: str, session: str | None) -> Any:
                     f"plan ({data['plan']['planner']}): "
                     + ", ".join(f"{s['id']}→{s['tool']}" for s in steps),
                     highlight=False,
+                    markup=False,
                 )
             case EventType.STEP_STARTED:
-                console.print(f"  … {event.step_id}: {data['tool']}", highlight=False)
+                console.print(f"  … {event.step_id}: {data['tool']}", highlight=False, markup=False)
             case EventType.STEP_RETRY:
                 console.print(
                     f"  ↻ {event.step_id}: retry {data['attempt']} in {data['delay_s']:.2f}s "
                     f"({data['error']})",
                     style="yellow",
                     highlight=False,
+                    markup=False,
                 )
             case EventType.FALLBACK_USED:
                 console.print(
                     f"  ⇢ {event.step_id}: falling back to {data['tool']}",
                     style="yellow",
                     highlight=False,
+                    markup=False,
                 )
             case EventType.REPLANNED:
-                console.print(f"  ⟲ replanned after {event.step_id} failed", style="yellow")
+                console.print(
+                    f"  ⟲ replanned after {event.step_id} failed", style="yellow", markup=False
+                )
     result = orch.get_result(execution_id) if execution_id else None
     if result is None:
         raise RuntimeError("the run ended without a result")
@@ -310,6 +322,7 @@ def _check_planner(name: str, strategy: str) -> None:
 def _print_result(result: Any) -> None:
     from rich.panel import Panel
     from rich.pretty import Pretty
+    from rich.text import Text
 
     for step in result.steps:
         mark = {"succeeded": "[green]✓[/green]", "skipped": "[yellow]-[/yellow]"}.get(
@@ -320,21 +333,24 @@ def _print_result(result: Any) -> None:
             f", {step.retries} retr{'y' if step.retries == 1 else 'ies'}" if step.retries else ""
         )
         console.print(
-            f"{mark} {step.step_id}: {step.tool}{extra} {step.duration_ms:.0f} ms{retries}",
+            f"{mark} {escape(f'{step.step_id}: {step.tool}{extra}')} "
+            f"{step.duration_ms:.0f} ms{retries}",
             highlight=False,
         )
-        if step.error:
-            console.print(f"    {step.error}", style="red", highlight=False)
-    body = result.output if isinstance(result.output, str) else Pretty(result.output)
+        if step.error:  # the tool's words, "[x]" and all: never markup
+            console.print(f"    {step.error}", style="red", highlight=False, markup=False)
+    body = Text(result.output) if isinstance(result.output, str) else Pretty(result.output)
     title = "answer" if result.success else "failed"
-    console.print(Panel(body, title=title, expand=False))
+    if result.output is not None or result.success:
+        console.print(Panel(body, title=title, expand=False))
     if result.error:
-        console.print(f"[red]{result.error}[/red]", highlight=False)
+        console.print(result.error, style="red", highlight=False, markup=False)
     routed = f"routed to {result.route} · " if result.route else ""
     console.print(
         f"confidence {result.confidence:.2f} · planner {result.plan.planner} · {routed}"
         f"execution {result.execution_id}",
         highlight=False,
+        markup=False,
     )
 
 
@@ -381,6 +397,7 @@ def history(
 ) -> None:
     """The most recent executions, newest first."""
     from rich.table import Table
+    from rich.text import Text
 
     with _store(url) as store:
         records = store.get_recent_executions(
@@ -411,7 +428,7 @@ def history(
         if spent:
             row.append("" if r.tokens_used is None else f"{r.tokens_used:,}")
             row.append("" if r.actual_cost is None else f"{r.actual_cost:g}")
-        table.add_row(*row, r.goal_text[:80])
+        table.add_row(*(Text(cell) for cell in [*row, r.goal_text[:80]]))  # text, not markup
     console.print(table)
 
 
@@ -437,6 +454,7 @@ def trace(
     url: UrlOption = None,
 ) -> None:
     """Every step of one execution: attempts, errors, fallbacks, timing and confidence."""
+    from rich.text import Text
     from rich.tree import Tree
 
     from dendrite.orchestrator import load_trace
@@ -453,17 +471,18 @@ def trace(
     status = "[green]succeeded[/green]" if found.success else f"[red]{found.status}[/red]"
     confidence = "" if found.confidence is None else f", confidence {found.confidence:.2f}"
     root = Tree(
-        f"{found.goal!r}: {status} in {found.duration_ms:.0f} ms{confidence}, "
-        f"planner {found.planner}"
+        f"{escape(repr(found.goal))}: {status} in {found.duration_ms:.0f} ms{confidence}, "
+        f"planner {escape(str(found.planner))}"
     )
+    # Below the root, every line is the record's text (goals, errors, conditions): never markup.
     if found.error:
-        root.add(f"[red]error: {escape(found.error)}[/red]")
+        root.add(Text(f"error: {found.error}", style="red"))
     if found.llm_usage:
-        root.add(_usage_line(found.llm_usage))
+        root.add(Text(_usage_line(found.llm_usage)))
     step_ids = {step["step_id"] for step in found.steps}
     for component, reason in found.why.items():
         if component not in step_ids:  # run-level choices: route, experiment arm, policy
-            root.add(f"{component}: {reason}")
+            root.add(Text(f"{component}: {reason}"))
     for step in found.steps:
         mark = {"succeeded": "✓", "skipped": "-", "cancelled": "⊘"}.get(step.get("status", ""), "✗")
         label = f"{mark} {step['step_id']}: {step.get('tool')} ({step.get('status')})"
@@ -473,20 +492,22 @@ def trace(
             label += f" (answered by fallback {step['fallback_used']})"
         if step.get("skip_reason"):
             label += f" ({step['skip_reason']})"
-        branch = root.add(label)
+        branch = root.add(Text(label))
         if step["step_id"] in found.why:
-            branch.add(f"picked {found.why[step['step_id']]}")
+            branch.add(Text(f"picked {found.why[step['step_id']]}"))
         for why in step.get("not_tried") or []:
-            branch.add(f"not tried: {why}")
+            branch.add(Text(f"not tried: {why}"))
         for attempt in step.get("attempts", []):
             outcome = "ok" if attempt["success"] else f"{attempt['error_type']}: {attempt['error']}"
             via = f" instead of {attempt['fallback_of']}" if attempt.get("fallback_of") else ""
             branch.add(
-                f"attempt {attempt['number']} {attempt['tool']}{via}: {outcome} "
-                f"({attempt['duration_ms']:.1f} ms)"
+                Text(
+                    f"attempt {attempt['number']} {attempt['tool']}{via}: {outcome} "
+                    f"({attempt['duration_ms']:.1f} ms)"
+                )
             )
     for note in found.replans:
-        root.add(f"replanned after {note['step']} failed: new tools {note.get('new_tools')}")
+        root.add(Text(f"replanned after {note['step']} failed: new tools {note.get('new_tools')}"))
     console.print(root, highlight=False)
 
 
@@ -807,7 +828,9 @@ def feedback(
         execution_id = _execution_id(store, execution_id)
         try:
             store.store_feedback(execution_id, rating, comment, accepted=accepted)
-        except (InvalidRecordError, UnknownExecutionError) as error:
+        except UnknownExecutionError as error:  # as trace says it: exit 1, not a usage error
+            raise _fail(str(error), 1) from None
+        except InvalidRecordError as error:
             raise _fail(str(error)) from None
     console.print(f"feedback recorded for {execution_id}", highlight=False)
 

@@ -1014,14 +1014,18 @@ class Orchestrator:
         self, execution_id: str, decisions: _Decisions, *, success: bool, cancelled: bool = False
     ) -> None:
         """Teach the router the run's outcome, unless it says nothing about the option chosen:
-        a cancelled run, or one sent to a model tier that never called the model."""
+        a cancelled run, or one sent to a model tier that never called the model. A run
+        whose every call to the tier's model failed is a failure of the tier."""
         if self.router is None or decisions.choice is None:
             return
         if cancelled or decisions.route_unused:
             self.router.discard(execution_id)
             return
+        # A tier whose model answered none of the run's calls failed it, whatever the
+        # offline planners made of the run: learnt as a success, a down tier kept its runs.
+        down = decisions.usage is not None and decisions.usage.answered == 0
         try:
-            self.router.learn(execution_id, success, cost=self._route_cost(decisions))
+            self.router.learn(execution_id, success and not down, cost=self._route_cost(decisions))
         except (RouterError, LookupError, ValueError):
             log.warning("the router could not learn run %s", execution_id, exc_info=True)
 

@@ -66,6 +66,8 @@ class LLMUsage:
     """
 
     calls: int = 0
+    answered: int = 0
+    """Calls the model answered: none of several calls means its tier was down."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     unreported: int = 0
@@ -81,13 +83,20 @@ class LLMUsage:
         return None
 
     def add(
-        self, prompt_tokens: int, completion_tokens: int, reported: bool, cost: float | None
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        reported: bool,
+        cost: float | None,
+        *,
+        answered: bool = True,
     ) -> None:
         """One call, counted here and in every enclosing block."""
         usage: LLMUsage | None = self
         while usage is not None:
             with usage._lock:
                 usage.calls += 1
+                usage.answered += 1 if answered else 0
                 usage.prompt_tokens += prompt_tokens
                 usage.completion_tokens += completion_tokens
                 usage.unreported += 0 if reported else 1
@@ -202,6 +211,11 @@ class LLMConfig:
         if self.default_tier is None:
             same = next((tier.name for tier in self.tiers if tier.model == self.model), None)
             object.__setattr__(self, "default_tier", same)
+        if not _is_http_url(self.base_url):  # every call would fail with "Connection error."
+            raise ValueError(
+                f"{ENV_BASE_URL} (base_url) must start with http:// or https://, "
+                f"got {redacted_url(self.base_url)!r}"
+            )
         for tier in self.tiers:
             if tier.base_url is not None and not _is_http_url(tier.base_url):
                 raise ValueError(
@@ -342,7 +356,8 @@ def redacted_url(url: str) -> str:
 
 
 def _is_http_url(text: str) -> bool:
-    return text.startswith(("http://", "https://")) and len(text) > len("https://")
+    parts = urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _tier_pairs(variable: str, names: list[str]) -> list[tuple[str, str]]:
@@ -480,6 +495,8 @@ class ChatLLM:
                 parsed = json.loads(_strip_fence(text))
             except json.JSONDecodeError as error:
                 raise LLMFormatError(f"the answer is not JSON: {error}", text) from None
+            except RecursionError:  # nested past what Python's parser takes
+                raise LLMFormatError("the answer is JSON nested too deeply", text) from None
             if not isinstance(parsed, dict):
                 raise LLMFormatError("the answer is JSON but not an object", text)
             return json.dumps(parsed)
@@ -503,6 +520,7 @@ class ChatLLM:
             completion,
             reported=not answered or tokens is not None,
             cost=tier.call_cost(prompt, completion) if tier is not None else None,
+            answered=answered,
         )
 
     async def aclose(self) -> None:

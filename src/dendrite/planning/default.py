@@ -276,7 +276,7 @@ class DendritePlanner:
             except PlanningError:
                 repaired = None
             if repaired is not None:
-                why = {**plan.metadata.get("why", {}), **repaired.metadata.get("why", {})}
+                why = {**_reasons(plan), **_reasons(repaired)}
                 for new in repaired.steps:  # an old reason would name the old plan's tool
                     if not why.get(new.id, "").startswith(f"{new.tool}: "):
                         why[new.id] = (
@@ -311,3 +311,12 @@ def _can_write(registry: ToolRegistry) -> bool:
     """Whether a model is registered to write free text (the generative path's own tool)."""
     generate = registry.find(GENERATE_TOOL)
     return generate is not None and generate.available
+
+
+def _reasons(plan: Plan) -> dict[str, str]:
+    """A plan's ``why`` (step id -> reason), when it has one of that shape: a plan given
+    to the orchestrator may carry any metadata."""
+    why = plan.metadata.get("why")
+    if not isinstance(why, dict):
+        return {}
+    return {str(k): v for k, v in why.items() if isinstance(v, str)}

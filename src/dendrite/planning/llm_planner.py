@@ -145,11 +145,32 @@ class LLMPlanner:
     def _check(self, goal: str, text: str, registry: ToolRegistry) -> tuple[Plan | None, list[str]]:
         """The plan if it is runnable, else every problem with it."""
         try:
-            data = {**json.loads(text), "goal": goal, "planner": self.name}
+            data = {**_as_offered(json.loads(text)), "goal": goal, "planner": self.name}
             plan = parse_plan(data)
         except PlanValidationError as error:
             return None, [str(p) for p in error.problems]
-        except (json.JSONDecodeError, TypeError) as error:
+        except (json.JSONDecodeError, TypeError, RecursionError) as error:
             return None, [f"the answer is not a JSON object: {error}"]
         found = validate(plan, registry)
         return (None, [str(p) for p in found]) if found else (plan, [])
+
+
+_STEP_FIELDS = frozenset(PLAN_SCHEMA["properties"]["steps"]["items"]["properties"])
+_PLAN_FIELDS = frozenset(PLAN_SCHEMA["properties"]) - {"steps"}
+
+
+def _as_offered(answer: Any) -> Any:
+    """The model's plan with only the fields its schema offers: a step's own ``retry`` or
+    ``timeout`` (100 attempts at a failing model in one run), or the plan's ``metadata``
+    (the intent recorded, a plan memory link, a ``why`` that broke a repair) are the
+    orchestrator's to set, not the model's."""
+    if not isinstance(answer, dict):
+        return answer
+    kept = {k: v for k, v in answer.items() if k in _PLAN_FIELDS}
+    steps = answer.get("steps")
+    if isinstance(steps, list):
+        steps = [
+            {k: v for k, v in step.items() if k in _STEP_FIELDS} if isinstance(step, dict) else step
+            for step in steps
+        ]
+    return {**kept, "steps": steps} if "steps" in answer else kept
