@@ -45,6 +45,7 @@ from dendrite.learning.loop import (
 )
 from dendrite.learning.policies import QualityPolicies, QualityPolicy
 from dendrite.learning.router import (
+    ROUTE_DOWN,
     ROUTE_UNUSED,
     Router,
     RouterError,
@@ -288,6 +289,15 @@ class _Decisions:
     def route_unused(self) -> bool:
         """Sent to a model tier, the run never called the model: nothing to learn or charge."""
         return self.tier is not None and (self.usage is None or self.usage.calls == 0)
+
+    @property
+    def route_down(self) -> bool:
+        """Sent to a model tier, the run called the model and got no answer: the tier failed
+        it, whatever the offline planners then made of the run."""
+        usage = self.usage
+        return (
+            self.tier is not None and usage is not None and usage.calls > 0 and not usage.answered
+        )
 
     def why(self) -> dict[str, str]:
         notes = {}
@@ -1021,11 +1031,10 @@ class Orchestrator:
         if cancelled or decisions.route_unused:
             self.router.discard(execution_id)
             return
-        # A tier whose model answered none of the run's calls failed it, whatever the
-        # offline planners made of the run: learnt as a success, a down tier kept its runs.
-        down = decisions.usage is not None and decisions.usage.answered == 0
+        # Learnt as a success, a tier whose model was down kept its runs.
+        success = success and not decisions.route_down
         try:
-            self.router.learn(execution_id, success and not down, cost=self._route_cost(decisions))
+            self.router.learn(execution_id, success, cost=self._route_cost(decisions))
         except (RouterError, LookupError, ValueError):
             log.warning("the router could not learn run %s", execution_id, exc_info=True)
 
@@ -1218,6 +1227,8 @@ class Orchestrator:
             llm = usage.summary()
             metadata = {**metadata, "llm_usage": llm}
             columns = _usage_columns(usage.tokens, llm["cost"])
+        if decisions.route_down:  # a restarted router learns what this one did
+            metadata = {**metadata, ROUTE_DOWN: True}
         if decisions.route_unused:
             metadata = {**metadata, ROUTE_UNUSED: True}  # its tier did nothing: not a tier's run
         elif choice is not None and self.router is not None:

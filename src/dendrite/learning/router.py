@@ -91,6 +91,16 @@ ROUTE_UNUSED = "route_unused"
 (sent to a model tier, it did not call the model): its outcome says nothing about it."""
 
 
+ROUTE_DOWN = "route_down"
+"""Execution metadata key, true on a run whose every call to its tier's model failed: the
+tier failed it, whatever the offline planners then made of the run."""
+
+
+def routed_success(outcome: ExecutionRecord) -> bool:
+    """The run's success as the option it was routed to earned it (``ROUTE_DOWN``)."""
+    return outcome.success and not outcome.metadata.get(ROUTE_DOWN)
+
+
 def judges_route(outcome: ExecutionRecord) -> bool:
     """Whether a run's outcome tells how the option it was routed to did: not when the run
     was cancelled, nor when it never used the option (``ROUTE_UNUSED``)."""
@@ -1082,12 +1092,13 @@ class Router:
                     rating = observation.rating if rating is None else rating
                     cost = outcome.actual_cost
                     cost = observation.cost if cost is None else cost
-                    if (outcome.success, rating, cost) == (
+                    success = routed_success(outcome)
+                    if (success, rating, cost) == (
                         observation.success, observation.rating, observation.cost,
                     ):  # fmt: skip
                         report.already_known += 1
                     else:
-                        self._revise(execution_id, observation, outcome.success, rating, cost)
+                        self._revise(execution_id, observation, success, rating, cost)
                         report.corrected += 1
                     continue
                 if self._forgotten_until is not None and decided_at <= self._forgotten_until:
@@ -1131,7 +1142,7 @@ class Router:
                     rating = pending.rating
                 self._learn_new(
                     execution_id, item.decision.chosen, x, decided_at,
-                    outcome.success, rating, outcome.actual_cost,
+                    routed_success(outcome), rating, outcome.actual_cost,
                 )  # fmt: skip
                 report.learned += 1
             self._pending = OrderedDict(
