@@ -321,10 +321,7 @@ class SemanticPlanner:
             f"read the file {named[0]}", registry, self.retrievers, k=self.candidates
         )
         readers = [
-            c
-            for c in fits
-            if "read" in tokenize(f"{c.tool.name} {c.tool.description}")
-            and named[0] in c.extraction.params.values()
+            c for c in fits if does(c.tool, "read") and named[0] in c.extraction.params.values()
         ]
         return step_from(readers, step_id, f"read {named[0]}", why) if readers else None
 
@@ -369,15 +366,18 @@ def _doer_first(text: str, fits: list[Candidate]) -> list[Candidate]:
     notes/todo.txt": the path's words are a reader's) gives way to the tool that does
     what the goal asks; the reader is then planned before it to supply the text."""
     asked = _REQUEST_VERB.match(text)
-    verb = tokenize(asked.group(1)) if asked else []
-    if not verb or verb[0] == "read" or not _says(fits[0], "read"):
+    verb = asked.group(1) if asked else ""
+    stem = tokenize(verb)
+    if not stem or stem[0] == "read" or not does(fits[0].tool, "read"):
         return fits
-    doers = [c for c in fits[1:] if _says(c, verb[0]) and c.extraction.from_rest]
+    doers = [c for c in fits[1:] if does(c.tool, verb) and c.extraction.from_rest]
     return [doers[0], *(c for c in fits if c is not doers[0])] if doers else fits
 
 
-def _says(candidate: Candidate, word: str) -> bool:
-    return word in tokenize(f"{candidate.tool.name} {candidate.tool.description}")
+def does(tool: Tool, role: str) -> bool:
+    """Whether the tool's name or description says it does ``role`` (same word stem)."""
+    stem = tokenize(role)
+    return bool(stem) and stem[0] in tokenize(f"{tool.name} {tool.description}")
 
 
 _REQUEST_VERB = re.compile(rf"\s*(?:please\s+)?({_REQUEST_VERBS})\b", re.I)

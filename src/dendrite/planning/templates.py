@@ -22,9 +22,15 @@ from dendrite.planning.arguments import (
 from dendrite.planning.classify import QueryType, classify
 from dendrite.planning.plan import Plan, Step
 from dendrite.planning.planner import PlanningError
-from dendrite.planning.semantic import RetrieverCache, candidates_for, split_goal, step_from
-from dendrite.retrieval import Embedder, tokenize
-from dendrite.tools import Tool, ToolRegistry
+from dendrite.planning.semantic import (
+    RetrieverCache,
+    candidates_for,
+    does,
+    split_goal,
+    step_from,
+)
+from dendrite.retrieval import Embedder
+from dendrite.tools import ToolRegistry
 
 _SUBJECTS = re.compile(
     r"(?:between\s+)?(?P<a>[\w./-]+(?:\s[\w./-]+){0,3}?)\s+(?:and|vs\.?|versus|with|to)\s+"
@@ -38,11 +44,6 @@ _LEAD = re.compile(
     re.I,
 )
 _TOPIC = re.compile(r"\b(?:about|regarding|on|in terms of)\s+(?P<topic>.+?)\s*[?.!]?$", re.I)
-
-
-def _does(tool: Tool, role: str) -> bool:
-    """Whether the tool's name or description says it does ``role`` (same word stem)."""
-    return tokenize(role)[0] in tokenize(f"{tool.name} {tool.description}")
 
 
 class TemplatePlanner:
@@ -89,7 +90,7 @@ class TemplatePlanner:
         fits = [
             c
             for c in ranked
-            if _does(c.tool, role) and extract_arguments(text, c.tool.parameters_schema).complete
+            if does(c.tool, role) and extract_arguments(text, c.tool.parameters_schema).complete
         ]
         if not fits:
             raise PlanningError(f"no tool can {role} for {text!r}")
@@ -169,7 +170,7 @@ class TemplatePlanner:
             k=self.candidates,
             given={"name": f"${{{search.id}.0.document}}"},
         )
-        summarize_fits = [c for c in ranked if _does(c.tool, "summarize")]
+        summarize_fits = [c for c in ranked if does(c.tool, "summarize")]
         if not summarize_fits:
             raise PlanningError(f"no tool can summarize for {goal!r}")
         summarize = step_from(summarize_fits, "summarize", "summarize the best match", why)
