@@ -307,15 +307,21 @@ def text_codec(head: bytes, *, final: bool = True) -> str:
     is still UTF-8, the stray byte replaced: read as Windows-1252, every "ë" in it would
     turn into "Ã«". Windows-1252 text hardly ever holds a valid UTF-8 sequence.
     """
+    return _sniffed(head, final)[0]
+
+
+def _sniffed(head: bytes, final: bool) -> tuple[str, str | None]:
+    """``text_codec``'s answer, and the text when that took reading all of ``head`` as
+    UTF-8 (which ``decode_text`` then need not decode again)."""
     if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
-        return "utf-16"
+        return "utf-16", None
     if head.startswith(codecs.BOM_UTF8):
-        return "utf-8-sig"
+        return "utf-8-sig", None
     try:
-        codecs.getincrementaldecoder("utf-8")(errors="strict").decode(head, final=final)
+        text = codecs.getincrementaldecoder("utf-8")(errors="strict").decode(head, final=final)
     except UnicodeDecodeError:
-        return "utf-8-sig" if _UTF8_SEQUENCE.search(head) else "cp1252"
-    return "utf-8-sig"
+        return ("utf-8-sig" if _UTF8_SEQUENCE.search(head) else "cp1252"), None
+    return "utf-8-sig", text
 
 
 def decode_text(data: bytes, *, final: bool = True) -> tuple[str, str]:
@@ -326,8 +332,9 @@ def decode_text(data: bytes, *, final: bool = True) -> tuple[str, str]:
     UTF-16 text. A bad UTF-16 unit is replaced, not a reason to read the rest as
     Windows-1252.
     """
-    codec = text_codec(data, final=final)
+    codec, text = _sniffed(data, final)
     if codec != "utf-16" and b"\x00" in data:
         raise BinaryContentError("binary content (NUL bytes), not text")
-    text = codecs.getincrementaldecoder(codec)(errors="replace").decode(data, final=final)
+    if text is None:
+        text = codecs.getincrementaldecoder(codec)(errors="replace").decode(data, final=final)
     return text, "utf-8" if codec == "utf-8-sig" else codec
