@@ -161,6 +161,7 @@ def _asks_conversion(goal: str) -> bool:
     return bool(re.search(r"\bconvert\b|\bhow\s+many\b", goal, re.I))
 
 
+@functools.lru_cache(maxsize=1024)  # plan memory asks again for each value it re-binds
 def as_read(goal: str) -> str:
     """The goal as the argument reader reads it: a negative number written with a minus
     sign or the word as "-5", "degrees F" as "°F" and "degrees fahrenheit" as "fahrenheit".
