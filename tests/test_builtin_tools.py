@@ -421,6 +421,9 @@ def test_calculate_evaluates_arithmetic_functions_and_constants(expression: str,
         ("sqrt(*[4])", "plain positional arguments only"),
         ("sqrt(1, 2)", "sqrt() takes 1 argument(s), got 2"),
         ("min()", "min() takes at least 1 argument(s), got 0"),
+        # Python's own message was "Perhaps you forgot a comma?"
+        ("1 500 + 2", "two numbers side by side ('1 500'); write one number without spaces (1500)"),
+        ("2.5 3", "two numbers side by side ('2.5 3')"),
     ],
 )
 def test_calculate_refuses_anything_but_arithmetic(expression: str, message: str):

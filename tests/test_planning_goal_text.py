@@ -335,3 +335,31 @@ def test_a_then_part_with_its_own_input_runs_once_after_parts_side_by_side():
     with Orchestrator(registry, store=None, llm=None) as orch:
         result = orch.process("is 7 prime and is 11 prime then set the thermostat in room B to 21")
     assert calls == [21] and result.output["step1"] is True
+
+
+def test_arithmetic_in_words_and_conversions_asked_as_questions_are_planned(tmp_path: Path):
+    """ "add 3 and 4" and "the sum of 3 and 4" found no plan; "how many miles is 10 km"
+    counted the goal's keywords and called that a success; "how many words are in
+    notes.txt" listed the files; "1 500 plus 2" was "1 500 + 2", which no calculator reads."""
+    (tmp_path / "notes.txt").write_text("One two three. Four five.\n")
+    registry = ToolRegistry()
+    register_builtin(registry, docs_root=tmp_path, files_root=tmp_path)
+    with Orchestrator(registry, store=None, llm=None) as orch:
+        for goal, tool, answer in (
+            ("add 3 and 4", "calculate", 7),
+            ("add 3, 4 and 5", "calculate", 12),
+            ("what is the sum of 3 and 4", "calculate", 7),
+            ("the product of 6 and 7", "calculate", 42),
+            ("what is 1 500 plus 2", "calculate", 1502),
+            ("how many miles is 10 km", "convert_units", pytest.approx(6.2137119)),
+            ("how many meters are in 3 miles", "convert_units", pytest.approx(4828.032)),
+            ("how many inches in 2 feet", "convert_units", 24),
+        ):
+            result = orch.process(goal)
+            assert [s.tool for s in result.plan.steps] == [tool], goal
+            assert result.output == answer, goal
+        counted = orch.process("how many words are in notes.txt")
+    assert [s.tool for s in counted.plan.steps] == ["read_file", "word_count"]
+    assert counted.output["words"] == 5
+    assert spoken_math("12 000 000 / 4") == "12000000 / 4"
+    assert spoken_math("3 4") == "3 4"  # not groups of three: left for the calculator to refuse

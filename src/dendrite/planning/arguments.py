@@ -56,7 +56,7 @@ _UNITS = re.compile(
     re.I,
 )
 _HOW_MANY = re.compile(  # "how many miles is 10 km": the same groups, the other way round
-    rf"\bhow\s+many\s+(?P<to>[A-Za-z°][\w°/]*)\s+(?:is|are|in)\s+"
+    rf"\bhow\s+many\s+(?P<to>[A-Za-z°][\w°/]*)\s+(?:(?:is|are)(?:\s+(?:there\s+)?in)?|in)\s+"
     rf"(?P<value>(?<![\d,.])[-+]?{_DIGITS}(?:\.\d+)?)\s*(?P<from>[A-Za-z°][\w°/]*)",
     re.I,
 )
@@ -155,6 +155,13 @@ def _conversion(goal: str) -> re.Match[str] | None:
     if found is None or _COMPOUND.search(goal[: found.start()]):
         return None
     return found
+
+
+def asks_unit_conversion(goal: str) -> bool:
+    """Whether ``goal`` asks to convert one quantity to another unit: "convert 5 kg to lb"
+    or "how many miles is 10 km" (not "5 files in docs", nor a compound quantity)."""
+    found = _conversion(goal)
+    return found is not None and (found.re is _HOW_MANY or _converts_units(goal))
 
 
 def _asks_conversion(goal: str) -> bool:
@@ -406,6 +413,18 @@ def _number_named(lname: str, goal: str) -> tuple[float | int, int] | None:
 
 
 _NUM = r"(?:\d[\d.]*|\.\d+)"
+_NUMBER_LIST = re.compile(  # "add 3, 4 and 5", "the sum of 3 and 4", "the product of 6 and 7"
+    rf"\b(?:(?P<sum>add|(?:the\s+)?sum(?:\s+of)?)|(?:the\s+)?(?P<product>product)\s+of)\s+"
+    rf"(?P<numbers>{_NUM}(?:\s*,\s*{_NUM})*\s*,?\s+and\s+{_NUM})(?![\w.])",
+    re.I,
+)
+
+
+def _listed(match: re.Match[str]) -> str:
+    numbers = re.findall(_NUM, match.group("numbers"))
+    return (" + " if match.group("sum") else " * ").join(numbers)
+
+
 _SPOKEN_MATH = (
     (re.compile("[\u00d7\u2715]"), "*"),  # multiplication signs
     (re.compile("\u00f7"), "/"),
@@ -417,6 +436,7 @@ _SPOKEN_MATH = (
     (re.compile(r"\b(?:to\s+the\s+power\s+of|raised\s+to(?:\s+the\s+power\s+of)?)\b", re.I), "**"),
     (re.compile(rf"\bmultiply\s+({_NUM})\s+(?:by|and|with)\s+({_NUM})", re.I), r"\1 * \2"),
     (re.compile(rf"\bdivide\s+({_NUM})\s+by\s+({_NUM})", re.I), r"\1 / \2"),
+    (_NUMBER_LIST, _listed),
     (re.compile(rf"\badd\s+({_NUM})\s+(?:and|to)\s+({_NUM})", re.I), r"\1 + \2"),
     (re.compile(rf"\bsubtract\s+({_NUM})\s+from\s+({_NUM})", re.I), r"\2 - \1"),
     (re.compile(r"\b(?:times|multiplied\s+by)\b", re.I), "*"),
@@ -430,19 +450,23 @@ _ARITHMETIC = re.compile(
     rf"[\d.)]\s*(?:{_OPERATOR_TEXT})\s*[\d.(]|\b(?:sqrt|log|exp|sin|cos|tan)\("
 )
 _GROUPED = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?![\d,])")
+# "1 500" or "12 000 000" (spaces, no-break or thin spaces between groups of three): in an
+# expression two numbers side by side mean nothing, so they are one number written in groups.
+_SPACED = re.compile(r"(?<![\w.,])\d{1,3}(?:[ \u00a0\u2009\u202f]\d{3})+(?![\w.,])")
 
 
 @functools.lru_cache(maxsize=1024)  # plan memory asks again for each value it re-binds
 def spoken_math(goal: str) -> str:
     """``goal`` with arithmetic written in words or signs as the calculator writes it:
     "7 times 6" is "7 * 6", "15% of 200" is "(15 / 100 * 200)", "the square root of 144"
-    is "sqrt(144)", a multiplication sign is "*"; "1,250" outside a call's parentheses is 1250."""
+    is "sqrt(144)", a multiplication sign is "*", "the sum of 3, 4 and 5" is "3 + 4 + 5";
+    "1,250" outside a call's parentheses is 1250, and so is "1 250"."""
     out, last = [], 0
     for match in _GROUPED.finditer(goal):  # first: the words' patterns take plain numbers
         if not _in_call(goal, match.start()):
             out += [goal[last : match.start()], match.group(0).replace(",", "")]
             last = match.end()
-    goal = "".join(out) + goal[last:]
+    goal = _SPACED.sub(lambda m: re.sub(r"\D", "", m.group(0)), "".join(out) + goal[last:])
     for pattern, replacement in _SPOKEN_MATH:
         goal = pattern.sub(replacement, goal)
     return goal

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from dendrite.planning.arguments import asks_unit_conversion, written_arithmetic
 from dendrite.retrieval.lexical import stem, tokenize
 
 
@@ -214,6 +215,12 @@ def classify(goal: str) -> Classification:
                 signals.append(f"{query_type.value}:{label}")
         if total:
             scores[query_type] = total
+    # Arithmetic in words ("add 3 and 4") and a conversion asked as a question ("how many
+    # miles is 10 km") are read as the argument reader reads them, not cue by cue.
+    for label, reads in (("arithmetic", written_arithmetic), ("conversion", asks_unit_conversion)):
+        if f"calculation:{label}" not in signals and reads(text):
+            scores[QueryType.CALCULATION] = scores.get(QueryType.CALCULATION, 0.0) + 3.0
+            signals.append(f"calculation:{label}")
     if not scores:
         return Classification(Intent.UNKNOWN, 0.0, QueryType.UNKNOWN, 0.0, tuple(signals))
     ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)

@@ -364,13 +364,17 @@ class SemanticPlanner:
 def _doer_first(text: str, fits: list[Candidate]) -> list[Candidate]:
     """A reader ranked first for a goal that asks for something else ("count the words in
     notes/todo.txt": the path's words are a reader's) gives way to the tool that does
-    what the goal asks; the reader is then planned before it to supply the text."""
+    what the goal asks; the reader is then planned before it to supply the text. "how many
+    words are in notes.txt" asks to count, and a counter of words before other counters."""
+    counted = _HOW_MANY_OF.match(text)
     asked = _REQUEST_VERB.match(text)
-    verb = asked.group(1) if asked else ""
+    verb = "count" if counted else asked.group(1) if asked else ""
     stem = tokenize(verb)
     if not stem or stem[0] == "read" or not does(fits[0].tool, "read"):
         return fits
     doers = [c for c in fits[1:] if does(c.tool, verb) and c.extraction.from_rest]
+    if counted:
+        doers.sort(key=lambda c: not does(c.tool, counted.group(1)))
     return [doers[0], *(c for c in fits if c is not doers[0])] if doers else fits
 
 
@@ -380,6 +384,7 @@ def does(tool: Tool, role: str) -> bool:
     return bool(stem) and stem[0] in tokenize(f"{tool.name} {tool.description}")
 
 
+_HOW_MANY_OF = re.compile(r"\s*(?:please\s+)?how\s+many\s+(\w+)", re.I)
 _REQUEST_VERB = re.compile(rf"\s*(?:please\s+)?({_REQUEST_VERBS})\b", re.I)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dendrite.planning.arguments import (
+    asks_unit_conversion,
     extract_arguments,
     one_goal_per_file,
     written_arithmetic,
@@ -105,23 +106,31 @@ class TemplatePlanner:
         return [step_from(fits, "step1", goal, why)]
 
     def _calculation(self, goal: str, registry: ToolRegistry, why: dict[str, str]) -> list[Step]:
-        """Arithmetic written out goes to a calculator; other calculations to the tool
-        retrieval finds for the goal's words, else to a calculator for its numbers.
+        """Arithmetic written out goes to a calculator and a unit conversion to a converter;
+        other calculations to the tool retrieval finds for the goal's words, else to a
+        calculator for its numbers.
 
         "what is 2+2" has no word a tool's description shares once the numbers are left out
         (retrieval ignores them, and "what is" is no request), and "the square root of 144"
-        shares "root" with a file lister: both are arithmetic.
+        shares "root" with a file lister: both are arithmetic. "how many miles is 10 km"
+        shares "many" with a keyword counter: it is a conversion.
         """
-        arithmetic = written_arithmetic(goal)
-        if arithmetic:
+        role = (
+            "calculate"
+            if written_arithmetic(goal)
+            else "convert"
+            if asks_unit_conversion(goal)
+            else None
+        )
+        if role:
             try:
-                return [self._role("calculate", goal, registry, "step1", why)]
+                return [self._role(role, goal, registry, "step1", why)]
             except PlanningError:
                 pass
         try:
             return self._single(goal, registry, why)
         except PlanningError as unmatched:
-            if arithmetic:  # the calculator was asked first, and could not
+            if role == "calculate":  # the calculator was asked first, and could not
                 raise
             try:
                 return [self._role("calculate", goal, registry, "step1", why)]

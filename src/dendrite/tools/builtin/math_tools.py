@@ -12,6 +12,7 @@ import ast
 import difflib
 import math
 import random
+import re
 import statistics as _stats
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -231,6 +232,9 @@ class _Evaluator:
         return _checked_int(func(*args))
 
 
+_SIDE_BY_SIDE = re.compile(r"(?<![\w.])\d[\d.]*\s+\d[\d.]*(?![\w.])")
+
+
 @tool(reliability=Reliability.HIGH, tags=["math"])
 def calculate(expression: str) -> float:
     """Evaluate an arithmetic expression safely and return its value.
@@ -254,6 +258,13 @@ def calculate(expression: str) -> float:
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as error:
+        side_by_side = _SIDE_BY_SIDE.search(text)
+        if side_by_side:  # Python's own guess, "forgot a comma?", misleads here
+            written = side_by_side.group(0)
+            raise CalculationError(
+                f"cannot parse {shown}: two numbers side by side ({written!r}); write one "
+                f"number without spaces ({''.join(written.split())}) or an operator between them"
+            ) from None
         raise CalculationError(f"cannot parse {shown}: {error.msg}") from None
     except (RecursionError, MemoryError, ValueError):
         raise CalculationError(f"cannot parse {shown}: too complex") from None
