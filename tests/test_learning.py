@@ -381,6 +381,25 @@ def test_plan_memory_reuses_and_rebinds_or_declines():
         PlanMemory(threshold=0)
 
 
+def test_plan_memory_declines_a_goal_that_gives_an_argument_the_plan_would_drop():
+    """ "the weather for city Tokyo" reused the plan of "the weather for city" (no
+    argument) and answered with the tool's default city."""
+    registry = ToolRegistry()
+
+    def get_weather(city: str = "London") -> str:
+        """Get the current weather forecast for a city."""
+        return city
+
+    registry.register_function(get_weather)
+    memory = PlanMemory(threshold=0.5)
+    old = "get the current weather forecast for city"
+    step = Step(id="w", tool="get_weather", params={}, description=old)
+    memory.remember(old, Plan(goal=old, steps=[step], planner="semantic"), None)
+    assert memory.recall("get the current weather forecast for city Tokyo", registry) is None
+    again = memory.recall("get the current weather forecast for the city", registry)
+    assert again is not None and again.plan.steps[0].params == {}
+
+
 def test_plan_memory_reads_a_spoken_expression_again():
     """ "what is 9 times 8" reused "7 * 6" from "what is 7 times 6" and answered 42: the
     expression was written from the old goal's words, which never say "7 * 6"."""

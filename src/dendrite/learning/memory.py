@@ -154,6 +154,8 @@ class PlanMemory:
                     return None  # not read from its part as the reader reads: unknown source
                 from_goal += echoes
                 fresh = extract_arguments(new_parts[part], schema).params
+                if _adds_arguments(fresh, before, params):
+                    return None
                 for name in from_goal:
                     if name not in fresh:
                         return None
@@ -162,6 +164,14 @@ class PlanMemory:
                         params[name] = fresh[name]
                 if step.description == old_parts[part]:
                     update["description"] = new_parts[part]
+            else:
+                same = len(new_parts) == len(old_parts) and step.description in old_parts
+                at = old_parts.index(step.description) if same else -1
+                old_text, new_text = (old_parts[at], new_parts[at]) if same else (source.goal, goal)
+                schema = tool.parameters_schema
+                before = extract_arguments(old_text, schema).params
+                if _adds_arguments(extract_arguments(new_text, schema).params, before, params):
+                    return None
             steps.append(step.model_copy(update={**update, "params": params}))
         return source.plan.model_copy(
             update={
@@ -174,6 +184,15 @@ class PlanMemory:
                 },
             }
         )
+
+
+def _adds_arguments(
+    fresh: dict[str, object], before: dict[str, object], params: dict[str, object]
+) -> bool:
+    """Whether the new goal gives the step's tool an argument the old goal did not and the
+    step does not set: "the weather for city Tokyo" after "the weather for city" would run
+    with the tool's default city, not Tokyo."""
+    return bool(set(fresh) - set(before) - set(params))
 
 
 def _part_of(

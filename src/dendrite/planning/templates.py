@@ -30,7 +30,7 @@ from dendrite.planning.semantic import (
     split_goal,
     step_from,
 )
-from dendrite.retrieval import Embedder
+from dendrite.retrieval import Embedder, tokenize
 from dendrite.tools import ToolRegistry
 
 _SUBJECTS = re.compile(
@@ -115,22 +115,22 @@ class TemplatePlanner:
         shares "root" with a file lister: both are arithmetic. "how many miles is 10 km"
         shares "many" with a keyword counter: it is a conversion.
         """
-        role = (
-            "calculate"
-            if written_arithmetic(goal)
-            else "convert"
-            if asks_unit_conversion(goal)
-            else None
-        )
-        if role:
+        arithmetic = written_arithmetic(goal)
+        if arithmetic:
             try:
-                return [self._role(role, goal, registry, "step1", why)]
+                return [self._role("calculate", goal, registry, "step1", why)]
             except PlanningError:
                 pass
+        elif asks_unit_conversion(goal):  # "how many inches in 2 feet" says no "convert"
+            asked = goal if "convert" in tokenize(goal) else f"convert {goal}"
+            fits, _ = candidates_for(asked, registry, self.retrievers, k=self.candidates)
+            converters = [c for c in fits if does(c.tool, "convert")]
+            if converters:
+                return [step_from(converters, "step1", goal, why)]
         try:
             return self._single(goal, registry, why)
         except PlanningError as unmatched:
-            if role == "calculate":  # the calculator was asked first, and could not
+            if arithmetic:  # the calculator was asked first, and could not
                 raise
             try:
                 return [self._role("calculate", goal, registry, "step1", why)]
