@@ -20,24 +20,24 @@ runner = CliRunner()
 def test_db_commands_round_trip(store_url: str):
     assert runner.invoke(app, ["db", "upgrade", "--url", store_url]).exit_code == 0
     result = runner.invoke(app, ["db", "current", "--url", store_url])
-    assert result.exit_code == 0 and "database: 0005  code: 0005" in result.output
+    assert result.exit_code == 0 and "database: 0006  code: 0006" in result.output
     result = runner.invoke(app, ["db", "validate", "--url", store_url])
     assert result.exit_code == 0 and "schema matches the code" in result.output
     result = runner.invoke(app, ["db", "downgrade", "--url", store_url])
     assert result.exit_code == 2 and "--yes to confirm" in result.output
     result = runner.invoke(app, ["db", "downgrade", "--yes", "--url", store_url])
-    assert result.exit_code == 0 and "schema at 0004" in result.output
+    assert result.exit_code == 0 and "schema at 0005" in result.output
     result = runner.invoke(app, ["db", "validate", "--url", store_url])
     assert result.exit_code == 1
-    assert "schema revision is 0004, the code expects 0005" in result.output
+    assert "schema revision is 0005, the code expects 0006" in result.output
     result = runner.invoke(app, ["db", "downgrade", "0001", "--yes", "--url", store_url])
     assert result.exit_code == 0 and "schema at 0001" in result.output
     result = runner.invoke(app, ["db", "validate", "--url", store_url])
     assert result.exit_code == 1
-    assert "schema revision is 0001, the code expects 0005" in result.output
+    assert "schema revision is 0001, the code expects 0006" in result.output
     assert "missing table execution_rollup" in result.output
     result = runner.invoke(app, ["db", "upgrade", "--url", store_url])
-    assert result.exit_code == 0 and "schema at 0005" in result.output
+    assert result.exit_code == 0 and "schema at 0006" in result.output
     result = runner.invoke(app, ["db", "validate", "--url", store_url])
     assert result.exit_code == 0 and "schema matches the code" in result.output
 
@@ -79,7 +79,7 @@ def test_a_database_in_a_state_no_migration_expects_gets_one_line(store_url: str
     result = runner.invoke(app, ["db", "upgrade", "--url", store_url])
     assert result.exit_code == 2 and "no schema version" in result.output
     result = runner.invoke(app, ["db", "reset", "--yes", "--url", store_url])
-    assert result.exit_code == 0 and "schema reset to 0005" in result.output
+    assert result.exit_code == 0 and "schema reset to 0006" in result.output
     engine.dispose()
 
 

@@ -7,6 +7,7 @@ import json
 import random
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -40,6 +41,7 @@ from dendrite.planning.plan import Plan, Step
 from dendrite.state import StateManager
 from dendrite.store import ExecutionStore, InvalidRecordError
 from dendrite.store.bookkeeping import ArmOutcomes
+from dendrite.telemetry.records import FeedbackRecord
 from dendrite.tools import Reliability, ToolRegistry, ToolStatus
 
 from .conftest import wait_until_drained
@@ -614,6 +616,41 @@ def test_feedback_job_learns_what_another_process_recorded(store: ExecutionStore
         assert run_job("feedback", ctx).report["read"] == 0  # resumes where it stopped
     alone = run_job("feedback", JobContext(store))
     assert alone.report == {"skipped": "no learning loop in this process", "learned": 0}
+
+
+def test_feedback_is_read_in_the_order_the_store_wrote_it_and_none_is_passed_over(
+    store: ExecutionStore,
+):
+    """Paged by the judgement's own time, three judgements of one moment across a page of
+    two lost the third, and one written after the reader had passed its moment (replayed
+    from the journal after an outage) was never read, so never learned."""
+    execution = store.store_execution(goal_text="g", success=True, duration_ms=1.0)
+    store.flush()
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    for rating in (1, 2, 3):
+        store.record(FeedbackRecord(execution_id=execution, rating=rating, created_at=moment))
+    store.flush()
+
+    def read(since: datetime | None, after_id: str | None) -> tuple[list[int], Any, Any]:
+        ratings = []
+        while True:
+            batch = store.get_feedback(since=since, limit=2, after_id=after_id)
+            ratings += [r.rating for r in batch]
+            if batch:
+                since, after_id = batch[-1].recorded_at, batch[-1].id
+            if len(batch) < 2:
+                return ratings, since, after_id
+
+    first, since, after_id = read(None, None)
+    assert sorted(first) == [1, 2, 3]
+    late = FeedbackRecord(execution_id=execution, rating=5, created_at=moment - timedelta(1))
+    store.record(late)
+    store.flush()
+    second, since, after_id = read(since, after_id)
+    assert second == [5]
+    assert store.get_feedback(since=since, after_id=after_id) == []
+    with pytest.raises(ValueError, match="after_id pages from a since"):
+        store.get_feedback(after_id=late.id)
 
 
 def test_quality_job_adapts_every_project(store: ExecutionStore):

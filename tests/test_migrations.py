@@ -19,9 +19,9 @@ def test_a_new_database_gets_the_current_schema_on_first_use(store: ExecutionSto
 def test_upgrade_downgrade_upgrade_round_trips(store_url: str):
     engine = make_engine(store_url)
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == "0005"
+    assert migrate.current_revision(engine) == "0006"
     migrate.downgrade(engine)
-    assert migrate.current_revision(engine) == "0004"
+    assert migrate.current_revision(engine) == "0005"
     migrate.upgrade(engine)
     assert migrate.validate(engine) == []
     migrate.downgrade(engine, "0001")
@@ -49,7 +49,7 @@ def test_validate_names_every_difference(store_url: str):
     assert len(problems) == 3
     migrate.downgrade(engine, "0001")
     problems = migrate.validate(engine)
-    assert problems[0] == "schema revision is 0001, the code expects 0005"
+    assert problems[0] == "schema revision is 0001, the code expects 0006"
     assert "missing table tool_statistics" in problems
     engine.dispose()
 
@@ -59,14 +59,14 @@ def test_an_older_schema_is_upgraded_or_refused_by_backend(store_url: str, tmp_p
     migrate.upgrade(engine, "0001")
     if engine.dialect.name == "sqlite":
         with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
-            assert migrate.current_revision(store.engine) == "0005"
+            assert migrate.current_revision(store.engine) == "0006"
     else:
         with pytest.raises(
-            SchemaError, match=r"revision 0001.*needs 0005: run `dendrite db upgrade`"
+            SchemaError, match=r"revision 0001.*needs 0006: run `dendrite db upgrade`"
         ):
             ExecutionStore(store_url, state_dir=tmp_path / "s")
         with ExecutionStore(store_url, state_dir=tmp_path / "s", auto_upgrade=True) as store:
-            assert migrate.current_revision(store.engine) == "0005"
+            assert migrate.current_revision(store.engine) == "0006"
     engine.dispose()
 
 
@@ -85,7 +85,7 @@ def test_an_unknown_revision_or_unversioned_tables_are_refused(store_url: str, t
     with pytest.raises(SchemaError, match=r"no schema version.*`dendrite db reset --yes` drops"):
         migrate.upgrade(engine)
     migrate.reset(engine)
-    assert migrate.current_revision(engine) == "0005"
+    assert migrate.current_revision(engine) == "0006"
     assert migrate.validate(engine) == []
     engine.dispose()
 
@@ -115,7 +115,7 @@ def test_statistics_are_rebuilt_when_an_upgrade_finds_history_without_them(
         store.store_tool_execution(eid, "lookup", {}, "ok", True, 2.0)
     engine = make_engine(store_url)
     migrate.downgrade(engine, "0001")
-    migrate.upgrade(engine, "+4")  # the newest revision, named another way than "head"
+    migrate.upgrade(engine, "+5")  # the newest revision, named another way than "head"
     engine.dispose()
     with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
         assert store.get_tool_statistics("lookup").total_executions == 1

@@ -72,6 +72,9 @@ class JobContext:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     feedback_since: datetime | None = None
     """Where the ``feedback`` job resumes; the scheduler carries it between runs."""
+    feedback_read: dict[str, datetime] = field(default_factory=dict)
+    """The feedback ids the job read in the last ``FEEDBACK_OVERLAP``, with when each was
+    written: it reads that stretch again, and must not learn them again."""
 
     _state: StateManager | None = field(default=None, init=False, repr=False)
 
@@ -247,26 +250,43 @@ def retention(ctx: JobContext) -> dict[str, Any]:
     return {**report.model_dump(mode="json"), "expired_state_entries": expired}
 
 
+FEEDBACK_OVERLAP = timedelta(seconds=30)
+"""How far before the last feedback read the ``feedback`` job reads again: longer than a
+write transaction of the store takes between stamping its rows and committing them."""
+
+
 def feedback(ctx: JobContext) -> dict[str, Any]:
     """Learn feedback recorded since the last run, by any process (the CLI, another server)."""
     orch = ctx.orchestrator
     if orch is None or orch.learning is None:
         return {"skipped": "no learning loop in this process", "learned": 0}
-    since = ctx.feedback_since
+    # Read again from a little before the last row read: a transaction that stamped its
+    # rows before that one's but committed after it would be passed over. What was learned
+    # already is known by its feedback id and not learned twice.
+    since = ctx.feedback_since and ctx.feedback_since - FEEDBACK_OVERLAP
+    after_id = None
     learned = seen = 0
     while True:
-        batch = ctx.store.get_feedback(since=since, limit=1000)
+        batch = ctx.store.get_feedback(since=since, limit=1000, after_id=after_id)
         for record in batch:
+            since, after_id = record.recorded_at, record.id
+            if record.id in ctx.feedback_read:
+                continue
+            ctx.feedback_read[record.id] = record.recorded_at or ctx.now
             seen += 1
             effect = orch.learn_feedback(
                 record.execution_id, record.rating, record.accepted, feedback_id=record.id
             )
             learned += effect.reward is not None
-            since = record.created_at
         if len(batch) < 1000:
             break
-    ctx.feedback_since = since
-    return {"read": seen, "learned": learned, "until": since.isoformat() if since else None}
+    if since is not None and (ctx.feedback_since is None or since > ctx.feedback_since):
+        ctx.feedback_since = since
+    until = ctx.feedback_since
+    if until is not None:
+        kept = until - FEEDBACK_OVERLAP
+        ctx.feedback_read = {i: at for i, at in ctx.feedback_read.items() if at >= kept}
+    return {"read": seen, "learned": learned, "until": until.isoformat() if until else None}
 
 
 def quality(ctx: JobContext) -> dict[str, Any]:

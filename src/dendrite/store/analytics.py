@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Integer, Row, bindparam, func, select
+from sqlalchemy import Connection, Integer, Row, and_, bindparam, func, or_, select
 
 from dendrite.store import schema as s
 from dendrite.store.engine import id_chunks
@@ -127,11 +127,20 @@ def get_execution(conn: Connection, execution_id: str) -> ExecutionDetail | None
     )
 
 
-def get_feedback(conn: Connection, since: datetime | None, limit: int) -> list[FeedbackRecord]:
+def get_feedback(
+    conn: Connection, since: datetime | None, limit: int, after_id: str | None = None
+) -> list[FeedbackRecord]:
     fb = s.execution_feedback
-    query = select(fb).order_by(fb.c.created_at, fb.c.id).limit(limit)
-    if since is not None:
-        query = query.where(fb.c.created_at > since)
+    query = select(fb).order_by(fb.c.recorded_at, fb.c.id).limit(limit)
+    if since is not None and after_id is not None:
+        query = query.where(
+            or_(
+                fb.c.recorded_at > since,
+                and_(fb.c.recorded_at == since, fb.c.id > after_id),
+            )
+        )
+    elif since is not None:
+        query = query.where(fb.c.recorded_at > since)
     return [_record(FeedbackRecord, r) for r in conn.execute(query)]
 
 

@@ -202,7 +202,9 @@ execution_feedback = Table(
     Column("feedback_text", Text),
     Column("source", String(16), nullable=False),
     _ts("created_at", nullable=False),
+    _ts("recorded_at", nullable=False),  # by the writer: readers page through it
     Index(None, "execution_id"),
+    Index(None, "recorded_at", "id"),
 )
 
 tool_creation_events = Table(

@@ -701,14 +701,22 @@ class ExecutionStore:
             return bookkeeping.attempt_outcomes(conn, ids)
 
     def get_feedback(
-        self, since: datetime | None = None, limit: int = 1000
+        self, since: datetime | None = None, limit: int = 1000, *, after_id: str | None = None
     ) -> list[FeedbackRecord]:
-        """Feedback recorded after ``since`` (any process), oldest first."""
+        """Feedback the store wrote after ``since`` (any process), in the order it wrote it.
+
+        To page, pass the last record's ``recorded_at`` as ``since`` and its ``id`` as
+        ``after_id``: rows written in the same moment (one batch) are not skipped. The
+        order is the store's, not the judgements' (``created_at``): feedback replayed from
+        the journal after an outage is read when it is written, not passed over.
+        """
         _at_least_one("limit", limit)
         if since is not None:
             since = _moment("since", since)
+        elif after_id is not None:
+            raise ValueError("after_id pages from a since; give the since it goes with")
         with self._read() as conn:
-            return analytics.get_feedback(conn, since, limit)
+            return analytics.get_feedback(conn, since, limit, after_id)
 
     # -- maintenance ---------------------------------------------------------
 

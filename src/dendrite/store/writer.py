@@ -526,7 +526,7 @@ def write_batch(conn: Connection, batch: Iterable[Queued], max_result_bytes: int
     new_execs = _insert_executions(conn, of(ExecutionRecord), now)
     new_tools = _insert_tool_executions(conn, of(ToolCall), max_result_bytes)
     _insert_plain(conn, s.routing_decisions, of(RoutingDecision))
-    new_feedback = _insert_feedback(conn, of(FeedbackRecord))
+    new_feedback = _insert_feedback(conn, of(FeedbackRecord), now)
     _insert_plain(conn, s.solutions, of(SolutionRecord))
     _insert_plain(conn, s.tool_creation_events, of(ToolCreationEvent))
 
@@ -857,7 +857,9 @@ def _insert_plain(conn: Connection, table: Table, records: list[AnyRecord]) -> N
         conn.execute(stmt, [r.model_dump() for r in records])
 
 
-def _insert_feedback(conn: Connection, records: list[FeedbackRecord]) -> list[tuple[Any, Any]]:
+def _insert_feedback(
+    conn: Connection, records: list[FeedbackRecord], now: datetime
+) -> list[tuple[Any, Any]]:
     if not records:
         return []
     table = s.execution_feedback
@@ -866,7 +868,8 @@ def _insert_feedback(conn: Connection, records: list[FeedbackRecord]) -> list[tu
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(table.c.id)
     )
-    inserted = set(conn.scalars(stmt, [r.model_dump() for r in records]))
+    rows = [{**r.model_dump(), "recorded_at": now} for r in records]
+    inserted = set(conn.scalars(stmt, rows))
     new = [r for r in records if r.id in inserted]
     if not new:
         return []

@@ -317,6 +317,9 @@ class FeedbackRecord(_Record):
     feedback_text: str | None = None
     source: Literal["human", "llm", "code"] = "human"
     created_at: Moment = Field(default_factory=utcnow)
+    recorded_at: Moment | None = None
+    """When the store wrote it (set by the store; what a reader pages by): a judgement
+    replayed from the journal is written after its ``created_at``."""
 
     @model_validator(mode="after")
     def _says_something(self) -> Self:
