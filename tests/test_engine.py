@@ -396,6 +396,51 @@ def test_fallbacks_the_steps_own_then_the_tools_alternatives():
     )
 
 
+def test_a_for_each_step_names_the_fallback_of_its_first_item_that_needed_one():
+    """Each item wrote the step's tool as it finished: the step named the primary and a
+    fallback at once, and which depended on the order the items finished in."""
+    registry = ToolRegistry()
+
+    async def primary(x: str) -> str:
+        if x != "ok":
+            raise ConnectionError("down")
+        await asyncio.sleep(0.2)  # the primary's item finishes last
+        return f"p:{x}"
+
+    async def first(x: str) -> str:
+        if x == "y":
+            raise ConnectionError("down too")
+        await asyncio.sleep(0.05)  # item 2 finishes after item 1
+        return f"1:{x}"
+
+    def second(x: str) -> str:
+        return f"2:{x}"
+
+    for tool in (primary, first, second):
+        registry.register_function(tool)
+    engine = ExecutionEngine(registry, retry=RetryPolicy(max_attempts=1))
+    plan = Plan(
+        goal="g",
+        steps=[
+            Step(
+                id="e",
+                tool="primary",
+                params={"x": "${item}"},
+                fallbacks=["first", "second"],
+                for_each="${context.items}",
+            )
+        ],
+        output="${e}",
+    )
+    outcome, events = run(engine, plan, context={"items": ["ok", "y", "x"]})
+    assert outcome.output == ["p:ok", "2:y", "1:x"]
+    each = outcome.steps["e"]
+    assert (each.tool, each.fallback_used) == ("second", "second")  # item 1's, in item order
+    (finished,) = [e for e in events if e.type is EventType.STEP_FINISHED]
+    assert finished.data["tool"] == "second"
+    engine.close()
+
+
 def test_failures_skip_dependents_unless_continue_on_error():
     registry = make_registry()
 
@@ -554,6 +599,20 @@ def test_attempt_records_equal_the_validated_record_of_the_same_values(success: 
     validated = ToolExecutionRecord.model_validate(as_journaled)
     assert record == ToolCall.of(validated)
     assert [type(v) for v in record] == [type(v) for v in ToolCall.of(validated)]
+
+
+def test_a_for_each_attempts_record_keeps_its_item_index():
+    """The record had no place for the item: a trace read back from the store could not
+    say which item each attempt of a for_each step was for."""
+    started = datetime.now(UTC)
+    for params, stored in (({"q": "x"}, {"$item": 2, "q": "x"}), ({}, {"$item": 2})):
+        attempt = Attempt("search", 1, started, 1.0, True, item=2)
+        record = attempt_record(new_id(), "s1", attempt, serialize.dumps(params), None)
+        assert json.loads(record.parameters) == stored
+        validated = ToolExecutionRecord.model_validate(record.fields())
+        assert record == ToolCall.of(validated)
+    alone = attempt_record(new_id(), "s1", Attempt("search", 1, started, 1.0, True), "{}", None)
+    assert alone.parameters == "{}"  # an attempt that is not an item's has no such key
 
 
 def test_a_candidate_passed_over_is_named_once_for_a_for_each_step():
@@ -777,6 +836,23 @@ def test_a_tools_own_errors_are_its_own():
     )
     assert outcome.steps["l"].attempts[0].error == "TimeoutError: could not acquire the row lock"
     assert outcome.steps["f"].output == "page x"
+    engine.close()
+
+
+def test_an_awaitable_from_a_sync_tool_gets_what_is_left_of_the_attempts_time():
+    """The awaitable a sync tool returned was given a whole new timeout once the thread
+    returned, so an attempt could run for twice its timeout and succeed."""
+    registry = ToolRegistry()
+
+    def wrapped() -> Any:
+        time.sleep(0.4)  # in its thread: part of the attempt's time
+        return asyncio.sleep(0.4, result="done")  # within a whole timeout, not what is left
+
+    registry.register_function(wrapped, timeout=0.6)
+    engine = ExecutionEngine(registry, retry=RetryPolicy(max_attempts=1))
+    outcome, _ = run(engine, Plan(goal="g", steps=[Step(id="w", tool="wrapped")]))
+    (attempt,) = outcome.steps["w"].attempts
+    assert (attempt.success, attempt.error) == (False, "timed out after 0.6s")
     engine.close()
 
 

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dendrite._ids import new_id
 from dendrite.execution.engine import ExecutionEngine, RunOutcome
 from dendrite.execution.events import Attempt, Event, EventType, StepResult, StepStatus
-from dendrite.execution.records import attempt_record
+from dendrite.execution.records import ITEM_KEY, attempt_record
 from dendrite.learning.experiments import Experiment
 from dendrite.learning.jobs import (
     LIFECYCLE_KEY,
@@ -1535,7 +1535,7 @@ def load_trace(store: ExecutionStore, execution_id: str) -> ExecutionTrace | Non
                 "error": row.error,
                 "error_type": row.error_type.value if row.error_type else None,
                 "fallback_of": row.fallback_of,
-                "item": None,
+                "item": row.parameters.get(ITEM_KEY),
             }
         )
     recorded = detail.metadata.get("steps")

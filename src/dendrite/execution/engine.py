@@ -469,10 +469,10 @@ class ExecutionEngine:
             run.emit(Event(EventType.STEP_STARTED, run.execution_id, step.id, {"tool": step.tool}))
         try:
             if step.for_each is not None:
-                output = await self._for_each(run, step, result, scope)
+                output, answered_by = await self._for_each(run, step, result, scope)
             else:
                 params = references.resolve(step.params, scope)
-                output = await self._call(run, step, result, params, None)
+                output, answered_by = await self._call(run, step, result, params, None)
         except _Failure as failure:
             self._fail(run, step, result, str(failure), failure.error_type, started)
             return
@@ -490,6 +490,8 @@ class ExecutionEngine:
             return
         self._finish(result, started, StepStatus.SUCCEEDED)
         result.output = output
+        if answered_by != step.tool:
+            result.tool = result.fallback_used = answered_by
         run.outputs[step.id] = output
         tool = self.registry.find(result.tool)
         prior = tool.reliability.prior if tool else 0.5
@@ -572,7 +574,14 @@ class ExecutionEngine:
 
     async def _for_each(
         self, run: _Run, step: Step, result: StepResult, scope: _Scope
-    ) -> list[Any]:
+    ) -> tuple[list[Any], str]:
+        """Every item's output, in order, and the tool that answered for the step: the
+        fallback that answered the first item (in item order) that needed one, else the
+        step's tool.
+
+        Items finish in any order: named by whichever item finished last, the step's tool
+        changed from run to run, and could contradict its ``fallback_used``.
+        """
         assert step.for_each is not None
         items = references.resolve(step.for_each, scope)
         if not isinstance(items, list | tuple):
@@ -581,7 +590,7 @@ class ExecutionEngine:
                 ErrorType.VALIDATION,
             )
 
-        async def one(index: int, item: Any) -> Any:
+        async def one(index: int, item: Any) -> tuple[Any, str]:
             params = references.resolve(step.params, _Scope(run.outputs, run.context, item, True))
             try:
                 return await self._call(run, step, result, params, index)
@@ -589,7 +598,7 @@ class ExecutionEngine:
                 raise _Failure(f"item {index}: {failure}", failure.error_type) from None
 
         if not items:
-            return []
+            return [], step.tool
         # The first item that fails fails the step: the others are cancelled then, not left
         # calling tools for a step (and a run) already reported.
         tasks = [asyncio.ensure_future(one(i, item)) for i, item in enumerate(items)]
@@ -605,7 +614,9 @@ class ExecutionEngine:
         failures = [t.exception() for t in tasks if not t.cancelled() and t.exception()]
         if failures:
             raise failures[0]  # type: ignore[misc]
-        return [task.result() for task in tasks]
+        answers = [task.result() for task in tasks]
+        answered_by = next((name for _, name in answers if name != step.tool), step.tool)
+        return [output for output, _ in answers], answered_by
 
     # -- retries and fallbacks -----------------------------------------------
 
@@ -628,7 +639,12 @@ class ExecutionEngine:
         result: StepResult,
         params: dict[str, Any],
         item: int | None,
-    ) -> Any:
+    ) -> tuple[Any, str]:
+        """The call's output and the tool that gave it, after retries and fallbacks.
+
+        The step's ``tool`` and ``fallback_used`` are the caller's to set: the items of a
+        ``for_each`` step each call this, and the step names one tool for all of them.
+        """
         policy = step.retry or self.retry
         errors: list[str] = []
         tried: list[str] = []
@@ -674,10 +690,7 @@ class ExecutionEngine:
                     run, step, result, tool, args, number, fallback_of, item, timeout
                 )
                 if ok:
-                    result.tool = name
-                    if position:
-                        result.fallback_used = name
-                    return value
+                    return value, name
                 last_type = attempt.error_type or ErrorType.UNKNOWN
                 errors.append(f"{name}: {attempt.error}")
                 retryable = last_type in policy.retry_on or bool(
@@ -751,9 +764,11 @@ class ExecutionEngine:
                 loop = asyncio.get_running_loop()
                 deadline = None if timeout is None else loop.time() + timeout
                 if not tool.is_async:
-                    value = await self._in_thread(loop, tool, kwargs, timeout)
+                    value, began = await self._in_thread(loop, tool, kwargs, timeout)
                     if inspect.isawaitable(value):  # an async tool behind a plain decorator
-                        value = await _until(value, deadline and loop.time() + timeout)
+                        # The same deadline as the thread's: the attempt's time began when
+                        # a thread started the call, not when the thread handed this back.
+                        value = await _until(value, None if timeout is None else began + timeout)
                 elif type(coro := tool.func(**kwargs)) is CoroutineType:
                     # A timeout can only interrupt a coroutine where it waits, so it is
                     # run up to its first wait first: one that finishes without waiting
@@ -815,8 +830,9 @@ class ExecutionEngine:
         tool: Tool,
         kwargs: dict[str, Any],
         timeout: float | None,
-    ) -> Any:
-        """A sync tool's call in the executor, timed from when a thread starts it.
+    ) -> tuple[Any, float]:
+        """A sync tool's call in the executor, timed from when a thread starts it: its value
+        and that start (loop time), from which the attempt's deadline counts.
 
         Time spent waiting for a free thread (others busy, some still running calls that
         timed out) is not the tool's: counted against its deadline, a quick tool queued
@@ -832,12 +848,12 @@ class ExecutionEngine:
 
         future = loop.run_in_executor(self.executor, call)
         if timeout is None:
-            return await future
+            return await future, begun[0]
         deadline = loop.time() + timeout
         try:
             while True:
                 try:
-                    return await _until(asyncio.shield(future), deadline)
+                    return await _until(asyncio.shield(future), deadline), begun[0]
                 except _DeadlinePassed:
                     if not begun and future.cancel():  # never started: it never will now
                         raise _NoThread(timeout) from None

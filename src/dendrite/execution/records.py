@@ -21,6 +21,14 @@ from dendrite.store.toolcall import ToolCall
 
 _new = tuple.__new__  # ``ToolCall(...)`` would run a Python frame for the same tuple
 
+ITEM_KEY = "$item"
+"""The parameter that carries a ``for_each`` attempt's item index in its record.
+
+``tool_executions`` has no column for it, and without it a trace read back from the
+store could not say which item an attempt was for. No tool's own parameter has this
+name (it is not a Python identifier), and ``$`` keys are the store's own markers.
+"""
+
 
 def attempt_record(
     execution_id: str,
@@ -32,8 +40,12 @@ def attempt_record(
     """The ``tool_executions`` record of one attempt, with a new id.
 
     ``params`` is the JSON text of the arguments, encoded before the call; the result
-    is encoded now, before a later step can change it.
+    is encoded now, before a later step can change it. A ``for_each`` attempt's item
+    index goes in as one more parameter, :data:`ITEM_KEY`.
     """
+    if attempt.item is not None:  # spliced in: ``params`` is always a JSON object's text
+        rest = "}" if params == "{}" else "," + params[1:]
+        params = f'{{"{ITEM_KEY}":{attempt.item:d}{rest}'
     return _new(
         ToolCall,
         (
