@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect
 
+from dendrite import Orchestrator, OrchestratorConfig
 from dendrite import state as state_module
-from dendrite.state import StateManager, StateScope, StateView
+from dendrite.state import FOREVER, StateManager, StateScope, StateView
 from dendrite.store import (
     ExecutionStore,
     InvalidRecordError,
@@ -26,6 +27,7 @@ from dendrite.store import (
     migrate,
 )
 from dendrite.store.state_entries import STATE_SCOPES
+from dendrite.tools import ToolRegistry
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -392,6 +394,30 @@ def test_default_ttl_and_expired_rows_are_not_loaded_back(store: ExecutionStore,
     fresh = StateManager(store)
     assert fresh.get("session", "k", scope_id="s") is None
     assert fresh.items("session", "s") == {"pinned": "v"}
+
+
+def test_what_dendrite_keeps_for_ever_outlives_the_default_ttl(store: ExecutionStore, clock: Clock):
+    """With ``state_ttl`` set, a tool disabled by hand (and the health log, the quality
+    policies) expired with it, and the next process used the tool again."""
+    manager = StateManager(store, default_ttl=60)
+    manager.set("global", "kept", 1, ttl=FOREVER)
+    manager.update("global", "log", lambda now: [*(now or []), "x"], ttl=FOREVER)
+    manager.set("global", "lapses", 2)
+    clock.advance(61)
+    assert StateManager(store).items("global") == {"kept": 1, "log": ["x"]}
+
+    def registry() -> ToolRegistry:
+        tools = ToolRegistry()
+        tools.register_function(lambda query: query, name="search_index")
+        return tools
+
+    config = OrchestratorConfig(state_ttl=60)
+    with Orchestrator(registry(), store=store, config=config, llm=None) as orch:
+        orch.set_tool_status("search_index", "disabled", "broken: do not use")
+    store.flush()
+    clock.advance(61)
+    with Orchestrator(registry(), store=store, config=config, llm=None) as orch:
+        assert orch.registry.state("search_index").status.value == "disabled"
 
 
 def test_state_view_searches_step_execution_session_global(store: ExecutionStore):

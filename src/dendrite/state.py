@@ -129,10 +129,11 @@ class StateManager:
         scope_id: str = "",
         ttl: float | None = None,
     ) -> None:
-        """Keep ``value`` until deleted, or for ``ttl`` seconds (``default_ttl`` when None)."""
+        """Keep ``value`` until deleted, or for ``ttl`` seconds (``default_ttl`` when None;
+        never expiring with :data:`FOREVER`, whatever ``default_ttl`` says)."""
         pair = self._open(_pair(scope, scope_id))
         key = checks.check_key(key)
-        expires_at = _expiry(self.default_ttl if ttl is None else _check_ttl(ttl, "ttl"))
+        expires_at = _expiry(self._ttl(ttl))
         if pair[0] in PERSISTED_SCOPES:
             # Checked with or without a store, so that a value that works in a
             # test without one does not fail in production with one.
@@ -152,6 +153,11 @@ class StateManager:
             if stored is not _FAILED:
                 with self._lock:
                     entry.in_store = True
+
+    def _ttl(self, ttl: float | None) -> float | None:
+        if ttl is None:
+            return self.default_ttl
+        return None if ttl == FOREVER else _check_ttl(ttl, "ttl")
 
     def update(
         self,
@@ -174,7 +180,7 @@ class StateManager:
         """
         pair = self._open(_pair(scope, scope_id))
         key = checks.check_key(key)
-        expires_at = _expiry(self.default_ttl if ttl is None else _check_ttl(ttl, "ttl"))
+        expires_at = _expiry(self._ttl(ttl))
         with self._store_lock:
             stored: Any = _FAILED
             if self._persists(pair[0]):
@@ -552,6 +558,12 @@ def _scope(scope: StateScope | str) -> StateScope:
 def _pair(scope: StateScope | str, scope_id: str) -> _Pair:
     resolved = _scope(scope)
     return resolved, checks.check_scope_id(resolved.value, scope_id)
+
+
+FOREVER = math.inf
+"""``ttl=FOREVER``: the value never expires, whatever the manager's ``default_ttl``. What
+Dendrite itself keeps (the tools' saved states, the health log, quality policies) must not
+lapse with a TTL meant for the state that tools and sessions keep."""
 
 
 def _check_ttl(ttl: Any, name: str) -> float:

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from dendrite.learning.policies import QualityPolicies
-from dendrite.state import StateManager
+from dendrite.state import FOREVER, StateManager
 from dendrite.tools import Reliability
 
 if TYPE_CHECKING:
@@ -113,7 +113,8 @@ def low_performers(ctx: JobContext) -> dict[str, Any]:
         if r.attempts >= settings.min_attempts and r.success_rate < settings.low_success
     ]
     found.sort(key=lambda f: f["success_rate"])
-    ctx.state.set("global", LOW_PERFORMERS_KEY, {"checked_at": ctx.now.isoformat(), "tools": found})
+    report = {"checked_at": ctx.now.isoformat(), "tools": found}
+    ctx.state.set("global", LOW_PERFORMERS_KEY, report, ttl=FOREVER)
     return {"checked": len(recent), "low_performers": found}
 
 
@@ -205,7 +206,7 @@ def reopen(state: StateManager, name: str, now: datetime) -> None:
             table[name] = {**opened, "reopened_at": opened["since"]}
         return table
 
-    state.update("global", LIFECYCLE_KEY, reopened)
+    state.update("global", LIFECYCLE_KEY, reopened, ttl=FOREVER)
 
 
 def apply_promotion(orchestrator: Orchestrator | None, name: str) -> None:
@@ -240,7 +241,12 @@ def save_tool_state(
 def _merge(state: StateManager, key: str, entries: dict[str, Any]) -> None:
     """Add ``entries`` by name to the table kept under ``key`` in global state, in the
     store's copy: what other processes added to it meanwhile stays."""
-    state.update("global", key, lambda now: {**(now if isinstance(now, dict) else {}), **entries})
+    state.update(
+        "global",
+        key,
+        lambda now: {**(now if isinstance(now, dict) else {}), **entries},
+        ttl=FOREVER,
+    )
 
 
 def retention(ctx: JobContext) -> dict[str, Any]:

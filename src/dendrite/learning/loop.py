@@ -30,6 +30,7 @@ from dendrite.learning.health import HEALTH_LOG_KEY, HealthMonitor, HealthPolicy
 from dendrite.learning.memory import PlanMemory
 from dendrite.learning.ranker import ToolRanker
 from dendrite.planning.plan import Plan, parse_plan
+from dendrite.state import FOREVER
 from dendrite.telemetry import ErrorType
 from dendrite.tools import ToolRegistry
 
@@ -195,7 +196,10 @@ class LearningLoop:
     def _persist(self, transition: Any) -> None:
         if self.state is not None:
             self.state.update(
-                "global", HEALTH_LOG_KEY, lambda previous: transition_log(previous, transition)
+                "global",
+                HEALTH_LOG_KEY,
+                lambda previous: transition_log(previous, transition),
+                ttl=FOREVER,
             )
 
     def before_run(self) -> None:

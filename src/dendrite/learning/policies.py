@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from dendrite.learning._checks import check_count, check_number
+from dendrite.state import FOREVER
 from dendrite.telemetry import ExecutionStatus
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ class QualityPolicies:
                 return saved
             return {**saved, policy.project: data}
 
-        now = self.state.update("global", POLICIES_KEY, merged)
+        now = self.state.update("global", POLICIES_KEY, merged, ttl=FOREVER)
         return QualityPolicy.model_validate(now[policy.project])
 
     def ran(self, project: str | None) -> bool:
