@@ -111,6 +111,32 @@ def test_a_tool_without_a_stand_in_is_flagged_not_removed():
     assert registry.state("only").status is ToolStatus.QUARANTINED
 
 
+@pytest.mark.parametrize("alternatives", [{"a": ["b"]}, {"b": ["a"]}])
+def test_a_tool_on_probation_stands_in_for_nothing(alternatives: dict[str, list[str]]):
+    """A flagged tool whose only alternative was probing got quarantined on its account:
+    when the probe failed, both were out and the capability had no tool at all."""
+    registry = registry_with("a", "b", alternatives=alternatives)
+    clock = Clock()
+    policy = HealthPolicy(window=4, min_samples=4, cooldown=30)
+    monitor = HealthMonitor(registry, policy, clock=clock)
+    for tool in ("a", "b"):
+        for _ in range(4):
+            monitor.observe(tool, False)
+    assert (monitor.health("a"), monitor.health("b")) == (Health.QUARANTINED, Health.FLAGGED)
+    clock.now += 30
+    monitor.tick()
+    assert monitor.health("a") is Health.PROBING and not monitor.has_stand_in("b")
+    assert monitor.observe("b", False) is None
+    assert monitor.admit("a")
+    monitor.observe("a", False)
+    assert [tool.name for tool in registry if tool.available] == ["b"]
+    clock.now += 60
+    monitor.tick()
+    monitor.observe("a", True)  # restored: a stands in again, and b may go out
+    moved = monitor.observe("b", False)
+    assert moved is not None and moved.after is Health.QUARANTINED
+
+
 def test_health_policy_refuses_nonsense():
     with pytest.raises(ValueError, match="failure_threshold must be in"):
         HealthPolicy(failure_threshold=0)

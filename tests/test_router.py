@@ -23,7 +23,7 @@ from dendrite.learning import (
     UnknownDecisionError,
     routing_accuracy,
 )
-from dendrite.learning.router import ROUTE_UNUSED
+from dendrite.learning.router import ROUTE_DOWN, ROUTE_UNUSED, routed_success
 from dendrite.store import ExecutionStore, InvalidRecordError
 
 # Two contexts with a different best arm at cost_weight 0.02 and costs 1 / 10:
@@ -203,6 +203,23 @@ def test_a_rating_for_a_pending_decision_waits_for_its_outcome():
     router.choose("task", eid)
     assert router.feedback(eid, 5) is None
     assert router.learn(eid, False) == pytest.approx(0.5)  # 0.5 * 0 + 0.5 * 1
+
+
+def test_reporting_again_keeps_the_rating_feedback_gave():
+    """The rating is the user's, not part of the outcome: learn() again for a corrected cost
+    erased the one feedback() gave (which the store keeps), though a rating given while the
+    decision was pending survives learn()."""
+    corrected, direct = Router(["a"], {"a": 1.0}), Router(["a"], {"a": 1.0})
+    eid = new_id()
+    corrected.choose("same task", eid)
+    corrected.learn(eid, True, cost=5.0)
+    corrected.feedback(eid, 1)
+    assert corrected.learn(eid, True, cost=2.0) == pytest.approx(0.5)  # 0.5 * 1 + 0.5 * 0
+    direct.choose("same task", eid)
+    direct.learn(eid, True, rating=1, cost=2.0)
+    a, b = corrected.predict("same task")["a"], direct.predict("same task")["a"]
+    assert a.quality == pytest.approx(b.quality) and a.cost == pytest.approx(b.cost)
+    assert corrected.learn(eid, True, rating=5) == pytest.approx(1.0)  # a new rating wins
 
 
 def test_reporting_again_replaces_the_outcome():
@@ -754,3 +771,34 @@ def test_routing_accuracy_sums_the_prediction_errors_per_router_and_option(
     assert routing_accuracy(store, "nobody") == []
     with pytest.raises(ValueError, match="limit must be a positive integer"):
         routing_accuracy(store, limit=0)
+
+
+def test_routing_accuracy_judges_a_run_whose_tier_was_down_as_the_router_learns_it(
+    store: ExecutionStore,
+):
+    """A run that the offline planners rescued after every call to its tier's model failed
+    is a failure of the tier to the router (``routed_success``); judged a success here, it
+    showed the tier underrated for the very runs the router learned it failed."""
+    router = Router(["small", "large"], {"small": 1.0, "large": 10.0}, store=store)
+    for i in range(4):
+        eid = new_id()
+        option = router.choose(f"summarise report {i}", eid).option
+        store.store_execution(
+            id=eid,
+            goal_text="g",
+            success=True,
+            duration_ms=1.0,
+            model_tier=option,
+            metadata={ROUTE_DOWN: True},
+        )
+        router.learn(eid, False)
+    store.flush()
+    everything = routing_accuracy(store)[-1]
+    assert (everything.option, everything.judged, everything.success_rate) == ("*", 4, 0.0)
+    assert everything.bias == pytest.approx(-everything.predicted_success)
+    item = store.get_routing_outcomes()[0]
+    assert item.decision.predicted_success is not None and item.outcome is not None
+    routed = item.decision.prediction_error(item.outcome, success=routed_success(item.outcome))
+    assert routed.success == pytest.approx(-item.decision.predicted_success)
+    own = item.decision.prediction_error(item.outcome)  # the run's own success, by default
+    assert own.success == pytest.approx(1 - item.decision.predicted_success)

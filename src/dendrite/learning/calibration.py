@@ -19,7 +19,10 @@ This module sums those differences per router and option:
   the run reported an actual cost.
 
 Runs that say nothing about their option are left out of the judging (see
-``judges_route``): cancelled ones, and those that never used the option.
+``judges_route``): cancelled ones, and those that never used the option. A run
+is judged as the router learns it (``routed_success``): one whose tier's model
+was down failed the option, whatever the offline planners then made of it, so
+the accuracy reported is that of the predictions the router acts on.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from dendrite.learning.router import judges_route
+from dendrite.learning.router import judges_route, routed_success
 from dendrite.store import ExecutionStore
 from dendrite.store.analytics import RoutingOutcome
 
@@ -92,9 +95,10 @@ def _accuracy(router: str, option: str, items: list[RoutingOutcome], total: int)
     for item in items:
         if item.outcome is None or not judges_route(item.outcome):
             continue
-        error = item.decision.prediction_error(item.outcome)
+        success = routed_success(item.outcome)
+        error = item.decision.prediction_error(item.outcome, success=success)
         if error.success is not None:
-            actual.append(float(item.outcome.success))
+            actual.append(float(success))
             predicted.append(actual[-1] - error.success)
         if error.cost is not None:
             costs.append(abs(error.cost))

@@ -134,13 +134,24 @@ class HealthMonitor:
             return self._entry(tool).health
 
     def has_stand_in(self, tool: str) -> bool:
-        """Whether another enabled tool can do this one's job (declared alternatives)."""
+        """Whether another tool can do this one's job (declared alternatives, either way).
+
+        A tool on probation is enabled for its one probe call but stands in for nothing:
+        quarantining this tool on its account would leave the capability with no tool
+        at all as soon as that probe failed.
+        """
         found = self.registry.find(tool)
-        if found is not None and any(
-            (alt := self.registry.find(a)) is not None and alt.available for a in found.alternatives
-        ):
+        if found is not None and any(self._can_stand_in(a) for a in found.alternatives):
             return True
-        return any(tool in other.alternatives and other.available for other in self.registry)
+        return any(
+            tool in other.alternatives and self._can_stand_in(other.name) for other in self.registry
+        )
+
+    def _can_stand_in(self, name: str) -> bool:
+        found = self.registry.find(name)
+        entry = self._tools.get(name)
+        out = entry is not None and entry.health in (Health.PROBING, Health.QUARANTINED)
+        return found is not None and found.available and not out
 
     def observe_call(
         self, tool: str, tries: Sequence[tuple[bool, datetime | None]]

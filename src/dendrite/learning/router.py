@@ -998,8 +998,10 @@ class Router:
         """Learn the outcome of the option chosen for ``execution_id``; returns its reward.
 
         Reporting again for an execution already learned replaces its outcome (a late
-        rating, a corrected cost). Raises :class:`UnknownDecisionError` for an execution this
-        router did not decide (:class:`DecisionExpiredError` if its decision expired).
+        rating, a corrected cost). A rating left out keeps the one :meth:`feedback` gave,
+        before the outcome or after: it is the user's, not part of the outcome. Raises
+        :class:`UnknownDecisionError` for an execution this router did not decide
+        (:class:`DecisionExpiredError` if its decision expired).
         """
         if not isinstance(success, bool | np.bool_):
             raise TypeError(f"success must be a bool, got {success!r}")
@@ -1019,6 +1021,8 @@ class Router:
                 )  # fmt: skip
             observation = self._learned.get(execution_id)
             if observation is not None:
+                if rating is None:
+                    rating = observation.rating
                 return self._revise(execution_id, observation, success, rating, cost)
             raise self._unknown(execution_id)
 

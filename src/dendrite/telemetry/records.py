@@ -295,13 +295,23 @@ class RoutingDecision(_Record):
     predicted_duration_ms: float | None = Field(default=None, ge=0, le=MAX_DURATION_MS)
     created_at: Moment = Field(default_factory=utcnow)
 
-    def prediction_error(self, outcome: ExecutionRecord) -> PredictionError:
-        """Error of this decision's predictions against the execution it routed."""
-        success = None
+    def prediction_error(
+        self, outcome: ExecutionRecord, *, success: bool | None = None
+    ) -> PredictionError:
+        """Error of this decision's predictions against the execution it routed.
+
+        ``success`` is the outcome as the chosen option earned it, where the router
+        judges that otherwise than the run's own success (``outcome.success`` by default):
+        a run that offline planners rescued after its tier's model went down failed the
+        tier (``dendrite.learning.router.routed_success``), and is learned as a failure.
+        """
+        if success is None:
+            success = outcome.success
+        error = None
         if self.predicted_success is not None:
-            success = float(outcome.success) - self.predicted_success
+            error = float(success) - self.predicted_success
         return PredictionError(
-            success=success,
+            success=error,
             duration=_relative(outcome.duration_ms, self.predicted_duration_ms),
             cost=_relative(outcome.actual_cost, self.predicted_cost),
         )
