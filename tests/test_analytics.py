@@ -185,6 +185,16 @@ def test_recent_executions_filters_and_cursor(store: ExecutionStore):
     assert len(store.get_recent_executions(10, project="b", since=TODAY - timedelta(hours=7))) == 3
 
 
+def test_an_empty_label_asks_for_the_runs_without_one(store: ExecutionStore):
+    """A record keeps "" as none, so ``intent=""`` matched no run at all."""
+    bare = _exec(store, intent="", model_tier="", pool="", started_at=TODAY)
+    _exec(store, intent="search", model_tier="m", pool="p", started_at=TODAY)
+    for label in ("intent", "model_tier", "pool"):
+        assert [r.id for r in store.get_recent_executions(10, **{label: ""})] == [bare], label
+    assert len(store.get_recent_executions(10, project="", session_id="")) == 2  # none has one
+    assert store.get_success_rate(intent="").total == 1
+
+
 def test_views_agree_with_the_api(store: ExecutionStore):
     _exec(store, success=True, model_tier="m", pool="p", actual_cost=0.5, started_at=TODAY)
     _exec(store, success=False, model_tier="m", pool="p", started_at=TODAY)

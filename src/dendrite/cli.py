@@ -125,7 +125,8 @@ def upgrade(
     console.print(f"schema at {migrate.current_revision(engine) or 'base (empty)'}")
 
 
-@db_app.command()
+# "-1" is a revision, not an option: Click would refuse it as "No such option: -1".
+@db_app.command(context_settings={"ignore_unknown_options": True})
 def downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision, or -1 for one step.")] = "-1",
     url: UrlOption = None,

@@ -172,7 +172,11 @@ def get_recent_executions(
         (ex.c.pool, pool),
         (ex.c.depth, depth),
     ):
-        if value is not None:
+        if value == "" and column is not ex.c.goal_id:
+            # A record keeps an empty label as none: "" asks for the runs without one, as
+            # it does of get_success_rate, not for none at all.
+            query = query.where(column.is_(None))
+        elif value is not None:
             query = query.where(column == value)
     if no_project:
         query = query.where(ex.c.project.is_(None))
