@@ -8,9 +8,13 @@ from __future__ import annotations
 import ast
 import asyncio
 import base64
+import contextlib
 import json
 import operator
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -27,10 +31,11 @@ from fastapi.routing import APIRoute
 from dendrite import Orchestrator, OrchestratorConfig
 from dendrite.api import InsecureBindError, create_app, is_loopback, serve
 from dendrite.api import app as api_app
-from dendrite.api.server import check_bind
+from dendrite.api.server import SHUTDOWN_GRACE_SECONDS, check_bind
 from dendrite.learning.jobs import JobScheduler
 from dendrite.planning import RetryPolicy
 from dendrite.store import ExecutionStore
+from dendrite.telemetry import ExecutionStatus
 from dendrite.tools import ToolContext, ToolRegistry, tool
 
 TOKEN = "test-token-0123456789"
@@ -479,6 +484,24 @@ def test_stream_disconnect_cancels_the_run(client: httpx.Client, store: Executio
     assert attempt.tool_name == "slow_lookup" and attempt.error_type == "cancelled"
 
 
+@SQLITE_ONLY
+def test_metrics_count_the_attempts_of_a_cancelled_stream(client: httpx.Client) -> None:
+    """A streamed run its client left was counted as a cancelled run with no attempts,
+    though the store records the tool call it cut short."""
+    plan = {"steps": [{"id": "wait", "tool": "slow_lookup", "params": {"key": "k", "seconds": 30}}]}
+    with client.stream("POST", "/v1/goals/stream", json={"plan": plan}) as response:
+        for line in response.iter_lines():
+            if line == "event: step_started":
+                break  # leaving the block closes the connection mid-run
+    cut_short = 'dendrite_step_attempts_total{outcome="failure",tool="slow_lookup"} 1.0'
+    deadline = time.monotonic() + 10
+    while cut_short not in (text := client.get("/metrics").text):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
+    assert 'dendrite_runs_total{status="cancelled"} 1.0' in text
+    assert "dendrite_run_duration_seconds_count 1.0" in text
+
+
 # -- executions --------------------------------------------------------------
 
 
@@ -552,6 +575,33 @@ def test_list_bad_parameters(client: httpx.Client) -> None:
     assert_problem(client.get("/v1/executions", params={"limit": 501}), 422, "limit")
     assert_problem(client.get("/v1/executions", params={"success": "maybe"}), 422, "success")
     assert_problem(client.get("/v1/executions", params={"since": "yesterday"}), 422, "since")
+
+
+def _cursor(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+
+@SQLITE_ONLY
+def test_times_outside_utc_years_and_odd_cursors_are_refused_not_500(
+    client: httpx.Client,
+) -> None:
+    """A ``since`` or cursor time valid in its own offset but outside the years 1 to 9999
+    in UTC overflowed in the store, and a cursor whose id is not text broke uuid.UUID:
+    each was a 500."""
+    for since in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00"):
+        for path in ("/v1/executions", "/v1/analytics/success-rate"):
+            response = client.get(path, params={"since": since})
+            assert_problem(response, 422, "since", "outside the years 1 to 9999 in UTC")
+    some_id = str(uuid.uuid4())
+    for cursor in (
+        {"t": "2025-01-01T00:00:00", "id": 5},
+        {"t": "0001-01-01T00:00:00+05:00", "id": some_id},
+    ):
+        response = client.get("/v1/executions", params={"cursor": _cursor(cursor)})
+        assert_problem(response, 400, "cursor")
+    # An offset inside the range still filters, compared in UTC.
+    shifted = client.get("/v1/executions", params={"since": "2000-01-01T05:00:00+05:00"})
+    assert shifted.status_code == 200, shifted.text
 
 
 @SQLITE_ONLY
@@ -1088,15 +1138,81 @@ def test_bind_refusal_without_token() -> None:
 def test_serve_runs_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     served: dict[str, Any] = {}
 
-    def fake_run(app: Any, **options: Any) -> None:
-        served.update(options, app=app)
+    def fake_run(self: uvicorn.Server, sockets: Any = None) -> None:
+        served.update(host=self.config.host, port=self.config.port)
+        self.started = True
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
     with Orchestrator(make_registry(), store=None, llm=None) as orch:
         serve(orch)
         assert served["host"] == "127.0.0.1" and served["port"] == 8000
         serve(orch, host="0.0.0.0", port=9000, token="t0ken")
         assert served["host"] == "0.0.0.0"
+
+
+SERVE_SCRIPT = """
+import asyncio, sys
+from dendrite import Orchestrator
+from dendrite.api import serve
+from dendrite.store import ExecutionStore
+from dendrite.tools import ToolRegistry
+
+async def nap(seconds: float) -> str:
+    \"\"\"Sleep on the event loop.\"\"\"
+    await asyncio.sleep(seconds)
+    return "rested"
+
+registry = ToolRegistry()
+registry.register_function(nap)
+url, state, port = sys.argv[1:]
+with ExecutionStore(url, state_dir=state) as store, Orchestrator(registry, store=store) as orch:
+    serve(orch, port=int(port), jobs=False, log_level="warning")
+"""
+
+
+@SQLITE_ONLY
+def test_ctrl_c_ends_open_streams_and_records_their_runs_cancelled(
+    store_url: str, tmp_path: Path
+) -> None:
+    """uvicorn waits for open responses, and a stream is open as long as its run: Ctrl-C
+    left the server up until the run finished, then recorded it as succeeded."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    state = str(tmp_path / "state")
+    command = [sys.executable, "-c", SERVE_SCRIPT, store_url, state, str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    plan = {"goal": "rest", "steps": [{"id": "nap", "tool": "nap", "params": {"seconds": 30}}]}
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+            deadline = time.monotonic() + 30
+            while True:
+                assert server.poll() is None and time.monotonic() < deadline, "no server"
+                with contextlib.suppress(httpx.TransportError):
+                    if c.get("/healthz").status_code == 200:
+                        break
+                time.sleep(0.1)
+            with c.stream("POST", "/v1/goals/stream", json={"plan": plan}) as response:
+                lines = response.iter_lines()
+                for line in lines:
+                    if line == "event: step_started":
+                        break
+                server.send_signal(signal.SIGINT)
+                stopping = time.monotonic()
+                rest = list(lines)  # the stream ends now, not when the run would have
+        assert server.wait(timeout=15) == 0
+        assert time.monotonic() - stopping < SHUTDOWN_GRACE_SECONDS  # not cut off at the end
+    finally:
+        if server.poll() is None:
+            server.kill()
+        log = server.communicate()[0]
+    assert [line for line in rest if line.startswith("event:")] == ["event: error"], rest
+    problem = json.loads([line for line in rest if line.startswith("data:")][-1][5:])
+    assert problem["status"] == 503 and problem["type"].endswith(":shutting-down"), problem
+    assert "Traceback" not in log, log
+    with ExecutionStore(store_url, state_dir=state) as store:
+        [record] = store.get_recent_executions(5)
+    assert record.goal_text == "rest" and record.status is ExecutionStatus.CANCELLED
 
 
 # -- no store ----------------------------------------------------------------

@@ -3,7 +3,7 @@
 See ``docs/api.md`` for the routes.
 """
 
-from dendrite.api.app import create_app
+from dendrite.api.app import create_app, end_streams
 from dendrite.api.server import InsecureBindError, is_loopback, serve
 
-__all__ = ["InsecureBindError", "create_app", "is_loopback", "serve"]
+__all__ = ["InsecureBindError", "create_app", "end_streams", "is_loopback", "serve"]

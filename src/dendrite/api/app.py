@@ -105,7 +105,7 @@ from dendrite.store.errors import (
 from dendrite.store.serialize import dumps
 from dendrite.store.writer import is_connection_error
 from dendrite.telemetry import ExecutionStatus
-from dendrite.telemetry.records import MAX_TOOL_NAME, ExecutionRecord
+from dendrite.telemetry.records import MAX_TOOL_NAME, ExecutionRecord, Moment, as_utc
 from dendrite.tools import ToolStatus, UnknownToolError
 
 log = logging.getLogger("dendrite.api")
@@ -114,6 +114,9 @@ T = TypeVar("T")
 
 KEEPALIVE_SECONDS = 15.0
 """Seconds of silence after which a stream sends a comment line (proxies close idle streams)."""
+
+UNWIND_SECONDS = 5.0
+"""At shutdown, the most seconds to wait for cancelled runs to be recorded."""
 
 _PLANNER_CLASSES: dict[str, type] = {
     "dendrite": DendritePlanner,
@@ -149,10 +152,19 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data = json.loads(raw)
-        started_at = datetime.fromisoformat(data["t"])
+        # as_utc: a time outside the years 1 to 9999 in UTC is one no store can compare.
+        started_at = as_utc(datetime.fromisoformat(data["t"]))
         execution_id = str(uuid.UUID(data["id"]))
         started_at + timedelta(microseconds=1)  # the page's bound: 9999-12-31 has none
-    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError, OverflowError):
+    except (
+        binascii.Error,
+        ValueError,
+        TypeError,
+        KeyError,
+        UnicodeDecodeError,
+        OverflowError,
+        AttributeError,  # an "id" that is not a string: uuid.UUID(5)
+    ):
         raise ProblemError(
             400,
             "invalid-cursor",
@@ -160,8 +172,6 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
             "the cursor is not one this API handed out; pass the 'next_cursor' of a previous "
             "page unchanged, or leave it out for the first page",
         ) from None
-    if started_at.tzinfo is None:
-        started_at = started_at.replace(tzinfo=UTC)
     return started_at, execution_id
 
 
@@ -210,6 +220,13 @@ class _State:
     started: float = field(default_factory=time.monotonic)
     planners: dict[tuple[str, str | None], Planner] = field(default_factory=dict)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    streams: set[asyncio.Queue[tuple[str, Any]]] = field(default_factory=set)
+
+    def end_streams(self) -> None:
+        """Tell every open event stream that the server is shutting down: each ends and
+        cancels its run, which a server would otherwise wait for however long it takes."""
+        for queue in self.streams:
+            queue.put_nowait(("shutdown", None))
 
     # -- store access --------------------------------------------------------
 
@@ -388,7 +405,9 @@ _GOAL_EXAMPLES: dict[str, Any] = {
 GoalBody = Annotated[GoalRequest, Body(openapi_examples=_GOAL_EXAMPLES)]
 ExecutionId = Annotated[uuid.UUID, Path(description="the execution's id (a UUID)")]
 ToolName = Annotated[str, Path(max_length=MAX_TOOL_NAME, description="the tool's registered name")]
-Since = Annotated[datetime | None, Query(description="ISO 8601; naive means UTC")]
+Since = Annotated[Moment | None, Query(description="ISO 8601; naive means UTC")]
+"""Converted to UTC as it is read: a time outside the years 1 to 9999 in UTC is a 422
+naming ``since``, not an overflow in the store."""
 
 
 def _query_parameters(dependant: Dependant) -> frozenset[str]:
@@ -442,6 +461,10 @@ def create_app(
     Bearer <token>``. ``max_body_bytes``: larger request bodies get 413.
     ``jobs``: a scheduler that runs the learning jobs while the app serves. The
     app never closes the orchestrator: whoever made it does.
+
+    A server stops only once its open responses end, and an event stream lasts
+    as long as its run: call :func:`end_streams` when shutdown begins
+    (:func:`dendrite.api.serve` does).
     """
     if token is not None and not token.strip():
         raise ValueError("the API token must not be empty; pass None for no token")
@@ -456,6 +479,8 @@ def create_app(
         try:
             yield
         finally:
+            if state.background:  # runs the streams cancelled, still being recorded
+                await asyncio.wait(state.background, timeout=UNWIND_SECONDS)
             if jobs is not None:
                 await jobs.stop()
 
@@ -551,7 +576,7 @@ def create_app(
             "intent": intent,
             "success": success,
             "session_id": session_id,
-            "since": since.replace(tzinfo=UTC) if since and since.tzinfo is None else since,
+            "since": since,
         }
         rows, more = await state.blocking(_page, store, limit, filters, position)
         return _json(
@@ -724,8 +749,6 @@ def create_app(
         since: Since = None,
     ) -> Response:
         store = state.store()
-        if since is not None and since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
         rate = await state.blocking(store.get_success_rate, intent, since)
         return _json(
             {
@@ -954,6 +977,12 @@ def create_app(
     return app
 
 
+def end_streams(app: FastAPI) -> None:
+    """End the open event streams of ``app`` (from :func:`create_app`), cancelling their
+    runs; they are recorded as cancelled while the app's lifespan shuts down."""
+    app.state.dendrite.end_streams()
+
+
 def _unknown_execution(execution_id: uuid.UUID) -> ProblemError:
     return ProblemError(
         404,
@@ -1004,17 +1033,23 @@ async def _events(
                 )
             )
 
-    async def observe(execution_id: str) -> None:
+    async def observe(execution_id: str, duration_s: float) -> None:
+        # A cancelled run is recorded, attempts and all, while its task unwinds: its trace
+        # is complete only once that task is done.
+        await asyncio.wait({task})
         try:
             trace = await state.blocking(orch.get_execution_trace, execution_id)
         except Exception:
             trace = None
         steps = trace.steps if trace is not None else []
         status = trace.status if trace is not None else outcome["status"] or "failed"
-        state.metrics.observe_run(status, time.perf_counter() - started, steps)
+        state.metrics.observe_run(status, duration_s, steps)
 
     state.metrics.start()
     task = asyncio.create_task(produce())
+    state.background.add(task)  # so that shutdown waits for its run to be recorded
+    task.add_done_callback(state.background.discard)
+    state.streams.add(queue)
     sequence = 0
     try:
         while True:
@@ -1034,22 +1069,34 @@ async def _events(
                 sequence += 1
                 yield sse("error", item, sequence)
                 break
+            elif kind == "shutdown":
+                sequence += 1
+                problem = problem_body(
+                    503,
+                    "shutting-down",
+                    "Server shutting down",
+                    "the server is shutting down, so this run was cancelled (and is recorded "
+                    "as cancelled); run the goal again once the server is back",
+                    "/v1/goals/stream",
+                )
+                yield sse("error", problem, sequence)
+                break
             else:
                 break
     finally:
+        state.streams.discard(queue)
         state.metrics.stop()
         if not task.done():
             task.cancel()  # the client left: cancelling the stream cancels the run
             outcome["status"] = outcome["status"] or "cancelled"
         execution_id = outcome["execution_id"]
-        if execution_id is not None and outcome["status"] != "cancelled":
-            recorder = asyncio.get_running_loop().create_task(observe(execution_id))
+        duration_s = time.perf_counter() - started
+        if execution_id is not None:  # its trace has the attempts, a cancelled run's too
+            recorder = asyncio.get_running_loop().create_task(observe(execution_id, duration_s))
             state.background.add(recorder)
             recorder.add_done_callback(state.background.discard)
-        else:
-            state.metrics.observe_run(
-                outcome["status"] or "cancelled", time.perf_counter() - started
-            )
+        else:  # refused or cancelled before it had an id: no attempts to count
+            state.metrics.observe_run(outcome["status"] or "cancelled", duration_s)
 
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "end_streams"]

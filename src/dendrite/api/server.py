@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import socket
+import sys
 
 import uvicorn
+from fastapi import FastAPI
+from uvicorn.config import STARTUP_FAILURE
 
-from dendrite.api.app import create_app
+from dendrite.api.app import create_app, end_streams
 from dendrite.learning.jobs import JobScheduler
 from dendrite.orchestrator import Orchestrator
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+"""At shutdown, how long requests still open (a long ``POST /v1/goals``) may go on
+before they are cancelled, their runs recorded as cancelled."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that ends the app's event streams as soon as it starts shutting down.
+
+    uvicorn stops once the open responses end, and an event stream is open for as
+    long as its run: Ctrl-C would wait for every streamed run to finish, then
+    record it as if nobody had asked to stop.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        end_streams(self._app)
+        await super().shutdown(sockets)
 
 
 class InsecureBindError(ValueError):
@@ -51,6 +77,10 @@ def serve(
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); the caller closes the orchestrator.
 
+    On Ctrl-C the open event streams end at once, their runs cancelled; other
+    requests get :data:`SHUTDOWN_GRACE_SECONDS` to finish, then are cancelled too.
+    Either way the runs are recorded as cancelled before this returns.
+
     Refuses (:class:`InsecureBindError`, before binding anything) to listen on
     a non-loopback ``host`` without a ``token``. With ``jobs`` (and a store) the
     learning jobs run on their schedule while it serves.
@@ -58,4 +88,16 @@ def serve(
     check_bind(host, token)
     scheduler = JobScheduler(orchestrator) if jobs and orchestrator.store is not None else None
     app = create_app(orchestrator, token=token, max_body_bytes=max_body_bytes, jobs=scheduler)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        proxy_headers=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
+    server = _Server(config, app)
+    with contextlib.suppress(KeyboardInterrupt):  # the Ctrl-C that stopped it, raised again
+        server.run()
+    if not server.started:  # as uvicorn.run does; the log says why (a port in use)
+        sys.exit(STARTUP_FAILURE)
