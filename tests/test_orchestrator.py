@@ -81,6 +81,31 @@ def orch(store: ExecutionStore):
         yield orchestrator
 
 
+def test_a_run_reads_saved_state_off_the_event_loop(
+    orch: Orchestrator, store: ExecutionStore, monkeypatch: pytest.MonkeyPatch
+):
+    """The quality policies and the tools' saved states were read from the store on the
+    event loop: a slow database stalled every request of the API server."""
+    on_loop: list[bool] = []
+    read = store.get_state_entries
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(store, "get_state_entries", recording)
+    orch._tool_states_read_at = float("-inf")  # their refresh is due
+    orch.policies._cache = None  # never read yet
+    asyncio.run(
+        orch.run(Plan(goal="g", steps=[Step(id="s", tool="search", params={"query": "q"})]))
+    )
+    assert on_loop and not any(on_loop)
+
+
 def test_every_run_and_attempt_lands_in_the_store(orch: Orchestrator, store: ExecutionStore):
     result = orch.process(demo_plan(), session_id="sess-1")
     assert result.success and result.status is ExecutionStatus.SUCCEEDED

@@ -570,17 +570,23 @@ class Orchestrator:
                 if self.learning is not None:
                     self.learning.health.reset(name, "enabled by another process")
 
-    def _follow_saved_tool_states(self) -> None:
+    async def _follow_saved_tool_states(self) -> None:
         """Take up, every ``TOOL_STATES_REFRESH`` seconds, the tool states another process
         saved (``dendrite tools disable`` beside a running server, a lifecycle job run from
         the command line), and its promotions: read only at start, they waited for a
-        restart."""
+        restart. Read in a thread: a slow store must not stall the event loop."""
         now = time.monotonic()
         if now - self._tool_states_read_at < TOOL_STATES_REFRESH:
             return
         self._tool_states_read_at = now
-        self._follow(self.state.reread("global", TOOL_STATES_KEY, {}))
-        self._apply_promotions(self.state.reread("global", LIFECYCLE_KEY, {}))
+        states, stages = await asyncio.to_thread(
+            lambda: (
+                self.state.reread("global", TOOL_STATES_KEY, {}),
+                self.state.reread("global", LIFECYCLE_KEY, {}),
+            )
+        )
+        self._follow(states)
+        self._apply_promotions(stages)
 
     def _saved_tool_names(self) -> set[str]:
         """Tools with a state or lifecycle stage saved by any process, as the store has them."""
@@ -707,7 +713,7 @@ class Orchestrator:
     ) -> ExecutionResult:
         if self._closed:
             raise OrchestratorClosedError("this Orchestrator is closed")
-        self._follow_saved_tool_states()
+        await self._follow_saved_tool_states()
         parent = _current.get()
         depth = parent.depth + 1 if parent else 0
         if depth > self.config.max_depth:
@@ -969,8 +975,10 @@ class Orchestrator:
             project=project if isinstance(project, str) else None, planner=planner
         )
         if self.policies is not None:
-            try:  # from memory after the first read of the store
-                decisions.policy = self.policies.get(decisions.project)
+            try:  # from memory, but for a read of the store every refresh_seconds
+                get, project = self.policies.get, decisions.project
+                fresh = self.policies.fresh
+                decisions.policy = get(project) if fresh else await asyncio.to_thread(get, project)
             except Exception:
                 log.warning("quality policy unavailable; using defaults", exc_info=True)
         if self.router is not None and depth == 0:

@@ -94,6 +94,13 @@ class QualityPolicies:
         self._read_at = 0.0
         self._runs: dict[str, int] = {}
 
+    @property
+    def fresh(self) -> bool:
+        """Whether :meth:`get` answers from memory: otherwise it reads the store, which an
+        event loop must not wait on."""
+        stale = self.state is not None and time.monotonic() - self._read_at >= self.refresh_seconds
+        return self._cache is not None and not stale
+
     def _all(self) -> dict[str, QualityPolicy]:
         now = time.monotonic()
         stale = self.state is not None and now - self._read_at >= self.refresh_seconds
