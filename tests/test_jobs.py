@@ -663,6 +663,20 @@ def test_quality_job_adapts_every_project(store: ExecutionStore):
     assert QualityPolicies(StateManager(store)).get("ops").min_confidence == 0.6
 
 
+def test_the_default_policy_is_measured_over_the_same_runs_by_every_path(store: ExecutionStore):
+    """It is the policy of runs without a project and of a project named "default": the
+    orchestrator measured only the latter, the quality job only the former, and each moved
+    it by its own history."""
+    for i in range(12):
+        store.store_execution(goal_text=f"g{i}", success=False, duration_ms=1.0, project="default")
+        store.store_execution(goal_text=f"h{i}", success=True, duration_ms=1.0)
+    wait_until_drained(store)
+    asked = QualityPolicies(None).adapt(store, "default")
+    (job,) = [p for p in QualityPolicies(None).adapt_all(store) if p.project == "default"]
+    assert asked.measured_success == job.measured_success == 0.5
+    assert asked.samples == job.samples == 24
+
+
 def test_a_failing_job_is_recorded_as_failed(store: ExecutionStore, monkeypatch):
     def broken(ctx: JobContext) -> dict:
         raise RuntimeError("disk full")

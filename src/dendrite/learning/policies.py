@@ -165,12 +165,16 @@ class QualityPolicies:
         """Re-measure a project's success over its last ``window`` runs and move its policy."""
         name = project or DEFAULT_PROJECT
         # Filtered by the store, not after its limit: other projects' runs and nested runs
-        # would otherwise take the window's places.
-        mine = {"project": project} if project is not None else {"no_project": True}
+        # would otherwise take the window's places. The policy named "default" is that of
+        # runs without a project and of a project named so: measured over both, or the
+        # orchestrator and the quality job would each move it by another history.
+        asks: list[dict[str, Any]] = [{"project": name}]
+        if name == DEFAULT_PROJECT:
+            asks.append({"no_project": True})
+        runs = [r for ask in asks for r in store.get_recent_executions(self.window, depth=0, **ask)]
+        runs.sort(key=lambda r: (r.started_at, r.id), reverse=True)
         top = [  # a run stopped by its client says nothing of how well the project does
-            r
-            for r in store.get_recent_executions(self.window, depth=0, **mine)
-            if r.status is not ExecutionStatus.CANCELLED
+            r for r in runs[: self.window] if r.status is not ExecutionStatus.CANCELLED
         ]
         with self._lock:
             policies = self._all()
