@@ -185,7 +185,7 @@ def test_arguments_are_read_by_type_and_name(goal, schema, expected):
         ("calculate 3 \u00d7 4 \u00f7 2", "3 * 4 / 2"),
         ("calculate .5 * 4", ".5 * 4"),
         ("calculate 1,250 * 2", "1250 * 2"),
-        ("what is max(1,250) plus 2 squared", "max(1,250) + 2 ** 2"),
+        ("what is max(1,250) plus 2 squared", "max(1,250) + (2) ** 2"),
         ("calculate 5", "5"),
     ],
 )

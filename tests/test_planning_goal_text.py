@@ -363,3 +363,44 @@ def test_arithmetic_in_words_and_conversions_asked_as_questions_are_planned(tmp_
     assert counted.output["words"] == 5
     assert spoken_math("12 000 000 / 4") == "12000000 / 4"
     assert spoken_math("3 4") == "3 4"  # not groups of three: left for the calculator to refuse
+
+
+@pytest.mark.parametrize(
+    ("goal", "tool", "answer"),
+    [
+        ("multiply -3 by 4", "calculate", -12),  # was -3: the sign kept the words from reading
+        ("divide -10 by 4", "calculate", -2.5),
+        ("what is 15% of -80", "calculate", -12),
+        ("subtract -5 from 10", "calculate", 15),
+        ("the sum of -1, 2 and 3", "calculate", 4),
+        ("what is negative 3 plus 5", "calculate", 2),  # was 8
+        ("what is -5 squared", "calculate", 25),  # was -25
+        ("what is the remainder of 17 divided by 5", "calculate", 2),  # was 3.4
+        ("what is 17 mod 5", "calculate", 2),
+        ("calculate 3 x 4", "calculate", 12),
+        ("what is 2^10", "calculate", 1024),
+        ("what is 5 kg in pounds", "convert_units", pytest.approx(11.0231131)),  # was 5
+        ("what's 30 minutes in seconds", "convert_units", 1800),
+        ("5 kg to lb", "convert_units", pytest.approx(11.0231131)),
+        ("convert negative 40 celsius to fahrenheit", "convert_units", -40),  # was 104
+        ("how many seconds in a day", "convert_units", 86400),  # was keywords
+        ("convert 1e3 m to km", "convert_units", 1),  # was a document search
+        ("convert .5 kg to g", "convert_units", 500),
+    ],
+)
+def test_signs_operations_and_conversions_are_read_as_written(
+    orch: Orchestrator, goal: str, tool: str, answer: float
+):
+    result = orch.process(goal)
+    assert [s.tool for s in result.plan.steps] == [tool]
+    assert result.output == answer
+
+
+@pytest.mark.parametrize("goal", ["what is 5 factorial", "is 7.5 prime"])
+def test_a_lone_number_is_no_answer_to_a_goal_that_asks_more_of_it(orch: Orchestrator, goal: str):
+    """Both were answered with their number, 5 and 7.5, by the calculator."""
+    try:
+        result = orch.process(goal)
+    except PlanningError:
+        return
+    assert not result.success and result.output is None

@@ -50,14 +50,15 @@ _TOPIC = re.compile(
     r"(.+?)(?:[?.!]|$)",
     re.I,
 )
+_AMOUNT = rf"(?<![\d,.])[-+]?(?:{_DIGITS}(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"  # 1e3, .5
 _UNITS = re.compile(
-    rf"(?P<value>{_FRACTION}|(?<![\d,.])[-+]?{_DIGITS}(?:\.\d+)?)\s*"
+    rf"(?P<value>{_FRACTION}|{_AMOUNT})\s*"
     r"(?P<from>[A-Za-z°][\w°/]*)\s+(?:to|in|into)\s+(?P<to>[A-Za-z°][\w°/]*)",
     re.I,
 )
 _HOW_MANY = re.compile(  # "how many miles is 10 km": the same groups, the other way round
     rf"\bhow\s+many\s+(?P<to>[A-Za-z°][\w°/]*)\s+(?:(?:is|are)(?:\s+(?:there\s+)?in)?|in)\s+"
-    rf"(?P<value>(?<![\d,.])[-+]?{_DIGITS}(?:\.\d+)?)\s*(?P<from>[A-Za-z°][\w°/]*)",
+    rf"(?P<value>{_AMOUNT}|(?:an?|one)(?=\s))\s*(?P<from>[A-Za-z°][\w°/]*)",  # "in a day"
     re.I,
 )
 _DEGREE_SIGN = re.compile(r"\bdeg(?:rees?)?\s+(?=[CFKR]\b)", re.I)  # "degrees F" is "°F"
@@ -137,7 +138,10 @@ def _blanked(pattern: re.Pattern[str], text: str) -> str:
 
 
 def quantity(written: str) -> float:
-    """A quantity as the unit reader finds it written: "1,500", "2.5", or a fraction "3/4"."""
+    """A quantity as the unit reader finds it written: "1,500", "2.5", "1e3", a fraction
+    "3/4", or "a" ("how many seconds in a day")."""
+    if written.lower() in ("a", "an", "one"):
+        return 1.0
     numerator, _, denominator = written.replace(",", "").partition("/")
     return float(numerator) / float(denominator or 1)
 
@@ -158,10 +162,30 @@ def _conversion(goal: str) -> re.Match[str] | None:
 
 
 def asks_unit_conversion(goal: str) -> bool:
-    """Whether ``goal`` asks to convert one quantity to another unit: "convert 5 kg to lb"
-    or "how many miles is 10 km" (not "5 files in docs", nor a compound quantity)."""
+    """Whether ``goal`` asks to convert one quantity to another unit: "convert 5 kg to lb",
+    "how many miles is 10 km", or a goal that is nothing but the quantity and the units
+    ("what's 100 F in C", "5 kg to lb"); not "list 5 files in docs", nor a compound
+    quantity."""
     found = _conversion(goal)
-    return found is not None and (found.re is _HOW_MANY or _converts_units(goal))
+    return found is not None and (
+        found.re is _HOW_MANY
+        or _converts_units(goal)
+        or (
+            bool(_ASKED_AS_IS.fullmatch(goal[: found.start()]))
+            and not goal[found.end() :].strip(" ?.!")
+        )
+    )
+
+
+_ASKED_AS_IS = re.compile(
+    r"\s*(?:please\s+)?(?:what(?:'s|\s+is|\s+are)\s+|how\s+much\s+is\s+)?", re.I
+)
+
+
+def reads_as_conversion(goal: str) -> bool:
+    """Whether a goal already taken for a calculation reads as a quantity and two units
+    ("what is 5 kg in pounds"): a converter's, not a calculator's."""
+    return _conversion(goal) is not None
 
 
 def _asks_conversion(goal: str) -> bool:
@@ -177,12 +201,16 @@ def as_read(goal: str) -> str:
 
 
 def _signed(goal: str) -> str:
-    """The goal with a negative number written with a minus sign (U+2212) or the word
-    ("to minus 5 degrees") as "-5", which the number reader reads; "7 minus 5" is left
-    to arithmetic."""
+    """The goal with a negative number written with a minus sign (U+2212) or a word ("to
+    minus 5 degrees", "negative 40") as "-5", which the number reader reads; "7 minus 5"
+    is left to arithmetic."""
     return re.sub(
-        "(?:\u2212|\\bminus\\s)\\s*(?=\\d)",
-        lambda m: m.group(0) if re.search(r"[\d)]\s*$", goal[: m.start()]) else "-",
+        "(?:\u2212|\\bminus\\s|\\b(?P<word>negative)\\s)\\s*(?=\\d)",
+        lambda m: (
+            m.group(0)
+            if not m.group("word") and re.search(r"[\d)]\s*$", goal[: m.start()])
+            else "-"
+        ),
         goal,
         flags=re.I,
     )
@@ -413,15 +441,16 @@ def _number_named(lname: str, goal: str) -> tuple[float | int, int] | None:
 
 
 _NUM = r"(?:\d[\d.]*|\.\d+)"
+_SIGNED = rf"(?:(?<![\d.)])-)?{_NUM}"  # "-3", but not the "-5" of "3-5": that is subtraction
 _NUMBER_LIST = re.compile(  # "add 3, 4 and 5", "the sum of 3 and 4", "the product of 6 and 7"
     rf"\b(?:(?P<sum>add|(?:the\s+)?sum(?:\s+of)?)|(?:the\s+)?(?P<product>product)\s+of)\s+"
-    rf"(?P<numbers>{_NUM}(?:\s*,\s*{_NUM})*\s*,?\s+and\s+{_NUM})(?![\w.])",
+    rf"(?P<numbers>{_SIGNED}(?:\s*,\s*{_SIGNED})*\s*,?\s+and\s+{_SIGNED})(?![\w.])",
     re.I,
 )
 
 
 def _listed(match: re.Match[str]) -> str:
-    numbers = re.findall(_NUM, match.group("numbers"))
+    numbers = re.findall(rf"-?{_NUM}", match.group("numbers"))
     return (" + " if match.group("sum") else " * ").join(numbers)
 
 
@@ -430,15 +459,27 @@ _SPOKEN_MATH = (
     (re.compile("\u00f7"), "/"),
     (re.compile(r"(?<=\d)\s*[\u2212\u2013]\s*(?=[\d.(])"), " - "),  # minus, en dash
     (re.compile(rf"(?:the\s+)?square\s+root\s+of\s+({_NUM})", re.I), r"sqrt(\1)"),
-    (re.compile(rf"({_NUM})\s*(?:%|percent)\s+of\s+({_NUM})", re.I), r"(\1 / 100 * \2)"),
-    (re.compile(rf"({_NUM})\s+squared\b", re.I), r"\1 ** 2"),
-    (re.compile(rf"({_NUM})\s+cubed\b", re.I), r"\1 ** 3"),
+    (re.compile(rf"({_NUM})\s*(?:%|percent)\s+of\s+({_SIGNED})", re.I), r"(\1 / 100 * \2)"),
+    (re.compile(rf"({_SIGNED})\s+squared\b", re.I), r"(\1) ** 2"),  # "-5 squared" is 25
+    (re.compile(rf"({_SIGNED})\s+cubed\b", re.I), r"(\1) ** 3"),
     (re.compile(r"\b(?:to\s+the\s+power\s+of|raised\s+to(?:\s+the\s+power\s+of)?)\b", re.I), "**"),
-    (re.compile(rf"\bmultiply\s+({_NUM})\s+(?:by|and|with)\s+({_NUM})", re.I), r"\1 * \2"),
-    (re.compile(rf"\bdivide\s+({_NUM})\s+by\s+({_NUM})", re.I), r"\1 / \2"),
+    (
+        re.compile(rf"\bmultiply\s+({_SIGNED})\s+(?:by|and|with)\s+({_SIGNED})", re.I),
+        r"\1 * \2",
+    ),
+    (re.compile(rf"\bdivide\s+({_SIGNED})\s+by\s+({_SIGNED})", re.I), r"\1 / \2"),
+    (  # "the remainder of 17 divided by 5", "17 mod 5"
+        re.compile(
+            rf"\bremainder\s+(?:of|when)\s+({_SIGNED})\s+(?:is\s+)?divided\s+by\s+({_SIGNED})", re.I
+        ),
+        r"\1 % \2",
+    ),
+    (re.compile(r"(?<=\d)\s+(?:mod|modulo)\s+(?=[-\d.])", re.I), " % "),
+    (re.compile(r"(?<=\d)\s*x\s*(?=[-\d.])"), " * "),  # "3 x 4"
+    (re.compile(r"(?<=[\d)])\s*\^\s*(?=[-\d.(])"), " ** "),  # "2^10": powers, as written
     (_NUMBER_LIST, _listed),
-    (re.compile(rf"\badd\s+({_NUM})\s+(?:and|to)\s+({_NUM})", re.I), r"\1 + \2"),
-    (re.compile(rf"\bsubtract\s+({_NUM})\s+from\s+({_NUM})", re.I), r"\2 - \1"),
+    (re.compile(rf"\badd\s+({_SIGNED})\s+(?:and|to)\s+({_SIGNED})", re.I), r"\1 + \2"),
+    (re.compile(rf"\bsubtract\s+({_SIGNED})\s+from\s+({_SIGNED})", re.I), r"\2 - (\1)"),
     (re.compile(r"\b(?:times|multiplied\s+by)\b", re.I), "*"),
     (re.compile(r"\bdivided\s+by\b", re.I), "/"),
     (re.compile(r"\bplus\b", re.I), "+"),
@@ -505,22 +546,27 @@ def _named(lname: str, names: tuple[str, ...]) -> bool:
     return any(h == lname or lname.endswith(h) for h in names)
 
 
+_ONLY_A_NUMBER = re.compile(
+    r"\s*(?:please\s+)?(?:(?:calculate|compute|evaluate|what(?:'s|\s+is)|how\s+much\s+is)\s+)?"
+    r"(?:the\s+value\s+of\s+)?[-+]?(?:\d[\d.]*|\.\d+)(?:e[-+]?\d+)?\s*[?.!]?\s*",
+    re.I,
+)
+
+
 def _string_for(
     lname: str, goal: str, quoted: list[str], paths: list[str], topic: re.Match[str] | None
 ) -> str | None:
     if _named(lname, EXPRESSION_NAMES):
         spoken = spoken_math(goal)
         candidates = [m.group(0).strip() for m in _MATH_EXPRESSION.finditer(spoken)]
-        # A lone number is the expression only when it is the goal's one number: of
-        # "7 times 6" read wrong, taking "7" would answer a confident wrong 7.
-        # Nor when the goal asks to convert: "convert 100 degrees F to C" is no 100.
-        alone = (
-            len(numbers_in(spoken)) == 1
-            and not _OPERATOR.search(spoken)
-            and not _asks_conversion(goal)
-        )
+        # A lone number is the expression only when the goal asks for nothing but it
+        # ("calculate 42"): of "7 times 6" read wrong, taking "7" would answer a confident
+        # wrong 7, and so would "5 factorial", "is 7.5 prime" or "5 kg in pounds".
+        alone = bool(_ONLY_A_NUMBER.fullmatch(spoken))
         candidates = [
-            c for c in candidates if re.search(r"[-+*/%^(]|\w\(", c) or (alone and _is_number(c))
+            c
+            for c in candidates
+            if re.search(r"[-+*/%^(]|\w\(", c.lstrip("-+")) or (alone and _is_number(c))
         ]
         return max(candidates, key=len) if candidates else None
     if _named(lname, PATTERN_NAMES):  # the quoted passage that reads as a pattern

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from dendrite.planning.arguments import (
-    asks_unit_conversion,
     extract_arguments,
     one_goal_per_file,
+    reads_as_conversion,
     written_arithmetic,
 )
 from dendrite.planning.classify import QueryType, classify
@@ -121,7 +121,7 @@ class TemplatePlanner:
                 return [self._role("calculate", goal, registry, "step1", why)]
             except PlanningError:
                 pass
-        elif asks_unit_conversion(goal):  # "how many inches in 2 feet" says no "convert"
+        elif reads_as_conversion(goal):  # "how many inches in 2 feet" says no "convert"
             asked = goal if "convert" in tokenize(goal) else f"convert {goal}"
             fits, _ = candidates_for(asked, registry, self.retrievers, k=self.candidates)
             converters = [c for c in fits if does(c.tool, "convert")]
