@@ -404,3 +404,12 @@ def test_a_lone_number_is_no_answer_to_a_goal_that_asks_more_of_it(orch: Orchest
     except PlanningError:
         return
     assert not result.success and result.output is None
+
+
+def test_a_fallback_takes_every_argument_of_its_step(orch: Orchestrator):
+    """``list_documents`` (no folder) stood in for ``list_files(path='reports')`` and listed
+    the root's documents as the answer for a folder that is not there."""
+    result = orch.process("list the files in reports")
+    assert not result.success and "reports" in (result.error or "")
+    for step in result.plan.steps:
+        assert "list_documents" not in step.fallbacks

@@ -185,6 +185,9 @@ def step_from(
 ) -> Step:
     """The best candidate as a step; the next ones that take the same arguments as fallbacks.
 
+    A fallback takes every argument the step has, not only the ones it requires: given
+    just the arguments it accepts, a tool that takes no folder ("list the documents")
+    answered "list the files in reports", a folder that is not there, with a success.
     ``why`` collects, per step, the reason its tool was chosen (for the record).
     """
     best = fits[0]
@@ -195,6 +198,7 @@ def step_from(
         c.tool.name
         for c in fits[1:3]
         if set(c.tool.parameters_schema.get("required", [])) <= set(params)
+        and set(params) <= set(c.tool.parameter_names)
     ]
     return Step(
         id=step_id,
