@@ -413,3 +413,23 @@ def test_a_fallback_takes_every_argument_of_its_step(orch: Orchestrator):
     assert not result.success and "reports" in (result.error or "")
     for step in result.plan.steps:
         assert "list_documents" not in step.fallbacks
+
+
+def test_what_a_goal_asks_to_pull_out_of_a_file_is_extracted_from_its_text(tmp_path: Path):
+    """ "extract emails from contacts.txt" returned the whole file (no pattern was read, so
+    the extractor could not be called), and "find all emails in contacts.txt" the keywords
+    of the goal's own words."""
+    (tmp_path / "contacts.txt").write_text(
+        "Alice: alice@example.com, +1 555 123 4567\nBob: bob@test.org\n"
+    )
+    registry = ToolRegistry()
+    register_builtin(registry, docs_root=tmp_path, files_root=tmp_path)
+    with Orchestrator(registry, store=None, llm=None) as orch:
+        for goal, found in (
+            ("extract emails from contacts.txt", ["alice@example.com", "bob@test.org"]),
+            ("find all emails in contacts.txt", ["alice@example.com", "bob@test.org"]),
+            ("extract the phone numbers from contacts.txt", ["+1 555 123 4567"]),
+        ):
+            result = orch.process(goal)
+            assert [s.tool for s in result.plan.steps] == ["read_file", "regex_extract"], goal
+            assert result.output == found, goal

@@ -553,6 +553,27 @@ _ONLY_A_NUMBER = re.compile(
 )
 
 
+_PATTERNS = {  # by the first two letters of what the goal asks to pull out of a text
+    "em": r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+",
+    "e-": r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+",
+    "ur": r"https?://[^\s<>\"')\]]+",
+    "li": r"https?://[^\s<>\"')\]]+",
+    "ph": r"\+?\d[\d ().-]{5,}\d",
+    "da": r"\b\d{4}-\d{2}-\d{2}\b",
+    "nu": r"-?\d+(?:[.,]\d+)*",
+}
+_NAMED_PATTERN = re.compile(
+    r"\b(?:extract|find|get|list|show|pull(?:\s+out)?|collect)\s+(?:(?:all|every|each|the|of)\s+)*"
+    r"(e-?mail(?:\s+address)?|url|link|phone(?:\s+number)?|date|number)(?:e?s)?\b",
+    re.I,
+)
+
+
+def names_a_pattern(goal: str) -> bool:
+    """Whether the goal asks to pull a kind of text out ("find all emails in x.txt")."""
+    return _NAMED_PATTERN.search(goal) is not None
+
+
 def _string_for(
     lname: str, goal: str, quoted: list[str], paths: list[str], topic: re.Match[str] | None
 ) -> str | None:
@@ -571,7 +592,16 @@ def _string_for(
         return max(candidates, key=len) if candidates else None
     if _named(lname, PATTERN_NAMES):  # the quoted passage that reads as a pattern
         glob = _GLOB.search(goal)  # or a name pattern written bare: "the *.md files"
-        fallback = quoted[0] if quoted else glob.group(0) if glob else None
+        named = _NAMED_PATTERN.search(goal)  # "extract the emails": the pattern of one
+        fallback = (
+            quoted[0]
+            if quoted
+            else glob.group(0)
+            if glob
+            else _PATTERNS[named.group(1).lower()[:2]]
+            if named
+            else None
+        )
         return next((q for q in quoted if _REGEX_SIGNS.search(q)), fallback)
     if lname in TOPIC_NAMES:
         return topic.group(1).strip() if topic else None

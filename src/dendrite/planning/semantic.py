@@ -18,9 +18,11 @@ from typing import Any, Protocol
 from dendrite.planning.arguments import (
     FILLER,
     PATH_HINTS,
+    PATTERN_NAMES,
     QUOTED,
     Extraction,
     extract_arguments,
+    names_a_pattern,
     numbers_in,
     one_goal_per_file,
     paths_in,
@@ -166,7 +168,10 @@ def candidates_for(
     available = [t for t in registry if t.available]
     if not available:
         return [], ["no tool is available"]
-    for name, score, reason in retrievers.ranked(text, registry, min(k, len(available))):
+    asked = text
+    if names_a_pattern(text) and "extract" not in tokenize(text):
+        asked = f"extract {text}"  # "find all emails in x.txt" shares no word with an extractor
+    for name, score, reason in retrievers.ranked(asked, registry, min(k, len(available))):
         tool = registry.find(name)
         if tool is None or not tool.available:
             continue
@@ -177,6 +182,11 @@ def candidates_for(
             rejected.append(f"{tool.name} ({'; '.join(problems)})")
             continue
         fits.append(Candidate(tool, extraction, score, reason))
+    if names_a_pattern(text):  # "find all emails in x.txt": the tool that took their pattern
+        takers = [
+            c for c in fits if any(n.lower().endswith(PATTERN_NAMES) for n in c.extraction.used)
+        ]
+        fits = takers[:1] + [c for c in fits if c not in takers[:1]]
     return fits, rejected
 
 

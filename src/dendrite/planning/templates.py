@@ -17,6 +17,7 @@ from typing import Any
 from dendrite.planning.arguments import (
     extract_arguments,
     one_goal_per_file,
+    paths_in,
     reads_as_conversion,
     written_arithmetic,
 )
@@ -103,6 +104,13 @@ class TemplatePlanner:
         fits, rejected = candidates_for(goal, registry, self.retrievers, k=self.candidates)
         if not fits:
             raise PlanningError(f"no tool fits {goal!r}: {'; '.join(rejected)}")
+        slot = fits[0].extraction.from_rest
+        if slot is not None and paths_in(str(fits[0].extraction.params[slot])):
+            # "find all emails in contacts.txt" is about the file's text, not these words:
+            # the semantic planner reads the file first.
+            raise PlanningError(
+                f"{fits[0].tool.name} would take the words naming a file as its text"
+            )
         return [step_from(fits, "step1", goal, why)]
 
     def _calculation(self, goal: str, registry: ToolRegistry, why: dict[str, str]) -> list[Step]:
