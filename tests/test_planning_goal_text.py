@@ -433,3 +433,14 @@ def test_what_a_goal_asks_to_pull_out_of_a_file_is_extracted_from_its_text(tmp_p
             result = orch.process(goal)
             assert [s.tool for s in result.plan.steps] == ["read_file", "regex_extract"], goal
             assert result.output == found, goal
+
+
+@pytest.mark.parametrize(
+    ("goal", "limit"),
+    [("primes below 30", 30), ("find all primes less than 100", 100), ("the primes up to 20", 20)],
+)
+def test_a_bound_goes_to_the_tool_that_takes_a_limit(orch: Orchestrator, goal: str, limit: int):
+    """They ran ``is_prime`` on the bound and answered false."""
+    result = orch.process(goal)
+    assert [(s.tool, s.params) for s in result.plan.steps] == [("primes", {"limit": limit})]
+    assert result.output[-1] <= limit and result.output[:3] == [2, 3, 5]

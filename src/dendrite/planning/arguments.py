@@ -569,6 +569,21 @@ _NAMED_PATTERN = re.compile(
 )
 
 
+_BOUND = re.compile(
+    rf"\b(?:below|under|less\s+than|smaller\s+than|lower\s+than|up\s+to|at\s+most|"
+    rf"no\s+more\s+than|not\s+above|until|through)\s+(?:and\s+including\s+)?({_AMOUNT})",
+    re.I,
+)
+BOUND_NAMES = ("limit", "max", "maximum", "upper", "bound", "up_to", "until", "stop", "end")
+
+
+def bound_in(goal: str) -> float | None:
+    """The number a goal gives as a bound ("primes below 30": 30), if any: it is the value
+    of a tool's limit, not a number to test ("is 30 prime" is another question)."""
+    found = _BOUND.search(goal)
+    return quantity(found.group(1)) if found else None
+
+
 def names_a_pattern(goal: str) -> bool:
     """Whether the goal asks to pull a kind of text out ("find all emails in x.txt")."""
     return _NAMED_PATTERN.search(goal) is not None

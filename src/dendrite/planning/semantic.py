@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dendrite.planning.arguments import (
+    BOUND_NAMES,
     FILLER,
     PATH_HINTS,
     PATTERN_NAMES,
     QUOTED,
     Extraction,
+    bound_in,
     extract_arguments,
     names_a_pattern,
     numbers_in,
@@ -182,12 +184,22 @@ def candidates_for(
             rejected.append(f"{tool.name} ({'; '.join(problems)})")
             continue
         fits.append(Candidate(tool, extraction, score, reason))
+    takers: list[Candidate] = []
     if names_a_pattern(text):  # "find all emails in x.txt": the tool that took their pattern
         takers = [
             c for c in fits if any(n.lower().endswith(PATTERN_NAMES) for n in c.extraction.used)
         ]
-        fits = takers[:1] + [c for c in fits if c not in takers[:1]]
-    return fits, rejected
+    elif (bound := bound_in(text)) is not None:  # "primes below 30": a limit's, not an n's
+        takers = [c for c in fits if _takes_as_bound(c, bound)]
+    return takers[:1] + [c for c in fits if c not in takers[:1]], rejected
+
+
+def _takes_as_bound(candidate: Candidate, bound: float) -> bool:
+    params = candidate.extraction.params
+    return any(
+        name.lower().endswith(BOUND_NAMES) and params[name] == bound
+        for name in candidate.extraction.used
+    )
 
 
 def step_from(
