@@ -444,3 +444,21 @@ def test_a_bound_goes_to_the_tool_that_takes_a_limit(orch: Orchestrator, goal: s
     result = orch.process(goal)
     assert [(s.tool, s.params) for s in result.plan.steps] == [("primes", {"limit": limit})]
     assert result.output[-1] <= limit and result.output[:3] == [2, 3, 5]
+
+
+def test_a_json_pointer_written_bare_is_read(tmp_path: Path):
+    """ "get /users/0/name from data.json" listed a folder, and the digits of
+    "users/1/age" were taken for numbers to describe."""
+    (tmp_path / "data.json").write_text('{"users": [{"name": "Ann", "age": 31}], "n": 1}')
+    registry = ToolRegistry()
+    register_builtin(registry, docs_root=tmp_path, files_root=tmp_path)
+    with Orchestrator(registry, store=None, llm=None) as orch:
+        for goal, answer in (
+            ("get /users/0/name from data.json", "Ann"),
+            ("what is /n in data.json", 1),
+        ):
+            result = orch.process(goal)
+            assert [s.tool for s in result.plan.steps] == ["json_select"], goal
+            assert result.output == answer, goal
+    assert numbers_in("get users/1/age from data.json") == []
+    assert numbers_in("convert 3/4 miles to km") == [0.75]

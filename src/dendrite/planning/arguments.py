@@ -36,7 +36,8 @@ _QUOTED_PATH = re.compile(r"[^\n\\/]*(?:/[^\n\\/]+)*\.[A-Za-z]\w{0,7}")
 _URL = re.compile(r"https?://[^\s\"'<>]+")
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?\b")
 _DATE_PARTS = {"year": (0, 4), "month": (5, 7), "day": (8, 10)}
-_NOT_QUANTITIES = re.compile(f"{_URL.pattern}|{_DATE.pattern}|{_PATH.pattern}")
+_SLASHED = r"(?<!\S)#?/?(?=[^\s/]*[A-Za-z_])[^\s/]+(?:/[^\s/]+)+/?"  # users/1/age; not 3/4
+_NOT_QUANTITIES = re.compile(f"{_URL.pattern}|{_DATE.pattern}|{_PATH.pattern}|{_SLASHED}")
 _MATH_NAMES = r"\b(?:pi|e|sqrt|log|exp|sin|cos|tan|abs|round|min|max)\b"
 _MATH_NUMBER = r"(?:\d[\d.]*|\.\d+)(?:e[-+]?\d+)?"  # 2.5e-3 whole: its "e" is not Euler's
 _MATH_TOKEN = rf"(?:{_MATH_NUMBER}|{_MATH_NAMES}|\))"
@@ -569,6 +570,9 @@ _NAMED_PATTERN = re.compile(
 )
 
 
+_POINTER = re.compile(r"(?<![\w./~:])#?/[^\s/\"']+(?:/[^\s/\"']*)*(?<![.,;?!])")  # JSON Pointer
+
+
 _BOUND = re.compile(
     rf"\b(?:below|under|less\s+than|smaller\s+than|lower\s+than|up\s+to|at\s+most|"
     rf"no\s+more\s+than|not\s+above|until|through)\s+(?:and\s+including\s+)?({_AMOUNT})",
@@ -618,6 +622,9 @@ def _string_for(
             else None
         )
         return next((q for q in quoted if _REGEX_SIGNS.search(q)), fallback)
+    if lname.endswith("pointer") and not quoted:  # "get /users/0/name from data.json"
+        found = _POINTER.search(goal)
+        return found.group(0) if found else None
     if lname in TOPIC_NAMES:
         return topic.group(1).strip() if topic else None
     if "url" in lname:
