@@ -95,7 +95,7 @@ def test_a_fraction_beside_a_unit_is_its_value(orch: Orchestrator):
         ("what is 6/3 times 2", [6, 3, 2]),
         ("2/3 of 9", [2, 3, 9]),
         ("on 3/4/2025 walk 5 km", [3, 4, 2025, 5]),
-        ("open docs/1/2 files", [1, 2]),  # a path, not half a file
+        ("open docs/1/2 files", []),  # a path: neither half a file nor numbers
     ],
 )
 def test_numbers_in_reads_a_fraction_as_one_number_only_as_a_conversions_quantity(
