@@ -386,6 +386,8 @@ def test_arithmetic_in_words_and_conversions_asked_as_questions_are_planned(tmp_
         ("how many seconds in a day", "convert_units", 86400),  # was keywords
         ("convert 1e3 m to km", "convert_units", 1),  # was a document search
         ("convert .5 kg to g", "convert_units", 500),
+        ("what is the average of 3, 5 and 10", "calculate", 6),  # no plan
+        ("round 3.14159 to 2 decimals", "calculate", 3.14),  # no plan
     ],
 )
 def test_signs_operations_and_conversions_are_read_as_written(
@@ -462,3 +464,17 @@ def test_a_json_pointer_written_bare_is_read(tmp_path: Path):
             assert result.output == answer, goal
     assert numbers_in("get users/1/age from data.json") == []
     assert numbers_in("convert 3/4 miles to km") == [0.75]
+
+
+def test_each_part_of_a_goal_is_planned_as_a_template_would_plan_it(orch: Orchestrator):
+    """Arithmetic and conversions share no word with their tools: alone, a template plans
+    them; as parts of a goal the semantic planner found no tool."""
+    chained = orch.process("what is 12 * 12 then is it prime")
+    assert [(s.tool, s.params) for s in chained.plan.steps] == [
+        ("calculate", {"expression": "12 * 12"}),
+        ("is_prime", {"n": "${step1}"}),
+    ]
+    assert chained.output is False
+    both = orch.process("what is 15% of 80 and how many seconds in a day")
+    assert [s.tool for s in both.plan.steps] == ["calculate", "convert_units"]
+    assert both.output == {"step1": 12, "step2": 86400}

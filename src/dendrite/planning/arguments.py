@@ -443,8 +443,9 @@ def _number_named(lname: str, goal: str) -> tuple[float | int, int] | None:
 
 _NUM = r"(?:\d[\d.]*|\.\d+)"
 _SIGNED = rf"(?:(?<![\d.)])-)?{_NUM}"  # "-3", but not the "-5" of "3-5": that is subtraction
-_NUMBER_LIST = re.compile(  # "add 3, 4 and 5", "the sum of 3 and 4", "the product of 6 and 7"
-    rf"\b(?:(?P<sum>add|(?:the\s+)?sum(?:\s+of)?)|(?:the\s+)?(?P<product>product)\s+of)\s+"
+_NUMBER_LIST = re.compile(  # "add 3, 4 and 5", "the sum of 3 and 4", "the average of 3 and 4"
+    rf"\b(?:(?P<sum>add|(?:the\s+)?sum(?:\s+of)?)|(?:the\s+)?(?P<product>product)\s+of|"
+    rf"(?:the\s+)?(?P<mean>average|mean)\s+of)\s+"
     rf"(?P<numbers>{_SIGNED}(?:\s*,\s*{_SIGNED})*\s*,?\s+and\s+{_SIGNED})(?![\w.])",
     re.I,
 )
@@ -452,6 +453,8 @@ _NUMBER_LIST = re.compile(  # "add 3, 4 and 5", "the sum of 3 and 4", "the produ
 
 def _listed(match: re.Match[str]) -> str:
     numbers = re.findall(rf"-?{_NUM}", match.group("numbers"))
+    if match.group("mean"):
+        return f"({' + '.join(numbers)}) / {len(numbers)}"
     return (" + " if match.group("sum") else " * ").join(numbers)
 
 
@@ -475,6 +478,13 @@ _SPOKEN_MATH = (
         ),
         r"\1 % \2",
     ),
+    (  # "round 3.14159 to 2 decimals"
+        re.compile(
+            rf"\bround\s+({_SIGNED})\s+to\s+(\d+)\s+(?:decimals?|decimal\s+places|places|digits)\b",
+            re.I,
+        ),
+        r"round(\1, \2)",
+    ),
     (re.compile(r"(?<=\d)\s+(?:mod|modulo)\s+(?=[-\d.])", re.I), " % "),
     (re.compile(r"(?<=\d)\s*x\s*(?=[-\d.])"), " * "),  # "3 x 4"
     (re.compile(r"(?<=[\d)])\s*\^\s*(?=[-\d.(])"), " ** "),  # "2^10": powers, as written
@@ -489,7 +499,7 @@ _SPOKEN_MATH = (
 _OPERATOR_TEXT = r"\*\*|[+*/^%]|\s-\s"  # a hyphen between digits is a date's or a phone's
 _OPERATOR = re.compile(_OPERATOR_TEXT)  # ("3 times a week": a lone 3 beside "*")
 _ARITHMETIC = re.compile(
-    rf"[\d.)]\s*(?:{_OPERATOR_TEXT})\s*[\d.(]|\b(?:sqrt|log|exp|sin|cos|tan)\("
+    rf"[\d.)]\s*(?:{_OPERATOR_TEXT})\s*[\d.(]|\b(?:sqrt|log|exp|sin|cos|tan|round|abs|floor|ceil)\("
 )
 _GROUPED = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?![\d,])")
 # "1 500" or "12 000 000" (spaces, no-break or thin spaces between groups of three): in an

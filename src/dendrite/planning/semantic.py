@@ -22,6 +22,7 @@ from dendrite.planning.arguments import (
     PATTERN_NAMES,
     QUOTED,
     Extraction,
+    asks_unit_conversion,
     bound_in,
     extract_arguments,
     names_a_pattern,
@@ -29,6 +30,7 @@ from dendrite.planning.arguments import (
     one_goal_per_file,
     paths_in,
     resolve_ref,
+    written_arithmetic,
 )
 from dendrite.planning.plan import Plan, Step
 from dendrite.planning.planner import PlanningError
@@ -170,9 +172,19 @@ def candidates_for(
     available = [t for t in registry if t.available]
     if not available:
         return [], ["no tool is available"]
-    asked = text
-    if names_a_pattern(text) and "extract" not in tokenize(text):
-        asked = f"extract {text}"  # "find all emails in x.txt" shares no word with an extractor
+    # What the goal asks done, where its words share none with the tool that does it:
+    # "find all emails in x.txt" (an extractor), "what is 15% of 80" (a calculator), "how
+    # many seconds in a day" (a converter); templates know these, a part of a goal too.
+    role = (
+        "extract"
+        if names_a_pattern(text)
+        else "calculate"
+        if written_arithmetic(text)
+        else "convert"
+        if asks_unit_conversion(text)
+        else None
+    )
+    asked = f"{role} {text}" if role and role not in tokenize(text) else text
     for name, score, reason in retrievers.ranked(asked, registry, min(k, len(available))):
         tool = registry.find(name)
         if tool is None or not tool.available:
