@@ -575,6 +575,24 @@ def test_convert_units_names_unknown_and_incompatible_units(source: str, target:
     assert message in str(caught.value)
 
 
+def test_case_decides_between_units_spelled_alike():
+    """ "NM", the nautical mile of charts and aviation, folded to "nm" and came out a
+    nanometre (1 NM was 1e-12 km); "Pb" folded to "PB", a petabyte, where "Mb", "Gb" and
+    "Tb" are bits. Each case now names its own unit, and a case that names neither is
+    refused rather than guessed."""
+    assert convert_units(1, "NM", "km") == 1.852
+    assert convert_units(3, "NMs", "m") == convert_units(3, "nmi", "m") == 5556.0
+    assert convert_units(1, "NMI", "m") == 1852.0
+    assert convert_units(1_000_000, "nm", "mm") == 1.0  # lower case is still the nanometre
+    assert convert_units(1, "Pb", "TB") == 125.0 and convert_units(1, "Pbit", "Tb") == 1000.0
+    assert convert_units(1, "PB", "TB") == 1000.0
+    for unit in ("Nm", "nM"):
+        with pytest.raises(UnitError, match=rf"unit '{unit}' is ambiguous: write 'nm' .* 'nmi'"):
+            convert_units(1, unit, "km")
+    with pytest.raises(UnitError, match=r"unit 'pb' is ambiguous: write 'PB' .* 'Pbit'"):
+        convert_units(1, "pb", "B")
+
+
 def test_convert_units_suggests_and_refuses_impossible_values():
     with pytest.raises(UnitError, match="did you mean 'meter'"):
         convert_units(1, "meterr", "m")
@@ -677,6 +695,31 @@ def test_normalize_text_options():
         "  Hello, WORLD!  The final   word...\t\n"
     )
     assert normalize_text("") == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("stop\u2014start", "stop start"),
+        ("pages 10\u201320, then well-known", "pages 10 20 then well known"),
+        ("end.Start of (the) 'next'", "end start of the next"),
+        ("price 3.5 dollars, 1,250 units, -5 \u00b0C", "price 3.5 dollars 1,250 units -5 \u00b0c"),
+        ("version 2.0.1.", "version 2.0.1"),
+        # An apostrophe inside a word and the dots of an abbreviation keep the word whole.
+        ("don't\u2014it\u2019s James' book", "dont its james book"),
+        ("e.g. the U.S., at 5.30 p.m.", "eg the us at 5.30 pm"),
+    ],
+)
+def test_stripped_punctuation_separates_words_and_keeps_numbers(text: str, expected: str):
+    """Punctuation was deleted outright: "stop\u2014start" became "stopstart", a page range
+    "10\u201320" became 1020 and "3.5" became 35."""
+    assert normalize_text(text, strip_punctuation=True) == expected
+
+
+def test_stripped_punctuation_adds_no_space_where_there_was_one():
+    assert normalize_text("a, b \u2014 c-d", strip_punctuation=True, collapse_whitespace=False) == (
+        "a b  c d"
+    )
 
 
 # -- documents ----------------------------------------------------------------------------

@@ -418,7 +418,11 @@ def statistics(values: list[float]) -> Statistics:
 # -- units --------------------------------------------------------------------------------
 
 # dimension -> unit -> (factor to the base unit, aliases). Factors are exact decimal strings
-# so conversions are exact rationals until the final rounding to a float.
+# so conversions are exact rationals until the final rounding to a float. An abbreviation
+# that another unit spells in another case is listed here in its own case: the lookup folds
+# case only for a name no unit spells exactly, so "NM" (the nautical mile, as charts and
+# aviation write it) must be an alias or it would fold to "nm", a nanometre; and petabits
+# are "Pb" as megabits are "Mb", or "Pb" would fold to "PB", eight times as much.
 _UNITS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     "length": {
         "m": ("1", ("meter", "metre")),
@@ -431,7 +435,7 @@ _UNITS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "ft": ("0.3048", ("foot", "feet", "'")),
         "yd": ("0.9144", ("yard",)),
         "mi": ("1609.344", ("mile",)),
-        "nmi": ("1852", ("nautical mile",)),
+        "nmi": ("1852", ("NM", "nautical mile")),
     },
     "mass": {
         "kg": ("1", ("kilogram", "kilo")),
@@ -471,6 +475,7 @@ _UNITS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "Mbit": ("125000", ("Mb", "megabit")),
         "Gbit": ("125000000", ("Gb", "gigabit")),
         "Tbit": ("125000000000", ("Tb", "terabit")),
+        "Pbit": ("125000000000000", ("Pb", "petabit")),
     },
 }
 # Temperatures are affine: kelvin = (value + offset) * scale.
@@ -559,10 +564,13 @@ def supported_units() -> list[str]:
 def convert_units(value: float, from_unit: str, to_unit: str) -> float:
     """Convert a value between units of length, mass, time, temperature or data size.
 
-    Units are symbols or names: m, km, cm, mm, um, nm, in, ft, yd, mi, nmi; kg, g, mg, ug, t,
-    lb, oz, st; s, ms, us, ns, min, h, d, wk, yr (365.25 days); B, kB/KB, MB, GB, TB, PB
-    (powers of 1000), KiB, MiB, GiB, TiB, PiB (powers of 1024), bit, kbit, Mbit, Gbit, Tbit;
-    °C/C/celsius, °F/F/fahrenheit, K/kelvin, °R/rankine. Names may be plural ("miles").
+    Units are symbols or names: m, km, cm, mm, um, nm (nanometre), in, ft, yd, mi,
+    nmi/NM (nautical mile); kg, g, mg, ug, t, lb, oz, st; s, ms, us, ns, min, h, d, wk, yr
+    (365.25 days); B, kB/KB, MB, GB, TB, PB (powers of 1000), KiB, MiB, GiB, TiB, PiB
+    (powers of 1024), bit, kbit/kb, Mbit/Mb, Gbit/Gb, Tbit/Tb, Pbit/Pb; °C/C/celsius,
+    °F/F/fahrenheit, K/kelvin, °R/rankine. Names may be plural ("miles"). Case is ignored
+    only where no other unit is spelled that way: "nm" is a nanometre and "NM" a nautical
+    mile, while "Nm" or "mb" (MB or Mbit?) is refused as ambiguous.
 
     Args:
         value: the amount to convert

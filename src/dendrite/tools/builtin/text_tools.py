@@ -227,6 +227,39 @@ def regex_extract(
 
 
 _COLLAPSE = re.compile(r"\s+")
+# Punctuation that belongs to a word or a number, which strip_punctuation must not turn into
+# a space: the dots of a dotted abbreviation ("e.g.", "U.S.") and an apostrophe between
+# letters ("don't") are dropped, so the word stays one; a decimal point or thousands
+# separator between digits ("3.5", "1,250") and the sign or point that opens a number
+# ("-5", ".5") are kept, or the number would change.
+_ABBREVIATION = re.compile(r"(?<![^\W_])(?:[^\W\d_]\.){2,}")
+_INNER_APOSTROPHE = re.compile(r"(?<=[^\W_])['\u2019](?=[^\W_])")
+_NUMBER_MARK = re.compile(r"(?<=\d)[.,](?=\d)|(?<![^\W_])[-.](?=\d)")
+
+
+def _strip_punctuation(text: str) -> str:
+    """Remove punctuation (Unicode category P) without joining what it separated.
+
+    Deleting it outright joined words and numbers: a dash made "stop-start" "stopstart"
+    and a page range "10-20" 1020, and "3.5" became 35. Punctuation between two non-space
+    characters becomes one space; next to white space or an end it is simply dropped
+    ("hello, world" keeps its single space). The marks of words and numbers above are
+    handled first.
+    """
+    text = _ABBREVIATION.sub(lambda match: match.group().replace(".", ""), text)
+    text = _INNER_APOSTROPHE.sub("", text)
+    kept = {match.start() for match in _NUMBER_MARK.finditer(text)}
+    out: list[str] = []
+    separated = False
+    for index, char in enumerate(text):
+        if index not in kept and unicodedata.category(char).startswith("P"):
+            separated = True
+            continue
+        if separated and out and not out[-1].isspace() and not char.isspace():
+            out.append(" ")
+        out.append(char)
+        separated = False
+    return "".join(out)
 
 
 @tool(reliability=Reliability.HIGH, tags=["text"])
@@ -245,14 +278,18 @@ def normalize_text(
         text: the text to normalize
         lowercase: lower-case everything
         strip_punctuation: remove punctuation characters (Unicode category P), keeping
-            letters, digits, symbols and white space
+            letters, digits, symbols and white space. Punctuation between two words or
+            numbers becomes a space ("stop-start" and "10-20", with a hyphen or any dash,
+            are "stop start" and "10 20"); a number's decimal point, thousands separator
+            and minus sign stay ("3.5", "1,250", "-5"); an apostrophe inside a word and the
+            dots of an abbreviation go ("don't" is "dont", "e.g." is "eg")
         collapse_whitespace: turn every run of white space into one space and trim both ends
     """
     result = unicodedata.normalize("NFKC", text)
     if lowercase:
         result = result.lower()
     if strip_punctuation:
-        result = "".join(ch for ch in result if not unicodedata.category(ch).startswith("P"))
+        result = _strip_punctuation(result)
     if collapse_whitespace:
         result = _COLLAPSE.sub(" ", result).strip()
     return result
