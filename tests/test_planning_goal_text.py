@@ -478,3 +478,24 @@ def test_each_part_of_a_goal_is_planned_as_a_template_would_plan_it(orch: Orches
     both = orch.process("what is 15% of 80 and how many seconds in a day")
     assert [s.tool for s in both.plan.steps] == ["calculate", "convert_units"]
     assert both.output == {"step1": 12, "step2": 86400}
+
+
+def test_csv_questions_in_plain_words_are_read(tmp_path: Path):
+    """Each returned every row of the file: nothing read "grouped by", "per", "the amount
+    column", "total" or "average", a "where" condition, or the columns asked for."""
+    (tmp_path / "sales.csv").write_text(
+        "region,product,amount\nNorth,Widget,100.5\nSouth,Widget,200\nNorth,Gadget,50\n"
+    )
+    registry = ToolRegistry()
+    register_builtin(registry, docs_root=tmp_path, files_root=tmp_path)
+    with Orchestrator(registry, store=None, llm=None) as orch:
+        summed = orch.process("sum the amount column of sales.csv grouped by region")
+        assert summed.output["groups"] == {"North": 150.5, "South": 200}
+        total = orch.process("total amount by region in sales.csv")
+        assert total.plan.steps[0].params["op"] == "sum"
+        mean = orch.process("average amount per product in sales.csv")
+        assert mean.output["op"] == "mean" and mean.output["groups"]["Widget"] == 150.25
+        north = orch.process("select rows of sales.csv where region is North")
+        assert [r["product"] for r in north.output["rows"]] == ["Widget", "Gadget"]
+        picked = orch.process("select the amount and region columns from sales.csv")
+        assert picked.output["columns"] == ["amount", "region"]

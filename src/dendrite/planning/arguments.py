@@ -238,6 +238,13 @@ def _kind(prop: dict[str, Any]) -> str | None:
     return None
 
 
+def _items(prop: dict[str, Any]) -> dict[str, Any]:
+    """The item schema of an array parameter, optional ones (``list[str] | None``) too."""
+    if "items" in prop:
+        return prop["items"]
+    return next((o["items"] for o in prop.get("anyOf", []) if "items" in o), {})
+
+
 def resolve_ref(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, Any]:
     """``schema`` itself, or the definition its local ``$ref`` names (``#/$defs/Hit``)."""
     ref = schema.get("$ref")
@@ -319,9 +326,7 @@ def extract_arguments(
         value: Any = None
         choices = _enum(prop, defs)
         if choices:
-            value = next(
-                (c for c in choices if re.search(rf"\b{re.escape(str(c))}\b", goal, re.I)), None
-            )
+            value = next((c for c in choices if _says_choice(goal, str(c))), None)
         elif units and lname in ("from_unit", "source_unit", "unit_from"):
             value = units.group("from")
         elif units and lname in ("to_unit", "target_unit", "unit_to"):
@@ -343,16 +348,23 @@ def extract_arguments(
         elif kind == "boolean":
             value = _flag(lname, goal)
         elif kind == "array":
-            item_kind = _kind(prop.get("items", {}))
-            item_choices = _enum(prop.get("items", {}), defs)
+            items = _items(prop)
+            item_kind = _kind(items)
+            item_choices = _enum(items, defs)
             if item_choices:  # flags named in the goal: "with the ignorecase flag"
                 value = [
                     c for c in item_choices if re.search(rf"\b{re.escape(str(c))}\b", goal, re.I)
                 ] or None
             elif item_kind in ("number", "integer") and len(numbers) >= 1:
                 value, numbers = list(numbers), []
+            elif item_kind == "string" and lname in COLUMN_LIST_NAMES and _COLUMNS.search(goal):
+                listed = _COLUMNS.search(goal)  # "the amount and region columns"
+                assert listed is not None
+                value = re.split(r"\s*,\s*(?:and\s+)?|\s+and\s+", listed.group(1))
             elif item_kind == "string" and quoted:
                 value, quoted = list(quoted), []
+        elif kind == "object" and lname in FILTER_NAMES:
+            value = _filters(goal) or None
         elif kind == "string":
             value = _string_for(lname, goal, quoted, paths, topic)
             if value is None and prop.get("default") == "." and not paths:
@@ -649,6 +661,14 @@ def _string_for(
         found = _FOLDER.search(goal)  # "in the reports folder", "under reports/2024"
         if found:
             return next(g for g in found.groups() if g)
+    if lname in GROUP_NAMES:  # "grouped by region", "per product"
+        found = _GROUPED_BY.search(goal)
+        if found and found.group(1).lower() not in FILLER:
+            return found.group(1)
+    if lname in COLUMN_NAMES:  # "the amount column", "total amount by region"
+        found = _COLUMN.search(goal)
+        if found:
+            return next(g for g in found.groups() if g)
     label = re.escape(lname.replace("_", " "))
     named = [  # "room B", "city Oslo": the last such pair is the most specific
         name
@@ -662,6 +682,57 @@ def _string_for(
             return max(quoted, key=len)
         return quoted[0]
     return None
+
+
+GROUP_NAMES = ("group_by", "groupby", "by", "key")
+COLUMN_NAMES = ("column", "value_column", "field")
+_AGGREGATE_WORDS = r"sum|total|average|mean|max(?:imum)?|min(?:imum)?|highest|lowest|count"
+_GROUPED_BY = re.compile(
+    r"\b(?:grouped\s+by|group\s+by|by|per|for\s+each|for\s+every)\s+(?:the\s+)?([A-Za-z_][\w-]*)",
+    re.I,
+)
+_COLUMN = re.compile(
+    r"\b(?:the\s+)?([A-Za-z_][\w-]*)\s+column\b(?!\s+[A-Za-z_])"
+    rf"|\b(?:{_AGGREGATE_WORDS})\s+(?:of\s+)?(?:the\s+)?(?!column\b)([A-Za-z_][\w-]*)",
+    re.I,
+)
+COLUMN_LIST_NAMES = ("columns", "fields")
+FILTER_NAMES = ("where", "filter", "filters")
+_COLUMNS = re.compile(
+    r"\b(?:the\s+)?([A-Za-z_][\w-]*(?:(?:\s*,\s*(?:and\s+)?|\s+and\s+)[A-Za-z_][\w-]*)+)\s+columns\b",
+    re.I,
+)
+_WHERE = re.compile(r"\bwhere\s+(.+?)\s*[?.!]?\s*$", re.I)
+_EQUALS = re.compile(
+    r"([A-Za-z_][\w-]*)\s*(?:==?|\bis\b|\bequals\b)\s*(?:\"([^\"]*)\"|'([^']*)'|(\S+))", re.I
+)
+
+
+def _filters(goal: str) -> dict[str, str]:
+    """The equality filters of "... where region is North and qty = 3": column -> value."""
+    found = _WHERE.search(goal)
+    if not found:
+        return {}
+    filters = {}
+    for part in re.split(r"\s+and\s+", found.group(1)):
+        match = _EQUALS.fullmatch(part.strip())
+        if match is None:
+            return {}  # a condition this reader cannot read whole: none rather than a part
+        filters[match.group(1)] = next(g for g in match.groups()[1:] if g is not None)
+    return filters
+
+
+_CHOICE_WORDS = {  # an enum's value as a goal says it: "the total amount" is a sum
+    "sum": ("total",),
+    "mean": ("average", "avg"),
+    "max": ("maximum", "highest", "largest"),
+    "min": ("minimum", "lowest", "smallest"),
+}
+
+
+def _says_choice(goal: str, choice: str) -> bool:
+    words = (choice, *_CHOICE_WORDS.get(choice.lower(), ()))
+    return any(re.search(rf"\b{re.escape(w)}\b", goal, re.I) for w in words)
 
 
 def _name_at(goal: str, start: int) -> str:
