@@ -341,6 +341,38 @@ def test_an_experiment_splits_goals_between_planners_end_to_end(store: Execution
     assert nope.exit_code == 2 and "no experiment 'nope' recorded" in nope.output
 
 
+def test_a_run_started_inside_another_is_no_unit_of_the_experiment(store: ExecutionStore):
+    """Each nested run got an arm of its own and was counted in the report."""
+    registry = ToolRegistry()
+    holder: dict[str, Orchestrator] = {}
+
+    def convert_km_to_miles(value: float) -> float:
+        """Convert a distance in km to miles."""
+        return round(value * 0.621371, 3)
+
+    def convert_twice(value: float) -> float:
+        """Convert a distance twice over by asking for a conversion of it."""
+        return holder["o"].process(f"convert {value} km to miles").output * 2
+
+    registry.register_function(convert_km_to_miles)
+    registry.register_function(convert_twice)
+    experiment = Experiment(
+        "planners", {"semantic": SemanticPlanner(), "template": TemplatePlanner()}
+    )
+    with Orchestrator(registry, store=store, llm=None, experiment=experiment) as orch:
+        holder["o"] = orch
+        outer = orch.process(
+            Plan(goal="g", steps=[Step(id="t", tool="convert_twice", params={"value": 5})])
+        )
+        plain = orch.process("convert 5 km to miles")
+    assert outer.success and outer.arm is None  # a plan given whole: no arm either
+    wait_until_drained(store)
+    (nested,) = store.get_recent_executions(10, depth=1)
+    assert nested.metadata["experiment"] is None
+    (found,) = report(store, "planners")
+    assert sum(a.executions for a in found.arms) == 1 and plain.arm is not None
+
+
 def test_arms_named_by_planner_learn_as_the_orchestrators_own_planner_does(
     store: ExecutionStore,
 ):

@@ -994,7 +994,14 @@ class Orchestrator:
                 )
             except Exception:
                 log.warning("the router could not decide; running unrouted", exc_info=True)
-        if self.experiment is not None and planner is None and not isinstance(goal_or_plan, Plan):
+        # A run a tool starts inside another is part of the goal the arm was assigned, not
+        # another unit of the experiment: counted apart, it added runs the report compared.
+        if (
+            self.experiment is not None
+            and planner is None
+            and depth == 0
+            and not isinstance(goal_or_plan, Plan)
+        ):
             unit = self.experiment.unit_of(goal, session_id, execution_id)
             decisions.arm = self.experiment.assign(unit)
             decisions.unit = unit.split(":", 1)[0] if ":" in unit else "execution"
