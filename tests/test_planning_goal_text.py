@@ -499,3 +499,34 @@ def test_csv_questions_in_plain_words_are_read(tmp_path: Path):
         assert [r["product"] for r in north.output["rows"]] == ["Widget", "Gadget"]
         picked = orch.process("select the amount and region columns from sales.csv")
         assert picked.output["columns"] == ["amount", "region"]
+
+
+def test_what_the_readers_new_words_must_leave_alone(tmp_path: Path):
+    """Regressions a review of the reader's additions found: "x" between digits multiplied
+    in file names and searches, a search in a named file searched for the file's text,
+    "the number of rows" extracted numbers, "count rows" took "rows" for a column, and
+    "what is 5" lost its plan."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "img_2x2.txt").write_text("one two three\n")
+    (tmp_path / "readme.txt").write_text("Hello World.\n")
+    (tmp_path / "python.md").write_text("# Python\nNumPy is a library for arrays.\n")
+    (tmp_path / "sales.csv").write_text("region,amount\nNorth,1\nSouth,2\n")
+    registry = ToolRegistry()
+    register_builtin(registry, docs_root=tmp_path, files_root=tmp_path)
+    with Orchestrator(registry, store=None, llm=None) as orch:
+
+        def plan_of(goal: str) -> list[str]:
+            return [s.tool for s in orch.process(goal).plan.steps]
+
+        assert plan_of("count the words in notes/img_2x2.txt") == ["read_file", "word_count"]
+        assert plan_of("search the documents for 3 x 5 cards") == ["search_documents"]
+        found = orch.process("find passages about NumPy in python.md")
+        assert found.plan.steps[0].params["query"] == "passages about NumPy in python.md"
+        assert plan_of("lowercase the text of readme.txt") == ["read_file", "normalize_text"]
+        assert plan_of("get the number of rows in sales.csv") == ["csv_select"]
+        assert orch.process("count rows per region in sales.csv").success
+        assert orch.process("what is 5").output == 5
+        assert orch.process("calculate 3 x 4").output == 12
+        assert orch.process("what is the sum of 2 and 3 multiplied by 4").output == 20
+        quoted = orch.process('extract emails from "mail a@b.com or c@d.org"')
+        assert quoted.output == ["a@b.com", "c@d.org"]

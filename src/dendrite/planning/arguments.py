@@ -467,7 +467,7 @@ def _listed(match: re.Match[str]) -> str:
     numbers = re.findall(rf"-?{_NUM}", match.group("numbers"))
     if match.group("mean"):
         return f"({' + '.join(numbers)}) / {len(numbers)}"
-    return (" + " if match.group("sum") else " * ").join(numbers)
+    return f"({(' + ' if match.group('sum') else ' * ').join(numbers)})"  # "... multiplied by 4"
 
 
 _SPOKEN_MATH = (
@@ -498,7 +498,6 @@ _SPOKEN_MATH = (
         r"round(\1, \2)",
     ),
     (re.compile(r"(?<=\d)\s+(?:mod|modulo)\s+(?=[-\d.])", re.I), " % "),
-    (re.compile(r"(?<=\d)\s*x\s*(?=[-\d.])"), " * "),  # "3 x 4"
     (re.compile(r"(?<=[\d)])\s*\^\s*(?=[-\d.(])"), " ** "),  # "2^10": powers, as written
     (_NUMBER_LIST, _listed),
     (re.compile(rf"\badd\s+({_SIGNED})\s+(?:and|to)\s+({_SIGNED})", re.I), r"\1 + \2"),
@@ -569,8 +568,9 @@ def _named(lname: str, names: tuple[str, ...]) -> bool:
     return any(h == lname or lname.endswith(h) for h in names)
 
 
+_TIMES_X = re.compile(r"(?<![\w./])(\d[\d.]*)\s*x\s*(-?\d[\d.]*)(?![\w/])")
 _ONLY_A_NUMBER = re.compile(
-    r"\s*(?:please\s+)?(?:(?:calculate|compute|evaluate|what(?:'s|\s+is)|how\s+much\s+is)\s+)?"
+    r"\s*(?:please\s+)?(?:(?:calculate|compute|evaluate|what(?:'s|\s+is)|how\s+much\s+is)\s+)*"
     r"(?:the\s+value\s+of\s+)?[-+]?(?:\d[\d.]*|\.\d+)(?:e[-+]?\d+)?\s*[?.!]?\s*",
     re.I,
 )
@@ -581,13 +581,15 @@ _PATTERNS = {  # by the first two letters of what the goal asks to pull out of a
     "e-": r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+",
     "ur": r"https?://[^\s<>\"')\]]+",
     "li": r"https?://[^\s<>\"')\]]+",
-    "ph": r"\+?\d[\d ().-]{5,}\d",
+    "ph": r"(?<![\w-])(?!\d{4}-\d{2}-\d{2}\b)\+?\d[\d ().-]{5,}\d(?![\w-])",  # not a date
     "da": r"\b\d{4}-\d{2}-\d{2}\b",
-    "nu": r"-?\d+(?:[.,]\d+)*",
+    "nu": r"(?<![\w.-])-?\d+(?:[.,]\d+)*",  # "2023-04-01" is no "-04"
 }
-_NAMED_PATTERN = re.compile(
-    r"\b(?:extract|find|get|list|show|pull(?:\s+out)?|collect)\s+(?:(?:all|every|each|the|of)\s+)*"
-    r"(e-?mail(?:\s+address)?|url|link|phone(?:\s+number)?|date|number)(?:e?s)?\b",
+_KINDS = r"(e-?mail(?:\s+address)?|url|link|phone(?:\s+number)?|date|number)"
+_NAMED_PATTERN = re.compile(  # "extract the email", "find all emails"; not "the number of rows"
+    rf"\b(?:extract\s+(?:(?:all|every|each|the)\s+)*{_KINDS}(?:e?s)?"
+    rf"|(?:find|get|list|show|pull(?:\s+out)?|collect)\s+(?:(?:all|every|each|the)\s+)*"
+    rf"{_KINDS}(?:es|s))\b(?!\s+of\b)",
     re.I,
 )
 
@@ -619,7 +621,9 @@ def _string_for(
     lname: str, goal: str, quoted: list[str], paths: list[str], topic: re.Match[str] | None
 ) -> str | None:
     if _named(lname, EXPRESSION_NAMES):
-        spoken = spoken_math(goal)
+        # "3 x 4" is a product only in what a calculator is given: in a goal it is as likely
+        # a card's size or a file's name ("3 x 5 cards", "img_2x2.txt").
+        spoken = _TIMES_X.sub(r"\1 * \2", spoken_math(goal))
         candidates = [m.group(0).strip() for m in _MATH_EXPRESSION.finditer(spoken)]
         # A lone number is the expression only when the goal asks for nothing but it
         # ("calculate 42"): of "7 times 6" read wrong, taking "7" would answer a confident
@@ -635,12 +639,12 @@ def _string_for(
         glob = _GLOB.search(goal)  # or a name pattern written bare: "the *.md files"
         named = _NAMED_PATTERN.search(goal)  # "extract the emails": the pattern of one
         fallback = (
-            quoted[0]
+            _PATTERNS[next(g for g in named.groups() if g).lower()[:2]]
+            if named
+            else quoted[0]
             if quoted
             else glob.group(0)
             if glob
-            else _PATTERNS[named.group(1).lower()[:2]]
-            if named
             else None
         )
         return next((q for q in quoted if _REGEX_SIGNS.search(q)), fallback)
@@ -693,7 +697,8 @@ _GROUPED_BY = re.compile(
 )
 _COLUMN = re.compile(
     r"\b(?:the\s+)?([A-Za-z_][\w-]*)\s+column\b(?!\s+[A-Za-z_])"
-    rf"|\b(?:{_AGGREGATE_WORDS})\s+(?:of\s+)?(?:the\s+)?(?!column\b)([A-Za-z_][\w-]*)",
+    rf"|\b(?:{_AGGREGATE_WORDS})\s+(?:of\s+)?(?:the\s+)?"
+    r"(?!(?:column|rows?|lines?|records?|entries|entry|items?|values?)\b)([A-Za-z_][\w-]*)",
     re.I,
 )
 COLUMN_LIST_NAMES = ("columns", "fields")

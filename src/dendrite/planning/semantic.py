@@ -39,7 +39,8 @@ from dendrite.tools import Tool, ToolRegistry
 
 _REQUEST_VERBS = (
     "calculate|compute|search|find|look up|summari[sz]e|count|convert|list|read|extract|"
-    "compare|normali[sz]e|check|get|fetch|show|tell|analy[sz]e|is|what|which|how"
+    "compare|normali[sz]e|lowercase|uppercase|check|get|fetch|show|tell|analy[sz]e|is|what|"
+    "which|how"
 )
 _SEQUENTIAL = re.compile(
     r"\s*(?:;\s*(?:then\s+)?|,?\s+and then\s+|,?\s+then\s+|\s+after that\s+)\s*", re.I
@@ -410,7 +411,12 @@ def _doer_first(text: str, fits: list[Candidate]) -> list[Candidate]:
     stem = tokenize(verb)
     if not stem or stem[0] == "read" or not does(fits[0].tool, "read"):
         return fits
-    doers = [c for c in fits[1:] if does(c.tool, verb) and c.extraction.from_rest]
+    # A tool with a flag the verb names does it too: "lowercase the text of x.txt".
+    doers = [
+        c
+        for c in fits[1:]
+        if (does(c.tool, verb) or verb.lower() in c.tool.parameter_names) and c.extraction.from_rest
+    ]
     if counted:
         doers.sort(key=lambda c: not does(c.tool, counted.group(1)))
     return [doers[0], *(c for c in fits if c is not doers[0])] if doers else fits

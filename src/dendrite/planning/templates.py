@@ -105,7 +105,8 @@ class TemplatePlanner:
         if not fits:
             raise PlanningError(f"no tool fits {goal!r}: {'; '.join(rejected)}")
         slot = fits[0].extraction.from_rest
-        if slot is not None and paths_in(str(fits[0].extraction.params[slot])):
+        is_text = slot is not None and slot.lower() in ("text", "content", "input")
+        if is_text and paths_in(str(fits[0].extraction.params[slot])):
             # "find all emails in contacts.txt" is about the file's text, not these words:
             # the semantic planner reads the file first.
             raise PlanningError(
