@@ -36,6 +36,9 @@ class ChatServer:
     """The status of that refusal."""
     error_headers: dict[str, str] = field(default_factory=dict)
     """Headers sent with every error status (``Retry-After``)."""
+    trickle: float = 0.0
+    """Seconds between the bytes of a reply's body: a server that answers, but so slowly
+    that no read ever times out."""
     report_usage: bool = True
     """Report token usage: the words of the request's messages, and of the answer."""
     usage: dict[str, Any] | None = None
@@ -61,7 +64,16 @@ def _handler(server: ChatServer, keep_alive: bool) -> type[BaseHTTPRequestHandle
             for name, value in server.error_headers.items() if status >= 400 else ():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(data)
+            if not server.trickle:
+                self.wfile.write(data)
+                return
+            try:
+                for byte in data:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(server.trickle)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
+                return
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))

@@ -8,8 +8,11 @@ figure below can be computed by hand from the requests it received.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,6 +26,7 @@ from dendrite.llm import client as llm_client
 from dendrite.orchestrator import _usage_columns
 from dendrite.planning import Plan, Step
 from dendrite.store import ExecutionStore
+from dendrite.telemetry.errors import ErrorType, described
 from dendrite.tools import ToolRegistry
 from tests.conftest import wait_until_drained
 from tests.openai_server import ChatServer, chat_server, usage_of
@@ -207,13 +211,13 @@ def test_an_answer_that_is_not_a_chat_completion_is_an_llm_error_and_one_call(bo
 
 
 def test_a_call_is_bounded_by_its_timeout_retries_included(monkeypatch: pytest.MonkeyPatch):
-    """The SDK's timeout bounds each read: a 429 asking to be retried in 30 s held the call
-    for a minute with a 1 s timeout (a server sending a byte at a time, for ever). The bound
-    is every attempt's timeout and the SDK's own pauses between them (``RETRY_PAUSE``)."""
+    """The SDK's timeout bounds each read: a server sending a byte at a time held the call
+    for ever. The bound is every attempt's timeout and the longest pause between them
+    (``RETRY_PAUSE``)."""
     monkeypatch.setattr(llm_client, "RETRY_PAUSE", 0.5)
     with chat_server() as server:
-        server.error_headers = {"Retry-After": "30"}
-        server.say(429, "too late")
+        server.trickle = 0.1  # each byte well inside the timeout; the whole answer, not
+        server.say("too late")
         llm = ChatLLM(LLMConfig(server.url, "mini-7b", tiers=(SMALL,), timeout=0.5, max_retries=1))
 
         async def call() -> float:
@@ -226,8 +230,106 @@ def test_a_call_is_bounded_by_its_timeout_retries_included(monkeypatch: pytest.M
         assert asyncio.run(call()) < 10
 
 
+@pytest.mark.parametrize(
+    "retry_after",
+    [
+        lambda: {"Retry-After": "30"},
+        lambda: {"retry-after-ms": "30000"},
+        lambda: {"Retry-After": email.utils.formatdate(time.time() + 30, usegmt=True)},
+        lambda: {"Retry-After": "600"},  # past RETRY_AFTER_MAX as well
+    ],
+    ids=["seconds", "milliseconds", "a date", "ten minutes"],
+)
+def test_a_rate_limit_asking_for_a_wait_past_the_deadline_fails_at_once_as_one(
+    retry_after: Callable[[], dict[str, str]],
+):
+    """The SDK slept through a 429's ``Retry-After: 30`` until the call's 12 s deadline cut
+    it, and the call failed as "did not answer within 12s": a timeout, to the analytics
+    and the learning that group failures by type, where the server had said rate limit."""
+    with chat_server() as server:
+        server.error_headers = retry_after()  # a date 30 s from now, not from collection
+        server.say(429, "too late")
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", tiers=(SMALL,), timeout=2, max_retries=1))
+
+        async def call() -> tuple[LLMError, Any, float]:
+            started = time.monotonic()
+            with llm_usage() as run, pytest.raises(LLMError) as raised:
+                await llm.complete([{"role": "user", "content": "hello"}])
+            return raised.value, run, time.monotonic() - started
+
+        error, run, took = asyncio.run(call())
+        assert len(server.requests) == 1  # not asked again
+    assert ErrorType.infer(error) is ErrorType.RATE_LIMIT
+    assert ErrorType.infer(described(error)) is ErrorType.RATE_LIMIT  # as a record keeps it
+    asked = re.search(r"was rate limited \(429\) and asked to retry after ([\d.]+) s", str(error))
+    assert asked, error
+    assert 20 < float(asked[1]) <= 30 or float(asked[1]) == 600  # a date: to the second, late
+    assert run.calls == 1 and run.answered == 0 and run.cost == pytest.approx(SMALL.cost)
+    assert took < 6  # half the 12 s deadline: no wait was made
+
+
+def test_a_rate_limit_with_a_short_wait_is_retried_after_it_as_one_call(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The server's wait is made (not the backoff's, here much shorter), and the retry
+    that answers is the same call, counted once with its tokens."""
+    monkeypatch.setattr(llm_client, "RETRY_PAUSE", 0.01)
+    with chat_server() as server:
+        server.error_headers = {"Retry-After": "0.4"}
+        server.say(429, "fine")
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", tiers=(SMALL,), timeout=2, max_retries=1))
+
+        async def call() -> tuple[Any, float]:
+            started = time.monotonic()
+            with llm_usage() as run:
+                assert await llm.complete([{"role": "user", "content": "hello"}]) == "fine"
+            return run, time.monotonic() - started
+
+        run, took = asyncio.run(call())
+        prompt, completion = usage_of(server.requests[-1], "fine")
+        assert len(server.requests) == 2
+    assert took >= 0.4
+    assert (run.calls, run.answered, run.tokens) == (1, 1, prompt + completion)
+    assert run.cost == pytest.approx(SMALL.call_cost(prompt, completion))
+
+
+def test_a_server_error_is_retried_after_a_backoff_pause_no_longer_than_retry_pause(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Retries and their pauses are the client's own: ``RETRY_PAUSE``, which the deadline
+    allows for, caps the backoff; the SDK's pauses (0.5 s, then 1 s) ignored it."""
+    monkeypatch.setattr(llm_client, "RETRY_PAUSE", 0.01)
+    with chat_server() as server:
+        server.say(500, 502, "fine")
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", tiers=(SMALL,), timeout=2, max_retries=2))
+
+        async def call() -> tuple[Any, float]:
+            started = time.monotonic()
+            with llm_usage() as run:
+                assert await llm.complete([{"role": "user", "content": "hello"}]) == "fine"
+            return run, time.monotonic() - started
+
+        run, took = asyncio.run(call())
+        assert len(server.requests) == 3
+    assert (run.calls, run.answered) == (1, 1)
+    assert took < 0.5  # the SDK's two pauses came to more than a second
+
+
+def test_a_failure_no_retry_can_mend_is_not_retried_and_max_retries_must_be_a_count():
+    with chat_server() as server:
+        server.error_headers = {"x-should-retry": "false"}
+        server.say(503, "fine")
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", timeout=2, max_retries=2))
+        with pytest.raises(LLMError, match=r"failed: Error code: 503"):
+            asyncio.run(llm.complete([{"role": "user", "content": "hello"}]))
+        assert len(server.requests) == 1
+    for retries in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="max_retries must be a whole number >= 0"):
+            LLMConfig("http://127.0.0.1:9/v1", "m", max_retries=retries)  # type: ignore[arg-type]
+
+
 def test_slow_failures_may_use_every_retry_and_no_timeout_means_none():
-    """Attempts that each fail inside their timeout, with the SDK's pauses between them,
+    """Attempts that each fail inside their timeout, with the pauses between them,
     went past a bound of timeout x attempts and the last retry never started; a timeout of
     None (the SDK's "wait for ever") raised a TypeError."""
 

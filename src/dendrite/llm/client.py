@@ -29,10 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import email.utils
 import json
 import math
 import os
+import random
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -233,6 +236,10 @@ class LLMConfig:
                     )
         if not math.isfinite(self.cost_weight) or self.cost_weight < 0:
             raise ValueError(f"cost_weight must be a number >= 0, got {self.cost_weight}")
+        # Retried by ChatLLM itself, so not checked by the SDK any more.
+        retries = self.max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"max_retries must be a whole number >= 0, got {retries!r}")
 
     def tier(self, name: str | None) -> LLMTier | None:
         for candidate in self.tiers:
@@ -408,7 +415,7 @@ class ChatLLM:
                     base_url=url,
                     api_key=key,
                     timeout=self.config.timeout,
-                    max_retries=self.config.max_retries,
+                    max_retries=0,  # see _attempts
                 )
         return url, client
 
@@ -437,8 +444,8 @@ class ChatLLM:
 
         Inside an :func:`llm_usage` block each call is counted once, answered,
         failed or cancelled (a tier that fails every call has been tried, and
-        failed); the SDK's own retries, and the second request after a refused
-        ``json_schema``, are part of the same call.
+        failed); its retries (:meth:`_attempts`), and the second request after a
+        refused ``json_schema``, are part of the same call.
         """
         model = self.model
         url, client = self._client_for(_tier.get())
@@ -458,10 +465,7 @@ class ChatLLM:
                 kwargs["response_format"] = {"type": "json_object"}
         deadline = _deadline(self.config.timeout, self.config.max_retries)
         try:
-            # The SDK's timeout bounds each read, not the request: a server that sends a
-            # byte at a time, or asks to be retried much later, held a call for minutes.
-            async with asyncio.timeout(deadline):
-                response = await client.chat.completions.create(**kwargs)
+            response = await self._attempts(client, kwargs, deadline)
         except (openai.BadRequestError, openai.UnprocessableEntityError) as error:
             if json_schema is None or not schema_ok or not _refuses_schema(error):
                 self._count(None, answered=False)
@@ -471,6 +475,9 @@ class ChatLLM:
         except openai.APIError as error:
             self._count(None, answered=False)  # a tier whose calls fail was still used, and failed
             raise LLMError(f"{self.name} failed: {error}") from error
+        except LLMError:  # asked to wait longer than this call can
+            self._count(None, answered=False)
+            raise
         except TimeoutError:
             self._count(None, answered=False)
             if deadline is None:  # not this call's deadline
@@ -502,6 +509,60 @@ class ChatLLM:
             return json.dumps(parsed)
         return text
 
+    async def _attempts(
+        self, client: openai.AsyncOpenAI, kwargs: dict[str, Any], deadline: float | None
+    ) -> Any:
+        """The chat completion, asked again up to ``max_retries`` times after a failure
+        another attempt may get past (:func:`_retryable`), all within ``deadline``.
+
+        The deadline, because the SDK's timeout bounds each read, not the request: a
+        server that sends a byte at a time held a call for minutes. Retried here, not
+        by the SDK: the SDK sleeps through whatever ``Retry-After`` a server asks, up
+        to minutes, the deadline cut the sleep short, and a rate limit was reported as
+        a timeout. Here the server's wait, else a backoff pause, is made only when it
+        leaves the next attempt its whole timeout before the deadline (and is at most
+        ``RETRY_AFTER_MAX``); otherwise the call fails now, with what the server said.
+        """
+        retries = 0
+        async with asyncio.timeout(deadline) as bound:
+            while True:
+                try:
+                    return await client.chat.completions.create(**kwargs)
+                except (openai.APIConnectionError, openai.APIStatusError) as error:
+                    if retries == self.config.max_retries or not _retryable(error):
+                        raise
+                    asked = _asked_wait(error)
+                    pause = _backoff(retries) if asked is None else asked
+                    if pause > self._room(bound):
+                        if asked is not None and isinstance(error, openai.APIStatusError):
+                            raise LLMError(self._too_long(error, asked, deadline)) from error
+                        raise
+                await asyncio.sleep(pause)
+                retries += 1
+
+    def _room(self, bound: asyncio.Timeout) -> float:
+        """The longest pause this call can make now and still give its next attempt a
+        whole timeout before its deadline; ``RETRY_AFTER_MAX`` at most."""
+        stop = bound.when()
+        if stop is None:  # no deadline: the timeout is not a number of seconds
+            return RETRY_AFTER_MAX
+        left = stop - asyncio.get_running_loop().time() - self.config.timeout
+        return min(left, RETRY_AFTER_MAX)
+
+    def _too_long(self, error: openai.APIStatusError, wait: float, deadline: float | None) -> str:
+        """Why a call gave up on a server that asked it to wait: a 429 says "rate limited",
+        so that ``ErrorType.infer`` reads the failure as one."""
+        status = error.status_code
+        what = "was rate limited" if status == 429 else "failed"
+        if deadline is None or wait > RETRY_AFTER_MAX:
+            limit = f"the {RETRY_AFTER_MAX:g} s a call waits at most"
+        else:
+            limit = f"this call's {deadline:g} s limit"
+        return (
+            f"{self.name} {what} ({status}) and asked to retry after {round(wait, 2):g} s, "
+            f"too long for {limit}: {error}"
+        )
+
     def _count(self, response: Any, *, answered: bool = True) -> None:
         """Adds one call to the current :func:`llm_usage` blocks.
 
@@ -531,18 +592,64 @@ class ChatLLM:
             await client.close()
 
 
+FIRST_PAUSE = 0.5
+"""The pause before the first retry when the server names none; it doubles with each."""
 RETRY_PAUSE = 8.0
-"""The longest pause the ``openai`` SDK makes between attempts of its own accord (its
-exponential backoff's cap); a longer ``Retry-After`` is what the deadline cuts short."""
+"""The longest pause between attempts when the server names none (the ``openai`` SDK's
+backoff, which this copies, has the same cap)."""
+RETRY_AFTER_MAX = 60.0
+"""The longest wait a server may ask for (``Retry-After``) and get: "come back tomorrow"
+from a spent quota fails the call rather than holding it (and its run) for a day."""
 
 
 def _deadline(timeout: Any, max_retries: int) -> float | None:
-    """How long one call may take in all: every attempt its ``timeout``, and the SDK's
-    pauses between them. None (no bound) for a timeout that is not a number of seconds
-    (``None``, which the SDK takes as "wait for ever", or an ``httpx.Timeout``)."""
+    """How long one call may take in all: every attempt its ``timeout``, and the longest
+    backoff pause between them. None (no bound) for a timeout that is not a number of
+    seconds (``None``, which the SDK takes as "wait for ever", or an ``httpx.Timeout``)."""
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         return None
     return timeout * (max_retries + 1) + RETRY_PAUSE * max_retries
+
+
+def _retryable(error: openai.APIConnectionError | openai.APIStatusError) -> bool:
+    """Whether another attempt may fare better, as the SDK judged it when it retried: no
+    answer at all (a connection failure, a read timeout), or a status saying the server
+    is busy or broken (408, 409, 429, 5xx), unless its ``x-should-retry`` header says."""
+    if isinstance(error, openai.APIConnectionError):
+        return True
+    said = error.response.headers.get("x-should-retry")
+    if said in ("true", "false"):
+        return said == "true"
+    return error.status_code in (408, 409, 429) or error.status_code >= 500
+
+
+def _asked_wait(error: openai.APIConnectionError | openai.APIStatusError) -> float | None:
+    """The seconds a server asked to wait before the next attempt (``retry-after-ms``, or
+    ``Retry-After`` in seconds or as a date), or None when it named no wait still to come
+    (none, a malformed one, 0, a date past), read as the SDK read them."""
+    if not isinstance(error, openai.APIStatusError):
+        return None
+    headers = error.response.headers
+    for name, seconds in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            wait = float(headers.get(name, ""))
+        except ValueError:  # absent or not a number (maybe a date)
+            continue
+        return wait * seconds if wait > 0 else None  # NaN is no wait either
+    try:
+        parsed = email.utils.parsedate_tz(headers.get("retry-after", ""))
+        wait = email.utils.mktime_tz(parsed) - time.time() if parsed else 0.0
+    except (OverflowError, ValueError, OSError):  # a date no clock reaches
+        return None
+    return wait if wait > 0 else None
+
+
+def _backoff(retries: int) -> float:
+    """The pause before a retry when the server names none, ``retries`` made before it:
+    exponential, and up to a quarter shorter at random, so that clients that failed
+    together do not all come back at once (the SDK's backoff)."""
+    pause = min(FIRST_PAUSE * 2.0 ** min(retries, 32), RETRY_PAUSE)
+    return pause * (1 - 0.25 * random.random())
 
 
 def _reported_tokens(usage: Any) -> tuple[int, int] | None:
