@@ -439,13 +439,19 @@ def test_what_a_goal_asks_to_pull_out_of_a_file_is_extracted_from_its_text(tmp_p
 
 @pytest.mark.parametrize(
     ("goal", "limit"),
-    [("primes below 30", 30), ("find all primes less than 100", 100), ("the primes up to 20", 20)],
+    [
+        ("primes below 30", 29),  # "below" keeps the bound out of a limit counted in
+        ("find all primes less than 100", 99),
+        ("the primes up to 20", 20),
+        ("primes under 29", 28),  # 29 is prime: it was listed
+    ],
 )
 def test_a_bound_goes_to_the_tool_that_takes_a_limit(orch: Orchestrator, goal: str, limit: int):
     """They ran ``is_prime`` on the bound and answered false."""
     result = orch.process(goal)
     assert [(s.tool, s.params) for s in result.plan.steps] == [("primes", {"limit": limit})]
     assert result.output[-1] <= limit and result.output[:3] == [2, 3, 5]
+    assert 29 not in result.output or "under" not in goal
 
 
 def test_a_json_pointer_written_bare_is_read(tmp_path: Path):

@@ -382,6 +382,7 @@ def extract_arguments(
             if isinstance(value, str):
                 consumed.append(value)
     _order_bounds(result.params, pooled)
+    _exclusive_bound(result.params, props, goal)
     text_params = [
         n
         for n in order
@@ -598,7 +599,7 @@ _POINTER = re.compile(r"(?<![\w./~:])#?/[^\s/\"']+(?:/[^\s/\"']*)*(?<![.,;?!])")
 
 
 _BOUND = re.compile(
-    rf"\b(?:below|under|less\s+than|smaller\s+than|lower\s+than|up\s+to|at\s+most|"
+    rf"\b(?:(?P<below>below|under|less\s+than|smaller\s+than|lower\s+than)|up\s+to|at\s+most|"
     rf"no\s+more\s+than|not\s+above|until|through)\s+(?:and\s+including\s+)?({_AMOUNT})",
     re.I,
 )
@@ -609,7 +610,28 @@ def bound_in(goal: str) -> float | None:
     """The number a goal gives as a bound ("primes below 30": 30), if any: it is the value
     of a tool's limit, not a number to test ("is 30 prime" is another question)."""
     found = _BOUND.search(goal)
-    return quantity(found.group(1)) if found else None
+    return quantity(found.group(2)) if found else None
+
+
+def _exclusive_bound(params: dict[str, Any], props: dict[str, Any], goal: str) -> None:
+    """ "primes below 29" asks for no 29: a whole-number limit its tool counts in ("the
+    largest number to consider") takes the number before a bound the goal keeps out."""
+    found = _BOUND.search(goal)
+    if found is None or not found.group("below"):
+        return
+    bound = quantity(found.group(2))
+    for name, value in params.items():
+        prop = props.get(name, {})
+        if (
+            name.lower().endswith(BOUND_NAMES)
+            and _kind(prop) == "integer"
+            and value == bound
+            and _INCLUSIVE.search(str(prop.get("description", "")))
+        ):
+            params[name] = int(value) - 1
+
+
+_INCLUSIVE = re.compile(r"\b(?:largest|greatest|including|inclusive|at\s+most)\b", re.I)
 
 
 def names_a_pattern(goal: str) -> bool:

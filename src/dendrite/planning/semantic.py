@@ -210,7 +210,7 @@ def candidates_for(
 def _takes_as_bound(candidate: Candidate, bound: float) -> bool:
     params = candidate.extraction.params
     return any(
-        name.lower().endswith(BOUND_NAMES) and params[name] == bound
+        name.lower().endswith(BOUND_NAMES) and params[name] in (bound, bound - 1)  # "below"
         for name in candidate.extraction.used
     )
 
