@@ -102,6 +102,33 @@ def test_sqlite_locked_past_its_timeout_journals_and_replays(tmp_path: Path):
     _expect_exactly_total(_counts(url))
 
 
+def test_a_close_that_gives_up_on_a_locked_database_journals_the_batch_being_written(
+    tmp_path: Path,
+):
+    """The writer had taken the batch off the queue, so a close that stopped waiting for it
+    (another process held the database past the wait) found nothing left to journal, and
+    the process's exit lost a run it had reported done."""
+    db = tmp_path / "h.db"
+    url = f"sqlite:///{db}?timeout=10"
+    ExecutionStore(url, state_dir=tmp_path / "s").close()
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    store = ExecutionStore(url, state_dir=tmp_path / "s", flush_interval=0.01)
+    eid = store.store_execution(goal_text="kept", success=True, duration_ms=1.0)
+    deadline = time.monotonic() + 10
+    while not store._writer._in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store._writer.close(timeout=0.2)  # gives up while the writer waits on the lock
+    assert store.status().journal_records == 1
+    blocker.execute("COMMIT")
+    blocker.close()
+    store.close()
+    with ExecutionStore(url, state_dir=tmp_path / "s") as again:
+        again.flush()
+        assert again.get_execution(eid) is not None
+        assert len(again.get_recent_executions(10)) == 1  # written once, replayed or not
+
+
 def test_a_journal_that_cannot_be_written_keeps_records_in_memory(tmp_path: Path):
     """The database locked and the journal's folder unusable (a file in its place, as a
     full disk or a read-only mount would be): the records wait in memory, the callers see

@@ -196,6 +196,9 @@ class BatchWriter:
         self._next_replay = 0.0
         self._journal_pending = True  # segments left by an earlier run are replayed first
         self._unchecked = False  # batches written since the last idle checkpoint
+        # The batch the writer has taken off the queue and not yet written or journaled:
+        # a close that gives up waiting must journal it, or the process's exit loses it.
+        self._in_flight: list[Queued] = []
         self._reject_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="dendrite-store-writer", daemon=True)
         self._thread.start()
@@ -258,8 +261,11 @@ class BatchWriter:
         self._thread.join(timeout)
         with self._room:
             self._room.notify_all()
-        leftover = [item for item in self._queue if not isinstance(item, _FlushMarker)]
-        # The writer could not finish in time: keep them on disk, if the disk takes them.
+        # The writer could not finish in time (a database locked past the wait): keep what
+        # it holds and what is queued on disk, if the disk takes them. Should the writer
+        # still write its batch after all, the replay finds those ids there and skips them.
+        held = list(self._in_flight) if self._thread.is_alive() else []
+        leftover = held + [item for item in self._queue if not isinstance(item, _FlushMarker)]
         if leftover and not self._to_journal(leftover):
             log.error(
                 "store closed with %d records that neither the database nor the journal "
@@ -337,7 +343,12 @@ class BatchWriter:
                     self._room.notify_all()
             if batch:
                 started = time.monotonic()
-                if not self._process(batch):
+                self._in_flight = batch
+                try:
+                    processed = self._process(batch)
+                finally:
+                    self._in_flight = []
+                if not processed:
                     queue.extendleft(reversed([*batch, *markers]))  # as they were queued
                     if not self._stopping:
                         time.sleep(self._journal_backoff)
