@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy.engine import make_url
 
 from dendrite import EventType, Orchestrator, OrchestratorConfig
 from dendrite._ids import new_id
-from dendrite.orchestrator import load_trace
+from dendrite.orchestrator import OrchestratorClosedError, load_trace
 from dendrite.planning import (
     Plan,
     PlanningError,
@@ -104,6 +105,54 @@ def test_a_run_reads_saved_state_off_the_event_loop(
         orch.run(Plan(goal="g", steps=[Step(id="s", tool="search", params={"query": "q"})]))
     )
     assert on_loop and not any(on_loop)
+
+
+def test_a_run_in_flight_when_the_orchestrator_closes_is_recorded_cancelled(
+    store: ExecutionStore,
+):
+    """Its steps not yet started failed on the stopped thread pool, as the tools' own
+    errors ("cannot schedule new futures after shutdown"), and were counted against them."""
+    registry = ToolRegistry()
+
+    def slow(t: float = 0.3) -> str:
+        """Take a while."""
+        time.sleep(t)
+        return "done"
+
+    def echo(text: str) -> str:
+        """Echo the text."""
+        return text
+
+    registry.register_function(slow)
+    registry.register_function(echo)
+    orch = Orchestrator(
+        registry,
+        store=store,
+        config=OrchestratorConfig(learning=False, retry=FAST_RETRY, max_parallel_steps=4),
+        llm=None,
+    )
+    plan = Plan(
+        goal="g",
+        steps=[
+            *(Step(id=f"s{i}", tool="slow") for i in range(6)),
+            Step(id="z", tool="echo", params={"text": "${s0}"}),
+        ],
+    )
+
+    async def close_mid_run() -> str:
+        running = asyncio.create_task(orch.run(plan))
+        await asyncio.sleep(0.1)
+        orch.close()
+        with pytest.raises(OrchestratorClosedError, match="recorded as cancelled") as closed:
+            await running
+        return str(closed.value).split("run ", 1)[1].split(" ", 1)[0]
+
+    execution_id = asyncio.run(close_mid_run())
+    wait_until_drained(store)
+    record = store.get_execution(execution_id)
+    assert record is not None and record.status == ExecutionStatus.CANCELLED
+    assert all(a.error_type in (None, "cancelled") for a in record.steps)
+    assert store.get_tool_statistics("echo") is None  # no attempt of it was its own
 
 
 def test_every_run_and_attempt_lands_in_the_store(orch: Orchestrator, store: ExecutionStore):

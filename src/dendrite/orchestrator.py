@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
+import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Mapping
@@ -433,6 +434,11 @@ class Orchestrator:
         self._history: dict[str, tuple[float, tuple[int, int] | None]] = {}
         self._record_failures = 0
         self._closed = False
+        # The engine runs in flight, each with its event loop: close() cancels them, so
+        # that they are recorded as cancelled rather than failing on a stopped thread pool
+        # as if their tools had failed.
+        self._in_flight: dict[asyncio.Task[RunOutcome], asyncio.AbstractEventLoop] = {}
+        self._in_flight_lock = threading.Lock()
 
     def _router_for_tiers(self) -> Router | None:
         """A router over the model's tiers, which has learnt what the store remembers."""
@@ -599,10 +605,17 @@ class Orchestrator:
     # -- lifecycle -----------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the tool threads, and drain and close the store if this orchestrator made it."""
+        """Cancel the runs in flight, stop the tool threads, and drain and close the store if
+        this orchestrator made it. A cancelled run is recorded as cancelled, and its caller
+        gets :class:`OrchestratorClosedError`."""
         if self._closed:
             return
         self._closed = True
+        with self._in_flight_lock:
+            running = list(self._in_flight.items())
+        for task, loop in running:
+            with contextlib.suppress(RuntimeError):  # its loop closed already: nothing runs
+                loop.call_soon_threadsafe(task.cancel)
         self.engine.close()
         if self._owns_store and self.store is not None:
             self.store.close()
@@ -824,19 +837,33 @@ class Orchestrator:
             plan: Plan, completed: Mapping[str, StepResult] | None = None
         ) -> RunOutcome:
             steps.clear()
-            return await self.engine.execute(
-                plan,
-                execution_id=execution_id,
-                session_id=session_id,
-                context=context,
-                emit=emit,
-                state_for=lambda step_id: StateView(
-                    self.state, session_id=session_id, execution_id=execution_id, step_id=step_id
-                ),
-                history=history,
-                results=steps,
-                completed=completed,
+            running = asyncio.ensure_future(
+                self.engine.execute(
+                    plan,
+                    execution_id=execution_id,
+                    session_id=session_id,
+                    context=context,
+                    emit=emit,
+                    state_for=lambda step_id: StateView(
+                        self.state,
+                        session_id=session_id,
+                        execution_id=execution_id,
+                        step_id=step_id,
+                    ),
+                    history=history,
+                    results=steps,
+                    completed=completed,
+                )
             )
+            with self._in_flight_lock:
+                self._in_flight[running] = asyncio.get_running_loop()
+            try:
+                if self._closed:  # closed while this run planned: it runs no step
+                    running.cancel()
+                return await running
+            finally:
+                with self._in_flight_lock:
+                    self._in_flight.pop(running, None)
 
         try:
             history = await self._tool_history(plan)
@@ -879,6 +906,13 @@ class Orchestrator:
                 cancelled=cancelled,
                 crashed=None if cancelled else error,
             )
+            task = asyncio.current_task()
+            if cancelled and self._closed and task is not None and not task.cancelling():
+                # Cancelled by close(), not by its caller: say so, not a bare CancelledError.
+                raise OrchestratorClosedError(
+                    f"the orchestrator was closed while run {execution_id} was in flight; "
+                    "it is recorded as cancelled"
+                ) from None
             raise
         finally:
             self.state.clear_execution(execution_id)
