@@ -647,6 +647,17 @@ def test_summary_counts_success_timing_confidence_and_errors(
     assert summary["source"] == "store" and summary["recording_failures"] == 0
 
 
+def test_a_run_whose_every_step_a_false_condition_skipped_is_sure_of_it():
+    """It read confidence 0 and was flagged for review, as a failed run is."""
+    registry = ToolRegistry()
+    registry.register_function(lambda text: text, name="echo")
+    plan = Plan(goal="g", steps=[Step(id="e", tool="echo", params={"text": "x"}, when="1 > 2")])
+    with Orchestrator(registry, store=None, llm=None) as orch:
+        result = orch.process(plan)
+    assert result.success and result.steps[0].status.value == "skipped"
+    assert result.confidence == 1.0 and not result.needs_review
+
+
 def test_history_lowers_confidence_of_a_tool_that_often_failed(store: ExecutionStore):
     plan = Plan(goal="s", steps=[Step(id="s", tool="search", params={"query": "q"})])
     with Orchestrator(make_registry(), store=store, config=OrchestratorConfig(history_ttl=0)) as o:

@@ -42,7 +42,8 @@ def run_confidence(results: Iterable[StepResult]) -> float:
     """Geometric mean of the confidence of the steps that ran, times plan coverage.
 
     Steps skipped because their ``when`` condition was false are not part of
-    the plan's coverage: not running them was the right outcome.
+    the plan's coverage: not running them was the right outcome. A plan whose every
+    step was so skipped left nothing undone, and is as sure as its conditions: 1.
     """
     ran: list[float] = []
     relevant = 0
@@ -56,7 +57,9 @@ def run_confidence(results: Iterable[StepResult]) -> float:
         if result.status is StepStatus.SUCCEEDED:
             succeeded += 1
             ran.append(result.confidence if result.confidence is not None else 0.0)
-    if not relevant or not ran:
+    if not relevant:
+        return 1.0
+    if not ran:
         return 0.0
     if min(ran) <= 0:
         return 0.0
