@@ -132,8 +132,9 @@ def test_demo_runs_real_goals_and_accumulates_history(tmp_path: Path):
     assert "the store now holds 8 executions" in out
     assert "answered by fallback cold_room_log" in out
     assert "Tool performance" in out and "Success rate by intent" in out
+    assert "first tool fails, falls back: read the cold room sensor" in out
     assert "Trace of 'read the cold room sensor" in out
-    assert "step1: cold_room_log [succeeded]" in out
+    assert "step1: cold_room_sensor → answered by fallback cold_room_log [succeeded]" in out
     assert "connection: ConnectionError: sensor gateway unreachable" in out
     assert "rated 4/5 'summarize harvest.md': reward 0.88 for summarize_document" in out
     assert "job statistics: tools 8, attempts 14" in out
@@ -141,4 +142,10 @@ def test_demo_runs_real_goals_and_accumulates_history(tmp_path: Path):
     assert (tmp_path / "dendrite.db").exists()
     second = _cli("demo", home=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "the store now holds 16 executions (8 from earlier runs)" in second.stdout
+    out = second.stdout
+    assert "the store now holds 16 executions (8 from earlier runs)" in out
+    # Plan memory now plans the log: the demo says so, and still shows a trace.
+    assert "first tool fails" not in out
+    assert "cold_room_log planned directly by the memory planner, no fallback" in out
+    assert "Trace of 'read the cold room sensor" in out
+    assert "picked cold_room_log: reused the plan of 'read the cold room sensor for room B'" in out

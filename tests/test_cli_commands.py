@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -161,6 +163,12 @@ def test_a_user_tool_the_lifecycle_archived_is_enabled_from_the_cli(home: Path):
         (["history", "--url", "notaurl"], "'notaurl' is not a database URL"),
         (["db", "current", "--url", "notaurl"], "'notaurl' is not a database URL"),
         (["history", "--since", "99999999d"], "--since '99999999d' reaches back before"),
+        # Times UTC cannot hold, and a digit int() refuses: tracebacks before.
+        (["history", "--since", "9999-12-31T23:59:59-05:00"], "outside the years 1 to 9999"),
+        (["history", "--since", "0001-01-01T00:00:00+05:00"], "outside the years 1 to 9999"),
+        (["history", "--since", "²d"], "--since '²d': give an ISO date/time or a span"),
+        # The demo takes --url as every command does: a traceback before.
+        (["demo", "--url", "bogus://x"], "unsupported database URL 'bogus://x'"),
         (["stats", "tiers", "--days", "999999"], "3650"),
         (["jobs", "history", "--limit", "99999999999999999999"], "2147483647"),
         # The user's text as given, not read as markup.
@@ -187,11 +195,92 @@ def test_a_database_that_cannot_be_used_is_one_line_in_every_command(home: Path,
         assert "cannot be used: file is not a database" in result.output
     down = runner.invoke(app, ["history", "--url", "postgresql+psycopg://postgres@127.0.0.1:1/x"])
     assert down.exit_code == 1 and "cannot read from" in down.output
+    demo_down = runner.invoke(app, ["demo", "--url", "postgresql+psycopg://postgres@127.0.0.1:1/x"])
+    assert demo_down.exit_code == 1 and "cannot read from" in demo_down.output  # was 2
     assert runner.invoke(app, ["run", "calculate 2 + 2"]).exit_code == 0
     to_folder = runner.invoke(app, ["export", "--out", str(tmp_path)])
     assert to_folder.exit_code == 1 and f"cannot write {tmp_path}" in to_folder.output
-    for result in (down, to_folder):
+    for result in (down, demo_down, to_folder):
         assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["history"], ["run", "calculate 1 + 1"], ["stats"], ["db", "upgrade"], ["demo"]],
+)
+def test_a_data_folder_that_cannot_be_made_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+):
+    """DENDRITE_HOME a file, or a SQLite URL under one: mkdir's FileExistsError was a
+    traceback and exit 1 in every command."""
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    monkeypatch.setenv("DENDRITE_HOME", str(in_the_way))
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    said = result.output.replace("\n", "")  # Rich wraps long lines
+    assert f"error: cannot use {in_the_way} for the database: File exists" in said
+    monkeypatch.setenv("DENDRITE_HOME", str(tmp_path / "home"))
+    under = runner.invoke(app, [*args, "--url", f"sqlite:///{in_the_way}/sub/x.db"])
+    assert under.exit_code == 2, under.output
+    said = under.output.replace("\n", "")
+    assert f"cannot use {in_the_way}/sub for the database: Not a directory" in said
+    assert isinstance(under.exception, SystemExit)  # no traceback
+
+
+def test_the_document_tools_can_be_listed_shown_disabled_and_enabled(home: Path, docs: Path):
+    """`run --docs` and `serve --docs` use them, yet `tools` could not see them: "unknown
+    tool 'search_documents'"."""
+    names = {t["name"] for t in _json(runner.invoke(app, ["tools", "list", "--json"]))}
+    assert {"search_documents", "summarize_document", "compare_documents", "list_documents"} <= (
+        names
+    )
+    off = runner.invoke(app, ["tools", "disable", "search_documents", "--reason", "audit"])
+    assert off.exit_code == 0 and "search_documents: disabled" in off.output
+    shown = _json(runner.invoke(app, ["tools", "show", "search_documents"]))
+    assert (shown["status"], shown["status_reason"]) == ("disabled", "audit")
+    found = runner.invoke(app, ["run", "search the documents for storage", "--docs", str(docs)])
+    assert "search_documents" not in found.output  # the state reaches the runs that use it
+    assert runner.invoke(app, ["tools", "enable", "search_documents"]).exit_code == 0
+    assert _json(runner.invoke(app, ["tools", "show", "search_documents"]))["status"] == "enabled"
+
+
+def test_a_fallback_names_the_planned_tool_and_the_one_that_answered(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """ "step1: cold_room_log, answered by fallback cold_room_log": the tool the plan
+    named, the sensor that failed, was nowhere in the line."""
+    from dendrite.demo import demo_docs, register_orchard_tools
+    from dendrite.tools import Tool, ToolRegistry, builtin
+
+    register_builtin = builtin.register_builtin
+
+    def with_the_orchards_tools(registry: ToolRegistry, **roots: Any) -> list[Tool]:
+        tools = register_builtin(registry, **roots)
+        register_orchard_tools(registry, builtin.DocumentStore(demo_docs()))
+        return tools
+
+    monkeypatch.setattr(builtin, "register_builtin", with_the_orchards_tools)
+    ran = runner.invoke(app, ["run", "read the cold room sensor for room B"], terminal_width=200)
+    assert ran.exit_code == 0, ran.output
+    assert "step1: cold_room_sensor → answered by fallback cold_room_log" in ran.output
+    traced = runner.invoke(app, ["trace", "goal_1"], terminal_width=200)
+    assert "step1: cold_room_sensor → answered by fallback cold_room_log (succeeded)" in (
+        traced.output
+    )
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_1(home: Path):
+    """uvicorn's log and its exit code 3, which the CLI does not document, were all."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--port", str(port), "--no-jobs"])
+    assert result.exit_code == 1, result.output
+    assert f"error: the server could not start on 127.0.0.1:{port} (Address already in use)" in (
+        result.output
+    )
 
 
 def test_an_execution_id_in_any_spelling_names_the_execution(home: Path):

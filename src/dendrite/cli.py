@@ -1,17 +1,20 @@
 """The ``dendrite`` command line.
 
 Exit codes: 0 success, 1 the operation found a problem (e.g. ``db validate``
-found differences), 2 a usage or input error, reported in one line.
+found differences) or could not be done (a database that cannot be reached, a
+server that cannot start), 2 a usage or input error, reported in one line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import re
+import tempfile
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import click
 import typer
@@ -29,7 +32,7 @@ from dendrite.store import StoreError, StoreUnavailableError, migrate
 from dendrite.store.engine import make_engine, parse_url
 from dendrite.store.errors import driver_message
 from dendrite.store.writer import is_connection_error
-from dendrite.telemetry.records import INT32
+from dendrite.telemetry.records import INT32, as_utc
 
 
 class _Commands(TyperGroup):
@@ -70,24 +73,56 @@ UrlOption = Annotated[
 ]
 
 
+T = TypeVar("T")
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False)  # "[x]" is the user's
     return typer.Exit(code)
 
 
+def _opened(open_: Callable[[str], T], url: str | None) -> T:
+    """``open_`` called with the database URL (``url``, else the default): the one place
+    every command opens its database, so that a URL it cannot use, or a data directory
+    or SQLite folder that cannot be made (a file in the way, no permission), is one line
+    and exit 2 in each of them, not a traceback."""
+    try:
+        return open_(database_url(url))
+    except (ValueError, StoreError) as error:
+        raise _fail(str(error)) from None
+    except OSError as error:  # config.data_dir() and the store make their folders
+        where = f" {error.filename}" if error.filename else ""
+        reason = error.strerror or str(error)
+        if isinstance(error, FileExistsError):  # mkdir's word for "a file is in the way"
+            reason += ", and is not a folder"
+        raise _fail(f"cannot use{where} for the database: {reason}") from None
+
+
+def tool_label(tool: str, fallback_used: str | None, fallback_of: Iterable[str | None]) -> str:
+    """A step's tool as ``run``, ``trace`` and the demo print it. Once a fallback answered,
+    the step's ``tool`` is the fallback's, which alone reads as if it had been planned:
+    then the planned tool (what the fallback's attempts stood in for) and the answering
+    one. ``fallback_of`` is each attempt's; records older than that field fall back to
+    ``tool``."""
+    if not fallback_used:
+        return tool
+    planned = next((name for name in fallback_of if name), tool)
+    return f"{planned} → answered by fallback {fallback_used}"
+
+
 def _engine(url: str | None, *, existing: bool = False) -> Engine:
     """The database's engine; with ``existing``, a SQLite file that is not there is an
     error (a command that only reads would otherwise create it, and its folders)."""
-    url = database_url(url)
-    try:
+
+    def open_(url: str) -> Engine:
         parsed = parse_url(url)
         if existing and parsed.get_backend_name() == "sqlite" and parsed.database:
             path = Path(parsed.database).expanduser()
             if not path.exists():
                 raise _fail(f"no SQLite database at {path}")
         return make_engine(url)
-    except ValueError as error:
-        raise _fail(str(error)) from None
+
+    return _opened(open_, url)
 
 
 def _run_db(action: Callable[..., Any], engine: Engine, *args: Any) -> Any:
@@ -190,10 +225,8 @@ def demo(url: UrlOption = None) -> None:
         LLMConfig.from_env()  # a bad model setting is named before anything is opened
     except ValueError as error:
         raise _fail(str(error)) from None
-    try:
-        run_demo(console, database_url(url))
-    except StoreError as error:
-        raise _fail(str(error)) from None
+    with _store(url) as store:  # as every command opens it: the same lines, the same exit codes
+        run_demo(console, store)
 
 
 @app.command()
@@ -223,7 +256,6 @@ def run(
     """Plan GOAL, run it with the built-in tools, record it, and print the answer."""
     from dendrite.orchestrator import Orchestrator
     from dendrite.planning import PlanningError, PlanValidationError
-    from dendrite.store import ExecutionStore
     from dendrite.tools import ToolRegistry
     from dendrite.tools.builtin import register_builtin
 
@@ -231,10 +263,9 @@ def run(
     register_builtin(registry, docs_root=docs, files_root=docs or Path.cwd())
     try:
         _check_planner(planner, strategy)
-        store = ExecutionStore(database_url(url))
-    except (ValueError, StoreError) as error:
+    except ValueError as error:
         raise _fail(str(error)) from None
-    with store, Orchestrator(registry, store=store) as orch:
+    with _store(url) as store, Orchestrator(registry, store=store) as orch:
         # Any planner asked for is wired to the learning loop, as the default one is.
         orch.planner = orch.make_planner(planner, strategy if planner == "dendrite" else None)
         try:
@@ -329,13 +360,12 @@ def _print_result(result: Any) -> None:
         mark = {"succeeded": "[green]✓[/green]", "skipped": "[yellow]-[/yellow]"}.get(
             step.status.value, "[red]✗[/red]"
         )
-        extra = f" (fallback {step.fallback_used})" if step.fallback_used else ""
+        tool = tool_label(step.tool, step.fallback_used, (a.fallback_of for a in step.attempts))
         retries = (
             f", {step.retries} retr{'y' if step.retries == 1 else 'ies'}" if step.retries else ""
         )
         console.print(
-            f"{mark} {escape(f'{step.step_id}: {step.tool}{extra}')} "
-            f"{step.duration_ms:.0f} ms{retries}",
+            f"{mark} {escape(f'{step.step_id}: {tool}')} {step.duration_ms:.0f} ms{retries}",
             highlight=False,
         )
         if step.error:  # the tool's words, "[x]" and all: never markup
@@ -358,10 +388,7 @@ def _print_result(result: Any) -> None:
 def _store(url: str | None) -> Any:
     from dendrite.store import ExecutionStore
 
-    try:
-        return ExecutionStore(database_url(url))
-    except (ValueError, StoreError) as error:
-        raise _fail(str(error)) from None
+    return _opened(ExecutionStore, url)
 
 
 def _since(value: str | None) -> Any:
@@ -369,7 +396,8 @@ def _since(value: str | None) -> Any:
     if value is None:
         return None
     spans = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-    if value[:-1].isdigit() and value[-1] in spans:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if re.fullmatch(r"[0-9]+[mhdw]", value):
         try:
             return datetime.now(UTC) - timedelta(**{spans[value[-1]]: int(value[:-1])})
         except OverflowError:
@@ -380,7 +408,10 @@ def _since(value: str | None) -> Any:
         raise _fail(
             f"--since {value!r}: give an ISO date/time or a span like 30m, 12h, 7d"
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:  # here, not in the store's query: 9999-12-31T23:00-05:00 is the year 10000 in UTC
+        return as_utc(parsed)
+    except ValueError as error:
+        raise _fail(f"--since {value!r}: {error}") from None
 
 
 def _dump(data: Any) -> None:
@@ -486,11 +517,14 @@ def trace(
             root.add(Text(f"{component}: {reason}"))
     for step in found.steps:
         mark = {"succeeded": "✓", "skipped": "-", "cancelled": "⊘"}.get(step.get("status", ""), "✗")
-        label = f"{mark} {step['step_id']}: {step.get('tool')} ({step.get('status')})"
+        tool = tool_label(
+            str(step.get("tool")),
+            step.get("fallback_used"),
+            (attempt.get("fallback_of") for attempt in step.get("attempts", [])),
+        )
+        label = f"{mark} {step['step_id']}: {tool} ({step.get('status')})"
         if step.get("duration_ms"):
             label += f" {step['duration_ms']:.1f} ms"
-        if step.get("fallback_used"):
-            label += f" (answered by fallback {step['fallback_used']})"
         if step.get("skip_reason"):
             label += f" ({step['skip_reason']})"
         branch = root.add(Text(label))
@@ -647,7 +681,10 @@ def _tools_orchestrator(url: str | None) -> Any:
     from dendrite.tools.builtin import register_builtin
 
     registry = ToolRegistry()
-    register_builtin(registry, files_root=Path.cwd())
+    # The document tools as well, over no documents (loaded here, so the folder can go):
+    # `run --docs` and `serve --docs` use them, so their states are these commands' too.
+    with tempfile.TemporaryDirectory() as no_documents:
+        register_builtin(registry, docs_root=no_documents, files_root=Path.cwd())
     return Orchestrator(registry, store=_store(url), llm=None)
 
 
@@ -933,7 +970,7 @@ def serve(
     url: UrlOption = None,
 ) -> None:
     """Serve the HTTP API (see docs/api.md) with the built-in tools."""
-    from dendrite.api.server import check_bind
+    from dendrite.api.server import ServerStartError, check_bind
     from dendrite.api.server import serve as serve_api
     from dendrite.llm import LLMConfig
     from dendrite.orchestrator import Orchestrator
@@ -948,4 +985,7 @@ def serve(
     registry = ToolRegistry()
     register_builtin(registry, docs_root=docs, files_root=docs or Path.cwd())
     with _store(url) as store, Orchestrator(registry, store=store) as orch:
-        serve_api(orch, host=host, port=port, token=token, jobs=jobs)
+        try:
+            serve_api(orch, host=host, port=port, token=token, jobs=jobs)
+        except ServerStartError as error:  # the machine refused, as an unreachable database
+            raise _fail(str(error), 1) from None

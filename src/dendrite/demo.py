@@ -8,8 +8,10 @@ summary, a comparison, a calculation, multi-step goals, and a sensor reading
 whose gateway is down, so the step falls back to the log. Every run and
 attempt is recorded in the store; feedback is given on some answers and
 learned at once; the learning jobs run (statistics, low performers, quality
-policies); then it prints what the store now knows. Run it again and the
-history accumulates.
+policies); then it prints what the store now knows, and the trace of the
+sensor reading. Run it again and the history accumulates; plan memory then
+plans the log for the sensor reading directly, so that goal no longer falls
+back, and its heading and trace say so and name the plan it reused.
 
 The sensor gateway being down is the scenario, not a fake: the sensor tool
 really fails (it has no gateway to reach), retries, and the engine falls back
@@ -28,6 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from dendrite.cli import tool_label
 from dendrite.learning.jobs import JobContext, run_job
 from dendrite.orchestrator import ExecutionResult, Orchestrator, OrchestratorConfig, load_trace
 from dendrite.planning import PlanningError, RetryPolicy
@@ -41,6 +44,9 @@ class Goal:
     text: str
     kind: str
     rating: int | None = None
+    falls_back: bool = False
+    """Meant to show a fallback: it does on a fresh store; later runs plan the tool that
+    answered from memory, and the demo says so instead."""
 
 
 GOALS = (
@@ -50,7 +56,12 @@ GOALS = (
     Goal("calculate 1250 * 0.85 + 40", "calculation", rating=5),
     Goal("convert 18 km to miles and calculate 4 * 37.5", "two steps in parallel"),
     Goal("summarize irrigation.txt then count the words", "two steps in a chain"),
-    Goal("read the cold room sensor for room B", "first tool fails, falls back", rating=4),
+    Goal(
+        "read the cold room sensor for room B",
+        "first tool fails, falls back",
+        rating=4,
+        falls_back=True,
+    ),
     Goal("write a poem about apples", "generative, offline"),
 )
 
@@ -90,41 +101,42 @@ def register_orchard_tools(registry: ToolRegistry, docs: DocumentStore) -> None:
     registry.register_function(cold_room_log, reliability=Reliability.MEDIUM, tags=("storage",))
 
 
-def run_demo(console: Console, url: str) -> None:
+def run_demo(console: Console, store: ExecutionStore) -> None:
+    """Run the scripted session into ``store``, which the caller opened and closes (the
+    CLI opens it as every command does, so a store that cannot be used is reported alike)."""
     docs = DocumentStore(demo_docs())
     registry = ToolRegistry()
     register_builtin(registry, docs_root=docs, files_root=demo_docs())
     register_orchard_tools(registry, docs)
     config = OrchestratorConfig(retry=RetryPolicy(max_attempts=2, backoff=0.05))
-    with ExecutionStore(url) as store:
-        before = store.get_success_rate().total
-        console.print(
-            f"[bold]Dendrite demo[/bold]: {len(docs.documents)} documents from the orchard "
-            f"handbook, {len(registry)} tools, recording into {store.url}"
-        )
-        results: list[tuple[Goal, ExecutionResult | None]] = []
-        with Orchestrator(registry, store=store, config=config) as orch:
-            for goal in GOALS:
-                results.append((goal, _run_goal(console, orch, goal)))
-            console.rule("feedback and learning jobs", style="cyan")
-            for goal, result in results:
-                if result is not None and goal.rating:
-                    effect = orch.feedback(
-                        result.execution_id,
-                        goal.rating,
-                        accepted=result.success,
-                        comment="demo rating",
-                    )
-                    console.print(
-                        f"  rated {goal.rating}/5 {goal.text!r}: reward {effect.reward:.2f} "
-                        f"for {', '.join(dict.fromkeys(effect.tools)) or 'no tool'}",
-                        highlight=False,
-                    )
-            for name in ("statistics", "low_performers", "quality"):
-                run = run_job(name, JobContext(store, orch))
-                console.print(f"  job {name}: {_job_summary(run.report)}", highlight=False)
-        store.flush()
-        _report(console, store, results, before)
+    before = store.get_success_rate().total
+    console.print(
+        f"[bold]Dendrite demo[/bold]: {len(docs.documents)} documents from the orchard "
+        f"handbook, {len(registry)} tools, recording into {store.url}"
+    )
+    results: list[tuple[Goal, ExecutionResult | None]] = []
+    with Orchestrator(registry, store=store, config=config) as orch:
+        for goal in GOALS:
+            results.append((goal, _run_goal(console, orch, goal)))
+        console.rule("feedback and learning jobs", style="cyan")
+        for goal, result in results:
+            if result is not None and goal.rating:
+                effect = orch.feedback(
+                    result.execution_id,
+                    goal.rating,
+                    accepted=result.success,
+                    comment="demo rating",
+                )
+                console.print(
+                    f"  rated {goal.rating}/5 {goal.text!r}: reward {effect.reward:.2f} "
+                    f"for {', '.join(dict.fromkeys(effect.tools)) or 'no tool'}",
+                    highlight=False,
+                )
+        for name in ("statistics", "low_performers", "quality"):
+            run = run_job(name, JobContext(store, orch))
+            console.print(f"  job {name}: {_job_summary(run.report)}", highlight=False)
+    store.flush()
+    _report(console, store, results, before)
 
 
 def _job_summary(report: dict[str, object]) -> str:
@@ -138,18 +150,23 @@ def _job_summary(report: dict[str, object]) -> str:
 
 
 def _run_goal(console: Console, orch: Orchestrator, goal: Goal) -> ExecutionResult | None:
-    console.rule(f"{goal.kind}: {goal.text}", style="cyan")
     try:
         result = orch.process(goal.text)
     except PlanningError as error:
+        console.rule(escape(f"{goal.kind}: {goal.text}"), style="cyan")
         console.print(f"[yellow]not planned[/yellow] (recorded): {error}", highlight=False)
         return None
+    console.rule(escape(f"{_kind(goal, result)}: {goal.text}"), style="cyan")
     for step in result.steps:
-        via = f", answered by fallback {step.fallback_used}" if step.fallback_used else ""
+        tool = tool_label(step.tool, step.fallback_used, (a.fallback_of for a in step.attempts))
         tries = f", {len(step.attempts)} attempts" if len(step.attempts) > 1 else ""
         console.print(
-            f"  {step.status.value:>9} {step.step_id}: {step.tool}{via}{tries}", highlight=False
+            f"  {step.status.value:>9} {step.step_id}: {tool}{tries}",
+            highlight=False,
+            markup=False,
         )
+        if goal.falls_back and step.step_id in result.why:  # what memory or ranking chose
+            console.print(f"    picked {result.why[step.step_id]}", highlight=False, markup=False)
     console.print(f"  [bold]answer[/bold] {_brief(result.output)}", highlight=False)
     console.print(
         f"  confidence {result.confidence:.2f}, planner {result.plan.planner}, "
@@ -157,6 +174,16 @@ def _run_goal(console: Console, orch: Orchestrator, goal: Goal) -> ExecutionResu
         highlight=False,
     )
     return result
+
+
+def _kind(goal: Goal, result: ExecutionResult) -> str:
+    """The goal's heading, true to what this run did: the sensor goal falls back on a
+    fresh store, and from then on plan memory holds the plan that answered (the log's)
+    and plans it directly, so no fallback happens to show."""
+    if not goal.falls_back or any(step.fallback_used for step in result.steps):
+        return goal.kind
+    tools = ", ".join(step.tool for step in result.steps)
+    return f"{tools} planned directly by the {result.plan.planner} planner, no fallback"
 
 
 def _brief(output: object, limit: int = 240) -> str:
@@ -220,11 +247,18 @@ def _report(
             )
     console.print(intents)
 
-    fallback = next(
-        (r for g, r in results if r is not None and any(s.fallback_used for s in r.steps)), None
-    )
-    if fallback is not None:
-        _print_trace(console, store, fallback.execution_id)
+    traced = _traced(results)
+    if traced is not None:
+        _print_trace(console, store, traced.execution_id)
+
+
+def _traced(results: list[tuple[Goal, ExecutionResult | None]]) -> ExecutionResult | None:
+    """The run whose trace is printed: the first that fell back, else the goal meant to
+    (from the second run on, plan memory spares it the fallback; its trace shows that)."""
+    ran = [(goal, result) for goal, result in results if result is not None]
+    fell_back = (r for _, r in ran if any(step.fallback_used for step in r.steps))
+    meant = (r for goal, r in ran if goal.falls_back)
+    return next(fell_back, None) or next(meant, None)
 
 
 def _print_trace(console: Console, store: ExecutionStore, execution_id: str) -> None:
@@ -233,8 +267,13 @@ def _print_trace(console: Console, store: ExecutionStore, execution_id: str) -> 
         return
     tree = Tree(f"Trace of {found.goal!r} ({found.status}, confidence {found.confidence:.2f})")
     for step in found.steps:
-        branch = tree.add(escape(f"{step['step_id']}: {step['tool']} [{step['status']}]"))
-        for attempt in step["attempts"]:
+        attempts = step["attempts"]
+        tool = tool_label(step["tool"], step["fallback_used"], (a["fallback_of"] for a in attempts))
+        branch = tree.add(escape(f"{step['step_id']}: {tool} [{step['status']}]"))
+        if step["step_id"] in found.why:
+            branch.add(escape(f"picked {found.why[step['step_id']]}"))
+        for attempt in attempts:
             outcome = "ok" if attempt["success"] else f"{attempt['error_type']}: {attempt['error']}"
-            branch.add(escape(f"attempt {attempt['number']} {attempt['tool']}: {outcome}"))
+            via = f" instead of {attempt['fallback_of']}" if attempt["fallback_of"] else ""
+            branch.add(escape(f"attempt {attempt['number']} {attempt['tool']}{via}: {outcome}"))
     console.print(tree, highlight=False)

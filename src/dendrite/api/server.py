@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
+import os
 import socket
-import sys
 
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.config import STARTUP_FAILURE
 
 from dendrite.api.app import create_app, end_streams
 from dendrite.learning.jobs import JobScheduler
@@ -31,6 +31,21 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
         self._app = app
+        self.startup_error: OSError | None = None
+        """Why binding failed: uvicorn only logs it, then exits the process."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        def keep(record: logging.LogRecord) -> bool:
+            if isinstance(record.msg, OSError):  # uvicorn logs the bind's error itself
+                self.startup_error = record.msg
+            return True
+
+        logger = logging.getLogger("uvicorn.error")
+        logger.addFilter(keep)
+        try:
+            await super().startup(sockets)
+        finally:
+            logger.removeFilter(keep)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         end_streams(self._app)
@@ -39,6 +54,25 @@ class _Server(uvicorn.Server):
 
 class InsecureBindError(ValueError):
     """Serving on an address other machines can reach, with nothing to keep them out."""
+
+
+class ServerStartError(RuntimeError):
+    """The server never started: its address could not be bound (a port in use, a host
+    that does not resolve), or the app's startup failed. Raised rather than uvicorn's
+    ``sys.exit``, so that a caller (the CLI) reports it in its own words and exit code."""
+
+    def __init__(self, host: str, port: int, reason: OSError | None) -> None:
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(f"the server could not start on {address} ({_why(reason)})")
+
+
+def _why(reason: OSError | None) -> str:
+    """The OS's words: asyncio wraps a bind's error in a longer message naming the address."""
+    if reason is None:
+        return "the log above says why"
+    if reason.errno is not None and reason.errno > 0:  # getaddrinfo's are negative
+        return os.strerror(reason.errno)
+    return reason.strerror or str(reason)
 
 
 def is_loopback(host: str) -> bool:
@@ -82,8 +116,9 @@ def serve(
     Either way the runs are recorded as cancelled before this returns.
 
     Refuses (:class:`InsecureBindError`, before binding anything) to listen on
-    a non-loopback ``host`` without a ``token``. With ``jobs`` (and a store) the
-    learning jobs run on their schedule while it serves.
+    a non-loopback ``host`` without a ``token``; raises :class:`ServerStartError` when
+    the server never started. With ``jobs`` (and a store) the learning jobs run on
+    their schedule while it serves.
     """
     check_bind(host, token)
     scheduler = JobScheduler(orchestrator) if jobs and orchestrator.store is not None else None
@@ -97,7 +132,11 @@ def serve(
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
     server = _Server(config, app)
-    with contextlib.suppress(KeyboardInterrupt):  # the Ctrl-C that stopped it, raised again
-        server.run()
-    if not server.started:  # as uvicorn.run does; the log says why (a port in use)
-        sys.exit(STARTUP_FAILURE)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # the Ctrl-C that stopped it, raised again
+            server.run()
+    except SystemExit:  # uvicorn's way out when it cannot bind, or the app's startup failed
+        if server.started:
+            raise
+    if not server.started:
+        raise ServerStartError(host, port, server.startup_error)
