@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from fractions import Fraction
 from typing import Annotated, Literal
 
@@ -169,6 +170,184 @@ def test_a_wrong_item_or_union_value_is_described_as_it_is():
         "parameter 'limit': expected integer or null, got 0 (int): Input should be greater "
         "than or equal to 1"
     ]
+
+
+def test_a_union_inside_a_parameter_is_one_problem_at_its_own_path():
+    """Only a union parameter's branches were merged: an item of list[int | str] got a
+    problem per branch, at paths that do not exist ('xs[1].int', 'xs[1].str')."""
+
+    def pick(xs: list[int | str], by_name: dict[str, Window | int]) -> None:
+        return None
+
+    registered = ToolRegistry().register_function(pick)
+    assert registered.check_arguments({"xs": [1, [2]], "by_name": {"a": {"start": 1}}}) == [
+        "parameter 'xs[1]': expected integer or string, got [2] (list): as int: Input should "
+        "be a valid integer; as str: Input should be a valid string",
+        "parameter 'by_name.a': expected Window or integer, got {'start': 1} (dict): as Window "
+        "at 'end': Field required; as int: Input should be a valid integer",
+    ]
+
+
+def test_an_integer_too_long_to_write_is_reported_not_raised():
+    """repr() of an integer over 4,300 digits raises ValueError: the report of a wrong
+    argument became that crash (not a ToolArgumentError, and no problem list for a plan)."""
+
+    def echo(s: str, many: list[str] | None = None) -> str:
+        return s
+
+    registered = ToolRegistry().register_function(echo)
+    with pytest.raises(ToolArgumentError) as caught:
+        registered.validate_arguments({"s": 10**5000})
+    assert str(caught.value) == (
+        "tool 'echo': parameter 's': expected string, got an integer of 5,001 digits (int): "
+        "Input should be a valid string"
+    )
+    assert registered.check_arguments({"s": "x", "many": -(10**4999)}) == [
+        "parameter 'many': expected array or null, got a negative integer of 5,000 digits "
+        "(int): Input should be a valid list"
+    ]
+    assert registered.check_arguments({"s": [10**5000 - 1]}) == [
+        "parameter 's': expected string, got [an integer of 5,000 digits] (list): Input "
+        "should be a valid string"
+    ]
+
+
+def test_callable_objects_and_partials_are_described_by_what_they_call():
+    """The hints were read from the object itself: a callable object's class attributes
+    stood for its parameters (x became untyped), and one without class annotations, or any
+    functools.partial, was refused ("type hints cannot be resolved")."""
+
+    class Adder:
+        """Add a configured offset."""
+
+        offset: int = 0
+
+        def __call__(self, x: int) -> int:
+            """Add.
+
+            Args:
+                x: the number to add to
+            """
+            return x + self.offset
+
+    class Plain:
+        def __call__(self, x: int) -> int:
+            """Return x."""
+            return x
+
+    def scale(x: float, factor: float) -> float:
+        """Scale a number."""
+        return x * factor
+
+    registry = ToolRegistry()
+    adder = registry.register_function(Adder(), name="adder")
+    assert adder.description == "Add a configured offset."
+    assert adder.parameters_schema["properties"] == {
+        "x": {"type": "integer", "description": "the number to add to"}
+    }
+    assert adder.returns_schema == {"type": "integer"}
+    with pytest.raises(ToolArgumentError, match="parameter 'x': expected integer, got 'not a"):
+        adder.validate_arguments({"x": "not a number"})
+    plain = registry.register_function(Plain(), name="plain")
+    assert plain.description == "Return x."
+    assert plain.validate_arguments({"x": "3"}) == {"x": 3}
+    # A keyword the partial binds is its own, not the planner's.
+    double = registry.register_function(functools.partial(scale, factor=2.0), name="double")
+    assert double.description == "Scale a number."
+    assert double.parameters_schema["properties"] == {"x": {"type": "number"}}
+    assert double.func(**double.validate_arguments({"x": "1.5"})) == 3.0
+    with pytest.raises(ToolArgumentError, match="unexpected parameter 'factor'"):
+        double.validate_arguments({"x": 1.0, "factor": 3.0})
+    with pytest.raises(ToolRegistrationError, match="cannot register a partial object without a"):
+        registry.register_function(functools.partial(scale, factor=2.0))
+
+
+def test_a_field_default_is_the_parameter_s_field():
+    """A Field(...) default was wrapped in another Field: its constraint, default and
+    description were lost, and a call without the parameter received the FieldInfo."""
+
+    def top(
+        n: int = Field(3, ge=1, description="how many"),
+        m: int = Field(ge=2),
+        k: int = Field(1),
+    ) -> int:
+        """Top items.
+
+        Args:
+            n: what the docstring says
+            k: how many more
+        """
+        return n
+
+    registered = ToolRegistry().register_function(top)
+    props = registered.parameters_schema["properties"]
+    assert props["n"] == {"type": "integer", "default": 3, "minimum": 1, "description": "how many"}
+    assert props["k"] == {"type": "integer", "default": 1, "description": "how many more"}
+    assert registered.parameters_schema["required"] == ["m"]
+    assert registered.validate_arguments({"m": 2}) == {"n": 3, "m": 2, "k": 1}
+    with pytest.raises(ToolArgumentError, match="parameter 'n': expected integer, got 0 "):
+        registered.validate_arguments({"n": 0, "m": 2})
+
+
+def test_an_annotated_description_is_kept():
+    """Annotated[..., Field(description=...)] lost its description to the docstring's
+    absent one (description=None was passed over it)."""
+
+    def weather(
+        city: Annotated[str, Field(description="City name", min_length=1)],
+        days: Annotated[int, Field(description="Days ahead")] = 1,
+    ) -> str:
+        """Weather for a city.
+
+        Args:
+            days: what the docstring says
+        """
+        return city
+
+    registered = ToolRegistry().register_function(weather)
+    props = registered.parameters_schema["properties"]
+    assert props["city"] == {"type": "string", "minLength": 1, "description": "City name"}
+    assert props["days"]["description"] == "Days ahead"  # the field's own says more
+
+
+def test_a_none_default_makes_the_parameter_nullable():
+    """limit: int = None was published as {"type": "integer", "default": null} and then
+    refused the null a planner following that schema sends."""
+
+    def search(
+        query: str,
+        limit: int = None,  # type: ignore[assignment]  # noqa: RUF013 (what is tested)
+        page: Annotated[int, Field(ge=1)] = None,  # type: ignore[assignment]  # noqa: RUF013
+        top: int = Field(None),
+    ) -> list[str]:
+        return []
+
+    registered = ToolRegistry().register_function(search)
+    props = registered.parameters_schema["properties"]
+    assert props["limit"] == {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None}
+    assert props["page"]["anyOf"] == [{"type": "integer", "minimum": 1}, {"type": "null"}]
+    assert props["top"]["anyOf"] == [{"type": "integer"}, {"type": "null"}]
+    params = {"query": "q", "limit": None, "page": None, "top": None}
+    assert registered.validate_arguments(params) == params
+    with pytest.raises(ToolArgumentError, match=r"parameter 'page': .*greater than or equal to 1"):
+        registered.validate_arguments({"query": "q", "page": 0})
+
+
+def test_an_annotated_context_is_the_context():
+    """Annotated[ToolContext, ...] was taken for an argument, and pydantic, which cannot
+    validate a context, failed the registration with a SchemaError."""
+
+    def run(x: int, ctx: Annotated[ToolContext, "injected"]) -> int:
+        return x
+
+    def maybe(x: int, ctx: Annotated[ToolContext | None, "injected"] = None) -> int:
+        return x
+
+    registry = ToolRegistry()
+    for func in (run, maybe):
+        registered = registry.register_function(func)
+        assert registered.signature.context_param == "ctx"
+        assert list(registered.parameters_schema["properties"]) == ["x"]
 
 
 def test_a_tool_without_parameters_refuses_any():

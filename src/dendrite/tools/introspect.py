@@ -8,15 +8,19 @@ or an LLM sees and the validation a call goes through cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic.fields import FieldInfo
 
 from dendrite.tools.errors import ToolRegistrationError
 
@@ -148,18 +152,20 @@ def introspect(
         raise ToolRegistrationError(
             f"tool {tool_name!r}: no inspectable signature ({error})"
         ) from None
+    annotated, doc, bound = _described(func)
     try:
-        hints = typing.get_type_hints(func, include_extras=True)
+        hints = typing.get_type_hints(annotated, include_extras=True)
     except Exception as error:
         raise ToolRegistrationError(
             f"tool {tool_name!r}: type hints cannot be resolved ({error})"
         ) from error
-    doc = parse_docstring(inspect.getdoc(func))
     definitions: dict[str, Any] = {}
     fields: list[tuple[str, str]] = []
     plain: dict[str, tuple[type, Any]] | None = {}
     context_param: str | None = None
-    for index, (name, param) in enumerate(sig.parameters.items()):
+    parameters = [p for p in sig.parameters.values() if p.name not in bound]
+    for index, param in enumerate(parameters):
+        name = param.name
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise ToolRegistrationError(
                 f"tool {tool_name!r}: parameter {param}: *args and **kwargs cannot be described "
@@ -177,8 +183,8 @@ def introspect(
         default = ... if param.default is param.empty else param.default
         field_name = f"p{index}"
         definitions[field_name] = (
-            annotation,
-            Field(default, alias=name, description=doc.params.get(name) or None),
+            _field_type(annotation, default, name, doc.params.get(name)),
+            default,
         )
         fields.append((field_name, name))
         if (
@@ -228,12 +234,71 @@ def introspect(
     )
 
 
+def _described(func: Callable[..., Any]) -> tuple[Any, ParsedDocstring, frozenset[str]]:
+    """What annotates ``func``'s parameters, its docstring, and the names its partials bind.
+
+    ``typing.get_type_hints`` reads a callable object's *class* annotations (its
+    attributes, not its parameters) and refuses a ``functools.partial``: the
+    hints of a call are those of the partial's function or of ``__call__``.
+    A name a partial binds by keyword is left out: ``inspect.signature`` keeps
+    it (a keyword with that default), but the value is the partial's to give.
+    """
+    bound: set[str] = set()
+    while isinstance(func, functools.partial):
+        bound.update(func.keywords)
+        func = func.func
+    if inspect.isroutine(func) or isinstance(func, type):
+        return func, parse_docstring(inspect.getdoc(func)), frozenset(bound)
+    call = func.__call__
+    # The class says what the object is (its Args are its constructor's); __call__
+    # documents the parameters.
+    called = parse_docstring(inspect.getdoc(call))
+    summary = parse_docstring(inspect.getdoc(func)).summary or called.summary
+    return call, ParsedDocstring(summary, called.params), frozenset(bound)
+
+
+def _field_type(annotation: Any, default: Any, name: str, described: str | None) -> Any:
+    """``annotation`` with the field settings of parameter ``name`` attached.
+
+    They go first among its ``Annotated`` metadata, so that the parameter's
+    own ``Field(...)`` (in ``Annotated`` or as its default) wins where it says
+    something too: its description over the docstring's. A ``None`` default
+    makes the type Optional, as the schema's ``"default": null`` tells a
+    planner it may send ``null``.
+    """
+    base, *metadata = (
+        typing.get_args(annotation) if typing.get_origin(annotation) is Annotated else (annotation,)
+    )
+    value = default.default if isinstance(default, FieldInfo) else default
+    if value is None and not _admits_none(base):
+        base = base | None
+    settings = Field(alias=name) if described is None else Field(alias=name, description=described)
+    return Annotated[(base, settings, *metadata)]
+
+
+def _admits_none(annotation: Any) -> bool:
+    """Whether ``annotation`` takes ``None`` as it is: ``Any``, ``X | None``, ``Literal[None]``."""
+    if annotation in (Any, object, None, type(None)):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _admits_none(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits_none(arg) for arg in typing.get_args(annotation))
+    return origin is Literal and None in typing.get_args(annotation)
+
+
 def _mentions(annotation: Any, wanted: type) -> bool:
-    """``annotation`` is ``wanted`` or an Optional/Union of it (``ctx: ToolContext | None``)."""
+    """``annotation`` is ``wanted``, an Optional/Union of it (``ctx: ToolContext | None``) or
+    either in ``Annotated`` (``Annotated[ToolContext, ...]``): pydantic cannot build a
+    validator for a context, so a missed one fails registration."""
     if annotation is wanted:
         return True
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return wanted in typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _mentions(typing.get_args(annotation)[0], wanted)
+    if origin in (typing.Union, types.UnionType):
+        return any(_mentions(arg, wanted) for arg in typing.get_args(annotation))
     return False
 
 
@@ -254,14 +319,38 @@ def _type_name(schema: dict[str, Any] | None) -> str:
 
 def _path(loc: Sequence[Any]) -> str:
     """pydantic's location as Python writes it: ``values[1]``, ``window.start``."""
-    path = str(loc[0]) if loc else "?"
-    for part in loc[1:]:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
+    return (str(loc[0]) if loc else "?") + _steps(loc[1:])
+
+
+def _steps(parts: Sequence[Any]) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts)
+
+
+class _Brief(reprlib.Repr):
+    """``repr`` that shortens an integer longer than Python will write as text
+    (``sys.get_int_max_str_digits()``): its ``repr`` raises ``ValueError``, which
+    would turn a report of a wrong argument into a crash."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return repr(x)
+        except ValueError:
+            digits = int(math.log10(abs(x))) + 1  # the float may be one off at a power of 10
+            if abs(x) >= 10**digits:
+                digits += 1
+            elif abs(x) < 10 ** (digits - 1):
+                digits -= 1
+            return f"{'a negative' if x < 0 else 'an'} integer of {digits:,} digits"
+
+
+_BRIEF = _Brief()
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # a huge integer, maybe inside a container
+        text = _BRIEF.repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{text} ({type(value).__name__})"
@@ -286,9 +375,11 @@ def argument_problems(
     else:
         return []
     props = signature.parameters_schema.get("properties", {})
+    defs = signature.parameters_schema.get("$defs", {})
     accepted = ", ".join(name for _, name in signature.fields) or "none"
     problems: list[str] = []
-    branches: dict[str, list[str]] = {}  # a union parameter: what each branch said
+    # A union, wherever it is (x, xs[1]): its schema, its value, what each branch said.
+    unions: dict[str, tuple[dict[str, Any], Any, list[str]]] = {}
     for item in errors:
         loc = item.get("loc", ())
         param = str(loc[0]) if loc else "?"
@@ -296,11 +387,17 @@ def argument_problems(
             continue
         path = _path(loc)
         kind = item.get("type", "")
-        schema = props.get(param) or {}
-        if _union_branch(schema, loc):
-            # pydantic reports each branch of a union apart, under its name ('x.int',
-            # 'x.str'): one line for the parameter says what each wanted.
-            branches.setdefault(param, []).append(f"as {loc[1]}: {item.get('msg', '')}")
+        union = _union_at(props.get(param), loc, defs)
+        if union is not None:
+            # pydantic reports each branch of a union apart, under its name as if it were a
+            # field ('x.int', 'xs[1].str'): one line for the union says what each wanted.
+            depth, schema = union
+            within = _steps(loc[depth + 1 :]).lstrip(".")
+            said = f"as {loc[depth]}" + (f" at {within!r}" if within else "")
+            value = _value_at(params, loc[:depth], item.get("input"))
+            unions.setdefault(_path(loc[:depth]), (schema, value, []))[2].append(
+                f"{said}: {item.get('msg', '')}"
+            )
             continue
         if kind == "missing":
             expected = "" if len(loc) > 1 else f" (expected {_type_name(props.get(param))})"
@@ -316,16 +413,66 @@ def argument_problems(
                 f"parameter {path!r}: expected {_type_name(props.get(param))}, "
                 f"got {_shown(item.get('input'))}: {item.get('msg', '')}"
             )
-    for param, said in branches.items():
+    for path, (schema, value, said) in unions.items():
         problems.append(
-            f"parameter {param!r}: expected {_type_name(props.get(param))}, "
-            f"got {_shown(params.get(param))}: {'; '.join(said)}"
+            f"parameter {path!r}: expected {_type_name(schema)}, "
+            f"got {_shown(value)}: {'; '.join(said)}"
         )
     return problems
 
 
-def _union_branch(schema: dict[str, Any], loc: Sequence[Any]) -> bool:
-    """Whether pydantic put this error under a branch of a union parameter (``x | None``
-    has no branches: its errors are the value's own)."""
-    options = [s for s in schema.get("anyOf", ()) if s.get("type") != "null"]
-    return len(options) > 1 and len(loc) > 1 and isinstance(loc[1], str)
+def _union_at(
+    schema: dict[str, Any] | None, loc: Sequence[Any], defs: dict[str, Any]
+) -> tuple[int, dict[str, Any]] | None:
+    """Where in ``loc`` pydantic named a branch of a union, and that union's schema.
+
+    The parameter's JSON schema is followed along ``loc``: a name met where the
+    schema is a union of two or more types (``x | None`` is one) is a branch's.
+    """
+    for depth in range(1, len(loc)):
+        schema = _resolved(schema, defs)
+        part = loc[depth]
+        if schema is None or part == "[key]":  # a dict's key: its own type, not the value's
+            return None
+        if isinstance(part, str) and len(_options(schema)) > 1:
+            return depth, schema
+        if isinstance(part, int) and ("items" in schema or "prefixItems" in schema):
+            prefix = schema.get("prefixItems", ())
+            schema = prefix[part] if part < len(prefix) else schema.get("items")
+        else:  # a field, else a dict's value
+            schema = schema.get("properties", {}).get(str(part), schema.get("additionalProperties"))
+        if not isinstance(schema, dict):  # absent, or true/false ("anything", "nothing")
+            return None
+    return None
+
+
+def _options(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The types of a union schema other than null."""
+    return [s for s in schema.get("anyOf", ()) if s.get("type") != "null"]
+
+
+def _resolved(schema: dict[str, Any] | None, defs: dict[str, Any]) -> dict[str, Any] | None:
+    """``schema`` with references followed and ``X | None`` taken as ``X``: what its
+    value's items or fields are described by."""
+    while schema is not None:
+        if "$ref" in schema:
+            schema = defs.get(schema["$ref"].rsplit("/", 1)[-1])
+        elif len(options := _options(schema)) == 1:
+            schema = options[0]
+        elif len(schema.get("allOf", ())) == 1:
+            schema = schema["allOf"][0]
+        else:
+            break
+    return schema
+
+
+def _value_at(params: dict[str, Any], loc: Sequence[Any], otherwise: Any) -> Any:
+    """The argument at ``loc`` (``xs[1]`` of ``{"xs": [1, [2]]}``), or ``otherwise`` where it
+    cannot be followed (a set, an object)."""
+    value: Any = params
+    for part in loc:
+        try:
+            value = value[part]
+        except (LookupError, TypeError):
+            return otherwise
+    return value

@@ -231,6 +231,11 @@ class ToolRegistry:
         if not callable(func):
             raise ToolRegistrationError(f"cannot register {func!r}: not callable")
         tool_name = name or getattr(func, "__name__", "")
+        if not tool_name:  # a callable object or a functools.partial
+            raise ToolRegistrationError(
+                f"cannot register a {type(func).__qualname__} object without a name: it has "
+                "no __name__; pass name="
+            )
         if not tool_name.isidentifier():
             raise ToolRegistrationError(
                 f"tool name {tool_name!r} must be an identifier (letters, digits, underscores)"
