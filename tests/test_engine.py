@@ -478,6 +478,21 @@ def test_failures_skip_dependents_unless_continue_on_error():
     outcome, _ = run(engine, tolerant)
     assert outcome.success and outcome.partial
     assert outcome.steps["child"].status is StepStatus.SUCCEEDED and outcome.output is None
+    # A path into it is None too, in params, in text and in when, as in the plan's output:
+    # "${bad.summary}" failed the dependant ("NoneType value has no 'summary'").
+    paths = Plan(
+        goal="paths",
+        steps=[
+            Step(id="bad", tool="boom", continue_on_error=True),
+            Step(id="whole", tool="echo", params={"value": ["${bad.summary}", "${bad.0.x}"]}),
+            Step(id="text", tool="echo", params={"value": "summary: ${bad.summary}"}),
+            Step(id="cond", tool="echo", params={"value": "ran"}, when="${bad.count} is None"),
+        ],
+    )
+    outcome, _ = run(engine, paths)
+    assert outcome.success and outcome.partial
+    assert outcome.output == {"whole": [None, None], "text": "summary: None", "cond": "ran"}
+    engine.close()
 
 
 def test_conditions_and_for_each():

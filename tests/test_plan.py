@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from pydantic import BaseModel
@@ -83,6 +84,8 @@ def test_references_are_dependencies():
         ("${s.v} is None", {"s": {"v": None}}, True),
         ("1 < ${s.n} <= 3", {"s": {"n": 3}}, True),
         ("${s.kind} not in ['a', 'b']", {"s": {"kind": "c"}}, True),
+        ("${s.pair} == (1, 2)", {"s": {"pair": (1, 2)}}, True),  # a tuple stays a tuple
+        ("${s.pair} == (1, 2)", {"s": {"pair": [1, 2]}}, False),  # as in Python
     ],
 )
 def test_conditions_evaluate(text, scope, expected):
@@ -100,6 +103,10 @@ def test_conditions_evaluate(text, scope, expected):
         ("lambda: 1", "Lambda is not allowed"),
         ("${s.n} >", "not a valid expression"),
         ("${s.n} + 1", "BinOp is not allowed"),
+        ("len > 0 and len(${s.x}) > 0", "'len' is a function; call it as len"),
+        ("len(len)", "'len' is a function"),
+        ("", "is empty; write one"),
+        ("  ", "is empty; write one"),
     ],
 )
 def test_conditions_refuse_anything_outside_the_language(text, fragment):
@@ -206,6 +213,75 @@ def test_every_problem_is_reported_at_once_with_its_step(registry):
     ]
 
 
+def test_a_fallback_that_is_off_is_no_problem_while_the_steps_own_tool_answers(registry):
+    """Quarantine is automatic: a remembered plan whose fallback was quarantined was
+    refused, though the engine only skips that fallback and the step's tool answers."""
+    registry.register_function(lambda text: text, name="words_too")
+    registry.register_function(lambda text: text, name="words_old")
+    registry.quarantine("words_too", "failing lately")
+    registry.disable("words_old", "retired")
+    step = Step(
+        id="w",
+        tool="count_words",
+        params={"text": "a b"},
+        fallbacks=["words_too", "words_old"],
+    )
+    assert validate(Plan(goal="g", steps=[step]), registry) == []
+    typo = step.model_copy(update={"fallbacks": ["words_too", "wrods"]})
+    assert [str(p) for p in validate(Plan(goal="g", steps=[typo]), registry)] == [
+        "step 'w': fallback: unknown tool 'wrods'"
+    ]
+    # When the step's own tool cannot answer, the fallbacks that are off say why none did.
+    registry.quarantine("count_words", "failing")
+    assert [str(p) for p in validate(Plan(goal="g", steps=[step]), registry)] == [
+        "step 'w': tool 'count_words' is quarantined (failing)",
+        "step 'w': fallback 'words_too' is quarantined (failing lately)",
+        "step 'w': fallback 'words_old' is disabled (retired)",
+    ]
+
+
+def test_a_parameter_the_tool_does_not_take_is_refused_whatever_its_value(registry):
+    """Only the value of a referenced argument waits for the run: "bb": "${n}" failed
+    every run with "unexpected parameter", after the steps before it had run."""
+    registry.register_function(lambda: 3, name="three")
+    plan = Plan(
+        goal="g",
+        steps=[
+            Step(id="n", tool="three"),
+            Step(id="s", tool="search", params={"query": "${n}", "limitt": "${n}"}),
+            Step(id="t", tool="three", params={"x": "${n}", "y": "n is ${n}"}),
+        ],
+    )
+    assert [str(p) for p in validate(plan, registry)] == [
+        "step 's': tool 'search': unexpected parameter 'limitt' (accepted: query, limit)",
+        "step 't': tool 'three': unexpected parameter 'x' (accepted: none)",
+        "step 't': tool 'three': unexpected parameter 'y' (accepted: none)",
+    ]
+
+
+def test_item_is_refused_in_a_steps_own_for_each(registry):
+    """for_each="${item}" passed validation, then crashed the engine with KeyError."""
+    step = Step(id="e", tool="count_words", params={"text": "${item}"}, for_each="${item}")
+    assert [str(p) for p in validate(Plan(goal="g", steps=[step]), registry)] == [
+        "step 'e': for_each '${item}' is read before the step has items: ${item} has no "
+        "value there; iterate over a step's output (${step.items})"
+    ]
+    engine = ExecutionEngine(registry)  # a caller that skips validation gets a failure
+    outcome = asyncio.run(engine.execute(Plan(goal="g", steps=[step]), execution_id="x"))
+    assert outcome.steps["e"].error_type.value == "validation"
+    assert outcome.steps["e"].error.startswith("${item} has no value here")
+    engine.close()
+
+
+def test_an_empty_condition_is_refused_before_the_run(registry):
+    """when="" passed validation (read as no condition) and failed the step at run time."""
+    step = Step(id="w", tool="count_words", params={"text": "a"}, when="")
+    assert [str(p) for p in validate(Plan(goal="g", steps=[step]), registry)] == [
+        "step 'w': condition '' is empty; write one (${step.count} > 0), or leave `when` "
+        "out for a step that always runs"
+    ]
+
+
 def test_cycles_are_printed(registry):
     plan = Plan(
         goal="g",
@@ -257,6 +333,18 @@ def test_parse_plan_turns_schema_errors_into_problems():
         parse_plan({"steps": [{"id": "item", "tool": "t"}]})
     with pytest.raises(PlanValidationError, match="timeout: Input should be greater than 0"):
         parse_plan({"steps": [{"id": "a", "tool": "t", "timeout": -1}]})
+    # A bad step is named by its id in JSON text as in a mapping, by its place without one.
+    bad = {"steps": [{"id": "fetch", "tool": "t", "retries": 3}, {"tool": "t"}, "x"]}
+    for given in (bad, json.dumps(bad)):
+        with pytest.raises(PlanValidationError) as caught:
+            parse_plan(given)
+        fetch, unnamed, not_a_step = [str(p) for p in caught.value.problems]
+        assert fetch == "step 'fetch': retries: Extra inputs are not permitted"
+        assert unnamed == "step '#1': id: Field required"
+        assert not_a_step.startswith("step '#2': Input should be a")  # no stray ": "
+    with pytest.raises(PlanValidationError) as caught:
+        parse_plan("[]")
+    assert [str(p) for p in caught.value.problems] == ["Input should be an object"]
     plan = parse_plan(
         '{"goal": "g", "steps": [{"id": "a", "tool": "t", "retry": {"max_attempts": 5}}]}'
     )
@@ -268,6 +356,11 @@ def test_retry_delays_grow_exponentially_within_jitter_and_cap():
     assert [policy.delay(n, 0.5) for n in (1, 2, 3, 4)] == [0.1, 0.2, 0.4, 0.5]
     assert policy.delay(1, 0.0) == pytest.approx(0.08)
     assert policy.delay(1, 0.999999) == pytest.approx(0.12, abs=1e-6)
+    # Growth past what a float holds is past the cap: the cap, not an OverflowError.
+    huge = RetryPolicy(max_attempts=100, backoff=0, multiplier=1e10, max_backoff=0)
+    assert huge.delay(40, 0.5) == 0.0
+    capped = RetryPolicy(backoff=1, multiplier=1e10, max_backoff=5, jitter=0)
+    assert [capped.delay(n, 0.5) for n in (1, 2, 40, 100)] == [1.0, 5.0, 5.0, 5.0]
 
 
 def test_single_tool_planner_picks_the_named_tool_and_binds_the_text(registry):
@@ -282,3 +375,21 @@ def test_single_tool_planner_picks_the_named_tool_and_binds_the_text(registry):
         asyncio.run(planner.plan("make me a sandwich", registry, {}))
     with pytest.raises(PlanningError, match="the goal is empty"):
         asyncio.run(planner.plan("  ", registry, {}))
+
+
+def test_single_tool_planner_keeps_the_users_text_and_any_tools_name(registry):
+    """ "count_words the price is ${PRICE}" was refused (unknown step 'PRICE'), and a tool
+    named 'item' or with a long name got a raw pydantic error instead of a plan."""
+    planner = SingleToolPlanner()
+    engine = ExecutionEngine(registry)
+    plan = asyncio.run(planner.plan("count_words the price is ${PRICE}", registry, {}))
+    assert validate(plan, registry) == []
+    outcome = asyncio.run(engine.execute(plan, execution_id="x"))
+    assert outcome.output == 4  # "the price is ${PRICE}", as typed
+    for name in ("item", "context", "t" * 150):
+        registry.register_function(lambda text: text.upper(), name=name, description="shout")
+        plan = asyncio.run(planner.plan(f"{name} hello", registry, {"params": {"text": "hi"}}))
+        assert [(s.id, s.tool) for s in plan.steps] == [("step1", name)]
+        assert validate(plan, registry) == []
+        assert asyncio.run(engine.execute(plan, execution_id="y")).output == "HI"
+    engine.close()

@@ -366,6 +366,21 @@ def test_generative_goals_use_the_model_or_the_documents_or_say_no():
         assert server.requests[0]["messages"][-1]["content"] == "write a poem about autumn"
 
 
+def test_a_generative_goal_is_the_users_text_never_a_reference():
+    """ "write a poem about ${cost}" was refused: ${cost} "refers to unknown step 'cost'"."""
+    with Orchestrator(make_registry(), store=None, llm=None) as orch:
+        plan = asyncio.run(orch.planner.plan("write a poem about ${notes}", orch.registry, {}))
+        assert plan.planner == "documents" and validate(plan, orch.registry) == []
+        assert orch.process(plan).success
+    with chat_server() as server:
+        server.say("Costs rise, verses stay.")
+        llm = ChatLLM(LLMConfig(base_url=server.url, model="poet"))
+        with Orchestrator(make_registry(), store=None, llm=llm) as orch:
+            result = orch.process("write a poem about ${cost}")
+        assert result.success and result.output == "Costs rise, verses stay."
+        assert server.requests[0]["messages"][-1]["content"] == "write a poem about ${cost}"
+
+
 def test_a_generative_goal_is_the_call_of_a_tool_made_for_its_act():
     registry = make_registry()
 

@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Set
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -105,18 +105,31 @@ class RunOutcome:
 
 @dataclass(slots=True)
 class _Scope(Mapping[str, Any]):
-    """What references resolve against: step outputs, the run's context, the current item."""
+    """What references resolve against: step outputs, the run's context, the current item.
+
+    ``soft_failed``: the steps that failed with ``continue_on_error``; they read as
+    :data:`references.NO_OUTPUT`, so a path into one is None, not a failure.
+    """
 
     outputs: dict[str, Any]
     context: Mapping[str, Any]
+    soft_failed: Set[str]
     item: Any = None
     has_item: bool = False
 
     def __getitem__(self, key: str) -> Any:
         if key == references.CONTEXT:
             return self.context
-        if key == references.ITEM and self.has_item:
-            return self.item
+        if key == references.ITEM:
+            if self.has_item:
+                return self.item
+            # Validation refuses it; a plan run unvalidated gets a step failure, not a crash.
+            raise references.UnresolvedReferenceError(
+                "${item} has no value here: it is the current element in a for_each step's "
+                "params, not in its for_each or when"
+            )
+        if key in self.soft_failed:
+            return references.NO_OUTPUT
         return self.outputs[key]
 
     def __iter__(self) -> Any:
@@ -255,12 +268,14 @@ class _Run:
     deps: dict[str, list[str]] = field(default_factory=dict)
     results: dict[str, StepResult] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
+    soft_failed: set[str] = field(default_factory=set)  # failed with continue_on_error
     cancel_events: set[Any] = field(default_factory=set)
     calls: asyncio.Semaphore | None = None  # tool calls at once, for_each items included
     scope: _Scope = field(init=False)
 
     def __post_init__(self) -> None:
-        self.scope = _Scope(self.outputs, self.context)  # reads the outputs as they come
+        # reads the outputs as they come
+        self.scope = _Scope(self.outputs, self.context, self.soft_failed)
 
 
 class ExecutionEngine:
@@ -557,7 +572,7 @@ class ExecutionEngine:
         result.error, result.error_type = message, error_type
         result.confidence = 0.0
         if step.continue_on_error:
-            run.outputs[step.id] = None
+            run.soft_failed.add(step.id)
         if run.emit:
             run.emit(
                 Event(
@@ -591,7 +606,8 @@ class ExecutionEngine:
             )
 
         async def one(index: int, item: Any) -> tuple[Any, str]:
-            params = references.resolve(step.params, _Scope(run.outputs, run.context, item, True))
+            item_scope = _Scope(run.outputs, run.context, run.soft_failed, item, True)
+            params = references.resolve(step.params, item_scope)
             try:
                 return await self._call(run, step, result, params, index)
             except _Failure as failure:
@@ -846,7 +862,10 @@ class ExecutionEngine:
             begun.append(loop.time())  # monotonic, safe from any thread; wakes nothing
             return context.run(tool.func, **kwargs)
 
-        future = loop.run_in_executor(self.executor, call)
+        try:
+            future = loop.run_in_executor(self.executor, call)
+        except RuntimeError:  # its pool was shut down: the orchestrator closed under the run
+            raise asyncio.CancelledError from None
         if timeout is None:
             return await future, begun[0]
         deadline = loop.time() + timeout

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ast
 import functools
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,11 @@ class Condition:
 @functools.lru_cache(maxsize=1024)
 def compile_condition(text: str) -> Condition:
     """Parse and check ``text``; raise :class:`ConditionError` naming what is not allowed."""
+    if not text.strip():
+        raise ConditionError(
+            f"condition {text!r} is empty; write one (${{step.count}} > 0), or leave `when` "
+            "out for a step that always runs"
+        )
     refs = references.parse(text)
     names = {ref.text: _PLACEHOLDER.format(i) for i, ref in enumerate(refs)}
     source = references.substitute(text, names)
@@ -74,8 +79,9 @@ def compile_condition(text: str) -> Condition:
     except (RecursionError, MemoryError):  # "not not not ..." 5,000 times: Python's parser gives up
         raise ConditionError(f"condition {text[:40]!r}... is nested too deeply to parse") from None
     by_name = {names[ref.text]: ref for ref in refs}
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     for node in ast.walk(tree):
-        _check(node, by_name, text)
+        _check(node, by_name, called, text)
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             quoted = [ref.text for name, ref in by_name.items() if name in node.value]
             if quoted:  # compared as its own name: always false, the step always skipped
@@ -105,12 +111,16 @@ _ALLOWED = (
 )
 
 
-def _check(node: ast.AST, refs: Mapping[str, Any], text: str) -> None:
+def _check(node: ast.AST, refs: Mapping[str, Any], called: Set[int], text: str) -> None:
+    """Refuse ``node`` if it is outside the language. ``called``: the ids of the nodes
+    that are called (``len`` is a name only there: a bare ``len`` has no value)."""
     if not isinstance(node, _ALLOWED):
         raise ConditionError(
             f"condition {text!r}: {type(node).__name__} is not allowed "
             "(only comparisons, and/or/not, literals, len() and ${...} references)"
         )
+    if isinstance(node, ast.Name) and node.id == "len" and id(node) not in called:
+        raise ConditionError(f"condition {text!r}: 'len' is a function; call it as len(x)")
     if isinstance(node, ast.Name) and node.id not in refs and node.id != "len":
         raise ConditionError(
             f"condition {text!r}: unknown name {node.id!r}; refer to outputs as ${{step.path}}"
@@ -156,8 +166,10 @@ def _eval(node: ast.AST, values: Mapping[str, Any]) -> Any:
                     return False
                 current = right
             return True
-        case ast.List(elts=elts) | ast.Tuple(elts=elts):
+        case ast.List(elts=elts):
             return [_eval(e, values) for e in elts]
+        case ast.Tuple(elts=elts):  # (1, 2) == [1, 2] is False in Python, and here
+            return tuple(_eval(e, values) for e in elts)
         case ast.Call(args=[arg]):
             return len(_eval(arg, values))
     raise ConditionError(f"cannot evaluate {ast.dump(node)}")

@@ -18,6 +18,7 @@ from typing import Any
 from dendrite.learning.memory import PlanMemory
 from dendrite.llm import ChatLLM
 from dendrite.llm.tools import GENERATE_TOOL
+from dendrite.planning import references
 from dendrite.planning.arguments import extract_arguments
 from dendrite.planning.classify import Classification, Intent, act_named_by, classify
 from dendrite.planning.llm_planner import LLMPlanner
@@ -205,11 +206,16 @@ class DendritePlanner:
         return Plan(goal=goal, steps=[step], planner="semantic", metadata={"why": why})
 
     def _generative(self, goal: str, registry: ToolRegistry) -> Plan:
-        """Writing needs a model; offline, the session's documents answer, or nothing does."""
+        """Writing needs a model; offline, the session's documents answer, or nothing does.
+
+        The goal is the user's text, passed as written: a ``${cost}`` in "write a poem
+        about ${cost}" is words, not a reference to a step (:func:`references.literal`).
+        """
+        text = references.literal(goal)
         if _can_write(registry):
             return Plan(
                 goal=goal,
-                steps=[Step(id="generate", tool=GENERATE_TOOL, params={"prompt": goal})],
+                steps=[Step(id="generate", tool=GENERATE_TOOL, params={"prompt": text})],
                 planner="llm",
             )
         fits, _ = candidates_for(
@@ -217,7 +223,7 @@ class DendritePlanner:
         )
         documents = [f for f in fits if "query" in f.tool.parameter_names]
         if documents:
-            step = Step(id="documents", tool=documents[0].tool.name, params={"query": goal})
+            step = Step(id="documents", tool=documents[0].tool.name, params={"query": text})
             return Plan(goal=goal, steps=[step], planner="documents")
         raise PlanningError(
             "this goal needs a generative model and none is configured (set "

@@ -9,6 +9,8 @@ problems faster than one error at a time.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +46,17 @@ class RetryPolicy(BaseModel):
     retry_on: tuple[ErrorType, ...] = DEFAULT_RETRYABLE
 
     def delay(self, retry: int, random_unit: float) -> float:
-        """Seconds to wait before retry number ``retry`` (1-based); ``random_unit`` in [0, 1)."""
-        base = min(self.backoff * self.multiplier ** (retry - 1), self.max_backoff)
+        """Seconds to wait before retry number ``retry`` (1-based); ``random_unit`` in [0, 1).
+
+        The growth can pass what a float holds (``multiplier=1e10``, 40 retries) long
+        after the cap applies: then it is infinite, and the cap is the delay.
+        """
+        try:
+            growth = self.multiplier ** (retry - 1)
+        except OverflowError:
+            growth = math.inf
+        grown = self.backoff * growth if self.backoff else 0.0  # 0 * inf would be nan
+        base = min(grown, self.max_backoff)
         return max(0.0, base * (1 + self.jitter * (2 * random_unit - 1)))
 
 
@@ -143,20 +154,38 @@ def parse_plan(data: Mapping[str, Any] | str) -> Plan:
             return Plan.model_validate_json(data)
         return Plan.model_validate(data)
     except ValidationError as error:
+        raw = _raw(data)
         problems = []
         for item in error.errors(include_url=False):
             loc = item.get("loc", ())
             step_id = None
             if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
-                raw = data if isinstance(data, Mapping) else {}
-                try:
-                    step_id = str(raw["steps"][loc[1]].get("id"))
-                except (KeyError, IndexError, TypeError, AttributeError):
-                    step_id = f"#{loc[1]}"
+                step_id = _raw_step_id(raw, loc[1])
                 loc = loc[2:]
             where = ".".join(str(p) for p in loc)
-            problems.append(PlanProblem(step_id, f"{where}: {item.get('msg')}"))
+            message = str(item.get("msg"))
+            problems.append(PlanProblem(step_id, f"{where}: {message}" if where else message))
         raise PlanValidationError(problems) from None
+
+
+def _raw(data: Mapping[str, Any] | str) -> Any:
+    """The plan as given, as Python data: JSON text is read again, so a bad step is named
+    by its id in either form (None when the text is no JSON at all)."""
+    if not isinstance(data, str):
+        return data
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _raw_step_id(raw: Any, index: int) -> str:
+    """The id the step at ``index`` was given, or ``#index`` when it has none."""
+    try:
+        step_id = raw["steps"][index].get("id")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return f"#{index}"
+    return f"#{index}" if step_id is None else str(step_id)
 
 
 def validate(plan: Plan, registry: ToolRegistry) -> list[PlanProblem]:
@@ -172,17 +201,21 @@ def validate(plan: Plan, registry: ToolRegistry) -> list[PlanProblem]:
     tools: dict[str, Tool | None] = {}
     graph: dict[str, list[str]] = {}
     for step in plan.steps:
+        before = len(problems)
         tools[step.id] = _check_tool(
             step.id, step.tool, registry, problems, "tool", stand_ins=step.fallbacks
         )
+        # The engine skips a fallback that is off: it matters only when the step's own
+        # tool cannot answer either (and then says why no fallback stood in).
+        tool_refused = len(problems) > before
         for fallback in step.fallbacks:
-            _check_tool(step.id, fallback, registry, problems, "fallback")
+            _check_tool(step.id, fallback, registry, problems, "fallback", status=tool_refused)
         for dep in step.depends_on:
             if dep not in by_id:
                 problems.append(PlanProblem(step.id, f"depends on unknown step {dep!r}"))
             elif dep == step.id:
                 problems.append(PlanProblem(step.id, "depends on itself"))
-        if step.when:
+        if step.when is not None:  # "" is no condition the engine can decide
             try:
                 condition = compile_condition(step.when)
             except ConditionError as error:
@@ -196,13 +229,25 @@ def validate(plan: Plan, registry: ToolRegistry) -> list[PlanProblem]:
                             "its items: ${item} has no value there",
                         )
                     )
-        if step.for_each is not None and references.whole(step.for_each) is None:
-            problems.append(
-                PlanProblem(
-                    step.id,
-                    f"for_each must be one reference like ${{step.items}}, got {step.for_each!r}",
+        if step.for_each is not None:
+            items = references.whole(step.for_each)
+            if items is None:
+                problems.append(
+                    PlanProblem(
+                        step.id,
+                        f"for_each must be one reference like ${{step.items}}, "
+                        f"got {step.for_each!r}",
+                    )
                 )
-            )
+            elif items.source == references.ITEM:
+                problems.append(
+                    PlanProblem(
+                        step.id,
+                        f"for_each {step.for_each!r} is read before the step has items: "
+                        "${item} has no value there; iterate over a step's output "
+                        "(${step.items})",
+                    )
+                )
         refs = step.references()
         graph[step.id] = step.dependencies(refs)
         if step.id in graph[step.id] and step.id not in step.depends_on:
@@ -277,18 +322,23 @@ def _check_tool(
     problems: list[PlanProblem],
     role: str,
     stand_ins: Sequence[str] = (),
+    status: bool = True,
 ) -> Tool | None:
     """The tool, or None with the problem noted.
 
     A quarantined tool is no problem when a fallback or alternative can stand
     in: the engine skips it and the stand-in answers, which is what quarantine
-    is for. A disabled tool is always a problem: a person turned it off.
+    is for. A disabled tool is a problem where it must answer: a person turned
+    it off. ``status=False``: only whether the tool exists matters (a fallback
+    the engine skips when it is off).
     """
     try:
         found = registry.get(name)
     except UnknownToolError as error:
         problems.append(PlanProblem(step_id, f"{role}: {error}"))
         return None
+    if not status:
+        return found
     if found.state.status is ToolStatus.QUARANTINED and any(
         (other := registry.find(n)) is not None and other.available
         for n in (*stand_ins, *found.alternatives)
@@ -376,8 +426,18 @@ def _check_literals(step: Step, found: Tool) -> list[PlanProblem]:
 
 
 def literal_problems(tool: Tool, params: Mapping[str, Any]) -> list[str]:
-    """What ``tool`` finds wrong with the arguments known now; those that hold references
-    are checked when the references resolve."""
+    """What ``tool`` finds wrong with the arguments known now.
+
+    The value of an argument that holds references is checked when they resolve, but
+    its name is known now: a parameter the tool does not take fails every run, whatever
+    value ``${n}`` turns out to have.
+    """
     deferred = {k for k, v in params.items() if references.has_references(v)}
     literal = {k: v for k, v in params.items() if k not in deferred}
-    return tool.check_arguments(literal, deferred)
+    accepted = tool.parameter_names
+    unexpected = [
+        f"unexpected parameter {name!r} (accepted: {', '.join(accepted) or 'none'})"
+        for name in params
+        if name in deferred and name not in accepted
+    ]
+    return tool.check_arguments(literal, deferred) + unexpected

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from dendrite.planning import references
 from dendrite.planning.plan import Plan, Step
 from dendrite.tools import ToolRegistry
 
@@ -38,7 +39,9 @@ class SingleToolPlanner:
     ``context["params"]`` gives the arguments; a tool with exactly one required
     string parameter that is not given receives the goal's text after the
     tool's name (or the whole goal), so ``"word_count the quick brown fox"``
-    works as typed.
+    works as typed. That text is the user's, never a reference (a ``${PRICE}`` in it
+    stays as typed), and the step is ``step1`` whatever the tool is called: a tool's
+    name need not be a valid step id (``item``, or longer than a step id may be).
     """
 
     name = "single_tool"
@@ -71,9 +74,9 @@ class SingleToolPlanner:
         ]
         if len(required_text) == 1 and required_text[0] not in params:
             rest = text[end:].strip(" :,-")
-            params[required_text[0]] = rest or text
+            params[required_text[0]] = references.literal(rest or text)
         return Plan(
             goal=goal,
-            steps=[Step(id=chosen.name, tool=chosen.name, params=params)],
+            steps=[Step(id="step1", tool=chosen.name, params=params)],
             planner=self.name,
         )

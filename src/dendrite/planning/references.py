@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from dendrite.telemetry.errors import described
 
@@ -40,6 +40,21 @@ _TOKEN = re.compile(rf"{re.escape(_DOLLAR)}|{_REF.pattern}")  # one scan: "${$}{
 
 class UnresolvedReferenceError(LookupError):
     """A reference whose path does not exist in the value it points into."""
+
+
+class _NoOutput:
+    """What a step that failed with ``continue_on_error`` stands for in a scope: it, and
+    every path into it, reads as None. Its dependants run knowing it has no output, so
+    ``${bad.summary}`` is None, as the run's output reads it, not a failure of theirs
+    (None itself has no ``summary``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_OUTPUT"
+
+
+NO_OUTPUT: Final = _NoOutput()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +98,8 @@ def find(value: Any) -> Iterator[Reference]:
 
 
 def lookup(value: Any, path: tuple[str, ...], ref: str) -> Any:
+    if value is NO_OUTPUT:
+        return None
     for part in path:
         if part.startswith("_") and not isinstance(value, Mapping | list | tuple):
             # A field, never an attribute of Python's own: "${r.__init__.__globals__...}"
