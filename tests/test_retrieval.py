@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +38,7 @@ from dendrite.retrieval import (
     normalize_rows,
     tokenize,
 )
-from dendrite.retrieval.lexical import stem
+from dendrite.retrieval.lexical import split_words, stem
 from dendrite.retrieval.tools import name_words
 from dendrite.tools import ToolRegistry
 
@@ -205,6 +206,61 @@ def test_words_of_any_script_match_and_unspaced_scripts_match_by_character_pairs
     assert index.search("Wie groß ist die Größe der Datei?", k=1)[0][0] == 2
 
 
+def test_combining_marks_belong_to_their_words_and_text_is_normalised() -> None:
+    # Devanagari writes vowels and the virama as combining marks: words, not single letters.
+    assert tokenize("हिन्दी अनुवाद") == ["हिन्दी", "अनुवाद"]
+    # Decomposed accents (macOS file names), full-width letters: the usual forms (NFKC).
+    assert tokenize(unicodedata.normalize("NFD", "résumé café")) == tokenize("résumé café")
+    assert tokenize("résumé café") == ["résumé", "café"]
+    full_width = " ".join("".join(chr(ord(c) + 0xFEE0) for c in w) for w in ("weather", "map"))
+    assert tokenize(full_width) == ["weather", "map"]
+    # Lower-casing Turkish İ leaves a dot above the i: "İstanbul" is "istanbul".
+    assert tokenize("İstanbul") == tokenize("istanbul") == ["istanbul"]
+    index = LexicalIndex(["अनुवाद: हिन्दी से अंग्रेज़ी", "मौसम: आज का मौसम"])
+    assert index.search("हिन्दी अनुवाद", k=1)[0][0] == 0
+
+
+def test_every_combining_mark_joins_a_word() -> None:
+    # The tokenizer scans only the planes that hold marks; this checks the whole code space.
+    marks = [
+        chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)).startswith("M")
+    ]
+    assert len(marks) > 2000
+    split = [f"U+{ord(m):04X}" for m in marks if len(split_words(f"x{m}x")) != 1]
+    assert split == []
+
+
+def test_mixed_case_acronyms_stay_whole_as_well_as_split() -> None:
+    assert tokenize("refreshOAuthToken") == ["refresh", "oauth", "auth", "token"]
+    assert set(tokenize("ipv6 address")) <= set(tokenize("get_IPv6_address"))
+    assert set(tokenize("ios version")) <= set(tokenize("iOSVersion"))
+    assert set(tokenize("ebay listings")) <= set(tokenize("search_eBay_listings"))
+    # Ordinary camelCase still splits into its words.
+    assert tokenize("getHTTPResponseCode") == ["get", "http", "respons", "code"]
+    assert tokenize("getXCoordinate")[-2:] == tokenize("x coordinate")
+    retriever = ToolRetriever([ToolDoc("refresh_session_token"), ToolDoc("refreshOAuthToken")])
+    assert retriever.rank("refresh the oauth token")[0].name == "refreshOAuthToken"
+
+
+def test_an_index_without_words_ranks_nothing() -> None:
+    # Only stop words: nothing to index, and bm25s cannot build an empty vocabulary.
+    index = LexicalIndex(["the", "a"])
+    assert len(index) == 2
+    assert index.scores("the").tolist() == [0.0, 0.0]
+    assert index.matches("the a").tolist() == [0, 0]
+    assert index.search("the") == []
+    # The planner rebuilds its retriever whenever the registry changes: a registry whose
+    # only tool has no word to index must rank nothing, not crash.
+    registry = ToolRegistry()
+
+    @registry.tool
+    def do(x: str) -> str:
+        return x
+
+    retriever = ToolRetriever.from_registry(registry)
+    assert retriever.rank("do it") == [] and retriever.fitting("do it") == []
+
+
 def test_lexical_index_bad_inputs() -> None:
     empty = LexicalIndex([])
     assert len(empty) == 0 and empty.search("weather") == []
@@ -285,6 +341,57 @@ def test_no_tool_fits_an_unrelated_goal() -> None:
     assert strict.fitting("send an email to bob with the subject lunch") == []
 
 
+def test_numbers_of_the_goal_are_no_evidence_of_relevance() -> None:
+    # A goal's numbers are its arguments: BM25 ignores them, and so must "fits".
+    numbered = ToolDoc("get_item", "Return the item at a 1-based position (1 is the first).")
+    retriever = ToolRetriever([numbered, CATALOGUE[2]], threshold=BALANCED_THRESHOLD)
+    lexical, _, relevance = retriever.scores("compute 1 + 2")
+    assert lexical.tolist() == [0.0, 0.0]
+    assert relevance[0] == pytest.approx(relevance[1])  # as much as a tool with no word
+    assert relevance[0] < LENIENT_THRESHOLD
+    assert ToolRetriever([numbered]).best_relevance("add 1 and 2") < LENIENT_THRESHOLD
+    with_word = ToolRetriever([numbered]).best_relevance("get item 1")
+    assert with_word == pytest.approx(ToolRetriever([numbered]).best_relevance("get item"))
+
+
+def test_a_goal_that_names_a_tool_ranks_it_first() -> None:
+    search_tools = [
+        ToolDoc(
+            "search",
+            "Search the indexed documents for the words of a query and return the best "
+            "passages with their scores, titles and paths.",
+            _schema(query="words to look for"),
+        ),
+        ToolDoc("web_search", "Search the web.", _schema(query="")),
+        ToolDoc("search_files", "Search file names.", _schema(pattern="")),
+    ]
+    retriever = ToolRetriever(search_tools)
+    assert [r.name for r in retriever.rank("search")] == ["search", "web_search", "search_files"]
+    assert retriever.rank("search_files")[0].name == "search_files"
+    assert retriever.rank("search files")[0].name == "search_files"
+    # A name of several words, written as it is, names its tool inside a longer request.
+    assert retriever.rank("use web_search to look for file names")[0].name == "web_search"
+    assert retriever.rank("my_web_search_tool: file names")[0].name == "search_files"
+    # A name's stop words count: "primes" names the tool primes, not is_prime.
+    primes = ToolRetriever(
+        [
+            ToolDoc("is_prime", "Whether a number is prime.", _schema(n="number")),
+            ToolDoc(
+                "primes",
+                "List the prime numbers up to a bound, in increasing order, as computed by the "
+                "sieve of Eratosthenes.",
+                _schema(limit="largest number to consider"),
+            ),
+        ]
+    )
+    assert primes.rank("primes")[0].name == "primes"
+    assert primes.rank("is 7 prime?")[0].name == "is_prime"
+    # A common word that names a tool, inside a longer request, does not take over.
+    helpful = ToolRetriever([ToolDoc("help", "Show help."), *CATALOGUE])
+    goal = "can you help me send an email to Bob with the subject lunch"
+    assert helpful.rank(goal)[0].name == "send_email"
+
+
 def test_lenient_and_balanced_thresholds() -> None:
     lenient = ToolRetriever(CATALOGUE)  # the default: one shared word is enough evidence
     balanced = ToolRetriever(CATALOGUE, threshold=BALANCED_THRESHOLD)
@@ -344,6 +451,26 @@ def test_tool_doc_from_a_function_spec() -> None:
     assert name_words("weather_api.getForecastV2") == "weather api get forecast v 2"
     assert "euclidean norm" in doc.lexical_text().lower() and "math hypot" in doc.lexical_text()
     assert doc.semantic_text() == "Euclidean norm (math hypot)"
+
+
+def test_names_in_any_script_are_indexed_as_words() -> None:
+    assert name_words("météo_prévision") == "météo prévision"
+    assert name_words("天气") == "天气" and name_words("getWeather") == "get weather"
+    tools = [
+        ToolDoc("météo_prévision"),
+        ToolDoc("forecast", parameters={"properties": {"città": {"type": "string"}}}),
+        ToolDoc("get_stock_price", "Price of a stock"),
+    ]
+    retriever = ToolRetriever(tools)
+    assert [r.name for r in retriever.rank("météo")] == ["météo_prévision"]
+    assert [r.name for r in retriever.rank("quale città?")] == ["forecast"]
+    registry = ToolRegistry()
+
+    @registry.tool
+    def 天气(城市: str) -> str:
+        return 城市
+
+    assert [r.name for r in ToolRetriever.from_registry(registry).rank("北京天气")] == ["天气"]
 
 
 def test_bad_inputs_give_clear_errors() -> None:

@@ -5,21 +5,26 @@ the tokenizer: identifiers like ``get_weather_forecast`` or ``findRestaurantNear
 match queries written in plain English, so identifiers are split on ``snake_case``,
 ``camelCase``, digits and punctuation, lower-cased, stop words are dropped and a light
 stemmer (Porter's steps 1 and 5a) folds plural/verb forms together (``restaurants`` ~
-``restaurant``, ``calculates`` ~ ``calculated``). Words are letters and digits of any script
-(``Größe``, ``café``); scripts written without spaces between words (Chinese, Japanese,
-Thai) are cut into overlapping pairs of characters, as CJK search indexes do, so that
-``北京的天气`` and ``天气预报`` share ``天气``.
+``restaurant``, ``calculates`` ~ ``calculated``). Text is first brought to Unicode's NFKC
+form, as the text tools normalise it, so that decomposed accents (``résumé`` as macOS writes
+file names), full-width letters and ligatures match their usual forms. Words are letters,
+digits and combining marks of any script (``Größe``, ``café``, ``हिन्दी``); scripts written
+without spaces between words (Chinese, Japanese, Thai) are cut into overlapping pairs of
+characters, as CJK search indexes do, so that ``北京的天气`` and ``天气预报`` share ``天气``.
+Mixed-case acronyms (``OAuth``, ``IPv6``, ``iOS``) are kept whole as well as split, so that
+``refreshOAuthToken`` matches "oauth".
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 
 import bm25s
 import numpy as np
 
-__all__ = ["STOP_WORDS", "LexicalIndex", "split_identifiers", "stem", "tokenize"]
+__all__ = ["STOP_WORDS", "LexicalIndex", "split_identifiers", "split_words", "stem", "tokenize"]
 
 # A compact English stop list (articles, pronouns, auxiliaries, prepositions, conjunctions and
 # filler words common in requests such as "please", "can you", "I want to").
@@ -42,10 +47,40 @@ STOP_WORDS: frozenset[str] = frozenset(_STOP_WORDS_TEXT.split())
 _CAMEL_1 = re.compile(r"([a-z0-9])([A-Z])")
 _CAMEL_2 = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _LETTER_DIGIT = re.compile(r"(?<=[A-Za-z])(?=[0-9])|(?<=[0-9])(?=[A-Za-z])")
+# A mixed-case acronym that camelCase splitting would break, leaving a lone letter (mostly a
+# stop word): "OAuth" -> "O Auth", "IPv6" -> "I Pv 6", "iOS" -> "i OS", "eBay" -> "e Bay".
+_MIXED_ACRONYM = re.compile(
+    r"(?<![A-Za-z0-9])[a-z](?:[A-Z]+(?![a-z])|[A-Z][a-z]+)|(?<![A-Z])[A-Z][A-Z][a-z]+"
+)
 # Scripts without spaces between words: Thai, kana, CJK ideographs (and their extensions).
 _UNSPACED = "\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+
+
+def _combining_marks() -> str:
+    """The combining marks (Unicode category M) as the body of a regex character class.
+
+    Python's ``re`` has no ``\\p{M}``, and its ``\\w`` leaves marks out: Hindi's vowel signs
+    and viramas would cut its words into letters. Marks are only found in planes 0, 1 and 14
+    (plane 2 and 3 hold ideographs, the rest nothing or private use), so only those are
+    scanned, which keeps the import fast; a test checks the whole code space.
+    """
+    marks = [
+        c
+        for plane in (0, 1, 14)
+        for c in range(plane << 16, (plane + 1) << 16)
+        if unicodedata.category(chr(c)).startswith("M")
+    ]
+    ranges: list[list[int]] = []
+    for c in marks:
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    return "".join(f"{chr(a)}-{chr(b)}" for a, b in ranges)
+
+
 # Letters and digits of any script, and the marks those scripts write their words with.
-_WORD = re.compile(f"(?:[^\\W_]|[{_UNSPACED}])+")
+_WORD = re.compile(f"(?:[^\\W_]|[{_UNSPACED}{_combining_marks()}])+")
 _HAS_UNSPACED = re.compile(f"[{_UNSPACED}]").search
 _UNSPACED_RUNS = re.compile(f"[{_UNSPACED}]+|[^{_UNSPACED}]+").findall
 
@@ -66,6 +101,20 @@ def split_identifiers(text: str) -> str:
     """``"getHTTPResponse_v2"`` -> ``"get HTTP Response_v 2"``: camelCase and digit boundaries."""
     text = _CAMEL_2.sub(r"\1 \2", _CAMEL_1.sub(r"\1 \2", text))
     return _LETTER_DIGIT.sub(" ", text)
+
+
+def split_words(text: str) -> list[str]:
+    """The lower-case words of ``text``, in order, before stop words and stemming.
+
+    ``"getWeather_v2"`` -> ``["get", "weather", "v", "2"]``; a mixed-case acronym comes whole
+    before its pieces (``"refreshOAuthToken"`` -> ``["refresh", "oauth", "o", "auth",
+    "token"]``), since its lone first letter, dropped as a stop word, left ``"auth"`` alone.
+    Lower-casing Turkish ``İ`` leaves a dot above ``i``, which is dropped: ``İstanbul`` is
+    ``istanbul``.
+    """
+    text = unicodedata.normalize("NFKC", text)
+    text = _MIXED_ACRONYM.sub(lambda m: f" {m[0].lower()} {m[0]}", text)
+    return _WORD.findall(split_identifiers(text).lower().replace("i\u0307", "i"))
 
 
 def _is_consonant(word: str, i: int) -> bool:
@@ -151,7 +200,7 @@ def tokenize(text: str, *, drop_stop_words: bool = True, stemming: bool = True) 
     all separate words; English stop words are removed (unless ``drop_stop_words`` is false) and
     a light stemmer is applied (unless ``stemming`` is false).
     """
-    words = _WORD.findall(split_identifiers(text).lower())
+    words = split_words(text)
     if _HAS_UNSPACED(text):
         words = _pairs(words)
     if drop_stop_words:
@@ -184,6 +233,10 @@ class LexicalIndex:
         for i, tokens in enumerate(corpus):
             for token in set(tokens):
                 postings.setdefault(token, []).append(i)
+        if not postings:
+            # No document has a word (stop words only, or empty texts): bm25s cannot index an
+            # empty vocabulary, and there is nothing a query could match anyway.
+            return
         self._postings = {t: np.asarray(ids, dtype=np.int64) for t, ids in postings.items()}
         self._bm25 = bm25s.BM25(k1=k1, b=b, method="lucene")
         self._bm25.index(corpus, show_progress=False)
@@ -191,7 +244,7 @@ class LexicalIndex:
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every document for ``query`` (0 where no query term matches)."""
         if self._bm25 is None:
-            return np.zeros(0, dtype=np.float32)
+            return np.zeros(self._size, dtype=np.float32)
         ids = self._bm25.get_tokens_ids([t for t in tokenize(query) if t])
         if not ids:
             return np.zeros(self._size, dtype=np.float32)
