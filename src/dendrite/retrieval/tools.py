@@ -193,9 +193,12 @@ class _Name:
 
     @classmethod
     def of(cls, name: str) -> _Name:
-        words = tokenize(name, drop_stop_words=False)
+        # Words as written, not stemmed: "is it prime" names neither primes nor is_prime.
+        words = tokenize(name, drop_stop_words=False, stemming=False)
         return cls(
-            f" {' '.join(words)} ", len(tokenize(name)), name.lower() if len(words) > 1 else None
+            f" {' '.join(words)} ",
+            len(tokenize(name, stemming=False)),
+            name.lower() if len(words) > 1 else None,
         )
 
     def named_by(self, sequence: str, content: int, goal: str) -> bool:
@@ -354,8 +357,8 @@ class ToolRetriever:
         cost its pooled catalogue a quarter of its right first choices (top-1 0.651 to 0.476).
         """
         words = _without_numbers(goal)
-        content = len(tokenize(words))
-        sequence = f" {' '.join(tokenize(words, drop_stop_words=False))} "
+        content = len(tokenize(words, stemming=False))
+        sequence = f" {' '.join(tokenize(words, drop_stop_words=False, stemming=False))} "
         lowered = goal.lower()
         return np.array([n.named_by(sequence, content, lowered) for n in self._names], dtype=bool)
 
