@@ -521,3 +521,23 @@ def test_plain_arguments_agree_with_pydantic_whenever_they_answer():
     assert answered >= 20
     deferred = plain_arguments(tool.signature, {"s": "a"}, deferred={"n"})
     assert deferred == {"s": "a", "ratio": 0.5, "flag": False, "label": "x"}
+
+
+def test_a_default_or_alias_given_in_annotated_keeps_the_parameter_optional_and_named():
+    """A review of the Field handling found both lost: ``Annotated[int, Field(default=5)]``
+    became required, and ``Field(alias="xx")`` renamed the parameter in the schema while
+    calls still had to use ``x``."""
+    registry = ToolRegistry()
+
+    def limit(
+        n: Annotated[int, Field(default=5, ge=1)], m: Annotated[int, Field(alias="mm")]
+    ) -> int:
+        """Limit."""
+        return n + m
+
+    tool = registry.register_function(limit)
+    assert tool.parameter_names == ("n", "m")
+    assert tool.parameters_schema["required"] == ["m"]
+    assert tool.validate_arguments({"m": 1}) == {"n": 5, "m": 1}
+    with pytest.raises(ToolArgumentError, match="parameter 'n'"):
+        tool.validate_arguments({"n": 0, "m": 1})

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from dendrite.tools.errors import ToolRegistrationError
 
@@ -182,10 +183,7 @@ def introspect(
             continue
         default = ... if param.default is param.empty else param.default
         field_name = f"p{index}"
-        definitions[field_name] = (
-            _field_type(annotation, default, name, doc.params.get(name)),
-            default,
-        )
+        definitions[field_name] = _field(annotation, default, name, doc.params.get(name))
         fields.append((field_name, name))
         if (
             plain is not None
@@ -257,23 +255,29 @@ def _described(func: Callable[..., Any]) -> tuple[Any, ParsedDocstring, frozense
     return call, ParsedDocstring(summary, called.params), frozenset(bound)
 
 
-def _field_type(annotation: Any, default: Any, name: str, described: str | None) -> Any:
-    """``annotation`` with the field settings of parameter ``name`` attached.
+def _field(annotation: Any, default: Any, name: str, described: str | None) -> tuple[Any, Any]:
+    """The pydantic field of parameter ``name``: its type with the field settings
+    attached, and its default (``PydanticUndefined`` where ``Annotated`` may give one).
 
-    They go first among its ``Annotated`` metadata, so that the parameter's
-    own ``Field(...)`` (in ``Annotated`` or as its default) wins where it says
-    something too: its description over the docstring's. A ``None`` default
-    makes the type Optional, as the schema's ``"default": null`` tells a
-    planner it may send ``null``.
+    The docstring's description goes first among the ``Annotated`` metadata, so that
+    the parameter's own ``Field(...)`` (in ``Annotated``, or as its default, which
+    joins them) wins where it says something too; the alias goes last, so that the
+    parameter keeps its own name whatever alias a ``Field`` gives (callers and plans
+    use the name). A ``None`` default makes the type Optional, as the schema's
+    ``"default": null`` tells a planner it may send ``null``.
     """
     base, *metadata = (
         typing.get_args(annotation) if typing.get_origin(annotation) is Annotated else (annotation,)
     )
-    value = default.default if isinstance(default, FieldInfo) else default
-    if value is None and not _admits_none(base):
+    if isinstance(default, FieldInfo):
+        metadata, default = [*metadata, default], PydanticUndefined
+    elif default is ...:
+        default = PydanticUndefined  # required, unless a Field in Annotated has a default
+    given = [m.default for m in metadata if isinstance(m, FieldInfo)]
+    if None in (default, *given) and not _admits_none(base):
         base = base | None
-    settings = Field(alias=name) if described is None else Field(alias=name, description=described)
-    return Annotated[(base, settings, *metadata)]
+    described_first = [] if described is None else [Field(description=described)]
+    return Annotated[(base, *described_first, *metadata, Field(alias=name))], default
 
 
 def _admits_none(annotation: Any) -> bool:
