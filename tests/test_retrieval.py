@@ -390,6 +390,15 @@ def test_a_goal_that_names_a_tool_ranks_it_first() -> None:
     helpful = ToolRetriever([ToolDoc("help", "Show help."), *CATALOGUE])
     goal = "can you help me send an email to Bob with the subject lunch"
     assert helpful.rank(goal)[0].name == "send_email"
+    # Nor does a one-word name the tokenizer also splits ("eBay" is "ebay e bay").
+    shops = ToolRetriever(
+        [
+            ToolDoc("eBay", "The eBay marketplace."),
+            ToolDoc("find_products", "Find products for sale: cheap headphones, phones, ..."),
+        ]
+    )
+    assert shops.rank("find cheap headphones on ebay")[0].name == "find_products"
+    assert shops.rank("eBay")[0].name == "eBay"
 
 
 def test_lenient_and_balanced_thresholds() -> None:

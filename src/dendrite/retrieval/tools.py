@@ -198,7 +198,7 @@ class _Name:
         return cls(
             f" {' '.join(words)} ",
             len(tokenize(name, stemming=False)),
-            name.lower() if len(words) > 1 else None,
+            name.lower() if _SEVERAL_WORDS.search(name) else None,
         )
 
     def named_by(self, sequence: str, content: int, goal: str) -> bool:
@@ -211,6 +211,11 @@ class _Name:
             and self.written in goal
             and re.search(rf"(?<!\w){re.escape(self.written)}(?!\w)", goal) is not None
         )
+
+
+# A name of several words as written: "web_search", "webSearch"; not "eBay" or "iPhone",
+# one word whose acronym the tokenizer also splits, which any goal about them says.
+_SEVERAL_WORDS = re.compile(r"[_\-. ]|[a-z]{2,}[A-Z]")
 
 
 def _without_numbers(goal: str) -> str:
