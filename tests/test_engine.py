@@ -901,3 +901,21 @@ def test_the_runs_output_fails_loudly_and_keeps_its_shape():
     outcome, _ = run(ExecutionEngine(registry, retry=RetryPolicy(max_attempts=1)), soft)
     assert (outcome.success, outcome.partial, outcome.output) == (True, True, None)
     engine.close()
+
+
+def test_a_call_the_closed_engine_never_ran_is_cancelled_not_the_tools_failure():
+    """A close racing a run left calls to a shut-down pool: they failed as the tool's own
+    ``CancelledError`` (counted against it), where the tool never ran."""
+    registry = ToolRegistry()
+
+    def double(x: int) -> int:
+        """Double."""
+        return 2 * x
+
+    registry.register_function(double)
+    plan = Plan(goal="g", steps=[Step(id="a", tool="double", params={"x": 1})])
+    engine = ExecutionEngine(registry, retry=RetryPolicy(max_attempts=3, backoff=0))
+    engine.close()
+    outcome = asyncio.run(engine.execute(plan, execution_id=new_id()))
+    (attempt,) = outcome.steps["a"].attempts  # not retried: nothing another try could mend
+    assert attempt.error_type is ErrorType.CANCELLED and "engine was closed" in attempt.error

@@ -171,6 +171,13 @@ async def _until(awaitable: Awaitable[Any], deadline: float | None) -> Any:
         raise  # the tool's own
 
 
+class _PoolClosed(Exception):
+    """The engine was closed (its orchestrator too) before a sync tool's call could run."""
+
+    def __str__(self) -> str:
+        return "not run: the engine was closed (its orchestrator closed during the run)"
+
+
 def _cancelled_from_outside() -> bool:
     """Whether the running task is being cancelled (the run was stopped), as opposed to a
     tool raising ``CancelledError`` itself (a cancelled future it waited on)."""
@@ -302,6 +309,7 @@ class ExecutionEngine:
         if default_timeout is not None and default_timeout <= 0:
             raise ValueError(f"default_timeout must be > 0, got {default_timeout}")
         self.registry = registry
+        self._closed = False
         self.max_parallel_steps = max_parallel_steps
         self.default_timeout = default_timeout
         self.retry = retry or RetryPolicy()
@@ -315,6 +323,7 @@ class ExecutionEngine:
         self.admit = admit
 
     def close(self) -> None:
+        self._closed = True
         if self._own_executor:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -811,6 +820,8 @@ class ExecutionEngine:
                 error_type = ErrorType.TIMEOUT
             except _NoThread as caught:
                 value, error, error_type = caught, str(caught), ErrorType.TIMEOUT
+            except _PoolClosed as caught:  # not the tool's failure: it never ran
+                value, error, error_type = caught, str(caught), ErrorType.CANCELLED
             except ToolArgumentError as caught:
                 value, error, error_type = caught, str(caught), ErrorType.VALIDATION
             except BaseException as caught:  # sys.exit(), KeyboardInterrupt: the tool fails
@@ -865,11 +876,11 @@ class ExecutionEngine:
         try:
             future = loop.run_in_executor(self.executor, call)
         except RuntimeError:  # its pool was shut down: the orchestrator closed under the run
-            raise asyncio.CancelledError from None
-        if timeout is None:
-            return await future, begun[0]
-        deadline = loop.time() + timeout
+            raise _PoolClosed from None
         try:
+            if timeout is None:
+                return await future, begun[0]
+            deadline = loop.time() + timeout
             while True:
                 try:
                     return await _until(asyncio.shield(future), deadline), begun[0]
@@ -882,6 +893,8 @@ class ExecutionEngine:
                     raise _DeadlinePassed(future) from None
         except asyncio.CancelledError:
             future.cancel()  # a call still queued never starts; a running one cannot stop
+            if self._closed and not begun and not _cancelled_from_outside():
+                raise _PoolClosed from None  # the shut-down pool dropped it, unstarted
             raise
 
     # -- the end -------------------------------------------------------------
