@@ -357,13 +357,18 @@ def test_generative_goals_use_the_model_or_the_documents_or_say_no():
         pytest.raises(PlanningError, match=refused),
     ):
         orch.process("write a poem about autumn")
+    _written_by_a_model("write a poem about autumn", "Leaves fall, notes stay.")
+
+
+def _written_by_a_model(goal: str, answer: str) -> None:
+    """The goal, sent to a model as typed, and its answer as the run's output."""
     with chat_server() as server:
-        server.say("Leaves fall, notes stay.")
+        server.say(answer)
         llm = ChatLLM(LLMConfig(base_url=server.url, model="poet"))
         with Orchestrator(make_registry(), store=None, llm=llm) as orch:
-            result = orch.process("write a poem about autumn")
-        assert result.success and result.output == "Leaves fall, notes stay."
-        assert server.requests[0]["messages"][-1]["content"] == "write a poem about autumn"
+            result = orch.process(goal)
+        assert result.success and result.output == answer
+        assert server.requests[0]["messages"][-1]["content"] == goal
 
 
 def test_a_generative_goal_is_the_users_text_never_a_reference():
@@ -372,13 +377,7 @@ def test_a_generative_goal_is_the_users_text_never_a_reference():
         plan = asyncio.run(orch.planner.plan("write a poem about ${notes}", orch.registry, {}))
         assert plan.planner == "documents" and validate(plan, orch.registry) == []
         assert orch.process(plan).success
-    with chat_server() as server:
-        server.say("Costs rise, verses stay.")
-        llm = ChatLLM(LLMConfig(base_url=server.url, model="poet"))
-        with Orchestrator(make_registry(), store=None, llm=llm) as orch:
-            result = orch.process("write a poem about ${cost}")
-        assert result.success and result.output == "Costs rise, verses stay."
-        assert server.requests[0]["messages"][-1]["content"] == "write a poem about ${cost}"
+    _written_by_a_model("write a poem about ${cost}", "Costs rise, verses stay.")
 
 
 def test_a_generative_goal_is_the_call_of_a_tool_made_for_its_act():
