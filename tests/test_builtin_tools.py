@@ -1504,3 +1504,128 @@ def test_review_of_the_exactness_and_encoding_changes(tmp_path: Path):
         assert sandbox.read_file(name)["content"] == "hello"
     (tmp_path / "tiny.csv").write_text("g,v\na,5e-324\na,5e-324\n", encoding="utf-8")
     assert sandbox.csv_aggregate("tiny.csv", "g", "v", "mean")["groups"] == {"a": 5e-324}
+
+
+# -- documents: what a reader of the rendered Markdown sees, and what a file's bytes say --
+
+
+def test_markdown_html_comments_scripts_and_styles_are_not_prose(tmp_path: Path):
+    """A reader never sees them: they were summarized and searched like paragraphs."""
+    (tmp_path / "guide.md").write_text(
+        "# Guide\n\nInstall the package with pip. <!-- TODO: internal secret note -->\n\n"
+        "<script>\nvar trackingPixel = 1;\n</script>\n\n<STYLE>\nbody { color: red; }\n"
+        "</STYLE>\n\n<!--\nhidden draft paragraph\n-->\n\nRun the tool. Type `<!--` to"
+        " open a comment.\n",
+        encoding="utf-8",
+    )
+    store = DocumentStore(tmp_path)
+    text = store.documents["guide.md"].text
+    assert (
+        text
+        == "Guide\n\nInstall the package with pip.\n\nRun the tool. Type <!-- to open a comment."
+    )
+    for hidden in ("secret", "trackingPixel", "color", "draft"):
+        assert store.search_documents(hidden) == []
+    # Runs of backticks of ever new lengths, each without a partner: a code span is looked
+    # for over a bounded stretch, or this line takes minutes.
+    ticks = "".join("`" * k + "a" for k in range(1, 450))
+    (tmp_path / "ticks.md").write_text(f"{ticks} <!-- gone --> kept\n", encoding="utf-8")
+    started = time.perf_counter()
+    store.reload()
+    assert time.perf_counter() - started < 5
+    assert store.documents["ticks.md"].text.endswith("a kept")
+
+
+def test_markdown_tags_that_break_a_line_separate_words(tmp_path: Path):
+    (tmp_path / "faq.md").write_text(
+        "# FAQ\n\nPress Enter<br>then Escape.<p>Done</p>and <b>bold</b>ly gone.\n",
+        encoding="utf-8",
+    )
+    store = DocumentStore(tmp_path)
+    assert store.documents["faq.md"].text == "FAQ\n\nPress Enter then Escape. Done and boldly gone."
+    assert [hit["document"] for hit in store.search_documents("enter")] == ["faq.md"]
+
+
+def test_only_pdf_text_loses_the_hyphen_at_a_line_break(tmp_path: Path):
+    """A layout engine hyphenates PDF words; a writer's line ending "long-" means "long-term"."""
+    wrapped = "We track every long-\nterm risk and each state-of-\nthe-art fix.\n"
+    (tmp_path / "notes.txt").write_text(f"Risk notes\n\n{wrapped}", encoding="utf-8")
+    (tmp_path / "notes.md").write_text(f"# Risks\n\n{wrapped}", encoding="utf-8")
+    (tmp_path / "report.pdf").write_bytes(make_pdf(["Every exam-", "ple counts."]))
+    store = DocumentStore(tmp_path)
+    for name in ("notes.txt", "notes.md"):
+        assert "every long-term risk and each state-of-the-art fix." in store.documents[name].text
+    assert "Every example counts." in store.documents["report.pdf"].text
+
+
+def test_windows_1252_with_one_pair_that_reads_as_utf8_is_windows_1252(tmp_path: Path):
+    """ "ß…" is the bytes of a UTF-8 character: it made the whole file UTF-8, "Größe" "Gr��e"."""
+    text = "Größe und Übergröße: Die Maße sind wichtig.\n\nViel Spaß…"
+    (tmp_path / "de.txt").write_bytes(text.encode("cp1252"))
+    store = DocumentStore(tmp_path)
+    assert store.documents["de.txt"].text == text
+    assert [hit["document"] for hit in store.search_documents("Größe")] == ["de.txt"]
+    read = FileSandbox(tmp_path).read_file("de.txt")
+    assert (read["encoding"], read["content"]) == ("cp1252", text)
+
+
+def test_a_leading_rule_above_prose_is_no_front_matter(tmp_path: Path):
+    (tmp_path / "memo.md").write_text(
+        "---\n\nThe budget was approved on Monday.\n\n---\n\nHiring starts next week.\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "post.md").write_text(
+        "---\ntitle: Hidden\ntags:\n  - a\n- b\n# a comment\n...\nShown.\n", encoding="utf-8"
+    )
+    store = DocumentStore(tmp_path)
+    assert store.documents["memo.md"].text == (
+        "The budget was approved on Monday.\n\nHiring starts next week."
+    )
+    assert store.documents["post.md"].text == "Shown."
+
+
+def test_a_loop_of_symbolic_links_is_unreadable_without_the_roots_location(tmp_path: Path):
+    """Python 3.11 raises RuntimeError naming the loop's absolute path, which was reported."""
+    (tmp_path / "ok.md").write_text("# Ok\n\nFine.\n", encoding="utf-8")
+    try:
+        (tmp_path / "a.md").symlink_to(tmp_path / "b.md")
+        (tmp_path / "b.md").symlink_to(tmp_path / "a.md")
+    except OSError:  # pragma: no cover
+        pytest.skip("symbolic links are not available here")
+    store = DocumentStore(tmp_path)
+    assert list(store.documents) == ["ok.md"]
+    unreadable = store.list_documents()["unreadable"]
+    assert [u["name"] for u in unreadable] == ["a.md", "b.md"]
+    assert all(str(tmp_path) not in u["error"] and "loop" in u["error"] for u in unreadable)
+
+
+def test_markdown_fences_close_on_a_long_enough_fence_and_indented_code_is_code(tmp_path: Path):
+    (tmp_path / "doc.md").write_text(
+        "# Doc\n\nIntro text here.\n\n````markdown\n```python\nsecret_value = compute()\n```\n"
+        "``` not a fence\n~~~~\n````\n\nAfter text.\n\n    $ rm -rf build\n\n\tmake install\n"
+        "Closing words.\n\n- an item\n\n    its second paragraph.\n",
+        encoding="utf-8",
+    )
+    store = DocumentStore(tmp_path)
+    blocks = store.documents["doc.md"].blocks
+    assert [(b.kind, b.text) for b in blocks] == [
+        ("heading", "Doc"),
+        ("text", "Intro text here."),
+        (
+            "code",
+            "```python\nsecret_value = compute()\n```\n``` not a fence\n~~~~",
+        ),
+        ("text", "After text."),
+        ("code", "$ rm -rf build\n\nmake install"),
+        ("text", "Closing words."),
+        ("item", "an item"),
+        ("text", "its second paragraph."),
+    ]
+    sentences = store.summarize_document("doc", 10)["sentences"]
+    assert sentences == [
+        "Intro text here.",
+        "After text.",
+        "Closing words.",
+        "an item",
+        "its second paragraph.",
+    ]

@@ -142,12 +142,32 @@ _BULLET = re.compile(r"^\s*(?:[-*+•·▪‣◦]|\d{1,3}[.)])\s+")
 _ATX = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)(?:\s+#+)?\s*$")
 _SETEXT = re.compile(r"^\s{0,3}(=+|-+)\s*$")
 _RULE = re.compile(r"^\s{0,3}(?:(?:\*\s*){3,}|(?:-\s*){3,}|(?:_\s*){3,})$")
-_FENCE = re.compile(r"^\s{0,3}(```|~~~)")
+_FENCE = re.compile(r"^\s{0,3}(`{3,}|~{3,})")
+_INDENTED = re.compile(r"^(?: {4}|\t)")
 _QUOTE = re.compile(r"^\s{0,3}>\s?")
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _LINK = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\[[^\]]*\])")
 _AUTOLINK = re.compile(r"<((?:https?|mailto):[^>\s]+)>")
 _INLINE_HTML = re.compile(r"</?[A-Za-z][^>]*>")
+# Tags that break a line or a block where they stand: dropped without a space, "Enter<br>then"
+# read "Enterthen".
+_BREAKING_HTML = re.compile(
+    r"</?(?:br|p|div|hr|li|ul|ol|dl|dt|dd|table|thead|tbody|tfoot|tr|td|th|h[1-6]|blockquote"
+    r"|pre|section|article|header|footer|aside|main|figure|figcaption|details|summary)\b[^>]*>",
+    re.IGNORECASE,
+)
+# What a Markdown reader never shows: HTML comments and script and style elements. A code
+# span is matched too, to be kept as written ("`<!--`" is a tag being talked about): a whole
+# run of backticks, then at most 1,000 characters to a run as long (unanchored and unbounded,
+# each run of a new length scanned the rest of the line from each of its backticks: a line
+# of 100,000 characters took over a minute).
+_HIDDEN_HTML = re.compile(
+    r"(?<!`)(`+)(?!`).{0,1000}?(?<!`)\1(?!`)|<!--|<(script|style)\b", re.IGNORECASE
+)
+# YAML front matter: "key: value" lines, and the indented, list, comment and blank lines
+# that carry a key's value on. A "---" rule above prose is no front matter.
+_YAML_KEY = re.compile(r"^[A-Za-z_][\w.-]*\s*:(?:\s|$)")
+_YAML_MORE = re.compile(r"^(?:[ \t#-]|$)")
 _CODE_SPAN = re.compile(r"`+([^`]+)`+")
 # Emphasis spans a line's words, not a page: bounded, an unmatched "*" looks no further than
 # 300 characters (unbounded, every "*" of a glob table scanned the rest of it: quadratic).
@@ -155,17 +175,24 @@ _EMPHASIS = re.compile(r"(?<![\w*_])([*_]{1,3})(?=\S)([^\n]{1,300}?)(?<=\S)\1(?!
 _HYPHEN_BREAK = re.compile(r"(\w)-\s*\n\s*(\w)")
 
 
-def _join_lines(lines: list[str]) -> str:
+def _join_lines(lines: list[str], *, dehyphenate: bool = False) -> str:
+    """The lines as one line; a word broken after a hyphen is joined again.
+
+    With ``dehyphenate`` (text extracted from a PDF, whose layout engine hyphenated its
+    words) the hyphen goes: "exam-\\nple" is "example". Without it the hyphen stays: a line
+    of a text or Markdown file ending in "long-" is the writer's "long-term".
+    """
     joined = "\n".join(line.strip() for line in lines)
-    joined = _HYPHEN_BREAK.sub(r"\1\2", joined)  # "exam-\nple" -> "example" (PDF line breaks)
+    joined = _HYPHEN_BREAK.sub(r"\1\2" if dehyphenate else r"\1-\2", joined)
     return " ".join(joined.split())
 
 
-def plain_blocks(text: str, *, title_line: bool = False) -> list[Block]:
+def plain_blocks(text: str, *, title_line: bool = False, dehyphenate: bool = False) -> list[Block]:
     """Blocks of plain text: paragraphs split on blank lines; bulleted lines become items.
 
     With ``title_line``, a short first paragraph of one line without final punctuation,
-    followed by more text, is taken as the title (a level-1 heading).
+    followed by more text, is taken as the title (a level-1 heading). ``dehyphenate`` joins
+    words hyphenated across a line break (for text extracted from a PDF).
     """
     blocks: list[Block] = []
     lines: list[str] = []
@@ -173,7 +200,7 @@ def plain_blocks(text: str, *, title_line: bool = False) -> list[Block]:
 
     def flush() -> None:
         nonlocal lines, item
-        body = _join_lines(lines)
+        body = _join_lines(lines, dehyphenate=dehyphenate)
         if body:
             blocks.append(Block("item" if item else "text", body))
         lines, item = [], False
@@ -206,6 +233,7 @@ def _inline_markdown(text: str) -> str:
     text = _IMAGE.sub(r"\1", text)
     text = _LINK.sub(r"\1", text)
     text = _AUTOLINK.sub(r"\1", text)
+    text = _BREAKING_HTML.sub(" ", text)
     text = _INLINE_HTML.sub("", text)
     text = _CODE_SPAN.sub(r"\1", text)
     for _ in range(3):  # nested emphasis: ***a*** -> a
@@ -213,22 +241,61 @@ def _inline_markdown(text: str) -> str:
     return text
 
 
+def _hide_html(line: str) -> tuple[str, str | None]:
+    """``line`` without its HTML comments, scripts and styles, and the mark that ends the
+    one left open at its end (``None`` when none is): "-->", "</script>" or "</style>".
+
+    A reader of the rendered page never sees them, so neither should a summary or a search.
+    """
+    kept: list[str] = []
+    position = 0
+    while match := _HIDDEN_HTML.search(line, position):
+        if match.group(1):  # a code span, kept as written
+            kept.append(line[position : match.end()])
+            position = match.end()
+            continue
+        kept.append(line[position : match.start()])
+        closing = "-->" if match.group(2) is None else f"</{match.group(2).lower()}>"
+        end = line.lower().find(closing, match.end())
+        if end < 0:
+            return "".join(kept), closing
+        position = end + len(closing)
+    kept.append(line[position:])
+    return "".join(kept), None
+
+
+def _front_matter_end(lines: list[str]) -> int:
+    """How many lines of YAML front matter open ``lines`` (0 when none do).
+
+    Front matter is "---", lines that read as YAML keys and their values, then "---" or
+    "...". A document opening on a "---" rule above prose keeps its prose.
+    """
+    if not lines or lines[0].strip() != "---":
+        return 0
+    for end in range(1, len(lines)):
+        if lines[end].strip() in ("---", "..."):
+            body = [line for line in lines[1:end] if line.strip()]
+            yaml = all(_YAML_KEY.match(line) or _YAML_MORE.match(line) for line in body)
+            return end + 1 if yaml and (not body or _YAML_KEY.match(body[0])) else 0
+    return 0
+
+
 def markdown_blocks(text: str) -> list[Block]:
-    """Blocks of Markdown: ATX and setext headings, paragraphs, list items, code fences.
+    """Blocks of Markdown: ATX and setext headings, paragraphs, list items, code blocks.
 
     Inline markup (links, images, emphasis, code spans, inline HTML) is reduced to its
-    text; front matter and horizontal rules are dropped.
+    text; front matter, horizontal rules, HTML comments, scripts and styles are dropped.
+    Code is fenced (closed only by a fence of the same character at least as long) or
+    indented by four spaces or a tab below a blank line, a heading or the start.
     """
     lines = text.splitlines()
-    if lines and lines[0].strip() == "---":  # YAML front matter
-        for end in range(1, len(lines)):
-            if lines[end].strip() in ("---", "..."):
-                lines = lines[end + 1 :]
-                break
+    lines = lines[_front_matter_end(lines) :]
     blocks: list[Block] = []
     para: list[str] = []
     item = False
-    fence: str | None = None
+    fence: str | None = None  # the open fence, "```" or longer
+    indented = False  # inside an indented code block
+    hidden: str | None = None  # the mark that ends an open comment, script or style
     code: list[str] = []
 
     def flush() -> None:
@@ -238,20 +305,51 @@ def markdown_blocks(text: str) -> list[Block]:
             blocks.append(Block("item" if item else "text", " ".join(body.split())))
         para, item = [], False
 
+    def flush_code() -> None:
+        nonlocal code
+        if any(c.strip() for c in code):
+            blocks.append(Block("code", "\n".join(code).strip("\n")))
+        code = []
+
     for raw in lines:
         if fence is not None:
-            if raw.strip().startswith(fence):
-                if any(c.strip() for c in code):
-                    blocks.append(Block("code", "\n".join(code).strip("\n")))
-                fence, code = None, []
+            closing = _FENCE.match(raw)
+            if (
+                closing
+                and closing.group(1)[0] == fence[0]
+                and len(closing.group(1)) >= len(fence)
+                and not raw[closing.end() :].strip()
+            ):
+                flush_code()
+                fence = None
             else:
                 code.append(raw)
+            continue
+        if indented:
+            if not raw.strip() or _INDENTED.match(raw):
+                code.append(_INDENTED.sub("", raw, count=1))
+                continue
+            flush_code()
+            indented = False
+        if hidden is not None:
+            end = raw.lower().find(hidden)
+            if end < 0:
+                continue
+            raw, hidden = raw[end + len(hidden) :], None
+        elif (
+            not para
+            and raw.strip()
+            and _INDENTED.match(raw)
+            and not (blocks and blocks[-1].kind == "item")  # a list item's next paragraph
+        ):
+            indented, code = True, [_INDENTED.sub("", raw, count=1)]
             continue
         opened = _FENCE.match(raw)
         if opened:
             flush()
             fence = opened.group(1)
             continue
+        raw, hidden = _hide_html(raw)
         if not raw.strip():
             flush()
             continue
@@ -283,8 +381,7 @@ def markdown_blocks(text: str) -> list[Block]:
                 continue  # the |---|---| separator
             line = " | ".join(cells)
         para.append(line)
-    if fence is not None and any(c.strip() for c in code):
-        blocks.append(Block("code", "\n".join(code).strip("\n")))
+    flush_code()
     flush()
     return blocks
 
@@ -293,9 +390,8 @@ class BinaryContentError(ValueError):
     """Bytes with NUL in them that are not UTF-16 text: a binary file, not text."""
 
 
-_UTF8_SEQUENCE = re.compile(
-    rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
-)
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, surrogate-escaped
+_NON_ASCII = re.compile("[^\x00-\x7f]")
 
 
 def text_codec(head: bytes, *, final: bool = True) -> str:
@@ -303,9 +399,11 @@ def text_codec(head: bytes, *, final: bool = True) -> str:
     (``final``: all of it): UTF-16 or UTF-8 after a byte-order mark (Notepad, PowerShell
     and Excel write one), else UTF-8, else Windows-1252, which decodes anything.
 
-    Text with UTF-8 characters in it and one stray byte (a Windows-1252 dash pasted in)
-    is still UTF-8, the stray byte replaced: read as Windows-1252, every "ë" in it would
-    turn into "Ã«". Windows-1252 text hardly ever holds a valid UTF-8 sequence.
+    Text with UTF-8 characters in it and a stray byte (a Windows-1252 dash pasted in) is
+    still UTF-8, the stray byte replaced: read as Windows-1252, every "ë" in it would turn
+    into "Ã«". It takes at least two UTF-8 characters for each byte that is not UTF-8:
+    Windows-1252 text now and then holds a pair that reads as UTF-8 ("ß…" is "\\xdf\\x85",
+    a valid "߅"), but then most of its other accented letters are not.
     """
     return _sniffed(head, final)[0]
 
@@ -320,7 +418,13 @@ def _sniffed(head: bytes, final: bool) -> tuple[str, str | None]:
     try:
         text = codecs.getincrementaldecoder("utf-8")(errors="strict").decode(head, final=final)
     except UnicodeDecodeError:
-        return ("utf-8-sig" if _UTF8_SEQUENCE.search(head) else "cp1252"), None
+        # Each byte that is not UTF-8 decodes to one lone surrogate, which UTF-8 proper
+        # never yields; every other character past ASCII is a valid UTF-8 sequence.
+        escaped = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        loose = escaped.decode(head, final=final)
+        invalid = len(_ESCAPED_BYTE.findall(loose))
+        valid = len(_NON_ASCII.findall(loose)) - invalid
+        return ("utf-8-sig" if valid >= 2 * invalid else "cp1252"), None
     return "utf-8-sig", text
 
 

@@ -263,7 +263,7 @@ def _read_pdf(path: Path) -> tuple[str | None, list[Block], int]:
             raise _Unreadable("encrypted PDF: a password is needed")
         blocks: list[Block] = []
         for page in reader.pages:
-            blocks.extend(plain_blocks(page.extract_text() or ""))
+            blocks.extend(plain_blocks(page.extract_text() or "", dehyphenate=True))
         pages = len(reader.pages)
         metadata = reader.metadata
         title = (metadata.title if metadata else None) or None
@@ -563,7 +563,10 @@ class DocumentStore:
         problems: dict[str, str] = {}
         for name, path in self._files():
             try:
-                real = path.resolve()
+                try:
+                    real = path.resolve()
+                except RuntimeError:  # Python 3.11 and 3.12 name the loop's real location
+                    raise _Unreadable("a loop of symbolic links") from None
                 if not real.is_relative_to(self.root):
                     raise _Unreadable("a symbolic link pointing outside the document root")
                 size = real.stat().st_size
