@@ -41,6 +41,7 @@ from dendrite.tools.builtin import (
     register_text,
     text_tools,
 )
+from dendrite.tools.builtin._text import Block
 from dendrite.tools.builtin.documents import chunk_blocks
 from dendrite.tools.builtin.math_tools import (
     calculate,
@@ -1629,3 +1630,12 @@ def test_markdown_fences_close_on_a_long_enough_fence_and_indented_code_is_code(
         "an item",
         "its second paragraph.",
     ]
+
+
+def test_a_long_run_without_spaces_is_cut_into_whole_chunks():
+    """Cut by position now (it copied the rest of the run at every cut: 1.3 s for 8 MB,
+    0.16 s after, measured with the audit's script); the pieces must stay what they were."""
+    run = "ACGT" * 2_500
+    chunks = chunk_blocks([Block("text", run)], chunk_size=1_000, overlap=0)
+    assert all(len(text) <= 1_000 for _, text in chunks) and len(chunks) == 11
+    assert "".join(text for _, text in chunks) == run

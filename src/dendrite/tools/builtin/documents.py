@@ -307,16 +307,25 @@ def read_document(path: Path, name: str) -> Document:
 
 
 def _hard_split(text: str, size: int) -> list[str]:
-    """Pieces of at most ``size`` characters, cut at white space where possible."""
+    """Pieces of at most ``size`` characters, cut at white space where possible.
+
+    It walks the text by position: cutting a copy of the rest at every piece made a long
+    run without spaces (a sequence, base64) quadratic, about a minute at the 50 MB limit.
+    """
     pieces: list[str] = []
-    while len(text) > size:
-        cut = text.rfind(" ", 0, size + 1)
-        if cut <= size // 2:
-            cut = size
-        pieces.append(text[:cut].strip())
-        text = text[cut:].strip()
-    if text:
-        pieces.append(text)
+    start, end = 0, len(text)
+    while end - start > size:
+        cut = text.rfind(" ", start, start + size + 1)
+        if cut - start <= size // 2:
+            cut = start + size
+        pieces.append(text[start:cut].strip())
+        start = cut
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+    if start < end:
+        pieces.append(text[start:end])
     return pieces
 
 
