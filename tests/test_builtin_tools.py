@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import time
+import unicodedata
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -1639,3 +1640,14 @@ def test_a_long_run_without_spaces_is_cut_into_whole_chunks():
     chunks = chunk_blocks([Block("text", run)], chunk_size=1_000, overlap=0)
     assert all(len(text) <= 1_000 for _, text in chunks) and len(chunks) == 11
     assert "".join(text for _, text in chunks) == run
+
+
+def test_a_name_written_with_composed_accents_finds_a_file_named_with_decomposed_ones(
+    tmp_path: Path,
+):
+    """macOS and zip write "résumé" decomposed; typed, it is composed: "no document named
+    'résumé.md'; did you mean 'résumé.md'?"."""
+    (tmp_path / unicodedata.normalize("NFD", "résumé.md")).write_text("# CV\n\nWelding.\n")
+    store = DocumentStore(tmp_path)
+    for typed in ("résumé.md", "résumé", "RÉSUMÉ"):
+        assert store.get(unicodedata.normalize("NFC", typed)).text.startswith("CV")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -304,6 +305,12 @@ def read_document(path: Path, name: str) -> Document:
 
 
 # -- chunking -----------------------------------------------------------------------------
+
+
+def _folded(name: str) -> str:
+    """A name as typed and as a file system keeps it compare equal: "résumé" is one name
+    whether its accents are composed (as typed) or not (as macOS and zip write them)."""
+    return unicodedata.normalize("NFC", name).lower()
 
 
 def _hard_split(text: str, size: int) -> list[str]:
@@ -616,11 +623,11 @@ class DocumentStore:
         key = name.strip().replace("\\", "/").removeprefix("./")
         if key in self.documents:
             return self.documents[key]
-        lowered = key.lower()
+        lowered = _folded(key)
         for candidates in (
-            [d for n, d in self.documents.items() if n.lower() == lowered],
-            [d for n, d in self.documents.items() if n.rsplit("/", 1)[-1].lower() == lowered],
-            [d for d in self.documents.values() if d.path.stem.lower() == lowered],
+            [d for n, d in self.documents.items() if _folded(n) == lowered],
+            [d for n, d in self.documents.items() if _folded(n.rsplit("/", 1)[-1]) == lowered],
+            [d for d in self.documents.values() if _folded(d.path.stem) == lowered],
         ):
             if len(candidates) == 1:
                 return candidates[0]
