@@ -577,11 +577,13 @@ _ONLY_A_NUMBER = re.compile(
 )
 
 
+_EMAIL = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
+_LINK = r"https?://[^\s<>\"')\]]+"  # not the ")" or "]" that closes a Markdown link
 _PATTERNS = {  # by the first two letters of what the goal asks to pull out of a text
-    "em": r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+",
-    "e-": r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+",
-    "ur": r"https?://[^\s<>\"')\]]+",
-    "li": r"https?://[^\s<>\"')\]]+",
+    "em": _EMAIL,
+    "e-": _EMAIL,
+    "ur": _LINK,
+    "li": _LINK,
     "ph": r"(?<![\w-])(?!\d{4}-\d{2}-\d{2}\b)\+?\d[\d ().-]{5,}\d(?![\w-])",  # not a date
     "da": r"\b\d{4}-\d{2}-\d{2}\b",
     "nu": r"(?<![\w.-])-?\d+(?:[.,]\d+)*",  # "2023-04-01" is no "-04"

@@ -176,9 +176,10 @@ def candidates_for(
     # What the goal asks done, where its words share none with the tool that does it:
     # "find all emails in x.txt" (an extractor), "what is 15% of 80" (a calculator), "how
     # many seconds in a day" (a converter); templates know these, a part of a goal too.
+    pulls_out = names_a_pattern(text)
     role = (
         "extract"
-        if names_a_pattern(text)
+        if pulls_out
         else "calculate"
         if written_arithmetic(text)
         else "convert"
@@ -198,7 +199,7 @@ def candidates_for(
             continue
         fits.append(Candidate(tool, extraction, score, reason))
     takers: list[Candidate] = []
-    if names_a_pattern(text):  # "find all emails in x.txt": the tool that took their pattern
+    if pulls_out:  # "find all emails in x.txt": the tool that took their pattern
         takers = [
             c for c in fits if any(n.lower().endswith(PATTERN_NAMES) for n in c.extraction.used)
         ]
