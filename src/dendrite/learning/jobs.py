@@ -270,22 +270,17 @@ def feedback(ctx: JobContext) -> dict[str, Any]:
     # rows before that one's but committed after it would be passed over. What was learned
     # already is known by its feedback id and not learned twice.
     since = ctx.feedback_since and ctx.feedback_since - FEEDBACK_OVERLAP
-    after_id = None
     learned = seen = 0
-    while True:
-        batch = ctx.store.get_feedback(since=since, limit=1000, after_id=after_id)
-        for record in batch:
-            since, after_id = record.recorded_at, record.id
-            if record.id in ctx.feedback_read:
-                continue
-            ctx.feedback_read[record.id] = record.recorded_at or ctx.now
-            seen += 1
-            effect = orch.learn_feedback(
-                record.execution_id, record.rating, record.accepted, feedback_id=record.id
-            )
-            learned += effect.reward is not None
-        if len(batch) < 1000:
-            break
+    for record in ctx.store.iter_feedback(since):
+        since = record.recorded_at
+        if record.id in ctx.feedback_read:
+            continue
+        ctx.feedback_read[record.id] = record.recorded_at or ctx.now
+        seen += 1
+        effect = orch.learn_feedback(
+            record.execution_id, record.rating, record.accepted, feedback_id=record.id
+        )
+        learned += effect.reward is not None
     if since is not None and (ctx.feedback_since is None or since > ctx.feedback_since):
         ctx.feedback_since = since
     until = ctx.feedback_since

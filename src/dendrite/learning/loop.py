@@ -352,17 +352,11 @@ class LearningLoop:
         if not by_id:
             return
         since = min(r.started_at for r in records if r.started_at) - timedelta(microseconds=1)
-        after_id = None
-        while True:
-            batch = store.get_feedback(since=since, limit=1000, after_id=after_id)
-            for row in batch:
-                record = by_id.get(row.execution_id)
-                if record is not None:
-                    run = JudgedRun.of_record(record)
-                    self.feedback(run, row.rating, row.accepted, feedback_id=row.id)
-                since, after_id = row.recorded_at, row.id
-            if len(batch) < 1000:
-                return
+        for row in store.iter_feedback(since):
+            record = by_id.get(row.execution_id)
+            if record is not None:
+                run = JudgedRun.of_record(record)
+                self.feedback(run, row.rating, row.accepted, feedback_id=row.id)
 
 
 def step_texts(plan: Plan, goal: str) -> dict[str, str]:

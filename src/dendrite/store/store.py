@@ -718,6 +718,19 @@ class ExecutionStore:
         with self._read() as conn:
             return analytics.get_feedback(conn, since, limit, after_id)
 
+    def iter_feedback(
+        self, since: datetime | None = None, page: int = 1000
+    ) -> Iterator[FeedbackRecord]:
+        """Every feedback row the store wrote after ``since``, in that order, read
+        ``page`` rows at a time (:meth:`get_feedback` paging by ``recorded_at`` and id)."""
+        after_id = None
+        while True:
+            batch = self.get_feedback(since, page, after_id=after_id)
+            yield from batch
+            if len(batch) < page:
+                return
+            since, after_id = batch[-1].recorded_at, batch[-1].id
+
     # -- maintenance ---------------------------------------------------------
 
     @contextlib.contextmanager
