@@ -102,9 +102,8 @@ class QualityPolicies:
         return self._cache is not None and not stale
 
     def _all(self) -> dict[str, QualityPolicy]:
-        now = time.monotonic()
-        stale = self.state is not None and now - self._read_at >= self.refresh_seconds
-        if self._cache is None or stale:
+        if not self.fresh:
+            now = time.monotonic()  # the read's start: a slow read does not delay the next
             saved = self.state.reread("global", POLICIES_KEY, {}) if self.state else {}
             self._read_at = now
             self._cache = {
