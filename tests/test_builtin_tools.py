@@ -45,8 +45,11 @@ from dendrite.tools.builtin import (
 from dendrite.tools.builtin._text import Block
 from dendrite.tools.builtin.documents import chunk_blocks
 from dendrite.tools.builtin.math_tools import (
+    MAX_PRIME_COUNT,
+    MAX_PRIME_LIMIT,
     calculate,
     convert_units,
+    first_primes,
     is_prime,
     primes,
     statistics,
@@ -281,7 +284,7 @@ def run_tool(registry: ToolRegistry, tool: str, params: dict[str, Any]) -> Any:
 
 # -- registration and schemas -------------------------------------------------------------
 
-MATH_TOOLS = ["calculate", "convert_units", "is_prime", "primes", "statistics"]
+MATH_TOOLS = ["calculate", "convert_units", "first_primes", "is_prime", "primes", "statistics"]
 TEXT_TOOLS = ["keywords", "normalize_text", "regex_extract", "word_count"]
 DOCUMENT_TOOLS = ["compare_documents", "list_documents", "search_documents", "summarize_document"]
 FILE_TOOLS = ["csv_aggregate", "csv_select", "json_select", "list_files", "read_file"]
@@ -336,6 +339,7 @@ def test_packs_register_alone_and_optional_roots_are_skipped(tmp_path: Path, doc
         "calculate",
         "is_prime",
         "primes",
+        "first_primes",
         "statistics",
         "convert_units",
         "keywords",
@@ -503,6 +507,38 @@ def test_primes_sieve_and_limits():
         primes(10**12)
     with pytest.raises(BuiltinToolError, match="0 or more"):
         primes(-1)
+
+
+def test_first_primes_counts_from_two_and_is_bounded_like_primes(registry: ToolRegistry):
+    """ "the first 10 primes" had only ``primes(limit)``, which listed the primes up to 10."""
+    assert first_primes(10) == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
+    assert first_primes(0) == [] and first_primes(1) == [2]
+    for n in range(40):
+        assert first_primes(n) == primes(200)[:n]
+    everything = first_primes(MAX_PRIME_COUNT)
+    assert len(everything) == MAX_PRIME_COUNT and everything[-1] == primes(MAX_PRIME_LIMIT)[-1]
+    with pytest.raises(BuiltinToolError, match="count must be from 0 to 664,579"):
+        first_primes(MAX_PRIME_COUNT + 1)
+    with pytest.raises(ToolArgumentError, match="count"):
+        registry.get("first_primes").validate_arguments({"count": -1})
+
+
+@pytest.mark.parametrize(
+    ("expression", "value"),
+    [
+        ("round(2.5)", 3),  # Python's round gives 2 (halves to even)
+        ("round(-2.5)", -3),
+        ("round(12.5)", 13),
+        ("round(2.675, 2)", 2.68),  # Python's gives 2.67 (the float just below 2.675)
+        ("round(1.005, 2)", 1.01),
+        ("round(25, -1)", 30),
+        ("round(1234.5678, 1)", 1234.6),
+        ("round(1e300, 2)", 1e300),
+        ("round(-0.4)", 0),
+    ],
+)
+def test_round_takes_halves_away_from_zero_as_written(expression: str, value: float):
+    assert calculate(expression) == value
 
 
 def test_primes_limit_is_checked_by_the_registry_before_any_work(registry: ToolRegistry):
@@ -1159,6 +1195,7 @@ ENGINE_CASES: list[tuple[str, dict[str, Any], Callable[[Any], bool]]] = [
     ("calculate", {"expression": "2 * (3 + 4)"}, lambda out: out == 14.0),
     ("is_prime", {"n": 97}, lambda out: out is True),
     ("primes", {"limit": 20}, lambda out: out == [2, 3, 5, 7, 11, 13, 17, 19]),
+    ("first_primes", {"count": 4}, lambda out: out == [2, 3, 5, 7]),
     ("statistics", {"values": [1, 2, 3, 4]}, lambda out: out["mean"] == 2.5),
     (
         "convert_units",

@@ -536,3 +536,68 @@ def test_what_the_readers_new_words_must_leave_alone(tmp_path: Path):
         assert orch.process("what is the sum of 2 and 3 multiplied by 4").output == 20
         quoted = orch.process('extract emails from "mail a@b.com or c@d.org"')
         assert quoted.output == ["a@b.com", "c@d.org"]
+
+
+@pytest.mark.parametrize(
+    ("goal", "answer"),
+    [
+        ("divide 100 by 8 and round", 13),  # was 12.5: the rounding was not read
+        ("round 100 / 8", 13),  # was "round 100 / 8", which the calculator cannot parse
+        ("what is 100 divided by 8, rounded", 13),
+        ("100 / 7 rounded to 2 decimal places", 14.29),
+        ("what is 1234 * 3 rounded to the nearest hundred", 3700),
+        ("7 / 2 rounded up", 4),
+        ("7 / 2 rounded down", 3),
+        ("round 3.14159 to 2 decimals", 3.14),
+    ],
+)
+def test_rounding_the_goal_asks_for_is_applied(orch: Orchestrator, goal: str, answer: float):
+    result = orch.process(goal)
+    assert [s.tool for s in result.plan.steps] == ["calculate"]
+    assert result.output == answer
+
+
+def test_the_first_primes_a_case_a_pointer_written_bare_are_read_as_asked(tmp_path: Path):
+    """ "list the first 10 primes" listed the primes up to 10 (now ``first_primes``);
+    "uppercase readme.txt" and
+    "convert readme.txt to uppercase" answered the file as it is (no tool could upper-case,
+    and a flag the goal turned on did not make its tool the doer); "get users/1/age from
+    data.json" read the whole file (a JSON pointer was read only with its leading slash)."""
+    (tmp_path / "readme.txt").write_text("Hello World.\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "data.json").write_text('{"users": [{"age": 31}, {"age": 40}]}')
+    registry = ToolRegistry()
+    register_builtin(registry, docs_root=tmp_path, files_root=tmp_path)
+    with Orchestrator(registry, store=None, llm=None) as orch:
+        for goal, answer in (
+            ("list the first 10 primes", [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]),
+            ("the first 5 primes below 100", [2, 3, 5, 7, 11]),
+            ("primes up to 10", [2, 3, 5, 7]),
+            ("primes below 7", [2, 3, 5]),
+            ("primes between 1 and 20", [2, 3, 5, 7, 11, 13, 17, 19]),  # was [], up to 1
+        ):
+            result = orch.process(goal)
+            assert result.output == answer, goal
+        for goal in (
+            "uppercase readme.txt",
+            "convert readme.txt to uppercase",
+            "show readme.txt in upper case",
+        ):
+            result = orch.process(goal)
+            assert [s.tool for s in result.plan.steps] == ["read_file", "normalize_text"], goal
+            assert result.output == "HELLO WORLD.", goal
+        assert orch.process("lowercase the text of readme.txt").output == "hello world."
+        selected = orch.process("get users/1/age from sub/data.json")
+        assert [s.tool for s in selected.plan.steps] == ["json_select"]
+        assert selected.output == 40
+        read = orch.process("read sub/data.json")  # a file's path is no pointer
+        assert [s.tool for s in read.plan.steps] == ["read_file"]
+
+
+def test_a_tool_that_takes_nothing_does_not_stand_in_for_a_better_match(orch: Orchestrator):
+    """ "list primes" (no limit) and "is 7.5 prime" (no integer) were answered by the file
+    lister, which needs no argument: a success that learning then credited to it."""
+    for goal in ("list primes", "is 7.5 prime"):
+        with pytest.raises(PlanningError, match="primes"):
+            orch.process(goal)
+    assert [s.tool for s in orch.process("list the files").plan.steps] == ["list_files"]

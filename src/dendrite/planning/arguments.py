@@ -12,6 +12,7 @@ so the planner can try the next tool instead of guessing.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -341,6 +342,8 @@ def extract_arguments(
             value = int(date.group(0)[slice(*_DATE_PARTS[lname])])  # "2024-01-15"
         elif kind in ("number", "integer"):
             pick = next((n for n in numbers if kind == "number" or isinstance(n, int)), None)
+            if lname.endswith(BOUND_NAMES) and (bound := bound_in(goal)) in numbers:
+                pick = bound  # "primes between 1 and 20": the limit is 20, not the first number
             if pick is not None:
                 numbers.remove(pick)
                 value = pick
@@ -415,7 +418,10 @@ def _flag(lname: str, goal: str) -> bool | None:
     true, or false after a negation ("don't strip punctuation"); None when the goal does
     not say it."""
     named = tokenize(" ".join(w for w in lname.split("_") if w not in _VAGUE_WORDS))
-    if not named or not set(named) <= set(tokenize(goal)):
+    words = re.findall(r"[^\W_]+", goal.lower())
+    # "upper case" and "upper-case" say ``uppercase`` too.
+    said = set(tokenize(goal)) | {t for a, b in itertools.pairwise(words) for t in tokenize(a + b)}
+    if not named or not set(named) <= said:
         return None
     first = re.search(rf"\b{re.escape(lname.split('_')[0][:4])}\w*", goal, re.I)
     return not (first and _NEGATION.search(goal[: first.start()]))
@@ -602,7 +608,8 @@ _POINTER = re.compile(r"(?<![\w./~:])#?/[^\s/\"']+(?:/[^\s/\"']*)*(?<![.,;?!])")
 
 _BOUND = re.compile(
     rf"\b(?:(?P<below>below|under|less\s+than|smaller\s+than|lower\s+than)|up\s+to|at\s+most|"
-    rf"no\s+more\s+than|not\s+above|until|through)\s+(?:and\s+including\s+)?({_AMOUNT})",
+    rf"no\s+more\s+than|not\s+above|until|through|between\s+{_AMOUNT}\s+and)"
+    rf"\s+(?:and\s+including\s+)?({_AMOUNT})",
     re.I,
 )
 BOUND_NAMES = ("limit", "max", "maximum", "upper", "bound", "up_to", "until", "stop", "end")
@@ -658,7 +665,7 @@ def _string_for(
             for c in candidates
             if re.search(r"[-+*/%^(]|\w\(", c.lstrip("-+")) or (alone and _is_number(c))
         ]
-        return max(candidates, key=len) if candidates else None
+        return _rounded(goal, _called(max(candidates, key=len))) if candidates else None
     if _named(lname, PATTERN_NAMES):  # the quoted passage that reads as a pattern
         glob = _GLOB.search(goal)  # or a name pattern written bare: "the *.md files"
         named = _NAMED_PATTERN.search(goal)  # "extract the emails": the pattern of one
@@ -674,7 +681,16 @@ def _string_for(
         return next((q for q in quoted if _REGEX_SIGNS.search(q)), fallback)
     if lname.endswith("pointer") and not quoted:  # "get /users/0/name from data.json"
         found = _POINTER.search(goal)
-        return found.group(0) if found else None
+        if found:
+            return found.group(0)
+        # Written without its leading slash, "users/0/name" is the same pointer; a file's
+        # path ("data/users.json") is not one.
+        bare = [
+            written
+            for m in re.finditer(_SLASHED, goal)
+            if not _PATH.fullmatch(written := m.group(0).rstrip(".,;?!"))
+        ]
+        return f"/{bare[0]}" if bare else None
     if lname in TOPIC_NAMES:
         return topic.group(1).strip() if topic else None
     if "url" in lname:
@@ -710,6 +726,43 @@ def _string_for(
             return max(quoted, key=len)
         return quoted[0]
     return None
+
+
+_BARE_CALL = re.compile(r"(sqrt|log|exp|sin|cos|tan|abs|round)\s+(?!\()(.+)", re.I)
+_ROUNDED = re.compile(
+    r"\bround(?:ed|ing)?(?!\s+(?:trip|robin|of|table)\b)"
+    r"(?:\s+(?:it|that|this|the\s+(?:result|answer)))?(?:\s+(?:off\s+)?(?P<way>up|down))?"
+    r"(?:\s+(?:off\s+)?to\s+(?:(?P<places>\d+)\s+(?:decimals?|decimal\s+places|places|digits)"
+    r"|the\s+nearest\s+(?P<nearest>whole\s+number|integer|ten|hundred|thousand|tenth|"
+    r"hundredth|thousandth)))?\b",
+    re.I,
+)
+_NEAREST = {"ten": -1, "hundred": -2, "thousand": -3, "tenth": 1, "hundredth": 2, "thousandth": 3}
+
+
+def _called(expression: str) -> str:
+    """ "round 100 / 8" and "sqrt 16" as calls: a function name written before what it
+    takes, without parentheses, which the calculator cannot read."""
+    bare = _BARE_CALL.fullmatch(expression)
+    return f"{bare.group(1).lower()}({bare.group(2)})" if bare else expression
+
+
+def _rounded(goal: str, expression: str) -> str:
+    """``expression`` rounded as the goal asks ("divide 100 by 8 and round", "..., rounded
+    to 2 decimal places", "rounded up"): left as it is, the answer has every decimal."""
+    asked = _ROUNDED.search(goal)
+    if asked is None or re.search(r"\b(?:round|floor|ceil)\(", expression):
+        return expression
+    way, places = asked.group("way"), asked.group("places")
+    nearest = (asked.group("nearest") or "").lower()
+    digits = int(places) if places else _NEAREST.get(nearest, 0)
+    if way:  # "rounded up": to a whole number, and no calculator function takes places
+        return (
+            f"{'ceil' if way.lower() == 'up' else 'floor'}({expression})"
+            if not digits
+            else expression
+        )
+    return f"round({expression}, {digits})" if digits else f"round({expression})"
 
 
 GROUP_NAMES = ("group_by", "groupby", "by", "key")

@@ -187,6 +187,11 @@ def candidates_for(
         else None
     )
     asked = f"{role} {text}" if role and role not in tokenize(text) else text
+    # A tool that takes nothing from the goal does not stand in for one that matches it
+    # better and could not be given its arguments: "list primes" (a limit missing) was
+    # answered by the file lister, which needs none, with a success that learning
+    # then credited to the lister for every goal about primes.
+    refused: Candidate | None = None
     for name, score, reason in retrievers.ranked(asked, registry, min(k, len(available))):
         tool = registry.find(name)
         if tool is None or not tool.available:
@@ -196,6 +201,12 @@ def candidates_for(
         problems = problems or tool.check_arguments(extraction.params)
         if problems:
             rejected.append(f"{tool.name} ({'; '.join(problems)})")
+            refused = refused or Candidate(tool, extraction, score, reason)
+            continue
+        if refused and not extraction.used and not given and score < refused.score:
+            rejected.append(
+                f"{tool.name} (takes nothing from the goal; {refused.tool.name} fits it better)"
+            )
             continue
         fits.append(Candidate(tool, extraction, score, reason))
     takers: list[Candidate] = []
@@ -412,15 +423,26 @@ def _doer_first(text: str, fits: list[Candidate]) -> list[Candidate]:
     stem = tokenize(verb)
     if not stem or stem[0] == "read" or not does(fits[0].tool, "read"):
         return fits
-    # A tool with a flag the verb names does it too: "lowercase the text of x.txt".
+    # A tool with a flag the verb names does it too: "lowercase the text of x.txt"; so does
+    # one with a flag the goal turns on ("convert x.txt to uppercase").
     doers = [
         c
         for c in fits[1:]
-        if (does(c.tool, verb) or verb.lower() in c.tool.parameter_names) and c.extraction.from_rest
+        if (does(c.tool, verb) or verb.lower() in c.tool.parameter_names or _turns_on(c))
+        and c.extraction.from_rest
     ]
     if counted:
         doers.sort(key=lambda c: not does(c.tool, counted.group(1)))
     return [doers[0], *(c for c in fits if c is not doers[0])] if doers else fits
+
+
+def _turns_on(candidate: Candidate) -> bool:
+    """Whether the goal named one of the tool's flags, which is off unless asked for."""
+    props = candidate.tool.parameters_schema.get("properties", {})
+    return any(
+        candidate.extraction.params[name] is True and props.get(name, {}).get("default") is False
+        for name in candidate.extraction.used
+    )
 
 
 def does(tool: Tool, role: str) -> bool:

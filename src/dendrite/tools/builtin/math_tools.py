@@ -16,6 +16,7 @@ import re
 import statistics as _stats
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Context, Decimal
 from fractions import Fraction
 from typing import Annotated, Any
 
@@ -28,10 +29,12 @@ from dendrite.tools.registry import Reliability, Tool, ToolRegistry, tool
 __all__ = [
     "MAX_EXPRESSION_LENGTH",
     "MAX_INT_BITS",
+    "MAX_PRIME_COUNT",
     "MAX_PRIME_LIMIT",
     "Statistics",
     "calculate",
     "convert_units",
+    "first_primes",
     "is_prime",
     "primes",
     "register_math",
@@ -44,6 +47,8 @@ MAX_INT_BITS = 4_096
 """Largest integer an intermediate result may be (about 1,233 decimal digits)."""
 MAX_PRIME_LIMIT = 10_000_000
 """Largest ``limit`` :func:`primes` accepts (664,579 primes; a ~10 MB sieve)."""
+MAX_PRIME_COUNT = 664_579
+"""Largest ``count`` :func:`first_primes` accepts: every prime below ``MAX_PRIME_LIMIT``."""
 _MAX_DEPTH = 100
 _MAX_ROUND_DIGITS = 100
 
@@ -91,12 +96,26 @@ def _power(base: Number, exponent: Number) -> Number:
     return _checked_int(result)
 
 
-def _round(value: Number, digits: Number = 0) -> Number:
-    if not isinstance(digits, int):
+def _round(value: Number, digits: Number | None = None) -> Number:
+    """Halves away from zero, as on paper and on a calculator, and of the number as
+    written: Python's ``round`` gives 2 for 2.5 (halves to even) and 2.67 for 2.675 (the
+    float just below it). Without ``digits`` the result is an integer, as in Python."""
+    if digits is not None and not isinstance(digits, int):
         raise CalculationError(f"round(): the number of digits must be an integer, got {digits}")
-    if abs(digits) > _MAX_ROUND_DIGITS:
+    if digits is not None and abs(digits) > _MAX_ROUND_DIGITS:
         raise CalculationError(f"round(): digits must be within ±{_MAX_ROUND_DIGITS}")
-    return round(value, digits)
+    if isinstance(value, float) and not math.isfinite(value):
+        if digits is None:
+            raise CalculationError(f"round(): {value} has no integer value")
+        return value
+    written = Decimal(repr(value))
+    places = digits or 0
+    # Enough precision for every digit kept: 1e300 to 2 places has 303 of them.
+    context = Context(prec=max(28, written.adjusted() + places + 2), rounding=ROUND_HALF_UP)
+    rounded = written.quantize(Decimal(1).scaleb(-places), context=context)
+    if digits is None or isinstance(value, int):
+        return int(rounded)
+    return float(rounded)
 
 
 def _log(value: Number, base: Number | None = None) -> float:
@@ -353,6 +372,29 @@ def primes(limit: Annotated[int, Field(ge=0, le=MAX_PRIME_LIMIT)]) -> list[int]:
             f"limit {limit:,} is too large; primes() lists primes up to {MAX_PRIME_LIMIT:,} "
             "(use is_prime to test one large number)"
         )
+    return _sieve(limit)
+
+
+@tool(reliability=Reliability.HIGH, tags=["math"])
+def first_primes(count: Annotated[int, Field(ge=0, le=MAX_PRIME_COUNT)]) -> list[int]:
+    """List the first n prime numbers, counting from 2: the first 5 are 2, 3, 5, 7, 11.
+
+    A tool of its own, not a parameter of ``primes``: "the first 10 primes" and "the
+    primes up to 10" are different lists, and a planner must see which one it is asked.
+
+    Args:
+        count: how many to list, up to 664,579 (all of them below 10,000,000)
+    """
+    if not 0 <= count <= MAX_PRIME_COUNT:
+        raise BuiltinToolError(
+            f"count must be from 0 to {MAX_PRIME_COUNT:,} (the primes below "
+            f"{MAX_PRIME_LIMIT:,}), got {count:,}"
+        )
+    return _sieve(_nth_prime_bound(count))[:count]
+
+
+def _sieve(limit: int) -> list[int]:
+    """The primes up to and including ``limit`` (sieve of Eratosthenes)."""
     if limit < 2:
         return []
     sieve = bytearray([1]) * (limit + 1)
@@ -361,6 +403,14 @@ def primes(limit: Annotated[int, Field(ge=0, le=MAX_PRIME_LIMIT)]) -> list[int]:
         if sieve[p]:
             sieve[p * p :: p] = bytes(len(range(p * p, limit + 1, p)))
     return [i for i, flag in enumerate(sieve) if flag]
+
+
+def _nth_prime_bound(n: int) -> int:
+    """A number the n-th prime does not exceed (Rosser: p_n < n(ln n + ln ln n) for
+    n >= 6), within the sieve's limit, so that the first n primes cost one sieve."""
+    if n < 6:
+        return 11
+    return min(MAX_PRIME_LIMIT, math.ceil(n * (math.log(n) + math.log(math.log(n)))))
 
 
 # -- statistics ---------------------------------------------------------------------------
@@ -597,8 +647,9 @@ def convert_units(value: float, from_unit: str, to_unit: str) -> float:
 
 
 def register_math(registry: ToolRegistry, *, replace: bool = False) -> list[Tool]:
-    """Register the math pack: calculate, is_prime, primes, statistics, convert_units."""
+    """Register the math pack: calculate, is_prime, primes, first_primes, statistics,
+    convert_units."""
     return [
         registry.register(func, replace=replace)
-        for func in (calculate, is_prime, primes, statistics, convert_units)
+        for func in (calculate, is_prime, primes, first_primes, statistics, convert_units)
     ]

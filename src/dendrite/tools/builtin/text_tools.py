@@ -268,6 +268,7 @@ def normalize_text(
     lowercase: bool = True,
     strip_punctuation: bool = False,
     collapse_whitespace: bool = True,
+    uppercase: bool = False,
 ) -> str:
     """Normalize a text: Unicode compatibility forms (NFKC), case, punctuation, white space.
 
@@ -284,9 +285,13 @@ def normalize_text(
             and minus sign stay ("3.5", "1,250", "-5"); an apostrophe inside a word and the
             dots of an abbreviation go ("don't" is "dont", "e.g." is "eg")
         collapse_whitespace: turn every run of white space into one space and trim both ends
+        uppercase: upper-case everything instead (it wins over ``lowercase``, which is on
+            by default)
     """
     result = unicodedata.normalize("NFKC", text)
-    if lowercase:
+    if uppercase:
+        result = result.upper()
+    elif lowercase:
         result = result.lower()
     if strip_punctuation:
         result = _strip_punctuation(result)
