@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import enum
 import functools
 from fractions import Fraction
 from typing import Annotated, Literal
 
 import numpy as np
+import pydantic
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from dendrite._ids import new_id
+from dendrite.execution import ExecutionEngine
+from dendrite.planning import Plan, RetryPolicy, Step, validate
 from dendrite.tools import (
     Reliability,
     ToolArgumentError,
@@ -541,3 +547,318 @@ def test_a_default_or_alias_given_in_annotated_keeps_the_parameter_optional_and_
     assert tool.validate_arguments({"m": 1}) == {"n": 5, "m": 1}
     with pytest.raises(ToolArgumentError, match="parameter 'n'"):
         tool.validate_arguments({"n": 0, "m": 1})
+
+
+class Greeting:
+    """Build a greeting.
+
+    Args:
+        name: who to greet
+    """
+
+    text: str  # what __init__ makes: an attribute, not a parameter
+
+    def __init__(self, name: str, times: int = 1) -> None:
+        """Args:
+        times: how often
+        """
+        self.text = ", ".join([f"hello {name}"] * times)
+
+
+@dataclasses.dataclass
+class Point:
+    """A point, scaled as it is made."""
+
+    x: int
+    y: int = 0
+    tags: list[str] = dataclasses.field(default_factory=list)
+    scale: dataclasses.InitVar[int] = 1
+    norm: int = dataclasses.field(init=False, default=0)
+
+    def __post_init__(self, scale: int) -> None:
+        self.x *= scale
+        self.norm = abs(self.x) + abs(self.y)
+
+
+class Order(BaseModel):
+    """An order."""
+
+    item: str = Field(description="what to buy")
+    qty: int = Field(1, ge=1)
+    customer_name: str = Field("anon", alias="customerName")
+
+
+def test_a_class_is_described_by_its_constructor():
+    """The hints were the class's own annotations (its attributes): ``Greeting``'s
+    parameters came out untyped and ``times="2"`` reached ``__init__`` as a string, a
+    ``__new__``'s parameter was untyped, and an attribute named like a parameter gave
+    it the attribute's type."""
+
+    class Celsius:
+        """A temperature from a Fahrenheit reading."""
+
+        def __new__(cls, fahrenheit: float) -> Celsius:
+            made = super().__new__(cls)
+            made.value = (fahrenheit - 32) * 5 / 9
+            return made
+
+    class Counter:
+        count: str  # stored as text; the constructor takes a number
+
+        def __init__(self, count: int) -> None:
+            """Count from ``count``."""
+            self.count = str(count)
+
+    registry = ToolRegistry()
+    greeting = registry.register(Greeting)
+    assert greeting.description == "Build a greeting."
+    assert greeting.parameters_schema["properties"] == {
+        "name": {"type": "string", "description": "who to greet"},
+        "times": {"type": "integer", "default": 1, "description": "how often"},
+    }
+    assert greeting.func(**greeting.validate_arguments({"name": "ann", "times": "2"})).text == (
+        "hello ann, hello ann"
+    )
+    assert greeting.signature.return_type is Greeting and not greeting.is_async
+    celsius = registry.register(Celsius)
+    assert celsius.parameters_schema["properties"] == {"fahrenheit": {"type": "number"}}
+    assert celsius.func(**celsius.validate_arguments({"fahrenheit": "212"})).value == 100.0
+    counter = registry.register(Counter)
+    assert counter.description == "Count from ``count``."
+    assert counter.parameters_schema["properties"] == {"count": {"type": "integer"}}
+    with pytest.raises(ToolArgumentError, match="parameter 'count': expected integer"):
+        counter.validate_arguments({"count": "three"})
+    twice = registry.register_function(functools.partial(Greeting, times=2), name="twice")
+    assert twice.parameter_names == ("name",)
+    assert twice.func(**twice.validate_arguments({"name": "bo"})).text == "hello bo, hello bo"
+
+
+def test_a_dataclass_or_pydantic_model_is_described_by_its_fields():
+    """A dataclass with an ``InitVar`` was refused ("contains the 'dataclasses.InitVar'
+    type qualifier"), a ``default_factory`` showed as ``<factory>``; a model lost its
+    fields' constraints and descriptions, an aliased field its type, and one without a
+    docstring was described by pydantic's manual for ``BaseModel``."""
+
+    class Bare(BaseModel):
+        n: int
+
+    class Parsed(BaseModel):
+        a: int
+
+        def __init__(self, a: str, **data: object) -> None:
+            super().__init__(a=int(a), **data)
+
+    @pydantic.dataclasses.dataclass
+    class Bounded:
+        x: int
+        ys: list[int] = Field(default_factory=list, max_length=2)
+
+    registry = ToolRegistry()
+    point = registry.register(Point)
+    assert point.parameter_names == ("x", "y", "tags", "scale")
+    assert point.parameters_schema["required"] == ["x"]
+    assert "default" not in point.parameters_schema["properties"]["tags"]
+    first, second = (point.validate_arguments({"x": "2", "scale": 3}) for _ in range(2))
+    assert first == {"x": 2, "y": 0, "tags": [], "scale": 3} and first["tags"] is not second["tags"]
+    assert point.func(**first) == Point(x=6, y=0, tags=[]) and point.func(**first).norm == 6
+    assert point.returns_schema["properties"]["norm"]["type"] == "integer"  # ${p.norm} reads
+
+    order = registry.register(Order)
+    props = order.parameters_schema["properties"]
+    assert order.parameter_names == ("item", "qty", "customerName")
+    assert props["item"] == {"type": "string", "description": "what to buy"}
+    assert props["qty"] == {"type": "integer", "default": 1, "minimum": 1}
+    assert props["customerName"] == {"type": "string", "default": "anon"}
+    with pytest.raises(ToolArgumentError, match="parameter 'qty'"):
+        order.validate_arguments({"item": "tea", "qty": 0})
+    made = order.func(**order.validate_arguments({"item": "tea", "customerName": "bo"}))
+    assert made == Order(item="tea", qty=1, customerName="bo")
+
+    assert registry.register(Bare).description == ""
+    parsed = registry.register(Parsed)  # its own __init__ says what `a` is
+    assert parsed.parameters_schema["properties"] == {"a": {"type": "string"}}
+    assert parsed.func(**parsed.validate_arguments({"a": "5"})).a == 5
+    bounded = registry.register(Bounded)
+    assert bounded.parameters_schema["properties"]["ys"]["maxItems"] == 2
+    with pytest.raises(ToolArgumentError, match="parameter 'ys'"):
+        bounded.validate_arguments({"x": 1, "ys": [1, 2, 3]})
+    assert bounded.func(**bounded.validate_arguments({"x": "1"})) == Bounded(x=1, ys=[])
+
+
+def test_a_model_field_the_constructor_takes_only_by_alias_is_refused():
+    """pydantic's signature shows such a field by its name, which its constructor ignores:
+    the parameter was published and every value given for it silently dropped."""
+
+    class Dashed(BaseModel):
+        name: str = "anon"
+        label: str = Field("x", alias="the-label")
+
+    class Chosen(BaseModel):
+        v: int = Field(0, validation_alias=AliasChoices("value", "v-1"))
+
+    class ByName(BaseModel):
+        model_config = ConfigDict(validate_by_name=True)
+        label: str = Field("x", alias="the-label")
+
+    registry = ToolRegistry()
+    with pytest.raises(ToolRegistrationError, match=r"parameter 'label' of .*Dashed is a field"):
+        registry.register(Dashed)
+    with pytest.raises(ToolRegistrationError, match="only takes by its alias AliasChoices"):
+        registry.register(Chosen)
+    by_name = registry.register(ByName)
+    assert by_name.func(**by_name.validate_arguments({"label": "y"})).label == "y"
+
+
+def test_every_form_of_async_callable_is_async():
+    """Only a plain ``async def`` function (bound, or in a partial) was seen as async: an
+    object whose ``__call__`` is ``async def``, a partial of one, and a bare staticmethod
+    were called in a thread only to make their coroutine."""
+
+    class Adder:
+        async def __call__(self, x: int) -> int:
+            """Add ten."""
+            return x + 10
+
+    class Sync:
+        def __call__(self, x: int) -> int:
+            return x
+
+    class Service:
+        async def fetch(self, key: str) -> str:
+            return key.upper()
+
+        @staticmethod
+        async def quiet(key: str) -> str:
+            return key.lower()
+
+        @classmethod
+        async def twice(cls, key: str) -> str:
+            return key * 2
+
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    registry = ToolRegistry()
+    forms = {
+        "instance": Adder(),
+        "partial_instance": functools.partial(Adder()),
+        "bare_staticmethod": Service.__dict__["quiet"],
+        "staticmethod": Service.quiet,
+        "bound": Service().fetch,
+        "classmethod": Service.twice,
+        "partial": functools.partial(add, y=1),
+    }
+    for name, func in forms.items():
+        assert registry.register_function(func, name=name).is_async, name
+    assert not registry.register_function(Sync(), name="sync").is_async
+    assert not registry.register(Adder).is_async  # calling the class makes an Adder
+    with pytest.raises(ToolRegistrationError, match="classmethod object is only callable once"):
+        registry.register_function(Service.__dict__["twice"], name="unbound")
+
+
+def test_async_callable_tools_run_on_the_loop_through_the_engine():
+    """The async forms fixed above, called by a plan on an engine whose thread pool is
+    shut: an async tool needs no thread. Before, an async callable object (or a partial
+    of one) and a bare staticmethod each failed with "the engine was closed"."""
+
+    class Adder:
+        async def __call__(self, x: int) -> int:
+            await asyncio.sleep(0)
+            return x + 10
+
+    class Service:
+        @staticmethod
+        async def shout(text: str) -> str:
+            await asyncio.sleep(0)
+            return text.upper()
+
+    registry = ToolRegistry()
+    registry.register_function(Adder(), name="add_ten")
+    registry.register_function(functools.partial(Adder()), name="add_ten_later")
+    registry.register_function(Service.__dict__["shout"], name="shout")
+    plan = Plan(
+        goal="async",
+        steps=[
+            Step(id="a", tool="add_ten", params={"x": "1"}),
+            Step(id="b", tool="add_ten_later", params={"x": "${a}"}),
+            Step(id="c", tool="shout", params={"text": "b is ${b}"}),
+        ],
+        output="${c}",
+    )
+    assert validate(plan, registry) == []
+    engine = ExecutionEngine(registry, retry=RetryPolicy(max_attempts=1))
+    engine.close()
+    outcome = asyncio.run(engine.execute(plan, execution_id=new_id()))
+    assert (outcome.success, outcome.output) == (True, "B IS 21"), outcome.error
+
+
+def test_class_tools_run_through_the_engine():
+    """Classes registered as tools, called by a plan: the arguments are coerced to the
+    constructor's types, outputs are the instances and references read their fields."""
+
+    def echo(value: object) -> object:
+        return value
+
+    registry = ToolRegistry()
+    for cls in (Greeting, Point, Order):
+        registry.register(cls)
+    registry.register(echo)
+    plan = Plan(
+        goal="classes",
+        steps=[
+            Step(id="g", tool="Greeting", params={"name": "ann", "times": "2"}),
+            Step(id="p", tool="Point", params={"x": "2", "y": 1, "scale": 3}),
+            Step(id="o", tool="Order", params={"item": "${g.text}", "qty": "${p.norm}"}),
+            Step(id="e", tool="echo", params={"value": ["${o.customer_name}", "${o.qty}"]}),
+        ],
+        output="${e}",
+    )
+    assert validate(plan, registry) == []
+    bad = Plan(goal="bad", steps=[Step(id="o", tool="Order", params={"item": "x", "qty": 0})])
+    engine = ExecutionEngine(registry, retry=RetryPolicy(max_attempts=1))
+    try:
+        outcome = asyncio.run(engine.execute(plan, execution_id=new_id()))
+        refused = asyncio.run(engine.execute(bad, execution_id=new_id()))
+    finally:
+        engine.close()
+    assert (outcome.success, outcome.output) == (True, ["anon", 7]), outcome.error
+    assert outcome.steps["o"].output == Order(item="hello ann, hello ann", qty=7)
+    assert not refused.success and "parameter 'qty'" in refused.steps["o"].error
+
+
+def test_a_returned_model_is_described_by_its_field_names():
+    """The returns schema named an aliased field by its alias, which no reference can read
+    (a reference reads attributes, a stored output is dumped by name): plan validation
+    refused ``${o.customer_name}``, which works, and let ``${o.customerName}`` through."""
+
+    def take_order() -> Order:
+        return Order(item="tea", customerName="bo")
+
+    def echo(value: str) -> str:
+        return value
+
+    registry = ToolRegistry()
+    assert list(registry.register(take_order).returns_schema["properties"]) == [
+        "item",
+        "qty",
+        "customer_name",
+    ]
+    registry.register(echo)
+
+    def plan(path: str) -> Plan:
+        reference = f"${{o.{path}}}"
+        steps = [
+            Step(id="o", tool="take_order"),
+            Step(id="e", tool="echo", params={"value": reference}),
+        ]
+        return Plan(goal="g", steps=steps, output="${e}")
+
+    assert validate(plan("customer_name"), registry) == []
+    (problem,) = validate(plan("customerName"), registry)
+    assert "no field 'customerName'" in str(problem)
+    engine = ExecutionEngine(registry)
+    try:
+        outcome = asyncio.run(engine.execute(plan("customer_name"), execution_id=new_id()))
+    finally:
+        engine.close()
+    assert (outcome.success, outcome.output) == (True, "bo")

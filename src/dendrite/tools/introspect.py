@@ -8,18 +8,28 @@ or an LLM sees and the validation a call goes through cannot drift apart.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
 import re
 import reprlib
+import sys
 import types
 import typing
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -153,18 +163,13 @@ def introspect(
         raise ToolRegistrationError(
             f"tool {tool_name!r}: no inspectable signature ({error})"
         ) from None
-    annotated, doc, bound = _described(func)
-    try:
-        hints = typing.get_type_hints(annotated, include_extras=True)
-    except Exception as error:
-        raise ToolRegistrationError(
-            f"tool {tool_name!r}: type hints cannot be resolved ({error})"
-        ) from error
+    callee = _callee(func, tool_name)
+    doc = callee.doc
     definitions: dict[str, Any] = {}
     fields: list[tuple[str, str]] = []
     plain: dict[str, tuple[type, Any]] | None = {}
     context_param: str | None = None
-    parameters = [p for p in sig.parameters.values() if p.name not in bound]
+    parameters = [p for p in sig.parameters.values() if p.name not in callee.bound]
     for index, param in enumerate(parameters):
         name = param.name
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -177,11 +182,13 @@ def introspect(
                 f"tool {tool_name!r}: parameter {name!r} is positional-only; tools are called "
                 "by keyword"
             )
-        annotation = hints.get(name, Any)
+        annotation, default = callee.fields.get(name) or (
+            callee.hints.get(name, Any),
+            ... if param.default is param.empty else param.default,
+        )
         if _mentions(annotation, context_type):
             context_param = name
             continue
-        default = ... if param.default is param.empty else param.default
         field_name = f"p{index}"
         definitions[field_name] = _field(annotation, default, name, doc.params.get(name))
         fields.append((field_name, name))
@@ -213,11 +220,13 @@ def introspect(
         schema["additionalProperties"] = False
         for prop in schema.get("properties", {}).values():
             prop.pop("title", None)
-    return_type = hints.get("return", Any)
+    return_type = callee.return_type
     returns_schema: dict[str, Any] | None = None
     if return_type not in (Any, None, type(None)):
         try:
-            returns_schema = TypeAdapter(return_type).json_schema()
+            # By field name: a reference reads an output's attributes, and a stored
+            # output is dumped by name; an alias names neither.
+            returns_schema = TypeAdapter(return_type).json_schema(by_alias=False)
         except Exception:
             returns_schema = None
     return Signature(
@@ -232,27 +241,201 @@ def introspect(
     )
 
 
-def _described(func: Callable[..., Any]) -> tuple[Any, ParsedDocstring, frozenset[str]]:
-    """What annotates ``func``'s parameters, its docstring, and the names its partials bind.
+@dataclass(frozen=True, slots=True)
+class _Callee:
+    """What describes a call's parameters, taken from what the call runs."""
 
-    ``typing.get_type_hints`` reads a callable object's *class* annotations (its
-    attributes, not its parameters) and refuses a ``functools.partial``: the
-    hints of a call are those of the partial's function or of ``__call__``.
-    A name a partial binds by keyword is left out: ``inspect.signature`` keeps
-    it (a keyword with that default), but the value is the partial's to give.
+    hints: dict[str, Any]
+    doc: ParsedDocstring
+    bound: frozenset[str]
+    """Names a ``functools.partial`` binds by keyword: ``inspect.signature`` keeps them
+    (keywords with that default), but the values are the partial's to give."""
+    fields: dict[str, tuple[Any, Any]]
+    """Per parameter that is a field of a dataclass or pydantic model: its type and its
+    default as the field declares them, which the constructor's signature does not keep."""
+    return_type: Any
+
+
+def _callee(func: Callable[..., Any], tool_name: str) -> _Callee:
+    """The hints, docstring and bound names of what calling ``func`` runs.
+
+    ``typing.get_type_hints`` reads the annotations of the object it is given: of a
+    class, or of a callable object (through its class), those are attributes, not
+    parameters, and a ``functools.partial`` has none. The hints of a call are those of
+    the partial's function, of ``__call__``, or of the constructor a class call runs.
     """
     bound: set[str] = set()
     while isinstance(func, functools.partial):
         bound.update(func.keywords)
         func = func.func
-    if inspect.isroutine(func) or isinstance(func, type):
-        return func, parse_docstring(inspect.getdoc(func)), frozenset(bound)
+    if isinstance(func, type):
+        return _constructed(func, tool_name, frozenset(bound))
+    if inspect.isroutine(func):
+        hints = _hints(func, tool_name)
+        doc = parse_docstring(inspect.getdoc(func))
+        return _Callee(hints, doc, frozenset(bound), {}, hints.get("return", Any))
     call = func.__call__
+    hints = _hints(call, tool_name)
     # The class says what the object is (its Args are its constructor's); __call__
     # documents the parameters.
     called = parse_docstring(inspect.getdoc(call))
     summary = parse_docstring(inspect.getdoc(func)).summary or called.summary
-    return call, ParsedDocstring(summary, called.params), frozenset(bound)
+    doc = ParsedDocstring(summary, called.params)
+    return _Callee(hints, doc, frozenset(bound), {}, hints.get("return", Any))
+
+
+def _constructed(cls: type, tool_name: str, bound: frozenset[str]) -> _Callee:
+    """A class as a tool: a call constructs an instance, so its parameters are its
+    constructor's and it returns the instance.
+
+    A dataclass's or pydantic model's constructor takes its fields; the signature
+    keeps neither a ``default_factory`` nor pydantic's constraints and descriptions,
+    so those come from the fields. The description is the class's own docstring (one
+    inherited from ``BaseModel`` is pydantic's manual), else its constructor's own
+    when written with it; Args may be in either.
+    """
+    shown = inspect.signature(cls).parameters
+    own = parse_docstring(cls.__dict__.get("__doc__"))
+    found = _constructor(cls)
+    if found is None:  # object's constructor: no parameters
+        return _Callee({}, own, bound, {}, cls)
+    constructor, owner = found
+    named = {
+        p.name
+        for p in inspect.signature(constructor).parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name in shown
+    }
+    # Only what the constructor names needs its hints: pydantic's own constructors
+    # (fields passed as **data) annotate with names only a type checker imports.
+    hints = _constructor_hints(constructor, owner, tool_name) if named else {}
+    written = parse_docstring(
+        constructor.__doc__ if constructor.__module__ == cls.__module__ else None
+    )
+    doc = ParsedDocstring(own.summary or written.summary, {**written.params, **own.params})
+    fields = {
+        **_dataclass_fields(cls, shown, hints),
+        **_model_fields(cls, [name for name in shown if name not in named], tool_name),
+    }
+    return _Callee(hints, doc, bound, fields, cls)
+
+
+def _constructor(cls: type) -> tuple[Callable[..., Any], type] | None:
+    """The Python function a call of ``cls`` passes its arguments to, and the class that
+    defines it: where ``inspect.signature`` takes a class's parameters from (a
+    metaclass's ``__call__``, else the first ``__new__`` or ``__init__`` along the MRO)."""
+    for meta in type(cls).__mro__:
+        if "__call__" in meta.__dict__:
+            call = meta.__dict__["__call__"]
+            if inspect.isfunction(call):
+                return call, meta
+            break
+    for owner in cls.__mro__:
+        for name in ("__new__", "__init__"):
+            method = owner.__dict__.get(name)
+            if isinstance(method, staticmethod):
+                method = method.__func__
+            if inspect.isfunction(method):
+                return method, owner
+    return None
+
+
+def _constructor_hints(
+    constructor: Callable[..., Any], owner: type, tool_name: str
+) -> dict[str, Any]:
+    """The constructor's parameter hints, resolved where its class was written.
+
+    A method's annotations are evaluated in its class's module and body; a generated
+    constructor (a ``NamedTuple``'s ``__new__``) has globals of its own, without even
+    the builtins its string annotations name. An ``InitVar`` is the type it declares.
+    """
+    module = sys.modules.get(owner.__module__)
+    hints = _hints(
+        constructor,
+        tool_name,
+        globalns=vars(module) if module is not None else None,
+        localns={**vars(owner), owner.__name__: owner},
+    )
+    hints.pop("return", None)
+    return {
+        name: hint.type if isinstance(hint, dataclasses.InitVar) else hint
+        for name, hint in hints.items()
+    }
+
+
+def _dataclass_fields(
+    cls: type, shown: Mapping[str, inspect.Parameter], hints: dict[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """The fields with a ``default_factory`` of a dataclass whose ``__init__`` the
+    ``dataclasses`` module wrote: that ``__init__`` shows a marker (``<factory>``) as their
+    default, which would be published as the default and passed on in place of a value."""
+    if not dataclasses.is_dataclass(cls):
+        return {}
+    return {
+        field.name: (hints.get(field.name, Any), Field(default_factory=field.default_factory))
+        for field in dataclasses.fields(cls)
+        if field.name in shown and field.default_factory is not dataclasses.MISSING
+    }
+
+
+def _model_fields(cls: type, keywords: Sequence[str], tool_name: str) -> dict[str, tuple[Any, Any]]:
+    """Per keyword of a pydantic model's or dataclass's signature, the field it sets.
+
+    pydantic's signature shows a field by its alias where that is a Python name, else
+    by its own name, which the constructor ignores or refuses when the field has an
+    alias and the model does not validate by name: such a parameter could never be
+    given, so it is refused here.
+    """
+    declared = getattr(cls, "__pydantic_fields__", None)
+    if not isinstance(declared, dict):
+        return {}
+    config = getattr(cls, "model_config", None) or getattr(cls, "__pydantic_config__", None) or {}
+    by_name = bool(config.get("validate_by_name") or config.get("populate_by_name"))
+    accepted: dict[str, Any] = {}
+    for name, info in declared.items():
+        for alias in _alias_names(info.validation_alias):
+            accepted.setdefault(alias, info)
+        if by_name or info.validation_alias is None:
+            accepted.setdefault(name, info)
+    fields: dict[str, tuple[Any, Any]] = {}
+    for keyword in keywords:
+        info = accepted.get(keyword)
+        if info is not None:
+            fields[keyword] = (info.annotation, info)
+        elif keyword in declared:
+            raise ToolRegistrationError(
+                f"tool {tool_name!r}: parameter {keyword!r} of {cls.__qualname__} is a field "
+                f"its constructor only takes by its alias "
+                f"{declared[keyword].validation_alias!r}, not by name; give the field an "
+                "alias= that is a Python name, or set validate_by_name=True"
+            )
+    return fields
+
+
+def _alias_names(alias: Any) -> list[str]:
+    """The keywords a ``validation_alias`` accepts (an ``AliasPath`` is none)."""
+    if isinstance(alias, str):
+        return [alias]
+    if isinstance(alias, AliasChoices):
+        return [choice for choice in alias.choices if isinstance(choice, str)]
+    return []
+
+
+def _hints(
+    target: Callable[..., Any],
+    tool_name: str,
+    globalns: dict[str, Any] | None = None,
+    localns: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``target``'s resolved hints; one that cannot be resolved could not be validated,
+    so the tool is refused, by name."""
+    try:
+        return typing.get_type_hints(
+            target, globalns=globalns, localns=localns, include_extras=True
+        )
+    except Exception as error:
+        raise ToolRegistrationError(
+            f"tool {tool_name!r}: type hints cannot be resolved ({error})"
+        ) from error
 
 
 def _field(annotation: Any, default: Any, name: str, described: str | None) -> tuple[Any, Any]:

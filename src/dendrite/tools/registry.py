@@ -6,6 +6,7 @@ validator), so that each call only pays for validating its arguments.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
@@ -228,6 +229,11 @@ class ToolRegistry:
         Registering a name again needs ``replace=True`` and bumps its version;
         earlier versions stay listed in :meth:`versions`.
         """
+        if isinstance(func, classmethod):
+            raise ToolRegistrationError(
+                f"cannot register {func!r}: a classmethod object is only callable once bound; "
+                "register it as Class.method"
+            )
         if not callable(func):
             raise ToolRegistrationError(f"cannot register {func!r}: not callable")
         tool_name = name or getattr(func, "__name__", "")
@@ -292,7 +298,7 @@ class ToolRegistry:
                 # Counted over every registration: one after unregister() is a new version.
                 version=len(self._history.get(tool_name, ())) + 1,
                 signature=signature,
-                is_async=inspect.iscoroutinefunction(func),
+                is_async=_is_async(func),
                 state=previous.state if previous else ToolState(),
             )
             self._tools[tool_name] = registered
@@ -378,6 +384,25 @@ class ToolRegistry:
 
     def state(self, name: str) -> ToolState:
         return self.get(name).state
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    """Whether a call of ``func`` returns a coroutine, for the engine to await on its loop
+    rather than to call in a thread.
+
+    ``inspect.iscoroutinefunction`` sees through bound methods and partials of functions,
+    but not through an object whose ``__call__`` is ``async def`` (a partial of one
+    included) nor a bare ``staticmethod``: such a tool took a thread from the pool only
+    to make its coroutine. A class's call constructs an instance, whatever its
+    instances' ``__call__`` is.
+    """
+    while isinstance(func, functools.partial | staticmethod):
+        func = func.func if isinstance(func, functools.partial) else func.__func__
+    if inspect.iscoroutinefunction(func):
+        return True
+    if isinstance(func, type) or inspect.isroutine(func):
+        return False
+    return inspect.iscoroutinefunction(type(func).__call__)
 
 
 def _positive_seconds(value: Any) -> bool:
