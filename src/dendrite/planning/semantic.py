@@ -186,7 +186,8 @@ def candidates_for(
         if asks_unit_conversion(text)
         else None
     )
-    asked = f"{role} {text}" if role and role not in tokenize(text) else text
+    # Compared as retrieval reads words (stemmed): "calculate 3 + 4" already says it.
+    asked = f"{role} {text}" if role and not set(tokenize(role)) <= set(tokenize(text)) else text
     # A tool that takes nothing from the goal does not stand in for one that matches it
     # better and could not be given its arguments: "list primes" (a limit missing) was
     # answered by the file lister, which needs none, with a success that learning
