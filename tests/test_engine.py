@@ -495,6 +495,106 @@ def test_failures_skip_dependents_unless_continue_on_error():
     engine.close()
 
 
+def test_conditions_over_a_step_that_failed_with_continue_on_error_are_decided():
+    """Its dependants see None, as its output and any path into it: "${bad.count} > 0"
+    failed the step it guarded ("'>' not supported between instances of 'NoneType' and
+    'int'"), and the run with it, instead of skipping it."""
+    registry = make_registry()
+
+    def boom() -> dict:
+        raise RuntimeError("boom")
+
+    registry.register_function(boom)
+    engine = ExecutionEngine(registry, retry=NO_WAIT)
+    conditions = {
+        "gt": ("${bad.count} > 0", False),
+        "lt": ("${bad.count} < 3", False),
+        "eq": ("${bad.count} == 0", False),
+        "ne": ("${bad.count} != 0", True),
+        "in": ("'x' in ${bad.tags}", False),
+        "not_in": ("'x' not in ${bad.tags}", True),
+        "in_text": ("${bad.name} in 'abc'", False),
+        "truthy": ("${bad.count}", False),
+        "not_": ("not ${bad.count}", True),
+        "not_gt": ("not ${bad.count} > 0", True),
+        "len": ("len(${bad.items}) >= 1", False),
+        "neg": ("-${bad.count} < 0", False),
+        "whole": ("${bad} is None", True),
+    }
+    plan = Plan(
+        goal="conditions",
+        steps=[
+            Step(id="bad", tool="boom", continue_on_error=True),
+            *[
+                Step(id=name, tool="echo", params={"value": name}, when=text)
+                for name, (text, _) in conditions.items()
+            ],
+        ],
+    )
+    outcome, events = run(engine, plan)
+    assert outcome.success and outcome.partial, outcome.error
+    for name, (text, runs) in conditions.items():
+        result = outcome.steps[name]
+        if runs:
+            assert result.status is StepStatus.SUCCEEDED and result.output == name, name
+        else:
+            assert result.status is StepStatus.SKIPPED, (name, result.error)
+            assert result.skip_reason == f"condition false: {text}"
+    assert [e.step_id for e in events if e.type is EventType.STEP_FAILED] == ["bad"]
+    engine.close()
+
+
+def test_a_wrong_argument_from_a_reference_names_the_reference():
+    """The value came from an earlier step: the error said what the parameter expected and
+    what came, but not which reference gave it, nor that its step had no output."""
+    registry = make_registry()
+
+    def boom() -> dict:
+        raise RuntimeError("boom")
+
+    def label() -> str:
+        return "many"
+
+    registry.register_function(boom)
+    registry.register_function(label)
+    engine = ExecutionEngine(registry, retry=NO_WAIT)
+    plan = Plan(
+        goal="refs",
+        steps=[
+            Step(id="bad", tool="boom", continue_on_error=True),
+            Step(id="l", tool="label"),
+            Step(id="text", tool="add", params={"a": "${l}", "b": "x"}, continue_on_error=True),
+            Step(id="none", tool="add", params={"a": "${bad.count}"}, continue_on_error=True),
+            Step(id="n", tool="echo", params={"value": [1, ["2"]]}),
+            Step(
+                id="items",
+                tool="add",
+                params={"a": "${item}", "b": 1},
+                for_each="${n}",
+                continue_on_error=True,
+            ),
+        ],
+    )
+    outcome, _ = run(engine, plan)
+    assert outcome.steps["text"].error == (
+        "failed after trying add: add: tool 'add': parameter 'b': expected integer, got 'x' "
+        "(str): Input should be a valid integer, unable to parse string as an integer; "
+        "parameter 'a': expected integer, got 'many' (str): Input should be a valid integer, "
+        "unable to parse string as an integer (the value of ${l})"
+    )
+    assert outcome.steps["none"].error == (
+        "failed after trying add: add: tool 'add': parameter 'a': expected integer, got None "
+        "(NoneType): Input should be a valid integer (the value of ${bad.count}, None: step "
+        "'bad' failed and has no output)"
+    )
+    assert outcome.steps["items"].error == (
+        "item 1: failed after trying add: add: tool 'add': parameter 'a': expected integer, "
+        "got ['2'] (list): Input should be a valid integer (the value of ${item})"
+    )
+    assert outcome.steps["items"].error_type is ErrorType.VALIDATION
+    engine.close()
+
+
 def test_conditions_and_for_each():
     engine = ExecutionEngine(make_registry())
     plan = Plan(

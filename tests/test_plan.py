@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 
 from dendrite.execution import ExecutionEngine
 from dendrite.planning import (
@@ -117,6 +119,56 @@ def test_conditions_refuse_anything_outside_the_language(text, fragment):
 def test_a_failing_condition_says_which():
     with pytest.raises(ConditionError, match=r"condition '\$\{s.n\} > 1' failed"):
         compile_condition("${s.n} > 1").evaluate({"s": {"n": "two"}})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Where Python decides None, as Python does.
+        ("${s.n} == 0", False),
+        ("${s.n} != 0", True),
+        ("${s.n} is None", True),
+        ("${s.n}", False),
+        ("not ${s.n}", True),
+        ("${s.n} in [0, None]", True),
+        # Where Python raises, the comparison is false, as one with NaN is.
+        ("${s.n} > 0", False),
+        ("${s.n} < 3", False),
+        ("${s.n} >= 0", False),
+        ("0 <= ${s.n}", False),
+        ("${s.n} <= ${s.n}", False),
+        ("not ${s.n} > 0", True),
+        ("1 < ${s.n} <= 3", False),
+        ("'x' in ${s.n}", False),
+        ("'x' not in ${s.n}", True),
+        ("${s.n} in 'text'", False),
+        ("${s.n} not in 'text'", True),
+        ("len(${s.n}) > 0", False),
+        ("len(${s.n}) is None", True),
+        ("-${s.n} < 0", False),
+        ("${s.n} > 0 or ${s.m} > 0", True),
+    ],
+)
+def test_conditions_over_none_are_decided_not_failed(text, expected):
+    """A step that failed with continue_on_error reads as None, and so does every path
+    into it: "${bad.count} > 0" failed its dependant ("'>' not supported between
+    instances of 'NoneType' and 'int'") instead of being decided."""
+    for scope in ({"s": {"n": None, "m": 1}}, {"s": references.NO_OUTPUT}):
+        if "${s.m}" in text and scope["s"] is references.NO_OUTPUT:
+            continue  # ${s.m} is None there too
+        assert compile_condition(text).evaluate(scope) is expected, scope
+
+
+def test_none_decides_only_what_python_cannot():
+    """What fails without None still fails, naming the condition."""
+    for text, scope in [
+        ("${s.n} > 1", {"s": {"n": "two"}}),
+        ("len(${s.n}) > 1", {"s": {"n": 5}}),
+        ("1 in ${s.n}", {"s": {"n": "text"}}),
+        ("-${s.n} < 0", {"s": {"n": "x"}}),
+    ]:
+        with pytest.raises(ConditionError, match="failed"):
+            compile_condition(text).evaluate(scope)
 
 
 def test_a_valid_plan_has_no_problems(registry):
@@ -257,6 +309,179 @@ def test_a_parameter_the_tool_does_not_take_is_refused_whatever_its_value(regist
         "step 't': tool 'three': unexpected parameter 'x' (accepted: none)",
         "step 't': tool 'three': unexpected parameter 'y' (accepted: none)",
     ]
+
+
+class Hit(BaseModel):
+    url: str
+    rank: int
+
+
+class Found(BaseModel):
+    hits: list[Hit]
+    best: Hit | None = None
+    note: str | None = None
+
+
+class Shape(BaseModel):
+    rank: int
+
+
+def test_a_reference_a_parameter_can_never_take_is_refused_before_the_run(registry):
+    """A list passed to an int parameter, or a model to a str one, passed validation and
+    failed at run time, after every step before it had run."""
+
+    def find(query: str) -> Found:
+        return Found(hits=[Hit(url=query, rank=1)])
+
+    def top(n: int) -> int:
+        return n
+
+    registry.register_function(find)
+    registry.register_function(top)
+    registry.register_function(lambda text: text, name="untyped")
+    plan = Plan(
+        goal="g",
+        steps=[
+            Step(id="f", tool="find", params={"query": "q"}),
+            Step(id="a", tool="top", params={"n": "${f.hits}"}),
+            Step(id="b", tool="count_words", params={"text": "${f.best}"}),
+            Step(id="c", tool="count_words", params={"text": "${f.hits.0.rank}"}),
+            Step(id="d", tool="top", params={"n": "${item}"}, for_each="${f.hits}"),
+            Step(id="e", tool="count_words", params={"text": "${item}"}, for_each="${f.hits}"),
+            Step(id="g", tool="top", params={"n": "${e}"}),
+            Step(id="h", tool="untyped", params={"text": "${u}"}, for_each="${f.hits}"),
+            Step(id="u", tool="untyped", params={"text": "x"}),
+            Step(id="i", tool="top", params={"n": "${h}"}),
+        ],
+    )
+    assert [str(p) for p in validate(plan, registry)] == [
+        "step 'a': parameter 'n' of tool 'top' takes integer, but ${f.hits} is array of Hit "
+        "(as tool 'find' declares it); the call would fail every run",
+        "step 'b': parameter 'text' of tool 'count_words' takes string, but ${f.best} is Hit "
+        "or null (as tool 'find' declares it); the call would fail every run",
+        "step 'c': parameter 'text' of tool 'count_words' takes string, but ${f.hits.0.rank} "
+        "is integer (as tool 'find' declares it); the call would fail every run",
+        "step 'd': parameter 'n' of tool 'top' takes integer, but ${item} is Hit (an item of "
+        "${f.hits}, as tool 'find' declares it); the call would fail every run",
+        "step 'e': parameter 'text' of tool 'count_words' takes string, but ${item} is Hit "
+        "(an item of ${f.hits}, as tool 'find' declares it); the call would fail every run",
+        "step 'g': parameter 'n' of tool 'top' takes integer, but ${e} is array of integer "
+        "(step 'e' runs for_each: a list of what tool 'count_words' returns); the call would "
+        "fail every run",
+        "step 'i': parameter 'n' of tool 'top' takes integer, but ${h} is array (step 'h' "
+        "runs for_each, so its output is a list); the call would fail every run",
+    ]
+
+
+def test_a_path_is_checked_through_an_optional_field_and_a_for_each_steps_items(registry):
+    """A for_each step's output was only "a list" and an ``X | None`` field "one of
+    several types": a path past either was not checked, and failed every run."""
+
+    def find(query: str) -> Found:
+        return Found(hits=[Hit(url=query, rank=1)])
+
+    registry.register_function(find)
+    plan = Plan(
+        goal="g",
+        steps=[
+            Step(id="f", tool="find", params={"query": "q"}),
+            Step(id="each", tool="find", params={"query": "${item.url}"}, for_each="${f.hits}"),
+            Step(id="a", tool="count_words", params={"text": "${f.best.title}"}),
+            Step(id="b", tool="count_words", params={"text": "${each.0.nope}"}),
+            Step(id="c", tool="count_words", params={"text": "${each.0.hits.0.url}"}),
+            Step(id="d", tool="count_words", params={"text": "${f.best.url}"}),
+        ],
+    )
+    assert [str(p) for p in validate(plan, registry)] == [
+        "step 'a': ${f.best.title}: the output's best has no field 'title' (fields: url, rank)",
+        "step 'b': ${each.0.nope}: the output's 0 has no field 'nope' (fields: hits, best, note)",
+    ]
+
+
+def test_a_for_each_over_a_value_declared_never_a_list_is_refused(registry):
+    """for_each="${f.best.rank}" passed validation and failed every run ("gave int, not a
+    list"), after the steps before it had run."""
+
+    def find(query: str) -> Found:
+        return Found(hits=[Hit(url=query, rank=1)])
+
+    registry.register_function(find)
+    plan = Plan(
+        goal="g",
+        steps=[
+            Step(id="f", tool="find", params={"query": "q"}),
+            Step(id="a", tool="count_words", params={"text": "x"}, for_each="${f.best.rank}"),
+            Step(id="b", tool="count_words", params={"text": "x"}, for_each="${f}"),
+            Step(id="ok", tool="count_words", params={"text": "${item.url}"}, for_each="${f.hits}"),
+            Step(id="ctx", tool="count_words", params={"text": "${item}"}, for_each="${context.x}"),
+        ],
+    )
+    assert [str(p) for p in validate(plan, registry)] == [
+        "step 'a': for_each ${f.best.rank} is integer (as tool 'find' declares it), never a "
+        "list of items to run the step for",
+        "step 'b': for_each ${f} is Found (as tool 'find' declares it), never a list of items "
+        "to run the step for",
+    ]
+
+
+def test_a_reference_a_parameter_may_take_is_not_refused(registry):
+    """Only a certain failure is refused: what the parameter takes for some value of the
+    declared type is left to the check of the resolved value before the call."""
+
+    def find(query: str) -> Found:
+        return Found(hits=[Hit(url="3", rank=1)], best=Hit(url="4", rank=2), note="5")
+
+    def flags() -> dict[str, bool]:
+        return {"on": True}
+
+    def row() -> dict[str, Any]:
+        return {"rank": 1}
+
+    def anything(value: Any = None) -> Any:
+        return value
+
+    def number(x: float, maybe: int | None = None, many: int | list[int] = 0) -> float:
+        return x
+
+    def shape(s: Shape, seq: Sequence[Any] = (), n: Annotated[int, BeforeValidator(len)] = 0):
+        return s.rank
+
+    for func in (find, flags, row, anything, number, shape):
+        registry.register_function(func)
+    registry.register_function(lambda value: value, name="untyped")
+    plan = Plan(
+        goal="g",
+        steps=[
+            Step(id="f", tool="find", params={"query": "q"}),
+            Step(id="fl", tool="flags"),
+            Step(id="r", tool="row"),
+            Step(id="u", tool="untyped", params={"value": 2}),
+            # Optional, unions, Any and untyped tools, on either side
+            Step(id="a1", tool="number", params={"x": "${f.hits.0.rank}", "maybe": "${u}"}),
+            Step(id="a2", tool="number", params={"x": 1, "many": "${f.hits.0.rank}"}),
+            Step(id="a3", tool="anything", params={"value": "${f.hits}"}),
+            Step(id="a4", tool="untyped", params={"value": "${f.hits}"}),
+            Step(id="a5", tool="number", params={"x": "${u}"}),
+            Step(id="a6", tool="count_words", params={"text": "${f.note}"}),  # str | None
+            Step(id="a7", tool="search", params={"query": "q", "limit": "${f.best.rank}"}),
+            # numbers: int for float, bool for int; text an int may be parsed from
+            Step(id="b1", tool="number", params={"x": "${f.hits.0.rank}"}),
+            Step(id="b2", tool="search", params={"query": "q", "limit": "${fl.on}"}),
+            Step(id="b3", tool="search", params={"query": "q", "limit": "${f.hits.0.url}"}),
+            # a mapping for a model, text for Sequence[Any], what a validator of its own takes
+            Step(id="c1", tool="shape", params={"s": "${r}"}),
+            Step(id="c2", tool="shape", params={"s": {"rank": 1}, "seq": "${f.note}"}),
+            Step(id="c3", tool="shape", params={"s": {"rank": 1}, "n": "${f.hits}"}),
+            Step(id="c4", tool="search", params={"query": "${context.q}"}),
+            Step(id="c5", tool="number", params={"x": "${item.rank}"}, for_each="${f.hits}"),
+        ],
+    )
+    assert validate(plan, registry) == []
+    engine = ExecutionEngine(registry)
+    outcome = asyncio.run(engine.execute(plan, execution_id="x", context={"q": "q"}))
+    engine.close()
+    failed = {s: r.error for s, r in outcome.steps.items() if r.status.value != "succeeded"}
+    assert failed == {}
 
 
 def test_item_is_refused_in_a_steps_own_for_each(registry):

@@ -251,6 +251,47 @@ class _Resumed:
             return (yield from coro.__await__())
 
 
+def _naming_references(
+    error: ToolArgumentError,
+    tool: Tool,
+    step: Step,
+    params: Mapping[str, Any],
+    soft_failed: Set[str],
+) -> ToolArgumentError:
+    """``error``, with each wrong argument that is the value of a reference saying which
+    (and, for a step that failed with ``continue_on_error``, that it has no output): the
+    value was an earlier step's, so what to fix is the plan, not a literal in it.
+
+    Only a parameter whose whole value is one reference is named: interpolated into
+    text, a reference is text whatever its type. The same error comes back where a
+    reference names nothing wrong, or where telling which fails (a validator of the
+    tool's own that raises on part of the arguments).
+    """
+    refs: dict[str, references.Reference] = {}
+    for name, raw in step.params.items():
+        ref = references.whole(raw) if isinstance(raw, str) and name in params else None
+        if ref is not None:
+            refs[name] = ref
+    if not refs:
+        return error
+    names = set(tool.parameter_names)
+    try:
+        problems = tool.check_arguments(
+            {name: value for name, value in params.items() if name not in refs}, refs.keys()
+        )
+        for name, ref in refs.items():
+            note = f"the value of {ref}"
+            if ref.source in soft_failed:
+                note += f", None: step {ref.source!r} failed and has no output"
+            problems += [
+                f"{problem} ({note})"
+                for problem in tool.check_arguments({name: params[name]}, names - {name})
+            ]
+    except Exception:
+        return error
+    return ToolArgumentError(tool.name, problems) if problems else error
+
+
 class _Failure(Exception):
     """A step that could not produce an output after every retry and fallback."""
 
@@ -823,7 +864,8 @@ class ExecutionEngine:
             except _PoolClosed as caught:  # not the tool's failure: it never ran
                 value, error, error_type = caught, str(caught), ErrorType.CANCELLED
             except ToolArgumentError as caught:
-                value, error, error_type = caught, str(caught), ErrorType.VALIDATION
+                value = _naming_references(caught, tool, step, params, run.soft_failed)
+                error, error_type = str(value), ErrorType.VALIDATION
             except BaseException as caught:  # sys.exit(), KeyboardInterrupt: the tool fails
                 value, error = caught, described(caught)
                 error_type = ErrorType.infer(caught) if isinstance(caught, Exception) else None

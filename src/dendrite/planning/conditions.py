@@ -10,6 +10,17 @@ lambdas and comprehensions are refused when the plan is validated.
 
 Examples: ``${search.count} > 0``, ``"error" not in ${fetch.status}``,
 ``len(${search.hits}) >= 3 and not ${check.blocked}``.
+
+``None`` is what a step that failed with ``continue_on_error`` reads as, and
+every path into it (``${bad.count}``): its dependants run without its output,
+so their conditions must still be decided, not fail. Where Python decides
+``None`` (``==``, ``!=``, ``is``, truthiness, ``not``), it does here; where
+Python would raise, the comparison is false, as one with NaN is: ``None < 1``,
+``1 < None`` and ``None <= None`` are false, nothing is ``in`` ``None`` (so
+``not in`` it is true), ``None`` is in no text, and ``len(None)`` and
+``-None`` are ``None``. So ``${bad.count} > 0`` is false and the step is
+skipped (a missing count is not known to be more than nothing), while
+``not ${bad.count} > 0`` is true.
 """
 
 from __future__ import annotations
@@ -23,15 +34,34 @@ from typing import Any
 
 from dendrite.planning import references
 
+
+def _ordered(compare: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+    """``compare``, false where either side is None: a missing value is not known to be
+    more or less than anything, and Python would raise."""
+
+    def ordered(left: Any, right: Any) -> bool:
+        return left is not None and right is not None and compare(left, right)
+
+    return ordered
+
+
+def _contains(item: Any, container: Any) -> bool:
+    """``item in container``, false where Python would raise over None: nothing is in a
+    missing value, and a missing value is in no text."""
+    if container is None or (item is None and isinstance(container, str | bytes)):
+        return False
+    return item in container
+
+
 _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
     ast.Eq: operator.eq,
     ast.NotEq: operator.ne,
-    ast.Lt: operator.lt,
-    ast.LtE: operator.le,
-    ast.Gt: operator.gt,
-    ast.GtE: operator.ge,
-    ast.In: lambda a, b: a in b,
-    ast.NotIn: lambda a, b: a not in b,
+    ast.Lt: _ordered(operator.lt),
+    ast.LtE: _ordered(operator.le),
+    ast.Gt: _ordered(operator.gt),
+    ast.GtE: _ordered(operator.ge),
+    ast.In: _contains,
+    ast.NotIn: lambda a, b: not _contains(a, b),
     ast.Is: operator.is_,
     ast.IsNot: operator.is_not,
 }
@@ -157,7 +187,8 @@ def _eval(node: ast.AST, values: Mapping[str, Any]) -> Any:
         case ast.UnaryOp(op=ast.Not(), operand=operand):
             return not _eval(operand, values)
         case ast.UnaryOp(op=ast.USub(), operand=operand):
-            return -_eval(operand, values)
+            value = _eval(operand, values)
+            return None if value is None else -value
         case ast.Compare(left=left, ops=ops, comparators=comparators):
             current = _eval(left, values)
             for op, right_node in zip(ops, comparators, strict=True):
@@ -171,5 +202,6 @@ def _eval(node: ast.AST, values: Mapping[str, Any]) -> Any:
         case ast.Tuple(elts=elts):  # (1, 2) == [1, 2] is False in Python, and here
             return tuple(_eval(e, values) for e in elts)
         case ast.Call(args=[arg]):
-            return len(_eval(arg, values))
+            value = _eval(arg, values)
+            return None if value is None else len(value)
     raise ConditionError(f"cannot evaluate {ast.dump(node)}")

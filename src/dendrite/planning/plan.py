@@ -248,6 +248,8 @@ def validate(plan: Plan, registry: ToolRegistry) -> list[PlanProblem]:
                         "(${step.items})",
                     )
                 )
+            else:
+                problems.extend(_check_items(step, items, by_id, tools))
         refs = step.references()
         graph[step.id] = step.dependencies(refs)
         if step.id in graph[step.id] and step.id not in step.depends_on:
@@ -257,6 +259,7 @@ def validate(plan: Plan, registry: ToolRegistry) -> list[PlanProblem]:
         found = tools[step.id]
         if found is not None:
             problems.extend(_check_literals(step, found))
+            problems.extend(_check_reference_types(step, found, by_id, tools))
     if plan.output is not None:
         ref = references.whole(plan.output)
         if ref is None:
@@ -379,11 +382,16 @@ def _check_reference(
 
 
 def _returns(source: Step, tools: Mapping[str, Tool | None]) -> dict[str, Any] | None:
-    """What ``source`` returns, as far as is declared: a for_each step, a list."""
-    if source.for_each is not None:
-        return {"type": "array"}
+    """What ``source`` returns, as far as is declared: a for_each step, a list of what its
+    tool returns."""
     found = tools.get(source.id)
-    return found.returns_schema if found else None
+    returns = found.returns_schema if found else None
+    if source.for_each is None:
+        return returns
+    if not returns:
+        return {"type": "array"}
+    items = {key: value for key, value in returns.items() if key != "$defs"}
+    return {"type": "array", "items": items, "$defs": returns.get("$defs", {})}
 
 
 def _check_path(schema: dict[str, Any] | None, path: tuple[str, ...]) -> str | None:
@@ -391,31 +399,292 @@ def _check_path(schema: dict[str, Any] | None, path: tuple[str, ...]) -> str | N
     tells (``${s.0.nope}`` as much as ``${s.nope}``)."""
     if not schema:
         return None
-    defs = schema.get("$defs", {})
-    current: Mapping[str, Any] = schema
+    return _schema_at(schema, path, schema.get("$defs", {}))[1]
+
+
+def _schema_at(
+    schema: Mapping[str, Any], path: tuple[str, ...], defs: Mapping[str, Any]
+) -> tuple[Mapping[str, Any] | None, str | None]:
+    """What a declared type says is at ``path``: its schema (None where the type does not
+    tell), or why nothing can be there.
+
+    ``X | None`` is followed as ``X``: a path into None fails as one into an ``X`` without
+    the field does.
+    """
+    current = schema
     for depth, part in enumerate(path):
-        current = resolve_ref(current, defs)
+        current = _declared(current, defs)
         kind = current.get("type")
         where = "the output" if depth == 0 else f"the output's {'.'.join(path[:depth])}"
         if kind == "array":
             try:
-                int(part)
+                index = int(part)
             except ValueError:
-                return f"{where} is a list; {part!r} is not an index"
-            current = current.get("items") or {}
+                return None, f"{where} is a list; {part!r} is not an index"
+            prefix = current.get("prefixItems") or ()
+            if -len(prefix) <= index < len(prefix):
+                current = prefix[index]
+            else:
+                current = current.get("items") or {}
         elif kind == "object" and "properties" in current:
             properties = current["properties"]
-            if part not in properties:
-                if current.get("additionalProperties"):
-                    return None
+            if part in properties:
+                current = properties[part]
+                continue
+            extra = current.get("additionalProperties")
+            if not extra:
                 fields = ", ".join(properties) or "none"
-                return f"{where} has no field {part!r} (fields: {fields})"
-            current = properties[part]
+                return None, f"{where} has no field {part!r} (fields: {fields})"
+            if not isinstance(extra, Mapping):
+                return None, None
+            current = extra
+        elif kind == "object" and isinstance(current.get("additionalProperties"), Mapping):
+            current = current["additionalProperties"]  # a dict's values
         elif kind in ("string", "integer", "number", "boolean", "null"):
-            return f"{where} is of type {kind}; it has no field {part!r}"
+            return None, f"{where} is of type {kind}; it has no field {part!r}"
         else:  # untyped, or one of several types: nothing more to tell
+            return None, None
+    return current, None
+
+
+def _declared(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``schema`` with its references followed and ``X | None`` taken as ``X``."""
+    for _ in range(_MAX_HOPS):
+        options = [o for o in schema.get("anyOf", ()) if o.get("type") != "null"]
+        if "$ref" in schema:
+            schema = resolve_ref(schema, defs)
+        elif "anyOf" in schema and len(options) == 1:
+            schema = options[0]
+        elif len(schema.get("allOf", ())) == 1:
+            schema = schema["allOf"][0]
+        else:
+            break
+    return schema
+
+
+_MAX_HOPS = 32  # references followed before a schema is taken as it is (a loop of $refs)
+
+# The kinds of JSON value a schema can describe, and for a parameter of each kind, the
+# kinds of value whose Python values pydantic (lax) takes for some value: numbers and
+# booleans are converted into one another and parsed from text; text is only text;
+# ``Sequence[str]`` takes a string and ``Iterable`` a mapping, and both say "array".
+_KINDS = frozenset({"null", "boolean", "integer", "number", "string", "array", "object"})
+_SCALAR = frozenset({"boolean", "integer", "number", "string"})
+_TAKES: Mapping[str, frozenset[str]] = {
+    "null": frozenset({"null"}),
+    "boolean": _SCALAR,
+    "integer": _SCALAR,
+    "number": _SCALAR,
+    "string": frozenset({"string"}),
+    "array": frozenset({"array", "string", "object"}),
+    "object": frozenset({"object"}),
+}
+_KIND_OF = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string"}
+# Values of each kind tried on a parameter before a reference is refused: a validator of
+# the parameter's own (``BeforeValidator(len)`` on an ``int``) may take what its type
+# alone says it cannot, and a schema cannot tell.
+_SAMPLES: Mapping[str, tuple[Any, ...]] = {
+    "null": (None,),
+    "boolean": (False, True),
+    "integer": (0, 1),
+    "number": (0.0, 0.5),
+    "string": ("", "0", "a"),
+    "array": ([], [0], ["a"]),
+    "object": ({},),
+}
+
+
+def _kinds(
+    schema: Mapping[str, Any], defs: Mapping[str, Any], *, parameter: bool, hops: int = 0
+) -> frozenset[str] | None:
+    """The kinds of value ``schema`` describes, or None where it does not tell (untyped,
+    or, for a ``parameter``, text of a format: a date takes a number, an IP address an
+    integer, a colour a tuple)."""
+    if hops > _MAX_HOPS:
+        return None
+    schema = resolve_ref(schema, defs)
+    options = [*schema.get("anyOf", ()), *schema.get("oneOf", ())]
+    if len(schema.get("allOf", ())) == 1:
+        options.append(schema["allOf"][0])
+    if options:
+        found: set[str] = set()
+        for option in options:
+            kinds = _kinds(option, defs, parameter=parameter, hops=hops + 1)
+            if kinds is None:
+                return None
+            found |= kinds
+        return frozenset(found)
+    kind = schema.get("type")
+    if parameter and kind == "string" and "format" in schema:
+        return None
+    if isinstance(kind, str):
+        kinds = {kind}
+    elif isinstance(kind, list):
+        kinds = set(kind)
+    elif "enum" in schema or "const" in schema:
+        values = schema["enum"] if "enum" in schema else [schema["const"]]
+        kinds = {_KIND_OF.get(type(value), "") for value in values}
+    else:
+        return None
+    if not parameter and "enum" in schema:
+        kinds.add("string")  # an Enum's member, which pydantic takes as text (IntEnum.ONE: "1")
+    return frozenset(kinds) if kinds <= _KINDS else None
+
+
+def _type_name(schema: Mapping[str, Any], depth: int = 0) -> str:
+    """A declared type as a person reads it: ``integer``, ``array of string``, ``Hits``."""
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        return ref.rsplit("/", 1)[-1]
+    options = [*schema.get("anyOf", ()), *schema.get("oneOf", ())]
+    if options and depth < _MAX_HOPS:
+        return " or ".join(_type_name(option, depth + 1) for option in options)
+    if "const" in schema:
+        return repr(schema["const"])
+    if "enum" in schema:
+        return "one of " + ", ".join(repr(value) for value in schema["enum"])
+    kind = schema.get("type")
+    if kind == "array":
+        items = schema.get("items")
+        if items and depth < _MAX_HOPS:
+            return f"array of {_type_name(items, depth + 1)}"
+        return "array"
+    if kind == "object" and "title" in schema:
+        return str(schema["title"])
+    if isinstance(kind, list):
+        return " or ".join(str(k) for k in kind)
+    return str(kind) if kind else "any value"
+
+
+def _check_reference_types(
+    step: Step,
+    found: Tool,
+    by_id: Mapping[str, Step],
+    tools: Mapping[str, Tool | None],
+) -> list[PlanProblem]:
+    """Each parameter whose whole value is a reference to a value of a declared type that
+    the parameter can never take.
+
+    Only a certain failure is refused: the resolved value is validated (and converted,
+    as pydantic does) before every call, so a type that some of its values pass (text
+    for an ``int``, ``X | None`` for an ``X``) is left to that check, which names the
+    reference when it fails.
+    """
+    properties = found.parameters_schema.get("properties", {})
+    parameter_defs = found.parameters_schema.get("$defs", {})
+    problems: list[PlanProblem] = []
+    for name, value in step.params.items():
+        ref = references.whole(value) if isinstance(value, str) else None
+        if ref is None or name not in properties:
+            continue
+        source = _source_type(step, ref, by_id, tools)
+        if source is None:
+            continue
+        schema, defs, origin = source
+        given = _kinds(schema, defs, parameter=False)
+        taken = _kinds(properties[name], parameter_defs, parameter=True)
+        if given is None or taken is None:
+            continue
+        if any(given & _TAKES[kind] for kind in taken):
+            continue
+        if _takes_a_sample(found, name, given):
+            continue
+        problems.append(
+            PlanProblem(
+                step.id,
+                f"parameter {name!r} of tool {found.name!r} takes "
+                f"{_type_name(properties[name])}, but {ref} is "
+                f"{_type_name(schema)} ({origin}); the call would fail every run",
+            )
+        )
+    return problems
+
+
+def _check_items(
+    step: Step,
+    items: references.Reference,
+    by_id: Mapping[str, Step],
+    tools: Mapping[str, Tool | None],
+) -> list[PlanProblem]:
+    """A for_each over a value its declared type says is never a list: it fails every run
+    ("gave int, not a list"), after the steps before it have run."""
+    source = _source_type(step, items, by_id, tools)
+    if source is None:
+        return []
+    schema, defs, origin = source
+    kinds = _kinds(schema, defs, parameter=False)
+    if kinds is None or "array" in kinds:
+        return []
+    return [
+        PlanProblem(
+            step.id,
+            f"for_each {items} is {_type_name(schema)} ({origin}), never a list of "
+            "items to run the step for",
+        )
+    ]
+
+
+def _source_type(
+    step: Step,
+    ref: references.Reference,
+    by_id: Mapping[str, Step],
+    tools: Mapping[str, Tool | None],
+) -> tuple[Mapping[str, Any], Mapping[str, Any], str] | None:
+    """The declared type of what ``ref`` reads (schema, its definitions, where the type is
+    declared), or None where nothing declares it."""
+    path = ref.path
+    if ref.source == references.ITEM:
+        items = references.whole(step.for_each) if step.for_each is not None else None
+        if items is None or items.source not in by_id:
             return None
-    return None
+        source = by_id[items.source]
+        root = _returns(source, tools)
+        if not root:
+            return None
+        defs = root.get("$defs", {})
+        listed, _ = _schema_at(root, items.path, defs)
+        if listed is None:
+            return None
+        listed = _declared(listed, defs)
+        if listed.get("type") != "array" or not listed.get("items"):
+            return None
+        schema, _ = _schema_at(listed["items"], path, defs)
+        origin = f"an item of {items}"
+    elif ref.source in by_id:
+        source = by_id[ref.source]
+        root = _returns(source, tools)
+        if not root:
+            return None
+        defs = root.get("$defs", {})
+        schema, _ = _schema_at(root, path, defs)
+        origin = ""
+    else:  # the run's context: known only when the run starts
+        return None
+    if schema is None:
+        return None
+    found = tools.get(source.id)
+    tool = repr(found.name) if found is not None and found.returns_schema else None
+    if source.for_each is None:
+        declared = f"as tool {tool} declares it"
+    elif tool is None:
+        declared = f"step {source.id!r} runs for_each, so its output is a list"
+    else:
+        declared = f"step {source.id!r} runs for_each: a list of what tool {tool} returns"
+    return schema, defs, f"{origin}, {declared}" if origin else declared
+
+
+def _takes_a_sample(found: Tool, name: str, kinds: frozenset[str]) -> bool:
+    """Whether parameter ``name`` of ``found`` takes any sample value of these kinds, or
+    cannot tell (its own validator raised)."""
+    others = set(found.parameter_names) - {name}
+    for kind in kinds:
+        for sample in _SAMPLES[kind]:
+            try:
+                if not found.check_arguments({name: sample}, others):
+                    return True
+            except Exception:  # a validator of the tool's own that raises on a sample
+                return True
+    return False
 
 
 def _check_literals(step: Step, found: Tool) -> list[PlanProblem]:
