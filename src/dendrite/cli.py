@@ -77,7 +77,9 @@ T = TypeVar("T")
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)  # "[x]" is the user's
+    # "[x]" is the user's; one line, as long as it is: a path Rich broke at a space could
+    # not be copied back whole.
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
