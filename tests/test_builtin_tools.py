@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import time
 import unicodedata
 from collections.abc import Callable
@@ -23,6 +24,7 @@ import pytest
 
 from dendrite import Orchestrator
 from dendrite.planning.plan import Plan, PlanValidationError, Step
+from dendrite.store import ExecutionStore
 from dendrite.tools import ToolArgumentError, ToolRegistry
 from dendrite.tools.builtin import (
     BuiltinToolError,
@@ -828,7 +830,9 @@ def test_corrupt_or_empty_pdfs_are_reported_not_fatal(tmp_path: Path, content: b
     store = DocumentStore(tmp_path)
     assert list(store.documents) == ["good.md"]
     assert reason in store.problems["bad.pdf"]
-    with pytest.raises(UnknownDocumentError, match=r"'bad.pdf' could not be read: .*PDF"):
+    with pytest.raises(
+        UnknownDocumentError, match=r"'bad.pdf' exists but could not be read: .*PDF"
+    ):
         store.summarize_document("bad.pdf")
 
 
@@ -1688,3 +1692,190 @@ def test_a_name_written_with_composed_accents_finds_a_file_named_with_decomposed
     store = DocumentStore(tmp_path)
     for typed in ("résumé.md", "résumé", "RÉSUMÉ"):
         assert store.get(unicodedata.normalize("NFC", typed)).text.startswith("CV")
+
+
+def test_markdown_tables_are_read_as_cells_not_pipes(tmp_path: Path):
+    """A GitHub table's pipes and "|---|" row were kept as text: in chunks, snippets and
+    summaries ("Plan | Price | Seats Basic | $10 | 1"), and "--- | ---" without outer pipes."""
+    (tmp_path / "plans.md").write_text(
+        "# Plans\n\nOur plans are below.\n\n"
+        "| Plan | Price | Seats |\n|:-----|------:|:-----:|\n| Basic | $10 | 1 |\n"
+        "| **Pro** | $20 | `a \\| b` |\n\n"
+        "Without outer pipes:\n\nPlan | Price\n--- | ---\nTeam | $50\n\n"
+        "| Only headings |\n| --- |\n\nA closing sentence.\n",
+        encoding="utf-8",
+    )
+    store = DocumentStore(tmp_path)
+    document = store.documents["plans.md"]
+    assert [(b.kind, b.text) for b in document.blocks if b.kind == "row"] == [
+        ("row", "Plan: Basic; Price: $10; Seats: 1"),
+        ("row", "Plan: Pro; Price: $20; Seats: a | b"),  # "\|" is a pipe inside a cell
+        ("row", "Plan: Team; Price: $50"),
+        ("row", "Only headings"),
+    ]
+    chunks = " ".join(chunk.text for chunk in document.chunks)
+    assert "---" not in chunks and "Basic |" not in chunks and "| Price" not in chunks
+    hit = store.search_documents("price of the team plan", top_k=1)[0]
+    assert "Plan: Team; Price: $50" in hit["snippet"]
+    summary = store.summarize_document("plans", max_sentences=10)
+    assert summary["sentences"] == [  # rows are data, not prose to quote
+        "Our plans are below.",
+        "Without outer pipes:",
+        "A closing sentence.",
+    ]
+    (tmp_path / "prices.md").write_text("| Plan | Price |\n|---|---|\n| Basic | $10 |\n")
+    store.reload()
+    only_rows = store.summarize_document("prices")  # was empty: no prose to quote
+    assert only_rows["sentences"] == ["Plan: Basic; Price: $10"]
+
+
+def test_html_tables_are_read_as_cells(tmp_path: Path):
+    """Cells ran together ("New", "York" read "New York") and each row was prose."""
+    (tmp_path / "cities.html").write_text(
+        "<h1>Offices</h1><p>Where we work.</p><table><thead><tr><td>Office<td>City</thead>"
+        "<tr><td>New</td><td>York</td></tr><tr><td>Main<td><p>Oslo</p><p>Norway</p>"
+        "<script>track()</script></table><p>More to come.</p>",
+        encoding="utf-8",
+    )
+    store = DocumentStore(tmp_path)
+    blocks = store.documents["cities.html"].blocks
+    assert [(b.kind, b.text) for b in blocks] == [
+        ("heading", "Offices"),
+        ("text", "Where we work."),
+        ("row", "Office: New; City: York"),
+        ("row", "Office: Main; City: Oslo Norway"),
+        ("text", "More to come."),
+    ]
+    assert store.summarize_document("cities", 5)["sentences"] == [
+        "Where we work.",
+        "More to come.",
+    ]
+
+
+def test_compare_documents_shares_whole_words_not_pieces_of_words(tmp_path: Path):
+    """The index's tokenizer splits "SQLite" into "sq" and "lite", "JavaScript" into "java"
+    and "script": two documents sharing no word were 0.46 alike, sharing both."""
+    (tmp_path / "db.md").write_text(
+        "# Storage\n\nThe history lives in SQLite. SQLite is embedded. "
+        "Our tools use JavaScript and IPv6.\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "drinks.md").write_text(
+        "# Drinks\n\nThe lite drink is popular. Order the lite version. "
+        "Script writers love lite and IPv4.\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "other.md").write_text(
+        "# Other\n\nThe sqlite tool reads the history.\n", encoding="utf-8"
+    )
+    store = DocumentStore(tmp_path)
+    unrelated = store.compare_documents("db.md", "drinks.md")
+    assert unrelated["shared_terms"] == [] and unrelated["similarity"] == 0
+    assert {"sqlite", "javascript", "ipv6"} <= set(unrelated["distinctive_first"])
+    assert {"lite", "script", "ipv4"} <= set(unrelated["distinctive_second"])
+    related = store.compare_documents("db.md", "other.md")  # case and inflections still fold
+    assert set(related["shared_terms"]) == {"sqlite", "history", "tools"}
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_and_found_as_text(tmp_path: Path):
+    r"""A Linux name with a byte that is not UTF-8 came out as a lone surrogate: the listing
+    could not be written as UTF-8 JSON, no typed name found it, and the execution store
+    recorded "caf\ufffd.md", which names nothing."""
+    root = os.fsencode(tmp_path)
+    try:
+        for name, content in [
+            (b"caf\xe9.md", b"# Menu\n\nThe coffee is strong.\n"),  # "café.md" in Latin-1
+            (b"caf\xc3\xa9.md", b"# Cafe\n\nThe UTF-8 one.\n"),  # the same name in UTF-8
+            (b"bad\xff.pdf", b"not a pdf"),
+        ]:
+            Path(os.fsdecode(os.path.join(root, name))).write_bytes(content)
+    except OSError:  # pragma: no cover - file systems that refuse such names
+        pytest.skip("this file system refuses names that are not UTF-8")
+    store = DocumentStore(tmp_path)
+    listing = store.list_documents()
+    assert sorted(d["name"] for d in listing["documents"]) == ["caf\\xe9.md", "café.md"]
+    assert [u["name"] for u in listing["unreadable"]] == ["badÿ.pdf"]
+    json.dumps(listing, ensure_ascii=False).encode("utf-8")
+    json.dumps(store.search_documents("coffee"), ensure_ascii=False).encode("utf-8")
+    assert store.get("café.md").text.startswith("Cafe")  # the UTF-8 name keeps its own
+    assert store.get("caf\\xe9.md").text.startswith("Menu")
+    assert store.get(os.fsdecode(b"caf\xe9.md")).text.startswith("Menu")  # as on disk
+    with pytest.raises(UnknownDocumentError, match=r"'badÿ\.pdf' exists but could not be read"):
+        store.get("badÿ")
+
+    (tmp_path / "café.md").unlink()  # alone, the Latin-1 name reads as the name meant
+    registry = ToolRegistry()
+    register_documents(registry, DocumentStore(tmp_path))
+    with ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}", state_dir=tmp_path / "s") as runs:
+        with Orchestrator(registry, store=runs) as orch:
+            result = orch.process(
+                Plan(goal="list", steps=[Step(id="s", tool="list_documents", params={})])
+            )
+        runs.flush()
+        recorded = runs.get_execution(result.execution_id)
+    assert recorded is not None
+    assert [d["name"] for d in recorded.steps[0].result["documents"]] == ["café.md"]
+
+
+def test_a_linked_document_is_named_and_read_as_its_link(tmp_path: Path):
+    """Stems were the link target's ("handbook" found nothing, "handbook-2023-v7" found the
+    link), and a link to a file without a suffix failed with "KeyError: ''"."""
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "handbook-2023-v7.md").write_text("# Handbook\n\nHolidays.\n")
+    (tmp_path / "archive" / "README").write_text("# Readme\n\n*Read* me first.\n")
+    try:
+        (tmp_path / "handbook.md").symlink_to(tmp_path / "archive" / "handbook-2023-v7.md")
+        (tmp_path / "readme.md").symlink_to(tmp_path / "archive" / "README")
+    except OSError:  # pragma: no cover
+        pytest.skip("symbolic links are not available here")
+    store = DocumentStore(tmp_path)
+    assert store.get("handbook").name == "handbook.md"
+    assert store.get("handbook-2023-v7").name == "archive/handbook-2023-v7.md"
+    assert store.problems == {}
+    readme = store.get("readme")
+    assert readme.name == "readme.md" and readme.format == "markdown"
+    assert readme.text == "Readme\n\nRead me first."
+
+
+def test_an_unreadable_file_named_by_its_stem_says_it_could_not_be_read(tmp_path: Path):
+    """By stem (or a decomposed accent) it was "no document named 'q3-report'", as if the
+    file were not there."""
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "q3-report.pdf").write_bytes(b"not a pdf at all")
+    (tmp_path / unicodedata.normalize("NFD", "Résumé.md")).write_bytes(b"")
+    (tmp_path / "guide.md").write_text("# Guide\n\nRead this.\n", encoding="utf-8")
+    (tmp_path / "guide.pdf").write_bytes(b"not a pdf either")
+    store = DocumentStore(tmp_path)
+    said = "document 'reports/q3-report.pdf' exists but could not be read: not a readable PDF"
+    for typed in ("q3-report", "Q3-REPORT", "q3-report.pdf", "reports/q3-report.pdf"):
+        with pytest.raises(UnknownDocumentError) as caught:
+            store.get(typed)
+        assert str(caught.value).startswith(said)
+    for typed in ("résumé", "RÉSUMÉ.md"):
+        with pytest.raises(UnknownDocumentError, match="exists but could not be read: no text"):
+            store.get(typed)
+    with pytest.raises(
+        UnknownDocumentError,
+        match=r"'guide' is ambiguous: write 'guide\.md' or 'guide\.pdf' \(unreadable\)",
+    ):
+        store.get("guide")
+    assert store.get("guide.md").name == "guide.md"
+
+
+def test_names_with_backslashes_are_names(tmp_path: Path):
+    """A backslash is part of a Linux file name, but every one was read as "/": such a file
+    was "no document named 'C:\\\\temp\\\\draft.md'; did you mean 'C:\\\\temp\\\\draft.md'?"."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "meeting.md").write_text("# Meeting\n\nWe met.\n", encoding="utf-8")
+    (tmp_path / "C:\\temp\\draft.md").write_text("# Draft\n\nA draft.\n", encoding="utf-8")
+    (tmp_path / "broken\\old.pdf").write_bytes(b"not a pdf")
+    store = DocumentStore(tmp_path)
+    assert sorted(store.documents) == ["C:\\temp\\draft.md", "notes/meeting.md"]
+    for typed in ("C:\\temp\\draft.md", "c:\\temp\\draft", " C:\\temp\\draft.md\n"):
+        assert store.get(typed).name == "C:\\temp\\draft.md"
+    assert store.get("notes\\meeting.md").name == "notes/meeting.md"  # Windows separators
+    with pytest.raises(UnknownDocumentError, match=r"'broken\\old\.pdf' exists but could not"):
+        store.get("broken\\old.pdf")
+    with pytest.raises(UnknownDocumentError) as caught:
+        store.get("C:\\temp\\draft.txt")
+    assert "did you mean 'C:\\temp\\draft.md'?" in str(caught.value)  # as written, not repr

@@ -24,7 +24,15 @@ from collections.abc import Sequence
 import bm25s
 import numpy as np
 
-__all__ = ["STOP_WORDS", "LexicalIndex", "split_identifiers", "split_words", "stem", "tokenize"]
+__all__ = [
+    "STOP_WORDS",
+    "WORD",
+    "LexicalIndex",
+    "split_identifiers",
+    "split_words",
+    "stem",
+    "tokenize",
+]
 
 # A compact English stop list (articles, pronouns, auxiliaries, prepositions, conjunctions and
 # filler words common in requests such as "please", "can you", "I want to").
@@ -79,8 +87,9 @@ def _combining_marks() -> str:
     return "".join(f"{chr(a)}-{chr(b)}" for a, b in ranges)
 
 
-# Letters and digits of any script, and the marks those scripts write their words with.
-_WORD = re.compile(f"(?:[^\\W_]|[{_UNSPACED}{_combining_marks()}])+")
+WORD = re.compile(f"(?:[^\\W_]|[{_UNSPACED}{_combining_marks()}])+")
+"""A word as the index reads one before cutting it at case and digit changes: letters and
+digits of any script, and the marks those scripts write their words with."""
 _HAS_UNSPACED = re.compile(f"[{_UNSPACED}]").search
 _UNSPACED_RUNS = re.compile(f"[{_UNSPACED}]+|[^{_UNSPACED}]+").findall
 
@@ -114,7 +123,7 @@ def split_words(text: str) -> list[str]:
     """
     text = unicodedata.normalize("NFKC", text)
     text = _MIXED_ACRONYM.sub(lambda m: f" {m[0].lower()} {m[0]}", text)
-    return _WORD.findall(split_identifiers(text).lower().replace("i\u0307", "i"))
+    return WORD.findall(split_identifiers(text).lower().replace("i\u0307", "i"))
 
 
 def _is_consonant(word: str, i: int) -> bool:

@@ -1,19 +1,24 @@
 """Text plumbing shared by the text and document tools: words, sentences, terms, blocks.
 
-Terms (what keywords, summaries and comparisons count) come from the same tokenizer as the
-lexical index (:func:`dendrite.retrieval.lexical.tokenize`: lower case, stop words dropped,
-light stemming), so a word a search matches is a word a summary counts.
+Terms (what keywords and summaries count) come from the same tokenizer as the lexical index
+(:func:`dendrite.retrieval.lexical.tokenize`: lower case, stop words dropped, light
+stemming), so a word a search matches is a word a summary counts. Comparisons count whole
+words (:func:`word_terms`): the tokenizer's pieces of "SQLite" are not a second document's
+"lite".
 """
 
 from __future__ import annotations
 
 import codecs
+import itertools
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-from dendrite.retrieval.lexical import tokenize
+from dendrite.retrieval.lexical import STOP_WORDS, stem, tokenize
+from dendrite.retrieval.lexical import WORD as _INDEX_WORD
 
 # A word: dotted abbreviations ("e.g.", "U.S."), numbers with decimal or thousands marks
 # ("3.5", "1,250"), or letters/digits with inner apostrophes or hyphens ("don't", "well-known").
@@ -126,9 +131,31 @@ def term_labels(text: str) -> dict[str, str]:
     return {term: forms.most_common(1)[0][0] for term, forms in seen.items()}
 
 
+def word_terms(text: str) -> list[tuple[str, str]]:
+    """``(term, word)`` for each content word of ``text``, the word lower-cased as written.
+
+    A term stands for a whole word here, where :func:`terms` splits one as the search index
+    does ("SQLite" is "sq" and "lite", so that a search for "lite" finds it): comparing by
+    those pieces, a document about SQLite and one about lite beer shared a term. Inflections
+    still fold ("tools" is "tool"); scripts written without spaces between words have no
+    whole words to go by and are counted in pairs of characters, as the index counts them.
+    """
+    found: list[tuple[str, str]] = []
+    text = unicodedata.normalize("NFKC", text).lower().replace("i\u0307", "i")
+    for word in _INDEX_WORD.findall(text):
+        if word.isascii():
+            if len(word) > 1 and not word.isdigit() and word not in STOP_WORDS:
+                found.append((stem(word), word))
+            continue
+        pieces = terms(word)
+        found.extend((piece, word if len(pieces) == 1 else piece) for piece in pieces)
+    return found
+
+
 # -- blocks: the structure documents are chunked and summarized by ------------------------
 
-BlockKind = Literal["heading", "text", "item", "code"]
+# A "row" is a table row: searched and chunked like text, but data, not prose to summarize.
+BlockKind = Literal["heading", "text", "item", "code", "row"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +200,12 @@ _CODE_SPAN = re.compile(r"`+([^`]+)`+")
 # 300 characters (unbounded, every "*" of a glob table scanned the rest of it: quadratic).
 _EMPHASIS = re.compile(r"(?<![\w*_])([*_]{1,3})(?=\S)([^\n]{1,300}?)(?<=\S)\1(?![\w*_])")
 _HYPHEN_BREAK = re.compile(r"(\w)-\s*\n\s*(\w)")
+_MARKUP = re.compile(r"[\[<`*_]")  # what images, links, HTML, code and emphasis start with
+# A GitHub-flavoured Markdown table: a header row, then a delimiter row ("|:---|---:|"; it
+# needs a pipe: "---" alone is a rule or a setext heading), then a row a line to the first
+# blank line or other block. A cell is split off at each pipe not escaped as "\|".
+_TABLE_DELIMITER = re.compile(r"^\s*\|?(?:\s*:?-+:?\s*\|)*\s*:?-+:?\s*\|?\s*$")
+_CELL_BORDER = re.compile(r"(?<!\\)\|")
 
 
 def _join_lines(lines: list[str], *, dehyphenate: bool = False) -> str:
@@ -230,6 +263,14 @@ def plain_blocks(text: str, *, title_line: bool = False, dehyphenate: bool = Fal
 
 
 def _inline_markdown(text: str) -> str:
+    """``text`` with its inline markup reduced to what a reader sees.
+
+    Text without a character any of the markup starts with is returned as it is: ten
+    regular expressions a line made a long table three times slower to load than before
+    its rows were read one by one.
+    """
+    if not _MARKUP.search(text):
+        return text
     text = _IMAGE.sub(r"\1", text)
     text = _LINK.sub(r"\1", text)
     text = _AUTOLINK.sub(r"\1", text)
@@ -239,6 +280,30 @@ def _inline_markdown(text: str) -> str:
     for _ in range(3):  # nested emphasis: ***a*** -> a
         text = _EMPHASIS.sub(r"\2", text)
     return text
+
+
+def _table_cells(line: str) -> list[str]:
+    """The cells of a table row as written: the outer pipes dropped, "\\|" a pipe in a cell."""
+    row = line.strip().removeprefix("|")
+    if row.endswith("|") and not row.endswith("\\|"):
+        row = row[:-1]
+    return [cell.strip().replace("\\|", "|") for cell in _CELL_BORDER.split(row)]
+
+
+def table_row(header: list[str], cells: list[str]) -> str:
+    """A table row (of Markdown or HTML) as text, each cell after its column's heading:
+    "Plan: Pro; Price: $20".
+
+    Alone in a chunk or a search snippet, a row of bare values would not say what they are,
+    and cells run together ("New", "York" is no "New York"). Cells past the header's are
+    kept without a heading; empty cells are left out.
+    """
+    parts: list[str] = []
+    for column, cell in itertools.zip_longest(header, cells, fillvalue=""):
+        value = " ".join(cell.split())
+        if value:
+            parts.append(f"{column}: {value}" if column else value)
+    return "; ".join(parts)
 
 
 def _hide_html(line: str) -> tuple[str, str | None]:
@@ -281,12 +346,15 @@ def _front_matter_end(lines: list[str]) -> int:
 
 
 def markdown_blocks(text: str) -> list[Block]:
-    """Blocks of Markdown: ATX and setext headings, paragraphs, list items, code blocks.
+    """Blocks of Markdown: ATX and setext headings, paragraphs, list items, code blocks
+    and table rows.
 
     Inline markup (links, images, emphasis, code spans, inline HTML) is reduced to its
     text; front matter, horizontal rules, HTML comments, scripts and styles are dropped.
     Code is fenced (closed only by a fence of the same character at least as long) or
-    indented by four spaces or a tab below a blank line, a heading or the start.
+    indented by four spaces or a tab below a blank line, a heading or the start. A table's
+    pipes and delimiter row are markup too: each row is a block of its cells, named by
+    their column headings (a table without rows keeps its header as one).
     """
     lines = text.splitlines()
     lines = lines[_front_matter_end(lines) :]
@@ -297,9 +365,14 @@ def markdown_blocks(text: str) -> list[Block]:
     indented = False  # inside an indented code block
     hidden: str | None = None  # the mark that ends an open comment, script or style
     code: list[str] = []
+    table: list[str] | None = None  # the open table's column headings
+    table_start = 0  # where its rows begin in ``blocks``
 
     def flush() -> None:
-        nonlocal para, item
+        nonlocal para, item, table
+        if table is not None and len(blocks) == table_start and any(table):
+            blocks.append(Block("row", table_row([], table)))
+        table = None
         body = _inline_markdown(_join_lines(para))
         if body.strip():
             blocks.append(Block("item" if item else "text", " ".join(body.split())))
@@ -338,6 +411,7 @@ def markdown_blocks(text: str) -> list[Block]:
             raw, hidden = raw[end + len(hidden) :], None
         elif (
             not para
+            and table is None  # an indented row is still a row
             and raw.strip()
             and _INDENTED.match(raw)
             and not (blocks and blocks[-1].kind == "item")  # a list item's next paragraph
@@ -370,16 +444,24 @@ def markdown_blocks(text: str) -> list[Block]:
             flush()
             continue
         line = _QUOTE.sub("", raw)
+        if para and "|" in line and _TABLE_DELIMITER.match(line):
+            header = para[-1]
+            if "|" in header or len(_table_cells(header)) == len(_table_cells(line)):
+                para.pop()
+                flush()
+                table = [" ".join(c.split()) for c in _table_cells(_inline_markdown(header))]
+                table_start = len(blocks)
+                continue
         bullet = _BULLET.match(line)
         if bullet:
             flush()
             para, item = [line[bullet.end() :]], True
             continue
-        if "|" in line and line.strip().startswith("|"):  # a table row
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if all(set(c) <= set("-: ") for c in cells):
-                continue  # the |---|---| separator
-            line = " | ".join(cells)
+        if table is not None:
+            row = table_row(table, _table_cells(_inline_markdown(line)))  # one pass a row
+            if row:
+                blocks.append(Block("row", row))
+            continue
         para.append(line)
     flush_code()
     flush()

@@ -1,10 +1,10 @@
 """The documents pack: a folder of text, Markdown, HTML and PDF files, searched and summarized.
 
 A :class:`DocumentStore` loads every supported file under its root once, splits each into
-blocks (headings, paragraphs, list items, code), packs the blocks into chunks of roughly
-``chunk_size`` characters that never cross a heading, with a small overlap between the
-chunks of one section, and keeps a BM25 index (:class:`~dendrite.retrieval.lexical.
-LexicalIndex`) over the chunks. A file that cannot be read is reported by
+blocks (headings, paragraphs, list items, code, table rows), packs the blocks into chunks
+of roughly ``chunk_size`` characters that never cross a heading, with a small overlap
+between the chunks of one section, and keeps a BM25 index (:class:`~dendrite.retrieval.
+lexical.LexicalIndex`) over the chunks. A file that cannot be read is reported by
 ``list_documents`` and in errors naming it; it never stops the others from loading.
 
 The tools are bound methods of the store, registered under stable names by
@@ -15,14 +15,16 @@ other tool.
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import os
+import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, ClassVar
 
 from pydantic import Field
@@ -38,8 +40,9 @@ from dendrite.tools.builtin._text import (
     markdown_blocks,
     plain_blocks,
     split_sentences,
-    term_labels,
+    table_row,
     terms,
+    word_terms,
 )
 from dendrite.tools.builtin.errors import BuiltinToolError, UnknownDocumentError
 from dendrite.tools.registry import Reliability, Tool, ToolRegistry
@@ -85,8 +88,8 @@ class Chunk:
 
 @dataclass(slots=True)
 class Document:
-    name: str  # path relative to the root, with / separators
-    path: Path
+    name: str  # path relative to the root, with / separators; a link's own, readable as text
+    path: Path  # where it was read: a link's target
     format: str
     title: str | None
     blocks: list[Block]
@@ -155,10 +158,25 @@ def _decode(data: bytes) -> str:
         raise _Unreadable(str(error)) from None
 
 
-class _HTMLBlocks(HTMLParser):
-    """HTML to blocks: headings, paragraphs, list items and preformatted text.
+@dataclass(slots=True)
+class _Table:
+    """An HTML table being read: its column headings, and the row and cell open in it."""
 
-    Scripts, styles, navigation and other non-content elements are dropped.
+    header: list[str] | None = None
+    row: list[str] | None = None
+    headings_only: bool = True  # every cell of the open row so far is a <th>
+    in_head: bool = False  # inside <thead>, whose rows are headings whatever their cells
+    cell: list[str] | None = None
+    rows: int = 0
+
+
+class _HTMLBlocks(HTMLParser):
+    """HTML to blocks: headings, paragraphs, list items, preformatted text and table rows.
+
+    Scripts, styles, navigation and other non-content elements are dropped. A table row is
+    one block of its cells, each named by its column's heading (the first row, when it is
+    all <th>), as Markdown tables are read; end tags HTML lets a writer leave out (</td>,
+    </tr>) are taken as read.
     """
 
     _SKIP = frozenset(
@@ -184,6 +202,7 @@ class _HTMLBlocks(HTMLParser):
         self._in_title = False
         self._items = 0
         self._pre = 0
+        self._tables: list[_Table] = []  # open tables, the innermost last
 
     def _flush(self) -> None:
         text = "".join(self._buffer)
@@ -198,11 +217,56 @@ class _HTMLBlocks(HTMLParser):
         if text.strip():
             self.blocks.append(Block(kind, text, self._heading))
 
+    def _cell(self) -> list[str] | None:
+        return self._tables[-1].cell if self._tables else None
+
+    def _end_cell(self) -> None:
+        table = self._tables[-1]
+        if table.cell is not None and table.row is not None:
+            table.row.append(" ".join("".join(table.cell).split()))
+        table.cell = None
+
+    def _end_row(self) -> None:
+        self._end_cell()
+        table = self._tables[-1]
+        cells, table.row = table.row, None
+        if cells is None:
+            return
+        if table.header is None and (table.headings_only or table.in_head) and not table.rows:
+            table.header = cells
+            return
+        text = table_row(table.header or [], cells)
+        if text:
+            self.blocks.append(Block("row", text))
+            table.rows += 1
+
+    def _end_table(self) -> None:
+        self._end_row()
+        table = self._tables.pop()
+        if table.header and not table.rows:  # headings alone are still the table's words
+            self.blocks.append(Block("row", table_row([], table.header)))
+
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in self._SKIP:
             self._skip += 1
         elif tag == "title":
             self._in_title = True
+        elif tag == "table":
+            self._flush()
+            self._tables.append(_Table())
+        elif self._tables and tag in ("td", "th"):
+            table = self._tables[-1]
+            self._end_cell()
+            if table.row is None:
+                table.row, table.headings_only = [], True
+            table.headings_only = table.headings_only and tag == "th"
+            table.cell = []
+        elif self._tables and tag in ("tr", "thead", "tbody", "tfoot"):
+            self._end_row()
+            self._tables[-1].in_head = tag == "thead" or (tag == "tr" and self._tables[-1].in_head)
+        elif (cell := self._cell()) is not None:
+            if tag in self._BLOCK or tag in self._HEADINGS or tag in ("li", "pre"):
+                cell.append(" ")  # a paragraph or line break inside a cell separates words
         elif tag in self._HEADINGS:
             self._flush()
             self._heading = self._HEADINGS[tag]
@@ -222,6 +286,16 @@ class _HTMLBlocks(HTMLParser):
             self._skip = max(0, self._skip - 1)
         elif tag == "title":
             self._in_title = False
+        elif tag == "table" and self._tables:
+            self._end_table()
+        elif self._tables and tag in ("td", "th"):
+            self._end_cell()
+        elif self._tables and tag in ("tr", "thead", "tbody", "tfoot"):
+            self._end_row()
+            self._tables[-1].in_head = self._tables[-1].in_head and tag == "tr"
+        elif (cell := self._cell()) is not None:
+            if tag in self._BLOCK or tag in self._HEADINGS or tag in ("li", "pre"):
+                cell.append(" ")
         elif tag in self._HEADINGS:
             self._flush()
             self._heading = 0
@@ -239,11 +313,15 @@ class _HTMLBlocks(HTMLParser):
             return
         if self._in_title:
             self.title_parts.append(data)
+        elif (cell := self._cell()) is not None:
+            cell.append(data)
         else:
             self._buffer.append(data)
 
     def close(self) -> None:
         super().close()
+        while self._tables:  # a table left open at the end of the file
+            self._end_table()
         self._flush()
 
 
@@ -280,10 +358,15 @@ def _first_heading(blocks: list[Block]) -> str | None:
 
 
 def read_document(path: Path, name: str) -> Document:
-    """Read one file into a :class:`Document` (without chunks); raise ``_Unreadable``."""
+    """Read one file into a :class:`Document` (without chunks); raise ``_Unreadable``.
+
+    ``path`` is where the bytes are, a link's target; ``name`` is the file as listed. The
+    target's suffix says how to read it, and when it has none of ours the name's does: a
+    link "readme.md" to "README" is Markdown.
+    """
     if not path.is_file():  # a named pipe would block the load for ever
         raise _Unreadable("not a regular file (a pipe, socket or device)")
-    fmt = FORMATS[path.suffix.lower()]
+    fmt = FORMATS.get(path.suffix.lower()) or FORMATS[PurePosixPath(name).suffix.lower()]
     pages: int | None = None
     if fmt == "pdf":
         title, blocks, pages = _read_pdf(path)
@@ -302,6 +385,69 @@ def read_document(path: Path, name: str) -> Document:
         hint = " (a scanned PDF holds images, not text)" if fmt == "pdf" else ""
         raise _Unreadable(f"no text could be extracted{hint}")
     return Document(name=name, path=path, format=fmt, title=title, blocks=blocks, pages=pages)
+
+
+# -- names --------------------------------------------------------------------------------
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, surrogate-escaped
+
+
+def _readable(name: str) -> str:
+    r"""A file name as text that can be shown, typed back, and written as UTF-8 (JSON, a
+    terminal, the execution store).
+
+    A Linux name is bytes, and Python gives those that are not UTF-8 as lone surrogates,
+    which none of those can hold: the store recorded "caf\ufffd.md", no document's name. A
+    part of the path that is not UTF-8 is read as Windows-1252 (Latin-1 as Windows writes
+    it), as the tools read text that is not UTF-8: b"caf\xe9.md" is "café.md".
+    """
+    if not _ESCAPED_BYTE.search(name):
+        return name
+    return "/".join(
+        os.fsencode(part).decode("cp1252", errors="replace") if _ESCAPED_BYTE.search(part) else part
+        for part in name.split("/")
+    )
+
+
+def _display_names(names: Iterable[str]) -> dict[str, str]:
+    r"""Each file's name as the tools show it and look it up, by its name on disk.
+
+    Names on disk are distinct, and so must the shown ones be: one that is not UTF-8 reads
+    as another name only when that name is not taken (a folder can hold "café.md" in UTF-8
+    and in Latin-1); else its bytes are written out ("caf\xe9.md").
+    """
+    names = list(names)
+    shown = {name: name for name in names if not _ESCAPED_BYTE.search(name)}
+    taken = set(shown.values())
+    for name in names:
+        if name in shown:
+            continue
+        escaped = PurePosixPath(os.fsencode(name).decode("utf-8", errors="backslashreplace"))
+        numbered = (escaped.with_stem(f"{escaped.stem} ({n})") for n in itertools.count(2))
+        candidates = itertools.chain([_readable(name), escaped.as_posix()], map(str, numbered))
+        shown[name] = next(c for c in candidates if c not in taken)
+        taken.add(shown[name])
+    return shown
+
+
+def _quoted(name: str) -> str:
+    r"""A name in a message, between quotes as it is written: repr would double every
+    backslash ("C:\\notes.md"), and a reader copying it back would name no file. What
+    cannot be printed (a control character) is escaped, as repr does."""
+    return f"'{name}'" if name.isprintable() else repr(name)
+
+
+def _unreadable(name: str, reason: str) -> UnknownDocumentError:
+    return UnknownDocumentError(f"document {_quoted(name)} exists but could not be read: {reason}")
+
+
+def _spellings(name: str) -> list[str]:
+    r"""The names a lookup tries, in order: as given, without surrounding white space, then
+    with Windows separators as "/" and no leading "./" ("notes\meeting.md"). A backslash is
+    an ordinary character of a Linux file name, so it is tried as written first."""
+    name = _readable(name)
+    stripped = name.strip()
+    return list(dict.fromkeys([name, stripped, stripped.replace("\\", "/").removeprefix("./")]))
 
 
 # -- chunking -----------------------------------------------------------------------------
@@ -440,13 +586,17 @@ def _snippet(text: str, query_terms: set[str], width: int = _SNIPPET_WIDTH) -> s
 
 
 def _sentences(document: Document) -> list[tuple[str, bool]]:
-    """``(sentence, opens its paragraph)`` for the prose of a document, in order."""
+    """``(sentence, opens its paragraph)`` for the prose of a document, in order; for a
+    document that is nothing but tables, its rows (a summary of a price list is rows of
+    it, not nothing)."""
     found: list[tuple[str, bool]] = []
     for block in document.blocks:
         if block.kind in ("text", "item"):
             for j, sentence in enumerate(split_sentences(block.text)):
                 if WORD_RE.search(sentence):
                     found.append((sentence, j == 0))
+    if not found:
+        found = [(b.text, True) for b in document.blocks if b.kind == "row"]
     return found
 
 
@@ -499,6 +649,18 @@ def _pick(ranked: list[tuple[float, int, str]], count: int) -> list[tuple[int, s
     return [(p, s) for p, s, _ in sorted(chosen)]
 
 
+def _word_counts(text: str) -> tuple[Counter[str], dict[str, str]]:
+    """How often each whole-word term occurs in ``text``, and the word it is most often
+    written as (for display). Comparisons count whole words: see :func:`word_terms`."""
+    written = Counter(word_terms(text))
+    counts: Counter[str] = Counter()
+    labels: dict[str, str] = {}
+    for (term, word), count in written.most_common():
+        counts[term] += count
+        labels.setdefault(term, word)
+    return counts, labels
+
+
 def _cosine(a: Counter[str], b: Counter[str]) -> float:
     dot = sum(count * b[t] for t, count in a.items() if t in b)
     norm = math.sqrt(sum(c * c for c in a.values())) * math.sqrt(sum(c * c for c in b.values()))
@@ -514,6 +676,7 @@ class _Loaded:
     problems: dict[str, str]
     chunks: list[Chunk]
     index: LexicalIndex
+    renamed: dict[str, str]  # shown names of files whose names on disk are not UTF-8
 
 
 class DocumentStore:
@@ -544,7 +707,7 @@ class DocumentStore:
         self.chunk_size = chunk_size
         self.overlap = overlap
         self.max_file_bytes = max_file_bytes
-        self._loaded = _Loaded({}, {}, [], LexicalIndex([]))
+        self._loaded = _Loaded({}, {}, [], LexicalIndex([]), {})
         self.reload()
 
     @property
@@ -564,20 +727,26 @@ class DocumentStore:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def _files(self) -> Iterator[tuple[str, Path]]:
+    def _files(self) -> dict[str, Path]:
+        """Each file to load, by its name on disk (relative to the root, "/" separators)."""
+        found: dict[str, Path] = {}
         for folder, subfolders, files in os.walk(self.root):
             subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
             for filename in sorted(files):
                 path = Path(folder, filename)
                 if filename.startswith(".") or path.suffix.lower() not in FORMATS:
                     continue
-                yield path.relative_to(self.root).as_posix(), path
+                found[path.relative_to(self.root).as_posix()] = path
+        return found
 
     def reload(self) -> None:
         """Read the folder again: new, changed and removed files are taken into account."""
         documents: dict[str, Document] = {}
         problems: dict[str, str] = {}
-        for name, path in self._files():
+        files = self._files()
+        shown = _display_names(files)
+        for on_disk, path in files.items():
+            name = shown[on_disk]
             try:
                 try:
                     real = path.resolve()
@@ -611,40 +780,51 @@ class DocumentStore:
                 for c in chunks
             ]
         )
-        self._loaded = _Loaded(documents, problems, chunks, index)  # one swap: readers see
+        renamed = {disk: name for disk, name in shown.items() if disk != name}
+        self._loaded = _Loaded(documents, problems, chunks, index, renamed)  # one swap: readers see
         # either the old state or the new one, never a mix
 
     def get(self, name: str) -> Document:
         """The document called ``name``: its path under the root, or a unique file name or stem.
 
-        Raises :class:`UnknownDocumentError` listing the loaded names (and saying why, if
-        the file exists but could not be read).
+        Raises :class:`UnknownDocumentError` listing the loaded names, or saying why when
+        the name is that of a file that could not be read: it was found, and "no document
+        named" would send the caller looking for another name.
         """
-        key = name.strip().replace("\\", "/").removeprefix("./")
-        if key in self.documents:
-            return self.documents[key]
-        lowered = _folded(key)
-        for candidates in (
-            [d for n, d in self.documents.items() if _folded(n) == lowered],
-            [d for n, d in self.documents.items() if _folded(n.rsplit("/", 1)[-1]) == lowered],
-            [d for d in self.documents.values() if _folded(d.path.stem) == lowered],
-        ):
-            if len(candidates) == 1:
-                return candidates[0]
-            if candidates:  # "guide" is guide.md and guide.txt: say which, not "no document"
-                names = " or ".join(repr(d.name) for d in sorted(candidates, key=lambda d: d.name))
-                raise UnknownDocumentError(f"document name {name!r} is ambiguous: write {names}")
-        for problem_name, reason in self.problems.items():
-            if lowered in (problem_name.lower(), problem_name.rsplit("/", 1)[-1].lower()):
-                raise UnknownDocumentError(f"document {problem_name!r} could not be read: {reason}")
-        loaded = sorted(self.documents)
-        close = difflib.get_close_matches(key, loaded, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        shown = ", ".join(loaded[:50])
-        if len(loaded) > 50:
-            shown += f" and {len(loaded) - 50} more"
+        loaded = self._loaded  # one state throughout, should a reload swap it meanwhile
+        names = [*loaded.documents, *loaded.problems]
+        for key in _spellings(loaded.renamed.get(name, name)):
+            if key in loaded.documents:
+                return loaded.documents[key]
+            if key in loaded.problems:
+                raise _unreadable(key, loaded.problems[key])
+            folded = _folded(key)
+            for part in (
+                lambda n: n,
+                lambda n: n.rsplit("/", 1)[-1],
+                lambda n: PurePosixPath(n).stem,  # the link's, for a link: the name shown
+            ):
+                found = sorted(n for n in names if _folded(part(n)) == folded)
+                if len(found) == 1:
+                    if found[0] in loaded.documents:
+                        return loaded.documents[found[0]]
+                    raise _unreadable(found[0], loaded.problems[found[0]])
+                if found:  # "guide" is guide.md and guide.txt: say which, not "no document"
+                    shown = " or ".join(
+                        _quoted(n) if n in loaded.documents else f"{_quoted(n)} (unreadable)"
+                        for n in found
+                    )
+                    raise UnknownDocumentError(
+                        f"document name {_quoted(name)} is ambiguous: write {shown}"
+                    )
+        listed = sorted(loaded.documents)
+        close = difflib.get_close_matches(_spellings(name)[-1], listed, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(_quoted(c) for c in close)}?" if close else ""
+        shown = ", ".join(listed[:50])
+        if len(listed) > 50:
+            shown += f" and {len(listed) - 50} more"
         raise UnknownDocumentError(
-            f"no document named {name!r}{hint} Loaded documents: {shown or 'none'}"
+            f"no document named {_quoted(name)}{hint} Loaded documents: {shown or 'none'}"
         )
 
     # -- tools -----------------------------------------------------------------------------
@@ -718,12 +898,11 @@ class DocumentStore:
             topic: what to compare them on, e.g. "pricing"; optional
         """
         a, b = self.get(first), self.get(second)
-        text_a, text_b = a.text, b.text
-        counts_a, counts_b = Counter(terms(text_a)), Counter(terms(text_b))
+        (counts_a, labels_a), (counts_b, labels_b) = _word_counts(a.text), _word_counts(b.text)
         total_a, total_b = sum(counts_a.values()) or 1, sum(counts_b.values()) or 1
         share_a = {t: c / total_a for t, c in counts_a.items()}
         share_b = {t: c / total_b for t, c in counts_b.items()}
-        labels = {**term_labels(text_b), **term_labels(text_a)}
+        labels = {**labels_b, **labels_a}
 
         def named(found: list[str], count: int = 10) -> list[str]:
             labelled: list[str] = []
