@@ -11,8 +11,12 @@ import asyncio
 import email.utils
 import json
 import re
+import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -21,10 +25,19 @@ from typer.testing import CliRunner
 from dendrite import Orchestrator
 from dendrite.cli import app
 from dendrite.learning import Router
-from dendrite.llm import ChatLLM, LLMConfig, LLMError, LLMTier, llm_tier, llm_usage
+from dendrite.llm import (
+    ChatLLM,
+    LLMConfig,
+    LLMError,
+    LLMFormatError,
+    LLMTier,
+    llm_tier,
+    llm_usage,
+)
 from dendrite.llm import client as llm_client
 from dendrite.orchestrator import _usage_columns
 from dendrite.planning import Plan, Step
+from dendrite.retrieval import EmbeddingError, OpenAIEmbedder
 from dendrite.store import ExecutionStore
 from dendrite.telemetry.errors import ErrorType, described
 from dendrite.tools import ToolRegistry
@@ -436,6 +449,269 @@ def test_calls_to_a_model_no_tier_prices_cost_nothing_known():
 
         run = asyncio.run(call())
     assert run.calls == 1 and run.tokens == 2 and run.cost is None  # unknown, not 0
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (
+            b'{"error": {"message": "Rate limit exceeded: free-models-per-min", "code": 429}}',
+            r"answered with an error \(429\): Rate limit exceeded: free-models-per-min",
+        ),
+        (
+            b'{"object": "error", "message": "The model is overloaded", "code": 503}',
+            r"answered with an error \(503\): The model is overloaded",
+        ),
+    ],
+    ids=["openai's shape", "vllm's shape"],
+)
+def test_a_200_whose_body_is_an_error_is_a_call_the_model_did_not_answer(body: bytes, said: str):
+    """It read as "returned no message", an answered call: the server's words were lost,
+    the failure was a tool_error, and a tier failing every call so never counted as down."""
+    with chat_server() as server:
+        server.say(body)
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", tiers=(SMALL,), max_retries=0))
+
+        async def call() -> tuple[LLMError, Any]:
+            with llm_usage() as run, pytest.raises(LLMError, match=said) as raised:
+                await llm.complete([{"role": "user", "content": "hello"}])
+            return raised.value, run
+
+        error, run = asyncio.run(call())
+    assert (run.calls, run.answered, run.tokens) == (1, 0, None)
+    expected = ErrorType.RATE_LIMIT if b"429" in body else ErrorType.CONNECTION
+    assert ErrorType.infer(error) is expected
+    assert ErrorType.infer(described(error)) is expected
+
+
+def test_a_call_cut_off_by_its_deadline_is_recorded_as_a_timeout():
+    """ "did not answer within 0.3s" named no timeout: the failure was a tool_error."""
+    with chat_server() as server:
+        server.trickle = 0.05
+        server.say("too late")
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", timeout=0.3, max_retries=0))
+        with pytest.raises(LLMError, match=r"did not answer within 0\.3s") as raised:
+            asyncio.run(llm.complete([{"role": "user", "content": "hello"}]))
+    assert ErrorType.infer(raised.value) is ErrorType.TIMEOUT
+    assert ErrorType.infer(described(raised.value)) is ErrorType.TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["NaN", "-Infinity", "1e999", "1" + "0" * 5000],
+    ids=["NaN", "-Infinity", "past a float", "past Python's int digits"],
+)
+def test_a_structured_answer_with_a_number_json_has_not_is_a_format_error(number: str):
+    """NaN and 1e999 came back as "NaN" and "Infinity", text no JSON parser takes, and
+    reached a tool's parameters; 5,000 digits escaped as a bare ValueError, which no
+    planner falls back on."""
+    answer = '{"value": ' + number + "}"
+    with chat_server() as server:
+        server.say(answer)
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", max_retries=0))
+        with pytest.raises(LLMFormatError, match="the answer is not JSON") as raised:
+            asyncio.run(
+                llm.complete([{"role": "user", "content": "hi"}], json_schema={"type": "object"})
+            )
+    assert raised.value.text == answer
+
+
+def test_a_content_of_parts_is_read_as_its_text_parts():
+    """Mistral's reasoning models answer with a list of parts, a "thinking" one first:
+    the call failed as "returned no message"."""
+    body = {
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "thinking", "thinking": [{"type": "text", "text": "hmm"}]},
+                        {"type": "text", "text": '{"ok": '},
+                        {"type": "text", "text": "true}"},
+                    ],
+                },
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4},
+    }
+    with chat_server() as server:
+        server.say(json.dumps(body).encode())
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b"))
+        answer = asyncio.run(
+            llm.complete([{"role": "user", "content": "hi"}], json_schema={"type": "object"})
+        )
+    assert json.loads(answer) == {"ok": True}
+
+
+def test_keys_and_timeouts_no_call_can_use_are_refused_at_once_without_the_key():
+    """A key with a "…" failed every call as a server that "sent what is not a chat
+    completion" (the embedder's as a UnicodeEncodeError), one with a line break as
+    "Connection error." after every retry; a timeout of 0 or NaN failed every call as
+    "Request timed out." without sending one."""
+    url = "http://127.0.0.1:9/v1"
+    secret = "sk-proj-SECRET\u2026"
+    with pytest.raises(ValueError, match=r"DENDRITE_LLM_API_KEY \(api_key\) holds a char") as bad:
+        LLMConfig(url, "m", api_key=secret)
+    assert "SECRET" not in str(bad.value)
+    tier = LLMTier("large", "m", api_key="sk-SECRET\nrest")
+    with pytest.raises(ValueError, match=r"tier 'large': DENDRITE_LLM_TIER_API_KEYS") as bad:
+        LLMConfig(url, "m", tiers=(tier,))
+    assert "SECRET" not in str(bad.value)
+    with pytest.raises(ValueError, match="api_key holds a character") as bad:
+        OpenAIEmbedder(url, "m", secret)
+    assert "SECRET" not in str(bad.value)
+    for timeout in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="timeout must be seconds > 0"):
+            LLMConfig(url, "m", timeout=timeout)
+        with pytest.raises(ValueError, match="timeout must be seconds > 0"):
+            OpenAIEmbedder(url, "m", timeout=timeout)
+
+
+# -- the embeddings endpoint -----------------------------------------------------------------
+
+EmbeddingReply = tuple[int, bytes, dict[str, str]]
+
+
+@contextmanager
+def embeddings_server() -> Iterator[tuple[str, deque[EmbeddingReply], list[dict[str, Any]]]]:
+    """A ``/v1/embeddings`` server that answers each request with the next scripted
+    (status, body, headers): its URL, the script, and the requests it received."""
+    replies: deque[EmbeddingReply] = deque()
+    requests: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def do_POST(self) -> None:
+            requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            status, body, headers = replies.popleft() if replies else (500, b"{}", {})
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", replies, requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _embeddings(*items: dict[str, Any]) -> EmbeddingReply:
+    return 200, json.dumps({"object": "list", "data": list(items)}).encode(), {}
+
+
+@pytest.mark.parametrize(
+    ("reply", "said"),
+    [
+        (
+            (200, b'{"error": {"message": "model overloaded", "code": 503}}', {}),
+            r"failed: it answered with an error \(503\): model overloaded",
+        ),
+        ((200, b'{"object": "list", "data": null}', {}), "not a list of embeddings"),
+        ((200, b"[1, 2]", {}), "not a list of embeddings"),
+        ((200, b"<html>bad gateway</html>", {}), "not a list of embeddings"),
+        (_embeddings({"index": 0, "embedding": None}), "embedding 0, which is not a list"),
+        (_embeddings({"index": 0, "embedding": "AACAPwAAAEA="}), "which is not a list"),
+        (_embeddings({"index": 0, "embedding": ["a", "b"]}), "which is not a list"),
+        (_embeddings({"index": 0, "embedding": []}), r"of shape \(0,\)"),
+        (
+            _embeddings({"index": 0, "embedding": [1, 2]}, {"index": 0, "embedding": [3, 4]}),
+            r"numbered \[0, 0\] for 2 texts",
+        ),
+        (
+            _embeddings({"index": 1, "embedding": [1, 2]}, {"index": 2, "embedding": [3, 4]}),
+            r"numbered \[1, 2\] for 2 texts",
+        ),
+        (
+            _embeddings({"embedding": [1, 2]}, {"index": 0, "embedding": [3, 4]}),
+            r"numbered \[None, 0\] for 2 texts",
+        ),
+    ],
+    ids=[
+        "a 200 whose body is an error",
+        "no data",
+        "a list",
+        "html",
+        "a null vector",
+        "base64",
+        "strings",
+        "an empty vector",
+        "an index twice",
+        "an index past the batch",
+        "an index missing",
+    ],
+)
+def test_an_embeddings_answer_that_is_not_one_vector_per_text_is_an_embedding_error(
+    reply: EmbeddingReply, said: str
+):
+    """These escaped as TypeError, AttributeError or ValueError, past callers that catch
+    ``EmbeddingError``; an index given twice or past the batch put one text's vector in
+    another's place without a word."""
+    with embeddings_server() as (url, replies, _):
+        replies.append(reply)
+        embedder = OpenAIEmbedder(url, "m", "k", max_retries=0)
+        data = json.loads(reply[1]) if reply[1].startswith(b"{") else None
+        count = len(data["data"]) if data and isinstance(data.get("data"), list) else 1
+        with pytest.raises(EmbeddingError, match=said):
+            embedder.embed(["first", "second"][:count])
+        embedder.close()
+
+
+def test_an_embeddings_answer_without_indexes_is_in_the_order_of_the_texts():
+    """Sorting by an index no item had raised a TypeError for two texts or more."""
+    with embeddings_server() as (url, replies, _):
+        replies.append(_embeddings({"embedding": [3, 4]}, {"embedding": [0, 2]}))
+        vectors = OpenAIEmbedder(url, "m", "k").embed(["first", "second"])
+    assert vectors.tolist() == [pytest.approx([0.6, 0.8]), [0.0, 1.0]]
+
+
+def test_the_embedder_retries_as_the_chat_client_does_within_its_bound():
+    """The SDK retried for it and slept through a ``Retry-After`` of up to two minutes
+    per retry, whatever ``timeout`` said; now a wait past the call's bound fails it at
+    once, as a rate limit, and a short one or a backoff is made."""
+    limited = (429, b'{"error": {"message": "slow down"}}', {"Retry-After": "20"})
+    with embeddings_server() as (url, replies, requests):
+        replies.extend([limited, _embeddings({"index": 0, "embedding": [1, 0]})])
+        embedder = OpenAIEmbedder(url, "m", "k", timeout=2, max_retries=1)
+        started = time.monotonic()
+        with pytest.raises(EmbeddingError) as raised:
+            embedder.embed(["hello"])
+        assert time.monotonic() - started < 5 and len(requests) == 1
+    assert "was rate limited (429) and asked to retry after 20 s" in str(raised.value)
+    assert "this call's 12 s limit" in str(raised.value)
+    assert ErrorType.infer(raised.value) is ErrorType.RATE_LIMIT
+    with embeddings_server() as (url, replies, requests):
+        short = (429, b"{}", {"Retry-After": "0.2"})
+        replies.extend([short, (503, b"{}", {}), _embeddings({"index": 0, "embedding": [1, 0]})])
+        embedder = OpenAIEmbedder(url, "m", "k", timeout=2, max_retries=2)
+        assert embedder.embed(["hello"]).tolist() == [[1.0, 0.0]]
+        assert len(requests) == 3
+    with embeddings_server() as (url, replies, requests):
+        replies.extend([(503, b"{}", {"x-should-retry": "false"})])
+        with pytest.raises(EmbeddingError, match="Error code: 503"):
+            OpenAIEmbedder(url, "m", "k", timeout=2, max_retries=2).embed(["hello"])
+        assert len(requests) == 1
+
+
+def test_a_password_in_the_embedders_url_is_never_shown():
+    with embeddings_server() as (url, replies, _):
+        replies.append((401, b'{"error": {"message": "bad key"}}', {}))
+        embedder = OpenAIEmbedder(url.replace("//", "//alice:hunter2@"), "m", "k", max_retries=0)
+        with pytest.raises(EmbeddingError, match="failed: Error code: 401") as raised:
+            embedder.embed(["hello"])
+    assert "hunter2" not in str(raised.value) and "hunter2" not in repr(embedder)
+    assert "alice" not in str(raised.value)
 
 
 # -- through the orchestrator, on a real store -----------------------------------------------

@@ -227,6 +227,30 @@ def test_a_models_plan_sets_no_field_its_schema_does_not_offer():
             plan_with(LLMPlanner(llm), "calculate 6 * 7")
 
 
+def test_a_plan_with_a_number_json_has_not_goes_back_for_repair():
+    """A small model repeating a digit wrote an integer past Python's 4,300 digits: its
+    ValueError escaped the planner, and no offline planner was tried; NaN reached the
+    tool's parameters."""
+    runaway = json.dumps(
+        {"steps": [{"id": "c", "tool": "convert_units", "params": {"value": 5}}]}
+    ).replace("5", "5" + "0" * 5000)
+    nan = '{"steps": [{"id": "c", "tool": "convert_units", "params": {"value": NaN, '
+    nan += '"from_unit": "km", "to_unit": "miles"}}]}'
+    fixed = {"value": 5, "from_unit": "km", "to_unit": "miles"}
+    with chat_server() as server:
+        server.say(
+            runaway,
+            nan,
+            json.dumps({"steps": [{"id": "c", "tool": "convert_units", "params": fixed}]}),
+        )
+        llm = ChatLLM(LLMConfig(base_url=server.url, model="stub"))
+        plan = plan_with(LLMPlanner(llm, max_repairs=2), "convert 5 km to miles")
+        feedback = [r["messages"][-1]["content"] for r in server.requests[1:]]
+    assert plan.steps[0].params == fixed and plan.metadata["repairs"] == 2
+    assert all("- the answer is not JSON" in text for text in feedback)
+    assert "NaN is not a JSON number" in feedback[1]
+
+
 def test_a_base_url_that_is_no_http_url_is_refused_at_once():
     for url in ("127.0.0.1:11434/v1", "ftp://x/v1"):
         with pytest.raises(ValueError, match="must start with http:// or https://"):

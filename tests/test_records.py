@@ -1,4 +1,5 @@
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -14,6 +15,7 @@ from dendrite.telemetry import (
     SolutionRecord,
     ToolExecutionRecord,
 )
+from dendrite.telemetry.errors import described
 from dendrite.telemetry.records import named_utc
 
 
@@ -64,10 +66,42 @@ class RateLimitError(Exception):
         ("process exited with code 502", ErrorType.TOOL_ERROR),
         ("Error: connect ETIMEDOUT 10.0.0.1:443", ErrorType.TIMEOUT),
         (type("InvalidArgument", (Exception,), {})("400 bad argument"), ErrorType.VALIDATION),
+        # A host no route reaches, a server that hung up: connection failures, retried.
+        (OSError(113, "No route to host"), ErrorType.CONNECTION),
+        (
+            "RemoteProtocolError: Server disconnected without sending a response.",
+            ErrorType.CONNECTION,
+        ),
+        ("peer closed connection without sending complete message body", ErrorType.CONNECTION),
     ],
 )
 def test_error_type_is_inferred_from_exceptions_and_messages(error, expected):
     assert ErrorType.infer(error) is expected
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ValueError(), KeyError(), KeyboardInterrupt(), ConnectionResetError(), BrokenPipeError()],
+    ids=lambda error: type(error).__name__,
+)
+def test_an_exception_without_a_message_written_down_is_classed_as_the_exception(error):
+    """``described`` writes it as its name alone ("KeyboardInterrupt"), which read as a
+    tool_error where the exception is a cancellation (or a validation error, a connection
+    failure)."""
+    assert ErrorType.infer(described(error)) is ErrorType.infer(error)
+    assert ErrorType.infer(f"builtins.{type(error).__name__}") is ErrorType.infer(error)
+
+
+def test_a_long_error_text_is_classed_in_linear_time():
+    """The type prefix was searched for at every position, "expected .* got" from every
+    "expected": a 30,000-digit hex dump in a record's error took 7 s to class, ten times
+    as long one minutes."""
+    dump = "checksum mismatch, got bytes " + "0a1b2c3d4e5f" * 2_500
+    for text in (dump, "expected " * 20_000):
+        started = time.perf_counter()
+        record = ExecutionRecord(success=False, duration_ms=1, error=text)
+        assert record.error_type is ErrorType.TOOL_ERROR
+        assert time.perf_counter() - started < 1
 
 
 def test_execution_record_fills_times_status_and_error_type():
@@ -134,6 +168,19 @@ def test_blank_labels_and_zero_predictions():
     decision = RoutingDecision(execution_id=free.id, chosen="small", predicted_cost=0.0)
     assert decision.prediction_error(free).cost == 0.0
     assert ExecutionRecord(goal_id="", success=True, duration_ms=1).goal_id is None
+
+
+def test_a_prediction_too_small_for_a_finite_relative_error_has_none():
+    """A denormal prediction met by an outcome overflowed to an infinite relative error,
+    which the docstring says is no error at all, as for a prediction of 0."""
+    tiny = ExecutionRecord(
+        success=True, duration_ms=1000, estimated_duration_ms=1e-320, cost_estimate=5e-324,
+        actual_cost=1.0,
+    )  # fmt: skip
+    error = tiny.prediction_error()
+    assert (error.duration, error.cost) == (None, None)
+    decision = RoutingDecision(execution_id=tiny.id, chosen="small", predicted_cost=5e-324)
+    assert decision.prediction_error(tiny).cost is None
 
 
 def test_records_refuse_bad_values_naming_the_field():

@@ -219,7 +219,10 @@ class LLMConfig:
                 f"{ENV_BASE_URL} (base_url) must start with http:// or https://, "
                 f"got {redacted_url(self.base_url)!r}"
             )
+        check_key(f"{ENV_API_KEY} (api_key)", self.api_key)
         for tier in self.tiers:
+            if tier.api_key is not None:
+                check_key(f"tier {tier.name!r}: {ENV_TIER_API_KEYS} (api_key)", tier.api_key)
             if tier.base_url is not None and not _is_http_url(tier.base_url):
                 raise ValueError(
                     f"tier {tier.name!r}: base_url must be an http:// or https:// URL, "
@@ -236,6 +239,7 @@ class LLMConfig:
                     )
         if not math.isfinite(self.cost_weight) or self.cost_weight < 0:
             raise ValueError(f"cost_weight must be a number >= 0, got {self.cost_weight}")
+        check_timeout(self.timeout)
         # Retried by ChatLLM itself, so not checked by the SDK any more.
         retries = self.max_retries
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -362,6 +366,28 @@ def redacted_url(url: str) -> str:
     return text if "://" in url else text.removeprefix("//")
 
 
+def check_key(label: str, key: str) -> None:
+    """Refuses a key no ``Authorization`` header can carry (a "…" or a line break pasted
+    with it): every call failed, as "Connection error." after retries, or as a server that
+    "sent what is not a chat completion". The key is not quoted, only where it is wrong."""
+    if not isinstance(key, str):
+        raise ValueError(f"{label} must be a string, got {type(key).__name__}")
+    for position, char in enumerate(key, start=1):
+        if not (char.isascii() and char.isprintable()):
+            raise ValueError(
+                f"{label} holds a character an HTTP header cannot carry "
+                f"(U+{ord(char):04X}, character {position} of {len(key)})"
+            )
+
+
+def check_timeout(timeout: Any) -> None:
+    """Refuses a timeout of 0 or less, or NaN: "no limit" to some, every call to the SDK,
+    which failed them all as "Request timed out." without sending one request. ``None``
+    (no limit) and an ``httpx.Timeout`` are the SDK's to read."""
+    if isinstance(timeout, bool) or (isinstance(timeout, int | float) and not timeout > 0):
+        raise ValueError(f"timeout must be seconds > 0, or None for no limit; got {timeout!r}")
+
+
 def _is_http_url(text: str) -> bool:
     parts = urlsplit(text)
     return parts.scheme in ("http", "https") and bool(parts.netloc)
@@ -482,25 +508,35 @@ class ChatLLM:
             self._count(None, answered=False)
             if deadline is None:  # not this call's deadline
                 raise
-            raise LLMError(f"{self.name} did not answer within {deadline:g}s") from None
+            # "timed out" so that ``ErrorType.infer`` reads it as the timeout it is.
+            raise LLMError(
+                f"{self.name} timed out: it did not answer within {deadline:g}s"
+            ) from None
         except ValueError as error:  # a body that is not JSON, or not UTF-8
             self._count(None, answered=False)
             raise LLMError(f"{self.name} sent what is not a chat completion: {error}") from None
         except asyncio.CancelledError:  # a cancelled run: it was asked all the same
             self._count(None, answered=False)
             raise
-        self._count(response)
         message = _message(response)
-        text = getattr(message, "content", None)
-        if not isinstance(text, str):
+        if message is None and (failure := error_in(response)) is not None:
+            # A 200 whose body is the server's error (OpenRouter and proxies send them): no
+            # answer, so a tier whose calls all end so is seen to be down.
+            self._count(None, answered=False)
+            raise LLMError(f"{self.name} answered with an error{failure}")
+        self._count(response)
+        text = _text_of(getattr(message, "content", None))
+        if text is None:
             refusal = getattr(message, "refusal", None)  # a structured-output refusal
             if isinstance(refusal, str) and refusal.strip():
                 raise LLMError(f"{self.name} refused to answer: {refusal}")
             raise LLMError(f"{self.name} returned no message")
         if json_schema is not None:
             try:
-                parsed = json.loads(_strip_fence(text))
-            except json.JSONDecodeError as error:
+                parsed = json.loads(
+                    _strip_fence(text), parse_constant=_not_json, parse_float=_finite
+                )
+            except ValueError as error:  # a JSONDecodeError, or a number no JSON number is
                 raise LLMFormatError(f"the answer is not JSON: {error}", text) from None
             except RecursionError:  # nested past what Python's parser takes
                 raise LLMFormatError("the answer is JSON nested too deeply", text) from None
@@ -535,7 +571,8 @@ class ChatLLM:
                     pause = _backoff(retries) if asked is None else asked
                     if pause > self._room(bound):
                         if asked is not None and isinstance(error, openai.APIStatusError):
-                            raise LLMError(self._too_long(error, asked, deadline)) from error
+                            message = asked_too_long(self.name, error, asked, deadline)
+                            raise LLMError(message) from error
                         raise
                 await asyncio.sleep(pause)
                 retries += 1
@@ -548,20 +585,6 @@ class ChatLLM:
             return RETRY_AFTER_MAX
         left = stop - asyncio.get_running_loop().time() - self.config.timeout
         return min(left, RETRY_AFTER_MAX)
-
-    def _too_long(self, error: openai.APIStatusError, wait: float, deadline: float | None) -> str:
-        """Why a call gave up on a server that asked it to wait: a 429 says "rate limited",
-        so that ``ErrorType.infer`` reads the failure as one."""
-        status = error.status_code
-        what = "was rate limited" if status == 429 else "failed"
-        if deadline is None or wait > RETRY_AFTER_MAX:
-            limit = f"the {RETRY_AFTER_MAX:g} s a call waits at most"
-        else:
-            limit = f"this call's {deadline:g} s limit"
-        return (
-            f"{self.name} {what} ({status}) and asked to retry after {round(wait, 2):g} s, "
-            f"too long for {limit}: {error}"
-        )
 
     def _count(self, response: Any, *, answered: bool = True) -> None:
         """Adds one call to the current :func:`llm_usage` blocks.
@@ -600,6 +623,23 @@ backoff, which this copies, has the same cap)."""
 RETRY_AFTER_MAX = 60.0
 """The longest wait a server may ask for (``Retry-After``) and get: "come back tomorrow"
 from a spent quota fails the call rather than holding it (and its run) for a day."""
+
+
+def asked_too_long(
+    who: str, error: openai.APIStatusError, wait: float, deadline: float | None
+) -> str:
+    """Why a call gave up on a server that asked it to wait: a 429 says "rate limited",
+    so that ``ErrorType.infer`` reads the failure as one."""
+    status = error.status_code
+    what = "was rate limited" if status == 429 else "failed"
+    if deadline is None or wait > RETRY_AFTER_MAX:
+        limit = f"the {RETRY_AFTER_MAX:g} s a call waits at most"
+    else:
+        limit = f"this call's {deadline:g} s limit"
+    return (
+        f"{who} {what} ({status}) and asked to retry after {round(wait, 2):g} s, "
+        f"too long for {limit}: {error}"
+    )
 
 
 def _deadline(timeout: Any, max_retries: int) -> float | None:
@@ -678,11 +718,63 @@ def _message(response: Any) -> Any:
     return getattr(choices[0], "message", None)
 
 
+def error_in(response: Any) -> str | None:
+    """The error a server sent in place of a completion, as " (429): Rate limit exceeded",
+    or None when the body holds none: ``{"error": {...}}`` (OpenAI's shape), or vLLM's
+    ``{"object": "error", "message": ...}``. The SDK reads either as a completion with no
+    choices, since their status was 200."""
+    error = getattr(response, "error", None)
+    if error is None and getattr(response, "object", None) == "error":
+        error = response
+    if error is None:
+        return None
+    if isinstance(error, dict):
+        message, code = error.get("message"), error.get("code")
+    else:
+        message, code = getattr(error, "message", error), getattr(error, "code", None)
+    status = f" ({code})" if isinstance(code, int | str) and str(code).strip() else ""
+    return f"{status}: {message}" if message not in (None, "") else status
+
+
 def _refuses_schema(error: openai.APIStatusError) -> bool:
     """Whether a 400 or 422 is the server refusing the ``json_schema`` response format (its
     message names it), not the request for another reason (a prompt past the context)."""
     message = str(getattr(error, "message", "") or error).lower()
     return any(word in message for word in ("response_format", "json_schema", "schema"))
+
+
+def _text_of(content: Any) -> str | None:
+    """The message's text: its content, or the text parts of a content that is a list of
+    parts (Mistral's reasoning models put a "thinking" part before the answer's "text"
+    parts), which read as "returned no message"."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return None
+    texts = [
+        part["text"]
+        for part in content
+        if isinstance(part, dict)
+        and part.get("type") == "text"
+        and isinstance(part.get("text"), str)
+    ]
+    return "".join(texts) if texts else None
+
+
+def _not_json(name: str) -> Any:
+    """Python's parser takes ``NaN`` and ``Infinity``, which JSON has not: they reached a
+    tool's parameters, and the text given back as JSON was not."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    """A number the answer wrote, refused where no float holds it (``1e999``), as
+    ``_not_json`` refuses ``Infinity``; an integer past Python's 4,300 digits raises
+    ``ValueError`` on its own (a small model repeating a digit writes one)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is past the largest number a float holds")
+    return value
 
 
 def _strip_fence(text: str) -> str:

@@ -15,11 +15,16 @@ Neither torch nor sentence-transformers is imported until an embedder is created
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import openai
+
+from dendrite.llm import client as llm_client
+from dendrite.llm.client import asked_too_long, check_key, check_timeout, redacted_url
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -173,6 +178,15 @@ class OpenAIEmbedder:
     ``base_url`` is the API root (``https://api.openai.com/v1``, ``http://127.0.0.1:8000/v1``);
     ``api_key`` defaults to ``OPENAI_API_KEY`` and, for local servers that check none, to a
     placeholder. Texts are sent in batches of ``batch_size``; vectors come back as floats.
+
+    A batch is retried as :class:`dendrite.llm.ChatLLM` retries a call, not by the SDK,
+    which slept through a ``Retry-After`` of up to two minutes per retry whatever
+    ``timeout`` said, holding the caller of :meth:`embed` (a planner ranking tools) as
+    long: at most ``max_retries`` times, after the server's wait (60 s at most) or a
+    backoff pause, and only while that leaves the next attempt its whole ``timeout`` within
+    the batch's bound (each attempt's timeout and 8 s per pause); a longer wait fails the
+    batch at once, saying what the server asked. Unlike a chat call's, an attempt is bounded
+    per read only: a server sending a byte at a time is not cut short.
     """
 
     def __init__(
@@ -191,20 +205,24 @@ class OpenAIEmbedder:
             raise ValueError("model is required")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        try:
-            import openai
-        except ImportError as exc:  # pragma: no cover - openai is a core dependency
-            raise EmbeddingError("OpenAIEmbedder needs the 'openai' package") from exc
-        self._openai = openai
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
+        check_timeout(timeout)
+        key = api_key or os.environ.get("OPENAI_API_KEY", "").strip() or "not-needed"
+        check_key("api_key", key)
         self._client = openai.OpenAI(
             base_url=base_url,
-            api_key=api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
+            api_key=key,
             timeout=timeout,
-            max_retries=max_retries,
+            max_retries=0,  # see _create
         )
         self.base_url = base_url
         self.model = model
         self.batch_size = batch_size
+        self.timeout = timeout
+        self.max_retries = max_retries
+        # A password in the URL stays out of messages, logs and reprs.
+        self._who = f"embedding request to {redacted_url(base_url)} (model {model!r})"
 
     @property
     def name(self) -> str:
@@ -214,31 +232,90 @@ class OpenAIEmbedder:
         items = _check_texts(texts)
         if not items:
             raise ValueError("texts is empty: an endpoint cannot tell the dimension of nothing")
-        rows: list[list[float]] = []
+        rows: list[np.ndarray] = []
         for start in range(0, len(items), self.batch_size):
             batch = items[start : start + self.batch_size]
             # Servers reject empty strings; a single space embeds as "nothing in particular".
             batch = [text if text.strip() else " " for text in batch]
+            rows.extend(self._vectors(self._create(batch), len(batch)))
+        if len({len(row) for row in rows}) != 1:
+            raise EmbeddingError(f"{self._who} got vectors of different lengths")
+        return normalize_rows(np.stack(rows))
+
+    def _create(self, batch: list[str]) -> Any:
+        """The server's answer for one batch, retried as the class says."""
+        deadline = llm_client._deadline(self.timeout, self.max_retries)
+        stop = None if deadline is None else time.monotonic() + deadline
+        retries = 0
+        while True:
             try:
-                response = self._client.embeddings.create(
+                return self._client.embeddings.create(
                     model=self.model, input=batch, encoding_format="float"
                 )
-            except self._openai.OpenAIError as exc:
+            except (openai.APIConnectionError, openai.APIStatusError) as exc:
+                if retries == self.max_retries or not llm_client._retryable(exc):
+                    raise self._failed(exc) from exc
+                asked = llm_client._asked_wait(exc)
+                pause = llm_client._backoff(retries) if asked is None else asked
+                room = llm_client.RETRY_AFTER_MAX
+                if stop is not None:
+                    room = min(room, stop - time.monotonic() - self.timeout)
+                if pause > room:
+                    if asked is not None and isinstance(exc, openai.APIStatusError):
+                        message = asked_too_long(self._who, exc, asked, deadline)
+                        raise EmbeddingError(message) from exc
+                    raise self._failed(exc) from exc
+            except openai.OpenAIError as exc:
+                raise self._failed(exc) from exc
+            except ValueError as exc:  # a body that is not JSON, or not UTF-8
                 raise EmbeddingError(
-                    f"embedding request to {self.base_url} (model {self.model!r}) failed: {exc}"
-                ) from exc
-            data = sorted(response.data, key=lambda item: item.index)
-            if len(data) != len(batch):
+                    f"{self._who} got what is not a list of embeddings: {exc}"
+                ) from None
+            time.sleep(pause)
+            retries += 1
+
+    def _failed(self, exc: Exception) -> EmbeddingError:
+        return EmbeddingError(f"{self._who} failed: {exc}")
+
+    def _vectors(self, response: Any, count: int) -> list[np.ndarray]:
+        """The batch's vectors in the order of its texts, or an :class:`EmbeddingError` for
+        an answer that does not give each text one vector of numbers: a 200 whose body is
+        an error, no ``data``, an ``index`` given twice or past the batch (which put one
+        text's vector in another's place), an empty or base64 vector."""
+        data = getattr(response, "data", None)
+        if not isinstance(data, list):
+            failure = llm_client.error_in(response)
+            if failure is not None:
+                raise EmbeddingError(f"{self._who} failed: it answered with an error{failure}")
+            raise EmbeddingError(f"{self._who} got what is not a list of embeddings")
+        if len(data) != count:
+            raise EmbeddingError(f"{self._who} got {len(data)} embeddings for {count} texts")
+        indexes = [getattr(item, "index", None) for item in data]
+        if all(index is None for index in indexes):  # not sent: in the order of the texts
+            indexes = list(range(count))
+        if sorted(i if type(i) is int else -1 for i in indexes) != list(range(count)):
+            raise EmbeddingError(f"{self._who} got embeddings numbered {indexes} for {count} texts")
+        rows: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * count
+        for index, item in zip(indexes, data, strict=True):
+            vector = getattr(item, "embedding", None)
+            try:
+                if not isinstance(vector, list):  # a base64 string, null
+                    raise TypeError(type(vector).__name__)
+                row = np.asarray(vector, dtype=np.float32)
+            except (TypeError, ValueError) as exc:
                 raise EmbeddingError(
-                    f"{self.base_url} returned {len(data)} embeddings for {len(batch)} texts"
+                    f"{self._who} got embedding {index}, which is not a list of numbers ({exc})"
+                ) from None
+            if row.ndim != 1 or not row.size:
+                raise EmbeddingError(
+                    f"{self._who} got embedding {index} of shape {row.shape}, "
+                    "not a vector of numbers"
                 )
-            rows.extend(list(item.embedding) for item in data)
-        if len({len(row) for row in rows}) != 1:
-            raise EmbeddingError(f"{self.base_url} returned vectors of different lengths")
-        return normalize_rows(rows)
+            rows[index] = row
+        return rows
 
     def close(self) -> None:
         self._client.close()
 
     def __repr__(self) -> str:
-        return f"OpenAIEmbedder({self.base_url!r}, {self.model!r})"
+        return f"OpenAIEmbedder({redacted_url(self.base_url)!r}, {self.model!r})"

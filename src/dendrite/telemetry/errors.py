@@ -42,8 +42,11 @@ class ErrorType(StrEnum):
         by_type = _from_type_name(error)
         if by_type is not None:
             return by_type
-        message = _TYPE_PREFIX.sub("", error, count=1)  # "ResourceExhausted: 429 …" → "429 …"
-        found = _from_message(message) or _from_message(error)
+        # "ResourceExhausted: 429 …" → "429 …". Matched where the text starts: searched
+        # anywhere, the pattern took minutes over a long hex dump in a posted record's error.
+        prefix = _TYPE_PREFIX.match(error)
+        message = error[prefix.end() :] if prefix else error
+        found = _from_message(message) or (prefix is not None and _from_message(error))
         return found or (cls.TOOL_ERROR if error.strip() else cls.UNKNOWN)
 
 
@@ -105,7 +108,8 @@ _MESSAGE_PATTERNS: tuple[tuple[re.Pattern[str], ErrorType], ...] = (
     (
         re.compile(
             r"connection (refused|reset|error|aborted|closed)|could not connect|"
-            r"unreachable|name or service not known|broken pipe|bad gateway|"
+            r"unreachable|no route to host|name or service not known|broken pipe|"
+            r"server disconnected|peer closed connection|bad gateway|"
             rf"service unavailable|{_status('50[234]')}",
             re.I,
         ),
@@ -113,8 +117,11 @@ _MESSAGE_PATTERNS: tuple[tuple[re.Pattern[str], ErrorType], ...] = (
     ),
     (
         re.compile(
+            # "expected … got" within a line's length: unbounded, it was quadratic in a text
+            # that says "expected" many times.
             r"validation|invalid|missing (required )?(argument|parameter|field)|"
-            rf"unexpected keyword|required positional|must be|expected .* got|{_status('422')}",
+            r"unexpected keyword|required positional|must be|expected .{0,200} got|"
+            rf"{_status('422')}",
             re.I,
         ),
         ErrorType.VALIDATION,
@@ -123,6 +130,8 @@ _MESSAGE_PATTERNS: tuple[tuple[re.Pattern[str], ErrorType], ...] = (
 
 # An exception's text as it is usually written down: "ValueError: bad", "httpx.ReadTimeout: …".
 _TYPE_PREFIX = re.compile(r"\s*(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*)\s*:")
+# One without a message is its name alone, as ``described`` writes it ("KeyboardInterrupt").
+_TYPE_ALONE = re.compile(r"\s*(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*)\s*")
 
 
 def _from_exception_type(kind: type[BaseException]) -> ErrorType | None:
@@ -152,7 +161,7 @@ def _from_name(name: str) -> ErrorType | None:
 def _from_type_name(message: str) -> ErrorType | None:
     """An exception written down as text ("ValueError: bad"), classed as the exception
     would be: by its type when it is a built-in one, else by the hints in its name."""
-    match = _TYPE_PREFIX.match(message)
+    match = _TYPE_PREFIX.match(message) or _TYPE_ALONE.fullmatch(message)
     if match is None:
         return None
     name = match.group(1)

@@ -8,6 +8,7 @@ named, rather than later inside a background flush.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
@@ -154,7 +155,10 @@ def _relative(actual: float | None, predicted: float | None) -> float | None:
         return None
     if predicted == 0:
         return 0.0 if actual == 0 else None
-    return (actual - predicted) / predicted
+    error = (actual - predicted) / predicted
+    # A prediction so small (a denormal) that the quotient overflows has, like 0, no finite
+    # error, as the docstring says: not an infinity for a calibration to average.
+    return error if math.isfinite(error) else None
 
 
 class ExecutionRecord(_Record):
