@@ -313,7 +313,7 @@ def test_invalid_plan_names_every_problem(client: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("body", "words"),
     [
-        ({}, ["either 'goal'"]),
+        ({}, ["neither was given"]),  # said "not both"
         ({"goal": "calculate 1 + 1", "plan": {"steps": [{"id": "a", "tool": "x"}]}}, ["not both"]),
         ({"goal": "   "}, ["blank"]),
         ({"goal": "calculate 1 + 1", "rating": 3}, ["extra"]),
@@ -1381,3 +1381,35 @@ def test_openapi_fuzzing_finds_no_server_errors(tmp_path: Path) -> None:
     ):
         assert any(200 <= code < 300 for code in statuses[route]), (route, statuses[route])
     assert all(code < 500 for codes in statuses.values() for code in codes), statuses
+
+
+def test_an_output_too_deep_for_json_is_marked_alone_not_the_whole_answer(
+    store: ExecutionStore,
+) -> None:
+    """A tool's output nested past JSON's depth turned the whole response into the
+    "circular or too deeply nested" marker: its execution id, status and steps were lost."""
+    registry = ToolRegistry()
+
+    @registry.tool
+    def tree(depth: int) -> list:
+        """Build a nested list."""
+        value: list = []
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    plan = {"goal": "deep", "steps": [{"id": "t", "tool": "tree", "params": {"depth": 5000}}]}
+    with (
+        Orchestrator(registry, store=store, llm=None) as orch,
+        serve_app(orch) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        response = client.post("/v1/goals", json={"plan": plan})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["success"] is True and body["status"] == "succeeded"
+    assert body["execution_id"] and [s["step_id"] for s in body["steps"]] == ["t"]
+    marker = body["answer"]
+    while isinstance(marker, list):
+        marker = marker[0]
+    assert marker["$error"] == "circular or too deeply nested"

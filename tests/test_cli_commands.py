@@ -91,6 +91,10 @@ def test_feedback_and_export(home: Path, tmp_path: Path):
     result = _json(runner.invoke(app, ["run", "calculate 6 * 7", "--json"]))
     ok = runner.invoke(app, ["feedback", result["execution_id"], "--rating", "5", "--accepted"])
     assert ok.exit_code == 0 and "feedback recorded" in ok.output
+    # history and trace show it, not only export and the API
+    assert "5/5, accepted" in runner.invoke(app, ["history"]).output
+    traced = runner.invoke(app, ["trace", result["execution_id"]]).output
+    assert "feedback (human): 5/5, accepted" in traced
     out = tmp_path / "out" / "history.jsonl"
     assert runner.invoke(app, ["export", "--out", str(out)]).exit_code == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
@@ -200,7 +204,11 @@ def test_a_database_that_cannot_be_used_is_one_line_in_every_command(home: Path,
     assert runner.invoke(app, ["run", "calculate 2 + 2"]).exit_code == 0
     to_folder = runner.invoke(app, ["export", "--out", str(tmp_path)])
     assert to_folder.exit_code == 1 and f"cannot write {tmp_path}" in to_folder.output
-    for result in (down, demo_down, to_folder):
+    (tmp_path / "a-file").write_text("")
+    under_a_file = runner.invoke(app, ["export", "--out", str(tmp_path / "a-file" / "x.jsonl")])
+    assert under_a_file.exit_code == 1  # said "File exists"
+    assert f"{tmp_path / 'a-file'} is a file, not a folder" in under_a_file.output
+    for result in (down, demo_down, to_folder, under_a_file):
         assert "Traceback" not in result.output
 
 

@@ -898,10 +898,11 @@ def test_for_each_items_share_the_runs_bound_and_stop_when_one_fails():
     outcome, _ = run(engine, Plan(goal="g", steps=[two.steps[0]]), context={"a": [0, 100, 101]})
     each = outcome.steps["a"]
     assert each.status is StepStatus.FAILED and each.error.startswith("item 0:")
+    # Item 1 was running beside item 0 and is cancelled; item 2 was never taken (it was
+    # an attempt cancelled before: every item of a 100,000-item step was started at once).
     assert sorted((a.item, a.error_type) for a in each.attempts) == [
         (0, ErrorType.TOOL_ERROR),
         (1, ErrorType.CANCELLED),
-        (2, ErrorType.CANCELLED),
     ]
     assert 100 not in finished and 101 not in finished
     engine.close()
@@ -1019,3 +1020,42 @@ def test_a_call_the_closed_engine_never_ran_is_cancelled_not_the_tools_failure()
     outcome = asyncio.run(engine.execute(plan, execution_id=new_id()))
     (attempt,) = outcome.steps["a"].attempts  # not retried: nothing another try could mend
     assert attempt.error_type is ErrorType.CANCELLED and "engine was closed" in attempt.error
+
+
+def test_a_for_each_of_many_items_does_not_hold_the_event_loop():
+    """100,000 items were started as 100,000 tasks at once, resolving their arguments in
+    one turn of the event loop: a server's other requests waited for seconds."""
+    registry = ToolRegistry()
+
+    async def double(n: int) -> int:
+        return 2 * n
+
+    registry.register_function(double)
+    engine = ExecutionEngine(registry, retry=RetryPolicy(max_attempts=1))
+    plan = Plan(
+        goal="g",
+        steps=[Step(id="d", tool="double", for_each="${context.n}", params={"n": "${item}"})],
+    )
+
+    async def main() -> tuple[Any, int]:
+        turns = 0
+
+        async def ticker() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+
+        ticking = asyncio.ensure_future(ticker())
+        try:
+            outcome = await engine.execute(
+                plan, execution_id="e1", context={"n": list(range(20_000))}
+            )
+        finally:
+            ticking.cancel()
+        return outcome, turns
+
+    outcome, turns = asyncio.run(main())
+    assert outcome.success and outcome.output[:3] == [0, 2, 4]
+    assert turns > 1_000  # the loop turned while the items ran, not once after them all
+    engine.close()

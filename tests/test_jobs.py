@@ -35,7 +35,7 @@ from dendrite.learning.jobs import (
     UnknownJobError,
     run_job,
 )
-from dendrite.learning.policies import QualityPolicies
+from dendrite.learning.policies import QualityPolicies, QualityPolicy
 from dendrite.planning import SemanticPlanner, TemplatePlanner
 from dendrite.planning.plan import Plan, Step
 from dendrite.state import StateManager
@@ -796,6 +796,7 @@ def test_jobs_on_the_command_line(store: ExecutionStore):
     assert json.loads(result.output)[0]["job"] == "statistics"
     result = runner.invoke(app, ["jobs", "list", "--url", store.url])
     assert result.exit_code == 0 and "lifecycle" in result.output and "never" in result.output
+    assert "``" not in result.output  # was "below ``low_success``": the docstring's markup
     result = runner.invoke(app, ["jobs", "run", "nightly", "--url", store.url])
     assert result.exit_code == 2 and "unknown job 'nightly'" in result.output
     result = runner.invoke(app, ["jobs", "history", "nightly", "--url", store.url])
@@ -853,3 +854,16 @@ def test_a_job_that_never_ran_is_due_an_interval_after_it_was_first_awaited(tmp_
     assert again["lifecycle"] == pytest.approx(start, abs=5)  # its last run says: due
     assert again["quality"] == pytest.approx(start + 86_400, abs=5)  # unreadable: from now
     assert again["statistics"] == pytest.approx(first["statistics"], abs=5)
+
+
+def test_a_policy_set_by_hand_says_so(store: ExecutionStore):
+    """A pinned policy read "(defaults)" in a run's reasons and in ``dendrite trace``."""
+    policies = QualityPolicies(StateManager(store))
+    policies.set(QualityPolicy(project="ops", min_confidence=0.99, adaptive=False))
+    policies.set(QualityPolicy(project="web", min_confidence=0.7))
+    policies.set(QualityPolicy(project="api", reason="audit of 2026-11"))
+    assert policies.get("ops").reason == "set by hand, pinned"
+    assert policies.get("web").reason == "set by hand"
+    assert policies.get("api").reason == "audit of 2026-11"
+    assert QualityPolicies(StateManager(store)).get("ops").reason == "set by hand, pinned"
+    assert policies.get("other").reason == "defaults"

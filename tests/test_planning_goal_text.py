@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dendrite import Orchestrator
+from dendrite.learning.memory import PlanMemory
 from dendrite.planning import Plan, Step, references
 from dendrite.planning.arguments import extract_arguments, numbers_in, paths_in, spoken_math
 from dendrite.planning.conditions import ConditionError, compile_condition
@@ -601,3 +602,48 @@ def test_a_tool_that_takes_nothing_does_not_stand_in_for_a_better_match(orch: Or
         with pytest.raises(PlanningError, match="primes"):
             orch.process(goal)
     assert [s.tool for s in orch.process("list the files").plan.steps] == ["list_files"]
+
+
+def test_a_goal_no_tool_matches_says_so_in_every_planners_reason():
+    """The template planner's reason was empty: "template: no tool fits 'calculate 6 * 7': ;"."""
+    registry = ToolRegistry()
+
+    def fetch_page(url: str) -> str:
+        """Fetch a web page."""
+        return url
+
+    registry.register_function(fetch_page)
+    with (
+        Orchestrator(registry, store=None, llm=None) as orch,
+        pytest.raises(PlanningError) as raised,
+    ):
+        orch.process("calculate 6 * 7")
+    assert ": ;" not in str(raised.value)
+    assert "template: no tool fits 'calculate 6 * 7': no tool matched its words" in str(
+        raised.value
+    )
+
+
+def test_a_remembered_plan_tells_its_steps_in_the_new_goals_words():
+    """Reused for "calculate (1 + 2) * 14", the template's step still read "calculate:
+    calculate 6 * 7" in traces and the API."""
+    registry = ToolRegistry()
+
+    def calculate(expression: str) -> float:
+        """Calculate an arithmetic expression."""
+        return 0.0
+
+    registry.register_function(calculate)
+    memory = PlanMemory(threshold=0.5)
+    step = Step(
+        id="step1",
+        tool="calculate",
+        params={"expression": "6 * 7"},
+        description="calculate: calculate 6 * 7",
+    )
+    memory.remember("calculate 6 * 7", Plan(goal="g", steps=[step], planner="template"), None)
+    recalled = memory.recall("calculate (1 + 2) * 14", registry)
+    assert recalled is not None
+    (again,) = recalled.plan.steps
+    assert again.params == {"expression": "(1 + 2) * 14"}
+    assert again.description == "calculate: calculate (1 + 2) * 14"

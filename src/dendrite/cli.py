@@ -444,8 +444,10 @@ def history(
     # Tier, tokens and cost only when some run has them: most stores never route a run.
     routed = any(r.model_tier for r in records)
     spent = any(r.tokens_used is not None or r.actual_cost is not None for r in records)
+    judged = any(r.user_rating is not None or r.user_accepted is not None for r in records)
     columns = ["goal", "started (UTC)", "intent / type", "status", "ms", "conf."]
-    columns += ["tier"] * routed + ["tokens", "cost"] * spent + ["goal text"]
+    columns += ["tier"] * routed + ["tokens", "cost"] * spent + ["rating"] * judged
+    columns += ["goal text"]
     for column in columns:
         table.add_column(column, overflow="fold")
     for r in records:
@@ -462,8 +464,18 @@ def history(
         if spent:
             row.append("" if r.tokens_used is None else f"{r.tokens_used:,}")
             row.append("" if r.actual_cost is None else f"{r.actual_cost:g}")
+        if judged:  # what `dendrite feedback` recorded: history is where one looks for it
+            row.append(_judgement(r.user_rating, r.user_accepted))
         table.add_row(*(Text(cell) for cell in [*row, r.goal_text[:80]]))  # text, not markup
     console.print(table)
+
+
+def _judgement(rating: int | None, accepted: bool | None) -> str:
+    """A rating and an acceptance as one cell or line: "4/5, accepted"."""
+    parts = [] if rating is None else [f"{rating}/5"]
+    if accepted is not None:
+        parts.append("accepted" if accepted else "rejected")
+    return ", ".join(parts)
 
 
 def _usage_line(usage: dict[str, Any]) -> str:
@@ -497,6 +509,7 @@ def trace(
     with _store(url) as store:
         execution_id = _execution_id(store, execution_id)
         found = load_trace(store, execution_id)
+        detail = store.get_execution(execution_id) if found is not None else None
     if found is None:
         raise _fail(f"no execution {execution_id}", 1)
     if as_json:
@@ -513,6 +526,11 @@ def trace(
         root.add(Text(f"error: {found.error}", style="red"))
     if found.llm_usage:
         root.add(Text(_usage_line(found.llm_usage)))
+    for judged in detail.feedback if detail is not None else ():  # `dendrite feedback`'s
+        line = _judgement(judged.rating, judged.accepted)
+        if judged.feedback_text:
+            line += f"{', ' if line else ''}{judged.feedback_text!r}"
+        root.add(Text(f"feedback ({judged.source}): {line}"))
     step_ids = {step["step_id"] for step in found.steps}
     for component, reason in found.why.items():
         if component not in step_ids:  # run-level choices: route, experiment arm, policy
@@ -913,6 +931,8 @@ def export(
         rows = [r.model_dump(mode="json") for r in store.get_recent_executions(limit)]
     try:
         _write_export(out, fmt, rows)
+    except FileExistsError as error:  # mkdir's word for a file where a folder must be
+        raise _fail(f"cannot write {out}: {error.filename} is a file, not a folder", 1) from None
     except OSError as error:  # a folder, a read-only or full disk
         raise _fail(f"cannot write {out}: {error.strerror or error}", 1) from None
     console.print(f"{len(rows)} execution(s) written to {out}", highlight=False)

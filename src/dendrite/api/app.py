@@ -136,7 +136,25 @@ def _version() -> str:
 
 def _json(content: Any, status: int = 200) -> Response:
     """JSON that never fails to encode: tool outputs are whatever Python objects tools return."""
-    return Response(dumps(content), status_code=status, media_type="application/json")
+    return Response(_encoded(content), status_code=status, media_type="application/json")
+
+
+_TOO_DEEP = '"$error":"circular or too deeply nested"}'
+
+
+def _encoded(value: Any, levels: int = 4) -> str:
+    """``value`` as JSON, a part too deep for JSON (a tool's nested output) as the marker
+    ``dumps`` writes for it, and only that part: encoded whole, one deep answer turned the
+    whole response into the marker, its execution id and steps lost. Only the response's
+    own ``levels`` (an answer's steps, each step's fields) are taken apart; below them
+    the too-deep value is the tool's, and is the marker."""
+    text = dumps(value)
+    if not levels or not text.endswith(_TOO_DEEP) or not isinstance(value, dict | list | tuple):
+        return text
+    if isinstance(value, dict):
+        parts = (f"{json.dumps(str(k))}:{_encoded(v, levels - 1)}" for k, v in value.items())
+        return "{" + ",".join(parts) + "}"
+    return "[" + ",".join(_encoded(v, levels - 1) for v in value) + "]"
 
 
 # -- cursors -----------------------------------------------------------------

@@ -84,7 +84,9 @@ class GoalRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_target(self) -> GoalRequest:
-        if (self.goal is None) == (self.plan is None):
+        if self.goal is None and self.plan is None:
+            raise ValueError("give 'goal' (plain words) or 'plan' (explicit); neither was given")
+        if self.goal is not None and self.plan is not None:
             raise ValueError("give either 'goal' (plain words) or 'plan' (explicit), not both")
         if self.plan is not None and (self.planner or self.strategy):
             raise ValueError("'planner' and 'strategy' apply to a goal, not to an explicit plan")

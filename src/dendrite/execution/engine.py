@@ -665,22 +665,41 @@ class ExecutionEngine:
 
         if not items:
             return [], step.tool
-        # The first item that fails fails the step: the others are cancelled then, not left
-        # calling tools for a step (and a run) already reported.
-        tasks = [asyncio.ensure_future(one(i, item)) for i, item in enumerate(items)]
+        # Items are taken by as many workers as calls may run at once, not started all at
+        # once: 100,000 tasks resolving their arguments in one turn of the event loop held
+        # it (and every other request of a server) for seconds. The first item that fails
+        # fails the step: the workers stop taking items then, and the ones in flight are
+        # cancelled, not left calling tools for a step (and a run) already reported.
+        answers: list[tuple[Any, str]] = [(None, step.tool)] * len(items)
+        failures: dict[int, _Failure] = {}
+        queue = iter(enumerate(items))  # shared: each item is taken by one worker
+
+        async def worker() -> None:
+            for index, item in queue:
+                await asyncio.sleep(0)  # an item that never waits still lets the loop run
+                try:
+                    answers[index] = await one(index, item)
+                except _Failure as failure:
+                    failures[index] = failure
+                    raise
+
+        workers = [
+            asyncio.ensure_future(worker()) for _ in range(min(len(items), self.max_parallel_steps))
+        ]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
         finally:
-            pending = [task for task in tasks if not task.done()]
+            pending = [task for task in workers if not task.done()]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        # Every failure is read (asyncio logs "exception was never retrieved" for the
-        # rest otherwise); the first item's in order is the step's.
-        failures = [t.exception() for t in tasks if not t.cancelled() and t.exception()]
+        # Every error is read (asyncio logs "exception was never retrieved" otherwise); the
+        # first failed item in order is the step's.
+        errors = [t.exception() for t in workers if not t.cancelled() and t.exception()]
         if failures:
-            raise failures[0]  # type: ignore[misc]
-        answers = [task.result() for task in tasks]
+            raise failures[min(failures)]
+        if errors:
+            raise errors[0]  # type: ignore[misc]
         answered_by = next((name for _, name in answers if name != step.tool), step.tool)
         return [output for output, _ in answers], answered_by
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from dendrite.learning.policies import QualityPolicies
 from dendrite.state import FOREVER, StateManager
+from dendrite.store.errors import StoreUnavailableError
 from dendrite.tools import Reliability
 
 if TYPE_CHECKING:
@@ -310,8 +311,10 @@ JOBS: dict[str, tuple[Job, timedelta]] = {
 
 
 def describe(name: str) -> str:
+    """The job's summary as ``dendrite jobs list`` and the API show it: the docstring's first
+    line, its setting names as plain text rather than reStructuredText's ````low_success````."""
     job = JOBS[name][0]
-    return (job.__doc__ or "").strip().splitlines()[0]
+    return (job.__doc__ or "").strip().splitlines()[0].replace("``", "")
 
 
 class UnknownJobError(KeyError):
@@ -330,7 +333,7 @@ def run_job(name: str, ctx: JobContext, *, trigger: str = "manual") -> JobRun:
     try:
         report = job(ctx)
     except Exception as failure:
-        log.warning("job %s failed", name, exc_info=True)
+        log.warning("job %s failed: %s", name, failure, exc_info=_traceback(failure))
         error = f"{type(failure).__name__}: {failure}"
     finished_at = datetime.now(UTC)
     return ctx.store.store_job_run(
@@ -413,8 +416,13 @@ class JobScheduler:
         for name, every in self.intervals.items():
             try:
                 since = self._since(name, now)
-            except Exception:
-                log.warning("could not read the last run of job %s", name, exc_info=True)
+            except Exception as error:
+                log.warning(
+                    "could not read the last run of job %s: %s",
+                    name,
+                    error,
+                    exc_info=_traceback(error),
+                )
                 since = now
             wait = min(every, max(timedelta(0), since + every - now))
             due[name] = start + wait.total_seconds()
@@ -443,9 +451,18 @@ class JobScheduler:
             try:
                 run = await asyncio.to_thread(run_job, name, self.context, trigger="schedule")
                 self.runs = [*self.runs[-99:], run]
-            except Exception:
-                log.warning("could not run or record job %s", name, exc_info=True)
+            except Exception as error:
+                log.warning(
+                    "could not run or record job %s: %s", name, error, exc_info=_traceback(error)
+                )
             due[name] = time.monotonic() + self.intervals[name].total_seconds()
+
+
+def _traceback(error: Exception) -> bool:
+    """Whether a failure's log line carries its traceback: not for a database that is
+    down, a state the store expects and names in its message (a server started while
+    the database was down logged two dozen tracebacks in its first seconds)."""
+    return not isinstance(error, StoreUnavailableError)
 
 
 def _first_wait(table: Any, name: str, now: datetime) -> dict[str, str]:

@@ -162,8 +162,7 @@ class PlanMemory:
                     params[name] = _nth_path(params[name], old_parts[part], new_parts[part])
                     if params[name] is None:
                         params[name] = fresh[name]
-                if step.description == old_parts[part]:
-                    update["description"] = new_parts[part]
+                update["description"] = _retold(step.description, old_parts[part], new_parts[part])
             else:
                 same = len(new_parts) == len(old_parts) and step.description in old_parts
                 at = old_parts.index(step.description) if same else -1
@@ -172,6 +171,7 @@ class PlanMemory:
                 before = extract_arguments(old_text, schema).params
                 if _adds_arguments(extract_arguments(new_text, schema).params, before, params):
                     return None
+                update["description"] = _retold(step.description, old_text, new_text)
             steps.append(step.model_copy(update={**update, "params": params}))
         return source.plan.model_copy(
             update={
@@ -184,6 +184,13 @@ class PlanMemory:
                 },
             }
         )
+
+
+def _retold(description: str, old: str, new: str) -> str:
+    """The step's description with the old goal's words in it replaced by the new goal's
+    ("calculate: calculate 6 * 7" for a run of "calculate (1 + 2) * 14" read as the old
+    goal's step in traces and the API)."""
+    return description.replace(old, new) if old and old in description else description
 
 
 def _adds_arguments(

@@ -126,7 +126,13 @@ class QualityPolicies:
             return sorted(self._all().values(), key=lambda p: p.project)
 
     def set(self, policy: QualityPolicy) -> None:
-        """Set a project's policy by hand (``adaptive=False`` keeps the jobs off it)."""
+        """Set a project's policy by hand (``adaptive=False`` keeps the jobs off it).
+
+        Without a reason of its own it says so: the default, "defaults", read as the
+        policy nobody set in ``dendrite trace`` and every run's reasons."""
+        if "reason" not in policy.model_fields_set:
+            pinned = "" if policy.adaptive else ", pinned"
+            policy = policy.model_copy(update={"reason": f"set by hand{pinned}"})
         with self._lock:
             self._all()[policy.project] = policy
             self._save(policy)

@@ -103,7 +103,8 @@ class TemplatePlanner:
     def _single(self, goal: str, registry: ToolRegistry, why: dict[str, str]) -> list[Step]:
         fits, rejected = candidates_for(goal, registry, self.retrievers, k=self.candidates)
         if not fits:
-            raise PlanningError(f"no tool fits {goal!r}: {'; '.join(rejected)}")
+            tried = "; ".join(rejected) or "no tool matched its words"  # not a bare ": "
+            raise PlanningError(f"no tool fits {goal!r}: {tried}")
         slot = fits[0].extraction.from_rest
         is_text = slot is not None and slot.lower() in ("text", "content", "input")
         if is_text and paths_in(str(fits[0].extraction.params[slot])):
