@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -19,7 +21,7 @@ from dendrite.learning.loop import LearningLoop
 from dendrite.learning.memory import PlanMemory
 from dendrite.learning.policies import QualityPolicies
 from dendrite.learning.ranker import Ranked, ToolRanker
-from dendrite.planning import Plan, RetryPolicy, Step
+from dendrite.planning import Plan, PlanningError, RetryPolicy, Step
 from dendrite.planning.arguments import extract_arguments
 from dendrite.planning.references import literal
 from dendrite.store import ExecutionStore, InvalidRecordError
@@ -592,6 +594,42 @@ def test_a_restart_learns_the_failures_that_a_fallback_rescued(store: ExecutionS
         store.get_attempt_outcomes(["goal_1"])
 
 
+def test_a_cancelled_reuse_of_a_remembered_plan_does_not_veto_it_after_a_restart(
+    store: ExecutionStore,
+):
+    """The live loop learns nothing from a cancelled run; warm start judged its reuse of a
+    remembered plan a failure, so after a restart that plan was never reused again."""
+    release = threading.Event()
+    registry = ToolRegistry()
+
+    def convert_units(value: float, from_unit: str, to_unit: str) -> float:
+        """Convert a length between units such as km and miles."""
+        if value == 7:
+            release.wait(5)
+        return round(value * 0.621371, 3)
+
+    registry.register_function(convert_units)
+
+    async def cancel_a_reuse(orch: Orchestrator) -> None:
+        running = asyncio.create_task(orch.run("convert 7 km to miles"))
+        while not orch._in_flight:
+            await asyncio.sleep(0.01)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    with Orchestrator(registry, store=store, llm=None) as live:
+        assert live.process("convert 5 km to miles").success
+        asyncio.run(cancel_a_reuse(live))
+        release.set()
+        assert live.learning.memory.recall("convert 9 km to miles", registry) is not None
+    store.flush()
+    (cancelled,) = store.get_recent_executions(1)
+    assert cancelled.status == "cancelled" and cancelled.metadata["planner"] == "memory"
+    with Orchestrator(registry, store=store, llm=None) as restarted:
+        assert restarted.learning.memory.recall("convert 9 km to miles", registry) is not None
+
+
 def test_a_restart_counts_a_for_each_steps_items_as_the_live_loop_did(store: ExecutionStore):
     registry = ToolRegistry()
 
@@ -647,6 +685,54 @@ def test_a_remembered_plan_that_fails_on_reuse_gives_way_to_its_repair(store: Ex
         again = restarted.process("weather forecast for zip 2108")
     assert again.output == "cloudy at 2108" and again.plan.planner == "memory"
     assert broken["calls"] == 1
+
+
+def test_a_plan_with_the_callers_arguments_is_never_reused_for_another_goal(
+    store: ExecutionStore,
+):
+    """The single-tool planner's arguments come from ``context["params"]``, a hand-written
+    plan's from its caller: remembered, they answered other sessions' goals that never said
+    them (Alice's account looked up for Bob), and a restart learned them again."""
+    registry = ToolRegistry()
+
+    def get_account(account_id: int) -> str:
+        """Get the account details of an account by its id."""
+        return f"account {account_id}"
+
+    def get_customer(customer_id: int) -> str:
+        """Get a customer record by id (the old service)."""
+        raise ValueError("this service is gone")
+
+    def fetch_customer(customer_id: int) -> str:
+        """Fetch a customer record by id."""
+        return f"customer {customer_id}"
+
+    for tool in (get_account, get_customer, fetch_customer):
+        registry.register_function(tool)
+    hand_written = Plan(
+        goal="show the customer record",
+        steps=[Step(id="s", tool="get_customer", params={"customer_id": 99})],
+    )
+
+    def others_goals(orch: Orchestrator) -> None:
+        for goal in ("get account details", "show the customer record"):
+            with pytest.raises(PlanningError):
+                orch.process(goal, session_id="bob")
+
+    with Orchestrator(registry, store=store, llm=None) as live:
+        alice = live.process(
+            "get account details",
+            session_id="alice",
+            context={"params": {"account_id": 4711}},
+            planner=live.make_planner("single"),
+        )
+        carol = live.process(hand_written, session_id="carol")
+        assert alice.output == "account 4711" and carol.output == "customer 99"
+        assert carol.plan.metadata["replans"]
+        others_goals(live)
+    store.flush()
+    with Orchestrator(registry, store=store, llm=None) as restarted:
+        others_goals(restarted)
 
 
 def test_a_planner_or_strategy_asked_for_keeps_the_ranker_and_plan_memory(store: ExecutionStore):
@@ -754,6 +840,76 @@ def test_half_open_lets_one_probe_through_while_runs_overlap():
     assert asyncio.run(main()) == [True] * 6
     assert calls.count("primary") == 1 and calls.count("backup") == 6
     assert loop.health.health("fetch_primary") is Health.QUARANTINED  # the probe failed
+
+
+def test_a_slow_health_log_write_stalls_neither_the_event_loop_nor_other_runs_calls(
+    store_url: str, tmp_path: Path
+):
+    """A transition was written to the store's health log on the event loop, under the
+    monitor's lock: while another process held the log (or the database was slow), the loop
+    stood still and every run's next tool call (``admit``) waited for the write."""
+    registry = ToolRegistry()
+
+    async def fetch_primary(query: str) -> str:
+        """Fetch a record by query from the primary service."""
+        raise RuntimeError("primary down")
+
+    async def fetch_backup(query: str) -> str:
+        """Fetch a record by query from the backup service."""
+        return "backup:" + query
+
+    registry.register_function(fetch_primary, alternatives=["fetch_backup"])
+    registry.register_function(fetch_backup)
+    loop = LearningLoop(registry, health_policy=HealthPolicy(min_samples=2, window=2))
+    plan = Plan(goal="fetch x", steps=[Step(id="s", tool="fetch_primary", params={"query": "x"})])
+    holding = threading.Event()
+
+    def held_by_another_process(previous: object) -> object:
+        holding.set()
+        time.sleep(1.0)
+        return previous or []
+
+    def admit_once_quarantined() -> float:
+        while loop.health.health("fetch_primary") is not Health.QUARANTINED:
+            time.sleep(0.001)
+        started = time.perf_counter()
+        loop.health.admit("fetch_backup")  # a call of another run, on another thread
+        return time.perf_counter() - started
+
+    async def main(orch: Orchestrator, other: ExecutionStore) -> tuple[float, float]:
+        await orch.run(plan)
+        writer = threading.Thread(
+            target=other.update_state, args=("global", "", HEALTH_LOG_KEY, held_by_another_process)
+        )
+        writer.start()
+        await asyncio.to_thread(holding.wait, 5)
+        gaps: list[float] = []
+
+        async def heartbeat() -> None:
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.01)
+                gaps.append(time.perf_counter() - last)
+                last = time.perf_counter()
+
+        beating = asyncio.create_task(heartbeat())
+        admitting = asyncio.create_task(asyncio.to_thread(admit_once_quarantined))
+        await orch.run(plan)  # the second failure in a row: quarantined
+        await asyncio.sleep(0.05)
+        beating.cancel()
+        await asyncio.to_thread(writer.join)
+        return max(gaps), await admitting
+
+    config = OrchestratorConfig(retry=ONCE, max_replans=0)
+    with (
+        ExecutionStore(store_url, state_dir=tmp_path / "a") as store,
+        ExecutionStore(store_url, state_dir=tmp_path / "b") as other,
+        Orchestrator(registry, store=store, config=config, llm=None, learning=loop) as orch,
+    ):
+        stall, admit_wait = asyncio.run(main(orch, other))
+        log = orch.state.reread("global", HEALTH_LOG_KEY)
+    assert stall < 0.5 and admit_wait < 0.5
+    assert log[-1]["tool"] == "fetch_primary" and log[-1]["after"] == "quarantined"
 
 
 def test_of_tools_equally_likely_to_answer_the_quicker_ranks_first():
@@ -1169,6 +1325,58 @@ def test_the_trace_names_a_stand_in_left_out_as_quarantined(store: ExecutionStor
     assert result.plan.steps[0].tool == "search_replica"
     why = result.why[result.plan.steps[0].id]
     assert "left out: tool 'search_index' is quarantined" in why and "nowhere" not in why
+
+
+def test_the_trace_names_what_was_left_out_when_the_plan_was_made(store: ExecutionStore):
+    """Read when the run ended, a stand-in quarantined mid-run was named as left out of
+    the step it had just answered, and one restored mid-run was not named at all."""
+    registry = ToolRegistry()
+
+    def fetch_primary(query: str) -> str:
+        """Fetch a record from the primary."""
+        raise RuntimeError("primary down")
+
+    def fetch_replica(query: str) -> str:
+        """Fetch a record from the replica."""
+        return "replica:" + query
+
+    def fetch_cache(query: str) -> str:
+        """Fetch a record from the cache."""
+        return "cache:" + query
+
+    def operator(name: str, status: str) -> str:
+        """Change a tool's state while the run goes on, as a person or a run beside it may."""
+        orch.set_tool_status(name, status, "taken out" if status != "enabled" else None)
+        return status
+
+    registry.register_function(fetch_primary, alternatives=["fetch_replica"])
+    registry.register_function(fetch_replica)
+    registry.register_function(fetch_cache, alternatives=["fetch_primary"])
+    registry.register_function(operator)
+
+    def plan(tool: str, name: str, status: str) -> Plan:
+        steps = [
+            Step(id="a", tool=tool, params={"query": "x"}),
+            Step(
+                id="b", tool="operator", params={"name": name, "status": status}, depends_on=["a"]
+            ),
+        ]
+        return Plan(goal="fetch x", steps=steps, metadata={"why": {"a": f"{tool}: picked"}})
+
+    config = OrchestratorConfig(retry=ONCE, learning=False, max_replans=0)
+    with Orchestrator(registry, store=store, config=config, llm=None) as orch:
+        answered = orch.process(plan("fetch_primary", "fetch_replica", "quarantined"))
+        assert answered.step("a").tool == "fetch_replica"
+        assert answered.why["a"] == "fetch_primary: picked"
+        orch.set_tool_status("fetch_replica", "enabled")
+        orch.set_tool_status("fetch_primary", "quarantined", "under maintenance")
+        restored = orch.process(plan("fetch_cache", "fetch_primary", "enabled"))
+        assert registry.state("fetch_primary").status is ToolStatus.ENABLED
+    assert restored.why["a"] == (
+        "fetch_cache: picked; left out: tool 'fetch_primary' is quarantined: under maintenance"
+    )
+    store.flush()
+    assert store.get_execution(answered.execution_id).metadata["why"]["a"] == answered.why["a"]
 
 
 def test_plan_memory_keeps_a_quoted_value_whole_and_finds_a_steps_part_by_its_text():

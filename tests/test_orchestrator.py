@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
 from dendrite import EventType, Orchestrator, OrchestratorConfig
 from dendrite._ids import new_id
+from dendrite.learning import Router
+from dendrite.learning.router import HashedFeaturiser, TaskFeatures
 from dendrite.orchestrator import OrchestratorClosedError, load_trace
 from dendrite.planning import (
     Plan,
@@ -23,6 +27,7 @@ from dendrite.planning import (
 )
 from dendrite.store import ExecutionStore
 from dendrite.telemetry import ErrorType, ExecutionStatus
+from dendrite.telemetry.records import MAX_PROJECT
 from dendrite.tools import ToolContext, ToolRegistry
 from tests.conftest import pg_admin, pg_database, wait_until_drained
 
@@ -470,6 +475,55 @@ def test_planning_and_validation_failures_raise_and_are_recorded(
     assert typo.metadata["problems"][0].startswith("step 'a': tool: unknown tool 'serch'")
 
 
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("this message cannot be read")
+
+
+def test_a_planner_error_whose_message_cannot_be_read_is_recorded_and_raised(
+    store: ExecutionStore,
+):
+    """Formatting the planner's error raised from its ``__str__``: the caller got that
+    RuntimeError instead of the planner's own error, and the run was never recorded."""
+
+    class BrokenPlanner:
+        name = "broken"
+
+        async def plan(self, goal: str, registry: ToolRegistry, context: Any) -> Plan:
+            raise Unprintable()
+
+    orch = Orchestrator(make_registry(), store=store, planner=BrokenPlanner(), llm=None)
+    with pytest.raises(Unprintable):
+        orch.process("search for dendrites")
+    orch.close()
+    store.flush()
+    (record,) = store.get_recent_executions(5)
+    assert record.error == "the planner failed: Unprintable: <str() raised RuntimeError>"
+    assert record.metadata["planner"] == "broken" and not record.success
+
+
+def test_process_does_not_chain_a_runs_errors_to_the_missing_event_loop(orch: Orchestrator):
+    """The run started inside the handler of "no running event loop", so every error of
+    it came with that RuntimeError as its context, first in the caller's traceback."""
+    with pytest.raises(PlanValidationError) as raised:
+        orch.process(Plan(goal="typo", steps=[Step(id="a", tool="serch")]))
+    assert raised.value.__context__ is None
+
+
+def test_a_configured_project_too_long_to_record_is_refused_up_front(store: ExecutionStore):
+    """A context's project is refused before the run; the configuration's was taken, and
+    then the store refused the record of every run, which went unrecorded."""
+    with pytest.raises(ValidationError, match="project"):
+        OrchestratorConfig(project="p" * (MAX_PROJECT + 1))
+    config = OrchestratorConfig(project="p" * MAX_PROJECT)
+    with Orchestrator(make_registry(), store=store, config=config, llm=None) as orch:
+        result = orch.process(
+            Plan(goal="g", steps=[Step(id="s", tool="search", params={"query": "q"})])
+        )
+    store.flush()
+    assert store.get_execution(result.execution_id).project == "p" * MAX_PROJECT
+
+
 def test_the_single_tool_planner_runs_a_named_tool(store: ExecutionStore):
     orch = Orchestrator(make_registry(), store=store, planner=SingleToolPlanner(), llm=None)
     result = orch.process("search notes about dendrites")
@@ -587,6 +641,57 @@ def test_cancelled_runs_are_recorded_as_cancelled(store: ExecutionStore):
     assert [(a.tool_name, a.error_type) for a in detail.steps] == [
         ("wait_forever", ErrorType.CANCELLED)
     ]
+
+
+class SlowFeaturiser:
+    """The router's own featuriser behind a slow embedding service."""
+
+    def __init__(self) -> None:
+        self.inner = HashedFeaturiser()
+        self.started = threading.Event()
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def vectorise(self, features: TaskFeatures, *, grow: bool = True) -> Any:
+        self.started.set()
+        time.sleep(0.3)
+        return self.inner.vectorise(features, grow=grow)
+
+    def vectorise_many(self, items: Any, *, grow: bool = True) -> Any:
+        return self.inner.vectorise_many(items, grow=grow)
+
+
+def test_a_run_cancelled_while_the_router_decides_is_recorded_and_its_decision_withdrawn(
+    store: ExecutionStore,
+):
+    """Cancelled before it planned (a client gone at once), a run left no execution, and
+    its routing decision, made in its thread all the same, waited for an outcome for good."""
+    featuriser = SlowFeaturiser()
+    router = Router(["small", "large"], store=store, router_name="pool", featuriser=featuriser)
+    orch = Orchestrator(make_registry(), store=store, llm=None, router=router)
+    plan = Plan(goal="look it up", steps=[Step(id="s", tool="search", params={"query": "x"})])
+
+    async def cancel_while_deciding() -> None:
+        running = asyncio.create_task(orch.run(plan))
+        await asyncio.to_thread(featuriser.started.wait, 5)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    asyncio.run(cancel_while_deciding())
+    assert router.pending == []
+    orch.close()
+    store.flush()
+    (record,) = store.get_recent_executions(5)
+    assert record.status == ExecutionStatus.CANCELLED and record.error_type is ErrorType.CANCELLED
+    (routed,) = store.get_routing_outcomes(router="pool")
+    assert routed.decision.execution_id == record.id and routed.outcome is not None
 
 
 def test_traces_from_memory_and_from_the_store(orch: Orchestrator, store: ExecutionStore):

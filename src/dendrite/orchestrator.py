@@ -108,7 +108,12 @@ class OrchestratorConfig(BaseModel):
         default=30.0, ge=0, description="seconds a tool's success history is reused for confidence"
     )
     state_ttl: float | None = Field(default=None, gt=0)
-    project: str | None = None
+    project: str | None = Field(
+        default=None,
+        max_length=MAX_PROJECT,
+        description="the project of runs whose context names none; refused here when longer "
+        "than a record keeps, as a context's project is, or every run would go unrecorded",
+    )
     max_output_bytes: int = Field(default=64 * 1024, ge=256)
     keep_traces: int = Field(default=256, ge=0, description="recent traces held in memory")
     max_replans: int = Field(
@@ -617,6 +622,8 @@ class Orchestrator:
             with contextlib.suppress(RuntimeError):  # its loop closed already: nothing runs
                 loop.call_soon_threadsafe(task.cancel)
         self.engine.close()
+        if self.learning is not None:
+            self.learning.write_log()
         if self._owns_store and self.store is not None:
             self.store.close()
 
@@ -670,14 +677,21 @@ class Orchestrator:
         *,
         planner: Planner | None = None,
     ) -> ExecutionResult:
-        """Synchronous :meth:`run`, for scripts and for sync tools that start nested runs."""
+        """Synchronous :meth:`run`, for scripts and for sync tools that start nested runs.
+
+        The run starts outside the handler of the "no running event loop" error: inside
+        it, every exception of the run (the planner's, an async tool's) would be chained to
+        that error, and each traceback the caller sees would begin with it.
+        """
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.run(goal_or_plan, session_id, context, planner=planner))
-        raise RuntimeError(
-            "Orchestrator.process() was called inside a running event loop; use `await run()`"
-        )
+            pass
+        else:
+            raise RuntimeError(
+                "Orchestrator.process() was called inside a running event loop; use `await run()`"
+            )
+        return asyncio.run(self.run(goal_or_plan, session_id, context, planner=planner))
 
     async def stream(
         self,
@@ -739,9 +753,23 @@ class Orchestrator:
         started_at = datetime.now(UTC)
         started = time.perf_counter()
         goal = goal_or_plan.goal if isinstance(goal_or_plan, Plan) else str(goal_or_plan)
-        decisions = await self._decide(
-            goal_or_plan, goal, execution_id, session_id, context, depth, planner
+        project = context.get("project") or self.config.project
+        decisions = _Decisions(
+            project=project if isinstance(project, str) else None, planner=planner
         )
+        try:
+            await self._decide(
+                decisions, goal_or_plan, goal, execution_id, session_id, context, depth
+            )
+        except asyncio.CancelledError as cancelled:
+            # Cancelled while the router, the policy or the experiment decided, the run is
+            # recorded as one cancelled while planning: else its routing decision waits for an
+            # outcome that never comes, and its experiment assignment names no run.
+            self._record_unplanned(
+                cancelled, goal_or_plan, goal, execution_id, session_id, parent, depth,
+                decisions, started_at, started,
+            )  # fmt: skip
+            raise
         route = decisions.choice.option if decisions.choice else (parent.route if parent else None)
         scope = contextlib.ExitStack()
         scope.callback(_current.reset, _current.set(_Frame(execution_id, depth, route)))
@@ -774,51 +802,20 @@ class Orchestrator:
     ) -> ExecutionResult:
         """The run inside its frame, which the caller leaves however this ends."""
         if self.learning is not None:
-            self.learning.before_run()
+            self.learning.before_run(log_now=False)
         try:
+            await self._write_health_log()
             plan = await self._plan(goal_or_plan, context, decisions)
         except BaseException as error:
-            if isinstance(error, asyncio.CancelledError):
-                status, error_type, text = (
-                    ExecutionStatus.CANCELLED, ErrorType.CANCELLED, "the run was cancelled",
-                )  # fmt: skip
-            elif isinstance(error, PlanningError | PlanValidationError):
-                status, error_type, text = ExecutionStatus.FAILED, ErrorType.VALIDATION, str(error)
-                error.execution_id = execution_id  # so the caller can point at the record
-            elif isinstance(error, Exception):
-                status, error_type = ExecutionStatus.FAILED, ErrorType.infer(error)
-                text = f"the planner failed: {type(error).__name__}: {error}"
-            else:  # KeyboardInterrupt, SystemExit: nothing to record, only to pass on
-                raise
-            self._record_execution(
-                execution_id=execution_id,
-                goal=goal,
-                success=False,
-                status=status,
-                error=text,
-                error_type=error_type,
-                started_at=started_at,
-                duration_ms=(time.perf_counter() - started) * 1000,
-                session_id=session_id,
-                parent=parent,
-                depth=depth,
-                decisions=decisions,
-                metadata={
-                    "planner": planner_name(decisions.planner or self.planner)
-                    if not isinstance(goal_or_plan, Plan)
-                    else goal_or_plan.planner,
-                    "strategy": _strategy_of(decisions.planner or self.planner),
-                    "problems": [str(p) for p in getattr(error, "problems", [])],
-                    "why": decisions.why(),
-                },
-            )
-            self._learn_route(
-                execution_id,
-                decisions,
-                success=False,
-                cancelled=status is ExecutionStatus.CANCELLED,
-            )
+            self._record_unplanned(
+                error, goal_or_plan, goal, execution_id, session_id, parent, depth,
+                decisions, started_at, started,
+            )  # fmt: skip
             raise
+        # Read now: the tools unavailable when the plan was made are what kept stand-ins out
+        # of it. Read when the run ends, a tool quarantined meanwhile (by a run beside this
+        # one, or by hand) would be named as left out of a step it may have answered.
+        left_out = self._left_out(plan)
         if emit:
             emit(
                 Event(
@@ -878,6 +875,7 @@ class Orchestrator:
                 if repair is None:
                     break
                 plan, note = repair
+                left_out = self._left_out(plan)
                 replans.append(note)
                 if emit:
                     emit(Event(EventType.REPLANNED, execution_id, note["step"], note))
@@ -903,6 +901,7 @@ class Orchestrator:
                 parent,
                 depth,
                 decisions,
+                left_out,
                 cancelled=cancelled,
                 crashed=None if cancelled else error,
             )
@@ -927,7 +926,9 @@ class Orchestrator:
             parent,
             depth,
             decisions,
+            left_out,
         )
+        await self._write_health_log()
         if (
             self.policies is not None
             and self.store is not None
@@ -953,6 +954,71 @@ class Orchestrator:
                 )
             )
         return result
+
+    async def _write_health_log(self) -> None:
+        """Write the health transitions of the run from a thread: a transaction on the
+        store's health log (another process's, a slow database) would stall the event loop,
+        and every run on it, for as long as it takes. A run that ends by an exception
+        leaves them to the next run, or to ``close()``."""
+        if self.learning is not None and self.learning.log_pending:
+            await asyncio.to_thread(self.learning.write_log)
+
+    def _record_unplanned(
+        self,
+        error: BaseException,
+        goal_or_plan: str | Plan,
+        goal: str,
+        execution_id: str,
+        session_id: str | None,
+        parent: _Frame | None,
+        depth: int,
+        decisions: _Decisions,
+        started_at: datetime,
+        started: float,
+    ) -> None:
+        """Record a run that ended before it had a plan to run, for the caller to raise.
+
+        The planner is the caller's code: its exception's message may fail to print, and
+        that must neither lose the record nor replace the exception the caller gets.
+        KeyboardInterrupt and SystemExit leave no record, only to be passed on.
+        """
+        if isinstance(error, asyncio.CancelledError):
+            status, error_type, text = (
+                ExecutionStatus.CANCELLED, ErrorType.CANCELLED, "the run was cancelled",
+            )  # fmt: skip
+        elif isinstance(error, PlanningError | PlanValidationError):
+            status, error_type, text = ExecutionStatus.FAILED, ErrorType.VALIDATION, str(error)
+            error.execution_id = execution_id  # so the caller can point at the record
+        elif isinstance(error, Exception):
+            status, error_type = ExecutionStatus.FAILED, ErrorType.infer(error)
+            text = f"the planner failed: {described(error)}"
+        else:
+            return
+        self._record_execution(
+            execution_id=execution_id,
+            goal=goal,
+            success=False,
+            status=status,
+            error=text,
+            error_type=error_type,
+            started_at=started_at,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            session_id=session_id,
+            parent=parent,
+            depth=depth,
+            decisions=decisions,
+            metadata={
+                "planner": planner_name(decisions.planner or self.planner)
+                if not isinstance(goal_or_plan, Plan)
+                else goal_or_plan.planner,
+                "strategy": _strategy_of(decisions.planner or self.planner),
+                "problems": [str(p) for p in getattr(error, "problems", [])],
+                "why": decisions.why(),
+            },
+        )
+        self._learn_route(
+            execution_id, decisions, success=False, cancelled=status is ExecutionStatus.CANCELLED
+        )
 
     async def _replan(
         self, plan: Plan, outcome: RunOutcome, context: Mapping[str, Any]
@@ -992,22 +1058,20 @@ class Orchestrator:
 
     async def _decide(
         self,
+        decisions: _Decisions,
         goal_or_plan: str | Plan,
         goal: str,
         execution_id: str,
         session_id: str | None,
         context: Mapping[str, Any],
         depth: int,
-        planner: Planner | None = None,
-    ) -> _Decisions:
-        """The policy, route and experiment arm of a run; a failing component is skipped.
+    ) -> None:
+        """The policy, route and experiment arm of a run, in ``decisions`` (the caller's, so
+        that a run cancelled half-way keeps what was decided); a failing component is skipped.
 
         A planner asked for by the caller wins over an experiment, which then
         assigns no arm: the arm would be recorded but not run."""
-        project = context.get("project") or self.config.project
-        decisions = _Decisions(
-            project=project if isinstance(project, str) else None, planner=planner
-        )
+        planner = decisions.planner
         if self.policies is not None:
             try:  # from memory, but for a read of the store every refresh_seconds
                 get, project = self.policies.get, decisions.project
@@ -1022,10 +1086,17 @@ class Orchestrator:
                 project=decisions.project,
                 complexity=context.get("complexity"),
             )
+            choosing = asyncio.ensure_future(
+                asyncio.to_thread(self.router.choose, features, execution_id)
+            )
             try:
-                decisions.choice = await asyncio.to_thread(
-                    self.router.choose, features, execution_id
-                )
+                decisions.choice = await asyncio.shield(choosing)
+            except asyncio.CancelledError:
+                # Its thread decides all the same: the decision is waited for, so that the
+                # caller can withdraw it, not left pending for an outcome that never comes.
+                with contextlib.suppress(Exception):
+                    decisions.choice = await choosing
+                raise
             except Exception:
                 log.warning("the router could not decide; running unrouted", exc_info=True)
         # A run a tool starts inside another is part of the goal the arm was assigned, not
@@ -1051,7 +1122,6 @@ class Orchestrator:
                     )
                 except Exception:
                     log.warning("could not record the experiment assignment", exc_info=True)
-        return decisions
 
     def _is_tier(self, choice: RoutingChoice) -> bool:
         """The model-tier router chose one of the model's tiers (rather than an option
@@ -1141,10 +1211,13 @@ class Orchestrator:
         parent: _Frame | None,
         depth: int,
         decisions: _Decisions,
+        left_out: dict[str, str],
         *,
         cancelled: bool = False,
         crashed: Exception | None = None,
     ) -> ExecutionResult:
+        """The result of the run, recorded and learned from; ``left_out`` is the plan's
+        reasons as ``_left_out`` gave them when the plan was made."""
         duration_ms = (time.perf_counter() - started) * 1000
         if crashed is not None:  # recorded as failed all the same, then raised to the caller
             status, success = ExecutionStatus.FAILED, False
@@ -1192,7 +1265,7 @@ class Orchestrator:
             else None,
             arm=decisions.arm,
             needs_review=needs_review,
-            why={**self._left_out(plan), **decisions.why()},
+            why={**left_out, **decisions.why()},
             llm_usage=decisions.usage.summary()
             if decisions.usage is not None and decisions.usage.calls
             else None,
@@ -1239,7 +1312,7 @@ class Orchestrator:
             )
         if self.learning is not None and not cancelled:
             try:
-                self.learning.after_run(result)
+                self.learning.after_run(result, log_now=False)  # the caller writes the health log
             except Exception:
                 log.warning("learning could not take run %s", execution_id, exc_info=True)
         self._learn_route(execution_id, decisions, success=success, cancelled=cancelled)

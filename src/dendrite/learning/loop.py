@@ -16,22 +16,30 @@ more about today's tools than one of last month's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import threading
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from dendrite.learning._checks import check_number
-from dendrite.learning.health import HEALTH_LOG_KEY, HealthMonitor, HealthPolicy, transition_log
+from dendrite.learning.health import (
+    HEALTH_LOG_KEY,
+    HealthMonitor,
+    HealthPolicy,
+    Transition,
+    transition_log,
+)
 from dendrite.learning.memory import PlanMemory
 from dendrite.learning.ranker import ToolRanker
 from dendrite.planning.plan import Plan, parse_plan
 from dendrite.state import FOREVER
-from dendrite.telemetry import ErrorType
+from dendrite.telemetry import ErrorType, ExecutionStatus
 from dendrite.tools import ToolRegistry
 
 if TYPE_CHECKING:
@@ -44,7 +52,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dendrite.learning")
 
-NOT_REMEMBERED = {"memory", "explicit"}  # plans memory did not need to learn
+REUSED = "memory"
+"""The planner of a plan memory gave: remembered again only once a repair changed it."""
+CALLERS_ARGUMENTS = {"explicit", "single_tool"}
+"""Planners whose plans take their arguments from the caller (a hand-written plan, the
+single-tool planner's ``context["params"]``), not from the goal's words: remembered, they
+would be reused for other callers' goals, which never said those arguments (one session's
+account id looked up for another's "get account details")."""
 
 
 def check_judgement(rating: object, accepted: object) -> None:
@@ -181,6 +195,9 @@ class LearningLoop:
         self.ranker = ranker or ToolRanker()
         self.memory = memory or PlanMemory()
         self.state: StateManager | None = None
+        self._unlogged: deque[Transition] = deque()
+        self._log_lock = threading.Lock()
+        self._deferring = threading.local()
         self.health = HealthMonitor(
             registry, health_policy, on_transition=self._persist, clock=clock
         )
@@ -193,19 +210,70 @@ class LearningLoop:
         self.state = state
         self.health.restore(state.get("global", HEALTH_LOG_KEY, []))
 
-    def _persist(self, transition: Any) -> None:
-        if self.state is not None:
-            self.state.update(
-                "global",
-                HEALTH_LOG_KEY,
-                lambda previous: transition_log(previous, transition),
-                ttl=FOREVER,
-            )
+    def _persist(self, transition: Transition) -> None:
+        """Queue ``transition`` for the store's health log; the monitor calls this holding
+        its lock, which every tool call of every run asks for (``admit``).
 
-    def before_run(self) -> None:
-        self.health.tick()
+        Within :meth:`before_run` and :meth:`after_run` the log is written once the lock is
+        released: written here, a slow store (another process's transaction on the log) would
+        hold every run's calls for as long. Any other transition (a monitor method called
+        directly) is written at once: its caller reads the log as soon as the call returns.
+        """
+        if self.state is None:
+            return
+        self._unlogged.append(transition)  # under the monitor's lock: in decision order
+        if not getattr(self._deferring, "active", False):
+            self.write_log()
 
-    def after_run(self, result: ExecutionResult) -> None:
+    @property
+    def log_pending(self) -> bool:
+        """Whether transitions wait for :meth:`write_log`."""
+        return bool(self._unlogged)
+
+    def write_log(self) -> None:
+        """Write the transitions waiting for the store's health log, oldest first.
+
+        A thread may write another's: the queue keeps the order they were decided in,
+        which restarts read the log by (the last entry of a tool is its state).
+        """
+        with self._log_lock:
+            while self._unlogged and self.state is not None:
+                transition = self._unlogged.popleft()
+                try:
+                    self.state.update(
+                        "global",
+                        HEALTH_LOG_KEY,
+                        lambda previous, moved=transition: transition_log(previous, moved),
+                        ttl=FOREVER,
+                    )
+                except Exception:
+                    log.warning("could not record a health transition", exc_info=True)
+
+    @contextlib.contextmanager
+    def _logged_after(self, log_now: bool) -> Iterator[None]:
+        """Transitions made inside are queued, then written (``log_now``) or left waiting for
+        :meth:`write_log`, so a caller on an event loop can write them from a thread."""
+        self._deferring.active = True
+        try:
+            yield
+        finally:
+            self._deferring.active = False
+            if log_now:
+                self.write_log()
+
+    def before_run(self, *, log_now: bool = True) -> None:
+        """Let probes through; ``log_now=False`` leaves the transitions for :meth:`write_log`."""
+        with self._logged_after(log_now):
+            self.health.tick()
+
+    def after_run(self, result: ExecutionResult, *, log_now: bool = True) -> None:
+        """Learn from a finished run; ``log_now=False`` leaves the health transitions it
+        causes for :meth:`write_log`."""
+        with self._logged_after(log_now):
+            self._take_outcomes(result)
+        self._learn_plan(result.goal, result.plan, result.success, result.execution_id, result)
+
+    def _take_outcomes(self, result: ExecutionResult) -> None:
         texts = step_texts(result.plan, result.goal)
         outcomes = []
         for step_result in result.steps:
@@ -224,7 +292,6 @@ class LearningLoop:
             for (tool, _), tries in calls.items():
                 self.health.observe_call(tool, tries)
         self._observe_outcomes(outcomes)
-        self._learn_plan(result.goal, result.plan, result.success, result.execution_id, result)
 
     def _observe_outcomes(
         self, outcomes: Iterable[tuple[str, str, bool, float, float | None]]
@@ -255,14 +322,16 @@ class LearningLoop:
 
         A reuse is judged by its first round: good when it succeeded without a repair.
         A repaired plan that then worked is remembered even when memory planned the first
-        round. ``result``, in this process, remembers the plan led by the tools that
+        round, but never a plan with the caller's arguments (``CALLERS_ARGUMENTS``), repaired
+        or not. ``result``, in this process, remembers the plan led by the tools that
         answered; a run read back from the store is remembered as it was recorded.
         """
         replanned = bool(plan.metadata.get("replans"))
         source = plan.metadata.get("remembered_from")
         if source:
             self.memory.judge(source, 1.0 if success and not replanned else 0.0)
-        if success and (replanned or plan.planner not in NOT_REMEMBERED):
+        callers = plan.planner in CALLERS_ARGUMENTS
+        if success and not callers and (replanned or plan.planner != REUSED):
             remembered = _as_answered(result) if result is not None else plan
             self.memory.remember(goal, remembered, execution_id)
 
@@ -314,13 +383,17 @@ class LearningLoop:
     def warm_start(self, store: ExecutionStore, limit: int = 5_000) -> int:
         """Learn from the last ``limit`` recorded executions; returns how many were read."""
         records = store.get_recent_executions(limit)
+        # A cancelled run taught the live loop nothing (the orchestrator does not hand it
+        # over): learned here, its reuse of a remembered plan would veto that plan after a
+        # restart, though the process that saw it go on reusing it.
+        learned = [r for r in records if r.status != ExecutionStatus.CANCELLED]
         # Every attempt, as ``after_run`` learned them: a step's summary names only the
         # tool that answered, and a first choice that a fallback rescued would be trusted
         # again after a restart.
         attempts: dict[str, list[AttemptOutcome]] = {}
-        for attempt in store.get_attempt_outcomes([r.id for r in records]):
+        for attempt in store.get_attempt_outcomes([r.id for r in learned]):
             attempts.setdefault(attempt.execution_id, []).append(attempt)
-        for record in reversed(records):
+        for record in reversed(learned):
             plan_data = record.metadata.get("plan")
             if not isinstance(plan_data, dict):
                 continue
