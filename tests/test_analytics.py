@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
 
 from dendrite._ids import new_id
 from dendrite.store import ExecutionStore
@@ -14,6 +19,7 @@ from dendrite.store import schema as s
 from dendrite.store.engine import WRITE
 from dendrite.store.writer import write_batch
 from dendrite.telemetry import ExecutionRecord, ToolExecutionRecord
+from tests.conftest import PG_ADMIN, pg_admin
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 TODAY = datetime.combine(NOW.date(), datetime.min.time(), UTC)
@@ -453,3 +459,70 @@ def test_runs_at_the_largest_cost_sum_in_the_rollups(store: ExecutionStore):
     store.update_statistics()
     assert store.get_tier_performance(days=1) == [row]
     assert store.status().rejected_records == 0
+
+
+def test_means_read_from_the_rollups_are_the_views_on_both_backends(store: ExecutionStore):
+    """PostgreSQL's ``SUM`` of a ``BIGINT`` is a ``Decimal``: divided as one, the mean
+    duration per tier and per pool differed from SQLite's, and from the views' on the
+    same server, in the last digit (555596.7075555555 against ...556)."""
+    for duration in [555_596.0] * 8 + [555_602.368]:
+        _exec(store, success=True, model_tier="m", pool="p", duration_ms=duration, started_at=NOW)
+    (tier,) = store.get_tier_performance(days=1)
+    (pool,) = store.get_pool_performance()
+    with store.engine.connect() as conn:
+        in_views = [
+            conn.scalar(text(f"SELECT avg_duration_ms FROM {view}"))
+            for view in ("tier_performance_daily", "pool_performance")
+        ]
+    assert [tier.avg_duration_ms, pool.avg_duration_ms] == in_views == [555596.7075555556] * 2
+
+
+def _icu_database() -> Iterator[str]:
+    """A PostgreSQL database ordering text as a language does (ICU ``en-US``), as servers
+    created with ``en_US.UTF-8`` do; skipped where the server has no ICU."""
+    name = f"dendrite_test_{uuid.uuid4().hex[:12]}"
+    try:
+        pg_admin(
+            f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
+            "ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+        )
+    except psycopg.Error as error:
+        pytest.skip(f"no ICU collation on this server: {error}")
+    try:
+        yield (
+            make_url(PG_ADMIN)
+            .set(drivername="postgresql+psycopg", database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_names_are_ordered_alike_whatever_the_databases_collation(backend: str, tmp_path):
+    """PostgreSQL orders text by the database's collation, SQLite by code point: on a
+    server created for a language, tools, pools, tiers, arms and state keys came in
+    another order (``_z, a, A, Ä, …`` for ``A, B, _z, a, …``), and ``get_top_tools``
+    with a limit answered with other tools among those tied."""
+    names = ["b", "B", "a", "A", "_z", "a_b", "ab", "Ä", "z"]
+    in_order = sorted(names)
+    databases = (
+        contextlib.nullcontext(f"sqlite:///{tmp_path / 'h.db'}")
+        if backend == "sqlite"
+        else contextlib.contextmanager(_icu_database)()
+    )
+    with databases as url, ExecutionStore(url, state_dir=tmp_path / "s") as store:
+        for name in names:
+            eid = _exec(store, success=True, model_tier=name, pool=name, started_at=NOW)
+            store.store_tool_execution(eid, name, {}, None, True, 1.0)
+            store.store_assignment("exp", eid, name, name)
+            store.put_state("session", name, name, 1)
+        store.flush()
+        assert [t.tool_name for t in store.get_top_tools(limit=4)] == in_order[:4]
+        assert [t.tool_name for t in store.get_tool_performance()] == in_order
+        assert [p.pool for p in store.get_pool_performance()] == in_order
+        assert [t.model_tier for t in store.get_tier_performance(days=1)] == in_order
+        assert [a.arm for a in store.get_arm_outcomes("exp")] == in_order
+        assert [e.scope_id for e in store.get_state_entries("session")] == in_order
+        recent = store.get_recent_tool_outcomes(NOW - timedelta(hours=1))
+        assert [r.tool_name for r in recent] == in_order

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import make_url
 
 from dendrite._ids import new_id
 from dendrite.store import (
@@ -29,9 +31,12 @@ from dendrite.telemetry import (
     ExecutionRecord,
     ExecutionStatus,
     FeedbackRecord,
+    RoutingDecision,
+    SolutionRecord,
+    ToolCreationEvent,
     ToolExecutionRecord,
 )
-from tests.conftest import pg_database
+from tests.conftest import pg_admin, pg_database
 
 
 def test_execution_round_trip_with_every_field(store: ExecutionStore):
@@ -936,3 +941,88 @@ def test_bookkeeping_arguments_are_checked_by_name(store: ExecutionStore):
     store.store_assignment("exp\x00", EID, "arm\x00", "u\x00" * 200)
     (outcome,) = store.get_arm_outcomes("exp\x00")
     assert (outcome.experiment, outcome.arm) == ("exp\ufffd", "arm\ufffd")
+
+
+def test_reads_cut_by_a_limit_among_records_of_one_moment_answer_alike(store: ExecutionStore):
+    """Decisions, solutions, tool creations and job runs were ordered by their time alone:
+    among records of the same moment (a batch imported, a clock's coarse tick) a limit
+    kept whichever the database's sort left first, which differed between the backends
+    and from one query plan to the next. Ties go by id now, newest (largest) first, and
+    patterns tied in count by their query type."""
+    moment = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    ids = [str(uuid.UUID(int=i)) for i in range(1, 9)]
+    eid = store.store_execution(goal_text="g", success=True)
+    for id_ in ids:
+        store.record(RoutingDecision(id=id_, execution_id=eid, chosen="c", created_at=moment))
+        store.record(
+            SolutionRecord(
+                id=id_, pattern="p", query_type=None if id_ < ids[4] else "q", created_at=moment
+            )
+        )
+        store.record(
+            ToolCreationEvent(
+                id=id_, tool_name="t", generated_code="", validation_passed=True, created_at=moment
+            )
+        )
+        store.store_job_run("j", started_at=moment, finished_at=moment, success=True, report={})
+    newest = ids[::-1][:3]
+    assert [o.decision.id for o in store.get_routing_outcomes(limit=3)] == newest
+    assert [s.id for s in store.get_solutions(limit=3)] == newest
+    assert [c.id for c in store.get_tool_creations(limit=3)] == newest
+    runs = store.get_job_runs(limit=8)
+    assert [r.id for r in store.get_job_runs(limit=3)] == sorted(
+        (r.id for r in runs), reverse=True
+    )[:3]
+    assert [(p.pattern, p.query_type) for p in store.get_solution_patterns()] == [
+        ("p", None),
+        ("p", "q"),
+    ]
+
+
+def test_feedback_pages_on_from_an_id_in_any_spelling(store: ExecutionStore):
+    """``after_id`` went to SQL as given: SQLite keeps ids as lower-case text, so one in
+    upper case came before every row of its moment and the next page began again with the
+    row it was meant to follow; one that is no UUID answered a page there and a raw
+    database error on PostgreSQL. Ids are accepted in any spelling, as everywhere else."""
+    eid = store.store_execution(goal_text="g", success=True)
+    for rating in (1, 2, 3):
+        store.record(FeedbackRecord(execution_id=eid, rating=rating))
+    store.flush()
+    first = store.get_feedback(limit=1)[0]
+    expected = [f.id for f in store.get_feedback(first.recorded_at, after_id=first.id)]
+    assert len(expected) == 2
+    for spelled in (first.id.upper(), first.id.replace("-", "")):
+        assert [f.id for f in store.get_feedback(first.recorded_at, after_id=spelled)] == expected
+    for wrong in ("nope", 5):
+        with pytest.raises(ValueError, match="after_id must be a feedback id"):
+            store.get_feedback(first.recorded_at, after_id=wrong)
+
+
+def test_a_postgresql_database_set_to_other_output_formats_reads_what_was_written(tmp_path: Path):
+    """psycopg reads timestamps only in the ISO DateStyle, and floats as PostgreSQL writes
+    them out: on a database set to ``DateStyle = 'SQL, DMY'`` every read of a time raised
+    NotImplementedError, and with ``extra_float_digits = 0`` floats came back rounded to
+    15 digits, so a run's duration and cost read other than written and a rebuild of the
+    statistics disagreed with the rollups. The store sets both for its own sessions."""
+    with pg_database() as url:
+        database = make_url(url).database
+        pg_admin(f"ALTER DATABASE \"{database}\" SET DateStyle TO 'SQL, DMY'")
+        pg_admin(f'ALTER DATABASE "{database}" SET extra_float_digits TO 0')
+        with ExecutionStore(url, state_dir=tmp_path / "s") as store:
+            started = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+            duration, cost = 5.000000000000001e-4, 0.30000000000000004  # 0.5 µs and a bit
+            eid = store.store_execution(
+                goal_text="g",
+                success=True,
+                duration_ms=duration,
+                actual_cost=cost,
+                started_at=started,
+                model_tier="m",
+            )
+            store.store_tool_execution(eid, "t", {}, None, True, duration, started_at=started)
+            run = store.get_execution(eid)
+            assert (run.started_at, run.duration_ms, run.actual_cost) == (started, duration, cost)
+            assert run.steps[0].duration_ms == duration
+            before = store.get_tool_statistics("t"), store.get_tier_performance(days=3650)
+            store.update_statistics()
+            assert (store.get_tool_statistics("t"), store.get_tier_performance(days=3650)) == before

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Connection, Integer, Row, and_, bindparam, func, or_, select
 
 from dendrite.store import schema as s
-from dendrite.store.engine import id_chunks
+from dendrite.store.engine import by_code_point, id_chunks
 from dendrite.telemetry.records import (
     ExecutionRecord,
     FeedbackRecord,
@@ -111,13 +111,15 @@ def get_execution(conn: Connection, execution_id: str) -> ExecutionDetail | None
         return None
     te, fb, rd = s.tool_executions, s.execution_feedback, s.routing_decisions
     steps = conn.execute(
-        select(te).where(te.c.execution_id == execution_id).order_by(te.c.started_at, te.c.attempt)
+        select(te)
+        .where(te.c.execution_id == execution_id)
+        .order_by(te.c.started_at, te.c.attempt, te.c.id)
     )
     feedback = conn.execute(
-        select(fb).where(fb.c.execution_id == execution_id).order_by(fb.c.created_at)
+        select(fb).where(fb.c.execution_id == execution_id).order_by(fb.c.created_at, fb.c.id)
     )
     routing = conn.execute(
-        select(rd).where(rd.c.execution_id == execution_id).order_by(rd.c.created_at)
+        select(rd).where(rd.c.execution_id == execution_id).order_by(rd.c.created_at, rd.c.id)
     )
     return ExecutionDetail(
         **_execution(row).model_dump(),
@@ -262,7 +264,11 @@ def get_top_tools(conn: Connection, limit: int, min_executions: int) -> list[Too
     query = (
         _tool_stats_query()
         .where(st.c.total_executions >= min_executions)
-        .order_by(st.c.success_rate.desc(), st.c.total_executions.desc(), st.c.tool_name)
+        .order_by(
+            st.c.success_rate.desc(),
+            st.c.total_executions.desc(),
+            by_code_point(conn, st.c.tool_name),
+        )
         .limit(limit)
     )
     return [ToolStatistics.model_validate(r._asdict()) for r in conn.execute(query)]
@@ -270,11 +276,16 @@ def get_top_tools(conn: Connection, limit: int, min_executions: int) -> list[Too
 
 def get_tool_performance(conn: Connection) -> list[ToolStatistics]:
     st = s.tool_statistics
-    query = _tool_stats_query().order_by(st.c.total_executions.desc(), st.c.tool_name)
+    query = _tool_stats_query().order_by(
+        st.c.total_executions.desc(), by_code_point(conn, st.c.tool_name)
+    )
     return [ToolStatistics.model_validate(r._asdict()) for r in conn.execute(query)]
 
 
 def _ratio(numerator: Any, denominator: Any, scale: float = 1.0) -> float | None:
+    """A mean from the rollups' integer sums, computed alike on both backends (and as the
+    views compute it): PostgreSQL's ``SUM`` of a ``BIGINT`` is a ``Decimal``, and divided
+    as one it differed from SQLite's answer in the last digit."""
     if not denominator:
         return None
     return int(numerator) / int(denominator) / scale
@@ -294,7 +305,7 @@ def get_tier_performance(conn: Connection, days: int) -> list[TierPerformance]:
         # Runs dated after today (a clock ahead, an import) are not among the last days.
         .where(ru.c.day >= first_day, ru.c.day <= today, ru.c.model_tier != "")
         .group_by(ru.c.day, ru.c.model_tier)
-        .order_by(ru.c.day, ru.c.model_tier)
+        .order_by(ru.c.day, by_code_point(conn, ru.c.model_tier))
     )
     out = []
     for row in conn.execute(query):
@@ -304,8 +315,8 @@ def get_tier_performance(conn: Connection, days: int) -> list[TierPerformance]:
                 model_tier=row.model_tier,
                 executions=row.executions,
                 successes=row.successes,
-                success_rate=row.successes / row.executions,
-                avg_duration_ms=row.duration_us_sum / row.executions / 1000,
+                success_rate=_ratio(row.successes, row.executions),
+                avg_duration_ms=_ratio(row.duration_us_sum, row.executions, 1000),
                 avg_cost=_ratio(row.cost_nano_sum, row.cost_n, 1e9),
                 avg_quality=_ratio(row.quality_micro_sum, row.quality_n, 1e6),
                 avg_rating=_ratio(row.rating_sum, row.rating_n),
@@ -321,15 +332,15 @@ def get_pool_performance(conn: Connection) -> list[PoolPerformance]:
         select(ru.c.pool, *_rollup_sums())
         .where(ru.c.pool != "")
         .group_by(ru.c.pool)
-        .order_by(ru.c.pool)
+        .order_by(by_code_point(conn, ru.c.pool))
     )
     return [
         PoolPerformance(
             pool=row.pool,
             executions=row.executions,
             successes=row.successes,
-            success_rate=row.successes / row.executions,
-            avg_duration_ms=row.duration_us_sum / row.executions / 1000,
+            success_rate=_ratio(row.successes, row.executions),
+            avg_duration_ms=_ratio(row.duration_us_sum, row.executions, 1000),
             avg_cost=_ratio(row.cost_nano_sum, row.cost_n, 1e9),
             avg_quality=_ratio(row.quality_micro_sum, row.quality_n, 1e6),
         )
@@ -349,7 +360,11 @@ def get_solution_patterns(conn: Connection, query_type: str | None = None) -> li
             func.max(so.c.created_at).label("last_seen"),
         )
         .group_by(so.c.pattern, so.c.query_type)
-        .order_by(func.count().desc(), so.c.pattern)
+        .order_by(
+            func.count().desc(),
+            by_code_point(conn, so.c.pattern),
+            by_code_point(conn, so.c.query_type).nulls_first(),
+        )
     )
     if query_type is not None:
         query = query.where(so.c.query_type == query_type)
@@ -358,7 +373,7 @@ def get_solution_patterns(conn: Connection, query_type: str | None = None) -> li
 
 def get_solutions(conn: Connection, query_type: str | None, limit: int) -> list[SolutionRecord]:
     so = s.solutions
-    query = select(so).order_by(so.c.created_at.desc()).limit(limit)
+    query = select(so).order_by(so.c.created_at.desc(), so.c.id.desc()).limit(limit)
     if query_type is not None:
         query = query.where(so.c.query_type == query_type)
     return [_record(SolutionRecord, r) for r in conn.execute(query)]
@@ -368,7 +383,7 @@ def get_tool_creations(
     conn: Connection, tool_name: str | None, limit: int
 ) -> list[ToolCreationEvent]:
     tc = s.tool_creation_events
-    query = select(tc).order_by(tc.c.created_at.desc()).limit(limit)
+    query = select(tc).order_by(tc.c.created_at.desc(), tc.c.id.desc()).limit(limit)
     if tool_name is not None:
         query = query.where(tc.c.tool_name == tool_name)
     return [_record(ToolCreationEvent, r) for r in conn.execute(query)]
@@ -378,7 +393,7 @@ def get_routing_outcomes(
     conn: Connection, router: str | None, limit: int, since: datetime | None = None
 ) -> list[RoutingOutcome]:
     rd, ex = s.routing_decisions, s.executions
-    decisions = select(rd).order_by(rd.c.created_at.desc()).limit(limit)
+    decisions = select(rd).order_by(rd.c.created_at.desc(), rd.c.id.desc()).limit(limit)
     if router is not None:
         decisions = decisions.where(rd.c.router == router)
     if since is not None:

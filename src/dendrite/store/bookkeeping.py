@@ -18,7 +18,7 @@ from sqlalchemy import case as sql_case
 
 from dendrite._text import clean_text
 from dendrite.store import schema as s
-from dendrite.store.engine import dialect_insert, id_chunks
+from dendrite.store.engine import by_code_point, dialect_insert, id_chunks
 from dendrite.store.errors import InvalidRecordError
 from dendrite.store.serialize import exact_json
 from dendrite.store.state_entries import aware
@@ -130,7 +130,7 @@ def insert_job_run(
 
 def job_runs(conn: Connection, job: str | None, limit: int) -> list[JobRun]:
     jr = s.job_runs
-    query = select(jr).order_by(jr.c.started_at.desc()).limit(limit)
+    query = select(jr).order_by(jr.c.started_at.desc(), jr.c.id.desc()).limit(limit)
     if job is not None:
         query = query.where(jr.c.job == job)
     return [JobRun.model_validate(dict(row._mapping)) for row in conn.execute(query)]
@@ -194,7 +194,7 @@ def arm_outcomes(conn: Connection, experiment: str | None) -> list[ArmOutcomes]:
             func.sum(u.c.runs * u.c.runs).label("unit_runs_sq"),
         )
         .group_by(u.c.experiment, u.c.arm)
-        .order_by(u.c.experiment, u.c.arm)
+        .order_by(by_code_point(conn, u.c.experiment), by_code_point(conn, u.c.arm))
     )
     rows = []
     for row in conn.execute(query):
@@ -273,7 +273,7 @@ def recent_tool_outcomes(conn: Connection, since: datetime) -> list[RecentToolOu
             ),
         )
         .group_by(te.c.tool_name)
-        .order_by(te.c.tool_name)
+        .order_by(by_code_point(conn, te.c.tool_name))
     )
     rows = []
     for row in conn.execute(query):

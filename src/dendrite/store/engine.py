@@ -62,7 +62,7 @@ def make_engine(url: str) -> Engine:
     if backend == "postgresql":
         if parsed.get_driver_name() != "psycopg":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(
+        engine = create_engine(
             parsed,
             pool_size=5,
             max_overflow=5,
@@ -78,6 +78,8 @@ def make_engine(url: str) -> Engine:
             connect_args={"connect_timeout": 5, "prepare_threshold": None},
             **common,
         )
+        _configure_postgresql(engine)
+        return engine
     raise ValueError(
         f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: "
         "Dendrite stores history in SQLite (sqlite:///path) or PostgreSQL "
@@ -111,6 +113,22 @@ def _configure_sqlite(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
+def _configure_postgresql(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # The formats psycopg reads back, whatever the server, database or role sets:
+        # it parses timestamps only in the ISO DateStyle (under "SQL, DMY" or "German"
+        # every read of a time raised NotImplementedError), and with extra_float_digits
+        # at 0 floats came back rounded to 15 digits (durations and costs read back
+        # other than written, and update_statistics() disagreed with the rollups).
+        # Any value above 0 sends the shortest exact text from PostgreSQL 12 on, and 3
+        # seventeen digits before it.
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute("SET DateStyle TO ISO")
+            cursor.execute("SET extra_float_digits TO 3")
+        dbapi_conn.commit()
+
+
 def dialect_insert(conn: Connection, table: Table) -> Any:
     """An INSERT with the dialect's ``on_conflict_*`` clauses (SQLite's or PostgreSQL's)."""
     return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
@@ -142,6 +160,17 @@ def id_chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
     """``ids`` in lists of at most ``IDS_PER_QUERY``, for an expanding ``IN`` each."""
     for start in range(0, len(ids), IDS_PER_QUERY):
         yield ids[start : start + IDS_PER_QUERY]
+
+
+def by_code_point(conn: Connection, column: Any) -> Any:
+    """``column`` to order by as SQLite orders text, by code point, on either backend.
+
+    PostgreSQL orders text by the database's collation, on most servers a language's
+    (``en_US.UTF-8``: ``_z``, ``a``, ``A``, ``B``, where SQLite has ``A``, ``B``, ``_z``,
+    ``a``), so lists ordered by name, and those cut by a limit among ties, differed
+    between the backends. Its ``"C"`` collation compares as SQLite does.
+    """
+    return column.collate("C") if conn.dialect.name == "postgresql" else column
 
 
 def is_sqlite(engine: Engine) -> bool:

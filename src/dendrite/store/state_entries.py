@@ -19,7 +19,7 @@ from sqlalchemy import Connection, and_, delete, or_, select, text
 
 from dendrite._text import clean_text
 from dendrite.store import schema as s
-from dendrite.store.engine import dialect_insert
+from dendrite.store.engine import by_code_point, dialect_insert
 from dendrite.store.errors import InvalidRecordError
 from dendrite.store.serialize import exact_json
 from dendrite.telemetry.records import named_utc
@@ -193,7 +193,9 @@ def entries(
     include_expired: bool,
 ) -> list[StateEntry]:
     table = s.state_entries
-    query = select(table).order_by(table.c.scope, table.c.scope_id, table.c.key)
+    query = select(table).order_by(
+        *(by_code_point(conn, column) for column in (table.c.scope, table.c.scope_id, table.c.key))
+    )
     if scope is not None:
         query = query.where(table.c.scope == scope)
     if scope_id is not None:

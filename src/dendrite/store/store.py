@@ -715,6 +715,8 @@ class ExecutionStore:
             since = _moment("since", since)
         elif after_id is not None:
             raise ValueError("after_id pages from a since; give the since it goes with")
+        if after_id is not None:
+            after_id = _feedback_id(after_id)
         with self._read() as conn:
             return analytics.get_feedback(conn, since, limit, after_id)
 
@@ -837,6 +839,16 @@ def _execution_id(value: Any) -> str:
         return canonical_id(value)
     except (ValueError, TypeError, AttributeError):
         raise InvalidRecordError(f"execution id must be a UUID, got {value!r}") from None
+
+
+def _feedback_id(value: Any) -> str:
+    """``after_id`` in its canonical spelling: compared with ``>``, an id in upper case
+    read every row after it on SQLite (which keeps ids as lower-case text) again, and one
+    that is no UUID answered a page there and a raw database error on PostgreSQL."""
+    try:
+        return canonical_id(value)
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError(f"after_id must be a feedback id (a UUID), got {value!r}") from None
 
 
 def _at_least_one(name: str, value: int) -> None:

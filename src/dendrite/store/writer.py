@@ -28,6 +28,7 @@ What can go wrong, and what happens:
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
 import time
@@ -132,9 +133,18 @@ class WriterStats:
     last_error: str | None = None
 
 
+READ_ONLY = "25006"
+"""PostgreSQL's read_only_sql_transaction: a standby after a failover, or writes frozen
+(``default_transaction_read_only``). Nothing is wrong with the records: taken for bad
+data, every one of them went to ``rejected.jsonl``, never to be written."""
+
+
 def is_connection_error(error: BaseException) -> bool:
-    """Errors that say "the database is not there right now", as opposed to "bad data"."""
+    """Errors that say "the database cannot be written right now" (it is not there, or it
+    is read-only for now), as opposed to "bad data"."""
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if _sqlstate(error) == READ_ONLY:
         return True
     return isinstance(
         error,
@@ -465,11 +475,7 @@ class BatchWriter:
     def _write_isolating(self, batch: Sequence[Queued]) -> None:
         """Write a batch; if its data is refused, bisect to write all but the bad records."""
         try:
-            with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
-                if conn.dialect.name == "sqlite":
-                    conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
-                rollups.as_writer(conn)
-                write_batch(conn, batch, self.max_result_bytes)
+            self._write_retrying(batch)
         except Exception as error:
             if is_connection_error(error) and not _is_data_error(error):
                 raise
@@ -486,6 +492,29 @@ class BatchWriter:
         self._unchecked = True
         self.stats.last_flush_at = datetime.now(UTC)
 
+    def _write_retrying(self, batch: Sequence[Queued]) -> None:
+        """Write a batch in one transaction, again when PostgreSQL undid it to break a
+        deadlock or a serialization failure.
+
+        Such a batch lost a race with another writer of the same database (another
+        process or store); nothing is wrong with it or with the server. Taken for an
+        outage, it went to the journal, the store called itself unreachable, and a
+        ``flush()`` returned before the records were written.
+        """
+        for attempt in range(1, RACE_RETRIES + 1):
+            try:
+                with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                    if conn.dialect.name == "sqlite":
+                        conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+                    rollups.as_writer(conn)
+                    write_batch(conn, batch, self.max_result_bytes)
+                return
+            except sa_exc.DBAPIError as error:
+                if attempt == RACE_RETRIES or _sqlstate(error) not in LOST_RACE:
+                    raise
+                log.info("store writer: batch lost a race (%s), writing it again", _sqlstate(error))
+                time.sleep(random.uniform(0, RACE_PAUSE * attempt))
+
     def _reject(self, kind: str, data: dict[str, Any], reason: str) -> None:
         log.error("store rejected a %s record (id %s): %s", kind, data.get("id"), reason)
         dumps = serialize.dumps
@@ -500,10 +529,29 @@ class BatchWriter:
         self.stats.rejected += 1
 
 
+LOST_RACE = frozenset({"40P01", "40001"})
+"""PostgreSQL's deadlock_detected and serialization_failure: the transaction was undone
+because of what another one did, and written again it goes through."""
+RACE_RETRIES = 5
+RACE_PAUSE = 0.05
+"""Seconds; a retry waits a random time up to this times its number, so that the writers
+that deadlocked do not meet again in step."""
+
+
+def _sqlstate(error: BaseException) -> str:
+    return getattr(getattr(error, "orig", None), "sqlstate", None) or ""
+
+
 def _is_data_error(error: BaseException) -> bool:
-    """SQLite reports some refusals of data (e.g. a value too big) as OperationalError."""
+    """Refusals of data that drivers report as OperationalError, and which writing again
+    would only repeat: SQLite's "too big" and "datatype mismatch", and PostgreSQL's
+    program limits (class 54: a string of over 256 MiB in JSONB, a value nested too
+    deeply to parse). Taken for an outage, such a record went to the journal and came
+    back at every replay, and every record after it was journaled behind it."""
     message = str(getattr(error, "orig", error)).lower()
-    return "too big" in message or "datatype mismatch" in message
+    return (
+        "too big" in message or "datatype mismatch" in message or _sqlstate(error).startswith("54")
+    )
 
 
 def _describe(error: BaseException) -> str:
@@ -879,6 +927,11 @@ def _insert_feedback(
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(table.c.id)
     )
+    # In one order for every writer, ids and executions alike: two writers of the same
+    # database updating the same executions in different orders deadlocked.
+    records = sorted(records, key=lambda r: r.id)
+    if conn.dialect.name == "postgresql":
+        now = conn.execute(built_once(("stamp feedback",), _stamp_feedback)).scalar_one()
     rows = [{**r.model_dump(), "recorded_at": now} for r in records]
     inserted = set(conn.scalars(stmt, rows))
     new = [r for r in records if r.id in inserted]
@@ -895,10 +948,27 @@ def _insert_feedback(
         built_once(("latest judgement",), _latest_judgement),
         [
             {"eid": r.execution_id, "rating": r.rating, "accepted": r.accepted, "at": r.created_at}
-            for r in new
+            for r in sorted(new, key=lambda r: r.execution_id)
         ],
     )
     return [(r, targets[r.execution_id]) for r in new]
+
+
+FEEDBACK_LOCK = 0x646E647246656564
+"""PostgreSQL advisory lock (any constant key) that feedback batches take in turn."""
+
+
+def _stamp_feedback() -> Any:
+    """The moment a batch's feedback is stamped with (``recorded_at``), taken once the
+    batches before it that wrote feedback have committed, from the server's clock.
+
+    Readers page through feedback by ``recorded_at``: a batch of one process stamped
+    before another's but committed after it (a larger batch, a wait for a lock) showed
+    its rows after the other's, and a reader already past that stamp never read them;
+    so did the rows of a process whose host's clock ran behind. Feedback is rare, and
+    holding the lock to the commit costs a batch the few statements after its feedback.
+    """
+    return text(f"SELECT clock_timestamp() FROM pg_advisory_xact_lock({FEEDBACK_LOCK})")
 
 
 def _latest_judgement() -> Any:
