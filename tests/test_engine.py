@@ -955,6 +955,163 @@ def test_a_tools_own_errors_are_its_own():
     engine.close()
 
 
+FALL_BACK_AFTER_TWO = RetryPolicy(
+    max_attempts=2, backoff=0.0, jitter=0.0, retry_on=(ErrorType.TOOL_ERROR,)
+)
+
+
+def tried(result: Any) -> list[tuple[str, ErrorType | None]]:
+    return [(a.tool, a.error_type) for a in result.attempts]
+
+
+def test_a_tools_generatorexit_fails_its_step_not_the_engine():
+    """A sync tool's GeneratorExit, woken into the awaiting task, closed the engine's
+    coroutines instead of reaching the attempt's ``except``: the run raised "the engine
+    crashed". It is the tool's error now, retried and fallen back from like any other, as
+    an async tool's already was."""
+    registry = make_registry()
+    calls: list[str] = []
+
+    def hangs_up() -> int:
+        calls.append("hangs_up")
+        raise GeneratorExit("the consumer went away")
+
+    async def hangs_up_later() -> int:
+        await asyncio.sleep(0)
+        raise GeneratorExit("the stream was closed")
+
+    registry.register_function(hangs_up)
+    registry.register_function(hangs_up_later)
+    engine = ExecutionEngine(registry, retry=FALL_BACK_AFTER_TWO, default_timeout=30)
+    plan = Plan(
+        goal="g",
+        steps=[
+            Step(id="s", tool="hangs_up", fallbacks=["echo"]),
+            Step(id="a", tool="hangs_up_later", fallbacks=["echo"]),
+            Step(id="alone", tool="hangs_up"),
+            Step(id="next", tool="echo", params={"value": "${alone}"}),
+        ],
+    )
+
+    async def go():  # a regression must fail, not hang the suite
+        return await asyncio.wait_for(engine.execute(plan, execution_id="e"), 10)
+
+    outcome = asyncio.run(go())
+    for step_id, tool in (("s", "hangs_up"), ("a", "hangs_up_later")):
+        result = outcome.steps[step_id]
+        assert (result.status, result.fallback_used) == (StepStatus.SUCCEEDED, "echo")
+        assert tried(result) == [(tool, ErrorType.TOOL_ERROR)] * 2 + [("echo", None)]
+    assert outcome.steps["s"].attempts[0].error == "GeneratorExit: the consumer went away"
+    alone = outcome.steps["alone"]
+    assert (alone.status, alone.error_type) == (StepStatus.FAILED, ErrorType.TOOL_ERROR)
+    assert alone.error.endswith("hangs_up: GeneratorExit: the consumer went away")
+    assert outcome.steps["next"].status is StepStatus.SKIPPED
+    assert calls == ["hangs_up"] * 4
+    engine.close()
+
+
+def test_a_tools_stopiteration_fails_its_step_at_once():
+    """A sync tool's StopIteration (``next()`` on an exhausted iterator) never completed
+    its call, since a future refuses one: the step waited out its whole timeout, then read
+    as timed out and "still running in its thread"; with no timeout it waited for ever."""
+    registry = make_registry()
+    calls: list[str] = []
+
+    def first_row() -> int:
+        calls.append("first_row")
+        return next(iter([]))
+
+    async def first_row_later() -> int:
+        await asyncio.sleep(0)
+        raise StopIteration
+
+    async def next_page() -> int:
+        raise StopAsyncIteration("no more pages")
+
+    for tool in (first_row, first_row_later, next_page):
+        registry.register_function(tool)
+    engine = ExecutionEngine(registry, retry=FALL_BACK_AFTER_TWO, default_timeout=None)
+    plan = Plan(
+        goal="g",
+        steps=[
+            Step(id="s", tool="first_row", fallbacks=["echo"]),
+            Step(id="a", tool="first_row_later", fallbacks=["echo"]),
+            Step(id="p", tool="next_page", fallbacks=["echo"]),
+            Step(id="alone", tool="first_row"),
+        ],
+    )
+
+    async def go():  # without a timeout of the plan's own, the test's
+        return await asyncio.wait_for(engine.execute(plan, execution_id="e"), 10)
+
+    outcome = asyncio.run(go())
+    for step_id, tool in (("s", "first_row"), ("a", "first_row_later"), ("p", "next_page")):
+        result = outcome.steps[step_id]
+        assert (result.status, result.fallback_used) == (StepStatus.SUCCEEDED, "echo")
+        assert tried(result) == [(tool, ErrorType.TOOL_ERROR)] * 2 + [("echo", None)]
+    assert outcome.steps["s"].attempts[0].error == "StopIteration"
+    assert "StopIteration" in outcome.steps["a"].attempts[0].error
+    assert outcome.steps["p"].attempts[0].error == "StopAsyncIteration: no more pages"
+    alone = outcome.steps["alone"]
+    assert (alone.status, alone.error_type) == (StepStatus.FAILED, ErrorType.TOOL_ERROR)
+    assert alone.error.endswith("first_row: StopIteration")
+    assert calls == ["first_row"] * 4
+    engine.close()
+
+
+def test_a_tool_returning_a_generator_fails_its_step():
+    """A generator 'succeeded' as the step's output: the tool's body had not run (it runs
+    when something iterates it, outside the attempt's deadline, and its errors counted
+    against whichever step read it first), a second reader found it empty, and the store
+    kept its repr. The step fails as the tool's error, and falls back."""
+    registry = make_registry()
+    ran: list[str] = []
+
+    def rows(n: int) -> Any:
+        ran.append("rows")
+        yield from range(n)
+
+    async def pages(n: int) -> Any:
+        ran.append("pages")
+        for i in range(n):
+            yield i
+
+    async def lazy(n: int) -> Any:
+        return (i for i in range(n))
+
+    def listed(n: int) -> list[int]:
+        return list(range(n))
+
+    for tool in (rows, pages, lazy, listed):
+        registry.register_function(tool)
+    engine = ExecutionEngine(registry, retry=RetryPolicy(backoff=0.0), default_timeout=30)
+    plan = Plan(
+        goal="g",
+        steps=[
+            Step(id="r", tool="rows", params={"n": 3}, fallbacks=["listed"]),
+            Step(id="p", tool="pages", params={"n": 3}),
+            Step(id="l", tool="lazy", params={"n": 3}),
+            Step(id="sum", tool="collect", params={"values": "${l}"}),
+        ],
+    )
+
+    async def go():
+        return await asyncio.wait_for(engine.execute(plan, execution_id="e"), 10)
+
+    outcome = asyncio.run(go())
+    r = outcome.steps["r"]
+    assert (r.output, r.fallback_used) == ([0, 1, 2], "listed")
+    assert r.attempts[0].error_type is ErrorType.TOOL_ERROR
+    assert r.attempts[0].error.startswith("returned a generator, whose items")
+    pages_ = outcome.steps["p"]
+    assert (pages_.status, pages_.error_type) == (StepStatus.FAILED, ErrorType.TOOL_ERROR)
+    assert "pages: returned an async generator" in pages_.error
+    assert tried(outcome.steps["l"]) == [("lazy", ErrorType.TOOL_ERROR)]  # not retried
+    assert outcome.steps["sum"].status is StepStatus.SKIPPED
+    assert ran == []  # no body ran
+    engine.close()
+
+
 def test_an_awaitable_from_a_sync_tool_gets_what_is_left_of_the_attempts_time():
     """The awaitable a sync tool returned was given a whole new timeout once the thread
     returned, so an attempt could run for twice its timeout and succeed."""

@@ -178,6 +178,37 @@ class _PoolClosed(Exception):
         return "not run: the engine was closed (its orchestrator closed during the run)"
 
 
+class _Carried(Exception):
+    """A sync tool's ``StopIteration`` or ``GeneratorExit``, carried out of its thread.
+
+    Neither can reach the event loop as itself: a future refuses a ``StopIteration`` (the
+    call never completed, and its attempt waited out its whole timeout, or for ever), and
+    a ``GeneratorExit`` woken into the awaiting task closes that task's coroutines, the
+    engine's with them, instead of reaching the attempt's ``except`` (the run crashed).
+    The attempt fails with ``error``, the tool's own, as for any other error it raises.
+    """
+
+    def __init__(self, error: StopIteration | GeneratorExit) -> None:
+        super().__init__(described(error))
+        self.error = error
+
+
+class _Unrun(Exception):
+    """A tool returned a generator: a value it has not computed yet.
+
+    Its body runs only when something iterates it: outside the attempt (its deadline,
+    its thread, its errors), in whichever step reads it first, which leaves nothing for
+    the next one; and the store records it as a ``repr``. The step fails instead.
+    """
+
+    def __init__(self, value: Any) -> None:
+        kind = "an async generator" if inspect.isasyncgen(value) else "a generator"
+        super().__init__(
+            f"returned {kind}, whose items are computed only when something iterates it, "
+            "after the call: return them as a list"
+        )
+
+
 def _cancelled_from_outside() -> bool:
     """Whether the running task is being cancelled (the run was stopped), as opposed to a
     tool raising ``CancelledError`` itself (a cancelled future it waited on)."""
@@ -867,6 +898,8 @@ class ExecutionEngine:
                         value = await _until(_Resumed(coro, waiting_on), deadline)
                 else:
                     value = await _until(coro, deadline)
+                if inspect.isgenerator(value) or inspect.isasyncgen(value):
+                    raise _Unrun(value)
                 ok = True
             except asyncio.CancelledError as caught:
                 if _cancelled_from_outside():
@@ -885,7 +918,11 @@ class ExecutionEngine:
             except ToolArgumentError as caught:
                 value = _naming_references(caught, tool, step, params, run.soft_failed)
                 error, error_type = str(value), ErrorType.VALIDATION
+            except _Unrun as caught:
+                value, error, error_type = caught, str(caught), ErrorType.TOOL_ERROR
             except BaseException as caught:  # sys.exit(), KeyboardInterrupt: the tool fails
+                if isinstance(caught, _Carried):
+                    caught = caught.error  # judged (retried, inferred) as the tool raised it
                 value, error = caught, described(caught)
                 error_type = ErrorType.infer(caught) if isinstance(caught, Exception) else None
                 error_type = error_type or ErrorType.TOOL_ERROR
@@ -932,7 +969,10 @@ class ExecutionEngine:
 
         def call() -> Any:
             begun.append(loop.time())  # monotonic, safe from any thread; wakes nothing
-            return context.run(tool.func, **kwargs)
+            try:
+                return context.run(tool.func, **kwargs)
+            except (StopIteration, GeneratorExit) as error:
+                raise _Carried(error) from error
 
         try:
             future = loop.run_in_executor(self.executor, call)
