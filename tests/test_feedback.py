@@ -317,6 +317,7 @@ def test_quality_policy_flags_low_confidence_and_controls_replanning(store: Exec
     plan = Plan(
         goal="search the notes for jitter",
         steps=[Step(id="find", tool="search_notes", params={"query": "jitter"})],
+        planner="semantic",  # as a planner made it: a hand-written plan is never repaired
     )
     with Orchestrator(registry, store=store, llm=None, policies=policies) as orch:
         kept = orch.process(plan, context={"project": "strict"})

@@ -297,9 +297,10 @@ def test_replanning_after_an_injected_failure(tmp_path):
         events = []
 
         async def collect():
-            plan = Plan(
-                goal="search the notes for jitter",
+            plan = Plan(  # as the semantic planner would make it: a hand-written one is not
+                goal="search the notes for jitter",  # repaired (test below)
                 steps=[Step(id="find", tool="search_notes", params={"query": "jitter"})],
+                planner="semantic",
             )
             async for event in orch.stream(plan):
                 events.append(event)
@@ -337,11 +338,42 @@ class RenamingPlanner(DendritePlanner):
         )
 
 
+def test_a_hand_written_plan_is_run_as_written_not_repaired_with_a_look_alike():
+    """A failed step of the caller's own plan was replaced by the tool most like it that
+    takes its arguments, and the run reported success: "charge_card" failed and
+    "refund_card" ran instead. The caller's fallbacks still apply."""
+    registry = ToolRegistry()
+
+    def charge_card(card: str, amount: float) -> dict:
+        """Charge an amount to a card."""
+        raise RuntimeError("payment gateway rejected the card")
+
+    def refund_card(card: str, amount: float) -> dict:
+        """Refund an amount to a card."""
+        return {"refunded": amount, "card": card}
+
+    def charge_card_backup(card: str, amount: float) -> dict:
+        """Charge an amount to a card through the backup gateway."""
+        return {"charged": amount, "card": card}
+
+    for function in (charge_card, refund_card, charge_card_backup):
+        registry.register_function(function)
+    step = Step(id="charge", tool="charge_card", params={"card": "4242", "amount": 10.0})
+    with Orchestrator(registry, store=None, config=NO_RETRY, llm=None) as orch:
+        result = orch.process(Plan(goal="charge 10 to card 4242", steps=[step]))
+        assert not result.success and [s.tool for s in result.steps] == ["charge_card"]
+        assert "payment gateway rejected the card" in (result.error or "")
+        backed = step.model_copy(update={"fallbacks": ["charge_card_backup"]})
+        result = orch.process(Plan(goal="charge 10 to card 4242", steps=[backed]))
+        assert result.success and result.output == {"charged": 10.0, "card": "4242"}
+
+
 def test_a_repair_that_renames_the_failed_step_keeps_its_attempts(tmp_path):
     registry = broken_notes_registry()
     plan = Plan(
         goal="search the notes for jitter",
         steps=[Step(id="find", tool="search_notes", params={"query": "jitter"})],
+        planner="semantic",  # a hand-written plan is not repaired
     )
     with (
         ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}") as store,

@@ -60,7 +60,13 @@ from dendrite.planning import PLANNERS
 from dendrite.planning.classify import classify
 from dendrite.planning.default import DendritePlanner, Strategy
 from dendrite.planning.llm_planner import LLMPlanner
-from dendrite.planning.plan import Plan, PlanValidationError, RetryPolicy, validate
+from dendrite.planning.plan import (
+    HAND_WRITTEN,
+    Plan,
+    PlanValidationError,
+    RetryPolicy,
+    validate,
+)
 from dendrite.planning.planner import Planner, PlanningError, SingleToolPlanner
 from dendrite.planning.semantic import RetrieverCache, SemanticPlanner
 from dendrite.planning.templates import TemplatePlanner
@@ -865,9 +871,13 @@ class Orchestrator:
         try:
             history = await self._tool_history(plan)
             outcome = await execute(plan)
+            # A plan the caller wrote runs as written: its steps' fallbacks and its tools'
+            # declared alternatives apply, but no tool it does not name stands in for one
+            # that failed ("refund_card" looks like "charge_card" and takes its arguments).
             max_replans = (
                 self.config.max_replans
-                if decisions.policy is None or decisions.policy.replan
+                if (decisions.policy is None or decisions.policy.replan)
+                and plan.planner != HAND_WRITTEN
                 else 0
             )
             while not outcome.success and len(replans) < max_replans:

@@ -37,7 +37,7 @@ from dendrite.learning.health import (
 )
 from dendrite.learning.memory import PlanMemory
 from dendrite.learning.ranker import ToolRanker
-from dendrite.planning.plan import Plan, parse_plan
+from dendrite.planning.plan import HAND_WRITTEN, Plan, parse_plan
 from dendrite.state import FOREVER
 from dendrite.telemetry import ErrorType, ExecutionStatus
 from dendrite.tools import ToolRegistry
@@ -54,7 +54,7 @@ log = logging.getLogger("dendrite.learning")
 
 REUSED = "memory"
 """The planner of a plan memory gave: remembered again only once a repair changed it."""
-CALLERS_ARGUMENTS = {"explicit", "single_tool"}
+CALLERS_ARGUMENTS = {HAND_WRITTEN, "single_tool"}
 """Planners whose plans take their arguments from the caller (a hand-written plan, the
 single-tool planner's ``context["params"]``), not from the goal's words: remembered, they
 would be reused for other callers' goals, which never said those arguments (one session's

@@ -101,6 +101,10 @@ class Step(BaseModel):
         return list(seen)
 
 
+HAND_WRITTEN = "explicit"
+"""The planner of a plan the caller wrote: its tools and arguments are the caller's."""
+
+
 class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -111,7 +115,7 @@ class Plan(BaseModel):
         description="a reference to the run's answer; default: the output of the last step "
         "nothing depends on (or of each such step, by id, when there are several)",
     )
-    planner: str = "explicit"
+    planner: str = HAND_WRITTEN
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     def step(self, step_id: str) -> Step:
