@@ -102,6 +102,9 @@ def test_ratings_change_which_tool_the_orchestrator_picks(store: ExecutionStore)
                 effect = orch.feedback(result.execution_id, 1, comment="wrong factor")
                 assert effect.reward == 0.0 and disliked in effect.tools
                 assert effect.feedback_id is not None
+        # Nothing to record: said in this method's words, not the record's feedback_text.
+        with pytest.raises(ValueError, match="rating, accepted or comment"):
+            orch.feedback(first.execution_id)
     other = ({"convert_km_to_miles", "km_to_miles_converter"} - {disliked}).pop()
     assert picked[0] == disliked and picked[-1] == other
     wait_until_drained(store)

@@ -26,6 +26,7 @@ from dendrite.planning.arguments import extract_arguments
 from dendrite.planning.references import literal
 from dendrite.store import ExecutionStore, InvalidRecordError
 from dendrite.tools import ToolRegistry, ToolStatus
+from dendrite.tools.errors import UnknownToolError
 
 ONCE = RetryPolicy(max_attempts=1)
 
@@ -962,6 +963,27 @@ def test_negative_retrieval_scores_keep_their_order_and_settings_are_checked():
     ):
         with pytest.raises(ValueError, match=name):
             ToolRanker(**kwargs)
+
+
+def test_a_tool_only_the_health_log_knows_is_enabled_by_another_process(store: ExecutionStore):
+    """``dendrite tools enable`` registers only the built-in tools: an application's tool
+    that the health monitor quarantined was an "unknown tool" to it (suggested twice over,
+    once as registered and once as saved), and stayed quarantined."""
+    calls: list[str] = []
+    policy = HealthPolicy(min_samples=4, window=4, cooldown=3600, max_cooldown=7200)
+    with _fallback_orchestrator(store, calls, policy) as application:
+        for _ in range(4):
+            application.learning.health.observe("search_index", False)
+        assert application.registry.state("search_index").status is ToolStatus.QUARANTINED
+    with Orchestrator(ToolRegistry(), store=store, llm=None) as command_line:
+        command_line.set_tool_status("search_index", "enabled")
+        with pytest.raises(UnknownToolError) as unknown:
+            command_line.set_tool_status("search_indx", "enabled")
+    assert str(unknown.value).count("'search_index'") == 1
+    # registered here and saved by the store: one name, suggested once
+    assert str(UnknownToolError("calclate", ["calculate", "calculate"])).count("calculate'") == 1
+    with _fallback_orchestrator(store, calls, policy) as next_run:
+        assert next_run.registry.state("search_index").status is ToolStatus.ENABLED
 
 
 def test_enabling_a_quarantined_tool_by_hand_ends_its_health_quarantine_for_good(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from dendrite.store import ExecutionStore
 from dendrite.telemetry import ErrorType, ExecutionStatus
 from dendrite.telemetry.records import MAX_PROJECT
 from dendrite.tools import ToolContext, ToolRegistry
+from dendrite.tools.builtin import register_math
 from tests.conftest import pg_admin, pg_database, wait_until_drained
 
 FAST_RETRY = RetryPolicy(max_attempts=3, backoff=0.0, jitter=0.0)
@@ -857,3 +859,22 @@ def test_postgres_down_during_a_run_then_everything_lands(tmp_path: Path):
         store.close()
     assert detail is not None and detail.success
     assert len(detail.steps) == 22
+
+
+def test_a_database_down_is_logged_in_lines_not_tracebacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """A store that cannot be reached is a state Dendrite expects (it journals): each read
+    that found it down logged a traceback, two dozen in a server's first seconds."""
+    monkeypatch.setenv("DENDRITE_HOME", str(tmp_path))
+    registry = ToolRegistry()
+    register_math(registry)
+    caplog.set_level(logging.INFO, logger="dendrite")
+    with (
+        ExecutionStore("postgresql+psycopg://postgres@127.0.0.1:1/down") as store,
+        Orchestrator(registry, store=store, llm=None) as orch,
+    ):
+        assert orch.process("calculate 1 + 1").output == 2
+    said = [r for r in caplog.records if r.name.startswith("dendrite")]
+    assert any("could not read the history" in r.getMessage() for r in said)
+    assert not [r.getMessage() for r in said if r.exc_info]

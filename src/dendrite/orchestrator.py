@@ -30,6 +30,7 @@ from dendrite.execution.engine import ExecutionEngine, RunOutcome
 from dendrite.execution.events import Attempt, Event, EventType, StepResult, StepStatus
 from dendrite.execution.records import ITEM_KEY, attempt_record
 from dendrite.learning.experiments import Experiment
+from dendrite.learning.health import HEALTH_LOG_KEY
 from dendrite.learning.jobs import (
     LIFECYCLE_KEY,
     TOOL_STATES_KEY,
@@ -72,6 +73,7 @@ from dendrite.planning.semantic import RetrieverCache, SemanticPlanner
 from dendrite.planning.templates import TemplatePlanner
 from dendrite.state import StateManager, StateView
 from dendrite.store import ExecutionStore, UnknownExecutionError
+from dendrite.store.errors import worth_a_traceback
 from dendrite.store.serialize import capped, to_jsonable
 from dendrite.telemetry import ErrorType, ExecutionStatus
 from dendrite.telemetry.errors import described
@@ -424,8 +426,12 @@ class Orchestrator:
         if self.learning is not None and self.store is not None and self.config.warm_start:
             try:
                 self.learning.warm_start(self.store, self.config.warm_start)
-            except Exception:
-                log.warning("learning could not read the history; starting cold", exc_info=True)
+            except Exception as error:
+                log.warning(
+                    "learning could not read the history; starting cold: %s",
+                    error,
+                    exc_info=worth_a_traceback(error),
+                )
         self.planner: Planner = planner or DendritePlanner(
             llm=self.llm,
             ranker=self.learning.ranker if self.learning else None,
@@ -468,8 +474,12 @@ class Orchestrator:
         if self.store is not None and self.config.warm_start:
             try:
                 router.learn_from_store(limit=self.config.warm_start)
-            except Exception:
-                log.warning("the router could not read its history; starting cold", exc_info=True)
+            except Exception as error:
+                log.warning(
+                    "the router could not read its history; starting cold: %s",
+                    error,
+                    exc_info=worth_a_traceback(error),
+                )
         return router
 
     def make_planner(self, name: str, strategy: Strategy | str | None = None) -> Planner:
@@ -606,11 +616,17 @@ class Orchestrator:
         self._apply_promotions(stages)
 
     def _saved_tool_names(self) -> set[str]:
-        """Tools with a state or lifecycle stage saved by any process, as the store has them."""
+        """Tools with a state, lifecycle stage or health transition saved by any process, as
+        the store has them: an application's tool that only the health monitor quarantined
+        was an "unknown tool" to ``dendrite tools enable``, and stayed quarantined."""
         names: set[str] = set()
         for key in (TOOL_STATES_KEY, LIFECYCLE_KEY):
             table = self.state.reread("global", key, {})
             names.update(table if isinstance(table, dict) else ())
+        health_log = self.state.reread("global", HEALTH_LOG_KEY, [])
+        for entry in health_log if isinstance(health_log, list) else ():
+            if isinstance(entry, dict) and isinstance(entry.get("tool"), str):
+                names.add(entry["tool"])
         return names
 
     # -- lifecycle -----------------------------------------------------------
@@ -1087,8 +1103,12 @@ class Orchestrator:
                 get, project = self.policies.get, decisions.project
                 fresh = self.policies.fresh
                 decisions.policy = get(project) if fresh else await asyncio.to_thread(get, project)
-            except Exception:
-                log.warning("quality policy unavailable; using defaults", exc_info=True)
+            except Exception as error:
+                log.warning(
+                    "quality policy unavailable; using defaults: %s",
+                    error,
+                    exc_info=worth_a_traceback(error),
+                )
         if self.router is not None and depth == 0:
             features = TaskFeatures(
                 text=goal,
@@ -1205,8 +1225,12 @@ class Orchestrator:
                 stats = self.store.get_tool_statistics(name)
                 if stats is not None:
                     found[name] = (stats.total_executions, stats.successful_executions)
-        except Exception:
-            log.warning("tool history unavailable; confidence uses reliability only", exc_info=True)
+        except Exception as error:
+            log.warning(
+                "tool history unavailable; confidence uses reliability only: %s",
+                error,
+                exc_info=worth_a_traceback(error),
+            )
         return found
 
     def _finish(
@@ -1414,6 +1438,10 @@ class Orchestrator:
         learned by the ``feedback`` job instead.
         """
         check_judgement(rating, accepted)
+        if rating is None and accepted is None and not comment:
+            # Checked here, in this method's words: the record's own check names its field,
+            # feedback_text, which this method does not have.
+            raise ValueError("feedback needs at least one of rating, accepted or comment")
         if self.store is None and execution_id not in self._traces:
             raise UnknownExecutionError(execution_id)  # nothing to judge, nowhere to keep it
         feedback_id = None

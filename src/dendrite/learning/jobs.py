@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from dendrite.learning.policies import QualityPolicies
 from dendrite.state import FOREVER, StateManager
-from dendrite.store.errors import StoreUnavailableError
+from dendrite.store.errors import worth_a_traceback
 from dendrite.tools import Reliability
 
 if TYPE_CHECKING:
@@ -333,7 +333,7 @@ def run_job(name: str, ctx: JobContext, *, trigger: str = "manual") -> JobRun:
     try:
         report = job(ctx)
     except Exception as failure:
-        log.warning("job %s failed: %s", name, failure, exc_info=_traceback(failure))
+        log.warning("job %s failed: %s", name, failure, exc_info=worth_a_traceback(failure))
         error = f"{type(failure).__name__}: {failure}"
     finished_at = datetime.now(UTC)
     return ctx.store.store_job_run(
@@ -421,7 +421,7 @@ class JobScheduler:
                     "could not read the last run of job %s: %s",
                     name,
                     error,
-                    exc_info=_traceback(error),
+                    exc_info=worth_a_traceback(error),
                 )
                 since = now
             wait = min(every, max(timedelta(0), since + every - now))
@@ -453,16 +453,12 @@ class JobScheduler:
                 self.runs = [*self.runs[-99:], run]
             except Exception as error:
                 log.warning(
-                    "could not run or record job %s: %s", name, error, exc_info=_traceback(error)
+                    "could not run or record job %s: %s",
+                    name,
+                    error,
+                    exc_info=worth_a_traceback(error),
                 )
             due[name] = time.monotonic() + self.intervals[name].total_seconds()
-
-
-def _traceback(error: Exception) -> bool:
-    """Whether a failure's log line carries its traceback: not for a database that is
-    down, a state the store expects and names in its message (a server started while
-    the database was down logged two dozen tracebacks in its first seconds)."""
-    return not isinstance(error, StoreUnavailableError)
 
 
 def _first_wait(table: Any, name: str, now: datetime) -> dict[str, str]:

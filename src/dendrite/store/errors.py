@@ -43,3 +43,10 @@ def driver_message(error: BaseException) -> str:
     """The first line of what the database driver said (SQLAlchemy keeps it as ``orig``):
     the rest is SQLAlchemy's statement and a link, noise in a one-line message."""
     return (str(getattr(error, "orig", None) or error).splitlines() or [""])[0]
+
+
+def worth_a_traceback(error: BaseException) -> bool:
+    """Whether a log line about ``error`` should carry its traceback: not for a database
+    that is down, a state the store expects and names in its message (a server started
+    while the database was down logged two dozen tracebacks in its first seconds)."""
+    return not isinstance(error, StoreUnavailableError)

@@ -17,7 +17,8 @@ class ToolError(Exception):
 class UnknownToolError(ToolError, LookupError):
     def __init__(self, name: str, known: Iterable[str] = ()) -> None:
         self.name = name
-        close = difflib.get_close_matches(name, list(known), n=3)
+        # One name from several sources (registered, and saved by the store) is one name.
+        close = difflib.get_close_matches(name, list(dict.fromkeys(known)), n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         super().__init__(f"unknown tool {name!r}{hint}")
 
