@@ -29,6 +29,7 @@ import uvicorn
 from fastapi.routing import APIRoute
 
 from dendrite import Orchestrator, OrchestratorConfig
+from dendrite import orchestrator as orchestrator_module
 from dendrite.api import InsecureBindError, create_app, is_loopback, serve
 from dendrite.api import app as api_app
 from dendrite.api.server import SHUTDOWN_GRACE_SECONDS, check_bind
@@ -1413,3 +1414,21 @@ def test_an_output_too_deep_for_json_is_marked_alone_not_the_whole_answer(
     while isinstance(marker, list):
         marker = marker[0]
     assert marker["$error"] == "circular or too deeply nested"
+
+
+def test_a_tool_state_saved_by_another_process_shows_without_a_run(
+    store: ExecutionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dendrite tools disable`` beside a running server: its tool list, status and
+    metrics showed the tool enabled until the server ran a goal."""
+    monkeypatch.setattr(orchestrator_module, "TOOL_STATES_REFRESH", 0.0)  # not 30 s
+    with (
+        Orchestrator(make_registry(), store=store, llm=None) as server_side,
+        serve_app(server_side) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        with Orchestrator(make_registry(), store=store, llm=None) as command_line:
+            command_line.set_tool_status("word_count", "disabled", "maintenance")
+        tools = {t["name"]: t for t in client.get("/v1/tools").json()["tools"]}
+        assert tools["word_count"]["status"] == "disabled"
+        assert 'dendrite_tools{status="disabled"} 1.0' in client.get("/metrics").text

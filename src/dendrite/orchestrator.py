@@ -597,11 +597,13 @@ class Orchestrator:
                 if self.learning is not None:
                     self.learning.health.reset(name, "enabled by another process")
 
-    async def _follow_saved_tool_states(self) -> None:
+    async def follow_saved_tool_states(self) -> None:
         """Take up, every ``TOOL_STATES_REFRESH`` seconds, the tool states another process
         saved (``dendrite tools disable`` beside a running server, a lifecycle job run from
         the command line), and its promotions: read only at start, they waited for a
-        restart. Read in a thread: a slow store must not stall the event loop."""
+        restart. Read in a thread: a slow store must not stall the event loop. Each run
+        calls it, and so do the API's tool listing, status and metrics, which showed the
+        old states until the server ran a goal."""
         now = time.monotonic()
         if now - self._tool_states_read_at < TOOL_STATES_REFRESH:
             return
@@ -762,7 +764,7 @@ class Orchestrator:
     ) -> ExecutionResult:
         if self._closed:
             raise OrchestratorClosedError("this Orchestrator is closed")
-        await self._follow_saved_tool_states()
+        await self.follow_saved_tool_states()
         parent = _current.get()
         depth = parent.depth + 1 if parent else 0
         if depth > self.config.max_depth:

@@ -668,6 +668,7 @@ def create_app(
         response_model=ToolList,
     )
     async def list_tools() -> Response:
+        await orch.follow_saved_tool_states()
         return _json({"tools": orch.registry.describe(include_unavailable=True)})
 
     def _tool(name: str) -> Any:
@@ -871,6 +872,7 @@ def create_app(
         response_model=SystemStatus,
     )
     async def system_status() -> Response:
+        await orch.follow_saved_tool_states()
         store_status = None
         if orch.store is not None:
             store_status = await state.blocking(orch.store.status)
@@ -958,6 +960,7 @@ def create_app(
         responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
     )
     async def prometheus() -> Response:
+        await orch.follow_saved_tool_states()
         store_status = await state.blocking(orch.store.status) if orch.store else None
         text = state.metrics.render(store_status, orch.registry, time.monotonic() - state.started)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
