@@ -16,6 +16,7 @@ from dendrite.planning import Plan, Step
 from dendrite.state import StateManager
 from dendrite.store import ExecutionStore, UnknownExecutionError
 from dendrite.tools import ToolRegistry
+from tests.test_planners import SEARCH_NOTES, PlansAsGiven
 
 from .conftest import wait_until_drained
 
@@ -317,16 +318,13 @@ def test_quality_policy_flags_low_confidence_and_controls_replanning(store: Exec
     registry.register_function(search_notes)
     policies = QualityPolicies(StateManager(store))
     policies.set(QualityPolicy(project="strict", min_confidence=0.99, replan=False))
-    plan = Plan(
-        goal="search the notes for jitter",
-        steps=[Step(id="find", tool="search_notes", params={"query": "jitter"})],
-        planner="semantic",  # as a planner made it: a hand-written plan is never repaired
-    )
+    planned = PlansAsGiven(SEARCH_NOTES)  # planned: a plan the caller gives is not repaired
     with Orchestrator(registry, store=store, llm=None, policies=policies) as orch:
-        kept = orch.process(plan, context={"project": "strict"})
+        goal = SEARCH_NOTES.goal
+        kept = orch.process(goal, context={"project": "strict"}, planner=planned)
         assert not kept.success and "replans" not in kept.plan.metadata
         assert "replan off" in kept.why["policy"]
-        repaired = orch.process(plan, context={"project": "lenient"})
+        repaired = orch.process(goal, context={"project": "lenient"}, planner=planned)
         assert repaired.success and repaired.output == "archive: jitter"
         assert repaired.plan.metadata["replans"][0]["new_tools"] == ["search_archive"]
         assert not repaired.needs_review

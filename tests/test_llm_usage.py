@@ -281,7 +281,7 @@ def _pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The pauses the client chooses between attempts, as they are chosen: a server's
     wait, else its backoff (wall times are no test's business)."""
     chosen: list[float] = []
-    asked, backoff = llm_client._asked_wait, llm_client._backoff
+    asked, backoff = llm_client.asked_wait, llm_client.backoff
 
     def asked_wait(error: Any) -> float | None:
         wait = asked(error)
@@ -293,8 +293,8 @@ def _pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
         chosen.append(backoff(retries))
         return chosen[-1]
 
-    monkeypatch.setattr(llm_client, "_asked_wait", asked_wait)
-    monkeypatch.setattr(llm_client, "_backoff", backed_off)
+    monkeypatch.setattr(llm_client, "asked_wait", asked_wait)
+    monkeypatch.setattr(llm_client, "backoff", backed_off)
     return chosen
 
 

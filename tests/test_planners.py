@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -284,8 +285,27 @@ def broken_notes_registry() -> ToolRegistry:
     return registry
 
 
+class PlansAsGiven(DendritePlanner):
+    """Plans every goal with one plan, and repairs as the default planner does."""
+
+    def __init__(self, plan: Plan, **options: Any) -> None:
+        super().__init__(**options)
+        self.given = plan
+
+    async def plan(self, goal, registry, context):
+        return self.given.model_copy(deep=True)
+
+
+SEARCH_NOTES = Plan(
+    goal="search the notes for jitter",
+    steps=[Step(id="find", tool="search_notes", params={"query": "jitter"})],
+    planner="semantic",
+)
+
+
 def test_replanning_after_an_injected_failure(tmp_path):
     registry = broken_notes_registry()
+    planned = PlansAsGiven(SEARCH_NOTES, strategy="simple")
     with ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}") as store:
         orch = Orchestrator(
             registry,
@@ -297,12 +317,8 @@ def test_replanning_after_an_injected_failure(tmp_path):
         events = []
 
         async def collect():
-            plan = Plan(  # as the semantic planner would make it: a hand-written one is not
-                goal="search the notes for jitter",  # repaired (test below)
-                steps=[Step(id="find", tool="search_notes", params={"query": "jitter"})],
-                planner="semantic",
-            )
-            async for event in orch.stream(plan):
+            # Planned, not given: a plan the caller gives is not repaired (test below).
+            async for event in orch.stream("search the notes for jitter", planner=planned):
                 events.append(event)
 
         asyncio.run(collect())
@@ -327,7 +343,7 @@ def test_replanning_after_an_injected_failure(tmp_path):
         orch.close()
 
 
-class RenamingPlanner(DendritePlanner):
+class RenamingPlanner(PlansAsGiven):
     """Repairs a plan as a model may: the failed step comes back under a new id."""
 
     async def replan(self, goal, plan, failed_step, error, registry, context):
@@ -370,18 +386,17 @@ def test_a_hand_written_plan_is_run_as_written_not_repaired_with_a_look_alike():
 
 def test_a_repair_that_renames_the_failed_step_keeps_its_attempts(tmp_path):
     registry = broken_notes_registry()
-    plan = Plan(
-        goal="search the notes for jitter",
-        steps=[Step(id="find", tool="search_notes", params={"query": "jitter"})],
-        planner="semantic",  # a hand-written plan is not repaired
-    )
     with (
         ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}") as store,
         Orchestrator(
-            registry, store=store, config=NO_RETRY, llm=None, planner=RenamingPlanner()
+            registry,
+            store=store,
+            config=NO_RETRY,
+            llm=None,
+            planner=RenamingPlanner(SEARCH_NOTES),
         ) as orch,
     ):
-        result = asyncio.run(orch.run(plan))
+        result = asyncio.run(orch.run("search the notes for jitter"))
         assert result.success and result.output[0]["document"] == "archive.md"
         assert [(s.step_id, s.status.value) for s in result.steps] == [
             ("find", "failed"),
@@ -643,3 +658,17 @@ def test_an_offline_repair_takes_only_a_tool_that_takes_every_argument_of_the_st
         result = orch.process(plan)
     assert not result.success and result.output is None
     assert [a.tool for s in result.steps for a in s.attempts] == ["regex_extract"]
+
+
+def test_a_custom_planners_plan_is_repaired_whatever_its_planner_field_says():
+    """Told apart by the plan's planner field, a custom planner's plans (which keep the
+    default, "explicit") were taken for the caller's own and never repaired."""
+    unnamed = Plan(
+        goal="search the notes for jitter",
+        steps=[Step(id="find", tool="search_notes", params={"query": "jitter"})],
+    )
+    with Orchestrator(broken_notes_registry(), store=None, config=NO_RETRY, llm=None) as orch:
+        result = orch.process(unnamed.goal, planner=PlansAsGiven(unnamed))
+        assert result.success and result.output[0]["document"] == "archive.md"
+        given = orch.process(SEARCH_NOTES)  # the caller's, whatever planner it names
+        assert not given.success and "replans" not in given.plan.metadata

@@ -647,3 +647,36 @@ def test_a_remembered_plan_tells_its_steps_in_the_new_goals_words():
     (again,) = recalled.plan.steps
     assert again.params == {"expression": "(1 + 2) * 14"}
     assert again.description == "calculate: calculate (1 + 2) * 14"
+
+
+def test_what_a_review_of_the_new_readings_found(tmp_path: Path):
+    """Regressions of the first round: listing goals refused ("show me the files"), a bound
+    taking the place of a row count, "list primes to 30" answered with 30 primes, rounding
+    read into "rounding errors" and "a round pool", places dropped from "round 100 / 8 to 2
+    decimals", "sqrt 16 + 9" read as sqrt(25), "between" sending statistics to primes, and
+    a flag turned on by the user's quoted text."""
+    (tmp_path / "notes.md").write_text("# Notes\nSome notes.\n")
+    rows = "".join(f"r{i},{i}\n" for i in range(40))
+    (tmp_path / "sales.csv").write_text("region,amount\n" + rows)
+    registry = ToolRegistry()
+    register_builtin(registry, docs_root=tmp_path, files_root=tmp_path)
+    with Orchestrator(registry, store=None, llm=None) as orch:
+
+        def ran(goal: str) -> tuple[list[str], object]:
+            result = orch.process(goal)
+            return [s.tool for s in result.plan.steps], result.output
+
+        for goal in ("show me the files", "what files are there", "display the files"):
+            assert ran(goal)[0] == ["list_files"], goal
+        assert ran("show the documents")[0] == ["list_documents"]
+        assert len(ran("show the first 2 rows of sales.csv with amount below 15")[1]["rows"]) == 2
+        assert ran("list primes to 30") == (["primes"], [2, 3, 5, 7, 11, 13, 17, 19, 23, 29])
+        assert ran("calculate 0.1 + 0.2 to check rounding errors")[1] == pytest.approx(0.3)
+        assert ran("area of a round pool of radius 3: pi * 3 ** 2")[1] == pytest.approx(28.2743338)
+        assert ran("round 100 / 8 to 2 decimals")[1] == 12.5
+        assert ran("round 1234 / 7 to the nearest ten")[1] == 180
+        assert ran("sqrt 16 + 9")[1] == 13
+        assert ran("sqrt 16")[1] == 4
+        assert ran("show statistics for numbers between 1 and 100")[0] == ["statistics"]
+        assert ran("primes between 50 and 10")[1][-1] == 47  # the larger is the limit
+        assert ran('normalize the text "Use upper case for names"')[1] == "use upper case for names"

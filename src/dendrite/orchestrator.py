@@ -62,7 +62,6 @@ from dendrite.planning.classify import classify
 from dendrite.planning.default import DendritePlanner, Strategy
 from dendrite.planning.llm_planner import LLMPlanner
 from dendrite.planning.plan import (
-    HAND_WRITTEN,
     Plan,
     PlanValidationError,
     RetryPolicy,
@@ -889,13 +888,16 @@ class Orchestrator:
         try:
             history = await self._tool_history(plan)
             outcome = await execute(plan)
-            # A plan the caller wrote runs as written: its steps' fallbacks and its tools'
+            # A plan the caller gave runs as written: its steps' fallbacks and its tools'
             # declared alternatives apply, but no tool it does not name stands in for one
             # that failed ("refund_card" looks like "charge_card" and takes its arguments).
+            # Told by what the caller passed, not by the plan's planner field: a custom
+            # planner's plans keep the default, and a plan re-posted from history names its
+            # first planner.
             max_replans = (
                 self.config.max_replans
                 if (decisions.policy is None or decisions.policy.replan)
-                and plan.planner != HAND_WRITTEN
+                and not isinstance(goal_or_plan, Plan)
                 else 0
             )
             while not outcome.success and len(replans) < max_replans:

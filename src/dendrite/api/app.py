@@ -142,19 +142,25 @@ def _json(content: Any, status: int = 200) -> Response:
 _TOO_DEEP = '"$error":"circular or too deeply nested"}'
 
 
-def _encoded(value: Any, levels: int = 4) -> str:
+def _encoded(value: Any, part: str = "response") -> str:
     """``value`` as JSON, a part too deep for JSON (a tool's nested output) as the marker
     ``dumps`` writes for it, and only that part: encoded whole, one deep answer turned the
     whole response into the marker, its execution id and steps lost. Only the response's
-    own ``levels`` (an answer's steps, each step's fields) are taken apart; below them
-    the too-deep value is the tool's, and is the marker."""
+    own structure is taken apart (its fields, its ``steps`` and each step's fields); a
+    tool's output is the marker whole."""
     text = dumps(value)
-    if not levels or not text.endswith(_TOO_DEEP) or not isinstance(value, dict | list | tuple):
+    if not text.endswith(_TOO_DEEP):
         return text
-    if isinstance(value, dict):
-        parts = (f"{json.dumps(str(k))}:{_encoded(v, levels - 1)}" for k, v in value.items())
+    if part in ("response", "step") and isinstance(value, dict):
+        parts = (
+            f"{json.dumps(str(k))}:"
+            f"{_encoded(v, 'steps' if part == 'response' and k == 'steps' else 'field')}"
+            for k, v in value.items()
+        )
         return "{" + ",".join(parts) + "}"
-    return "[" + ",".join(_encoded(v, levels - 1) for v in value) + "]"
+    if part == "steps" and isinstance(value, list):
+        return "[" + ",".join(_encoded(v, "step") for v in value) + "]"
+    return text
 
 
 # -- cursors -----------------------------------------------------------------

@@ -489,7 +489,7 @@ class ChatLLM:
                 }
             else:
                 kwargs["response_format"] = {"type": "json_object"}
-        deadline = _deadline(self.config.timeout, self.config.max_retries)
+        deadline = call_deadline(self.config.timeout, self.config.max_retries)
         try:
             response = await self._attempts(client, kwargs, deadline)
         except (openai.BadRequestError, openai.UnprocessableEntityError) as error:
@@ -549,7 +549,7 @@ class ChatLLM:
         self, client: openai.AsyncOpenAI, kwargs: dict[str, Any], deadline: float | None
     ) -> Any:
         """The chat completion, asked again up to ``max_retries`` times after a failure
-        another attempt may get past (:func:`_retryable`), all within ``deadline``.
+        another attempt may get past (:func:`retryable`), all within ``deadline``.
 
         The deadline, because the SDK's timeout bounds each read, not the request: a
         server that sends a byte at a time held a call for minutes. Retried here, not
@@ -565,10 +565,10 @@ class ChatLLM:
                 try:
                     return await client.chat.completions.create(**kwargs)
                 except (openai.APIConnectionError, openai.APIStatusError) as error:
-                    if retries == self.config.max_retries or not _retryable(error):
+                    if retries == self.config.max_retries or not retryable(error):
                         raise
-                    asked = _asked_wait(error)
-                    pause = _backoff(retries) if asked is None else asked
+                    asked = asked_wait(error)
+                    pause = backoff(retries) if asked is None else asked
                     if pause > self._room(bound):
                         if asked is not None and isinstance(error, openai.APIStatusError):
                             message = asked_too_long(self.name, error, asked, deadline)
@@ -642,7 +642,7 @@ def asked_too_long(
     )
 
 
-def _deadline(timeout: Any, max_retries: int) -> float | None:
+def call_deadline(timeout: Any, max_retries: int) -> float | None:
     """How long one call may take in all: every attempt its ``timeout``, and the longest
     backoff pause between them. None (no bound) for a timeout that is not a number of
     seconds (``None``, which the SDK takes as "wait for ever", or an ``httpx.Timeout``)."""
@@ -651,7 +651,7 @@ def _deadline(timeout: Any, max_retries: int) -> float | None:
     return timeout * (max_retries + 1) + RETRY_PAUSE * max_retries
 
 
-def _retryable(error: openai.APIConnectionError | openai.APIStatusError) -> bool:
+def retryable(error: openai.APIConnectionError | openai.APIStatusError) -> bool:
     """Whether another attempt may fare better, as the SDK judged it when it retried: no
     answer at all (a connection failure, a read timeout), or a status saying the server
     is busy or broken (408, 409, 429, 5xx), unless its ``x-should-retry`` header says."""
@@ -663,7 +663,7 @@ def _retryable(error: openai.APIConnectionError | openai.APIStatusError) -> bool
     return error.status_code in (408, 409, 429) or error.status_code >= 500
 
 
-def _asked_wait(error: openai.APIConnectionError | openai.APIStatusError) -> float | None:
+def asked_wait(error: openai.APIConnectionError | openai.APIStatusError) -> float | None:
     """The seconds a server asked to wait before the next attempt (``retry-after-ms``, or
     ``Retry-After`` in seconds or as a date), or None when it named no wait still to come
     (none, a malformed one, 0, a date past), read as the SDK read them."""
@@ -684,7 +684,7 @@ def _asked_wait(error: openai.APIConnectionError | openai.APIStatusError) -> flo
     return wait if wait > 0 else None
 
 
-def _backoff(retries: int) -> float:
+def backoff(retries: int) -> float:
     """The pause before a retry when the server names none, ``retries`` made before it:
     exponential, and up to a quarter shorter at random, so that clients that failed
     together do not all come back at once (the SDK's backoff)."""

@@ -342,14 +342,14 @@ def extract_arguments(
             value = int(date.group(0)[slice(*_DATE_PARTS[lname])])  # "2024-01-15"
         elif kind in ("number", "integer"):
             pick = next((n for n in numbers if kind == "number" or isinstance(n, int)), None)
-            if lname.endswith(BOUND_NAMES) and (bound := bound_in(goal)) in numbers:
-                pick = bound  # "primes between 1 and 20": the limit is 20, not the first number
+            if lname.endswith(BOUND_NAMES) and (upper := _upper_of_range(goal, numbers)):
+                pick = upper  # "primes between 1 and 20": the limit is 20, not the first number
             if pick is not None:
                 numbers.remove(pick)
                 value = pick
                 pooled.append(name)
         elif kind == "boolean":
-            value = _flag(lname, goal)
+            value = _flag(lname, _blanked(QUOTED, goal))  # the user's quoted text says none
         elif kind == "array":
             items = _items(prop)
             item_kind = _kind(items)
@@ -608,11 +608,23 @@ _POINTER = re.compile(r"(?<![\w./~:])#?/[^\s/\"']+(?:/[^\s/\"']*)*(?<![.,;?!])")
 
 _BOUND = re.compile(
     rf"\b(?:(?P<below>below|under|less\s+than|smaller\s+than|lower\s+than)|up\s+to|at\s+most|"
-    rf"no\s+more\s+than|not\s+above|until|through|between\s+{_AMOUNT}\s+and)"
-    rf"\s+(?:and\s+including\s+)?({_AMOUNT})",
+    rf"no\s+more\s+than|not\s+above|until|through)\s+(?:and\s+including\s+)?({_AMOUNT})",
     re.I,
 )
 BOUND_NAMES = ("limit", "max", "maximum", "upper", "bound", "up_to", "until", "stop", "end")
+
+
+_BETWEEN = re.compile(rf"\bbetween\s+({_AMOUNT})\s+and\s+({_AMOUNT})(?![\w.])", re.I)
+
+
+def _upper_of_range(goal: str, numbers: list[float | int]) -> float | int | None:
+    """The larger number of "between A and B", as the goal wrote it, for a tool's one upper
+    bound: the first number in the goal is the lower one."""
+    found = _BETWEEN.search(goal)
+    if found is None:
+        return None
+    upper = max(numbers_in(found.group(1)) + numbers_in(found.group(2)), default=None)
+    return upper if upper in numbers else None
 
 
 def bound_in(goal: str) -> float | None:
@@ -655,7 +667,7 @@ def _string_for(
         # "3 x 4" is a product only in what a calculator is given: in a goal it is as likely
         # a card's size or a file's name ("3 x 5 cards", "img_2x2.txt").
         spoken = _TIMES_X.sub(r"\1 * \2", spoken_math(goal))
-        candidates = [m.group(0).strip() for m in _MATH_EXPRESSION.finditer(spoken)]
+        candidates = [_called(m.group(0).strip()) for m in _MATH_EXPRESSION.finditer(spoken)]
         # A lone number is the expression only when the goal asks for nothing but it
         # ("calculate 42"): of "7 times 6" read wrong, taking "7" would answer a confident
         # wrong 7, and so would "5 factorial", "is 7.5 prime" or "5 kg in pounds".
@@ -665,7 +677,7 @@ def _string_for(
             for c in candidates
             if re.search(r"[-+*/%^(]|\w\(", c.lstrip("-+")) or (alone and _is_number(c))
         ]
-        return _rounded(goal, _called(max(candidates, key=len))) if candidates else None
+        return _rounded(goal, max(candidates, key=len)) if candidates else None
     if _named(lname, PATTERN_NAMES):  # the quoted passage that reads as a pattern
         glob = _GLOB.search(goal)  # or a name pattern written bare: "the *.md files"
         named = _NAMED_PATTERN.search(goal)  # "extract the emails": the pattern of one
@@ -728,41 +740,63 @@ def _string_for(
     return None
 
 
-_BARE_CALL = re.compile(r"(sqrt|log|exp|sin|cos|tan|abs|round)\s+(?!\()(.+)", re.I)
-_ROUNDED = re.compile(
-    r"\bround(?:ed|ing)?(?!\s+(?:trip|robin|of|table)\b)"
-    r"(?:\s+(?:it|that|this|the\s+(?:result|answer)))?(?:\s+(?:off\s+)?(?P<way>up|down))?"
-    r"(?:\s+(?:off\s+)?to\s+(?:(?P<places>\d+)\s+(?:decimals?|decimal\s+places|places|digits)"
+_BARE_CALL = re.compile(
+    rf"(?P<name>sqrt|log|exp|sin|cos|tan|abs)\s+(?!\()(?P<operand>{_MATH_NUMBER})(?P<rest>.*)"
+    r"|round\s+(?!\()(?P<rounded>.+)",
+    re.I,
+)
+# Rounding asked as an instruction: "and round", ", rounded", "round 100 / 8", "rounded up";
+# not a noun or an adjective ("rounding errors", "a round pool").
+_ROUND_ASKED = re.compile(
+    r"(?:^|\band\s+|\bthen\s+|,\s*)(?:please\s+)?round\b(?!\s+(?:trip|robin|of|table)\b)"
+    r"|\brounded\b",
+    re.I,
+)
+_ROUND_WAY = re.compile(
+    r"\bround(?:ed)?\s+(?:it\s+|that\s+|the\s+(?:result|answer)\s+)?(up|down)\b", re.I
+)
+_ROUND_PLACES = re.compile(
+    r"\bto\s+(?:(?P<places>\d+)\s+(?:decimals?|decimal\s+places|places|digits)"
     r"|the\s+nearest\s+(?P<nearest>whole\s+number|integer|ten|hundred|thousand|tenth|"
-    r"hundredth|thousandth)))?\b",
+    r"hundredth|thousandth))\b",
     re.I,
 )
 _NEAREST = {"ten": -1, "hundred": -2, "thousand": -3, "tenth": 1, "hundredth": 2, "thousandth": 3}
 
 
 def _called(expression: str) -> str:
-    """ "round 100 / 8" and "sqrt 16" as calls: a function name written before what it
-    takes, without parentheses, which the calculator cannot read."""
+    """A function written before what it takes, without parentheses, as a call: "sqrt 16 +
+    9" is "sqrt(16) + 9" (a function binds its operand before any operator), and "round 100 /
+    8" is "round(100 / 8)" (rounding is asked of the result); the calculator reads neither."""
     bare = _BARE_CALL.fullmatch(expression)
-    return f"{bare.group(1).lower()}({bare.group(2)})" if bare else expression
+    if bare is None:
+        return expression
+    if bare.group("rounded") is not None:
+        return f"round({bare.group('rounded')})"
+    return f"{bare.group('name').lower()}({bare.group('operand')}){bare.group('rest')}"
 
 
 def _rounded(goal: str, expression: str) -> str:
     """``expression`` rounded as the goal asks ("divide 100 by 8 and round", "..., rounded
-    to 2 decimal places", "rounded up"): left as it is, the answer has every decimal."""
-    asked = _ROUNDED.search(goal)
-    if asked is None or re.search(r"\b(?:round|floor|ceil)\(", expression):
+    to 2 decimal places", "round 100 / 8 to the nearest ten", "rounded up"): left as it is,
+    the answer has every decimal."""
+    asked = _ROUND_ASKED.search(goal)
+    if asked is None:
         return expression
-    way, places = asked.group("way"), asked.group("places")
-    nearest = (asked.group("nearest") or "").lower()
-    digits = int(places) if places else _NEAREST.get(nearest, 0)
-    if way:  # "rounded up": to a whole number, and no calculator function takes places
-        return (
-            f"{'ceil' if way.lower() == 'up' else 'floor'}({expression})"
-            if not digits
-            else expression
-        )
-    return f"round({expression}, {digits})" if digits else f"round({expression})"
+    inner = expression
+    if expression.startswith("round(") and expression.endswith(")") and "," not in expression:
+        inner = expression[len("round(") : -1]  # a bare "round 100 / 8": places may follow
+    elif re.search(r"\b(?:round|floor|ceil)\(", expression):
+        return expression  # "round 3.14159 to 2 decimals", read as a call already
+    way = _ROUND_WAY.search(goal)
+    places = _ROUND_PLACES.search(goal, asked.start())
+    digits = 0
+    if places is not None:
+        written = places.group("places")
+        digits = int(written) if written else _NEAREST.get(places.group("nearest").lower(), 0)
+    if way and not digits:  # "rounded up": to a whole number (no function here takes places)
+        return f"{'ceil' if way.group(1).lower() == 'up' else 'floor'}({inner})"
+    return f"round({inner}, {digits})" if digits else f"round({inner})"
 
 
 GROUP_NAMES = ("group_by", "groupby", "by", "key")

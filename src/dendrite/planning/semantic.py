@@ -204,7 +204,13 @@ def candidates_for(
             rejected.append(f"{tool.name} ({'; '.join(problems)})")
             refused = refused or Candidate(tool, extraction, score, reason)
             continue
-        if refused and not extraction.used and not given and score < refused.score:
+        if (
+            refused
+            and not extraction.used
+            and not given
+            and score < refused.score
+            and not _names_its_subject(tool, text)
+        ):
             rejected.append(
                 f"{tool.name} (takes nothing from the goal; {refused.tool.name} fits it better)"
             )
@@ -218,6 +224,16 @@ def candidates_for(
     elif (bound := bound_in(text)) is not None:  # "primes below 30": a limit's, not an n's
         takers = [c for c in fits if _takes_as_bound(c, bound)]
     return takers[:1] + [c for c in fits if c not in takers[:1]], rejected
+
+
+_ASKING_WORDS = frozenset(tokenize(_REQUEST_VERBS.replace("|", " ") + " show display me there"))
+
+
+def _names_its_subject(tool: Tool, text: str) -> bool:
+    """Whether the tool says what the goal asks about, beyond how it asks: "show me the
+    files" is the file lister's ("files"), "list primes" is not ("list" is only asking)."""
+    subject = set(tokenize(text)) - _ASKING_WORDS
+    return bool(subject & set(tokenize(f"{tool.name} {tool.description}")))
 
 
 def _takes_as_bound(candidate: Candidate, bound: float) -> bool:

@@ -244,7 +244,7 @@ class OpenAIEmbedder:
 
     def _create(self, batch: list[str]) -> Any:
         """The server's answer for one batch, retried as the class says."""
-        deadline = llm_client._deadline(self.timeout, self.max_retries)
+        deadline = llm_client.call_deadline(self.timeout, self.max_retries)
         stop = None if deadline is None else time.monotonic() + deadline
         retries = 0
         while True:
@@ -253,10 +253,10 @@ class OpenAIEmbedder:
                     model=self.model, input=batch, encoding_format="float"
                 )
             except (openai.APIConnectionError, openai.APIStatusError) as exc:
-                if retries == self.max_retries or not llm_client._retryable(exc):
+                if retries == self.max_retries or not llm_client.retryable(exc):
                     raise self._failed(exc) from exc
-                asked = llm_client._asked_wait(exc)
-                pause = llm_client._backoff(retries) if asked is None else asked
+                asked = llm_client.asked_wait(exc)
+                pause = llm_client.backoff(retries) if asked is None else asked
                 room = llm_client.RETRY_AFTER_MAX
                 if stop is not None:
                     room = min(room, stop - time.monotonic() - self.timeout)

@@ -377,7 +377,7 @@ def primes(limit: Annotated[int, Field(ge=0, le=MAX_PRIME_LIMIT)]) -> list[int]:
 
 @tool(reliability=Reliability.HIGH, tags=["math"])
 def first_primes(count: Annotated[int, Field(ge=0, le=MAX_PRIME_COUNT)]) -> list[int]:
-    """List the first n prime numbers, counting from 2: the first 5 are 2, 3, 5, 7, 11.
+    """The first n prime numbers, counting from 2: the first 5 are 2, 3, 5, 7, 11.
 
     A tool of its own, not a parameter of ``primes``: "the first 10 primes" and "the
     primes up to 10" are different lists, and a planner must see which one it is asked.
