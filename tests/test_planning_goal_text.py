@@ -680,3 +680,12 @@ def test_what_a_review_of_the_new_readings_found(tmp_path: Path):
         assert ran("show statistics for numbers between 1 and 100")[0] == ["statistics"]
         assert ran("primes between 50 and 10")[1][-1] == 47  # the larger is the limit
         assert ran('normalize the text "Use upper case for names"')[1] == "use upper case for names"
+
+
+def test_a_planners_plan_that_cannot_run_is_its_decline(orch: Orchestrator):
+    """ "then round the result" chains a number into the calculator's text: the plan is
+    refused by validation, and that raised PlanValidationError out of the run instead of
+    letting the next planner try, and of saying which planners declined and why."""
+    orch.process("divide 100 by 8 and round")  # the calculator is learned for "round"
+    with pytest.raises(PlanningError, match="semantic: its plan cannot run: step 'step2'"):
+        orch.process("add 2.5 and 3.7 then round the result")

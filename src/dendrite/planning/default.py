@@ -22,7 +22,7 @@ from dendrite.planning import references
 from dendrite.planning.arguments import extract_arguments
 from dendrite.planning.classify import Classification, Intent, act_named_by, classify
 from dendrite.planning.llm_planner import LLMPlanner
-from dendrite.planning.plan import Plan, Step, literal_problems
+from dendrite.planning.plan import Plan, Step, literal_problems, validate
 from dendrite.planning.planner import Planner, PlanningError
 from dendrite.planning.semantic import (
     Reranker,
@@ -130,9 +130,18 @@ class DendritePlanner:
             planners = [p for p in planners if p is not self.llm_planner]
         for planner in planners:
             try:
-                return await planner.plan(goal, registry, context), declined
+                plan = await planner.plan(goal, registry, context)
             except PlanningError as error:
                 declined.append({"planner": planner.name, "reason": str(error)})
+                continue
+            # A plan that cannot run is a planner's decline, not the goal's end: the next
+            # planner may do better ("then round the result" chained a number into the
+            # calculator's text, which validation refuses).
+            problems = validate(plan, registry)
+            if not problems:
+                return plan, declined
+            reason = "; ".join(str(p) for p in problems)
+            declined.append({"planner": planner.name, "reason": f"its plan cannot run: {reason}"})
         reasons = "; ".join(f"{d['planner']}: {d['reason']}" for d in declined)
         raise PlanningError(f"no planner could plan {goal!r} ({reasons})")
 
