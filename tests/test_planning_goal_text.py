@@ -689,3 +689,14 @@ def test_a_planners_plan_that_cannot_run_is_its_decline(orch: Orchestrator):
     orch.process("divide 100 by 8 and round")  # the calculator is learned for "round"
     with pytest.raises(PlanningError, match="semantic: its plan cannot run: step 'step2'"):
         orch.process("add 2.5 and 3.7 then round the result")
+
+
+def test_a_remembered_value_the_reader_derived_is_read_again(orch: Orchestrator):
+    """ "primes below 30" was planned with the limit 29, which the goal does not say as such:
+    plan memory kept it as a constant, and "list primes up to 50" and even "list primes"
+    (no limit at all) were answered with the primes up to 29."""
+    assert orch.process("list primes below 30").output[-1] == 29
+    again = orch.process("list primes up to 50")
+    assert again.plan.planner == "memory" and again.output[-1] == 47
+    with pytest.raises(PlanningError):
+        orch.process("list primes")

@@ -130,12 +130,20 @@ class PlanMemory:
             # Words of the old goal in a value it does not say whole: text the argument
             # reader or a template put together ("... a spa on in Rome", around a date);
             # and a flag, which the goal sets by naming it ("strip punctuation").
+            # And a value the reader derived from the old goal, which the goal does not say
+            # as such: "primes below 30" gave the limit 29, reused for "list primes up to
+            # 50", and even for "list primes", which names no limit at all.
+            derived = extract_arguments(source.goal, tool.parameters_schema).params
             echoes = [
                 name
                 for name, value in params.items()
                 if name not in from_goal
                 and not has_references(value)
-                and (isinstance(value, bool) or set(_words(value)) & old_tokens)
+                and (
+                    isinstance(value, bool)
+                    or set(_words(value)) & old_tokens
+                    or (name in derived and derived[name] == value)
+                )
             ]
             update: dict[str, object] = {
                 "fallbacks": [
