@@ -22,6 +22,7 @@ from dendrite.planning.arguments import resolve_ref
 from dendrite.planning.conditions import ConditionError, compile_condition
 from dendrite.telemetry import ErrorType
 from dendrite.tools import Tool, ToolRegistry, ToolStatus, UnknownToolError
+from dendrite.tools.introspect import MAX_HOPS, declared_schema
 
 STEP_ID_PATTERN = r"^[A-Za-z_][\w-]*$"
 
@@ -417,7 +418,7 @@ def _schema_at(
     """
     current = schema
     for depth, part in enumerate(path):
-        current = _declared(current, defs)
+        current = declared_schema(current, defs) or {}  # a $ref to nothing: untyped
         kind = current.get("type")
         where = "the output" if depth == 0 else f"the output's {'.'.join(path[:depth])}"
         if kind == "array":
@@ -450,23 +451,6 @@ def _schema_at(
             return None, None
     return current, None
 
-
-def _declared(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``schema`` with its references followed and ``X | None`` taken as ``X``."""
-    for _ in range(_MAX_HOPS):
-        options = [o for o in schema.get("anyOf", ()) if o.get("type") != "null"]
-        if "$ref" in schema:
-            schema = resolve_ref(schema, defs)
-        elif "anyOf" in schema and len(options) == 1:
-            schema = options[0]
-        elif len(schema.get("allOf", ())) == 1:
-            schema = schema["allOf"][0]
-        else:
-            break
-    return schema
-
-
-_MAX_HOPS = 32  # references followed before a schema is taken as it is (a loop of $refs)
 
 # The kinds of JSON value a schema can describe, and for a parameter of each kind, the
 # kinds of value whose Python values pydantic (lax) takes for some value: numbers and
@@ -504,7 +488,7 @@ def _kinds(
     """The kinds of value ``schema`` describes, or None where it does not tell (untyped,
     or, for a ``parameter``, text of a format: a date takes a number, an IP address an
     integer, a colour a tuple)."""
-    if hops > _MAX_HOPS:
+    if hops > MAX_HOPS:
         return None
     schema = resolve_ref(schema, defs)
     options = [*schema.get("anyOf", ()), *schema.get("oneOf", ())]
@@ -541,7 +525,7 @@ def _type_name(schema: Mapping[str, Any], depth: int = 0) -> str:
     if isinstance(ref, str):
         return ref.rsplit("/", 1)[-1]
     options = [*schema.get("anyOf", ()), *schema.get("oneOf", ())]
-    if options and depth < _MAX_HOPS:
+    if options and depth < MAX_HOPS:
         return " or ".join(_type_name(option, depth + 1) for option in options)
     if "const" in schema:
         return repr(schema["const"])
@@ -550,7 +534,7 @@ def _type_name(schema: Mapping[str, Any], depth: int = 0) -> str:
     kind = schema.get("type")
     if kind == "array":
         items = schema.get("items")
-        if items and depth < _MAX_HOPS:
+        if items and depth < MAX_HOPS:
             return f"array of {_type_name(items, depth + 1)}"
         return "array"
     if kind == "object" and "title" in schema:
@@ -649,7 +633,7 @@ def _source_type(
         listed, _ = _schema_at(root, items.path, defs)
         if listed is None:
             return None
-        listed = _declared(listed, defs)
+        listed = declared_schema(listed, defs) or {}
         if listed.get("type") != "array" or not listed.get("items"):
             return None
         schema, _ = _schema_at(listed["items"], path, defs)

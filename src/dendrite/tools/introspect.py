@@ -617,7 +617,7 @@ def _union_at(
     schema is a union of two or more types (``x | None`` is one) is a branch's.
     """
     for depth in range(1, len(loc)):
-        schema = _resolved(schema, defs)
+        schema = declared_schema(schema, defs)
         part = loc[depth]
         if schema is None or part == "[key]":  # a dict's key: its own type, not the value's
             return None
@@ -638,10 +638,16 @@ def _options(schema: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for s in schema.get("anyOf", ()) if s.get("type") != "null"]
 
 
-def _resolved(schema: dict[str, Any] | None, defs: dict[str, Any]) -> dict[str, Any] | None:
+def declared_schema(schema: Any, defs: Mapping[str, Any]) -> Any:
     """``schema`` with references followed and ``X | None`` taken as ``X``: what its
-    value's items or fields are described by."""
-    while schema is not None:
+    value's items or fields are described by; None where a reference names no definition.
+
+    Argument problems and plan validation both walk a declared type by it. At most
+    ``MAX_HOPS`` references are followed: a definition that refers to itself is taken as
+    it is, not followed for ever."""
+    for _ in range(MAX_HOPS):
+        if schema is None:
+            break
         if "$ref" in schema:
             schema = defs.get(schema["$ref"].rsplit("/", 1)[-1])
         elif len(options := _options(schema)) == 1:
@@ -651,6 +657,10 @@ def _resolved(schema: dict[str, Any] | None, defs: dict[str, Any]) -> dict[str, 
         else:
             break
     return schema
+
+
+MAX_HOPS = 32
+"""References followed through a schema before it is taken as it is (a loop of $refs)."""
 
 
 def _value_at(params: dict[str, Any], loc: Sequence[Any], otherwise: Any) -> Any:
