@@ -416,6 +416,25 @@ def test_a_repair_that_renames_the_failed_step_keeps_its_attempts(tmp_path):
         ]
 
 
+class PlansOnly:
+    """A planner with no ``replan``: a run it planned is not repaired."""
+
+    async def plan(self, goal, registry, context):
+        return SEARCH_NOTES.model_copy(deep=True)
+
+
+def test_a_run_is_repaired_by_the_planner_that_planned_it():
+    """The repair came from the orchestrator's own planner even when the caller (or an
+    experiment arm) planned the run: here the orchestrator's cannot repair, and the run
+    failed although the planner that made its plan could."""
+    registry = broken_notes_registry()
+    with Orchestrator(registry, store=None, config=NO_RETRY, llm=None, planner=PlansOnly()) as orch:
+        assert not orch.process("search the notes for jitter").success
+        result = orch.process("search the notes for jitter", planner=RenamingPlanner(SEARCH_NOTES))
+        assert result.success and result.output[0]["document"] == "archive.md"
+        assert [s.step_id for s in result.steps] == ["find", "find_again"]
+
+
 def test_generative_goals_use_the_model_or_the_documents_or_say_no():
     with Orchestrator(make_registry(), store=None, llm=None) as orch:
         plan = asyncio.run(orch.planner.plan("write a poem about notes", orch.registry, {}))

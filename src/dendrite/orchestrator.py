@@ -901,7 +901,9 @@ class Orchestrator:
                 else 0
             )
             while not outcome.success and len(replans) < max_replans:
-                repair = await self._replan(plan, outcome, _planning(context, decisions))
+                repair = await self._replan(
+                    decisions.planner or self.planner, plan, outcome, _planning(context, decisions)
+                )
                 if repair is None:
                     break
                 plan, note = repair
@@ -1051,10 +1053,11 @@ class Orchestrator:
         )
 
     async def _replan(
-        self, plan: Plan, outcome: RunOutcome, context: Mapping[str, Any]
+        self, planner: Planner, plan: Plan, outcome: RunOutcome, context: Mapping[str, Any]
     ) -> tuple[Plan, dict[str, Any]] | None:
-        """A validated repair of ``plan`` from the planner, or None if it has none."""
-        replan = getattr(self.planner, "replan", None)
+        """A validated repair of ``plan`` from the planner that made it (the caller's or the
+        experiment arm's, not the orchestrator's own), or None if it has none."""
+        replan = getattr(planner, "replan", None)
         failed = next(
             (
                 r
