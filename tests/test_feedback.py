@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -70,6 +73,26 @@ def test_feedback_moves_the_ranker_by_recency_and_is_learned_once():
     assert again.tools == () and again.reward is None  # the same feedback is not learned twice
     neutral = loop.feedback(run, rating=3, now=now)
     assert neutral.reward == 0.5 and neutral.tools == ()  # a middling rating teaches nothing
+
+
+class SlowToCheck(OrderedDict):
+    """A membership check that lets the other threads run before it answers."""
+
+    def __contains__(self, key: object) -> bool:
+        found = super().__contains__(key)
+        time.sleep(0.01)
+        return found
+
+
+def test_one_judgement_handed_in_by_several_threads_at_once_is_learned_once():
+    """The API's request threads and the feedback job checked "learned before?" and then
+    marked it, unlocked: two of them could both find it new and teach the ranker twice."""
+    loop = LearningLoop(ToolRegistry())
+    loop._judged = SlowToCheck()
+    run = JudgedRun("e1", "convert 5 km to miles", datetime.now(UTC), (("convert", "a", None),))
+    with ThreadPoolExecutor(4) as pool:
+        effects = list(pool.map(lambda _: loop.feedback(run, rating=5, feedback_id="f1"), range(4)))
+    assert sorted(len(e.tools) for e in effects) == [0, 0, 0, 1]
 
 
 def test_plan_memory_stops_reusing_a_plan_judged_bad():

@@ -191,6 +191,7 @@ class LearningLoop:
         self.feedback_half_life = feedback_half_life
         self.feedback_weight = feedback_weight
         self._judged: OrderedDict[str, None] = OrderedDict()
+        self._judged_lock = threading.Lock()
         self.registry = registry
         self.ranker = ranker or ToolRanker()
         self.memory = memory or PlanMemory()
@@ -359,11 +360,14 @@ class LearningLoop:
         reward = reward_of(rating, accepted)
         weight = self.recency(run.finished_at, now)
         if feedback_id is not None:
-            if feedback_id in self._judged:
-                return FeedbackEffect(run.execution_id)
-            self._judged[feedback_id] = None
-            while len(self._judged) > 100_000:
-                self._judged.popitem(last=False)
+            # Checked and marked at once: the API's request threads and the feedback job
+            # may hand in the same judgement together, and it must teach only once.
+            with self._judged_lock:
+                if feedback_id in self._judged:
+                    return FeedbackEffect(run.execution_id)
+                self._judged[feedback_id] = None
+                while len(self._judged) > 100_000:
+                    self._judged.popitem(last=False)
         if reward is None:
             return FeedbackEffect(run.execution_id, weight=weight)
         signal = 2 * reward - 1
