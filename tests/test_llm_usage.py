@@ -516,6 +516,47 @@ def test_a_structured_answer_with_a_number_json_has_not_is_a_format_error(number
     assert raised.value.text == answer
 
 
+@pytest.mark.parametrize(
+    ("finish", "said", "schema"),
+    [
+        ("length", "stopped at its output token limit", None),
+        ("length", "stopped at its output token limit", {"type": "object"}),
+        ("content_filter", "had its answer stopped by its content filter", None),
+    ],
+    ids=["text cut at the limit", "JSON cut at the limit", "filtered"],
+)
+def test_an_answer_the_server_cut_short_is_not_taken_as_the_answer(
+    finish: str, said: str, schema: dict[str, Any] | None
+):
+    """A summary cut mid-sentence at the token limit came back as the answer (a tool's
+    success), and a cut plan as "not JSON", which the planner asked to repair and got cut
+    again."""
+    text = '{"steps": [{"id": "s1", "tool": "sum' if schema else "The report says that the"
+    body = {
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4096},
+    }
+    with chat_server() as server:
+        server.say(json.dumps(body).encode())
+        llm = ChatLLM(LLMConfig(server.url, "mini-7b", max_retries=0))
+
+        async def call() -> tuple[LLMError, Any]:
+            with llm_usage() as run, pytest.raises(LLMError, match=said) as raised:
+                await llm.complete([{"role": "user", "content": "hi"}], json_schema=schema)
+            return raised.value, run
+
+        error, run = asyncio.run(call())
+    assert not isinstance(error, LLMFormatError)
+    assert f"finish_reason {finish!r}" in str(error) and f"the {len(text)} characters" in str(error)
+    assert (run.calls, run.answered, run.tokens) == (1, 1, 4099)  # answered, and paid for
+
+
 def test_a_content_of_parts_is_read_as_its_text_parts():
     """Mistral's reasoning models answer with a list of parts, a "thinking" one first:
     the call failed as "returned no message"."""

@@ -531,6 +531,13 @@ class ChatLLM:
             if isinstance(refusal, str) and refusal.strip():
                 raise LLMError(f"{self.name} refused to answer: {refusal}")
             raise LLMError(f"{self.name} returned no message")
+        stopped = _finish_reason(response)
+        if stopped in CUT_SHORT:
+            # Not a format error: asking again for a repair is cut off the same way.
+            raise LLMError(
+                f"{self.name} {CUT_SHORT[stopped]} (finish_reason {stopped!r}); the "
+                f"{len(text)} characters it sent are not the whole answer"
+            )
         if json_schema is not None:
             try:
                 parsed = json.loads(
@@ -707,6 +714,20 @@ def _reported_tokens(usage: Any) -> tuple[int, int] | None:
 MAX_CALL_TOKENS = 100_000_000
 """The most tokens one call is believed to have used, either way (the largest context
 windows are about a hundredth of it)."""
+
+
+CUT_SHORT = {
+    "length": "stopped at its output token limit before the answer was complete",
+    "content_filter": "had its answer stopped by its content filter",
+}
+"""Why a server ended an answer early, by the ``finish_reason`` it gave: the text is a part,
+which read as a whole answer (a summary cut mid-sentence recorded as a success)."""
+
+
+def _finish_reason(response: Any) -> Any:
+    """The first choice's ``finish_reason`` (None when the server gave none)."""
+    choices = getattr(response, "choices", None)
+    return getattr(choices[0], "finish_reason", None) if choices else None
 
 
 def _message(response: Any) -> Any:
