@@ -40,7 +40,7 @@ its ``track_record``.
 
 On ``bench/learn_tools.py`` (BFCL, 1,645 tools, every tool call judged by the
 gold answer), first-choice accuracy in the last 200 queries of the stream is
-0.745 with it and 0.585 without learning (0.689 and 0.585 over the whole stream);
+0.730 with it and 0.580 without learning (0.685 and 0.585 over the whole stream);
 with all-MiniLM-L6-v2 in retrieval for both and for similar past goals, 0.725
 and 0.625 (0.710 and 0.645). docs/learning.md gives the curves.
 """
