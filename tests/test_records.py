@@ -14,6 +14,7 @@ from dendrite.telemetry import (
     RoutingDecision,
     SolutionRecord,
     ToolExecutionRecord,
+    errors,
 )
 from dendrite.telemetry.errors import described
 from dendrite.telemetry.records import named_utc
@@ -224,3 +225,24 @@ def test_the_fields_a_record_fills_in_count_as_set():
     assert ExecutionRecord(**record.model_dump(exclude_unset=True), id=record.id) == record
     call = ToolExecutionRecord(execution_id=record.id, tool_name="t", success=True, duration_ms=1)
     assert {"started_at", "finished_at", "error_type"} <= call.model_fields_set
+
+
+def test_a_remembered_message_is_classified_as_it_was_the_first_time():
+    """``ErrorType.infer`` remembers the class of short messages; long ones (a traceback, a
+    page of output) are classified each time and never kept."""
+    messages = [
+        "timed out after 30s",
+        "rate limit exceeded (429 Too Many Requests)",
+        "grep failed: invalid parameter 'path': must be absolute",
+        "KeyError: 'items'",
+        "plan could not be completed",
+        "   ",
+        "",
+    ]
+    first = [errors._from_text(m) for m in messages]
+    assert [ErrorType.infer(m) for m in messages] == first
+    assert [ErrorType.infer(m) for m in messages] == first  # now from memory
+    remembered = errors._remembered.cache_info().currsize
+    long = "connection refused " + "x" * errors._REMEMBERED_LENGTH
+    assert ErrorType.infer(long) is ErrorType.CONNECTION
+    assert errors._remembered.cache_info().currsize == remembered

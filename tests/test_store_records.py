@@ -9,11 +9,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from enum import Enum
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import JSON, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 from dendrite._ids import new_id
@@ -23,9 +24,12 @@ from dendrite.store import (
     StoreUnavailableError,
     UnknownExecutionError,
     schema,
+    serialize,
 )
+from dendrite.store.execution import checked_execution
+from dendrite.store.store import _validated
 from dendrite.store.toolcall import ToolCall, checked_call
-from dendrite.store.writer import _tool_row_encoder
+from dendrite.store.writer import _encoders, _tool_row_encoder
 from dendrite.telemetry import (
     ErrorType,
     ExecutionRecord,
@@ -709,6 +713,247 @@ def test_coerced_and_refused_tool_values_behave_as_before(store: ExecutionStore)
     (step,) = store.get_execution(eid).steps
     assert (step.success, step.duration_ms, step.parameters) == (True, 5.0, {"q": "before"})
     assert step.started_at == T0
+
+
+class _Text(str):
+    pass
+
+
+class _Float(float):
+    pass
+
+
+class _Moment(datetime):
+    pass
+
+
+PARENT = "0190a4b2-7c3d-7e4f-8a9b-0c1d2e3f4a5c"
+FULL_RUN = {
+    "goal_id": None,
+    "goal_text": "compare the storage sections",
+    "intent": "research",
+    "success": False,
+    "duration_ms": 2500.5,
+    "metadata": {"steps": 5, "nested": {"k": [1, 2.5, "x"]}, "at": T0, "tags": {"b"}},
+    "query_type": "comparison",
+    "task_type": "analysis",
+    "project": "docs",
+    "session_id": "s-1",
+    "parent_id": PARENT,
+    "depth": 1,
+    "error": "web_search failed: timed out after 30s",
+    "started_at": T0,
+    "model_tier": "fast",
+    "pool": "local",
+    "routing_confidence": 0.7,
+    "complexity_score": -2.5,
+    "confidence_score": 0.4,
+    "estimated_tokens": 900,
+    "tokens_used": 1100,
+    "estimated_duration_ms": 2000.0,
+    "cost_estimate": 0.01,
+    "actual_cost": 0.0123,
+    "quality_score": 0.3,
+    "user_accepted": False,
+    "user_rating": 5,
+    "peak_memory_mb": 120.5,
+    "cpu_time_ms": 80.25,
+    "solution_summary": "search -> compare",
+}
+BARE_RUN = {
+    "goal_id": None,
+    "goal_text": "",
+    "intent": None,
+    "success": True,
+    "duration_ms": 0.0,
+    "metadata": {},
+}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        FULL_RUN,
+        FULL_RUN | {"id": EID, "status": ExecutionStatus.PARTIAL, "error_type": ErrorType.UNKNOWN},
+        BARE_RUN,
+        BARE_RUN | {"started_at": datetime(2026, 5, 1, 14, 0), "duration_ms": 7},  # naive, int
+        BARE_RUN
+        | {"finished_at": datetime(2026, 5, 1, 9, 0, tzinfo=timezone(timedelta(hours=-5)))},
+        BARE_RUN | {"started_at": T0, "finished_at": T0 + timedelta(hours=1)},
+        BARE_RUN | {"goal_id": "", "intent": "", "project": "", "task_type": "", "pool": ""},
+        BARE_RUN | {"model_tier": "", "query_type": "", "session_id": "", "goal_id": "goal_9"},
+        BARE_RUN | {"success": False, "error": None},  # no error text: unknown
+        BARE_RUN | {"success": False, "error": "KeyError: 'items'", "status": None},
+        BARE_RUN | {"goal_text": "ok\udcff\x00", "error": "bad\x00", "goal_id": "g\x00"},
+        BARE_RUN | {"intent": "i" * 64, "goal_id": "g" * 64, "project": "p" * 255},
+        BARE_RUN | {"duration_ms": 1e12, "routing_confidence": 1, "quality_score": 0.0},
+        BARE_RUN | {"duration_ms": -0.0, "confidence_score": 0, "cost_estimate": 1e6},
+        BARE_RUN | {"complexity_score": 2**70, "cpu_time_ms": 0, "tokens_used": 10**12},
+        BARE_RUN | {"metadata": {"nan": float("nan"), "big": 1e16, "k\x00": "v\udcff"}},
+        BARE_RUN | {"metadata": {"": None}, "depth": 2**31 - 1, "user_rating": 1},
+    ],
+)
+def test_the_execution_hot_path_builds_what_pydantic_builds(values: dict, monkeypatch):
+    """``store_execution`` skips pydantic for exact types: the record must be the one that
+    validating builds, value for value and type for type, ``model_fields_set`` included."""
+    monkeypatch.setattr("dendrite.telemetry.records.utcnow", lambda: T0)  # for a missing end
+    fast = checked_execution(dict(values))
+    assert fast is not None
+    slow = _validated("execution", ExecutionRecord, **values | {"id": fast.id})
+    assert fast == slow
+    assert list(fast.__dict__.items()) == list(slow.__dict__.items())
+    assert [type(v) for v in fast.__dict__.values()] == [type(v) for v in slow.__dict__.values()]
+    given_id = {"id"} & values.keys()  # the id given to ``slow`` only to compare them
+    assert fast.model_fields_set == slow.model_fields_set - {"id"} | given_id
+    assert fast.model_dump(mode="json") == slow.model_dump(mode="json")
+    assert (fast.__pydantic_extra__, fast.__pydantic_private__) == (None, None)
+
+
+@pytest.mark.parametrize("dialect", [sqlite.pysqlite.dialect(), postgresql.psycopg.dialect()])
+def test_the_executions_encoder_binds_what_sqlalchemy_would(dialect):
+    """executions rows bypass SQLAlchemy's bind processing too, and skip its float
+    processor (``float()``, for values that are floats already): the values must agree."""
+    encoder = _encoders(dialect).executions
+    now = datetime(2026, 5, 2, tzinfo=UTC)
+    for values in (FULL_RUN, BARE_RUN, BARE_RUN | {"parent_id": PARENT, "user_accepted": True}):
+        record = _validated("execution", ExecutionRecord, **values)
+        row = dict(record.__dict__, recorded_at=now, goal_id="goal_1")
+        expected = []
+        for column in schema.executions.c:
+            value = row[column.name]
+            if isinstance(value, Enum):
+                value = value.value  # as text, where SQLAlchemy hands the driver the member
+            elif value is not None and isinstance(column.type.dialect_impl(dialect), JSON):
+                value = serialize.dumps(value)  # the engine's ``json_serializer``
+            elif value is not None:
+                process = column.type.dialect_impl(dialect).bind_processor(dialect)
+                value = process(value) if process else value
+            expected.append(value)
+        encoded = encoder.encode(row)
+        assert list(encoded) == expected
+        assert [type(v) for v in encoded] == [type(v) for v in expected]
+
+
+def test_a_flat_dict_is_copied_as_json_would_read_it_back():
+    """``to_jsonable`` copies a flat dict of plain values instead of encoding and reading it
+    back (a run's metadata): the copy must be what the round trip gives, value and type."""
+    rng = random.Random(3)
+    values = [None, True, 0, -7, 2**63, 10**4400, 1.5, -0.0, 1e16, 5e-324, 1.7976931348623157e308]
+    values += [float("nan"), float("-inf"), "", 'a\nb\x01"\\', "x\x00", "é", "\udcff", [1], {}]
+    keys = ["", "k", "a\nb", "k\x00", "é", 1, None, "\\"]
+    for _ in range(20_000):
+        value = {rng.choice(keys): rng.choice(values) for _ in range(rng.randrange(1, 4))}
+        fast, slow = serialize.to_jsonable(value), json.loads(serialize.dumps(value))
+        assert fast is not value
+        assert list(fast) == list(slow)
+        assert [(type(v), repr(v)) for v in fast.values()] == [
+            (type(v), repr(v)) for v in slow.values()
+        ]
+
+
+def test_the_execution_hot_path_keeps_metadata_as_it_was_when_recorded():
+    metadata = {"plan": ["a"], "when": T0}
+    fast = checked_execution(BARE_RUN | {"metadata": metadata})
+    metadata["plan"].append("b")
+    assert fast.metadata == {"plan": ["a"], "when": T0.isoformat()}
+    assert checked_execution(BARE_RUN).metadata is not BARE_RUN["metadata"]
+
+
+@pytest.mark.parametrize(
+    "unusual",
+    [
+        {"success": 1},  # coerced by pydantic
+        {"success": "true"},
+        {"success": None},
+        {"duration_ms": "5"},
+        {"duration_ms": True},
+        {"duration_ms": _Float(5.0)},
+        {"duration_ms": float("nan")},
+        {"duration_ms": float("inf")},
+        {"duration_ms": -1.0},
+        {"duration_ms": 1e12 + 1},
+        {"duration_ms": None},
+        {"complexity_score": float("inf")},
+        {"complexity_score": float("-inf")},
+        {"complexity_score": 10**400},
+        {"peak_memory_mb": float("inf")},
+        {"routing_confidence": 1.0000001},
+        {"tokens_used": 5.0},
+        {"tokens_used": True},
+        {"tokens_used": -1},
+        {"tokens_used": 10**12 + 1},
+        {"depth": -1},
+        {"depth": False},
+        {"depth": None},
+        {"user_rating": 6},
+        {"user_accepted": 0},
+        {"goal_id": "g" * 65},
+        {"intent": "i" * 65},
+        {"goal_text": None},
+        {"goal_text": _Text("x")},
+        {"intent": 5},
+        {"id": EID.upper()},  # pydantic makes it canonical
+        {"id": EID.replace("-", "")},
+        {"id": EID + "\n"},
+        {"id": None},
+        {"parent_id": "not an id"},
+        {"status": "succeeded"},
+        {"error_type": "timeout"},
+        {"started_at": "2026-05-01T12:00:00Z"},
+        {"started_at": _Moment(2026, 5, 1)},
+        {"started_at": datetime.max.replace(tzinfo=UTC), "duration_ms": 1.0},
+        {"finished_at": datetime.min.replace(tzinfo=UTC), "duration_ms": 1.0},
+        {"metadata": {1: "a"}},
+        {"metadata": {_Text("k"): "a"}},
+        {"metadata": dict},
+        {"metadata": None},
+        {"unknown": 1},
+    ],
+)
+def test_the_execution_hot_path_leaves_anything_unusual_to_pydantic(unusual: dict):
+    assert checked_execution(BARE_RUN | unusual) is None
+    values = {k: v for k, v in BARE_RUN.items() if k != "success"}
+    assert checked_execution(values) is None  # a required field missing
+
+
+def test_coerced_and_refused_executions_behave_as_before(store: ExecutionStore):
+    eid = store.store_execution(
+        goal_text=_Text("g"), success=1, duration_ms="5", started_at="2026-05-01T12:00:00Z"
+    )
+    got = store.get_execution(eid)
+    assert (got.goal_text, got.success, got.duration_ms, got.started_at) == ("g", True, 5.0, T0)
+    for bad, field in (
+        ({"duration_ms": float("nan")}, "duration_ms"),
+        ({"complexity_score": float("inf")}, "complexity_score"),
+        ({"goal_id": "g" * 65}, "goal_id"),
+        ({"tokens_used": -1}, "tokens_used"),
+        ({"started_at": datetime.max.replace(tzinfo=UTC)}, "duration_ms"),
+        ({"metadata": {1: "a"}}, "metadata"),
+        ({"unknown": 1}, "unknown"),
+    ):
+        with pytest.raises(InvalidRecordError, match=field):
+            store.store_execution(**({"success": True, "duration_ms": 1.0} | bad))
+    assert store.status().pending_writes == 0 and len(store.get_recent_executions(10)) == 1
+
+
+def test_the_execution_hot_path_stores_the_row_validation_stores(store: ExecutionStore):
+    """The same run recorded through ``store_execution`` (the hot path) and as a validated
+    ``ExecutionRecord`` (``record()``) is stored as the same row, column for column."""
+    assert checked_execution(dict(FULL_RUN)) is not None
+    fast = store.store_execution(**FULL_RUN)
+    slow = store.record(ExecutionRecord(**FULL_RUN | {"goal_id": "goal_2", "id": new_id()}))
+    store.flush()
+    ex = schema.executions
+    with store.engine.connect() as conn:
+        rows = {
+            row.id: row._asdict()
+            for row in conn.execute(select(ex).where(ex.c.id.in_([fast, slow])))
+        }
+    fast_row, slow_row = rows[fast], rows[slow]
+    for row in (fast_row, slow_row):
+        row.pop("id"), row.pop("goal_id"), row.pop("recorded_at")
+    assert fast_row == slow_row
+    assert [type(v) for v in fast_row.values()] == [type(v) for v in slow_row.values()]
 
 
 def test_text_no_backend_stores_is_kept_with_replacement_characters(store: ExecutionStore):

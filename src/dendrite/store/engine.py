@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,7 @@ def insert_rows(
         for start in range(0, len(rows), per):
             chunk = rows[start : start + per]
             sql = f"{head} VALUES {', '.join([values] * len(chunk))}{suffix}"
-            cursor.execute(sql, [value for row in chunk for value in row])
+            cursor.execute(sql, list(chain.from_iterable(chunk)))
             inserted += cursor.rowcount
     except Exception as error:
         raise sa_exc.DBAPIError.instance(

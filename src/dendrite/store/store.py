@@ -45,6 +45,7 @@ from dendrite.store.errors import (
     UnknownExecutionError,
     driver_message,
 )
+from dendrite.store.execution import checked_execution
 from dendrite.store.journal import SUFFIX as JOURNAL_SUFFIX
 from dendrite.store.journal import Journal
 from dendrite.store.state_entries import StateEntry
@@ -236,18 +237,20 @@ class ExecutionStore:
 
         ``goal_id=None`` assigns the next readable id (``goal_1``, ``goal_2``, …)
         when the record is written. Other fields are those of ``ExecutionRecord``.
+        Values already of their exact types skip pydantic (see ``execution``).
         """
-        record = _validated(
-            "execution",
-            ExecutionRecord,
-            goal_id=goal_id,
-            goal_text=goal_text,
-            intent=intent,
-            success=success,
-            duration_ms=duration_ms,
-            metadata=metadata if metadata is not None else {},
+        values = {
+            "goal_id": goal_id,
+            "goal_text": goal_text,
+            "intent": intent,
+            "success": success,
+            "duration_ms": duration_ms,
+            "metadata": metadata if metadata is not None else {},
             **fields,
-        )
+        }
+        record = checked_execution(values)
+        if record is None:
+            record = _validated("execution", ExecutionRecord, **values)
         self._writer.submit(record)
         return record.id
 

@@ -135,6 +135,29 @@ def _infer_error_type(success: bool, error: str | None, error_type: ErrorType | 
     return ErrorType.infer(error)
 
 
+def execution_derived(values: dict[str, Any]) -> dict[str, Any]:
+    """What ``ExecutionRecord`` derives from an execution's checked fields, by name.
+
+    Both ends of the run in UTC; an empty label or goal id as ``None`` (no label: the
+    rollups key both as one; no goal id: the next readable one is assigned); the status
+    and error type from the outcome when not given. One function for the model's
+    validator and the store's path that skips pydantic (``dendrite.store.execution``),
+    so that both build the same record. ``ValueError`` when a time leaves the calendar.
+    """
+    started_at, finished_at = _fill_times(
+        values["started_at"], values["finished_at"], values["duration_ms"]
+    )
+    derived: dict[str, Any] = {"started_at": started_at, "finished_at": finished_at}
+    for name in ("intent", "project", "task_type", "model_tier", "pool", "goal_id"):
+        if values[name] == "":
+            derived[name] = None
+    success = values["success"]
+    if values["status"] is None:
+        derived["status"] = ExecutionStatus.SUCCEEDED if success else ExecutionStatus.FAILED
+    derived["error_type"] = _infer_error_type(success, values["error"], values["error_type"])
+    return derived
+
+
 class PredictionError(BaseModel):
     """How far a prediction made before a run was from what happened.
 
@@ -200,17 +223,8 @@ class ExecutionRecord(_Record):
 
     @model_validator(mode="after")
     def _complete(self) -> Self:
-        self.started_at, self.finished_at = _fill_times(
-            self.started_at, self.finished_at, self.duration_ms
-        )
-        for label in ("intent", "project", "task_type", "model_tier", "pool"):
-            if getattr(self, label) == "":  # no label: the rollups key both as one
-                setattr(self, label, None)
-        if self.goal_id == "":  # no id, as None: the next readable one is assigned
-            self.goal_id = None
-        if self.status is None:
-            self.status = ExecutionStatus.SUCCEEDED if self.success else ExecutionStatus.FAILED
-        self.error_type = _infer_error_type(self.success, self.error, self.error_type)
+        for name, value in execution_derived(self.__dict__).items():
+            setattr(self, name, value)  # as an assignment: ``model_fields_set`` names it
         return self
 
     def embedding_content(self) -> str:
