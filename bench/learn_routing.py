@@ -395,8 +395,8 @@ def print_environment(
         ("torch / sentence-transformers", f"{_version('torch')} / "
          f"{_version('sentence-transformers')}"),
         ("router", f"{router.policy} sampling, exploration {router.exploration:g}, prior "
-         f"strength {router.prior_strength:g}, noise prior {router.noise:g}; costs weak 0, "
-         f"strong 1"),
+         f"strength {router.prior_strength:g}, noise prior {router.noise:g} "
+         f"({'local' if router.local_noise else 'pooled'}); costs weak 0, strong 1"),
         ("cost weights", ", ".join(f"{w:g}" for w in args.cost_weights)),
         ("stream orders (seeds)", ", ".join(str(s) for s in args.seeds)),
         ("data", str(args.data)),
@@ -568,6 +568,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="the Router's exploration (posterior scale); default: the Router's default",
     )
+    parser.add_argument(
+        "--pooled-noise",
+        action="store_true",
+        help="the Router's pooled noise variance per option instead of the noise at the task "
+        "(local_noise=False, the model before 2026-11)",
+    )
     parser.add_argument("--quick", action="store_true", help="one order, five cost weights")
     args = parser.parse_args(argv)
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -601,6 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     if args.exploration is not None:
         _ROUTER_OPTIONS["exploration"] = args.exploration
+    if args.pooled_noise:
+        _ROUTER_OPTIONS["local_noise"] = False
     datasets = {name: load(args.data, name) for name in args.datasets}
     print_environment(console, args, datasets)
     featurisers = list(args.featurisers)

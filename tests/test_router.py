@@ -114,6 +114,33 @@ def test_thompson_sampling_is_tempered_by_default_and_ucb_is_not():
         Router(["a", "b"], exploration=-1.0)
 
 
+@pytest.mark.parametrize("local_noise", [True, False])
+def test_the_noise_of_a_quality_is_the_one_at_its_task(local_noise: bool):
+    # One option, 60 outcomes on each of two task types: always right on one, right every
+    # other time on the other. A success is Bernoulli, of variance p(1 - p): 0 against 0.25,
+    # so the option is sure of the first long before the second, and the second's sd is the
+    # binomial one, sqrt(0.25 / 60). One noise variance for the whole option (the pooled
+    # model, local_noise=False) gives both the same sd, too wide for one, too narrow for the
+    # other.
+    router = Router(["a"], featuriser=small_featuriser(), seed=1, local_noise=local_noise)
+    for i in range(60):
+        for kind, success in (("sure", True), ("coin", i % 2 == 0)):
+            eid = new_id()
+            router.choose(TaskFeatures("t", task_type=kind), eid)
+            router.learn(eid, success)
+    sure = router.predict(TaskFeatures("t", task_type="sure"))["a"]
+    coin = router.predict(TaskFeatures("t", task_type="coin"))["a"]
+    assert sure.quality == pytest.approx(1.0, abs=0.02)
+    assert coin.quality == pytest.approx(0.5, abs=0.02)
+    if local_noise:
+        assert sure.quality_sd < 0.25 * coin.quality_sd
+        assert coin.quality_sd == pytest.approx(math.sqrt(0.25 / 60), rel=0.1)
+    else:
+        assert sure.quality_sd == pytest.approx(coin.quality_sd, rel=0.01)
+        assert coin.quality_sd < 0.8 * math.sqrt(0.25 / 60)
+    assert Router(["a"]).local_noise  # the default
+
+
 def test_cost_weight_shifts_the_choice():
     # large is better (0.9 against 0.7) and costs 1 more: worth it at weight 0, not at 0.5.
     rates = {"small": 0.7, "large": 0.9}

@@ -20,10 +20,23 @@ models, as in Li et al. 2010, sampled as in Agrawal & Goyal 2013).
   standard deviation a quality in [0, 1] can have) to what the residuals say. This is the
   "LinFullPost" linear posterior of Riquelme et al. 2018, a strong baseline in their
   comparison of Bayesian bandits.
+- Local noise. A quality is mostly a success, 1 or 0, whose variance ``p(1 - p)`` depends on
+  the task: an option right 95% of the time on one task type is far surer there than on one
+  where it is right half the time, after as many outcomes. One noise variance per option
+  makes it as unsure of both (too unsure where it nearly always succeeds, too sure where it
+  is a coin). So the noise is taken where the task is (``local_noise``, the default): a
+  fourth regression on the same ``P_a``, of the squared quality, gives ``E[q² | x]``, and the
+  noise variance at ``x`` is ``v(x) = E[q² | x] - E[q | x]²`` (at least 1e-4), the prior's
+  ``noise²`` until outcomes come. For a one-hot task type it is the shrunk sample variance
+  there; for success alone, ``p̂(1 - p̂)``, so ``v(x) xᵀP⁻¹x`` is about the variance
+  ``p(1 - p)/(n + λ)`` of a beta posterior of that task's success rate. The inverse-gamma
+  posterior above still says how sure the router is of its noise: its draw relative to its
+  mean scales ``v(x)``. ``local_noise=False`` keeps the pooled variance ``s²``.
 - Updates are rank one: ``P_a⁻¹`` is kept and updated by Sherman-Morrison in ``O(d²)``, and
   re-inverted from ``P_a`` now and then (every ``refresh_every`` updates) so that rounding
   cannot accumulate. Features are sparse, so a prediction costs ``O(d · nnz(x))``.
-- Decision. For each option draw ``s̃² ~ InvGamma`` from the noise posterior and
+- Decision. For each option draw the noise ``s̃² = v(x) · k/g``, ``g ~ Gamma(k)``, ``k`` the
+  inverse-gamma posterior's shape (pooled: ``s̃² ~ InvGamma``), and
   ``q̃_a ~ N(q0 + x·θ_a, exploration² s̃² xᵀP_a⁻¹x)``, the predictive distribution of a
   posterior sample (for one decision, drawing the scalar is the same as drawing ``θ_a`` and
   taking ``x·θ̃_a``, at a fraction of the cost), and pick the largest
@@ -34,14 +47,15 @@ models, as in Li et al. 2010, sampled as in Agrawal & Goyal 2013).
   adjustment (Chapelle & Li 2011 found it did better on their display-advertising data), and
   on RouteLLM's MMLU (``bench/learn_routing.py``) it cut the exploratory decisions from 16%
   to 6%, where most options' differences lie so near the cost weight that exploring them
-  does not pay back. ``policy="ucb"`` ranks by the upper confidence bound
-  ``mean + exploration · s · sqrt(xᵀP_a⁻¹x)`` instead (LinUCB, Li et al. 2010,
+  does not pay back (7% with local noise). ``policy="ucb"`` ranks by the upper confidence
+  bound ``mean + exploration · sqrt(v(x) xᵀP_a⁻¹x)`` instead (LinUCB, Li et al. 2010,
   deterministic) and ``policy="greedy"`` by the mean alone.
 - Cost. The cost of option ``a`` is its configured cost plus a learned, context-dependent
   residual (a second regression sharing ``P_a``, fitted to the costs reported to
   :meth:`Router.learn`; a report without a cost counts as the configured cost). Success
   probability is a third regression on the same ``P_a``; it is what ``predicted_success``
-  says, and what ``RoutingDecision.prediction_error`` checks against the outcome.
+  says, and what ``RoutingDecision.prediction_error`` checks against the outcome. The squared
+  quality (local noise) is the fourth.
 - Reward: ``quality - cost_weight * cost``, with quality = success (1 or 0), or when a rating
   (1 to 5) is given ``(1 - rating_weight) · success + rating_weight · (rating - 1) / 4``.
 
@@ -403,11 +417,13 @@ class HashedFeaturiser:
 
 # -- the per-option model --------------------------------------------------------------------
 
-_QUALITY, _SUCCESS, _COST = range(3)
+_QUALITY, _SUCCESS, _COST, _SQUARE = range(4)
+_MIN_NOISE_VARIANCE = 1e-4  # the local noise is kept above (sd 0.01): a fit can dip below 0
 
 
 class _Arm:
-    """Bayesian ridge regression of (quality, success, cost residual) on x, with shared P.
+    """Bayesian ridge regression of (quality, success, cost residual, squared quality) on x,
+    with shared P.
 
     The noise variance of the quality is unknown, with a normal-inverse-gamma prior: the
     quality model's posterior is ``θ | s² ~ N(P⁻¹b, s² P⁻¹)``, ``s² ~ InvGamma(a, c)`` with
@@ -433,7 +449,7 @@ class _Arm:
         self.prior = prior
         self.precision = np.eye(dim) * prior
         self.cov = np.eye(dim) / prior
-        self.b = np.zeros((3, dim))
+        self.b = np.zeros((4, dim))
         self.a0 = noise_weight / 2
         self.c0 = noise_weight * noise * noise / 2
         self.yy = 0.0  # Σ w y² of the quality target
@@ -462,7 +478,7 @@ class _Arm:
         return self.cov[:, x.indices] @ x.values
 
     def estimate(self, x: FeatureVector) -> tuple[np.ndarray, float]:
-        """The posterior means of the three targets (centred) and ``xᵀP⁻¹x``."""
+        """The posterior means of the four targets (centred) and ``xᵀP⁻¹x``."""
         u = self._times(x)
         return self.b @ u, max(float(x.values @ u[x.indices]), 0.0)
 
@@ -574,7 +590,7 @@ class _Observation:
     success: bool
     rating: int | None
     cost: float | None
-    targets: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(3))
+    targets: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(4))
 
 
 def _utcnow() -> datetime:
@@ -637,6 +653,7 @@ class Router:
         max_tracked: int = 10_000,
         max_remembered: int = 200_000,
         refresh_every: int = 2_000,
+        local_noise: bool = True,
         seed: int | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
@@ -703,6 +720,7 @@ class Router:
         self.max_tracked = max_tracked
         self.max_remembered = max(max_remembered, max_tracked)
         self.refresh_every = refresh_every
+        self.local_noise = bool(local_noise)
         self._clock = clock or _utcnow
         self._rng = np.random.default_rng(seed)
         self._lock = threading.RLock()
@@ -764,11 +782,13 @@ class Router:
 
     def _targets(self, option: str, success: bool, rating: int | None, cost: float | None):
         configured = self.costs[option]
+        quality = self._quality(success, rating)
         return np.array(
             [
-                self._quality(success, rating) - self.prior_quality,
+                quality - self.prior_quality,
                 float(success) - self.prior_quality,
                 (configured if cost is None else cost) - configured,
+                quality * quality - self.prior_quality**2 - self.noise**2,
             ]
         )
 
@@ -776,19 +796,31 @@ class Router:
         return {name: arm.estimate(x) for name, arm in self._arms.items()}
 
     def _summaries(
-        self, x: FeatureVector, variances: dict[str, float] | None = None
+        self,
+        x: FeatureVector,
+        variances: dict[str, float] | None = None,
+        noises: dict[str, float] | None = None,
     ) -> dict[str, OptionEstimate]:
-        """Per option, the posterior expectation; ``variances`` receives each ``xᵀP⁻¹x``."""
+        """Per option, the posterior expectation; ``variances`` receives each ``xᵀP⁻¹x`` and
+        ``noises`` each noise variance of the quality at ``x``."""
         out = {}
         if variances is None:
             variances = {}
+        if noises is None:
+            noises = {}
         for name, (means, variance) in self._estimates(x).items():
             arm = self._arms[name]
             quality = self.prior_quality + float(means[_QUALITY])
             cost = max(0.0, self.costs[name] + float(means[_COST]))
+            if self.local_noise:  # E[q² | x] - E[q | x]²: the noise of the quality at x
+                square = self.prior_quality**2 + self.noise**2 + float(means[_SQUARE])
+                noise2 = max(square - quality * quality, _MIN_NOISE_VARIANCE)
+            else:
+                noise2 = arm.noise_variance
+            noises[name] = noise2
             out[name] = OptionEstimate(
                 quality=quality,
-                quality_sd=math.sqrt(arm.noise_variance * variance),
+                quality_sd=math.sqrt(noise2 * variance),
                 success=min(1.0, max(0.0, self.prior_quality + float(means[_SUCCESS]))),
                 cost=cost,
                 reward=quality - self.cost_weight * cost,
@@ -890,14 +922,17 @@ class Router:
                 )
             self._advance(now)
             variances: dict[str, float] = {}
-            estimates = self._summaries(x, variances)
+            noises: dict[str, float] = {}
+            estimates = self._summaries(x, variances, noises)
             scores: dict[str, float] = {}
             for name, est in estimates.items():
                 bonus = 0.0
                 if self.policy == "thompson":
-                    # s² ~ InvGamma(a, c), then quality ~ N(mean, s² xᵀP⁻¹x)
-                    arm = self._arms[name]
-                    s2 = arm.noise_scale / float(self._rng.gamma(arm.noise_shape))
+                    # s² = v(x) · a / Gamma(a): the noise at x scaled by the inverse-gamma
+                    # posterior's draw relative to its mean (pooled: s² ~ InvGamma(a, c)),
+                    # then quality ~ N(mean, s² xᵀP⁻¹x)
+                    shape = self._arms[name].noise_shape
+                    s2 = noises[name] * shape / float(self._rng.gamma(shape))
                     sd = math.sqrt(s2 * variances[name])
                     bonus = self.exploration * sd * float(self._rng.standard_normal())
                 elif self.policy == "ucb":
