@@ -531,7 +531,7 @@ class ChatLLM:
             if isinstance(refusal, str) and refusal.strip():
                 raise LLMError(f"{self.name} refused to answer: {refusal}")
             raise LLMError(f"{self.name} returned no message")
-        stopped = _finish_reason(response)
+        stopped = getattr(_first_choice(response), "finish_reason", None)
         if stopped in CUT_SHORT:
             # Not a format error: asking again for a repair is cut off the same way.
             raise LLMError(
@@ -724,19 +724,16 @@ CUT_SHORT = {
 which read as a whole answer (a summary cut mid-sentence recorded as a success)."""
 
 
-def _finish_reason(response: Any) -> Any:
-    """The first choice's ``finish_reason`` (None when the server gave none)."""
+def _first_choice(response: Any) -> Any:
+    """The answer's first choice, or None when it has none (a server's body that is a
+    string, a list, an object without choices)."""
     choices = getattr(response, "choices", None)
-    return getattr(choices[0], "finish_reason", None) if choices else None
+    return choices[0] if isinstance(choices, list) and choices else None
 
 
 def _message(response: Any) -> Any:
-    """The first choice's message, or None when the answer has no such thing (a server's
-    body that is a string, a list, a choice without a message)."""
-    choices = getattr(response, "choices", None)
-    if not isinstance(choices, list) or not choices:
-        return None
-    return getattr(choices[0], "message", None)
+    """The first choice's message, or None when the answer has no such thing."""
+    return getattr(_first_choice(response), "message", None)
 
 
 def error_in(response: Any) -> str | None:
