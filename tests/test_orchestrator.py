@@ -26,7 +26,7 @@ from dendrite.planning import (
     SingleToolPlanner,
     Step,
 )
-from dendrite.store import ExecutionStore
+from dendrite.store import ExecutionStore, StoreUnavailableError
 from dendrite.telemetry import ErrorType, ExecutionStatus
 from dendrite.telemetry.records import MAX_PROJECT
 from dendrite.tools import ToolContext, ToolRegistry
@@ -160,6 +160,130 @@ def test_a_run_in_flight_when_the_orchestrator_closes_is_recorded_cancelled(
     assert record is not None and record.status == ExecutionStatus.CANCELLED
     assert all(a.error_type in (None, "cancelled") for a in record.steps)
     assert store.get_tool_statistics("echo") is None  # no attempt of it was its own
+
+
+class SlowToPlan:
+    """Plans one step of ``echo``, after ``seconds``: a model taking its time to answer."""
+
+    name = "slow_to_plan"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.planning = threading.Event()
+
+    async def plan(self, goal: str, registry: ToolRegistry, context: Any) -> Plan:
+        self.planning.set()
+        await asyncio.sleep(self.seconds)
+        return Plan(goal=goal, steps=[Step(id="s", tool="echo", params={"text": goal})])
+
+
+def echo_registry() -> ToolRegistry:
+    registry = ToolRegistry()
+
+    def echo(text: str) -> str:
+        """Echo the text."""
+        return text
+
+    registry.register_function(echo)
+    return registry
+
+
+def recorded_runs(store_url: str, state_dir: Path) -> list[tuple[str, ExecutionStatus]]:
+    """What the database holds, read by a store of its own: its journal is elsewhere, so
+    nothing the closed store left there is replayed into what it reads."""
+    with ExecutionStore(store_url, state_dir=state_dir) as reader:
+        return [(r.goal_text, r.status) for r in reader.get_recent_executions(10)]
+
+
+def test_close_waits_until_a_run_on_another_thread_is_recorded_before_closing_its_store(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The run, still planning when close() was called, recorded itself after the store it
+    owned had closed: into the journal, and into the database only at the next start."""
+    monkeypatch.setenv("DENDRITE_DATABASE_URL", store_url)
+    planner = SlowToPlan(0.5)
+    orch = Orchestrator(
+        echo_registry(), planner=planner, config=OrchestratorConfig(learning=False), llm=None
+    )
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            orch.process("planned slowly")
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert planner.planning.wait(10)
+    orch.close()
+    thread.join(10)
+    assert [type(e) for e in raised] == [OrchestratorClosedError]
+    assert recorded_runs(store_url, tmp_path / "reader") == [
+        ("planned slowly", ExecutionStatus.CANCELLED)
+    ]
+
+
+def test_leaving_async_with_waits_for_the_runs_on_its_own_loop_to_be_recorded(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """``async with`` closed the orchestrator without letting the loop run: its runs could
+    record themselves only after their store had closed."""
+    monkeypatch.setenv("DENDRITE_DATABASE_URL", store_url)
+    planner = SlowToPlan(0.3)
+
+    async def leave_mid_run() -> BaseException | None:
+        async with Orchestrator(
+            echo_registry(), planner=planner, config=OrchestratorConfig(learning=False), llm=None
+        ) as orch:
+            running = asyncio.create_task(orch.run("left behind"))
+            while not planner.planning.is_set():
+                await asyncio.sleep(0.01)
+        assert running.done()
+        return running.exception()
+
+    assert isinstance(asyncio.run(leave_mid_run()), OrchestratorClosedError)
+    assert recorded_runs(store_url, tmp_path / "reader") == [
+        ("left behind", ExecutionStatus.CANCELLED)
+    ]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_tool_that_closes_its_own_orchestrator_ends_its_run_and_closes_the_store(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Its own run ends (cancelled) without waiting for the tool, so close() can wait for it;
+    awaited inside the run, ``aclose()`` was cancelled with it and left the store open."""
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    monkeypatch.setenv("DENDRITE_DATABASE_URL", url)
+    registry = ToolRegistry()
+    closed = threading.Event()
+
+    def shut_down() -> str:
+        """Close the orchestrator."""
+        orch.close()
+        closed.set()
+        return "closed"
+
+    async def shut_down_async() -> str:
+        """Close the orchestrator."""
+        await orch.aclose()
+        closed.set()
+        return "closed"
+
+    registry.register_function(shut_down if kind == "sync" else shut_down_async)
+    orch = Orchestrator(registry, config=OrchestratorConfig(learning=False), llm=None)
+    tool = registry.names()[0]
+    with pytest.raises(OrchestratorClosedError):
+        orch.process(Plan(goal="closes itself", steps=[Step(id="s", tool=tool)]))
+    assert closed.wait(30)
+    assert orch.store is not None
+    deadline = time.monotonic() + 30  # aclose() inside a run closes the store from a thread
+    with pytest.raises(StoreUnavailableError, match="closed"):
+        while time.monotonic() < deadline:
+            orch.store.get_recent_executions(1)
+            time.sleep(0.01)
+    assert recorded_runs(url, tmp_path / "reader") == [("closes itself", ExecutionStatus.CANCELLED)]
 
 
 def test_every_run_and_attempt_lands_in_the_store(orch: Orchestrator, store: ExecutionStore):

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from dendrite._ids import new_id
+from dendrite._runs import RunsInFlight
 from dendrite.execution.engine import ExecutionEngine, RunOutcome
 from dendrite.execution.events import Attempt, Event, EventType, StepResult, StepStatus
 from dendrite.execution.records import ITEM_KEY, attempt_record
@@ -91,6 +92,8 @@ _DEFAULT_STORE: Any = object()
 _LLM_FROM_ENV: Any = object()
 TOOL_STATES_REFRESH = 30.0
 """Seconds between reads of the tool states other processes saved (as quality policies)."""
+CLOSE_TIMEOUT = 10.0
+"""Seconds ``close()`` waits for the runs it cancelled to be recorded."""
 _LEARNING_FROM_CONFIG: Any = object()
 _POLICIES_FROM_CONFIG: Any = object()
 _ROUTER_FROM_TIERS: Any = object()
@@ -450,11 +453,10 @@ class Orchestrator:
         self._history: dict[str, tuple[float, tuple[int, int] | None]] = {}
         self._record_failures = 0
         self._closed = False
-        # The engine runs in flight, each with its event loop: close() cancels them, so
-        # that they are recorded as cancelled rather than failing on a stopped thread pool
-        # as if their tools had failed.
-        self._in_flight: dict[asyncio.Task[RunOutcome], asyncio.AbstractEventLoop] = {}
-        self._in_flight_lock = threading.Lock()
+        # close() cancels the engine runs in flight, so that they are recorded as cancelled
+        # rather than failing on a stopped thread pool as if their tools had failed, and
+        # waits for them to be recorded before it closes the store.
+        self._runs = RunsInFlight()
 
     def _router_for_tiers(self) -> Router | None:
         """A router over the model's tiers, which has learnt what the store remembers."""
@@ -632,19 +634,50 @@ class Orchestrator:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def close(self) -> None:
-        """Cancel the runs in flight, stop the tool threads, and drain and close the store if
-        this orchestrator made it. A cancelled run is recorded as cancelled, and its caller
-        gets :class:`OrchestratorClosedError`."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Cancel the runs in flight, stop the tool threads, wait up to ``timeout`` seconds
+        for the cancelled runs to be recorded, then drain and close the store if this
+        orchestrator made it. A cancelled run is recorded as cancelled, and its caller gets
+        :class:`OrchestratorClosedError`.
+
+        Runs on the event loop that calls ``close()`` cannot be recorded while it waits
+        here: they are recorded once it returns, into the journal if the store has closed
+        (and into the database at the next start). ``aclose()`` (and ``async with``)
+        waits for them too. Called by a sync tool, it waits for the tool's own run as for
+        any other: cancelled, a run ends without waiting for its tools' threads.
+        """
         if self._closed:
             return
         self._closed = True
-        with self._in_flight_lock:
-            running = list(self._in_flight.items())
-        for task, loop in running:
-            with contextlib.suppress(RuntimeError):  # its loop closed already: nothing runs
-                loop.call_soon_threadsafe(task.cancel)
+        self._runs.cancel()
         self.engine.close()
+        self._finish_closing(timeout)
+
+    async def aclose(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """:meth:`close`, awaiting the runs on the running event loop as well as the others'.
+
+        Awaited by an async tool, it returns at once and the closing goes on in a thread of
+        its own: the tool's run, cancelled by it, would cancel the wait (the store stayed
+        open), and it can be recorded only once the tool has returned.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._runs.cancel()
+        self.engine.close()
+        if _current.get() is not None:
+            threading.Thread(
+                target=self._finish_closing, args=(timeout,), name="dendrite-close"
+            ).start()
+            return
+        await self._runs.wait_here(timeout)
+        await asyncio.to_thread(self._finish_closing, timeout)
+
+    def _finish_closing(self, timeout: float) -> None:
+        if not self._runs.wait_elsewhere(timeout):
+            log.warning(
+                "runs still in flight %gs after close(); they are recorded when they end", timeout
+            )
         if self.learning is not None:
             self.learning.write_log()
         if self._owns_store and self.store is not None:
@@ -670,7 +703,7 @@ class Orchestrator:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        await self.aclose()
 
     # -- running -------------------------------------------------------------
 
@@ -763,6 +796,17 @@ class Orchestrator:
     ) -> ExecutionResult:
         if self._closed:
             raise OrchestratorClosedError("this Orchestrator is closed")
+        with self._runs.run():
+            return await self._run_recorded(goal_or_plan, session_id, context, emit, planner)
+
+    async def _run_recorded(
+        self,
+        goal_or_plan: str | Plan,
+        session_id: str | None,
+        context: Mapping[str, Any] | None,
+        emit: Any,
+        planner: Planner | None,
+    ) -> ExecutionResult:
         await self.follow_saved_tool_states()
         parent = _current.get()
         depth = parent.depth + 1 if parent else 0
@@ -875,15 +919,10 @@ class Orchestrator:
                     completed=completed,
                 )
             )
-            with self._in_flight_lock:
-                self._in_flight[running] = asyncio.get_running_loop()
-            try:
+            with self._runs.engine(running):
                 if self._closed:  # closed while this run planned: it runs no step
                     running.cancel()
                 return await running
-            finally:
-                with self._in_flight_lock:
-                    self._in_flight.pop(running, None)
 
         try:
             history = await self._tool_history(plan)
