@@ -628,6 +628,41 @@ def test_a_database_that_turns_read_only_keeps_the_records_for_later(tmp_path: P
     assert found == [True] * 5 and rejected == 0
 
 
+def test_a_batch_slower_than_the_servers_statement_timeout_is_written_in_smaller_ones(
+    tmp_path: Path,
+):
+    """PostgreSQL cancels a statement that runs past ``statement_timeout`` (set on the
+    database or the role by its administrator) with query_canceled, an OperationalError
+    as a lost connection is. Taken for an outage, the batch went to the journal and its
+    replay, as large again, was cancelled again: the store called itself unreachable for
+    good and journaled everything after it. A row trigger that sleeps a millisecond makes
+    a statement of a thousand rows take a second, against a timeout of 0.3 s."""
+    with pg_database() as url:
+        database = make_url(url).database
+        with ExecutionStore(url, state_dir=tmp_path / "setup") as setup, setup.engine.begin() as c:
+            c.exec_driver_sql(
+                "CREATE FUNCTION slow_row() RETURNS trigger AS $$ BEGIN "
+                "PERFORM pg_sleep(0.001); RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+            c.exec_driver_sql(
+                "CREATE TRIGGER slow_row BEFORE INSERT ON tool_executions "
+                "FOR EACH ROW EXECUTE FUNCTION slow_row()"
+            )
+        pg_admin(f'ALTER DATABASE "{database}" SET statement_timeout TO 300')
+        store = ExecutionStore(url, state_dir=tmp_path / "s", flush_interval=0.01)
+        eid = store.store_execution(goal_text="g", success=True)
+        for i in range(2000):
+            store.store_tool_execution(eid, f"t{i % 5}", {"i": i}, i, True, 1.0)
+        wait_until_drained(store, seconds=30)
+        status = store.status()
+        with store.engine.connect() as conn:
+            rows = conn.scalar(select(func.count()).select_from(s.tool_executions))
+            counted = conn.scalar(select(func.sum(s.tool_statistics.c.total_executions)))
+        store.close()
+    assert rows == counted == 2000
+    assert (status.reachable, status.journal_records, status.rejected_records) == (True, 0, 0)
+
+
 def test_feedback_committed_late_by_another_process_is_not_passed_over(tmp_path: Path):
     """PostgreSQL: feedback was stamped (``recorded_at``) when its batch began and became
     visible when the batch committed. One process's batch stamped first and committed

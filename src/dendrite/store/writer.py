@@ -475,10 +475,22 @@ class BatchWriter:
         return True
 
     def _write_isolating(self, batch: Sequence[Queued]) -> None:
-        """Write a batch; if its data is refused, bisect to write all but the bad records."""
+        """Write a batch; if its data is refused, bisect to write all but the bad records.
+
+        A batch the server stopped for taking too long is written in halves, and the next
+        batches are no larger; a single record that still takes too long is kept for later
+        (journaled), as in an outage: the server may only be busy.
+        """
         try:
             self._write_retrying(batch)
         except Exception as error:
+            if _sqlstate(error) in TOOK_TOO_LONG and len(batch) > 1:
+                log.info("store writer: a batch of %d took too long, writing halves", len(batch))
+                self._batch_limit = max(1, min(self._batch_limit, len(batch) // 2))
+                middle = len(batch) // 2
+                self._write_isolating(batch[:middle])
+                self._write_isolating(batch[middle:])
+                return
             if is_connection_error(error) and not _is_data_error(error):
                 raise
             if len(batch) == 1:
@@ -534,6 +546,12 @@ class BatchWriter:
 LOST_RACE = frozenset({"40P01", "40001"})
 """PostgreSQL's deadlock_detected and serialization_failure: the transaction was undone
 because of what another one did, and written again it goes through."""
+TOOK_TOO_LONG = frozenset({"57014", "55P03"})
+"""PostgreSQL's query_canceled (past ``statement_timeout``, or cancelled by an
+administrator) and lock_not_available (past ``lock_timeout``): reported as an
+OperationalError, as a lost connection is. Taken for an outage, the batch was journaled
+and replayed just as large, cancelled again each time, and the store stayed
+"unreachable" for good."""
 RACE_RETRIES = 5
 RACE_PAUSE = 0.05
 """Seconds; a retry waits a random time up to this times its number, so that the writers
