@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
@@ -661,6 +662,42 @@ def test_a_batch_slower_than_the_servers_statement_timeout_is_written_in_smaller
         store.close()
     assert rows == counted == 2000
     assert (status.reachable, status.journal_records, status.rejected_records) == (True, 0, 0)
+
+
+def test_records_the_role_may_not_write_for_now_are_kept_for_later_not_rejected(tmp_path: Path):
+    """PostgreSQL: a role whose INSERT privilege is revoked (a grant script being rerun, a
+    migration by another role) gets insufficient_privilege, which is no outage to
+    SQLAlchemy. Taken for bad data, every record was bisected out to ``rejected.jsonl``,
+    one failed transaction each, and never written; they are journaled now and written
+    once the privilege is back."""
+    role = f"dendrite_writer_{new_id()[-12:]}"
+    pg_admin(f"CREATE ROLE {role} LOGIN")
+    try:
+        with pg_database() as url:
+            ExecutionStore(url, state_dir=tmp_path / "setup").close()  # the schema, as owner
+            plain = make_url(url).set(drivername="postgresql")
+            as_role = make_url(url).set(username=role).render_as_string(hide_password=False)
+            with psycopg.connect(plain.render_as_string(hide_password=False)) as owner:
+                owner.autocommit = True
+                grant = f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"
+                owner.execute(grant)
+                store = ExecutionStore(as_role, state_dir=tmp_path / "s", flush_interval=0.01)
+                owner.execute(f"REVOKE INSERT ON tool_executions FROM {role}")
+                eid = store.store_execution(goal_text="g", success=True)
+                ids = [store.store_tool_execution(eid, "t", {}, i, True, 1.0) for i in range(5)]
+                store.flush()
+                refused = store.status()
+                owner.execute(grant)
+            wait_until_drained(store)
+            detail = store.get_execution(eid)
+            status = store.status()
+            store.close()
+    finally:
+        pg_admin(f"DROP ROLE IF EXISTS {role}")  # its grants went with the database
+    assert (refused.reachable, refused.rejected_records) == (False, 0)
+    assert refused.journal_records > 0
+    assert detail is not None and sorted(step.id for step in detail.steps) == sorted(ids)
+    assert (status.journal_records, status.rejected_records) == (0, 0)
 
 
 def test_feedback_committed_late_by_another_process_is_not_passed_over(tmp_path: Path):

@@ -139,6 +139,10 @@ READ_ONLY = "25006"
 """PostgreSQL's read_only_sql_transaction: a standby after a failover, or writes frozen
 (``default_transaction_read_only``). Nothing is wrong with the records: taken for bad
 data, every one of them went to ``rejected.jsonl``, never to be written."""
+INSUFFICIENT_PRIVILEGE = "42501"
+"""PostgreSQL's insufficient_privilege: the store's role may not write a table for now (a
+grant script being rerun, a migration by another role). Taken for bad data, every record
+went to ``rejected.jsonl`` one failed transaction at a time, never to be written."""
 
 
 def is_connection_error(error: BaseException) -> bool:
@@ -146,7 +150,7 @@ def is_connection_error(error: BaseException) -> bool:
     is read-only for now), as opposed to "bad data"."""
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return True
-    if _sqlstate(error) == READ_ONLY:
+    if _sqlstate(error) in (READ_ONLY, INSUFFICIENT_PRIVILEGE):
         return True
     return isinstance(
         error,
