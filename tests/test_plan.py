@@ -326,12 +326,13 @@ class Shape(BaseModel):
     rank: int
 
 
+def find(query: str) -> Found:
+    return Found(hits=[Hit(url=query, rank=1)])
+
+
 def test_a_reference_a_parameter_can_never_take_is_refused_before_the_run(registry):
     """A list passed to an int parameter, or a model to a str one, passed validation and
     failed at run time, after every step before it had run."""
-
-    def find(query: str) -> Found:
-        return Found(hits=[Hit(url=query, rank=1)])
 
     def top(n: int) -> int:
         return n
@@ -377,9 +378,6 @@ def test_a_path_is_checked_through_an_optional_field_and_a_for_each_steps_items(
     """A for_each step's output was only "a list" and an ``X | None`` field "one of
     several types": a path past either was not checked, and failed every run."""
 
-    def find(query: str) -> Found:
-        return Found(hits=[Hit(url=query, rank=1)])
-
     registry.register_function(find)
     plan = Plan(
         goal="g",
@@ -401,9 +399,6 @@ def test_a_path_is_checked_through_an_optional_field_and_a_for_each_steps_items(
 def test_a_for_each_over_a_value_declared_never_a_list_is_refused(registry):
     """for_each="${f.best.rank}" passed validation and failed every run ("gave int, not a
     list"), after the steps before it had run."""
-
-    def find(query: str) -> Found:
-        return Found(hits=[Hit(url=query, rank=1)])
 
     registry.register_function(find)
     plan = Plan(
