@@ -600,12 +600,13 @@ def test_a_cancelled_reuse_of_a_remembered_plan_does_not_veto_it_after_a_restart
 ):
     """The live loop learns nothing from a cancelled run; warm start judged its reuse of a
     remembered plan a failure, so after a restart that plan was never reused again."""
-    release = threading.Event()
+    release, called = threading.Event(), threading.Event()
     registry = ToolRegistry()
 
     def convert_units(value: float, from_unit: str, to_unit: str) -> float:
         """Convert a length between units such as km and miles."""
         if value == 7:
+            called.set()
             release.wait(5)
         return round(value * 0.621371, 3)
 
@@ -613,7 +614,7 @@ def test_a_cancelled_reuse_of_a_remembered_plan_does_not_veto_it_after_a_restart
 
     async def cancel_a_reuse(orch: Orchestrator) -> None:
         running = asyncio.create_task(orch.run("convert 7 km to miles"))
-        while not orch._in_flight:
+        while not called.is_set():
             await asyncio.sleep(0.01)
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
