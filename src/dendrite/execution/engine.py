@@ -179,8 +179,7 @@ class _PoolClosed(Exception):
 
 
 class _Carried(Exception):
-    """A tool's ``StopIteration`` or ``GeneratorExit``, carried out of its thread (or, for
-    an async tool's ``GeneratorExit``, out of its task: see :func:`_rest_apart`).
+    """A sync tool's ``StopIteration`` or ``GeneratorExit``, carried out of its thread.
 
     Neither can reach the event loop as itself: a future refuses a ``StopIteration`` (the
     call never completed, and its attempt waited out its whole timeout, or for ever), and
@@ -281,25 +280,6 @@ class _Resumed:
                     return stop.value
                 continue
             return (yield from coro.__await__())
-
-
-def _rest_apart(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> asyncio.Task[Any]:
-    """The rest of a tool's coroutine (see :class:`_Resumed`), in a task of its own.
-
-    A ``GeneratorExit`` that reaches the tool as the outcome of what it awaits (a function
-    it ran in an executor raised it) is thrown by the task into the task's outermost
-    coroutine, and Python then closes every coroutine that one awaits, as if the task were
-    being discarded: in the step's own task that was the engine's, and the run crashed.
-    Here it closes the tool and ends in ``rest``, which fails the attempt with it.
-    """
-
-    async def rest() -> Any:
-        try:
-            return await _Resumed(coro, waiting_on)
-        except GeneratorExit as error:
-            raise _Carried(error) from error
-
-    return asyncio.ensure_future(rest())
 
 
 def _naming_references(
@@ -915,7 +895,7 @@ class ExecutionEngine:
                     except StopIteration as stop:
                         value = stop.value
                     else:
-                        value = await _until(_rest_apart(coro, waiting_on), deadline)
+                        value = await _until(_Resumed(coro, waiting_on), deadline)
                 else:
                     value = await _until(coro, deadline)
                 if inspect.isgenerator(value) or inspect.isasyncgen(value):
