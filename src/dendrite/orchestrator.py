@@ -646,12 +646,8 @@ class Orchestrator:
         waits for them too. Called by a sync tool, it waits for the tool's own run as for
         any other: cancelled, a run ends without waiting for its tools' threads.
         """
-        if self._closed:
-            return
-        self._closed = True
-        self._runs.cancel()
-        self.engine.close()
-        self._finish_closing(timeout)
+        if self._stop_runs():
+            self._finish_closing(timeout)
 
     async def aclose(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """:meth:`close`, awaiting the runs on the running event loop as well as the others'.
@@ -660,11 +656,8 @@ class Orchestrator:
         its own: the tool's run, cancelled by it, would cancel the wait (the store stayed
         open), and it can be recorded only once the tool has returned.
         """
-        if self._closed:
+        if not self._stop_runs():
             return
-        self._closed = True
-        self._runs.cancel()
-        self.engine.close()
         if _current.get() is not None:
             threading.Thread(
                 target=self._finish_closing, args=(timeout,), name="dendrite-close"
@@ -672,6 +665,16 @@ class Orchestrator:
             return
         await self._runs.wait_here(timeout)
         await asyncio.to_thread(self._finish_closing, timeout)
+
+    def _stop_runs(self) -> bool:
+        """Refuse new runs, cancel those in flight and stop the tool threads; False if this
+        orchestrator was closed already."""
+        if self._closed:
+            return False
+        self._closed = True
+        self._runs.cancel()
+        self.engine.close()
+        return True
 
     def _finish_closing(self, timeout: float) -> None:
         if not self._runs.wait_elsewhere(timeout):
