@@ -569,6 +569,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the Router's exploration (posterior scale); default: the Router's default",
     )
     parser.add_argument(
+        "--prior-strength",
+        type=float,
+        default=None,
+        help="the Router's prior strength (ridge penalty); default: the Router's default",
+    )
+    parser.add_argument(
         "--pooled-noise",
         action="store_true",
         help="the Router's pooled noise variance per option instead of the noise at the task "
@@ -597,6 +603,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         math.isfinite(args.exploration) and args.exploration >= 0
     ):
         parser.error("--exploration must be a finite number >= 0")
+    if args.prior_strength is not None and not (
+        math.isfinite(args.prior_strength) and args.prior_strength > 0
+    ):
+        parser.error("--prior-strength must be a finite number > 0")
     args.seeds = list(range(args.seeds))
     return args
 
@@ -607,6 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     if args.exploration is not None:
         _ROUTER_OPTIONS["exploration"] = args.exploration
+    if args.prior_strength is not None:
+        _ROUTER_OPTIONS["prior_strength"] = args.prior_strength
     if args.pooled_noise:
         _ROUTER_OPTIONS["local_noise"] = False
     datasets = {name: load(args.data, name) for name in args.datasets}
