@@ -163,17 +163,26 @@ def test_a_run_in_flight_when_the_orchestrator_closes_is_recorded_cancelled(
 
 
 class SlowToPlan:
-    """Plans one step of ``echo``, after ``seconds``: a model taking its time to answer."""
+    """Plans one step of ``echo``, after ``seconds``: a model taking its time to answer.
+    A ``stubborn`` one, cancelled, still takes half a second to hand its plan back."""
 
     name = "slow_to_plan"
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, *, stubborn: bool = False) -> None:
         self.seconds = seconds
+        self.stubborn = stubborn
         self.planning = threading.Event()
+        self.cancelled = threading.Event()
 
     async def plan(self, goal: str, registry: ToolRegistry, context: Any) -> Plan:
         self.planning.set()
-        await asyncio.sleep(self.seconds)
+        try:
+            await asyncio.sleep(self.seconds)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            if not self.stubborn:
+                raise
+            await asyncio.sleep(0.5)
         return Plan(goal=goal, steps=[Step(id="s", tool="echo", params={"text": goal})])
 
 
@@ -199,9 +208,10 @@ def test_close_waits_until_a_run_on_another_thread_is_recorded_before_closing_it
     store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """The run, still planning when close() was called, recorded itself after the store it
-    owned had closed: into the journal, and into the database only at the next start."""
+    owned had closed: into the journal, and into the database only at the next start. Its
+    planning (a model that takes a minute) is cancelled, not waited for."""
     monkeypatch.setenv("DENDRITE_DATABASE_URL", store_url)
-    planner = SlowToPlan(0.5)
+    planner = SlowToPlan(60)
     orch = Orchestrator(
         echo_registry(), planner=planner, config=OrchestratorConfig(learning=False), llm=None
     )
@@ -216,12 +226,125 @@ def test_close_waits_until_a_run_on_another_thread_is_recorded_before_closing_it
     thread = threading.Thread(target=run)
     thread.start()
     assert planner.planning.wait(10)
-    orch.close()
+    orch.close(timeout=30)
     thread.join(10)
+    assert planner.cancelled.is_set()
     assert [type(e) for e in raised] == [OrchestratorClosedError]
     assert recorded_runs(store_url, tmp_path / "reader") == [
         ("planned slowly", ExecutionStatus.CANCELLED)
     ]
+
+
+def test_close_does_not_wait_for_a_run_whose_loop_has_stopped(tmp_path: Path):
+    """Ctrl-C in ``loop.run_until_complete(orch.run(...))``, then ``close()`` in a
+    ``finally``: nothing runs that loop, so its run cannot end, and close() waited out its
+    whole timeout for it."""
+    planner = SlowToPlan(60)
+    orch = Orchestrator(
+        echo_registry(),
+        store=ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}", state_dir=tmp_path / "s"),
+        planner=planner,
+        config=OrchestratorConfig(learning=False),
+        llm=None,
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        running = loop.create_task(orch.run("interrupted"))
+        loop.run_until_complete(asyncio.to_thread(planner.planning.wait, 10))
+        closed = threading.Thread(target=orch.close, kwargs={"timeout": 60})
+        closed.start()
+        closed.join(30)
+        assert not closed.is_alive()
+        with pytest.raises(OrchestratorClosedError):
+            loop.run_until_complete(running)  # the loop runs again: the run ends, recorded
+    finally:
+        loop.close()
+        assert orch.store is not None
+        orch.store.close()
+
+
+def test_a_cancelled_aclose_still_closes_the_store_once_the_runs_are_recorded(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """aclose() marked the orchestrator closed, then was cancelled while it awaited the
+    runs: every later close() returned at once, and the store was never drained or
+    closed."""
+    monkeypatch.setenv("DENDRITE_DATABASE_URL", store_url)
+    planner = SlowToPlan(60, stubborn=True)
+    orch = Orchestrator(
+        echo_registry(), planner=planner, config=OrchestratorConfig(learning=False), llm=None
+    )
+
+    async def cancel_the_closing() -> None:
+        running = asyncio.create_task(orch.run("closed, then not"))
+        while not planner.planning.is_set():
+            await asyncio.sleep(0.01)
+        closing = asyncio.create_task(orch.aclose())
+        while not planner.cancelled.is_set():
+            await asyncio.sleep(0.01)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        with pytest.raises(OrchestratorClosedError):
+            await running
+
+    asyncio.run(cancel_the_closing())
+    assert orch.store is not None
+    deadline = time.monotonic() + 30  # the closing goes on in a thread
+    with pytest.raises(StoreUnavailableError, match="closed"):
+        while time.monotonic() < deadline:
+            orch.store.get_recent_executions(1)
+            time.sleep(0.01)
+    assert recorded_runs(store_url, tmp_path / "reader") == [
+        ("closed, then not", ExecutionStatus.CANCELLED)
+    ]
+
+
+def test_leaving_async_with_inside_another_orchestrators_run_closes_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A tool of one orchestrator's run that uses another with ``async with`` left the
+    block with that one's store still open: aclose() took any run for its own and closed it
+    later, from a thread."""
+    monkeypatch.setenv("DENDRITE_DATABASE_URL", f"sqlite:///{tmp_path / 'inner.db'}")
+    closed_on_leaving: list[bool] = []
+    closed_by: list[str] = []
+
+    async def consult() -> str:
+        """Ask another orchestrator."""
+        async with Orchestrator(
+            echo_registry(), config=OrchestratorConfig(learning=False), llm=None
+        ) as inner:
+            assert inner.store is not None
+            close_store = inner.store.close
+
+            def close_and_say_who() -> None:
+                closed_by.append(threading.current_thread().name)
+                close_store()
+
+            inner.store.close = close_and_say_who  # type: ignore[method-assign]
+            answer = await inner.run(
+                Plan(goal="g", steps=[Step(id="s", tool="echo", params={"text": "inner"})])
+            )
+        assert inner.store is not None
+        try:
+            inner.store.get_recent_executions(1)
+        except StoreUnavailableError:
+            closed_on_leaving.append(True)
+        else:
+            closed_on_leaving.append(False)
+        return str(answer.output)
+
+    registry = ToolRegistry()
+    registry.register_function(consult)
+    with (
+        ExecutionStore(f"sqlite:///{tmp_path / 'outer.db'}", state_dir=tmp_path / "s") as kept,
+        Orchestrator(registry, store=kept, config=OrchestratorConfig(learning=False)) as outer,
+    ):
+        result = outer.process(Plan(goal="g", steps=[Step(id="c", tool="consult")]))
+    assert result.success and result.output == "inner"
+    assert closed_on_leaving == [True]
+    assert len(closed_by) == 1 and closed_by[0] != "dendrite-close"
 
 
 def test_leaving_async_with_waits_for_the_runs_on_its_own_loop_to_be_recorded(

@@ -12,9 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+RECHECK = 0.1
+"""Seconds between looks at the runs' loops while waiting: a loop that stops (Ctrl-C in
+``run_until_complete``) or closes says so to nobody, and its runs will not go on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,9 +28,12 @@ class _Run:
     task: asyncio.Task[Any] | None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def can_go_on(self) -> bool:
+        return self.loop.is_running() and not self.loop.is_closed()
+
 
 class RunsInFlight:
-    """Runs (each with its event loop and task) and the engine tasks that execute them.
+    """Runs (each with its event loop and task) and the work of theirs that closing cancels.
 
     Runs may be on several loops at once: ``process()`` runs each call on a loop of its own,
     in its caller's thread, and a sync tool may start a nested run on yet another.
@@ -34,7 +42,7 @@ class RunsInFlight:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._runs: dict[object, _Run] = {}
-        self._engines: dict[asyncio.Task[Any], asyncio.AbstractEventLoop] = {}
+        self._cancellable: dict[asyncio.Task[Any], asyncio.AbstractEventLoop] = {}
 
     @contextlib.contextmanager
     def run(self) -> Iterator[None]:
@@ -51,54 +59,60 @@ class RunsInFlight:
                 self._changed.notify_all()
 
     @contextlib.contextmanager
-    def engine(self, task: asyncio.Task[Any]) -> Iterator[None]:
-        """Around the engine's execution of a run's plan: what :meth:`cancel` cancels."""
+    def cancellable(self, task: asyncio.Task[Any]) -> Iterator[None]:
+        """Around a run's planning or the engine's execution of its plan: what :meth:`cancel`
+        cancels. The caller's own task is not: it may have other work than the run."""
         with self._changed:
-            self._engines[task] = asyncio.get_running_loop()
+            self._cancellable[task] = asyncio.get_running_loop()
         try:
             yield
         finally:
             with self._changed:
-                self._engines.pop(task, None)
+                self._cancellable.pop(task, None)
 
     def cancel(self) -> None:
-        """Cancel every engine task, from any thread; each run then records itself cancelled."""
+        """Cancel the runs' planning and execution, from any thread; each run then records
+        itself cancelled."""
         with self._changed:
-            engines = list(self._engines.items())
-        for task, loop in engines:
+            tasks = list(self._cancellable.items())
+        for task, loop in tasks:
             with contextlib.suppress(RuntimeError):  # its loop closed already: nothing runs
                 loop.call_soon_threadsafe(task.cancel)
 
-    def wait_elsewhere(self, timeout: float) -> bool:
-        """Wait until no run is left on another thread's loop; False if some still were when
-        ``timeout`` passed. Runs on the calling thread's own running loop cannot go on while
-        it waits here, so they are not waited for (``aclose()`` awaits them)."""
+    def wait_elsewhere(self, deadline: float) -> bool:
+        """Wait, until ``deadline`` (``time.monotonic()``), for the runs that can end without
+        the caller: not those on the calling thread's own running loop, which cannot go on
+        while it waits here (``aclose()`` awaits them), nor those on a loop that has stopped.
+        False if some were still running at the deadline."""
         try:
             here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             here = None
 
         def settled() -> bool:
-            return all(run.loop is here or run.loop.is_closed() for run in self._runs.values())
+            return not any(r.loop is not here and r.can_go_on() for r in self._runs.values())
 
         with self._changed:
-            return self._changed.wait_for(settled, timeout)
+            while not settled():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, RECHECK))
+            return True
 
-    async def wait_here(self, timeout: float) -> bool:
+    async def wait_here(self, deadline: float) -> bool:
         """Await the runs on the running loop, but the calling task's own, until each is
-        recorded (the task that awaited one may go on to other work); False if some were
-        still running when ``timeout`` passed."""
+        recorded (the task that awaited one may go on to other work), or until ``deadline``;
+        False if some were still running then."""
         loop, me = asyncio.get_running_loop(), asyncio.current_task()
         with self._changed:
-            ended = [
-                run.ended.wait()
-                for run in self._runs.values()
-                if run.loop is loop and run.task is not me
-            ]
-        if not ended:
+            ended = [r.ended for r in self._runs.values() if r.loop is loop and r.task is not me]
+        waiters = [asyncio.ensure_future(event.wait()) for event in ended if not event.is_set()]
+        if not waiters:
             return True
         try:
-            await asyncio.wait_for(asyncio.gather(*ended), timeout)
-        except TimeoutError:
-            return False
-        return True
+            _, pending = await asyncio.wait(waiters, timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return not pending

@@ -256,6 +256,8 @@ class _Frame:
     execution_id: str
     depth: int
     route: str | None = None
+    owners: frozenset[RunsInFlight] = frozenset()
+    """The run registries of the orchestrators whose runs enclose this one."""
 
 
 _current: contextvars.ContextVar[_Frame | None] = contextvars.ContextVar(
@@ -635,36 +637,43 @@ class Orchestrator:
     # -- lifecycle -----------------------------------------------------------
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Cancel the runs in flight, stop the tool threads, wait up to ``timeout`` seconds
-        for the cancelled runs to be recorded, then drain and close the store if this
-        orchestrator made it. A cancelled run is recorded as cancelled, and its caller gets
-        :class:`OrchestratorClosedError`.
+        """Cancel the runs in flight (their planning and their steps), stop the tool threads,
+        wait up to ``timeout`` seconds for the cancelled runs to be recorded, then drain and
+        close the store if this orchestrator made it. A cancelled run is recorded as
+        cancelled, and its caller gets :class:`OrchestratorClosedError`.
 
-        Runs on the event loop that calls ``close()`` cannot be recorded while it waits
-        here: they are recorded once it returns, into the journal if the store has closed
-        (and into the database at the next start). ``aclose()`` (and ``async with``)
-        waits for them too. Called by a sync tool, it waits for the tool's own run as for
-        any other: cancelled, a run ends without waiting for its tools' threads.
+        Runs on the event loop that calls ``close()``, or on a loop that has stopped, cannot
+        be recorded while it waits here: they are recorded when their loop runs them again,
+        into the journal if the store has closed (and into the database at the next start).
+        ``aclose()`` (and ``async with``) waits for the first kind too. Called by a sync
+        tool, it waits for the tool's own run as for any other: cancelled, a run ends
+        without waiting for its tools' threads.
         """
         if self._stop_runs():
-            self._finish_closing(timeout)
+            self._finish_closing(time.monotonic() + timeout)
 
     async def aclose(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """:meth:`close`, awaiting the runs on the running event loop as well as the others'.
+        """:meth:`close`, awaiting the runs on the running event loop as well as the others',
+        all within ``timeout``.
 
-        Awaited by an async tool, it returns at once and the closing goes on in a thread of
-        its own: the tool's run, cancelled by it, would cancel the wait (the store stayed
-        open), and it can be recorded only once the tool has returned.
+        Awaited by an async tool of one of this orchestrator's runs, it returns at once and
+        the closing goes on in a thread of its own: the tool's run, cancelled by it, would
+        cancel the wait (the store stayed open), and it can be recorded only once the tool
+        has returned. Cancelled while it waits, it leaves the rest to such a thread too.
         """
         if not self._stop_runs():
             return
-        if _current.get() is not None:
-            threading.Thread(
-                target=self._finish_closing, args=(timeout,), name="dendrite-close"
-            ).start()
+        deadline = time.monotonic() + timeout
+        frame = _current.get()
+        if frame is not None and self._runs in frame.owners:
+            self._finish_closing_apart(deadline)
             return
-        await self._runs.wait_here(timeout)
-        await asyncio.to_thread(self._finish_closing, timeout)
+        try:
+            await self._runs.wait_here(deadline)
+        except asyncio.CancelledError:
+            self._finish_closing_apart(deadline)
+            raise
+        await asyncio.to_thread(self._finish_closing, deadline)
 
     def _stop_runs(self) -> bool:
         """Refuse new runs, cancel those in flight and stop the tool threads; False if this
@@ -676,11 +685,14 @@ class Orchestrator:
         self.engine.close()
         return True
 
-    def _finish_closing(self, timeout: float) -> None:
-        if not self._runs.wait_elsewhere(timeout):
-            log.warning(
-                "runs still in flight %gs after close(); they are recorded when they end", timeout
-            )
+    def _finish_closing_apart(self, deadline: float) -> None:
+        threading.Thread(
+            target=self._finish_closing, args=(deadline,), name="dendrite-close"
+        ).start()
+
+    def _finish_closing(self, deadline: float) -> None:
+        if not self._runs.wait_elsewhere(deadline):
+            log.warning("runs still in flight after close(); they are recorded when they end")
         if self.learning is not None:
             self.learning.write_log()
         if self._owns_store and self.store is not None:
@@ -797,9 +809,9 @@ class Orchestrator:
         emit: Any,
         planner: Planner | None = None,
     ) -> ExecutionResult:
-        if self._closed:
-            raise OrchestratorClosedError("this Orchestrator is closed")
-        with self._runs.run():
+        with self._runs.run():  # before the check: a close() in between waits for it
+            if self._closed:
+                raise OrchestratorClosedError("this Orchestrator is closed")
             return await self._run_recorded(goal_or_plan, session_id, context, emit, planner)
 
     async def _run_recorded(
@@ -842,7 +854,8 @@ class Orchestrator:
             raise
         route = decisions.choice.option if decisions.choice else (parent.route if parent else None)
         scope = contextlib.ExitStack()
-        scope.callback(_current.reset, _current.set(_Frame(execution_id, depth, route)))
+        owners = (parent.owners if parent else frozenset()) | {self._runs}
+        scope.callback(_current.reset, _current.set(_Frame(execution_id, depth, route, owners)))
         choice = decisions.choice
         if choice is not None and self._is_tier(choice):
             # The run's LLM calls ask the chosen tier's model.
@@ -881,6 +894,8 @@ class Orchestrator:
                 error, goal_or_plan, goal, execution_id, session_id, parent, depth,
                 decisions, started_at, started,
             )  # fmt: skip
+            if (closed := self._closed_under(error, execution_id)) is not None:
+                raise closed from None
             raise
         # Read now: the tools unavailable when the plan was made are what kept stand-ins out
         # of it. Read when the run ends, a tool quarantined meanwhile (by a run beside this
@@ -922,7 +937,7 @@ class Orchestrator:
                     completed=completed,
                 )
             )
-            with self._runs.engine(running):
+            with self._runs.cancellable(running):
                 if self._closed:  # closed while this run planned: it runs no step
                     running.cancel()
                 return await running
@@ -979,13 +994,8 @@ class Orchestrator:
                 cancelled=cancelled,
                 crashed=None if cancelled else error,
             )
-            task = asyncio.current_task()
-            if cancelled and self._closed and task is not None and not task.cancelling():
-                # Cancelled by close(), not by its caller: say so, not a bare CancelledError.
-                raise OrchestratorClosedError(
-                    f"the orchestrator was closed while run {execution_id} was in flight; "
-                    "it is recorded as cancelled"
-                ) from None
+            if (closed := self._closed_under(error, execution_id)) is not None:
+                raise closed from None
             raise
         finally:
             self.state.clear_execution(execution_id)
@@ -1028,6 +1038,24 @@ class Orchestrator:
                 )
             )
         return result
+
+    def _closed_under(
+        self, error: BaseException, execution_id: str
+    ) -> OrchestratorClosedError | None:
+        """What to raise instead of a run's cancellation by close(), not by its caller: say
+        so, not a bare CancelledError."""
+        task = asyncio.current_task()
+        if (
+            isinstance(error, asyncio.CancelledError)
+            and self._closed
+            and task is not None
+            and not task.cancelling()
+        ):
+            return OrchestratorClosedError(
+                f"the orchestrator was closed while run {execution_id} was in flight; "
+                "it is recorded as cancelled"
+            )
+        return None
 
     async def _write_health_log(self) -> None:
         """Write the health transitions of the run from a thread: a transaction on the
@@ -1243,7 +1271,15 @@ class Orchestrator:
             plan = goal_or_plan
         else:
             planner = decisions.planner or self.planner
-            plan = await planner.plan(goal_or_plan, self.registry, _planning(context, decisions))
+            # In a task that close() can cancel: a model taking its time to plan held
+            # close() for as long as it took.
+            planning = asyncio.ensure_future(
+                planner.plan(goal_or_plan, self.registry, _planning(context, decisions))
+            )
+            with self._runs.cancellable(planning):
+                if self._closed:  # closed while this run decided its route
+                    planning.cancel()
+                plan = await planning
         problems = validate(plan, self.registry)
         if problems:
             raise PlanValidationError(problems)
