@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 import shutil
 import sqlite3
@@ -629,47 +630,94 @@ def test_a_database_that_turns_read_only_keeps_the_records_for_later(tmp_path: P
     assert found == [True] * 5 and rejected == 0
 
 
+def _slow_rows(url: str, tmp_path: Path, sleep: str, timeout_ms: int) -> None:
+    """A trigger that makes inserting a tool call sleep ``sleep`` (an SQL expression of
+    ``NEW``), and a ``statement_timeout`` on the database for the sessions opened after."""
+    with ExecutionStore(url, state_dir=tmp_path / "setup") as setup, setup.engine.begin() as c:
+        c.exec_driver_sql(
+            "CREATE FUNCTION slow_row() RETURNS trigger AS $$ BEGIN "
+            f"PERFORM pg_sleep({sleep}); RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        c.exec_driver_sql(
+            "CREATE TRIGGER slow_row BEFORE INSERT ON tool_executions "
+            "FOR EACH ROW EXECUTE FUNCTION slow_row()"
+        )
+    pg_admin(f'ALTER DATABASE "{make_url(url).database}" SET statement_timeout TO {timeout_ms}')
+
+
+def _tool_rows(store: ExecutionStore) -> tuple[int, int]:
+    """Tool calls stored, and as the statistics count them."""
+    with store.engine.connect() as conn:
+        rows = conn.scalar(select(func.count()).select_from(s.tool_executions))
+        counted = conn.scalar(select(func.sum(s.tool_statistics.c.total_executions)))
+    return rows or 0, counted or 0
+
+
 def test_a_batch_slower_than_the_servers_statement_timeout_is_written_in_smaller_ones(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     """PostgreSQL cancels a statement that runs past ``statement_timeout`` (set on the
     database or the role by its administrator) with query_canceled, an OperationalError
     as a lost connection is. Taken for an outage, the batch went to the journal and its
     replay, as large again, was cancelled again: the store called itself unreachable for
     good and journaled everything after it. A row trigger that sleeps a millisecond makes
-    a statement of a thousand rows take a second, against a timeout of 0.3 s."""
+    a statement of a thousand rows take a second, against a timeout of 0.3 s. The batches
+    after stay small enough: the pacing grew them back, and each was cancelled again."""
+    caplog.set_level(logging.INFO, logger="dendrite.store")
     with pg_database() as url:
-        database = make_url(url).database
-        with ExecutionStore(url, state_dir=tmp_path / "setup") as setup, setup.engine.begin() as c:
-            c.exec_driver_sql(
-                "CREATE FUNCTION slow_row() RETURNS trigger AS $$ BEGIN "
-                "PERFORM pg_sleep(0.001); RETURN NEW; END $$ LANGUAGE plpgsql"
-            )
-            c.exec_driver_sql(
-                "CREATE TRIGGER slow_row BEFORE INSERT ON tool_executions "
-                "FOR EACH ROW EXECUTE FUNCTION slow_row()"
-            )
-        pg_admin(f'ALTER DATABASE "{database}" SET statement_timeout TO 300')
+        _slow_rows(url, tmp_path, "0.001", 300)
         store = ExecutionStore(url, state_dir=tmp_path / "s", flush_interval=0.01)
         eid = store.store_execution(goal_text="g", success=True)
         for i in range(2000):
             store.store_tool_execution(eid, f"t{i % 5}", {"i": i}, i, True, 1.0)
         wait_until_drained(store, seconds=30)
         status = store.status()
-        with store.engine.connect() as conn:
-            rows = conn.scalar(select(func.count()).select_from(s.tool_executions))
-            counted = conn.scalar(select(func.sum(s.tool_statistics.c.total_executions)))
+        rows = _tool_rows(store)
         store.close()
-    assert rows == counted == 2000
+    assert rows == (2000, 2000)
     assert (status.reachable, status.journal_records, status.rejected_records) == (True, 0, 0)
+    assert 0 < sum("took too long" in r.getMessage() for r in caplog.records) <= 8
 
 
-def test_records_the_role_may_not_write_for_now_are_kept_for_later_not_rejected(tmp_path: Path):
+def test_a_record_too_slow_on_its_own_waits_in_the_journal_and_holds_up_no_other(
+    tmp_path: Path,
+):
+    """One record that runs past ``statement_timeout`` by itself (here a trigger sleeps a
+    second for it alone) failed its batch and then every replay of the journal: the store
+    called itself unreachable and journaled every record after it, for good."""
+    with pg_database() as url:
+        _slow_rows(url, tmp_path, "CASE WHEN NEW.tool_name = 'slow' THEN 1 ELSE 0 END", 300)
+        state = tmp_path / "s"
+        store = ExecutionStore(url, state_dir=state, flush_interval=0.01)
+        eid = store.store_execution(goal_text="g", success=True)
+        for i in range(100):
+            store.store_tool_execution(eid, "slow" if i == 50 else "t", {"i": i}, i, True, 1.0)
+        store.flush()
+        later = [store.store_tool_execution(eid, "t", {}, i, True, 1.0) for i in range(10)]
+        store.flush()
+        status, rows = store.status(), _tool_rows(store)
+        store.close()
+        with ExecutionStore(url, state_dir=tmp_path / "setup") as owner, owner.engine.begin() as c:
+            c.exec_driver_sql("DROP TRIGGER slow_row ON tool_executions")
+        with ExecutionStore(url, state_dir=state) as reopened:  # replays the journal
+            wait_until_drained(reopened)
+            after = _tool_rows(reopened)
+            steps = {step.id for step in reopened.get_execution(eid).steps}
+    assert rows == (109, 109)
+    assert (status.reachable, status.journal_records, status.rejected_records) == (True, 1, 0)
+    assert after == (110, 110) and set(later) <= steps
+
+
+def test_records_the_role_may_not_write_for_now_are_kept_for_later_not_rejected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     """PostgreSQL: a role whose INSERT privilege is revoked (a grant script being rerun, a
     migration by another role) gets insufficient_privilege, which is no outage to
     SQLAlchemy. Taken for bad data, every record was bisected out to ``rejected.jsonl``,
     one failed transaction each, and never written; they are journaled now and written
-    once the privilege is back."""
+    once the privilege is back. Meanwhile the writer backs off: the database answers its
+    probe, and it was found reachable, and unwritable, four times a second."""
+    caplog.set_level(logging.WARNING, logger="dendrite.store")
     role = f"dendrite_writer_{new_id()[-12:]}"
     pg_admin(f"CREATE ROLE {role} LOGIN")
     try:
@@ -687,6 +735,8 @@ def test_records_the_role_may_not_write_for_now_are_kept_for_later_not_rejected(
                 ids = [store.store_tool_execution(eid, "t", {}, i, True, 1.0) for i in range(5)]
                 store.flush()
                 refused = store.status()
+                time.sleep(3)
+                probes = sum("reachable again" in r.getMessage() for r in caplog.records)
                 owner.execute(grant)
             wait_until_drained(store)
             detail = store.get_execution(eid)
@@ -696,6 +746,7 @@ def test_records_the_role_may_not_write_for_now_are_kept_for_later_not_rejected(
         pg_admin(f"DROP ROLE IF EXISTS {role}")  # its grants went with the database
     assert (refused.reachable, refused.rejected_records) == (False, 0)
     assert refused.journal_records > 0
+    assert 1 <= probes <= 5  # 0.25 s, doubling: not a dozen
     assert detail is not None and sorted(step.id for step in detail.steps) == sorted(ids)
     assert (status.journal_records, status.rejected_records) == (0, 0)
 

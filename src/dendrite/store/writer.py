@@ -193,6 +193,9 @@ class BatchWriter:
         # batches to their fixed costs under load.)
         self._batch_seconds = max(block_timeout / 2, 0.1)
         self._batch_limit = min(batch_size, FIRST_BATCH)
+        # Half of the smallest batch PostgreSQL stopped for taking too long
+        # (``statement_timeout``): no later batch is larger, for the store's life.
+        self._ceiling = batch_size
         self.flush_interval = flush_interval
         self.max_queue = max_queue
         self.block_timeout = block_timeout
@@ -381,11 +384,13 @@ class BatchWriter:
         return True
 
     def _pace(self, rows: int, seconds: float) -> None:
-        """Size the next batch from how long this one took (see ``__init__``)."""
+        """Size the next batch from how long this one took (see ``__init__``), never above
+        the size the server last stopped as too slow."""
         if seconds > self._batch_seconds:
-            self._batch_limit = max(min(MIN_BATCH, self.batch_size), self._batch_limit // 2)
+            smallest = min(MIN_BATCH, self.batch_size, self._ceiling)
+            self._batch_limit = max(smallest, self._batch_limit // 2)
         elif rows >= self._batch_limit and seconds < self._batch_seconds / 2:
-            self._batch_limit = min(self.batch_size, self._batch_limit * 2)
+            self._batch_limit = min(self.batch_size, self._ceiling, self._batch_limit * 2)
 
     def _process(self, batch: list[Queued]) -> bool:
         """Write the batch, or journal it; False when neither could be done."""
@@ -423,7 +428,9 @@ class BatchWriter:
             return False
         log.warning("store reachable again: replaying the journal")
         self.healthy = True
-        self._backoff = 0.25
+        # The back-off starts over only once a batch is written (``_write_isolating``): a
+        # database that answers but cannot take the records (read-only, a revoked grant)
+        # was probed, marked reachable and found unwritable four times a second for good.
         self._maybe_replay(final=True)
         return self.healthy
 
@@ -456,9 +463,10 @@ class BatchWriter:
             self._reject(kind, data, f"unreadable journal entry: {error}")
             return None
 
-    def _to_journal(self, records: Sequence[Queued]) -> bool:
+    def _to_journal(self, records: Sequence[Queued], *, replay_soon: bool = True) -> bool:
         """Append records to the journal; False (logged, and named by ``status()``) when it
-        cannot be written, so that the caller keeps them."""
+        cannot be written, so that the caller keeps them. Unless ``replay_soon``, they wait
+        for the periodic replay (every 30 s) rather than the next batch."""
         try:
             self.journal.append([(KIND_OF[type(r)], dump(r)) for r in records])
         except Exception as error:  # a full disk, a folder that cannot be written
@@ -473,7 +481,7 @@ class BatchWriter:
         if self._journal_failing:
             log.info("store journal can be written again")
         self.stats.journaled += len(records)
-        self._journal_pending = True
+        self._journal_pending = self._journal_pending or replay_soon
         self._journal_failing = False
         self._journal_backoff = 0.25
         return True
@@ -488,13 +496,23 @@ class BatchWriter:
         try:
             self._write_retrying(batch)
         except Exception as error:
-            if _sqlstate(error) in TOOK_TOO_LONG and len(batch) > 1:
-                log.info("store writer: a batch of %d took too long, writing halves", len(batch))
-                self._batch_limit = max(1, min(self._batch_limit, len(batch) // 2))
-                middle = len(batch) // 2
-                self._write_isolating(batch[:middle])
-                self._write_isolating(batch[middle:])
-                return
+            if _sqlstate(error) in TOOK_TOO_LONG:
+                if len(batch) > 1:
+                    log.info("store writer: a batch of %d took too long: halves", len(batch))
+                    self._ceiling = max(1, min(self._ceiling, len(batch) // 2))
+                    self._batch_limit = min(self._batch_limit, self._ceiling)
+                    start = 0
+                    while start < len(batch):  # each part no larger than the latest ceiling
+                        part = batch[start : start + self._ceiling]
+                        self._write_isolating(part)
+                        start += len(part)
+                    return
+                # Alone, it would fail the batch it came in, and the journal's every replay:
+                # the records after it went to the journal behind it for good. It waits for
+                # the periodic replay, and the others are written.
+                log.warning("store writer: a record took too long on its own: %s", error)
+                if self._to_journal(batch, replay_soon=False):
+                    return
             if is_connection_error(error) and not _is_data_error(error):
                 raise
             if len(batch) == 1:
@@ -507,6 +525,7 @@ class BatchWriter:
             return
         self.stats.written += len(batch)
         self.stats.batches += 1
+        self._backoff = 0.25
         self._unchecked = True
         self.stats.last_flush_at = datetime.now(UTC)
 
