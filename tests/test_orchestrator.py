@@ -235,6 +235,56 @@ def test_close_waits_until_a_run_on_another_thread_is_recorded_before_closing_it
     ]
 
 
+class SlowToRepair(SlowToPlan):
+    """Plans a step that fails; its repair is a model taking a minute to answer."""
+
+    name = "slow_to_repair"
+
+    async def plan(self, goal: str, registry: ToolRegistry, context: Any) -> Plan:
+        return Plan(goal=goal, steps=[Step(id="s", tool="fail")])
+
+    async def replan(self, goal, plan, failed_step, error, registry, context) -> Plan:
+        return await super().plan(goal, registry, context)
+
+
+def test_close_cancels_a_runs_repair_rather_than_wait_for_it(tmp_path: Path):
+    """A failed run's repair (a model's call) was not cancelled: close() waited for it."""
+    registry = echo_registry()
+
+    def fail() -> str:
+        """Fail."""
+        raise RuntimeError("broken")
+
+    registry.register_function(fail)
+    planner = SlowToRepair(60)
+    raised: list[BaseException] = []
+    with ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}", state_dir=tmp_path / "s") as store:
+        orch = Orchestrator(
+            registry,
+            store=store,
+            planner=planner,
+            config=OrchestratorConfig(learning=False, retry=FAST_RETRY),
+            llm=None,
+        )
+
+        def run() -> None:
+            try:
+                orch.process("fail, then be repaired")
+            except BaseException as error:
+                raised.append(error)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        assert planner.planning.wait(10)
+        orch.close(timeout=30)
+        thread.join(10)
+        store.flush()
+        (recorded,) = store.get_recent_executions(1)
+    assert planner.cancelled.is_set()
+    assert [type(e) for e in raised] == [OrchestratorClosedError]
+    assert recorded.status == ExecutionStatus.CANCELLED
+
+
 def test_close_does_not_wait_for_a_run_whose_loop_has_stopped(tmp_path: Path):
     """Ctrl-C in ``loop.run_until_complete(orch.run(...))``, then ``close()`` in a
     ``finally``: nothing runs that loop, so its run cannot end, and close() waited out its

@@ -17,11 +17,11 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -87,6 +87,7 @@ from dendrite.telemetry.records import (
 from dendrite.tools import ToolError, ToolRegistry, ToolState, ToolStatus, UnknownToolError
 
 log = logging.getLogger("dendrite.orchestrator")
+_T = TypeVar("_T")
 
 _DEFAULT_STORE: Any = object()
 _LLM_FROM_ENV: Any = object()
@@ -919,7 +920,7 @@ class Orchestrator:
             plan: Plan, completed: Mapping[str, StepResult] | None = None
         ) -> RunOutcome:
             steps.clear()
-            running = asyncio.ensure_future(
+            return await self._cancellable(
                 self.engine.execute(
                     plan,
                     execution_id=execution_id,
@@ -937,10 +938,6 @@ class Orchestrator:
                     completed=completed,
                 )
             )
-            with self._runs.cancellable(running):
-                if self._closed:  # closed while this run planned: it runs no step
-                    running.cancel()
-                return await running
 
         try:
             history = await self._tool_history(plan)
@@ -1139,8 +1136,8 @@ class Orchestrator:
         if replan is None or failed is None:
             return None
         try:
-            repaired = await replan(
-                plan.goal, plan, failed.step_id, failed.error or "", self.registry, context
+            repaired = await self._cancellable(
+                replan(plan.goal, plan, failed.step_id, failed.error or "", self.registry, context)
             )
         except PlanningError as error:
             log.info("no repair for %s: %s", failed.step_id, error)
@@ -1264,6 +1261,15 @@ class Orchestrator:
         except (RouterError, LookupError, ValueError):
             log.warning("the router could not learn run %s", execution_id, exc_info=True)
 
+    async def _cancellable(self, work: Awaitable[_T]) -> _T:
+        """``await work`` (a plan, its repair, its execution) in a task that ``close()``
+        cancels: a model taking its time to plan held close() for as long as it took."""
+        task = asyncio.ensure_future(work)
+        with self._runs.cancellable(task):
+            if self._closed:  # closed while the run got here: none of it runs
+                task.cancel()
+            return await task
+
     async def _plan(
         self, goal_or_plan: str | Plan, context: Mapping[str, Any], decisions: _Decisions
     ) -> Plan:
@@ -1271,15 +1277,9 @@ class Orchestrator:
             plan = goal_or_plan
         else:
             planner = decisions.planner or self.planner
-            # In a task that close() can cancel: a model taking its time to plan held
-            # close() for as long as it took.
-            planning = asyncio.ensure_future(
+            plan = await self._cancellable(
                 planner.plan(goal_or_plan, self.registry, _planning(context, decisions))
             )
-            with self._runs.cancellable(planning):
-                if self._closed:  # closed while this run decided its route
-                    planning.cancel()
-                plan = await planning
         problems = validate(plan, self.registry)
         if problems:
             raise PlanValidationError(problems)
