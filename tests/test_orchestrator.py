@@ -204,6 +204,25 @@ def recorded_runs(store_url: str, state_dir: Path) -> list[tuple[str, ExecutionS
         return [(r.goal_text, r.status) for r in reader.get_recent_executions(10)]
 
 
+def close_while_planning(orch: Orchestrator, planner: SlowToPlan, goal: str) -> list[BaseException]:
+    """Run ``goal`` in a thread, close the orchestrator once its planner (or its repair) is
+    at work, and return what the run raised."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            orch.process(goal)
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert planner.planning.wait(10)
+    orch.close(timeout=30)
+    thread.join(10)
+    return raised
+
+
 def test_close_waits_until_a_run_on_another_thread_is_recorded_before_closing_its_store(
     store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -215,19 +234,7 @@ def test_close_waits_until_a_run_on_another_thread_is_recorded_before_closing_it
     orch = Orchestrator(
         echo_registry(), planner=planner, config=OrchestratorConfig(learning=False), llm=None
     )
-    raised: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            orch.process("planned slowly")
-        except BaseException as error:
-            raised.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    assert planner.planning.wait(10)
-    orch.close(timeout=30)
-    thread.join(10)
+    raised = close_while_planning(orch, planner, "planned slowly")
     assert planner.cancelled.is_set()
     assert [type(e) for e in raised] == [OrchestratorClosedError]
     assert recorded_runs(store_url, tmp_path / "reader") == [
@@ -257,7 +264,6 @@ def test_close_cancels_a_runs_repair_rather_than_wait_for_it(tmp_path: Path):
 
     registry.register_function(fail)
     planner = SlowToRepair(60)
-    raised: list[BaseException] = []
     with ExecutionStore(f"sqlite:///{tmp_path / 'h.db'}", state_dir=tmp_path / "s") as store:
         orch = Orchestrator(
             registry,
@@ -266,18 +272,7 @@ def test_close_cancels_a_runs_repair_rather_than_wait_for_it(tmp_path: Path):
             config=OrchestratorConfig(learning=False, retry=FAST_RETRY),
             llm=None,
         )
-
-        def run() -> None:
-            try:
-                orch.process("fail, then be repaired")
-            except BaseException as error:
-                raised.append(error)
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        assert planner.planning.wait(10)
-        orch.close(timeout=30)
-        thread.join(10)
+        raised = close_while_planning(orch, planner, "fail, then be repaired")
         store.flush()
         (recorded,) = store.get_recent_executions(1)
     assert planner.cancelled.is_set()
