@@ -42,7 +42,7 @@ class RunsInFlight:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._runs: dict[object, _Run] = {}
-        self._cancellable: dict[asyncio.Task[Any], asyncio.AbstractEventLoop] = {}
+        self._cancellable: set[asyncio.Task[Any]] = set()
 
     @contextlib.contextmanager
     def run(self) -> Iterator[None]:
@@ -63,21 +63,21 @@ class RunsInFlight:
         """Around a run's planning or the engine's execution of its plan: what :meth:`cancel`
         cancels. The caller's own task is not: it may have other work than the run."""
         with self._changed:
-            self._cancellable[task] = asyncio.get_running_loop()
+            self._cancellable.add(task)
         try:
             yield
         finally:
             with self._changed:
-                self._cancellable.pop(task, None)
+                self._cancellable.discard(task)
 
     def cancel(self) -> None:
         """Cancel the runs' planning and execution, from any thread; each run then records
         itself cancelled."""
         with self._changed:
-            tasks = list(self._cancellable.items())
-        for task, loop in tasks:
+            tasks = list(self._cancellable)
+        for task in tasks:
             with contextlib.suppress(RuntimeError):  # its loop closed already: nothing runs
-                loop.call_soon_threadsafe(task.cancel)
+                task.get_loop().call_soon_threadsafe(task.cancel)
 
     def wait_elsewhere(self, deadline: float) -> bool:
         """Wait, until ``deadline`` (``time.monotonic()``), for the runs that can end without
