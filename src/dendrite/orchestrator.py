@@ -456,9 +456,9 @@ class Orchestrator:
         self._history: dict[str, tuple[float, tuple[int, int] | None]] = {}
         self._record_failures = 0
         self._closed = False
-        # close() cancels the engine runs in flight, so that they are recorded as cancelled
-        # rather than failing on a stopped thread pool as if their tools had failed, and
-        # waits for them to be recorded before it closes the store.
+        # close() cancels the runs in flight (their planning, repairs and steps), so that
+        # they are recorded as cancelled rather than failing on a stopped thread pool as if
+        # their tools had failed, and waits for them to be recorded before it closes the store.
         self._runs = RunsInFlight()
 
     def _router_for_tiers(self) -> Router | None:

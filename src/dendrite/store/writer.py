@@ -489,9 +489,10 @@ class BatchWriter:
     def _write_isolating(self, batch: Sequence[Queued]) -> None:
         """Write a batch; if its data is refused, bisect to write all but the bad records.
 
-        A batch the server stopped for taking too long is written in halves, and the next
-        batches are no larger; a single record that still takes too long is kept for later
-        (journaled), as in an outage: the server may only be busy.
+        A batch the server stopped for taking too long is written in parts of half its size,
+        each split again if it is stopped too, and no later batch is larger; a single record
+        that still takes too long waits in the journal for the periodic replay (the server
+        may only be busy), while the records around it are written.
         """
         try:
             self._write_retrying(batch)
