@@ -879,6 +879,7 @@ _TOOL_COLUMNS = (
 
 
 _SECOND_TEXT: dict[int, str] = {}
+_DAY_TEXT: dict[int, str] = {}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -891,19 +892,32 @@ def _sqlite_timestamp(value: datetime) -> str:
     since the epoch, a ``timedelta`` of whole days, seconds and microseconds:
     exact for any datetime, and about half the cost of ``value.timestamp()``
     and ``round`` (between datetimes of the same ``tzinfo``, no UTC offset is
-    asked for).
+    asked for). A second not seen lately (a history imported out of order has
+    nearly every one new) is built from its day's cached text and the time of
+    day, at half the cost of ``isoformat``.
     """
     tz = value.tzinfo
     if tz is not UTC:  # naive: taken as UTC, as ``UTCDateTime`` takes it; else converted
         value = value.replace(tzinfo=UTC) if tz is None else value.astimezone(UTC)
     since = value - _EPOCH
-    second = since.days * 86400 + since.seconds
+    days, seconds = since.days, since.seconds
+    second = days * 86400 + seconds
     text = _SECOND_TEXT.get(second)
     if text is None:
+        day = _DAY_TEXT.get(days)
+        if day is None:
+            if len(_DAY_TEXT) >= 4096:
+                _DAY_TEXT.clear()
+            day = _DAY_TEXT[days] = value.date().isoformat()
         if len(_SECOND_TEXT) >= 4096:
             _SECOND_TEXT.clear()
-        text = _SECOND_TEXT[second] = value.isoformat(" ", "seconds")[:19]
-    return text + "." + "%06d" % since.microseconds  # noqa: UP031 (half an f-string's cost)
+        text = _SECOND_TEXT[second] = "%s %02d:%02d:%02d." % (  # noqa: UP031 (as below)
+            day,
+            seconds // 3600,
+            seconds // 60 % 60,
+            seconds % 60,
+        )
+    return text + "%06d" % since.microseconds  # noqa: UP031 (half an f-string's cost)
 
 
 def _enum_value(value: Any) -> Any:
