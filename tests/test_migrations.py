@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,9 +21,9 @@ def test_a_new_database_gets_the_current_schema_on_first_use(store: ExecutionSto
 def test_upgrade_downgrade_upgrade_round_trips(store_url: str):
     engine = make_engine(store_url)
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == "0006"
+    assert migrate.current_revision(engine) == "0007"
     migrate.downgrade(engine)
-    assert migrate.current_revision(engine) == "0005"
+    assert migrate.current_revision(engine) == "0006"
     migrate.upgrade(engine)
     assert migrate.validate(engine) == []
     migrate.downgrade(engine, "0001")
@@ -49,7 +51,7 @@ def test_validate_names_every_difference(store_url: str):
     assert len(problems) == 3
     migrate.downgrade(engine, "0001")
     problems = migrate.validate(engine)
-    assert problems[0] == "schema revision is 0001, the code expects 0006"
+    assert problems[0] == "schema revision is 0001, the code expects 0007"
     assert "missing table tool_statistics" in problems
     engine.dispose()
 
@@ -59,14 +61,14 @@ def test_an_older_schema_is_upgraded_or_refused_by_backend(store_url: str, tmp_p
     migrate.upgrade(engine, "0001")
     if engine.dialect.name == "sqlite":
         with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
-            assert migrate.current_revision(store.engine) == "0006"
+            assert migrate.current_revision(store.engine) == "0007"
     else:
         with pytest.raises(
-            SchemaError, match=r"revision 0001.*needs 0006: run `dendrite db upgrade`"
+            SchemaError, match=r"revision 0001.*needs 0007: run `dendrite db upgrade`"
         ):
             ExecutionStore(store_url, state_dir=tmp_path / "s")
         with ExecutionStore(store_url, state_dir=tmp_path / "s", auto_upgrade=True) as store:
-            assert migrate.current_revision(store.engine) == "0006"
+            assert migrate.current_revision(store.engine) == "0007"
     engine.dispose()
 
 
@@ -85,7 +87,7 @@ def test_an_unknown_revision_or_unversioned_tables_are_refused(store_url: str, t
     with pytest.raises(SchemaError, match=r"no schema version.*`dendrite db reset --yes` drops"):
         migrate.upgrade(engine)
     migrate.reset(engine)
-    assert migrate.current_revision(engine) == "0006"
+    assert migrate.current_revision(engine) == "0007"
     assert migrate.validate(engine) == []
     engine.dispose()
 
@@ -115,7 +117,7 @@ def test_statistics_are_rebuilt_when_an_upgrade_finds_history_without_them(
         store.store_tool_execution(eid, "lookup", {}, "ok", True, 2.0)
     engine = make_engine(store_url)
     migrate.downgrade(engine, "0001")
-    migrate.upgrade(engine, "+5")  # the newest revision, named another way than "head"
+    migrate.upgrade(engine, "+6")  # the newest revision, named another way than "head"
     engine.dispose()
     with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
         assert store.get_tool_statistics("lookup").total_executions == 1
@@ -230,3 +232,90 @@ def test_the_sqlite_upgrade_to_text_columns_keeps_every_row_and_index(tmp_path: 
         assert store.get_execution(eid).steps[0].result == 1.0
         assert isinstance(store.get_execution(eid).steps[0].result, float)
         assert [repr(e.value) for e in store.get_state_entries()] == ["2.0"]
+
+
+OLD_TIMES = [  # as SQLAlchemy wrote them to SQLite, and one without its microseconds
+    "2026-11-25 10:00:00.123456",
+    "1969-12-31 23:59:59.999999",
+    "0001-01-01 00:00:00.000000",
+    "9999-12-31 23:59:59.999999",
+    "2026-11-25 10:00:01",
+]
+
+
+def test_the_sqlite_upgrade_to_integer_times_converts_every_value_both_ways(tmp_path: Path):
+    """0007 rebuilds every SQLite table with a time column. The time is exact to the
+    microsecond, before 1970 as after, and dropping ``executions`` for its rebuild, with
+    foreign keys on, would have deleted its feedback by cascade."""
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine, "0006")
+    ids = [f"{i:032x}" for i in range(len(OLD_TIMES))]  # how SQLite holds a UUID
+    with engine.begin() as conn:
+        for i, (eid, at) in enumerate(zip(ids, OLD_TIMES, strict=True)):
+            values = {"id": eid, "goal": f"goal_{i + 1}", "at": at}
+            conn.execute(
+                text(
+                    "INSERT INTO executions (id, goal_id, goal_text, depth, success, status,"
+                    " started_at, finished_at, duration_ms, metadata, recorded_at)"
+                    " VALUES (:id, :goal, 'g', 0, 1, 'succeeded', :at, :at, 1.0, '{}', :at)"
+                ),
+                values,
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO tool_executions (id, execution_id, tool_name, parameters,"
+                    " result_truncated, success, attempt, duration_ms, started_at, finished_at)"
+                    " VALUES (:id, :id, 't', '{}', 0, 1, 1, 1.0, :at, :at)"
+                ),
+                values,
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO execution_feedback (id, execution_id, rating, source,"
+                    " created_at, recorded_at) VALUES (:id, :id, 4, 'human', :at, :at)"
+                ),
+                values,
+            )
+        conn.execute(
+            text(
+                "INSERT INTO state_entries (scope, scope_id, key, value, updated_at, expires_at)"
+                " VALUES ('global', '', 'k', '1', :at, NULL)"
+            ),
+            {"at": OLD_TIMES[0]},
+        )
+    migrate.upgrade(engine)
+    assert migrate.validate(engine) == []
+    with engine.connect() as conn:
+        kinds = conn.execute(
+            text("SELECT DISTINCT typeof(started_at), typeof(finished_at) FROM tool_executions")
+        ).all()
+        assert kinds == [("integer", "integer")]
+        assert conn.scalar(text("SELECT count(*) FROM execution_feedback")) == len(ids)
+    engine.dispose()
+
+    def aware(at: str) -> datetime:
+        return datetime.fromisoformat(at).replace(tzinfo=UTC)
+
+    with ExecutionStore(url, state_dir=tmp_path / "s") as store:
+        for eid, at in zip(ids, OLD_TIMES, strict=True):
+            detail = store.get_execution(str(uuid.UUID(eid)))
+            assert detail is not None
+            assert detail.started_at == aware(at)
+            assert [s.started_at for s in detail.steps] == [aware(at)]
+            assert [f.created_at for f in detail.feedback] == [aware(at)]
+        assert [e.updated_at for e in store.get_state_entries()] == [aware(OLD_TIMES[0])]
+        assert [e.expires_at for e in store.get_state_entries()] == [None]
+        first = store.get_tool_statistics("t")
+        assert (first.first_used, first.last_used) == (aware(OLD_TIMES[2]), aware(OLD_TIMES[3]))
+
+    engine = make_engine(url)
+    migrate.downgrade(engine, "0006")
+    with engine.connect() as conn:
+        back = conn.execute(text("SELECT started_at FROM tool_executions ORDER BY id")).scalars()
+        assert list(back) == [*OLD_TIMES[:-1], "2026-11-25 10:00:01.000000"]
+        assert conn.scalar(text("SELECT count(*) FROM execution_feedback")) == len(ids)
+        assert conn.scalar(text("SELECT typeof(expires_at) FROM state_entries")) == "null"
+    migrate.upgrade(engine)
+    assert migrate.validate(engine) == []
+    engine.dispose()

@@ -22,7 +22,7 @@ from alembic.util import CommandError
 from rich.console import Console
 from rich.markup import escape
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, NoSuchTableError
 from typer.core import TyperGroup
 
 from dendrite._ids import canonical_id
@@ -133,6 +133,12 @@ def _run_db(action: Callable[..., Any], engine: Engine, *args: Any) -> Any:
         return action(engine, *args)
     except (StoreError, CommandError) as error:
         raise _fail(str(error)) from None
+    except NoSuchTableError as error:  # a migration that rebuilds a table reads it first
+        raise _fail(
+            f"table {error} is missing, which the schema's revision has: "
+            "`dendrite db validate` names every difference",
+            1,
+        ) from None
     except DBAPIError as error:
         message = driver_message(error)
         if is_connection_error(error) and not _answers(engine):

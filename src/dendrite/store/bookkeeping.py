@@ -196,22 +196,7 @@ def arm_outcomes(conn: Connection, experiment: str | None) -> list[ArmOutcomes]:
         .group_by(u.c.experiment, u.c.arm)
         .order_by(by_code_point(conn, u.c.experiment), by_code_point(conn, u.c.arm))
     )
-    rows = []
-    for row in conn.execute(query):
-        data = dict(row._mapping)
-        data["first_at"], data["last_at"] = (
-            _aggregate_ts(data["first_at"]),
-            _aggregate_ts(data["last_at"]),
-        )
-        rows.append(ArmOutcomes.model_validate(data))
-    return rows
-
-
-def _aggregate_ts(value: Any) -> datetime | None:
-    """MIN/MAX of a timestamp column, aware in UTC (SQLite returns them as text)."""
-    if value is not None and not isinstance(value, datetime):
-        value = datetime.fromisoformat(str(value))
-    return s.UTCDateTime().process_result_value(value, None)
+    return [ArmOutcomes.model_validate(dict(row._mapping)) for row in conn.execute(query)]
 
 
 class RecentToolOutcomes(BaseModel):
@@ -275,12 +260,7 @@ def recent_tool_outcomes(conn: Connection, since: datetime) -> list[RecentToolOu
         .group_by(te.c.tool_name)
         .order_by(by_code_point(conn, te.c.tool_name))
     )
-    rows = []
-    for row in conn.execute(query):
-        data = dict(row._mapping)
-        data["last_used"] = _aggregate_ts(data["last_used"])
-        rows.append(RecentToolOutcomes.model_validate(data))
-    return rows
+    return [RecentToolOutcomes.model_validate(dict(row._mapping)) for row in conn.execute(query)]
 
 
 class AttemptOutcome(BaseModel):

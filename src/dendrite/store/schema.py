@@ -10,7 +10,7 @@ and arrive at exactly the incremental numbers.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -47,26 +47,54 @@ NAMING = {
 metadata = MetaData(naming_convention=NAMING)
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def micros_since_epoch(value: datetime) -> int:
+    """A timestamp as SQLite keeps it: whole microseconds since 1970-01-01 UTC (a naive
+    one taken as UTC). Exact for any datetime: the difference is a ``timedelta`` of
+    whole days, seconds and microseconds, which no float ever holds."""
+    tz = value.tzinfo
+    if tz is not UTC:
+        value = value.replace(tzinfo=UTC) if tz is None else value.astimezone(UTC)
+    since = value - EPOCH
+    return (since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timestamps stored in UTC and always read back timezone-aware.
 
-    SQLite has no timezone-aware type; without this, values written aware
-    would come back naive and compare wrongly with aware ones.
+    PostgreSQL keeps them as ``timestamptz``. SQLite has no time type: they are kept as
+    whole microseconds since the Unix epoch (:func:`micros_since_epoch`), not as
+    SQLAlchemy's 26 characters of text. Most indexes of the history are keyed by time;
+    an 8-byte key keeps them about half as large, and a history imported out of order
+    inserts into every page of them in each batch, which SQLite then writes out whole
+    (docs/store.md has the figures). Either way a value written naive is taken as UTC,
+    and one written in another zone is converted.
     """
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> Any:
         if value is None:
             return None
+        if dialect.name == "sqlite":
+            return micros_since_epoch(value)
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
 
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+    def process_result_value(self, value: Any, dialect: Any) -> datetime | None:
         if value is None:
             return None
+        if dialect.name == "sqlite":
+            return EPOCH + timedelta(microseconds=value)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 

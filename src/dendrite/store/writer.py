@@ -878,48 +878,6 @@ _TOOL_COLUMNS = (
 )
 
 
-_SECOND_TEXT: dict[int, str] = {}
-_DAY_TEXT: dict[int, str] = {}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _sqlite_timestamp(value: datetime) -> str:
-    """SQLAlchemy's SQLite text form of a timestamp in UTC: ``YYYY-MM-DD HH:MM:SS.ffffff``.
-
-    Two per tool call, so it is worth a cache: the text up to the second is
-    formatted once per second (calls arrive close together) and the
-    microseconds appended. The second and the microseconds come from the time
-    since the epoch, a ``timedelta`` of whole days, seconds and microseconds:
-    exact for any datetime, and about half the cost of ``value.timestamp()``
-    and ``round`` (between datetimes of the same ``tzinfo``, no UTC offset is
-    asked for). A second not seen lately (a history imported out of order has
-    nearly every one new) is built from its day's cached text and the time of
-    day, at half the cost of ``isoformat``.
-    """
-    tz = value.tzinfo
-    if tz is not UTC:  # naive: taken as UTC, as ``UTCDateTime`` takes it; else converted
-        value = value.replace(tzinfo=UTC) if tz is None else value.astimezone(UTC)
-    since = value - _EPOCH
-    days, seconds = since.days, since.seconds
-    second = days * 86400 + seconds
-    text = _SECOND_TEXT.get(second)
-    if text is None:
-        day = _DAY_TEXT.get(days)
-        if day is None:
-            if len(_DAY_TEXT) >= 4096:
-                _DAY_TEXT.clear()
-            day = _DAY_TEXT[days] = value.date().isoformat()
-        if len(_SECOND_TEXT) >= 4096:
-            _SECOND_TEXT.clear()
-        text = _SECOND_TEXT[second] = "%s %02d:%02d:%02d." % (  # noqa: UP031 (as below)
-            day,
-            seconds // 3600,
-            seconds // 60 % 60,
-            seconds % 60,
-        )
-    return text + "%06d" % since.microseconds  # noqa: UP031 (half an f-string's cost)
-
-
 def _enum_value(value: Any) -> Any:
     return value.value
 
@@ -944,7 +902,7 @@ def _encoders(dialect: Any) -> _Encoders:
     def processor(table: Table, column: str) -> Callable[[Any], Any] | None:
         kind = table.c[column].type.dialect_impl(dialect)
         if isinstance(table.c[column].type, s.UTCDateTime) and dialect.name == "sqlite":
-            return _sqlite_timestamp
+            return s.micros_since_epoch
         if isinstance(kind, JSON):
             return serialize.dumps  # what the engine's ``json_serializer`` does
         return kind.bind_processor(dialect)
