@@ -97,13 +97,38 @@ def _views_set_aside() -> Iterator[None]:
         op.execute(sql)
 
 
+@contextlib.contextmanager
+def _time_indexes_set_aside(table: str) -> Iterator[None]:
+    """Updating every row's time moves its entry in each index on a time column, one
+    random B-tree delete and insert at a time (21.6 s for a million tool executions);
+    dropped first and made again afterwards, 2.2 s and 1.1 s. The table's other
+    indexes the rebuild makes again itself."""
+    bind = op.get_bind()
+    columns = set(COLUMNS[table])
+    indexes = [
+        (name, sql)
+        for name, sql in bind.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master"
+            " WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+            (table,),
+        )
+        if columns & {row[2] for row in bind.exec_driver_sql(f'PRAGMA index_info("{name}")')}
+    ]
+    for name, _ in indexes:
+        op.execute(f'DROP INDEX "{name}"')
+    yield
+    for _, sql in indexes:
+        op.execute(sql)
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name != "sqlite":
         return
     with _views_set_aside():
         for table in COLUMNS:
-            _convert(table, _to_micros)
-            _retype(table, sa.BigInteger(), sa.DateTime(timezone=True))
+            with _time_indexes_set_aside(table):
+                _convert(table, _to_micros)
+                _retype(table, sa.BigInteger(), sa.DateTime(timezone=True))
 
 
 def downgrade() -> None:
@@ -111,5 +136,6 @@ def downgrade() -> None:
         return
     with _views_set_aside():
         for table in COLUMNS:
-            _retype(table, sa.DateTime(timezone=True), sa.BigInteger())
-            _convert(table, _to_text)
+            with _time_indexes_set_aside(table):
+                _retype(table, sa.DateTime(timezone=True), sa.BigInteger())
+                _convert(table, _to_text)
