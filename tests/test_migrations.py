@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,12 +57,20 @@ def test_validate_names_every_difference(store_url: str):
     engine.dispose()
 
 
-def test_an_older_schema_is_upgraded_or_refused_by_backend(store_url: str, tmp_path: Path):
+def test_an_older_schema_is_upgraded_or_refused_by_backend(
+    store_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     engine = make_engine(store_url)
     migrate.upgrade(engine, "0001")
     if engine.dialect.name == "sqlite":
-        with ExecutionStore(store_url, state_dir=tmp_path / "s") as store:
+        with (
+            caplog.at_level(logging.WARNING, "dendrite.store.migrate"),
+            ExecutionStore(store_url, state_dir=tmp_path / "s") as store,
+        ):
             assert migrate.current_revision(store.engine) == "0007"
+        # An upgrade can take a while on a large history: the slow open says why.
+        (message,) = [r.getMessage() for r in caplog.records if r.name.endswith("migrate")]
+        assert message.startswith("upgrading sqlite:///") and message.endswith("0001 to 0007")
     else:
         with pytest.raises(
             SchemaError, match=r"revision 0001.*needs 0007: run `dendrite db upgrade`"
